@@ -260,9 +260,8 @@ class ReadCoalescer(Generic[R, T]):
         for task, batch in batches:
             _fail_each(batch, error)
             task.cancel()
-        for task, _ in batches:  # (each ends at its next await)
-            with contextlib.suppress(BaseException):
-                await task
+        # each ends at its next await; their outcomes are their callers' (a cancel of this wait is not swallowed)
+        await asyncio.gather(*(task for task, _ in batches), return_exceptions=True)
 
 
 class _Abandoned:

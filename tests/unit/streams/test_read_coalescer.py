@@ -245,6 +245,24 @@ async def test_finish_waits_for_the_reads_then_fails_the_rest_and_stops_the_batc
     assert coalescer.running == 0 and len(coalescer) == 0
 
 
+async def test_a_cancel_of_finish_is_not_swallowed() -> None:
+    reads = Reads()
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=2)
+    first = await _held(reads, coalescer, "a")
+    reads.hold.add("b")
+    b = asyncio.create_task(coalescer.submit("b"))
+    assert await reads.call(2) == ["b"]
+    finishing = asyncio.create_task(coalescer.finish(0, RuntimeError("closed")))
+    await asyncio.wait({b})  # finish failed b and cancelled its batch; it now waits for the batch to end
+    finishing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await finishing
+    with pytest.raises(RuntimeError, match="closed"):
+        await b
+    reads.gate.set()
+    assert await first == "A"
+
+
 def test_bad_sizes_are_refused() -> None:
     async def read(keys: Sequence[str]) -> list[str]:
         return list(keys)
