@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
@@ -228,8 +229,20 @@ def check_sizes(name: str, max_batch: int, max_pending: int) -> None:
         raise ValueError(f"{name}: max_batch and max_pending must be >= 1, got {max_batch}, {max_pending}")
 
 
-def fail_futures(batch: Sequence[tuple[object, asyncio.Future[T]]], exc: BaseException) -> None:
-    """Fail every future of ``batch`` (``(request, future)`` pairs) not yet done with ``exc``."""
+def fail_futures(batch: Sequence[tuple[object, asyncio.Future[T]]], exc: BaseException, *,
+                 copies: bool = False) -> None:
+    """Fail every future of ``batch`` (``(request, future)`` pairs) not yet done with ``exc``; ``copies``: each with
+    its own copy of it, caused by what ``exc`` was (one instance raised in many tasks gathered their tracebacks)."""
     for _, future in batch:
         if not future.done():
-            future.set_exception(exc)
+            future.set_exception(_copy(exc) if copies else exc)
+
+
+def _copy(exc: BaseException) -> BaseException:
+    try:
+        copied = copy.copy(exc)
+    except Exception:  # an exception that cannot be rebuilt from its arguments: shared
+        return exc
+    copied.__cause__, copied.__context__ = exc.__cause__, exc.__context__
+    copied.__suppress_context__ = exc.__suppress_context__
+    return copied

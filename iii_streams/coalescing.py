@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Generic, TypeVar
 
-from .batching import check_sizes
+from .batching import check_sizes, fail_futures
 from .errors import StreamBackendError, StreamClosedError
 
 __all__ = ["PATIENCE_S", "ReadCoalescer"]
@@ -185,11 +184,11 @@ class ReadCoalescer(Generic[R, T]):
         try:
             results = await self._read([request for request, _ in batch])
         except Exception as exc:  # the call failed as a whole: every read in it learns why
-            _fail_each(batch, exc)
+            fail_futures(batch, exc, copies=True)
             return
         if len(results) != len(batch):
-            _fail_each(batch, StreamBackendError(f"{self._name}: a read returned {len(results)} results for "
-                                                 f"{len(batch)} requests"))
+            fail_futures(batch, StreamBackendError(f"{self._name}: a read returned {len(results)} results for "
+                                                   f"{len(batch)} requests"), copies=True)
             return
         self._measure(results)
         for (_, future), result in zip(batch, results, strict=True):
@@ -204,7 +203,7 @@ class ReadCoalescer(Generic[R, T]):
         self._running -= 1
         self._in_flight -= len(batch)
         # (cancelled, before it ran or while it read: every caller gave up, or the loop is ending)
-        _fail_each(batch, StreamClosedError(f"{self._name}: the read was stopped"))
+        fail_futures(batch, StreamClosedError(f"{self._name}: the read was stopped"), copies=True)
         self._after_read()
 
     def _after_read(self) -> None:
@@ -255,10 +254,10 @@ class ReadCoalescer(Generic[R, T]):
                 await asyncio.wait_for(idle, within)
         waiting = list(self._waiting)
         self._waiting.clear()
-        _fail_each(waiting, error)
+        fail_futures(waiting, error, copies=True)
         batches = list(self._batches.items())
         for task, batch in batches:
-            _fail_each(batch, error)
+            fail_futures(batch, error, copies=True)
             task.cancel()
         # each ends at its next await; their outcomes are their callers' (a cancel of this wait is not swallowed)
         await asyncio.gather(*(task for task, _ in batches), return_exceptions=True)
@@ -278,21 +277,3 @@ class _Abandoned:
         self._left -= 1
         if not self._left:
             self._task.cancel()
-
-
-def _fail_each(batch: Sequence[tuple[object, asyncio.Future[T]]], exc: BaseException) -> None:
-    """Fail each waiting future with its own copy of ``exc`` (one instance raised in many tasks gathered their
-    tracebacks and notes), the copy caused by what ``exc`` was."""
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(_copy(exc))
-
-
-def _copy(exc: BaseException) -> BaseException:
-    try:
-        copied = copy.copy(exc)
-    except Exception:  # an exception that cannot be rebuilt from its arguments: shared, as before
-        return exc
-    copied.__cause__, copied.__context__ = exc.__cause__, exc.__context__
-    copied.__suppress_context__ = exc.__suppress_context__
-    return copied
