@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import fakeredis
 import pytest
 
-from iii.stream import StreamGetInput, StreamSetInput
-from iii_streams import RedisStream, StreamDataError, StreamError, coalescing
-from tests.integration.streams.counted_reads import CountedReads
+from iii.stream import StreamSetInput
+from iii_streams import RedisStream, StreamDataError, StreamError
+from tests.integration.streams.counted_reads import CountedReads, get_input, many_gets_read_together
 from tests.services import require_redis
 
 
@@ -25,24 +25,12 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisStream]:
         yield opened
 
 
-def _get(stream: str, item: str) -> StreamGetInput:
-    return StreamGetInput(stream_name=stream, group_id="g", item_id=item)
-
 
 async def test_many_gets_in_flight_are_read_in_a_few_round_trips_each_with_its_own_value(
         store: RedisStream, monkeypatch: pytest.MonkeyPatch) -> None:
     stream = f"c-{uuid.uuid4().hex[:8]}"
     try:
-        for i in range(50):
-            await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=f"i{i}",
-                                           data={"n": i, "big": 2**70}))
-        monkeypatch.setattr(coalescing, "PATIENCE_S", 60)  # batches start as reads end: their count is known
-        counted = CountedReads(store)
-        items = [f"i{i % 60}" for i in range(300)]  # duplicates, and i50..i59 missing
-        values = await asyncio.gather(*(store.get(_get(stream, item)) for item in items))
-        assert values == [{"n": i % 60, "big": 2**70} if i % 60 < 50 else None for i in range(300)]
-        assert sum(counted.calls) == 300
-        assert len(counted.calls) <= 3, counted.calls  # one alone, then the rest together (256 at most a read)
+        await many_gets_read_together(store, stream, monkeypatch)
     finally:
         await store.client.delete(f"stream:{stream}:g")
 
@@ -54,10 +42,10 @@ async def test_an_unreadable_value_or_a_wrong_key_fails_only_its_own_get(store: 
             await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=item, data=item))
         await store.client.hset(f"stream:{stream}:g", "bad", "{not json")
         await store.client.set(f"stream:{other}:g", "a string, not a hash")  # HGET on it: WRONGTYPE
-        lone = await asyncio.gather(store.get(_get(other, "x")), return_exceptions=True)
+        lone = await asyncio.gather(store.get(get_input(other, "x")), return_exceptions=True)
         counted = CountedReads(store, lanes=1)
         asked = [(stream, "a"), (stream, "bad"), (other, "x"), (stream, "b"), (stream, "a")]
-        results = await asyncio.gather(*(store.get(_get(s, i)) for s, i in asked), return_exceptions=True)
+        results = await asyncio.gather(*(store.get(get_input(s, i)) for s, i in asked), return_exceptions=True)
         assert [r if isinstance(r, str) else type(r) for r in results] == [
             "a", StreamDataError, type(lone[0]), "b", "a"]
         assert isinstance(lone[0], StreamError), lone

@@ -13,10 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from iii.stream import StreamGetInput, StreamSetInput
-from iii_streams import SQLStream, StreamDataError, coalescing
+from iii.stream import StreamSetInput
+from iii_streams import SQLStream, StreamDataError
 from iii_streams.schema import TABLE_NAME, item_key
-from tests.integration.streams.counted_reads import CountedReads
+from tests.integration.streams.counted_reads import CountedReads, get_input, many_gets_read_together
 
 
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", "postgresql"])
@@ -35,22 +35,10 @@ async def store(url: str) -> AsyncIterator[SQLStream]:
         yield opened
 
 
-def _get(stream: str, item: str) -> StreamGetInput:
-    return StreamGetInput(stream_name=stream, group_id="g", item_id=item)
-
 
 async def test_many_gets_in_flight_are_read_in_a_few_statements_each_with_its_own_value(
         store: SQLStream, monkeypatch: pytest.MonkeyPatch) -> None:
-    stream = f"c-{uuid.uuid4().hex[:8]}"
-    for i in range(50):
-        await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=f"i{i}", data={"n": i, "big": 2**70}))
-    monkeypatch.setattr(coalescing, "PATIENCE_S", 60)  # batches start as reads end: their count is known
-    counted = CountedReads(store)
-    items = [f"i{i % 60}" for i in range(300)]  # duplicates, and i50..i59 missing
-    values = await asyncio.gather(*(store.get(_get(stream, item)) for item in items))
-    assert values == [{"n": i % 60, "big": 2**70} if i % 60 < 50 else None for i in range(300)]
-    assert sum(counted.calls) == 300
-    assert len(counted.calls) <= 3, counted.calls  # one alone, then the rest together (256 at most a read)
+    await many_gets_read_together(store, f"c-{uuid.uuid4().hex[:8]}", monkeypatch)
 
 
 async def test_a_get_sees_every_write_completed_before_it(store: SQLStream) -> None:
@@ -59,7 +47,7 @@ async def test_a_get_sees_every_write_completed_before_it(store: SQLStream) -> N
         writes = [store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=f"i{i}", data=round_))
                   for i in range(8)]
         await asyncio.gather(*writes)
-        reads = await asyncio.gather(*(store.get(_get(stream, f"i{i}")) for i in range(8)))
+        reads = await asyncio.gather(*(store.get(get_input(stream, f"i{i}")) for i in range(8)))
         assert reads == [round_] * 8
 
 
@@ -89,7 +77,7 @@ async def test_an_unreadable_value_fails_only_its_own_get_among_those_read_with_
         await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=item, data=item))
     await _corrupt(url, stream, "bad")
     counted = CountedReads(store, lanes=1)
-    results = await asyncio.gather(*(store.get(_get(stream, item)) for item in ("a", "a", "bad", "b", "bad", "b")),
+    results = await asyncio.gather(*(store.get(get_input(stream, item)) for item in ("a", "a", "bad", "b", "bad", "b")),
                                    return_exceptions=True)
     assert [r if isinstance(r, str) else type(r) for r in results] == [
         "a", "a", StreamDataError, "b", StreamDataError, "b"]

@@ -227,13 +227,19 @@ async def test_close_refuses_new_reads_and_lets_those_submitted_run() -> None:
     assert await first == "A" and await waiting == "B"
 
 
-async def test_finish_waits_for_the_reads_then_fails_the_rest_and_stops_the_batches() -> None:
+async def _a_alone_and_b_batched() -> tuple[Reads, ReadCoalescer[str, str], asyncio.Task[str], asyncio.Task[str]]:
+    """Two lanes; "a" read by its caller, "b" in a batch of its own: both held at the gate."""
     reads = Reads()
     coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=2)
     first = await _held(reads, coalescer, "a")
     reads.hold.add("b")
     b = asyncio.create_task(coalescer.submit("b"))
-    assert await reads.call(2) == ["b"]  # a batch of its own, held
+    assert await reads.call(2) == ["b"]
+    return reads, coalescer, first, b
+
+
+async def test_finish_waits_for_the_reads_then_fails_the_rest_and_stops_the_batches() -> None:
+    reads, coalescer, first, b = await _a_alone_and_b_batched()
     coalescer.close()
     gone = RuntimeError("the store is closed")
     await coalescer.finish(0.05, gone)
@@ -246,12 +252,7 @@ async def test_finish_waits_for_the_reads_then_fails_the_rest_and_stops_the_batc
 
 
 async def test_a_cancel_of_finish_is_not_swallowed() -> None:
-    reads = Reads()
-    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=2)
-    first = await _held(reads, coalescer, "a")
-    reads.hold.add("b")
-    b = asyncio.create_task(coalescer.submit("b"))
-    assert await reads.call(2) == ["b"]
+    reads, coalescer, first, b = await _a_alone_and_b_batched()
     finishing = asyncio.create_task(coalescer.finish(0, RuntimeError("closed")))
     await asyncio.wait({b})  # finish failed b and cancelled its batch; it now waits for the batch to end
     finishing.cancel()
