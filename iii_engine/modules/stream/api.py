@@ -224,15 +224,16 @@ class StreamFunctions:
         except (ValueError, TypeError) as exc:  # (TypeError: an in-process caller's value with no JSON form)
             raise EngineError(code, str(exc)) from None
 
-    @staticmethod
-    def _sendable(function_id: str, value: Any, what: str, code: str) -> None:
-        """Refuse a custom stream's answer whose value no change event can carry: the worker made the change, but
-        its event could be written for no subscriber and no trigger, so none goes out, and the caller is told."""
+    @classmethod
+    def _sendable(cls, function_id: str, value: Any, what: str, code: str) -> None:
+        """Refuse a custom stream's answer whose value no change event can carry (:meth:`_storable`'s rule): the
+        worker made the change, but its event could be written for no subscriber and no trigger, so none goes out,
+        and the caller is told."""
         try:
-            json_text(value, what)
-        except (ValueError, TypeError) as exc:
+            cls._storable(value, what, code)
+        except EngineError as exc:
             raise EngineError(code, f"{function_id} answered a change whose event cannot be sent, so none went out "
-                                    f"(the worker's stream keeps the change): {exc}") from None
+                                    f"(the worker's stream keeps the change): {exc.message}") from None
 
     async def _fire(self, event: StreamEvent, function_id: str, outcome: str = "done") -> None:
         """Hand ``event`` to its triggers, waiting for room among the engine's fired calls (``max_fired_calls``)
