@@ -89,6 +89,17 @@ class StateTriggers(TriggerSet):
         await super().register(trigger)
 
 
+def _as_field(message: str, field: str) -> str:
+    """A store's refusal of a value, naming the caller's ``field``: stores name what they were given ``data``, the
+    field of a stream item; ``state::set`` takes it as ``value`` (or ``data``).
+
+    Example:
+        >>> _as_field("data nests deeper than 125 levels", "value")
+        'value nests deeper than 125 levels'
+    """
+    return field + message[4:] if message.startswith("data ") else message
+
+
 def _changed(old: Any) -> str:
     return "state:created" if old is None else "state:updated"
 
@@ -160,7 +171,7 @@ class StateModule(EngineModule):
             result = await self._store().set(
                 StreamSetInput(stream_name=STATE_STREAM, group_id=scope, item_id=key, data=value))
         except Exception as exc:
-            raise EngineError("SET_ERROR", str(exc)) from None
+            raise EngineError("SET_ERROR", _as_field(str(exc), "value" if "value" in f.data else "data")) from None
         old = None if result is None else result.old_value
         if self.triggers.has_triggers():  # no trigger: no payload to build
             await self.triggers.deliver(state_event(_changed(old), scope, key, old, value),
