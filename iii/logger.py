@@ -65,13 +65,16 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
 
     What JSON or OTLP cannot carry is turned into text here, because the record would otherwise be lost whole (with
     the rest of its export batch): a non-finite float (not JSON), an integer beyond int64 (refused by the engine),
-    a container that holds itself, or nesting past ``_MAX_DEPTH`` levels (beyond the wire's depth bound).
+    a container that holds itself, nesting past ``_MAX_DEPTH`` levels (beyond the wire's depth bound), or a lone
+    surrogate in a string (:func:`_text`).
 
     Example:
         >>> _attribute_value({"ratio": float("nan"), "big": 2**64, "ok": [1, "a"]})
         {'ratio': 'NaN', 'big': '18446744073709551616', 'ok': [1, 'a']}
     """
-    if value is None or isinstance(value, str | bool):
+    if isinstance(value, str):
+        return _text(value)
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         if _INT64[0] <= value <= _INT64[1]:
@@ -91,11 +94,31 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
             return f"<nested deeper than {_MAX_DEPTH} levels>"
         inner = ancestors | {id(value)}
         if isinstance(value, dict):
-            return {str(key): _attribute_value(item, depth + 1, inner) for key, item in value.items()}
+            return {_text(str(key)): _attribute_value(item, depth + 1, inner) for key, item in value.items()}
         return [_attribute_value(item, depth + 1, inner) for item in value]
     from .utils import safe_stringify
 
     return safe_stringify(value)
+
+
+def _text(value: str) -> str:
+    """``value`` with each lone surrogate written as its escape: such a string (a file name that is not UTF-8, as
+    ``os.listdir`` decodes it) has no UTF-8 or JSON form, and its record was dropped by the exporter (with the rest
+    of its export batch, before that was fixed).
+
+    Example:
+        >>> _text(b"report-\\xff.csv".decode("utf-8", "surrogateescape"))
+        'report-\\\\udcff.csv'
+        >>> _text("é")
+        'é'
+    """
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 class Logger:
@@ -172,7 +195,7 @@ class Logger:
         from opentelemetry._logs import LogRecord, SeverityNumber
 
         severity_text, severity_number = _SEVERITY[level]
-        attributes: dict[str, Any] = {"service.name": self._service_name}
+        attributes: dict[str, Any] = {"service.name": _text(self._service_name)}
         if data is not None:
             attributes["log.data"] = _attribute_value(data)
 
@@ -186,7 +209,7 @@ class Logger:
             "observed_timestamp": now,
             "severity_text": severity_text,
             "severity_number": SeverityNumber(severity_number),
-            "body": message,
+            "body": _text(message) if isinstance(message, str) else message,
             "attributes": attributes,
         }
         if not _log_record_takes_context():

@@ -675,6 +675,30 @@ def _frame_limit(max_frame_bytes: int, connection: SharedEngineConnection) -> in
     return max_frame_bytes if engine is None else min(max_frame_bytes, engine)
 
 
+def _writable(items: Sequence[Any], serialize_one: Callable[[Any], object], what: str) -> tuple[list[Any], int]:
+    """``items`` without those ``serialize_one`` cannot write (a ``TypeError``, ``ValueError`` or
+    ``OverflowError``: a NaN, a lone surrogate, a name that is no string), and how many were left out; one error line
+    says so. Used once a whole batch could not be written, so that one such item does not take its batch down.
+
+    Example:
+        >>> _writable([1, "a", 2], lambda item: item + 0, "number")
+        ([1, 2], 1)
+    """
+    kept: list[Any] = []
+    first: Exception | None = None
+    for item in items:
+        try:
+            serialize_one(item)
+        except (TypeError, ValueError, OverflowError) as exc:
+            first = first or exc
+            continue
+        kept.append(item)
+    dropped = len(items) - len(kept)
+    log.error("%s export failed for %d of %d %s(s), dropped: no OTLP-JSON text for them: %r", what, dropped,
+              len(items), what, first)
+    return kept, dropped
+
+
 def _send_split(connection: SharedEngineConnection, prefix: bytes, items: Sequence[Any], payload: bytes,
                 serialize: Callable[[Sequence[Any]], bytes], limit: int, what: str) -> int:
     """Send ``payload`` (``serialize(items)``), split in halves while ``prefix`` and it are over ``limit`` bytes;
@@ -755,18 +779,8 @@ class EngineSpanExporter:
         is no string), each counted in :attr:`unwritable` and logged. Why: one such span used to take the whole
         batch (up to 512 other calls' spans) down with it."""
         texts = self._texts.get("source")
-        kept: list[Any] = []
-        first: Exception | None = None
-        for span in spans:
-            try:
-                serialize_spans([span], texts)
-            except (TypeError, ValueError, OverflowError) as exc:
-                first = first or exc
-                self.unwritable += 1
-                continue
-            kept.append(span)
-        log.error("span export failed for %d of %d span(s), dropped: no OTLP-JSON text for them (%d so far): %r",
-                  len(spans) - len(kept), len(spans), self.unwritable, first)
+        kept, dropped = _writable(spans, lambda span: serialize_spans([span], texts), "span")
+        self.unwritable += dropped
         return kept
 
     def _send(self, spans: Sequence[Any], payload: bytes) -> bool:
@@ -801,21 +815,33 @@ class EngineLogExporter:
 
     def __init__(self, connection: SharedEngineConnection) -> None:
         self._connection = connection
+        self.unwritable = 0  # log records dropped from their batch's frame: no OTLP-JSON text could be written for them
         self.oversized = 0  # log records dropped: one alone made a frame over max_frame_bytes
 
     def export(self, batch: Sequence[Any]) -> Any:
         """Send the batch in one frame, or in several when one would be over :attr:`max_frame_bytes` (a record
-        over it alone is dropped, counted in :attr:`oversized`); ``LogExportResult``."""
+        over it alone is dropped, counted in :attr:`oversized`); a record with no OTLP-JSON text (a lone surrogate
+        from a record not made by :class:`iii.logger.Logger`, which writes them as escapes) is dropped alone, counted
+        in :attr:`unwritable`: it took its whole batch down. ``LogExportResult`` (``FAILURE`` when one was dropped)."""
         from opentelemetry.sdk._logs.export import LogExportResult
 
         try:
-            dropped = _send_split(self._connection, PREFIX_LOGS, batch, serialize_logs(batch), serialize_logs,
+            items = batch
+            try:
+                payload = serialize_logs(items)
+            except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError (a lone surrogate)
+                items, unwritable = _writable(batch, lambda item: serialize_logs([item]), "log record")
+                self.unwritable += unwritable
+                if not items:
+                    return LogExportResult.FAILURE
+                payload = serialize_logs(items)
+            dropped = _send_split(self._connection, PREFIX_LOGS, items, payload, serialize_logs,
                                   _frame_limit(self.max_frame_bytes, self._connection), "log record")
         except Exception:
             log.exception("log export failed")
             return LogExportResult.FAILURE
         self.oversized += dropped
-        return LogExportResult.FAILURE if dropped else LogExportResult.SUCCESS
+        return LogExportResult.FAILURE if dropped or items is not batch else LogExportResult.SUCCESS
 
     def shutdown(self) -> None:
         """Nothing to release: the sink belongs to the client."""

@@ -1,0 +1,71 @@
+"""A log record with no OTLP-JSON text (a lone surrogate, as ``os.listdir`` decodes a file name that is not UTF-8)
+took its whole export batch down, uncounted: with ``logs_batch_size`` 100 the engine got none of 61 records. Now
+:class:`iii.logger.Logger` writes lone surrogates as escapes (the record is kept), and the exporter drops a record
+it cannot write alone, counted in ``unwritable`` and logged, sending the rest of its batch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry._logs import LogRecord
+
+from iii import telemetry
+from iii.logger import Logger
+from iii.telemetry_types import OtelConfig
+
+BAD_NAME = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+
+
+@pytest.fixture
+def frames() -> Iterator[list[bytes]]:
+    """Telemetry on (logs only, 100 records a batch) for one test, its frames collected in the list yielded."""
+    sink: list[bytes] = []
+    telemetry.shutdown_otel()
+    telemetry.init_otel(OtelConfig(enabled=True, service_name="logs", service_instance_id="i1",
+                                   fetch_instrumentation_enabled=False, metrics_enabled=False, logs_enabled=True,
+                                   logs_batch_size=100, logs_flush_interval_ms=60_000),
+                        frame_sink=sink.append)
+    yield sink
+    telemetry.shutdown_otel()
+
+
+def _records(frames: list[bytes]) -> list[dict[str, Any]]:
+    return [record for frame in frames if frame.startswith(b"LOGS")
+            for rl in json.loads(frame[4:])["resourceLogs"] for sl in rl["scopeLogs"] for record in sl["logRecords"]]
+
+
+def _exporter() -> Any:
+    processor = telemetry.runtime().log_provider._multi_log_record_processor._log_record_processors[0]
+    return processor._batch_processor._exporter
+
+
+def test_a_logger_record_with_a_lone_surrogate_is_kept_with_it_escaped(frames: list[bytes]) -> None:
+    logger = Logger(service_name="svc")
+    logger.info("before")
+    logger.info(f"processing {BAD_NAME}", {"file": BAD_NAME, BAD_NAME: [BAD_NAME]})
+    logger.info("after")
+    assert telemetry.force_flush()
+    records = _records(frames)
+    assert [r["body"]["stringValue"] for r in records] == ["before", "processing report-\\udcff.csv", "after"]
+    data = next(a["value"] for a in records[1]["attributes"] if a["key"] == "log.data")
+    assert data["kvlistValue"]["values"][0]["value"] == {"stringValue": "report-\\udcff.csv"}
+    assert data["kvlistValue"]["values"][1]["key"] == "report-\\udcff.csv"
+    assert _exporter().unwritable == 0
+
+
+def test_a_record_the_exporter_cannot_write_is_dropped_alone_and_counted(frames: list[bytes],
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    otel_logger = telemetry.get_logger("other")
+    assert otel_logger is not None
+    for body in ["one", f"raw {BAD_NAME}", "two", "three"]:  # a record made without our Logger is not escaped
+        otel_logger.emit(LogRecord(timestamp=time.time_ns(), body=body))
+    with caplog.at_level(logging.ERROR, logger="iii.telemetry_exporters"):
+        assert telemetry.force_flush()
+    assert [r["body"]["stringValue"] for r in _records(frames)] == ["one", "two", "three"]
+    assert _exporter().unwritable == 1
+    assert "log record export failed for 1 of 4 log record(s), dropped: no OTLP-JSON text" in caplog.text
