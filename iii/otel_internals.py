@@ -126,6 +126,22 @@ def batch_of(processor: Any) -> Any | None:
     return batch if _fields_hold(batch, _BATCH_FIELDS, "BatchProcessor", _BATCH_COST) else None
 
 
+def batch_full(batch: Any) -> int:
+    """The size of a :func:`batch_of` batch's queue when it is full, so that the next item emitted pushes its oldest
+    out (the SDK logs that, but counts it nowhere a caller can read); 0 while it is not (or the batch is shut down).
+
+    Example:
+        >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        >>> processor = BatchSpanProcessor(ConsoleSpanExporter(), max_queue_size=1, max_export_batch_size=1)
+        >>> batch = batch_of(processor)
+        >>> before = batch_full(batch); batch._queue.append("item"); before, batch_full(batch)
+        (0, 1)
+        >>> batch._queue.clear(); processor.shutdown()
+    """
+    size: int = batch._max_queue_size
+    return size if not batch._shutdown and len(batch._queue) >= size else 0
+
+
 def batch_exporter(batch: Any) -> Any:
     """The exporter a :func:`batch_of` batch exports to.
 

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -207,6 +208,48 @@ class _Output(SharedEngineConnection):
             self.dropped += 1
             return
         target.send_threadsafe(prefix, payload)
+
+
+LOG_QUEUE_WARNING_INTERVAL_S: Final = 10.0
+"""Seconds between two warnings that OpenTelemetry's log queue was full and pushed records out."""
+
+
+@functools.cache
+def _counting_log_processor(base: type) -> type:
+    """``BatchLogRecordProcessor`` (``base``) that counts the records its full queue pushes out, in ``queue_full``,
+    with a warning at most every :data:`LOG_QUEUE_WARNING_INTERVAL_S`. Why: a burst of ``Logger`` records while
+    the engine was away (3,000 in 0.07 s) lost 146-711 of them there, counted nowhere (the SDK logged one line)."""
+    from .otel_internals import batch_full, batch_of
+
+    class CountingLogProcessor(base):  # type: ignore[misc]
+        """A batch log processor counting, in ``queue_full``, the records its full queue pushed out."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._batch = batch_of(self)  # None (one warning at the first look) where the SDK's layout differs
+            self._full_lock = threading.Lock()
+            self._full_told = float("-inf")
+            self._full_since_told = 0
+            self.queue_full = 0
+
+        def on_emit(self, log_record: Any) -> None:
+            if self._batch is not None and (size := batch_full(self._batch)):
+                self._pushed_out(size)
+            super().on_emit(log_record)
+
+        def _pushed_out(self, size: int) -> None:
+            with self._full_lock:
+                self.queue_full += 1
+                self._full_since_told += 1
+                now = time.monotonic()
+                if now - self._full_told < LOG_QUEUE_WARNING_INTERVAL_S:
+                    return
+                self._full_told, since, self._full_since_told = now, self._full_since_told, 0
+            log.warning("OpenTelemetry's log queue (%d records) was full: %d log record(s) pushed out since the last "
+                        "such warning, %d in all (records are made faster than they are exported; a larger "
+                        "logs_batch_size exports more a turn)", size, since, self.queue_full)
+
+    return CountingLogProcessor
 
 
 @dataclass
@@ -632,8 +675,8 @@ class TelemetryRuntime:
 
         provider = LoggerProvider(resource=resource)
         provider.add_log_record_processor(
-            BatchLogRecordProcessor(
-                EngineLogExporter(connection),  # type: ignore[arg-type]
+            _counting_log_processor(BatchLogRecordProcessor)(
+                EngineLogExporter(connection),
                 schedule_delay_millis=_int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100),
                 max_export_batch_size=_int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1),
             )
