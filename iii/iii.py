@@ -78,6 +78,7 @@ from .protocol.client import (
     worker_busy,
 )
 from .protocol.codec import MAX_JSON_DEPTH, MAX_LISTED_DEPTH, fits_within
+from .reconnect_retry import NotFoundRetry, settling_window
 from .stream import IStream
 from .stream_glue import stream_functions
 from .telemetry_wiring import TelemetryWiring
@@ -196,6 +197,9 @@ class III:
         self._bridge = LoopBridge()
         self._loop = self._bridge.loop
         self._calls = PendingCalls(self._loop)
+        reconnection = self._options.reconnection_config or DEFAULT_RECONNECTION_CONFIG
+        self._retry = NotFoundRetry(self._loop, settling_window(reconnection.max_delay_ms, reconnection.jitter_factor),
+                                    resend=self._resend)
         self._conn = Connection(
             address,
             on_frame=self._on_frame,
@@ -546,6 +550,7 @@ class III:
             await self._telemetry.release(self)
             await self._conn.close(close_timeout)
             self._busy.close()  # refusals counted since the last warning are told now
+            self._retry.close()
             for failure in self._session.close(self._shutdown_cause):  # a call under way says why, as later ones
                 self._calls.fail(failure.invocation_id, failure.error)
             await self._bridge.cancel_tasks(spare=caller)
@@ -630,6 +635,8 @@ class III:
                 await write(frame)
 
     def _on_ready(self) -> None:
+        if self._retry.until:  # a reconnect (the connection was lost before): its settling window starts
+            self._retry.ready()
         self._loop.call_later(_UNNAMED_WARN_S, self._check_named, self._session.generation)
         tp, bg = self._telemetry.trace.headers()
         frame, lost_worker_id = self._session.connection_ready(worker_metadata(self._options), tp or None,
@@ -735,8 +742,19 @@ class III:
             self._calls.fail(failure.invocation_id, failure.error)
 
     def _on_lost(self) -> None:
+        self._retry.lost()
         for failure in self._session.connection_lost(self._conn.queued_keys(), too_big=self._conn.closed_too_big):
+            self._retry.forget(failure.invocation_id)
             self._calls.fail(failure.invocation_id, failure.error)
+
+    def _resend(self, invocation_id: str, function_id: str, frame: str) -> None:
+        """Send again a call answered ``function_not_found`` just after a reconnect (:mod:`iii.reconnect_retry`),
+        unless its caller stopped waiting meanwhile."""
+        if invocation_id not in self._calls or self._closed:
+            self._retry.forget(invocation_id)
+            return
+        self._session.track_call(invocation_id, function_id)
+        self._conn.send_soon(frame, invocation_id)
 
     async def _recover_registrations(self, old_worker_ids: tuple[str, ...]) -> None:
         """Re-send registrations the cleanup of old connections (``old_worker_ids``) deleted, once the engine knows
@@ -802,6 +820,8 @@ class III:
     def _dispatch(self, event: Event) -> None:
         """Act on one event of the protocol core (loop thread)."""
         if isinstance(event, CallSucceeded):
+            if self._retry.active:
+                self._retry.forget(event.invocation_id)
             self._calls.succeed(event.invocation_id, event.result)
         elif isinstance(event, InvocationRequested):
             # (the client's own functions-available callback function is not refused: the engine sends at most one
@@ -813,7 +833,11 @@ class III:
                 self._invoking += 1
                 self._bridge.spawn(self._invoke(event))
         elif isinstance(event, CallFailed):
-            self._calls.fail(event.invocation_id, event.error)
+            error = event.error
+            if self._retry.active and isinstance(error, InvocationError) \
+                    and self._retry.retry(event.invocation_id, error):
+                return  # sent again once its function may be back: the caller keeps waiting
+            self._calls.fail(event.invocation_id, error)
         elif isinstance(event, Send):
             self._conn.send_soon(event.frame, droppable=event.droppable)
         elif isinstance(event, WorkerRegistered):
@@ -1140,11 +1164,16 @@ class III:
         finally:
             bridge.release(waiter)
 
-    def _call_expired(self, invocation_id: str) -> str | None:
+    def _call_expired(self, invocation_id: str) -> str | BaseException | None:
         """A call timed out: the session forgets it (its frame, still queued, is then dropped unsent); what its
         ``TimeoutError`` adds when it was never sent. Plain, the message could not tell such a call from one that may
-        have run (the reference's type and message prefix are kept)."""
+        have run (the reference's type and message prefix are kept). One waiting to be sent again after a reconnect
+        (:mod:`iii.reconnect_retry`) fails with the ``function_not_found`` it was answered: it did not run."""
         self._session.forget(invocation_id)
+        if self._retry.active:
+            not_found = self._retry.expired(invocation_id)
+            if not_found is not None:
+                return not_found
         if self._conn.is_queued(invocation_id):
             return ("it was never sent (still in the outbound queue, waiting for the engine), so it did not run: "
                     "trying again is safe")
@@ -1179,6 +1208,8 @@ class III:
             return
         self._session.track_call(invocation_id, function_id)
         self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms, on_expire=self._call_expired)
+        if self._retry.until:
+            self._retry.remember(invocation_id, function_id, frame)
         self._conn.send_now(frame, invocation_id)
 
     def _start_call_parked(self, invocation_id: str, function_id: str, frame: str, timeout_ms: float,
@@ -1192,6 +1223,8 @@ class III:
         if self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms,
                              on_expire=self._call_expired):
             self._bridge.post_parked()  # the loop sleeps until its earliest timer as it knew it
+        if self._retry.until:
+            self._retry.remember(invocation_id, function_id, frame)
         if not self._conn.write_now(frame):
             self._bridge.post_parked(self._conn.send_soon, frame, invocation_id)
 
@@ -1272,6 +1305,7 @@ class III:
         """The caller stopped waiting (cancelled): forget the call; a late result is ignored."""
         self._calls.discard(invocation_id)
         self._session.forget(invocation_id)
+        self._retry.forget(invocation_id)
 
     async def trigger_async(self, request: dict[str, Any] | TriggerRequest) -> Any:
         """Async form of :meth:`trigger`; works from any event loop.
@@ -1332,6 +1366,8 @@ class III:
         self._session.track_call(invocation_id, function_id)
         timeout = timeout_ms or self._timeout_ms
         future = self._calls.add(invocation_id, function_id, timeout_ms=timeout, on_expire=self._call_expired)
+        if self._retry.until:
+            self._retry.remember(invocation_id, function_id, frame)
         try:
             # With other calls in flight, frames started in the same turn of the loop leave in one write.
             await self._conn.send(frame, invocation_id, batch=len(self._calls) > 1)
@@ -1342,6 +1378,8 @@ class III:
         finally:
             self._calls.discard(invocation_id)
             self._session.forget(invocation_id)
+            if self._retry.active:
+                self._retry.forget(invocation_id)
             del future  # (the cycle trigger_async breaks: the error's traceback keeps this frame)
 
     def list_functions(self) -> list[FunctionInfo]:

@@ -25,9 +25,9 @@ from .errors import ShuttingDownError
 
 __all__ = ["Expire", "LoopWaiter", "PendingCalls", "Settle", "ThreadWaiter"]
 
-Expire = Callable[[str], "str | None"]
+Expire = Callable[[str], "str | BaseException | None"]
 """``on_expire(invocation_id)``, run as a call times out; a text it returns is added to the ``TimeoutError``'s message
-(``"it was never sent ..."``)."""
+(``"it was never sent ..."``), an exception it returns is raised instead of the ``TimeoutError``."""
 
 
 class Settle(Protocol):
@@ -195,6 +195,9 @@ class PendingCalls:
     def __len__(self) -> int:
         return len(self._calls)
 
+    def __contains__(self, invocation_id: object) -> bool:
+        return invocation_id in self._calls
+
     def add(
         self, invocation_id: str, function_id: str, *, timeout_ms: float, on_expire: Expire
     ) -> asyncio.Future[Any]:
@@ -249,6 +252,10 @@ class PendingCalls:
     def _expire(self, invocation_id: str, pending: _Pending) -> None:
         self._calls.pop(invocation_id, None)
         why = pending.on_expire(invocation_id)
+        if isinstance(why, BaseException):
+            if not pending.future.done():
+                pending.future.set_exception(why)
+            return
         if not pending.future.done():
             message = f"Invocation of '{pending.function_id}' timed out after {pending.timeout_ms}ms"
             if why:
