@@ -10,7 +10,9 @@ Stream events travel through the remote's pub/sub: after each successful write t
 wrapper on topic ``stream.events`` (the remote's ``publish``), and every delivery of that topic (a remote
 ``subscribe`` trigger bound to ``stream::bridge::on_pub::<uuid>``) reaches this engine's socket clients. Clients
 therefore see the changes of every engine bridged to the same remote, their own included, but not changes made
-directly in the remote's own store; while the remote is down they see none.
+directly in the remote's own store; while the remote is down they see none. Two engines' writes of one item may be
+applied in one order and their events arrive in the other: an item with two events close together is read back and
+its clients told the stored value (:mod:`~iii_engine.modules.bridge.event_check`).
 
 Store errors read ``Failed to <op>: Failed to <op> via bridge: <reason>`` (the module adds its code, e.g.
 ``SET_ERROR``); the reason names the remote URL when it is unreachable.
@@ -47,6 +49,7 @@ from iii.stream_ops import op_to_wire
 from iii_streams import Backend, StreamGapError
 from iii_streams.events import EventHub, StreamEvent, Subscription, Watch, custom_event, make_event
 
+from .event_check import EventChecks
 from .link import BridgeCallError, BridgeLink
 
 __all__ = ["BRIDGE_EVENTS_TOPIC", "BridgeStateStore", "BridgeStoreError", "BridgeStreamStore", "open_bridge_store"]
@@ -223,6 +226,9 @@ class BridgeStreamStore(_BridgeStore):
         self.publish_events = True
         self.subscriber_id = f"stream::bridge::on_pub::{uuid.uuid4()}"
         self._stop_telling: Callable[[], None] | None = None  # set while started: removes the on_ready callback
+        # events of two engines' writes to one item may arrive in the other order than the writes: such items are
+        # read back, and the socket clients told the stored value (event_check)
+        self._checks = EventChecks(self._stored, self._hub.publish)
 
     def start(self) -> None:
         """Connect and subscribe to the remote's ``stream.events`` (both replayed after every reconnect); a store
@@ -243,10 +249,17 @@ class BridgeStreamStore(_BridgeStore):
         stop_telling, self._stop_telling = self._stop_telling, None
         if stop_telling is not None:
             stop_telling()
+        await self._checks.close()
         await super().aclose()
 
     async def _delivered(self, data: Any) -> None:
-        self._hub.publish(_event(data))
+        event = _event(data)
+        self._hub.publish(event)
+        self._checks.note(event)
+
+    async def _stored(self, key: tuple[str, str, str]) -> Any:
+        stream_name, group_id, item_id = key
+        return await self.get(StreamGetInput(stream_name=stream_name, group_id=group_id, item_id=item_id))
 
     async def _changed(self, event: StreamEvent) -> None:
         if not self.publish_events:

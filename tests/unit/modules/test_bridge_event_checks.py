@@ -1,0 +1,141 @@
+"""The checks of bridged stream items whose change events came close together
+(``iii_engine.modules.bridge.event_check``): a lone event is never checked, a pair is read back once the burst is
+quiet, a read during which an event came is made again, a correction goes out only when the stored value differs,
+and what is remembered is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from iii_engine.modules.bridge import event_check
+from iii_engine.modules.bridge.event_check import EventChecks
+from iii_streams.events import custom_event, make_event
+
+Key = tuple[str, str, str]
+
+
+class _Remote:
+    """What the back holds, with every read counted; a read may be held until released."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.reads = 0
+        self.hold: asyncio.Event | None = None
+        self.reading = asyncio.Event()
+
+    async def read(self, key: Key) -> Any:
+        self.reads += 1
+        self.reading.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        if isinstance(self.value, Exception):
+            raise self.value
+        return self.value
+
+
+def _update(value: Any, item: str = "x") -> dict[str, Any]:
+    return make_event("s", "g", item, "update", value)
+
+
+async def _quiet() -> None:
+    await asyncio.sleep(event_check.CHECK_AFTER_S * 4)
+
+
+async def test_a_lone_event_is_not_checked_and_a_pair_is_read_once() -> None:
+    remote, told = _Remote("b"), []
+    checks = EventChecks(remote.read, told.append)
+    checks.note(_update("a", "lone"))
+    checks.note(custom_event("s", "g", "x", "ping", {}))  # not a change: never checked
+    await _quiet()
+    assert remote.reads == 0
+    for value in ("a", "a", "b"):  # a burst: read once it is quiet
+        checks.note(_update(value))
+    await _quiet()
+    assert remote.reads == 1 and told == []  # the last event said what is stored
+    await checks.close()
+
+
+async def test_a_read_during_which_an_event_came_is_made_again() -> None:
+    remote, told = _Remote("c"), []
+    remote.hold = asyncio.Event()
+    checks = EventChecks(remote.read, told.append)
+    checks.note(_update("a"))
+    checks.note(_update("b"))
+    await asyncio.wait_for(remote.reading.wait(), 5)
+    checks.note(_update("c"))  # may be newer than what the read finds
+    remote.value = "c"
+    remote.hold.set()
+    await _quiet()
+    assert remote.reads == 2 and told == []
+    await checks.close()
+
+
+@pytest.mark.parametrize(("stored", "last", "told_event"), [
+    ("b", make_event("s", "g", "x", "update", "a"), {"type": "update", "data": "b"}),
+    (None, make_event("s", "g", "x", "update", "a"), {"type": "delete", "data": "a"}),
+    ("b", make_event("s", "g", "x", "delete", "a"), {"type": "create", "data": "b"}),
+])
+async def test_the_stored_value_is_told_when_the_last_event_said_otherwise(
+        stored: Any, last: dict[str, Any], told_event: dict[str, Any]) -> None:
+    remote, told = _Remote(stored), []
+    checks = EventChecks(remote.read, told.append)
+    checks.note(_update("first"))
+    checks.note(last)
+    await _quiet()
+    assert [event["event"] for event in told] == [told_event]
+    assert (told[0]["streamName"], told[0]["groupId"], told[0]["id"]) == ("s", "g", "x")
+    await checks.close()
+
+
+async def test_a_failed_read_tells_nothing_and_the_next_event_checks_again(caplog: pytest.LogCaptureFixture) -> None:
+    remote, told = _Remote(ConnectionError("back down")), []
+    checks = EventChecks(remote.read, told.append)
+    checks.note(_update("a"))
+    checks.note(_update("b"))
+    await _quiet()
+    assert remote.reads == 1 and told == []
+    remote.value = "a"
+    checks.note(_update("b"))
+    await _quiet()
+    assert remote.reads == 2 and [event["event"]["data"] for event in told] == ["a"]
+    await checks.close()
+
+
+async def test_events_further_apart_than_the_window_are_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_check, "CHECK_WINDOW_S", 0.01)
+    remote, told = _Remote("b"), []
+    checks = EventChecks(remote.read, told.append)
+    checks.note(_update("a"))
+    await asyncio.sleep(0.03)
+    checks.note(_update("b"))
+    await _quiet()
+    assert remote.reads == 0
+    await checks.close()
+
+
+async def test_items_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_check, "MAX_TRACKED", 4)
+    remote, told = _Remote(None), []
+    checks = EventChecks(remote.read, told.append)
+    for n in range(100):
+        checks.note(_update(n, item=f"i{n}"))
+    assert len(checks._items) <= 5
+    await checks.close()
+
+
+async def test_close_stops_planned_checks_and_those_under_way() -> None:
+    remote, told = _Remote("z"), []
+    remote.hold = asyncio.Event()
+    checks = EventChecks(remote.read, told.append)
+    checks.note(_update("a"))
+    checks.note(_update("b"))
+    checks.note(_update("a", "other"))
+    checks.note(_update("b", "other"))
+    await asyncio.wait_for(remote.reading.wait(), 5)
+    await checks.close()
+    remote.hold.set()
+    await _quiet()
+    assert told == [] and not checks._tasks
