@@ -336,7 +336,13 @@ def not_an_engine(exc: BaseException) -> str | None:
         if isinstance(exc.__cause__, EOFError):
             # Closed before any answer: what a TCP forwarder with nothing listening behind it does (docker's
             # published ports, kubectl port-forward, ssh -L) while the engine starts; websockets retries it too.
-            return None
+            # Some bytes and no line end before the close is an answer, not HTTP (a TLS server's alert): it was
+            # taken for no answer, retried for 30 s and reported as an engine that cannot be reached.
+            sent = ws_fastpath.bytes_before_close(exc.__cause__)
+            if not sent:
+                return None
+            return (f"an answer to the WebSocket upgrade that is not HTTP/1.1 ({sent} byte(s) with no line end, then "
+                    "the connection closed: a TLS server, with ws:// where wss:// was meant?)")
         cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
         return f"an answer to the WebSocket upgrade that is not HTTP/1.1 ({exc}{cause})"
     return None

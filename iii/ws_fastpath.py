@@ -38,6 +38,7 @@ import contextlib
 import inspect
 import logging
 import os
+import re
 import socket
 import struct
 import threading
@@ -479,6 +480,56 @@ def write_frame_now(ws: Connection, payload: bytes, hold: bool = False) -> int:
     elif not ws.send_now((head, payload)):
         ws.cork((head, payload))  # the transport holds bytes: they leave first, at the end of this turn
     return WROTE_OVER_MARK if ws.paused else WROTE
+
+
+# What websockets' stream reader says when a peer closes inside a line ("stream ends after 7 bytes, before end of
+# line"): the one place it tells how much the peer sent. Checked by _eof_words_probe; None: it says otherwise.
+_EOF_AFTER: Final = re.compile(r"stream ends after (\d+) bytes")
+
+
+def _eof_words_probe() -> bool:
+    """Whether this ``websockets``' stream reader says how many bytes came before an end inside a line, in the
+    words :data:`_EOF_AFTER` reads."""
+    from websockets.streams import StreamReader
+
+    reader = StreamReader()
+    reader.feed_data(b"ab")
+    reader.feed_eof()
+    try:
+        next(reader.read_line(100))
+    except EOFError as exc:
+        match = _EOF_AFTER.match(str(exc))
+        return match is not None and match.group(1) == "2"
+    except Exception:  # another layout: the bytes are not told (bytes_before_close answers None)
+        return False
+    return False
+
+
+EOF_WORDS_KNOWN: Final = _eof_words_probe()
+"""Whether :func:`bytes_before_close` can read this ``websockets``' words (else it always answers ``None``)."""
+
+
+def bytes_before_close(exc: BaseException) -> int | None:
+    """How many bytes a server sent before it closed inside its answer to an upgrade, read from the ``EOFError``
+    chain of the handshake's failure (``websockets`` says it there, and nowhere else); ``None`` when it does not say.
+    Told apart this way, 0 is a forwarder closing before any answer (nothing behind it yet), more a server that
+    answered something that is not HTTP (a TLS server's alert on a plain ``ws://`` URL).
+
+    Example:
+        >>> inner = EOFError("stream ends after 7 bytes, before end of line")
+        >>> outer = EOFError("connection closed while reading HTTP status line")
+        >>> outer.__cause__ = inner
+        >>> bytes_before_close(outer), bytes_before_close(EOFError("other words"))
+        (7, None)
+    """
+    cause: BaseException | None = exc
+    for _ in range(4):  # (the chain is two deep; a cycle must not loop)
+        if cause is None or not EOF_WORDS_KNOWN:
+            return None
+        if isinstance(cause, EOFError) and (match := _EOF_AFTER.match(str(cause))) is not None:
+            return int(match.group(1))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def has_unread(ws: Connection) -> bool:
