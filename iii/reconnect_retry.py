@@ -21,7 +21,8 @@ Example:
     >>> from iii.errors import InvocationError
     >>> async def demo() -> list[str]:
     ...     sent: list[str] = []
-    ...     retry = NotFoundRetry(asyncio.get_running_loop(), 5.0, resend=lambda iid, fid, frame: sent.append(frame))
+    ...     loop = asyncio.get_running_loop()
+    ...     retry = NotFoundRetry(loop, 5.0, resend=lambda calls: sent.extend(frame for _, _, frame in calls))
     ...     retry.lost(); retry.ready()  # a reconnect: the window opens
     ...     retry.remember("i1", "late::fn", "frame-1")
     ...     waiting = retry.retry("i1", InvocationError("function_not_found", "Function late::fn not found"))
@@ -54,8 +55,12 @@ MAX_CALLS: Final = 10_000
 MAX_BYTES: Final = 16 * 1024 * 1024
 """Frame bytes of the calls remembered at once."""
 
-Resend = Callable[[str, str, str], None]
-"""``resend(invocation_id, function_id, frame)``: track the call again and queue its frame (the client's loop)."""
+Resend = Callable[[list[tuple[str, str, str]]], None]
+"""``resend(calls)``: send again each ``(invocation_id, function_id, frame)`` of ``calls`` (one function's, in the order
+they were answered), each tracked again, waiting for room in the outbound queue rather than failing at a full one
+(3,000 such calls sent in one turn overfilled it: 2,000 failed "never sent")."""
+MAX_TOLD: Final = 1024
+"""Functions named in INFO lines per window (a line each); past it, one line says more were not named."""
 
 
 def settling_window(max_delay_ms: float, jitter: float) -> float:
@@ -109,6 +114,7 @@ class NotFoundRetry:
             return
         if self._loop.time() >= self.until:  # the window is over: later calls skip this at the first test
             self.until = 0.0
+            self._told.clear()
             if not self._waiting:
                 self._delays.clear()
             return
@@ -124,9 +130,12 @@ class NotFoundRetry:
         if entry is None:
             return
         self._bytes -= len(entry[1])
-        waiting = self._waiting.get(entry[0])
+        function_id = entry[0]
+        waiting = self._waiting.get(function_id)
         if waiting is not None and waiting.pop(invocation_id, None) is not None and not waiting:
-            self._stop(entry[0])
+            self._stop(function_id)
+        elif waiting is None and function_id not in self._timers:
+            self._delays.pop(function_id, None)  # (none of its calls waits: the next not-found starts over)
 
     def retry(self, invocation_id: str, error: InvocationError) -> bool:
         """Call ``invocation_id`` was answered ``error``: ``True`` when it will be sent again (a remembered call
@@ -142,31 +151,44 @@ class NotFoundRetry:
         if function_id not in self._timers:
             delay = self._delays.setdefault(function_id, FIRST_DELAY_S)
             self._timers[function_id] = self._loop.call_later(delay, self._send, function_id)
-            if function_id not in self._told:
+            if function_id not in self._told and len(self._told) <= MAX_TOLD:
                 self._told.add(function_id)
-                log.info("Function %r was not found just after the reconnect: calls of it are sent again until a "
-                         "worker registers it, for at most %.0f s (or each call's timeout)", function_id[:200],
-                         max(0.0, self.until - self._loop.time()))
+                if len(self._told) > MAX_TOLD:
+                    log.info("More functions were not found just after the reconnect; their calls are sent again "
+                             "too (not named)")
+                else:
+                    log.info("Function %r was not found just after the reconnect: calls of it are sent again until "
+                             "a worker registers it, for at most %.0f s (or each call's timeout)", function_id[:200],
+                             max(0.0, self.until - self._loop.time()))
         return True
 
-    def expired(self, invocation_id: str) -> InvocationError | None:
+    def expired(self, invocation_id: str, timeout_ms: float | None = None) -> InvocationError | None:
         """Call ``invocation_id`` timed out: the ``function_not_found`` error it was last answered if it was
-        waiting to be sent again (it did not run), else ``None``; forgotten either way."""
+        waiting to be sent again (it did not run), with a note saying it was sent again for ``timeout_ms``, else
+        ``None``; forgotten either way."""
         entry = self._frames.get(invocation_id)
         error = None if entry is None else self._waiting.get(entry[0], {}).get(invocation_id)
         self.forget(invocation_id)
+        if error is not None:
+            waited = f" for {timeout_ms:g} ms (its timeout)" if timeout_ms is not None else ""
+            error.add_note(f"sent again{waited} after the client reconnected to the engine: no worker registered "
+                           "the function in that time (iii.reconnect_retry)")
         return error
 
-    def close(self) -> None:
-        """Stop every timer and forget every call (the client is shutting down)."""
+    def close(self) -> list[str]:
+        """Stop every timer and forget every call (the client is shutting down); the ids of the calls that were
+        waiting to be sent again, which nothing else knows of any more (the caller must fail them)."""
+        waiting = [invocation_id for calls in self._waiting.values() for invocation_id in calls]
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
         self._waiting.clear()
         self._delays.clear()
         self._frames.clear()
+        self._told.clear()
         self._bytes = 0
         self.until = 0.0
+        return waiting
 
     def _stop(self, function_id: str) -> None:
         self._waiting.pop(function_id, None)
@@ -179,7 +201,7 @@ class NotFoundRetry:
         del self._timers[function_id]
         waiting = self._waiting.pop(function_id, {})
         self._delays[function_id] = min(MAX_DELAY_S, self._delays.get(function_id, FIRST_DELAY_S) * 2)
-        for invocation_id in waiting:
-            entry = self._frames.get(invocation_id)
-            if entry is not None:
-                self._resend(invocation_id, function_id, entry[1])
+        calls = [(invocation_id, function_id, entry[1]) for invocation_id in waiting
+                 if (entry := self._frames.get(invocation_id)) is not None]
+        if calls:
+            self._resend(calls)

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from iii import InitOptions, register_worker
-from iii.errors import InvocationError
+from iii.errors import ConnectionLostError, InvocationError, ShuttingDownError
 from iii.iii import III
+from iii.iii_constants import MAX_QUEUE_SIZE
 from tests.conftest import EngineProcess
 from tests.integration.sdk.conftest import FAST_RECONNECT
 from tests.polling import until
@@ -119,3 +120,50 @@ async def test_without_a_reconnect_a_missing_function_fails_at_once(
         assert caller._retry.until == 0.0 and not caller._retry.active
     finally:
         await asyncio.to_thread(caller.shutdown)
+
+
+async def test_calls_refused_or_shut_down_while_reconnecting_are_forgotten_and_told(
+        engine_process: Callable[..., Awaitable[EngineProcess]]) -> None:
+    """Calls refused at the outbound queue's bound (1,000 frames) while reconnecting were left remembered: 10,000 of
+    them turned the resending off for good. Calls waiting to be sent again at a shutdown got a bare
+    ``CancelledError`` (or ``LoopStoppedError``) instead of ``ShuttingDownError``."""
+    served = await engine_process()
+    caller = await asyncio.to_thread(register_worker, served.url,
+                                     InitOptions(worker_name="caller", reconnection_config=FAST_RECONNECT))
+    try:
+        await _killed(served, caller)
+        calls = [asyncio.ensure_future(caller.trigger_async({"function_id": "gone::f", "payload": n,
+                                                             "timeout_ms": 20_000}))
+                 for n in range(MAX_QUEUE_SIZE + 10)]  # (from this loop, not the client's: _start_call's path)
+        await until(lambda: sum(call.done() for call in calls) == 10)
+        refused = [call.exception() for call in calls if call.done()]
+        assert all(isinstance(exc, ConnectionLostError) and "never sent" in str(exc) for exc in refused), refused
+        await until(lambda: len(caller._retry._frames) == len(caller._calls) == MAX_QUEUE_SIZE)
+    finally:
+        await asyncio.to_thread(caller.shutdown)
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(exc, (ShuttingDownError, ConnectionLostError)) for exc in outcomes), outcomes[-3:]
+    assert not caller._retry.active
+
+
+async def test_a_call_waiting_to_be_sent_again_at_shutdown_gets_shutting_down(
+        engine_process: Callable[..., Awaitable[EngineProcess]], caplog: pytest.LogCaptureFixture) -> None:
+    """Both kinds of caller: a sync ``trigger`` got ``LoopStoppedError`` ("the SDK's event loop thread stopped"), a
+    ``trigger_async`` on the client's own loop (an async handler's) a bare ``CancelledError``."""
+    served = await engine_process()
+    caller = await asyncio.to_thread(register_worker, served.url,
+                                     InitOptions(worker_name="caller", reconnection_config=FAST_RECONNECT))
+    await _killed(served, caller)
+    request = {"function_id": "gone::f", "payload": 1, "timeout_ms": 20_000}
+    with caplog.at_level(logging.INFO, logger="iii.reconnect_retry"):
+        sync = _in_thread(lambda: caller.trigger(request))
+        on_its_loop = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(caller.trigger_async(request),
+                                                                           caller._loop))
+        await until(lambda: len(caller._retry._frames) == 2)
+        await engine_process("--port", str(served.port))
+        await until(lambda: NOT_FOUND_LOGGED in caplog.text, 15)
+    await asyncio.to_thread(caller.shutdown)
+    for waiting in (asyncio.wrap_future(sync), on_its_loop):
+        with pytest.raises(BaseException) as caught:
+            await waiting
+        assert type(caught.value) is ShuttingDownError, repr(caught.value)

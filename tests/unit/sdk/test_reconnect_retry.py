@@ -18,7 +18,7 @@ NOT_FOUND = InvocationError("function_not_found", "Function f not found")
 def _retry(window_s: float = 5.0) -> tuple[NotFoundRetry, list[tuple[str, str]]]:
     sent: list[tuple[str, str]] = []
     retry = NotFoundRetry(asyncio.get_running_loop(), window_s,
-                          resend=lambda iid, fid, frame: sent.append((iid, frame)))
+                          resend=lambda calls: sent.extend((iid, frame) for iid, _, frame in calls))
     return retry, sent
 
 
@@ -67,7 +67,7 @@ async def test_a_call_timing_out_while_it_waits_gets_the_not_found_error() -> No
 async def test_the_wait_doubles_per_function_up_to_its_bound() -> None:
     loop = asyncio.get_running_loop()
     resent = asyncio.Event()
-    retry = NotFoundRetry(loop, 5.0, resend=lambda iid, fid, frame: resent.set())
+    retry = NotFoundRetry(loop, 5.0, resend=lambda calls: resent.set())
     retry.lost()
     retry.ready()
     retry.remember("i1", "f", "one")
@@ -97,3 +97,38 @@ async def test_remembered_calls_are_bounded_in_count_and_bytes(monkeypatch: pyte
     retry.forget("a")
     retry.remember("c", "f", "xx")
     assert sorted(retry._frames) == ["b", "c"] and retry._bytes == 4
+
+
+async def test_close_returns_the_calls_waiting_to_be_sent_again() -> None:
+    retry, _ = _retry()
+    retry.lost()
+    retry.ready()
+    retry.remember("i1", "f", "one")
+    retry.remember("i2", "f", "two")
+    assert retry.retry("i1", NOT_FOUND)
+    assert retry.close() == ["i1"]  # i2 is still the session's (sent, not answered)
+    assert not retry.active and retry.until == 0.0
+
+
+async def test_a_timed_out_call_says_it_was_sent_again() -> None:
+    retry, _ = _retry()
+    retry.lost()
+    retry.ready()
+    retry.remember("i1", "f", "one")
+    error = InvocationError("function_not_found", "Function f not found")
+    assert retry.retry("i1", error)
+    assert retry.expired("i1", 3000) is error
+    assert error.__notes__ == ["sent again for 3000 ms (its timeout) after the client reconnected to the engine: no "
+                               "worker registered the function in that time (iii.reconnect_retry)"]
+
+
+async def test_functions_named_in_log_lines_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconnect_retry, "MAX_TOLD", 3)
+    retry, _ = _retry()
+    retry.lost()
+    retry.ready()
+    for n in range(10):
+        retry.remember(f"i{n}", f"f{n}", "frame")
+        assert retry.retry(f"i{n}", NOT_FOUND)
+    assert len(retry._told) == 4  # three named, then one line for the rest
+    retry.close()
