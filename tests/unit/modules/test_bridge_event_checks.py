@@ -36,6 +36,12 @@ class _Remote:
         return self.value
 
 
+@pytest.fixture(autouse=True)
+def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checks 20 ms after a burst (250 ms in use): the tests wait for them well within the 1 s window."""
+    monkeypatch.setattr(event_check, "CHECK_AFTER_S", 0.02)
+
+
 def _update(value: Any, item: str = "x") -> dict[str, Any]:
     return make_event("s", "g", item, "update", value)
 
@@ -139,3 +145,49 @@ async def test_close_stops_planned_checks_and_those_under_way() -> None:
     remote.hold.set()
     await _quiet()
     assert told == [] and not checks._tasks
+
+
+@pytest.mark.parametrize(("stored", "last"), [(1, True), (0, False), ({"a": 1}, {"a": True}), ([1.5, 1], [1.5, True])])
+async def test_values_are_compared_as_json(stored: Any, last: Any) -> None:
+    remote, told = _Remote(stored), []
+    checks = EventChecks(remote.read, told.append)
+    checks.note(_update("first"))
+    checks.note(_update(last))
+    await _quiet()
+    assert [event["event"]["data"] for event in told] == [stored]  # (True == 1 in Python: it was left stale)
+    await checks.close()
+
+
+async def test_a_stored_null_after_an_event_of_null_is_no_delete() -> None:
+    remote, told = _Remote(None), []  # a get answers None for a stored null
+    checks = EventChecks(remote.read, told.append)
+    checks.note(_update(1))
+    checks.note(_update(None))
+    await _quiet()
+    assert remote.reads == 1 and told == []  # it told its clients the item was deleted
+    await checks.close()
+
+
+async def test_a_burst_of_more_items_than_remembered_still_checks_those_remembered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_check, "MAX_TRACKED", 8)
+    remote, told = _Remote("stored"), []
+    checks = EventChecks(remote.read, told.append)
+    for round_ in range(2):  # every item changed twice, in the same order each time
+        for n in range(12):
+            checks.note(_update(f"r{round_}", item=f"i{n}"))
+    await _quiet()
+    assert len(checks._items) <= 8
+    # the first 8 (before, each new item pushed out the next one to change: none was checked)
+    assert sorted(event["id"] for event in told) == sorted(f"i{n}" for n in range(8))
+    await checks.close()
+
+
+async def test_nothing_is_checked_after_close() -> None:
+    remote, told = _Remote("z"), []
+    checks = EventChecks(remote.read, told.append)
+    await checks.close()
+    checks.note(_update("a"))
+    checks.note(_update("b"))
+    await _quiet()
+    assert remote.reads == 0 and told == []
