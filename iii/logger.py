@@ -121,6 +121,23 @@ def _text(value: str) -> str:
     return value
 
 
+def _body(message: Any) -> str:
+    """A record's body: ``message`` as text now (:func:`_text`), so the record says what it was when logged and
+    its exporter cannot fail on it; one whose ``str()`` raises is named by its type.
+
+    Example:
+        >>> from pathlib import PurePosixPath
+        >>> _body(PurePosixPath(b"/tmp/r-\\xff".decode("utf-8", "surrogateescape")))
+        '/tmp/r-\\\\udcff'
+    """
+    if not isinstance(message, str):
+        try:
+            message = str(message)
+        except Exception as exc:  # a log call never raises into its caller
+            return f"<{type(message).__name__} message whose str() raised {type(exc).__name__}>"
+    return _text(message)
+
+
 class Logger:
     """Logger whose records carry the trace context.
 
@@ -209,7 +226,7 @@ class Logger:
             "observed_timestamp": now,
             "severity_text": severity_text,
             "severity_number": SeverityNumber(severity_number),
-            "body": _text(message) if isinstance(message, str) else message,
+            "body": _body(message),
             "attributes": attributes,
         }
         if not _log_record_takes_context():

@@ -676,9 +676,9 @@ def _frame_limit(max_frame_bytes: int, connection: SharedEngineConnection) -> in
 
 
 def _writable(items: Sequence[Any], serialize_one: Callable[[Any], object], what: str) -> tuple[list[Any], int]:
-    """``items`` without those ``serialize_one`` cannot write (a ``TypeError``, ``ValueError`` or
-    ``OverflowError``: a NaN, a lone surrogate, a name that is no string), and how many were left out; one error line
-    says so. Used once a whole batch could not be written, so that one such item does not take its batch down.
+    """``items`` without those ``serialize_one`` cannot write (any exception: a NaN, a lone surrogate, a name that
+    is no string, a body whose ``str()`` raises), and how many were left out; one error line says so. Used once a
+    whole batch could not be written, so that one such item does not take its batch down.
 
     Example:
         >>> _writable([1, "a", 2], lambda item: item + 0, "number")
@@ -689,7 +689,7 @@ def _writable(items: Sequence[Any], serialize_one: Callable[[Any], object], what
     for item in items:
         try:
             serialize_one(item)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except Exception as exc:  # (whatever the item's own code raises: a __str__ of a user's object)
             first = first or exc
             continue
         kept.append(item)
@@ -763,7 +763,7 @@ class EngineSpanExporter:
             items = spans
             try:
                 payload = serialize_spans(items, self._texts.get("source"))
-            except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError (a lone surrogate)
+            except Exception:  # one span's: UnicodeEncodeError (a lone surrogate), a name's __str__ raising, ...
                 items = self._writable(spans)
                 if not items:
                     return SpanExportResult.FAILURE
@@ -829,7 +829,7 @@ class EngineLogExporter:
             items = batch
             try:
                 payload = serialize_logs(items)
-            except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError (a lone surrogate)
+            except Exception:  # one record's: UnicodeEncodeError (a lone surrogate), a body's __str__ raising, ...
                 items, unwritable = _writable(batch, lambda item: serialize_logs([item]), "log record")
                 self.unwritable += unwritable
                 if not items:

@@ -99,3 +99,34 @@ def test_the_clients_log_processor_counts_its_full_queue(frames: list[bytes]) ->
     processor = telemetry.runtime().log_provider._multi_log_record_processor._log_record_processors[0]
     assert processor.queue_full == 0
     assert type(processor).__name__ == "CountingLogProcessor"
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("str failed")
+
+
+def test_a_record_whose_body_cannot_be_made_text_is_dropped_alone(frames: list[bytes]) -> None:
+    """A body whose ``str()`` raised something other than TypeError/ValueError took its whole batch down, uncounted."""
+    otel_logger = telemetry.get_logger("other")
+    assert otel_logger is not None
+    for body in ["one", _Unprintable(), "two"]:
+        otel_logger.emit(LogRecord(timestamp=time.time_ns(), body=body))
+    assert telemetry.force_flush()
+    assert [r["body"]["stringValue"] for r in _records(frames)] == ["one", "two"]
+    assert _exporter().unwritable == 1
+
+
+def test_a_logger_message_that_is_not_a_str_is_kept_as_its_text_when_logged(frames: list[bytes]) -> None:
+    from pathlib import PurePosixPath
+
+    logger = Logger()
+    path = PurePosixPath(f"/data/{BAD_NAME}")
+    logger.info(path)  # type: ignore[arg-type]  # (the signature says str; callers pass what they have)
+    logger.error(ValueError(f"cannot read {BAD_NAME}"))  # type: ignore[arg-type]
+    logger.warn(_Unprintable())  # type: ignore[arg-type]
+    assert telemetry.force_flush()
+    assert [r["body"]["stringValue"] for r in _records(frames)] == [
+        "/data/report-\\udcff.csv", "cannot read report-\\udcff.csv",
+        "<_Unprintable message whose str() raised RuntimeError>"]
+    assert _exporter().unwritable == 0
