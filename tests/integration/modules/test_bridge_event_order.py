@@ -10,12 +10,15 @@ Here the late event is published on the back's ``stream.events`` by hand, as the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import websockets
 
+from iii import III
 from iii_streams.events import make_event
 from tests.integration.modules.test_bridge_topology import (
     Topology,
@@ -44,7 +47,10 @@ async def _until_seen(seen: list[dict[str, Any]], wanted: list[dict[str, Any]], 
         await asyncio.sleep(0.02)
 
 
-async def test_a_late_event_of_an_older_write_is_corrected_to_the_stored_value(topology: Topology) -> None:  # noqa: F811
+@contextlib.asynccontextmanager
+async def _watched(topology: Topology) -> AsyncIterator[tuple[III, III, list[dict[str, Any]]]]:  # noqa: F811
+    """A client of the front and one of the back, and the events a socket client of the front joined to ``order``
+    gets, as they come."""
     front = await our_client(topology.front_url)
     back = await our_client(topology.back_url)
     try:
@@ -53,43 +59,33 @@ async def test_a_late_event_of_an_older_write_is_corrected_to_the_stored_value(t
         seen: list[dict[str, Any]] = []
         reader = asyncio.create_task(_events(ws, seen))
         try:
-            await call(front, "stream::set", {**ITEM, "data": "a1"})
-            await call(front, "stream::set", {**ITEM, "data": "b2"})
-            changes = [{"type": "create", "data": "a1"}, {"type": "update", "data": "b2"}]
-            await _until_seen(seen, changes)
-            # the event of a write applied before b2 (another front's), arriving after b2's
-            await call(back, "publish", {"topic": "stream.events",
-                                         "data": make_event("order", "g", "x", "update", "a1")})
-            # then the stored value (before, the client was left with a1)
-            await _until_seen(seen, [*changes, {"type": "update", "data": "a1"}, {"type": "update", "data": "b2"}])
-            assert await call(front, "stream::get", ITEM) == "b2"
+            yield front, back, seen
         finally:
             reader.cancel()
             await ws.close()
     finally:
         await back.shutdown_async()
         await front.shutdown_async()
+
+
+async def test_a_late_event_of_an_older_write_is_corrected_to_the_stored_value(topology: Topology) -> None:  # noqa: F811
+    async with _watched(topology) as (front, back, seen):
+        await call(front, "stream::set", {**ITEM, "data": "a1"})
+        await call(front, "stream::set", {**ITEM, "data": "b2"})
+        changes = [{"type": "create", "data": "a1"}, {"type": "update", "data": "b2"}]
+        await _until_seen(seen, changes)
+        # the event of a write applied before b2 (another front's), arriving after b2's
+        await call(back, "publish", {"topic": "stream.events", "data": make_event("order", "g", "x", "update", "a1")})
+        # then the stored value (before, the client was left with a1)
+        await _until_seen(seen, [*changes, {"type": "update", "data": "a1"}, {"type": "update", "data": "b2"}])
+        assert await call(front, "stream::get", ITEM) == "b2"
 
 
 async def test_a_late_event_of_a_deleted_item_is_corrected_to_a_delete(topology: Topology) -> None:  # noqa: F811
-    front = await our_client(topology.front_url)
-    back = await our_client(topology.back_url)
-    try:
-        await until_bridged(front)
-        ws, _ = await joined(f"ws://127.0.0.1:{topology.front_streams}/", "order")
-        seen: list[dict[str, Any]] = []
-        reader = asyncio.create_task(_events(ws, seen))
-        try:
-            await call(front, "stream::set", {**ITEM, "item_id": "y", "data": 1})
-            await call(front, "stream::delete", {**ITEM, "item_id": "y"})
-            changes = [{"type": "create", "data": 1}, {"type": "delete", "data": 1}]
-            await _until_seen(seen, changes)
-            await call(back, "publish", {"topic": "stream.events",
-                                         "data": make_event("order", "g", "y", "update", 1)})
-            await _until_seen(seen, [*changes, {"type": "update", "data": 1}, {"type": "delete", "data": 1}])
-        finally:
-            reader.cancel()
-            await ws.close()
-    finally:
-        await back.shutdown_async()
-        await front.shutdown_async()
+    async with _watched(topology) as (front, back, seen):
+        await call(front, "stream::set", {**ITEM, "item_id": "y", "data": 1})
+        await call(front, "stream::delete", {**ITEM, "item_id": "y"})
+        changes = [{"type": "create", "data": 1}, {"type": "delete", "data": 1}]
+        await _until_seen(seen, changes)
+        await call(back, "publish", {"topic": "stream.events", "data": make_event("order", "g", "y", "update", 1)})
+        await _until_seen(seen, [*changes, {"type": "update", "data": 1}, {"type": "delete", "data": 1}])

@@ -23,6 +23,7 @@ import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import Future
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 import pytest
@@ -41,6 +42,21 @@ from .fake_engine import FakeEngine, FakeWorker
 T = TypeVar("T")
 
 FAST_RECONNECT = ReconnectionConfig(initial_delay_ms=20, max_delay_ms=200, jitter_factor=0.0)
+
+
+def in_thread(call: Callable[[], Any]) -> Future[Any]:
+    """``call()`` in a thread of its own (a sync SDK call that blocks until the engine answers); its outcome as a
+    future."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
 MakeWorker = Callable[..., III]
 MakeWorkerAt = Callable[..., III]  # make(url, name="w", **options)
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -22,23 +20,10 @@ from iii.errors import ConnectionLostError, InvocationError, ShuttingDownError
 from iii.iii import III
 from iii.iii_constants import MAX_QUEUE_SIZE
 from tests.conftest import EngineProcess
-from tests.integration.sdk.conftest import FAST_RECONNECT
+from tests.integration.sdk.conftest import FAST_RECONNECT, in_thread
 from tests.polling import until
 
 NOT_FOUND_LOGGED = "was not found just after the reconnect"
-
-
-def _in_thread(call: Callable[[], Any]) -> Future[Any]:
-    future: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(call())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    return future
 
 
 async def _served(client: III, function_id: str) -> None:
@@ -69,7 +54,7 @@ async def test_calls_made_during_a_restart_wait_for_their_callee_to_come_back(
         await asyncio.to_thread(callee.shutdown)  # away until this test brings it back
         await _killed(served, caller)
         with caplog.at_level(logging.INFO, logger="iii.reconnect_retry"):
-            sync = _in_thread(lambda: caller.trigger({"function_id": "late::f", "payload": "sync",
+            sync = in_thread(lambda: caller.trigger({"function_id": "late::f", "payload": "sync",
                                                       "timeout_ms": 20_000}))
             made = asyncio.ensure_future(caller.trigger_async({"function_id": "late::f", "payload": "async",
                                                                "timeout_ms": 20_000}))
@@ -156,7 +141,7 @@ async def test_a_call_waiting_to_be_sent_again_at_shutdown_gets_shutting_down(
     await _killed(served, caller)
     request = {"function_id": "gone::f", "payload": 1, "timeout_ms": 20_000}
     with caplog.at_level(logging.INFO, logger="iii.reconnect_retry"):
-        sync = _in_thread(lambda: caller.trigger(request))
+        sync = in_thread(lambda: caller.trigger(request))
         on_its_loop = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(caller.trigger_async(request),
                                                                            caller._loop))
         await until(lambda: len(caller._retry._frames) == 2)

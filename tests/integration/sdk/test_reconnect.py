@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -14,20 +13,7 @@ import pytest
 from iii import ConnectionLostError, InitOptions, InvocationError
 from iii.iii import III, register_worker
 
-from .conftest import FAST_RECONNECT, EngineThread, Harness, MakeWorker, reconnected, wait_until
-
-
-def _in_thread(fn: Any) -> Future[Any]:
-    fut: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            fut.set_result(fn())
-        except BaseException as exc:
-            fut.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    return fut
+from .conftest import FAST_RECONNECT, EngineThread, Harness, MakeWorker, in_thread, reconnected, wait_until
 
 
 def test_engine_restart_fails_sent_calls_and_re_registers(served: Harness, make_worker: MakeWorker) -> None:
@@ -39,7 +25,7 @@ def test_engine_restart_fails_sent_calls_and_re_registers(served: Harness, make_
     a.register_service({"id": "r"})
     served.wait_registered("r::hold", "r::echo")
     old_a, old_b = a.worker_id, b.worker_id
-    call = _in_thread(lambda: b.trigger({"function_id": "r::hold", "payload": {}}))
+    call = in_thread(lambda: b.trigger({"function_id": "r::hold", "payload": {}}))
     served.wait_for(lambda: "r::hold" in served.calls_in_flight())
     served.restart()
     # S5: the call was sent on the lost connection, so it fails at once instead of timing out.
@@ -85,10 +71,10 @@ def test_calls_queued_while_disconnected_are_sent_only_if_still_pending(served: 
         served.wait_registered("self::f")
         served.stop()
         wait_until(lambda: b.get_connection_state() != "connected")  # from now on calls are queued
-        expired = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "stale", "timeout_ms": 50}))
+        expired = in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "stale", "timeout_ms": 50}))
         with pytest.raises(TimeoutError):
             expired.result(5)
-        kept = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "fresh"}))
+        kept = in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "fresh"}))
         served.start()
         assert kept.result(10) == {"got": "fresh"}
         b.list_functions()  # one more round trip: a re-sent stale call would have been handled by now
@@ -104,10 +90,10 @@ def test_queued_stale_call_is_never_on_the_wire(fake: EngineThread) -> None:
         fake.wait_registered("self::f")
         fake.stop()
         wait_until(lambda: b.get_connection_state() != "connected")  # from now on calls are queued
-        expired = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "stale", "timeout_ms": 50}))
+        expired = in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "stale", "timeout_ms": 50}))
         with pytest.raises(TimeoutError):
             expired.result(5)
-        kept = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "fresh"}))
+        kept = in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "fresh"}))
         fake.start()
         assert kept.result(10) == {"got": "fresh"}
         frames = fake.worker(b).frames
@@ -155,7 +141,7 @@ def test_worker_killed_mid_call(served: Harness, make_worker: MakeWorker) -> Non
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         served.wait_registered("victim::hang")
-        call = _in_thread(lambda: b.trigger({"function_id": "victim::hang", "payload": {}}))
+        call = in_thread(lambda: b.trigger({"function_id": "victim::hang", "payload": {}}))
         served.wait_for(lambda: "victim::hang" in served.calls_in_flight())
         proc.kill()
         with pytest.raises(InvocationError) as info:
