@@ -18,8 +18,7 @@ from iii import ConnectionLostError, InitOptions, InvocationError, ReconnectionC
 from iii.errors import ShuttingDownError
 from iii.iii import III, MAX_QUEUE_SIZE, register_worker
 
-from .conftest import FAST_RECONNECT, EngineThread, reconnected, wait_until
-from .test_reconnect import _in_thread
+from .conftest import FAST_RECONNECT, EngineThread, in_thread, reconnected, wait_until
 
 
 def _stall_then_cut(fake: EngineThread, client: III) -> Any:
@@ -85,7 +84,7 @@ def test_calls_fail_at_once_when_reconnection_gave_up(fake: EngineThread) -> Non
         fake.wait_registered("f")
         fake.stop()
         wait_until(lambda: client.get_connection_state() != "connected")
-        queued = _in_thread(lambda: client.trigger({"function_id": "f", "payload": 1, "timeout_ms": 60_000}))
+        queued = in_thread(lambda: client.trigger({"function_id": "f", "payload": 1, "timeout_ms": 60_000}))
         wait_until(lambda: client.get_connection_state() == "failed")
         with pytest.raises(ConnectionLostError, match=r"never sent: cannot reach the engine .*max_retries=2"):
             queued.result(5)
@@ -141,7 +140,7 @@ def test_a_result_computed_after_its_connection_died_is_dropped_with_a_warning(
     fake.wait_registered("hold")
     caller = register_worker(fake.url, InitOptions(worker_name="caller", reconnection_config=FAST_RECONNECT))
     try:
-        call = _in_thread(lambda: caller.trigger({"function_id": "hold", "payload": {}}))
+        call = in_thread(lambda: caller.trigger({"function_id": "hold", "payload": {}}))
         fake.wait_for(lambda: "hold" in {route.function_id for route in fake.engine.routes.values()})
         worker = fake.worker(client)
         old = client.worker_id
@@ -205,7 +204,7 @@ def test_a_fire_and_forget_call_waiting_for_room_fails_when_shutdown_discards_it
         void = {"function_id": "f", "payload": 0, "action": TriggerAction.Void()}
         for _ in range(MAX_QUEUE_SIZE):  # fills the outbound queue
             client.trigger(void)
-        waiting = _in_thread(lambda: client.trigger(void))
+        waiting = in_thread(lambda: client.trigger(void))
         wait_until(lambda: len(client._conn._waiting) == 1)
         client.shutdown()
         with pytest.raises(ShuttingDownError):
