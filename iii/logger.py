@@ -94,7 +94,7 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
             return f"<nested deeper than {_MAX_DEPTH} levels>"
         inner = ancestors | {id(value)}
         if isinstance(value, dict):
-            return {_text(str(key)): _attribute_value(item, depth + 1, inner) for key, item in value.items()}
+            return {_body(key): _attribute_value(item, depth + 1, inner) for key, item in value.items()}
         return [_attribute_value(item, depth + 1, inner) for item in value]
     from .utils import safe_stringify
 
@@ -122,8 +122,8 @@ def _text(value: str) -> str:
 
 
 def _body(message: Any) -> str:
-    """A record's body: ``message`` as text now (:func:`_text`), so the record says what it was when logged and
-    its exporter cannot fail on it; one whose ``str()`` raises is named by its type.
+    """A record's body (or a ``data`` key): ``message`` as text now (:func:`_text`), so the record says what it was
+    when logged and its exporter cannot fail on it; one whose ``str()`` raises is named by its type.
 
     Example:
         >>> from pathlib import PurePosixPath
@@ -134,7 +134,7 @@ def _body(message: Any) -> str:
         try:
             message = str(message)
         except Exception as exc:  # a log call never raises into its caller
-            return f"<{type(message).__name__} message whose str() raised {type(exc).__name__}>"
+            return f"<{type(message).__name__} whose str() raised {type(exc).__name__}>"
     return _text(message)
 
 

@@ -148,5 +148,5 @@ def safe_stringify(value: Any) -> str:
     """
     try:
         return json.dumps(value, default=str)
-    except (TypeError, ValueError):
+    except Exception:  # (a value's own __str__ may raise anything, RecursionError included: never the caller's problem)
         return "[unserializable]"

@@ -128,5 +128,26 @@ def test_a_logger_message_that_is_not_a_str_is_kept_as_its_text_when_logged(fram
     assert telemetry.force_flush()
     assert [r["body"]["stringValue"] for r in _records(frames)] == [
         "/data/report-\\udcff.csv", "cannot read report-\\udcff.csv",
-        "<_Unprintable message whose str() raised RuntimeError>"]
+        "<_Unprintable whose str() raised RuntimeError>"]
     assert _exporter().unwritable == 0
+
+
+def test_a_logger_data_value_or_key_whose_str_raises_is_named_and_the_record_kept(frames: list[bytes]) -> None:
+    """Such a record went to the stdlib logger at DEBUG instead, counted nowhere."""
+
+    class _Recursive:
+        def __str__(self) -> str:
+            return str(self)
+
+    logger = Logger()
+    logger.info("value", {"v": _Unprintable()})
+    logger.info("key", {_Unprintable(): 1})
+    logger.info("top", _Unprintable())
+    logger.info("recursive", {"v": _Recursive()})
+    assert telemetry.force_flush()
+    records = _records(frames)
+    assert [r["body"]["stringValue"] for r in records] == ["value", "key", "top", "recursive"]
+    data = [next(a["value"] for a in r["attributes"] if a["key"] == "log.data") for r in records]
+    assert data[0]["kvlistValue"]["values"][0]["value"] == {"stringValue": "[unserializable]"}
+    assert data[1]["kvlistValue"]["values"][0]["key"] == "<_Unprintable whose str() raised RuntimeError>"
+    assert data[2] == {"stringValue": "[unserializable]"}
