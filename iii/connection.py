@@ -708,6 +708,10 @@ class Connection:
         """Keys of frames queued and not yet written to any socket."""
         return {key for _, key in self._backlog if isinstance(key, str)}
 
+    def queued_calls(self) -> list[tuple[str, Frame]]:
+        """``(key, frame)`` of the keyed frames (calls) queued and not yet written to any socket, in order."""
+        return [(key, frame) for frame, key in self._backlog if isinstance(key, str)]
+
     def is_queued(self, key: str) -> bool:
         """Whether the frame of ``key`` is queued and not yet written to any socket (:meth:`queued_keys`, without
         building the set: a call's timeout asks it once per call, N times during an outage of N calls)."""

@@ -55,7 +55,7 @@ MAX_CALLS: Final = 10_000
 MAX_BYTES: Final = 16 * 1024 * 1024
 """Frame bytes of the calls remembered at once."""
 
-Resend = Callable[[list[tuple[str, str, str]]], None]
+Resend = Callable[[list[tuple[str, str, str | bytes]]], None]
 """``resend(calls)``: send again each ``(invocation_id, function_id, frame)`` of ``calls`` (one function's, in the order
 they were answered), each tracked again, waiting for room in the outbound queue rather than failing at a full one
 (3,000 such calls sent in one turn overfilled it: 2,000 failed "never sent")."""
@@ -84,7 +84,7 @@ class NotFoundRetry:
         self._resend = resend
         #: The loop time the window ends: 0.0 none open, infinity while reconnecting (until :meth:`ready`).
         self.until = 0.0
-        self._frames: dict[str, tuple[str, str]] = {}  # invocation id -> (function id, frame): remembered calls
+        self._frames: dict[str, tuple[str, str | bytes]] = {}  # invocation id -> (function id, frame)
         self._bytes = 0
         self._waiting: dict[str, dict[str, InvocationError]] = {}  # function -> its calls answered not found
         self._timers: dict[str, asyncio.TimerHandle] = {}  # function -> the timer of its next send
@@ -107,7 +107,7 @@ class NotFoundRetry:
         self._delays = {function_id: delay for function_id, delay in self._delays.items()
                         if function_id in self._waiting}
 
-    def remember(self, invocation_id: str, function_id: str, frame: str) -> None:
+    def remember(self, invocation_id: str, function_id: str, frame: str | bytes) -> None:
         """Call ``invocation_id`` started now: remembered while reconnecting or in the window (and within the
         bounds)."""
         if not self.until:

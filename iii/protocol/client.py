@@ -570,6 +570,10 @@ class ClientSession:
         """Call ``invocation_id`` (a frame of :meth:`new_call`) now waits for its result."""
         self._pending[invocation_id] = function_id
 
+    def pending_function(self, invocation_id: str) -> str | None:
+        """The function of call ``invocation_id`` while it waits for its result, else ``None``."""
+        return self._pending.get(invocation_id)
+
     def is_pending(self, invocation_id: str) -> bool:
         """Whether call ``invocation_id`` still waits for a result (a queued frame of a finished call is dropped)."""
         return invocation_id in self._pending

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -152,3 +153,41 @@ async def test_a_call_waiting_to_be_sent_again_at_shutdown_gets_shutting_down(
         with pytest.raises(BaseException) as caught:
             await waiting
         assert type(caught.value) is ShuttingDownError, repr(caught.value)
+
+
+async def test_calls_still_queued_when_the_connection_is_lost_wait_for_their_callee_too(
+        engine_process: Callable[..., Awaitable[EngineProcess]], caplog: pytest.LogCaptureFixture) -> None:
+    """Calls made before the loss but held in the outbound queue (a stalled engine's flow control) go out after the
+    reconnect like those made during the outage; they were not remembered and failed ``function_not_found`` at once
+    (25 of 40 calls of 300 KB)."""
+    served = await engine_process()
+    caller = await asyncio.to_thread(register_worker, served.url,
+                                     InitOptions(worker_name="caller", reconnection_config=FAST_RECONNECT))
+    runs: list[int] = []
+    callee: III | None = None
+    try:
+        served.process.send_signal(signal.SIGSTOP)  # reads nothing more: the socket's buffers fill, then the queue
+        pad = "x" * 300_000
+        calls = [in_thread(lambda n=n: caller.trigger({"function_id": "late::g", "payload": {"n": n, "pad": pad},
+                                                       "timeout_ms": 20_000}))
+                 for n in range(40)]
+        await until(lambda: len(caller._conn.queued_keys()) >= 5)  # some calls are held in the queue
+        with caplog.at_level(logging.INFO, logger="iii.reconnect_retry"):
+            served.process.kill()
+            await served.process.wait()
+            await until(lambda: not caller._conn.is_ready)
+            queued = len(caller._conn.queued_keys())
+            assert len(caller._retry._frames) == queued >= 5  # remembered as the connection went
+            await engine_process("--port", str(served.port))
+            await until(lambda: NOT_FOUND_LOGGED in caplog.text, 15)
+        callee = await asyncio.to_thread(register_worker, served.url, InitOptions(worker_name="callee"))
+        callee.register_function("late::g", lambda data: runs.append(data["n"]) or data["n"])
+        outcomes = await asyncio.gather(*map(asyncio.wrap_future, calls), return_exceptions=True)
+        succeeded = [outcome for outcome in outcomes if isinstance(outcome, int)]
+        assert len(succeeded) >= queued, outcomes  # the queued ones all ran (those sent before may have been lost)
+        assert all(isinstance(o, int) or isinstance(o, ConnectionLostError) for o in outcomes), outcomes
+        assert sorted(runs) == sorted(set(runs))  # none twice
+    finally:
+        if callee is not None:
+            await asyncio.to_thread(callee.shutdown)
+        await asyncio.to_thread(caller.shutdown)
