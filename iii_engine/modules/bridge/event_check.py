@@ -12,7 +12,10 @@ read): the item is read again instead. Values are compared as JSON (``true`` is 
 both for no item and for a stored ``null``: after a last event of ``null`` or a delete it is taken as agreeing; after
 one of another value, for a delete that came first (a ``null`` stored then is told as a delete).
 
-Bounded: at most :data:`MAX_TRACKED` items are remembered (each until :data:`CHECK_WINDOW_S` after its last event;
+Events of this engine's own writes (:meth:`EventChecks.published`) and of other engines' within
+:data:`MIXED_WINDOW_S` are checked too (a slow link delays one engine's events by seconds).
+
+Bounded: at most :data:`MAX_TRACKED` items are remembered (each until :data:`MIXED_WINDOW_S` after its last event;
 past it new items are not), and at most :data:`MAX_READS` reads run at once (the others
 wait their turn). A read that fails is logged at debug level and not retried: the next event of the item brings
 another check. After :meth:`EventChecks.close` nothing is checked.
@@ -44,7 +47,7 @@ from typing import Any, Final
 
 from iii_streams.events import StreamEvent, make_event
 
-__all__ = ["CHECK_AFTER_S", "CHECK_WINDOW_S", "MAX_READS", "MAX_TRACKED", "EventChecks"]
+__all__ = ["CHECK_AFTER_S", "CHECK_WINDOW_S", "MAX_READS", "MAX_TRACKED", "MIXED_WINDOW_S", "EventChecks"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,11 @@ CHECK_AFTER_S: Final = 0.25
 """How long a burst of an item's events must be quiet before the item is read back: an item written more often is
 read once per pause, at most 4 times a second (at 50 ms an item written every 100 ms was read once per write and
 front, doubling the remote's load for it)."""
+MIXED_WINDOW_S: Final = 10.0
+"""An event of this engine's own write and one of another engine's this close together are checked too: a slow link
+from one engine to the remote delays its events past :data:`CHECK_WINDOW_S` (1.05 s behind the other's left both
+engines' clients stale). Two events of other engines' writes (or two of its own) are checked within
+:data:`CHECK_WINDOW_S` only, so an item written by one engine every few seconds costs no reads elsewhere."""
 MAX_TRACKED: Final = 16_384
 """Items whose last event is remembered at once; past it a new item is not (the oldest making way, a burst of more
 items than that changed in the same order twice left every one unchecked: each pushed out the next before its
@@ -67,11 +75,12 @@ _CHANGES: Final = frozenset(("create", "update", "delete"))
 
 
 class _Item:
-    __slots__ = ("again", "at", "checking", "timer", "value")
+    __slots__ = ("again", "at", "checking", "own", "timer", "value")
 
-    def __init__(self, at: float, value: Any) -> None:
+    def __init__(self, at: float, value: Any, own: bool) -> None:
         self.at = at  # the loop's time of the item's last event
         self.value = value  # what that event left the item holding (_GONE: deleted)
+        self.own = own  # that event was of this engine's own write (published by it)
         self.timer: asyncio.TimerHandle | None = None  # the check planned
         self.checking = False  # a read is under way
         self.again = False  # an event came during that read
@@ -90,6 +99,16 @@ class EventChecks:
         self._reads = asyncio.Semaphore(MAX_READS)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._own: dict[tuple[Any, ...], float] = {}  # events this engine published, until they come back
+
+    def published(self, event: StreamEvent) -> None:
+        """``event`` (of this engine's own write) was published: when it comes back it is told from another
+        engine's."""
+        own = self._own
+        now = asyncio.get_running_loop().time()
+        while own and (len(own) >= MAX_TRACKED or now - next(iter(own.values())) > MIXED_WINDOW_S):
+            del own[next(iter(own))]
+        own[_signature(event)] = now
 
     def note(self, event: StreamEvent) -> None:
         """A change event delivered to the socket clients: check its item if another event of it came lately."""
@@ -102,15 +121,17 @@ class EventChecks:
         loop = asyncio.get_running_loop()
         now = loop.time()
         value = _GONE if inner["type"] == "delete" else inner.get("data")
+        own = self._own.pop(_signature(event), None) is not None
         item = self._items.pop(key, None)
         if item is None:
             self._forget_old(now)
             if len(self._items) < MAX_TRACKED:  # (full: the items remembered keep their place, this one is not)
-                self._items[key] = _Item(now, value)
+                self._items[key] = _Item(now, value, own)
             return
         self._items[key] = item  # (now the newest)
-        close = now - item.at <= CHECK_WINDOW_S
-        item.at, item.value = now, value
+        gap = now - item.at
+        close = gap <= CHECK_WINDOW_S or (gap <= MIXED_WINDOW_S and own != item.own)
+        item.at, item.value, item.own = now, value, own
         if item.checking:
             item.again = True
         elif close or item.timer is not None:
@@ -140,7 +161,7 @@ class EventChecks:
         while items:
             key = next(iter(items))
             item = items[key]
-            if len(items) <= MAX_TRACKED and (now - item.at <= CHECK_WINDOW_S or item.timer is not None):
+            if len(items) <= MAX_TRACKED and (now - item.at <= MIXED_WINDOW_S or item.timer is not None):
                 return  # (the rest are newer)
             del items[key]
             if item.timer is not None:
@@ -195,3 +216,11 @@ def _same(a: Any, b: Any) -> bool:
     if type(a) is list:
         return len(a) == len(b) and all(map(_same, a, b))
     return bool(a == b)
+
+
+def _signature(event: StreamEvent) -> tuple[Any, ...]:
+    """What tells an event from another as it comes back from the remote: its item, kind and time stamp (the
+    publishing engine's milliseconds)."""
+    inner = event.get("event")
+    kind = inner.get("type") if isinstance(inner, dict) else None
+    return event.get("streamName"), event.get("groupId"), event.get("id"), event.get("timestamp"), kind

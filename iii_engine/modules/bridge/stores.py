@@ -264,6 +264,7 @@ class BridgeStreamStore(_BridgeStore):
     async def _changed(self, event: StreamEvent) -> None:
         if not self.publish_events:
             return
+        self._checks.published(event)
         try:
             await self.publish(event)
         except BridgeStoreError as exc:  # the write itself succeeded; production only logs a lost event too

@@ -191,3 +191,24 @@ async def test_nothing_is_checked_after_close() -> None:
     checks.note(_update("b"))
     await _quiet()
     assert remote.reads == 0 and told == []
+
+
+async def test_an_own_and_another_engines_event_further_apart_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow link from one engine to the remote delayed its event 1.05 s behind the other's: past the 1 s window,
+    both engines' clients were left on the older value."""
+    monkeypatch.setattr(event_check, "CHECK_WINDOW_S", 0.01)
+    remote, told = _Remote("mine"), []
+    checks = EventChecks(remote.read, told.append)
+    mine = _update("mine")
+    checks.published(mine)
+    checks.note(dict(mine))  # (it comes back as a copy)
+    await asyncio.sleep(0.05)
+    checks.note(_update("theirs"))  # another engine's, older, delayed
+    await _quiet()
+    assert [event["event"]["data"] for event in told] == ["mine"]
+    for value in ("x", "y"):  # two of other engines' this far apart: not checked
+        checks.note(_update(value, item="other"))
+        await asyncio.sleep(0.05)
+    await _quiet()
+    assert remote.reads == 1
+    await checks.close()
