@@ -105,9 +105,11 @@ async def from_stream(
 
 async def to_stream(
     reader: ChannelReader, stream: asyncio.StreamWriter, *, progress: Progress = None,
-    require_trailer: bool = False, close: bool = True,
+    require_trailer: bool = False, close: bool = True, close_timeout: float = 60.0,
 ) -> int:
-    """Copy a channel into an ``asyncio.StreamWriter``, awaiting ``drain()`` so memory stays bounded.
+    """Copy a channel into an ``asyncio.StreamWriter``, awaiting ``drain()`` so memory stays bounded. With ``close``
+    it returns once every byte went to the stream's socket and the stream is closed: a peer that goes away first
+    raises its ``ConnectionError``, and one that takes nothing for ``close_timeout`` seconds a ``TimeoutError``.
 
     Example:
         >>> import asyncio, socket
@@ -125,6 +127,7 @@ async def to_stream(
         >>> asyncio.run(demo())
         (4, b'ping')
     """
+    _check_exit_timeout(close_timeout, "close_timeout")
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, text_limit=0)
     try:
         async for chunk in source.chunks():
@@ -135,10 +138,28 @@ async def to_stream(
         await asyncio.shield(_release_writer(reader))
         raise
     if close:
-        stream.close()
-        with contextlib.suppress(ConnectionError):
-            await stream.wait_closed()
+        await _flushed_and_closed(stream, close_timeout)
     return source.bytes_read
+
+
+async def _flushed_and_closed(stream: asyncio.StreamWriter, within: float) -> None:
+    """Close ``stream`` once every byte written went to its socket, within ``within`` seconds. Why: ``drain()``
+    returns with up to 64 KiB still buffered, and a peer that went away before taking them failed only the close's
+    ``wait_closed()``, whose error was dropped: ``to_stream`` returned success with the last 13-53 KB never sent;
+    a peer that reads nothing held it in ``wait_closed()`` for ever. A reset as it closes (a peer that closed with
+    our bytes unread) is raised too."""
+    transport = stream.transport
+    try:
+        async with asyncio.timeout(within):
+            transport.set_write_buffer_limits(high=0)  # drain() waits now until nothing is left buffered
+            await stream.drain()
+            stream.close()
+            await stream.wait_closed()
+    except TimeoutError:
+        left = transport.get_write_buffer_size()
+        transport.abort()
+        raise TimeoutError(f"to_stream: the peer did not take the last {left} byte(s) within {within:g} s "
+                           "(close_timeout): the stream was aborted") from None
 
 
 async def _ready(fd: int, writing: bool) -> bool:
@@ -580,8 +601,9 @@ def _stdout_writer_left(proc: asyncio.subprocess.Process) -> bool | None:
     return not events & select.POLLHUP
 
 
-def _check_exit_timeout(exit_timeout: float | None) -> None:
-    """Refuse an ``exit_timeout`` that is not ``None`` or a finite number of seconds, 0 or more.
+def _check_exit_timeout(exit_timeout: float | None, name: str = "exit_timeout") -> None:
+    """Refuse an ``exit_timeout`` (or the timeout ``name``) that is not ``None`` or a finite number of seconds, 0 or
+    more.
 
     Example:
         >>> _check_exit_timeout(0), _check_exit_timeout(None)
@@ -594,9 +616,9 @@ def _check_exit_timeout(exit_timeout: float | None) -> None:
     if exit_timeout is None:
         return
     if isinstance(exit_timeout, bool) or not isinstance(exit_timeout, int | float):
-        raise TypeError(f"exit_timeout must be a number of seconds or None, got {exit_timeout!r}")
+        raise TypeError(f"{name} must be a number of seconds or None, got {exit_timeout!r}")
     if not 0 <= exit_timeout < math.inf:
-        raise ValueError(f"exit_timeout must be 0 or more seconds (and finite) or None, got {exit_timeout!r}")
+        raise ValueError(f"{name} must be 0 or more seconds (and finite) or None, got {exit_timeout!r}")
 
 
 def _kill_left_behind(proc: asyncio.subprocess.Process, group: bool) -> str:

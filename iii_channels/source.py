@@ -301,17 +301,28 @@ class ChannelSource:
 
     def _finish(self) -> None:
         self._eof = True
-        if self._progress is not None:
+        try:
+            verified = self._check_trailer()
+        except IntegrityError as exc:
+            # later reads fail too: at EOF already, they read as a clean end (an empty read_all, no lines)
+            self._failed = ("its integrity check failed:", exc)
+            raise
+        if self._progress is not None:  # (after the check: a failed transfer's bar never read 100%)
             self._report(self._progress.close)
+        self.verified = verified  # (not when the progress callback failed the source)
+
+    def _check_trailer(self) -> bool:
+        """Check the trailer against what was read: ``IntegrityError`` when it does not match (or is missing and
+        required); whether there was one to check."""
         channel_id = self.reader.ref.channel_id
         if self._trailer is None:
             if self.require_trailer:
                 raise IntegrityError(
                     f"channel {channel_id} ended after {self.bytes_read} bytes without an integrity trailer "
                     "(the writer crashed or did not send one)", channel_id=channel_id)
-            return
+            return False
         if self._digest is None:
-            return
+            return False
         count, sha = self._trailer
         if count != self._digest.count:
             raise IntegrityError(
@@ -319,7 +330,7 @@ class ChannelSource:
                 channel_id=channel_id)
         if sha != self._digest.hexdigest():
             raise IntegrityError(f"channel {channel_id}: SHA-256 mismatch", channel_id=channel_id)
-        self.verified = True
+        return True
 
     async def _fill(self, text_ends: bool = False) -> bool:
         chunk = await self._next_chunk(text_ends)
