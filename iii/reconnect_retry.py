@@ -119,8 +119,8 @@ class NotFoundRetry:
                 self._delays.clear()
             return
         size = len(frame)
-        if len(self._frames) >= MAX_CALLS or self._bytes + size > MAX_BYTES:
-            return
+        if invocation_id in self._frames or len(self._frames) >= MAX_CALLS or self._bytes + size > MAX_BYTES:
+            return  # (held already: a second loss with it still queued counted its bytes twice, for good)
         self._frames[invocation_id] = (function_id, frame)
         self._bytes += size
 

@@ -105,7 +105,7 @@ async def from_stream(
 
 async def to_stream(
     reader: ChannelReader, stream: asyncio.StreamWriter, *, progress: Progress = None,
-    require_trailer: bool = False, close: bool = True, close_timeout: float = 60.0,
+    require_trailer: bool = False, close: bool = True, close_timeout: float | None = 60.0,
 ) -> int:
     """Copy a channel into an ``asyncio.StreamWriter``, awaiting ``drain()`` so memory stays bounded. With ``close``
     it returns once every byte went to the stream's socket and the stream is closed: a peer that goes away first
@@ -128,6 +128,8 @@ async def to_stream(
         (4, b'ping')
     """
     _check_exit_timeout(close_timeout, "close_timeout")
+    if close_timeout == 0:  # (every close waits a turn at least: 0 failed every copy, all bytes sent)
+        raise ValueError("close_timeout must be more than 0 seconds (or None: as long as it takes), got 0")
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, text_limit=0)
     try:
         async for chunk in source.chunks():
@@ -142,7 +144,7 @@ async def to_stream(
     return source.bytes_read
 
 
-async def _flushed_and_closed(stream: asyncio.StreamWriter, within: float) -> None:
+async def _flushed_and_closed(stream: asyncio.StreamWriter, within: float | None) -> None:
     """Close ``stream`` once every byte written went to its socket, within ``within`` seconds. Why: ``drain()``
     returns with up to 64 KiB still buffered, and a peer that went away before taking them failed only the close's
     ``wait_closed()``, whose error was dropped: ``to_stream`` returned success with the last 13-53 KB never sent;
@@ -151,14 +153,19 @@ async def _flushed_and_closed(stream: asyncio.StreamWriter, within: float) -> No
     transport = stream.transport
     try:
         async with asyncio.timeout(within):
-            transport.set_write_buffer_limits(high=0)  # drain() waits now until nothing is left buffered
-            await stream.drain()
+            if transport.get_extra_info("sslcontext") is None:
+                # drain() waits now until nothing is left buffered. Not over TLS: its transport pauses writing at
+                # a buffer of high or more, so at 0 it never resumed and every TLS copy hung; and what it buffers
+                # lies in the TCP transport below, which its size does not count. There the close's own flush is
+                # waited for, and its error raised.
+                transport.set_write_buffer_limits(high=0)
+                await stream.drain()
             stream.close()
             await stream.wait_closed()
     except TimeoutError:
         left = transport.get_write_buffer_size()
         transport.abort()
-        raise TimeoutError(f"to_stream: the peer did not take the last {left} byte(s) within {within:g} s "
+        raise TimeoutError(f"to_stream: the peer did not take the last {left} byte(s) within {within or 0:g} s "
                            "(close_timeout): the stream was aborted") from None
 
 

@@ -173,6 +173,15 @@ class ChannelSource:
             why, cause = self._failed
             raise ChannelClosedError(f"channel {channel_id}: this source failed when {why} {cause!r}",
                                      channel_id=channel_id) from cause
+        try:
+            return await self._next_unchecked(keep_text, text_ends)
+        except IntegrityError as exc:
+            # later reads fail too: they read as a clean end (an empty read_all, no lines) or read on past it
+            self._failed = self._failed or ("its integrity check failed:", exc)
+            raise
+
+    async def _next_unchecked(self, keep_text: bool, text_ends: bool) -> bytes | str | None:
+        """:meth:`_next_item` of a source that has not failed."""
         while not self._eof:
             message = await self._recv()
             if message is None:
@@ -301,12 +310,7 @@ class ChannelSource:
 
     def _finish(self) -> None:
         self._eof = True
-        try:
-            verified = self._check_trailer()
-        except IntegrityError as exc:
-            # later reads fail too: at EOF already, they read as a clean end (an empty read_all, no lines)
-            self._failed = ("its integrity check failed:", exc)
-            raise
+        verified = self._check_trailer()  # (an IntegrityError fails the source for good: _next_item)
         if self._progress is not None:  # (after the check: a failed transfer's bar never read 100%)
             self._report(self._progress.close)
         self.verified = verified  # (not when the progress callback failed the source)

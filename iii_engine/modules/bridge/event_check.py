@@ -161,8 +161,10 @@ class EventChecks:
         while items:
             key = next(iter(items))
             item = items[key]
-            if len(items) <= MAX_TRACKED and (now - item.at <= MIXED_WINDOW_S or item.timer is not None):
-                return  # (the rest are newer)
+            gap = now - item.at
+            if item.timer is not None or (gap <= MIXED_WINDOW_S and (len(items) < MAX_TRACKED
+                                                                    or gap <= CHECK_WINDOW_S)):
+                return  # (the rest are newer; when full, those past CHECK_WINDOW_S make room first)
             del items[key]
             if item.timer is not None:
                 item.timer.cancel()

@@ -14,6 +14,7 @@ import pytest
 
 from iii.channels import ChannelClosedError
 from iii_channels import ChannelSource, IntegrityError, from_iterable, to_stream
+from iii_channels.integrity import Digest
 from iii_engine.testing import local_channel
 from tests.polling import until
 
@@ -77,7 +78,7 @@ async def test_a_peer_that_takes_nothing_fails_the_copy_after_close_timeout() ->
     assert isinstance(outcome, TimeoutError) and "close_timeout" in str(outcome), outcome
 
 
-@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [-1, 0, float("nan"), float("inf")])
 async def test_a_bad_close_timeout_is_refused(bad: float) -> None:
     async with local_channel() as channel:
         ours, theirs = socket.socketpair()
@@ -100,3 +101,20 @@ async def test_a_source_whose_integrity_check_failed_keeps_failing() -> None:
             await source.read_all()  # it read b"": a clean end
         with pytest.raises(ChannelClosedError):
             await source.readline()
+
+
+async def test_a_source_failing_its_integrity_check_mid_stream_keeps_failing() -> None:
+    """A second trailer raised once, then the source read a clean end with ``verified`` True."""
+    digest = Digest()
+    digest.update(b"hello")
+    async with local_channel() as channel:
+        source = ChannelSource(channel.reader)
+        await channel.writer.write(b"hello")
+        await channel.writer.send_message_async(digest.trailer())
+        await channel.writer.send_message_async(digest.trailer())  # a second one
+        await channel.writer.close_async()
+        with pytest.raises(IntegrityError, match="second integrity trailer"):
+            await source.read_all()
+        with pytest.raises(ChannelClosedError, match="integrity check failed"):
+            await source.read_all()
+        assert not source.verified

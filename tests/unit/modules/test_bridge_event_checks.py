@@ -212,3 +212,20 @@ async def test_an_own_and_another_engines_event_further_apart_are_checked(monkey
     await _quiet()
     assert remote.reads == 1
     await checks.close()
+
+
+async def test_when_full_items_past_the_short_window_make_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items are kept for the 10 s mixed window, but past the bound those older than the 1 s window make room: kept
+    10 s, 1,639 new items a second filled the bound and a race 0.1 s apart on a new item went unchecked."""
+    monkeypatch.setattr(event_check, "MAX_TRACKED", 4)
+    monkeypatch.setattr(event_check, "CHECK_WINDOW_S", 0.05)
+    remote, told = _Remote("b"), []
+    checks = EventChecks(remote.read, told.append)
+    for n in range(4):
+        checks.note(_update(n, item=f"old{n}"))
+    await asyncio.sleep(0.1)  # past the short window, within the mixed one
+    checks.note(_update("a"))
+    checks.note(_update("a"))  # a race on a new item
+    await _quiet()
+    assert [event["event"]["data"] for event in told] == ["b"]
+    await checks.close()

@@ -132,3 +132,16 @@ async def test_functions_named_in_log_lines_are_bounded(monkeypatch: pytest.Monk
         assert retry.retry(f"i{n}", NOT_FOUND)
     assert len(retry._told) == 4  # three named, then one line for the rest
     retry.close()
+
+
+async def test_a_call_remembered_again_is_counted_once() -> None:
+    """A second loss with the call still queued remembered it again: its bytes counted twice, and left for good once
+    it ended (after a few such losses, no call was remembered any more)."""
+    retry, _ = _retry()
+    retry.lost()
+    retry.remember("i1", "f", "x" * 100)
+    retry.lost()
+    retry.remember("i1", "f", "x" * 100)
+    assert retry._bytes == 100
+    retry.forget("i1")
+    assert retry._bytes == 0 and not retry.active
