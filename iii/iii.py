@@ -775,8 +775,13 @@ class III:
                 self._retry.forget(invocation_id)
                 continue
             self._session.track_call(invocation_id, function_id)
-            # (refused, the connection's on_dropped / on_oversized fails the call and forgets it)
-            await self._conn.send(frame, invocation_id, batch=True)
+            try:
+                # (refused, the connection's on_dropped / on_oversized fails the call and forgets it)
+                await self._conn.send(frame, invocation_id, batch=True)
+            except Exception as exc:  # an unforeseen failure fails this call, not the rest of the batch unsent
+                self._retry.forget(invocation_id)
+                self._session.forget(invocation_id)
+                self._calls.fail(invocation_id, exc)
 
     async def _recover_registrations(self, old_worker_ids: tuple[str, ...]) -> None:
         """Re-send registrations the cleanup of old connections (``old_worker_ids``) deleted, once the engine knows

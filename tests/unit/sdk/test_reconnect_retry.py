@@ -145,3 +145,33 @@ async def test_a_call_remembered_again_is_counted_once() -> None:
     assert retry._bytes == 100
     retry.forget("i1")
     assert retry._bytes == 0 and not retry.active
+
+
+def test_a_resend_that_fails_unforeseen_fails_its_call_and_sends_the_rest() -> None:
+    from iii import InitOptions, ReconnectionConfig
+    from iii.iii import III
+
+    client = III("ws://127.0.0.1:1", InitOptions(reconnection_config=ReconnectionConfig(initial_delay_ms=60_000)))
+    sent: list[str] = []
+
+    async def send(frame: str, key: str | None = None, **_: object) -> bool:
+        if key == "i1":
+            raise RuntimeError("unforeseen")
+        sent.append(frame)
+        return True
+
+    async def resend() -> tuple[BaseException | None, bool]:
+        first = client._calls.add("i1", "f", timeout_ms=10_000, on_expire=lambda iid: None)
+        second = client._calls.add("i2", "f", timeout_ms=10_000, on_expire=lambda iid: None)
+        client._conn.send = send  # type: ignore[method-assign]
+        await client._resend_in_turn([("i1", "f", "one"), ("i2", "f", "two")])
+        client._calls.discard("i2")
+        second.cancel()
+        return first.exception(), "i1" in client._calls
+
+    try:
+        error, still_waiting = client._run_on_loop(resend())
+    finally:
+        client.shutdown()
+    assert isinstance(error, RuntimeError) and not still_waiting
+    assert sent == ["two"]
