@@ -154,21 +154,19 @@ class EventChecks:
                 await task
 
     def _forget_old(self, now: float) -> None:
-        """Forget the items past their window, and the oldest past :data:`MAX_TRACKED` (a planned check of such an
-        item is dropped; one under way ends on its own). Oldest first, stopping at the first kept: a few steps a
-        call (a walk past the items it could not forget cost 330-420 microseconds a call at 1,024)."""
+        """Forget the items past :data:`MIXED_WINDOW_S`, and when full those past :data:`CHECK_WINDOW_S`; never one
+        with a check planned or under way (forgotten mid-read, its correction could follow a newer event of the
+        item, tracked anew). Oldest first, stopping at the first kept: a few steps a call (a walk past the items it
+        could not forget cost 330-420 microseconds a call at 1,024)."""
         items = self._items
         while items:
             key = next(iter(items))
             item = items[key]
             gap = now - item.at
-            if item.timer is not None or (gap <= MIXED_WINDOW_S and (len(items) < MAX_TRACKED
-                                                                    or gap <= CHECK_WINDOW_S)):
+            if item.timer is not None or item.checking or (gap <= MIXED_WINDOW_S and (len(items) < MAX_TRACKED
+                                                                                     or gap <= CHECK_WINDOW_S)):
                 return  # (the rest are newer; when full, those past CHECK_WINDOW_S make room first)
             del items[key]
-            if item.timer is not None:
-                item.timer.cancel()
-                item.timer = None
 
     def _start(self, key: Key) -> None:
         item = self._items.get(key)

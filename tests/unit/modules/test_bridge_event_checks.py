@@ -229,3 +229,23 @@ async def test_when_full_items_past_the_short_window_make_room(monkeypatch: pyte
     await _quiet()
     assert [event["event"]["data"] for event in told] == ["b"]
     await checks.close()
+
+
+async def test_an_item_being_checked_is_never_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forgotten mid-read, its correction could follow a newer event of the item, tracked anew."""
+    monkeypatch.setattr(event_check, "MAX_TRACKED", 2)
+    monkeypatch.setattr(event_check, "CHECK_WINDOW_S", 0.05)
+    remote, told = _Remote("b"), []
+    remote.hold = asyncio.Event()
+    checks = EventChecks(remote.read, told.append)
+    checks.note(_update("a"))
+    checks.note(_update("a"))
+    await asyncio.wait_for(remote.reading.wait(), 5)  # its read is under way
+    await asyncio.sleep(0.1)  # past the short window
+    checks.note(_update(1, item="b"))
+    checks.note(_update(1, item="c"))  # full: x being checked keeps its place, c is not tracked
+    assert ("s", "g", "x") in checks._items and ("s", "g", "c") not in checks._items
+    remote.hold.set()
+    await _quiet()
+    assert [event["event"]["data"] for event in told] == ["b"]
+    await checks.close()
