@@ -6,7 +6,7 @@ It knows nothing about the protocol. The client gives it callbacks:
   sent through :meth:`Connection.send` meanwhile is held back, so replays go first.
 - ``on_ready()``: the backlog was flushed and ordinary sends now go to the socket.
 - ``on_frame(raw)``: one incoming message (``str`` or ``bytes``), called synchronously in arrival order.
-- ``on_lost()``: the socket went away; frames still queued are listed by :meth:`Connection.queued_keys`.
+- ``on_lost()``: the socket went away; calls still queued are listed by :meth:`Connection.queued_calls`.
 - ``on_state(state)``: one of ``disconnected``, ``connecting``, ``connected``, ``reconnecting``, ``failed``.
 
 While the socket is down, sends are queued, at most ``max_queue`` frames. A queued frame may carry a ``key`` (a
@@ -705,8 +705,8 @@ class Connection:
         self.check_above = sys.maxsize if limit is None else limit // 4
 
     def queued_keys(self) -> set[str]:
-        """Keys of frames queued and not yet written to any socket."""
-        return {key for _, key in self._backlog if isinstance(key, str)}
+        """Keys of frames queued and not yet written to any socket (:meth:`queued_calls`'s)."""
+        return {key for key, _ in self.queued_calls()}
 
     def queued_calls(self) -> list[tuple[str, Frame]]:
         """``(key, frame)`` of the keyed frames (calls) queued and not yet written to any socket, in order."""
