@@ -84,7 +84,7 @@ from iii.wire import dumps, loads
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
 from .close_once import CloseOnce
-from .coalescing import ReadCoalescer
+from .coalescing import ReadCoalescer, stored_size
 from .deadlines import finish_within
 from .errors import (
     SEND_ROOM,
@@ -1138,8 +1138,7 @@ class RedisStream(FieldUpdates):
         self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
             self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
         self._reads: ReadCoalescer[tuple[str, str], Any] = ReadCoalescer(
-            self._read_values, name="RedisStream reads", max_batch=_MAX_BATCH,
-            size=lambda raw: 0 if raw is None else len(raw))
+            self._read_values, name="RedisStream reads", max_batch=_MAX_BATCH, size=stored_size)
         self._close_once: CloseOnce = CloseOnce()
 
     @classmethod

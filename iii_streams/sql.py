@@ -135,7 +135,7 @@ from iii.wire import loads
 from .base import DEFAULT_TIMEOUT, DRIVER_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher, Requeue
 from .close_once import CloseOnce
-from .coalescing import ReadCoalescer
+from .coalescing import ReadCoalescer, stored_size
 from .deadlines import finish_within
 from .engine_bounds import DISPOSE_TIMEOUT_S as _DISPOSE_DEFAULT_S
 from .engine_bounds import cut_connections, dispose_within, track_connections
@@ -444,11 +444,6 @@ async def _sqlite_value(conn: AsyncConnection, key: bytes, *, in_memory: bool) -
 _GET_VALUES: Final = select(items.c.item_key, items.c.value).where(
     items.c.item_key.in_(bindparam("keys", expanding=True)))
 _GET_VALUES_SQLITE: Final = f"SELECT item_key, CAST(value AS BLOB) FROM {TABLE_NAME} WHERE item_key IN "
-
-
-def _text_size(text: bytes | str | None) -> int:
-    """A stored value's size for the read batches (characters of a str: bytes enough for the estimate)."""
-    return 0 if text is None else len(text)
 
 
 async def _pg_values(conn: AsyncConnection, keys: list[bytes]) -> dict[bytes, str]:
@@ -1570,7 +1565,7 @@ class SQLStream(FieldUpdates):
         self._writes: KeyedBatcher[bytes, _Write, tuple[Any, Any]] = KeyedBatcher(
             self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH)
         self._reads: ReadCoalescer[bytes, bytes | str | None] = ReadCoalescer(
-            self._read_values, name="SQLStream reads", max_batch=_MAX_READ_BATCH, size=_text_size)
+            self._read_values, name="SQLStream reads", max_batch=_MAX_READ_BATCH, size=stored_size)
         self._close_once: CloseOnce = CloseOnce()
 
     @classmethod
