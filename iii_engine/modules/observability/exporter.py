@@ -169,8 +169,9 @@ class OtlpForwarder:
         self._queued_bytes += len(body)
         self._queued_records += records
 
-    async def close(self) -> None:
-        """Post what is queued within ``stop_timeout_s``, then stop; what is left is counted as dropped and logged.
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Post what is queued within ``timeout_s`` (by default ``stop_timeout_s``: the module's stop gives what its
+        one bound has left), then stop; what is left is counted as dropped and logged.
 
         Example:
             >>> async def main() -> int:
@@ -185,8 +186,9 @@ class OtlpForwarder:
         task, self._task = self._task, None
         if task is None:
             return
+        bound = self._stop_timeout if timeout_s is None else timeout_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), self._stop_timeout)
+            await asyncio.wait_for(self._queue.join(), bound)
         in_flight = self._in_flight  # read before the cancellation ends the post
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -199,7 +201,7 @@ class OtlpForwarder:
             self.dropped_records += left_records
             records = f"; {left_records} records" if left_records else ""
             log.warning("OTLP export stopped with %d payload(s) (%d bytes%s) not delivered to %s within %g s",
-                        left, left_bytes, records, self.endpoint, self._stop_timeout)
+                        left, left_bytes, records, self.endpoint, bound)
 
     def _failure(self, problem: str, records: int) -> None:
         self.failed += 1

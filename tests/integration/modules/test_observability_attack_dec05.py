@@ -1,0 +1,78 @@
+"""Mends of an attack on the observability module: nothing a worker sent or an alert started is lost without a
+count at the engine's stop, metric kinds our own SDK sends are stored, console echo and alert rules are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.integration.modules.test_ao_observability_attack import log_frame
+from tests.integration.modules.test_observability import engine_with
+
+pytestmark = pytest.mark.our_engine("configures the observability module")
+
+
+async def test_frames_queued_at_stop_are_ingested_within_the_bound() -> None:
+    # Before: the stop cancelled the ingest task, and the frames still queued were neither stored nor counted.
+    engine = engine_with({"enabled": True, "exporter": "memory", "logs_console_output": False,
+                          "export_stop_timeout_ms": 10_000})
+    await engine.start()
+    module: Any = engine.module("observability")
+    for i in range(50):  # no await between: all 50 wait in the queue when the stop begins
+        module.ingest("LOGS", log_frame(f"dec05 {i}")[4:])
+    await engine.stop()
+    assert module.ingested_frames == 50 and module.dropped_frames == 0
+    assert len(module.logs) == 50 and module._queued_bytes == 0
+
+
+async def test_frames_left_at_stop_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    engine = engine_with({"logs_console_output": False, "export_stop_timeout_ms": 0})
+    await engine.start()
+    module: Any = engine.module("observability")
+    for i in range(50):
+        module.ingest("LOGS", log_frame(f"dec05 {i}")[4:])
+    with caplog.at_level(logging.WARNING, "iii_engine.modules.observability"):
+        await engine.stop()
+    assert module.ingested_frames + module.dropped_frames == 50 and module.dropped_frames > 0
+    lines = [r.getMessage() for r in caplog.records if "not ingested within" in r.getMessage()]
+    assert len(lines) == 1 and f"{module.dropped_frames} telemetry frame(s)" in lines[0]
+    module.ingest("LOGS", log_frame("dec05 late")[4:])  # after the stop: dropped and counted, not queued
+    assert module.dropped_frames == 50 - module.ingested_frames + 1 and module._queue.empty()
+
+
+async def test_a_webhook_running_at_stop_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    rules = [{"name": "dec05-hook", "metric": "iii.invocations.total", "threshold": 0, "operator": ">=",
+              "action": {"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"}}]
+    try:
+        engine = engine_with({"alerts": rules, "export_stop_timeout_ms": 100})
+        await engine.start()
+        module: Any = engine.module("observability")
+        module.evaluate_alerts()
+        await arrived.wait()
+        with caplog.at_level(logging.WARNING, "iii_engine.modules.observability"):
+            await engine.stop()
+        assert module.webhook_failed == 1 and module.webhook_sent == 0
+        assert sum("alert webhook delivery(ies) still running" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        release.set()
+        await runner.cleanup()
