@@ -47,6 +47,7 @@ from ...invocations import CALLER_LEFT, ENGINE_STOPPING, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, TOO_MANY_CALLS
 from ...settings import Field, Settings, UnknownKeys
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+from .endpoint_client import ACCEPT_ENCODING, BodyDecoder, BodyError, FreshConnector
 from .security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
 
 # SSRF (issue #8): the URL rules look a name up once and the connection uses exactly the addresses that lookup
@@ -166,9 +167,17 @@ class HttpFunction:
 _FIELD_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_NAME_CHAR: Final = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")  # the first character a name may not hold
 _FIELD_VALUE_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+# Headers that frame, route or encode the request and its answer: the engine's to set. A worker's were sent beside the
+# engine's own: Content-Length 3 cut the caller's data to its first 3 bytes and the call still succeeded, Host sent it
+# to another virtual host than the URL's (past the allowlist), Expect held the body back, Accept-Encoding asked for an
+# encoding the engine does not decode.
+RESERVED_HEADERS: Final = ("Accept-Encoding", "Connection", "Content-Encoding", "Content-Length", "Expect", "Host",
+                           "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade")
+_RESERVED: Final = frozenset(name.lower() for name in RESERVED_HEADERS)
 
 
-def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: str | None = None) -> HttpFunction:
+def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: str | None = None,
+                     rules: UrlRules | None = None) -> HttpFunction:
     """Validate an ``HttpInvocationRef``; :class:`EngineError` ``invalid_invocation`` names the bad key.
 
     Example:
@@ -197,7 +206,7 @@ def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: 
     if not isinstance(headers, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in headers.items()):
         raise EngineError("invalid_invocation", f"{function_id}: invocation.headers must map strings to strings")
-    auth = resolve_auth(raw.get("auth"), env)
+    auth = resolve_auth(raw.get("auth"), env, (rules or UrlRules()).allows_env)
     for name, value in headers.items():
         _check_field(function_id, "invocation.headers", name, value)
     if auth is not None and auth.kind != "hmac":  # an HMAC signature is hex; these send the secret as it is
@@ -240,6 +249,10 @@ def _check_field(function_id: str, where: str, name: str, value: str) -> None:
                 else "an empty one")
         raise EngineError("invalid_invocation", f"{function_id}: {where} has a header name HTTP does not allow: "
                                                 f"{what} (letters, digits and !#$%&'*+-.^_`|~ only)")
+    if name.lower() in _RESERVED:
+        raise EngineError("invalid_invocation", f"{function_id}: {where} sets header {name}, which the engine sets "
+                                                "itself: it frames, routes or encodes the request and its answer "
+                                                f"({', '.join(RESERVED_HEADERS)})")
     if _FIELD_VALUE_FORBIDDEN.search(value):
         raise EngineError("invalid_invocation", f"{function_id}: {where}: the value of header {name} holds a character "
                                                 "HTTP forbids (CR, LF, NUL or another control character) or a lone "
@@ -442,9 +455,10 @@ class HttpFunctionsModule(EngineModule):
         # request (the connector's is the same number, a backstop).
         total = self.settings.max_connections or open_files_share(8, at_most=MAX_DEFAULT_CONNECTIONS)
         per_host = self.per_host = min(self.settings.max_connections_per_host, max(1, total // 2))
-        connector = aiohttp.TCPConnector(resolver=VettingResolver(lambda: self.rules), use_dns_cache=False,
-                                         limit=total, limit_per_host=per_host)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+        connector = FreshConnector(resolver=VettingResolver(lambda: self.rules), use_dns_cache=False,
+                                   limit=total, limit_per_host=per_host)
+        # Bodies are decoded by _read_bounded (BodyDecoder): aiohttp's decoding took a cut-off gzip body for whole.
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
         self._stopping = False
         self.core.add_worker_listener(self._worker_event)
         self.services.serve_external_functions(self)
@@ -489,7 +503,7 @@ class HttpFunctionsModule(EngineModule):
         ``token_not_found`` / ``api_key_not_found`` for a missing environment variable, ``invalid_invocation`` or
         ``invalid_auth`` for a malformed object.
         """
-        function = parse_invocation(function_id, invocation_config, self._env, owner_worker_id)
+        function = parse_invocation(function_id, invocation_config, self._env, owner_worker_id, self.rules)
         try:
             await self.rules.check(function.url)
             _client_url(self.rules, function.url)
@@ -747,13 +761,20 @@ class HttpFunctionsModule(EngineModule):
                             "through a channel (create_channel) and its ref instead")
 
         declared = response.content_length
-        if declared is not None and declared > limit and not response.headers.get("Content-Encoding"):
+        encoding = response.headers.get("Content-Encoding")
+        if declared is not None and declared > limit and not encoding:
             raise too_big()
-        raw = bytearray()
-        async for chunk in response.content.iter_chunked(_READ_CHUNK):
-            raw += chunk
-            if len(raw) > limit:  # counted after decompression, so a compressed bomb stops here too
-                raise too_big()
+        try:
+            decoder = BodyDecoder.for_encoding(encoding)
+            raw = bytearray()
+            async for chunk in response.content.iter_chunked(_READ_CHUNK):
+                raw += decoder.feed(chunk, limit - len(raw))
+                if len(raw) > limit:  # counted after decoding, so a compressed bomb stops here too
+                    raise too_big()
+            raw += decoder.finish()
+        except BodyError as exc:
+            raise _failure("http_response_failed",
+                           f"the response of {function.url} was not read whole: {exc}") from None
         return bytes(raw)
 
     def _headers(self, function: HttpFunction, body: bytes) -> CIMultiDict[str]:
@@ -763,6 +784,7 @@ class HttpFunctionsModule(EngineModule):
         headers["x-iii-Function-Path"] = function.function_id
         headers["x-iii-Invocation-ID"] = str(uuid.uuid4())
         headers["x-iii-Timestamp"] = timestamp
+        headers["Accept-Encoding"] = ACCEPT_ENCODING
         for name, value in function.headers:
             headers.add(name, value)  # added, not replacing, as production's client does
         if function.auth is not None:
@@ -776,9 +798,10 @@ class HttpFunctionsModule(EngineModule):
                 return None
             try:
                 return loads(raw)
-            except ValueError:
+            except ValueError as exc:
                 snippet = raw[:80].decode("utf-8", "replace")
-                raise _failure("invalid_response", f"response of {function.url} is not JSON: {snippet!r}") from None
+                raise _failure("invalid_response", f"response of {function.url} is not JSON the engine takes "
+                                                   f"({_chain(exc)}): {snippet!r}") from None
         try:
             parsed = loads(raw) if raw.strip() else None
         except ValueError:

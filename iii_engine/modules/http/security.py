@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
@@ -203,7 +203,7 @@ class UrlRules(Settings):
 
     Example:
         >>> UrlRules.parse({"url_allowlist": [], "require_https": False})
-        UrlRules(url_allowlist=('*',), block_private_ips=True, require_https=False)
+        UrlRules(url_allowlist=('*',), block_private_ips=True, require_https=False, env_allowlist=('*',))
         >>> UrlRules.parse({"require_https": "no"}, at="security")
         Traceback (most recent call last):
         ...
@@ -216,6 +216,19 @@ class UrlRules(Settings):
     url_allowlist: Names = ("*",)
     block_private_ips: bool = True
     require_https: bool = True
+    #: ours: the environment variables an ``auth`` may name (glob patterns). Any connected worker may register an
+    #: HTTP function, so with ``*`` (production's behaviour) any worker can have the engine send it any variable.
+    env_allowlist: Names = ("*",)
+
+    def allows_env(self, name: str) -> bool:
+        """Whether an ``auth`` may name the environment variable ``name``.
+
+        Example:
+            >>> rules = UrlRules(env_allowlist=("HOOK_*",))
+            >>> rules.allows_env("HOOK_TOKEN"), rules.allows_env("DATABASE_PASSWORD")
+            (True, False)
+        """
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.env_allowlist)
 
     @field_validator("url_allowlist")
     @classmethod
@@ -324,8 +337,10 @@ _AUTH_KEYS = {"hmac": ("secret_key", "secret_not_found"), "bearer": ("token_key"
               "api_key": ("value_key", "api_key_not_found")}
 
 
-def resolve_auth(auth: Any, env: Mapping[str, str]) -> ResolvedAuth | None:
-    """Read the secret an ``HttpAuthConfig`` names; :class:`EngineError` with production's code if missing.
+def resolve_auth(auth: Any, env: Mapping[str, str],
+                 allowed: Callable[[str], bool] = lambda name: True) -> ResolvedAuth | None:
+    """Read the secret an ``HttpAuthConfig`` names; :class:`EngineError` with production's code if missing, or if
+    ``allowed`` (:meth:`UrlRules.allows_env`) refuses the variable's name.
 
     Example:
         >>> auth = resolve_auth({"type": "bearer", "token_key": "TOKEN"}, {"TOKEN": "t0k"})
@@ -351,6 +366,9 @@ def resolve_auth(auth: Any, env: Mapping[str, str]) -> ResolvedAuth | None:
     var = auth.get(key_field)
     if not isinstance(var, str) or not var:
         raise EngineError("invalid_auth", f"auth.{key_field} must name an environment variable")
+    if not allowed(var):
+        raise EngineError(missing_code, f"environment variable {var} (auth.{key_field}) is not one the "
+                                        "security.env_allowlist setting lets an auth name")
     secret = env.get(var)
     if secret is None:
         raise EngineError(missing_code, f"environment variable {var} (auth.{key_field}) is not set")

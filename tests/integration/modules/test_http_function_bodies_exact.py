@@ -1,0 +1,170 @@
+"""An HTTP-invoked function's result is the whole answer to its own request, or the call fails saying why: a gzip
+body cut off before its end was taken for whole (aiohttp's decoding checks only deflate's end), and bytes a server
+wrote on an idle kept-alive connection were read by the next request as its answer, whichever function made it."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from iii_engine import Engine
+from iii_engine.modules.base import EngineError
+from iii_engine.modules.http.functions import HttpFunctionsModule
+from tests.integration.modules.test_http_functions import LOCAL_RULES, _engine
+from tests.polling import until
+
+pytestmark = pytest.mark.our_engine("calls our engine's HTTP functions module directly")
+
+PADDED = b'{"ok": "cut"}' + b" " * 20_000
+
+
+def _sync_flushed(data: bytes, wbits: int) -> bytes:
+    """``data`` compressed and flushed to a byte boundary, with no last block and no trailer: a stream cut off
+    whose bytes so far decode to all of ``data``."""
+    packer = zlib.compressobj(wbits=wbits)
+    return packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _answer(body: bytes, encoding: str | None = None, chunked: bool = False) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    if encoding:
+        head += f"Content-Encoding: {encoding}\r\n".encode()
+    if chunked:
+        return head + b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    return head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+ANSWERS = {
+    "gzip-cut": _answer(_sync_flushed(PADDED, 31), "gzip"),
+    "gzip-cut-chunked": _answer(_sync_flushed(PADDED, 31), "gzip", chunked=True),
+    "deflate-cut": _answer(_sync_flushed(PADDED, 15), "deflate"),
+    "gzip-no-trailer": _answer(gzip.compress(b'{"whole": 1}')[:-8], "gzip"),
+    "gzip": _answer(gzip.compress(b'{"whole": 1}'), "gzip"),
+    "gzip-two-members": _answer(gzip.compress(b'{"whole":') + gzip.compress(b" 2}"), "gzip"),
+    "deflate-zlib": _answer(zlib.compress(b'{"whole": 3}'), "deflate"),
+    "deflate-raw": _answer(zlib.compress(b'{"whole": 4}', wbits=-15), "deflate"),
+    "deflate-trailing": _answer(zlib.compress(b'{"whole": 5}') + b"junk", "deflate"),
+    "gzip-garbage": _answer(b"this is not gzip at all", "gzip"),
+    "brotli": _answer(b"\x0b\x02\x80{}\x03", "br"),
+    "deep": _answer(b"[" * 200 + b"]" * 200),
+    "a": _answer(b'{"for": "a"}'),
+    "b": _answer(b'{"for": "b"}'),
+}
+
+
+class Server:
+    """Answers each request by its path on kept-alive connections; ``poison`` then writes an answer to no request on
+    the connection that served ``/a``."""
+
+    def __init__(self) -> None:
+        self.base = ""
+        self.requests: list[dict[str, Any]] = []
+        self.idle_writer: asyncio.StreamWriter | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                path = line.split()[1].decode().strip("/")
+                headers: dict[str, str] = {}
+                while (header := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = header.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.requests.append({"path": path, "headers": headers, "body": body})
+                writer.write(ANSWERS[path])
+                await writer.drain()
+                if path == "a":
+                    self.idle_writer = writer
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def poison(self) -> None:
+        assert self.idle_writer is not None
+        self.idle_writer.write(_answer(b'{"poisoned": true}'))
+        await self.idle_writer.drain()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    served = Server()
+    tcp = await asyncio.start_server(served.serve, "127.0.0.1", 0)
+    served.base = f"http://127.0.0.1:{tcp.sockets[0].getsockname()[1]}"
+    yield served
+    tcp.close()
+    await tcp.wait_closed()
+
+
+@pytest.fixture
+async def module() -> AsyncIterator[HttpFunctionsModule]:
+    engine: Engine = await _engine(LOCAL_RULES)
+    found = engine.module("http_functions")
+    assert isinstance(found, HttpFunctionsModule)
+    yield found
+    await engine.stop()
+
+
+async def _call(module: HttpFunctionsModule, url: str, function_id: str = "hook") -> Any:
+    await module.register_external(function_id, {"url": url, "timeout_ms": 5000}, None)
+    return await module.call(function_id, {"x": 1})
+
+
+@pytest.mark.parametrize("path", ["gzip-cut", "gzip-cut-chunked", "deflate-cut", "gzip-no-trailer"])
+async def test_a_compressed_body_cut_before_its_end_fails_the_call(module: HttpFunctionsModule, server: Server,
+                                                                    path: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        await _call(module, f"{server.base}/{path}")
+    # before: gzip cut off was a result ({'ok': 'cut'}); deflate cut off was "http_request_failed … message: deflate"
+    assert caught.value.code == "http_response_failed", caught.value
+    assert "was not read whole" in caught.value.message and "ends before its end (cut off)" in caught.value.message
+
+
+@pytest.mark.parametrize("path, result", [("gzip", {"whole": 1}), ("gzip-two-members", {"whole": 2}),
+                                          ("deflate-zlib", {"whole": 3}), ("deflate-raw", {"whole": 4})])
+async def test_whole_compressed_bodies_are_read(module: HttpFunctionsModule, server: Server, path: str,
+                                                result: Any) -> None:
+    assert await _call(module, f"{server.base}/{path}") == result
+    assert server.requests[-1]["headers"]["accept-encoding"] == "gzip, deflate"
+
+
+@pytest.mark.parametrize("path, says", [
+    ("deflate-trailing", "bytes after the end of its deflate stream"),
+    ("gzip-garbage", "it is not valid gzip data"),
+    ("brotli", "Content-Encoding 'br' is not one the engine decodes (gzip, deflate)"),
+])
+async def test_a_body_that_is_not_its_encoding_names_why(module: HttpFunctionsModule, server: Server, path: str,
+                                                         says: str) -> None:
+    with pytest.raises(EngineError) as caught:
+        await _call(module, f"{server.base}/{path}")
+    assert caught.value.code == "http_response_failed" and says in caught.value.message, caught.value
+
+
+async def test_json_the_engine_refuses_names_its_reason(module: HttpFunctionsModule, server: Server) -> None:
+    with pytest.raises(EngineError) as caught:
+        await _call(module, f"{server.base}/deep")
+    # before: "… is not JSON: '[[[[…'", though it is JSON, only deeper than the engine takes
+    assert caught.value.code == "invalid_response"
+    assert "nested deeper than 128 levels" in caught.value.message, caught.value
+
+
+async def test_bytes_written_on_an_idle_connection_reach_no_call(module: HttpFunctionsModule,
+                                                                 server: Server) -> None:
+    assert await _call(module, f"{server.base}/a", "tenant.a") == {"for": "a"}
+    await server.poison()
+    session = module._session
+    assert session is not None
+    pooled = session.connector._conns  # type: ignore[union-attr]  # aiohttp's pool, read by this test only
+
+    def pooled_holds_the_bytes() -> bool:
+        return any(getattr(protocol, "should_close", False) for held in pooled.values() for protocol, _ in held)
+
+    await until(pooled_holds_the_bytes)
+    # before: {'poisoned': True}, the answer to no request, as the other function's result
+    assert await _call(module, f"{server.base}/b", "tenant.b") == {"for": "b"}
+    assert [request["path"] for request in server.requests] == ["a", "b"]
