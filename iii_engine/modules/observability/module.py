@@ -477,6 +477,14 @@ class OtelModule(EngineModule):
                 log.warning("a %s telemetry frame held more than max_frame_items (%d): %d items (attributes, "
                             "events, links, points) dropped (%d so far)", kind, self.settings.max_frame_items,
                             counts[1], self.dropped_items)
+        if counts[2]:
+            self.dropped_entries += counts[2]
+            now = time.monotonic()
+            if now - self._cut_logged_at >= DROP_LOG_INTERVAL_S:
+                self._cut_logged_at = now
+                log.warning("a %s telemetry frame held %d metric(s) with no data kind this engine knows (gauge, sum, "
+                            "histogram, exponentialHistogram, summary): not stored, counted in dropped_entries "
+                            "(%d so far)", kind, counts[2], self.dropped_entries)
         self.ingested_frames += 1
 
     def _convert(self, kind: str, body: bytes, frame: Any, slice_s: float | None) -> Iterator[None]:

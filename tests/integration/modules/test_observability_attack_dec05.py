@@ -5,14 +5,16 @@ count at the engine's stop, metric kinds our own SDK sends are stored, console e
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 import pytest
 from aiohttp import web
+from module_worker import ModuleWorker
 
-from tests.integration.modules.test_ao_observability_attack import log_frame
-from tests.integration.modules.test_observability import engine_with
+from tests.integration.modules.test_ao_observability_attack import log_frame, send, telemetry
+from tests.integration.modules.test_observability import engine_with, eventually
 
 pytestmark = pytest.mark.our_engine("configures the observability module")
 
@@ -76,3 +78,39 @@ async def test_a_webhook_running_at_stop_is_counted_and_logged(caplog: pytest.Lo
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_exponential_histograms_and_summaries_are_stored(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: iter_metrics skipped both with a bare `continue`, and our own SDK sends exponentialHistogram.
+    metrics = [
+        {"name": "dec05.exp", "exponentialHistogram": {"aggregationTemporality": 2, "dataPoints": [
+            {"count": "3", "sum": 12.5, "min": 1.5, "max": 8, "scale": 2, "zeroCount": "1",
+             "positive": {"offset": -1, "bucketCounts": ["1", "2"]}}]}},
+        {"name": "dec05.summary", "summary": {"dataPoints": [
+            {"count": "3", "sum": 12.5, "quantileValues": [{"quantile": 0.99, "value": 9.0}]}]}},
+        {"name": "dec05.nothing"},  # no data kind: counted, not stored
+    ]
+    frame = b"MTRC" + json.dumps({"resourceMetrics": [{"scopeMetrics": [{"metrics": metrics}]}]}).encode()
+    async with engine_with({}) as engine, ModuleWorker(engine.url) as worker:
+        with caplog.at_level(logging.WARNING, "iii_engine.modules.observability"):
+            await send(worker, frame)
+
+            async def ingested() -> bool:
+                return bool((await telemetry(worker))["ingested_frames"] == 1)
+
+            await eventually(ingested, within=5)
+        listed = await worker.result("engine::metrics::list", {})
+        stored = {m["name"]: m for m in listed["sdk_metrics"]}
+        assert sorted(stored) == ["dec05.exp", "dec05.summary"]
+        [exp] = stored["dec05.exp"]["data_points"]
+        assert stored["dec05.exp"]["metric_type"] == "exponential_histogram"
+        assert (exp["count"], exp["sum"], exp["min"], exp["max"], exp["scale"], exp["zero_count"]) == (
+            3, 12.5, 1.5, 8.0, 2, 1)
+        assert (exp["positive_offset"], exp["positive_bucket_counts"], exp["negative_bucket_counts"]) == (
+            -1, [1, 2], [])
+        [summary] = stored["dec05.summary"]["data_points"]
+        assert stored["dec05.summary"]["metric_type"] == "summary"
+        assert (summary["count"], summary["sum"], summary["quantile_values"]) == (
+            3, 12.5, [{"quantile": 0.99, "value": 9.0}])
+        assert (await telemetry(worker))["dropped_entries"] == 1
+        assert sum("no data kind" in r.getMessage() for r in caplog.records) == 1
