@@ -105,6 +105,8 @@ def _parse_field(spec: _Field, text: str) -> frozenset[int]:
         elif "-" in base:
             first, _, last = base.partition("-")
             low, high = _value(spec, first), _value(spec, last)
+            if spec.names is _WEEKDAYS and last.upper() == "SUN" and low > high:
+                high = 7  # FRI-SUN: Sunday ends a range as 7, as the number does (5-7)
             if low > high:
                 raise CronSyntaxError(f"{spec.name}: range {base!r:.{_QUOTE}} runs backwards")
         else:

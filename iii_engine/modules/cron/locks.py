@@ -39,6 +39,9 @@ _MIN_MEMORY_MS = 60_000
 class CronLock(Protocol):
     """Decides which engine fires a tick."""
 
+    #: whether other engines may share this lock (then an engine that cannot deliver a tick leaves it to them)
+    shared: bool
+
     async def prepare(self) -> None:
         """Check the lock store answers, at the module's start (raises when it does not)."""
 
@@ -62,6 +65,8 @@ class KvCronLock:
         >>> asyncio.run(lock.try_fire("other", 1000, lock_key="j"))  # a lock_key is not a trigger id's lock
         True
     """
+
+    shared = False
 
     def __init__(self, ttl_ms: int = DEFAULT_LOCK_TTL_MS) -> None:
         self._ttl_ms = ttl_ms
@@ -108,6 +113,8 @@ class RedisCronLock:
     Example:
         >>> lock = RedisCronLock("redis://127.0.0.1:6379/0", key_prefix="test:")  # doctest: +SKIP
     """
+
+    shared = True
 
     def __init__(self, redis_url: str, *, ttl_ms: int = DEFAULT_LOCK_TTL_MS, key_prefix: str = "") -> None:
         from redis.asyncio import Redis

@@ -130,6 +130,8 @@ class CronModule(EngineModule):
         self.missed_ticks = 0
         #: ticks not fired because the lock store failed or did not answer (logged rate-limited)
         self.lock_failures = 0
+        #: ticks a shared lock's engine left to the others, no worker here serving the function (logged rate-limited)
+        self.ticks_left = 0
         self._lock_failure_log = LossLog(self._log_lock_failures, LOCK_FAILURE_LOG_INTERVAL_S)
 
     async def start(self) -> None:
@@ -223,8 +225,13 @@ class CronModule(EngineModule):
 
     def _log_lock_failures(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = latest_tail(latest)
-        log.warning("cron: %d tick(s) skipped since the last warning because the lock store failed (%d in all)%s",
-                    counts["lock"], self.lock_failures, latest_text)
+        if counts.get("lock"):
+            log.warning("cron: %d tick(s) skipped since the last warning because the lock store failed (%d in all)%s",
+                        counts["lock"], self.lock_failures, latest_text)
+        if counts.get("left"):
+            log.info("cron: %d tick(s) left to the other engines sharing the lock store since the last warning: no "
+                        "worker connected here serves their function (%d in all)%s", counts["left"], self.ticks_left,
+                        latest_text)
 
     async def _fire(self, trigger: TriggerInfo, tick: datetime, following: datetime | None,
                     schedule: asyncio.Task[Any] | None, slot: FiredSlots) -> None:
@@ -245,6 +252,14 @@ class CronModule(EngineModule):
             loop.time() + (following - datetime.now(UTC)).total_seconds())
         lock = self._lock
         if lock is None:
+            return False
+        if lock.shared and not self.services.has_function(trigger.function_id):
+            # Taking the tick here would lose it (not made: nobody here serves it) where another engine sharing the
+            # lock may have a worker for it: a replica whose worker was restarting took every other tick from one
+            # that could deliver them.
+            self.ticks_left += 1
+            self._lock_failure_log.lost("left", f"cron {trigger.id} tick {rfc3339(tick)}: function "
+                                                f"{trigger.function_id}"[:500])
             return False
         try:
             if not await lock.try_fire(trigger.id, int(tick.timestamp() * 1000), lock_key=lock_key_of(trigger)):

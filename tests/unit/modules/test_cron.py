@@ -149,3 +149,15 @@ async def test_ticks_a_stall_made_late_are_skipped_counted_and_logged(caplog: py
         assert any(w.startswith("cron stalled: the engine stalled: ") and "tick(s) up to" in w for w in warnings)
     finally:
         await module.stop()
+
+
+@pytest.mark.parametrize("names, numbers", [("FRI-SUN", "5-7"), ("sat-sun", "6,0"), ("MON-SUN/2", "1-7/2")])
+def test_a_weekday_range_may_end_on_sunday_by_name(names: str, numbers: str) -> None:
+    # before: "FRI-SUN" was refused as running backwards (Sunday is 0 as a name) while "5-7" was taken
+    assert CronExpression.parse(f"0 0 0 * * {names}").weekdays == CronExpression.parse(f"0 0 0 * * {numbers}").weekdays
+
+
+def test_a_weekday_range_starting_on_sunday_still_runs_forwards() -> None:
+    assert CronExpression.parse("0 0 0 * * SUN-TUE").weekdays == frozenset({0, 1, 2})
+    with pytest.raises(CronSyntaxError, match="runs backwards"):
+        CronExpression.parse("0 0 0 * * 5-0")
