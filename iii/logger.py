@@ -19,6 +19,8 @@ from functools import cache
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Final
 
+from .protocol.codec import MAX_JSON_DEPTH
+
 if TYPE_CHECKING:
     from . import telemetry
 else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
@@ -56,7 +58,16 @@ def _log_record_takes_context() -> bool:
     return "context" in inspect.signature(LogRecord.__init__).parameters
 
 
-_MAX_DEPTH: Final = 32
+# Levels of OTLP-JSON around a record's attribute value, counting its own AnyValue object: the request object,
+# resourceLogs, a ResourceLogs, scopeLogs, a ScopeLogs, logRecords, the LogRecord, attributes, the KeyValue, the
+# AnyValue (iii/telemetry_exporters.py serialize_logs).
+_ENVELOPE_LEVELS: Final = 10
+# Levels one nested container of ``data`` adds: a dict is AnyValue > kvlistValue > values > KeyValue > AnyValue (4),
+# a list AnyValue > arrayValue > values > AnyValue (3); the larger one bounds both.
+_LEVELS_PER_DATA_LEVEL: Final = 4
+# The deepest nesting kept: past it the value is text, so any record's JSON stays within the wire's MAX_JSON_DEPTH
+# (128). It was 32, and records of 30 to 32 levels were dropped by the exporter whole, with their export batch.
+_MAX_DEPTH: Final = (MAX_JSON_DEPTH - _ENVELOPE_LEVELS) // _LEVELS_PER_DATA_LEVEL
 _INT64: Final = (-(2**63), 2**63 - 1)
 
 
@@ -65,12 +76,14 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
 
     What JSON or OTLP cannot carry is turned into text here, because the record would otherwise be lost whole (with
     the rest of its export batch): a non-finite float (not JSON), an integer beyond int64 (refused by the engine),
-    a container that holds itself, nesting past ``_MAX_DEPTH`` levels (beyond the wire's depth bound), or a lone
-    surrogate in a string (:func:`_text`).
+    a container that holds itself, nesting past ``_MAX_DEPTH`` levels (29: the most whose OTLP-JSON, 4 levels each
+    inside 10 of the record's envelope, fits the wire's 128), or a lone surrogate in a string (:func:`_text`).
 
     Example:
         >>> _attribute_value({"ratio": float("nan"), "big": 2**64, "ok": [1, "a"]})
         {'ratio': 'NaN', 'big': '18446744073709551616', 'ok': [1, 'a']}
+        >>> _MAX_DEPTH
+        29
     """
     if isinstance(value, str):
         return _text(value)
