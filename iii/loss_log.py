@@ -135,11 +135,24 @@ class BurstLog:
 
     def note(self, kind: str, what: str) -> None:
         """One event of ``kind`` (``what`` names it): its own line while the interval's burst lasts, else counted."""
+        if self.take(kind, what):
+            self._line(what)
+
+    def take(self, kind: str, what: str) -> bool:
+        """:meth:`note` for a caller that writes the line itself (at a level of its own): ``True`` while the
+        interval's burst lasts (write it), else ``False``, the event counted in ``losses``.
+
+        Example:
+            >>> seen = []
+            >>> burst = BurstLog(1, 10.0, print, LossLog(lambda counts, latest: seen.append(dict(counts)), 10.0))
+            >>> burst.take("record", "a"), burst.take("record", "b"), seen
+            (True, False, [{'record': 1}])
+        """
         now = time.monotonic()
         if now - self._began >= self._interval:
             self._began, self._logged = now, 0
         if self._logged < self._burst:
             self._logged += 1
-            self._line(what)
-        else:
-            self.losses.lost(kind, what)
+            return True
+        self.losses.lost(kind, what)
+        return False

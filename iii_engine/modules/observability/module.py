@@ -80,6 +80,10 @@ ENGINE_VERSION = "0.10.0"
 WEBHOOK_BUDGET_S = 30.0
 ALERT_LOG_BURST = 10
 """Alert lines (triggered, webhook skipped) logged one by one per ``SKIP_LOG_INTERVAL_S``; the rest are counted."""
+ECHO_LOG_BURST = 100
+ECHO_LOG_INTERVAL_S = 1.0
+"""Log records echoed to the engine's log (``logs_console_output``) one line each: at most ``ECHO_LOG_BURST`` per
+``ECHO_LOG_INTERVAL_S``, the rest counted in one line per ``SKIP_LOG_INTERVAL_S``."""
 CONVERT_SLICE_S = 0.005
 """The ingest task converts (then stores) a frame's entries this long at most before it lets the event loop run
 other work."""
@@ -269,6 +273,10 @@ class OtelModule(EngineModule):
         # in a loop against rules with cooldown_seconds 0 wrote 274,402 lines in 20 s.
         self._alert_log = BurstLog(ALERT_LOG_BURST, SKIP_LOG_INTERVAL_S, log.warning,
                                    LossLog(self._log_alert_counts, SKIP_LOG_INTERVAL_S))
+        # The console echo of log records, rate-limited the same way: one worker's LOGS frames were 312,011 lines in
+        # 15 s, and with a slow stderr another worker's engine::health::check waited 1.6 s (median).
+        self._echo_log = BurstLog(ECHO_LOG_BURST, ECHO_LOG_INTERVAL_S, log.info,
+                                  LossLog(self._log_echo_counts, SKIP_LOG_INTERVAL_S))
         self.dropped_frames = 0
         self._queued_bytes = 0
         self._drop_logged_at = self._malformed_logged_at = self._cut_logged_at = -DROP_LOG_INTERVAL_S
@@ -356,6 +364,7 @@ class OtelModule(EngineModule):
                         "%g s (export_stop_timeout_ms); counted in webhook_failed", len(cut),
                         self.settings.export_stop_timeout_ms / 1000)
         self._alert_log.losses.close()
+        self._echo_log.losses.close()
         for batch in (self._span_batch, self._log_batch):
             if batch is not None:  # what is gathered goes to the queue, delivered within export_stop_timeout_ms
                 batch.flush()
@@ -520,9 +529,18 @@ class OtelModule(EngineModule):
     def _add_logs(self, entries: list[dict[str, Any]]) -> None:
         for entry, size in zip(entries, self.logs.sizes(entries), strict=True):
             if self.settings.logs_console_output:
-                log.log(_console_level(entry["severity_number"]), "[%s] %s", entry["service_name"],
-                        entry["body"][:1000])
+                self._echo(entry["severity_number"], f"[{entry['service_name']}] {entry['body'][:1000]}",
+                           "worker log records")
             self._add_log(entry, size)
+
+    def _echo(self, severity_number: int, line: str, kind: str) -> None:
+        """Echo a log record to the engine's log, within :data:`ECHO_LOG_BURST` per :data:`ECHO_LOG_INTERVAL_S`."""
+        if self._echo_log.take(kind, line[:200]):
+            log.log(_console_level(severity_number), "%s", line)
+
+    def _log_echo_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
+        log.warning("logs_console_output: %s not echoed (past %d lines per %g s)%s", counts_text(counts),
+                    ECHO_LOG_BURST, ECHO_LOG_INTERVAL_S, latest_tail(latest))
 
     def _forward(self, kind: str, body: bytes, frame: Any) -> None:
         """Export a worker's frame as it came, once it converted (a frame refused as malformed is not exported),
@@ -737,7 +755,7 @@ class OtelModule(EngineModule):
                 "instrumentation_scope_name": "iii", "instrumentation_scope_version": ENGINE_VERSION,
             }
             if self.settings.logs_console_output:  # before, echoed even when off: 136,732 lines in 10 s
-                log.log(_console_level(number), "%s", message[:1000])
+                self._echo(number, message[:1000], "engine::log::* messages")
             caller = parse_traceparent(ctx.traceparent)
             self._add_log(entry, trace_id=caller[0] if caller else None, caller=ctx.caller_worker_id)
             if self._log_batch is not None and self.settings.exports_logs:

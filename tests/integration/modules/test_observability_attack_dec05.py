@@ -15,6 +15,7 @@ from module_worker import ModuleWorker
 
 from tests.integration.modules.test_ao_observability_attack import log_frame, send, telemetry
 from tests.integration.modules.test_observability import engine_with, eventually
+from tests.polling import until
 
 pytestmark = pytest.mark.our_engine("configures the observability module")
 
@@ -114,3 +115,22 @@ async def test_exponential_histograms_and_summaries_are_stored(caplog: pytest.Lo
             3, 12.5, [{"quantile": 0.99, "value": 9.0}])
         assert (await telemetry(worker))["dropped_entries"] == 1
         assert sum("no data kind" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_the_console_echo_of_log_records_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: every record of a worker's LOGS frames was one engine log line (312,011 lines in 15 s from one worker).
+    records = [{"body": {"stringValue": f"dec05 echo {i}"}, "severityNumber": 9} for i in range(300)]
+    frame = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).encode()
+    engine = engine_with({"logs_max_count": 1000})  # logs_console_output: true by default
+    await engine.start()
+    module: Any = engine.module("observability")
+    with caplog.at_level(logging.INFO, "iii_engine.modules.observability"):
+        module.ingest("LOGS", frame)
+        await until(lambda: module.ingested_frames == 1)
+        await engine.stop()  # logs the count the interval had not logged yet
+    lines = [r.getMessage() for r in caplog.records]
+    echoed = [line for line in lines if line.startswith("[unknown] dec05 echo")]
+    assert len(echoed) == 100  # ECHO_LOG_BURST a second
+    counted = [line for line in lines if "not echoed" in line]
+    assert counted and sum(int(line.split("logs_console_output: ")[1].split()[0]) for line in counted) == 200
+    assert len(counted) <= 2 and len(module.logs) == 300  # every record stored all the same
