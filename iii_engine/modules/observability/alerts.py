@@ -17,8 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -29,6 +31,8 @@ from .queries import mean, total
 
 __all__ = ["AlertManager", "AlertRule"]
 
+log = logging.getLogger(__name__)
+
 _OPERATORS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
     ">": ("GreaterThan", lambda v, t: v > t),
     ">=": ("GreaterThanOrEqual", lambda v, t: v >= t),
@@ -37,6 +41,10 @@ _OPERATORS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
     "==": ("Equal", lambda v, t: math.isclose(v, t, rel_tol=0.0, abs_tol=2.220446049250313e-16)),
     "!=": ("NotEqual", lambda v, t: not math.isclose(v, t, rel_tol=0.0, abs_tol=2.220446049250313e-16)),
 }
+MAX_SECONDS = 366 * 86_400
+"""The longest ``window_seconds`` / ``cooldown_seconds`` a rule may give (a year)."""
+FAILURE_LOG_INTERVAL_S = 10.0
+"""A rule whose evaluation fails is logged at most once per this many seconds (the others are still evaluated)."""
 _ALIASES = {"greaterthan": ">", "greaterthanorequal": ">=", "lessthan": "<", "lessthanorequal": "<=",
             "equal": "==", "notequal": "!="}
 
@@ -62,10 +70,12 @@ cooldown_seconds, enabled, metric, name, operator, threshold, window_seconds)
 
     name: NonEmpty
     metric: NonEmpty
-    threshold: float
+    # Finite, and the times within a year: NaN, infinity or 1e300 passed before, and one such rule made every
+    # evaluation pass fail (internal_error) and engine::alerts::list fail for everyone.
+    threshold: float = Field(allow_inf_nan=False)
     operator: str = ">"
-    window_seconds: float = 60.0
-    cooldown_seconds: float = 60.0
+    window_seconds: float = Field(60.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
+    cooldown_seconds: float = Field(60.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     enabled: bool = True
     action: dict[str, Any] = Field(default_factory=lambda: {"type": "log"})
 
@@ -121,6 +131,9 @@ class AlertManager:
     def __init__(self, rules: Sequence[AlertRule]) -> None:
         self.rules = list(rules)
         self.states: dict[str, dict[str, Any]] = {}
+        #: rule evaluations that raised (logged at most once per FAILURE_LOG_INTERVAL_S)
+        self.failed_evaluations = 0
+        self._failure_logged_at = -FAILURE_LOG_INTERVAL_S
 
     def evaluate(self, counters: Mapping[str, float], metrics: Sequence[dict[str, Any]],
                  now_ms: int) -> list[dict[str, Any]]:
@@ -129,23 +142,39 @@ class AlertManager:
         for rule in self.rules:
             if not rule.enabled:
                 continue
-            value = counters.get(rule.metric)
-            if value is None and not rule.metric.startswith(("iii.invocations.", "iii.workers.")):
-                value = _metric_value(rule.metric, rule.window_seconds, metrics, now_ms * 1_000_000)
-            if value is None:
+            try:
+                event = self._evaluate(rule, counters, metrics, now_ms)
+            except Exception as exc:  # one rule failing must not stop the others (it failed the whole pass)
+                self.failed_evaluations += 1
+                now = time.monotonic()
+                if now - self._failure_logged_at >= FAILURE_LOG_INTERVAL_S:
+                    self._failure_logged_at = now
+                    log.error("alert rule %r failed to evaluate: %s: %s (%d failed evaluations so far)", rule.name,
+                              type(exc).__name__, str(exc)[:200], self.failed_evaluations)
                 continue
-            firing = _OPERATORS[rule.operator][1](value, rule.threshold)
-            value = max(-sys.float_info.max, min(sys.float_info.max, value))  # reported: JSON has no infinity
-            state = self.states.setdefault(rule.name, {"name": rule.name, "last_triggered": None})
-            state.update(firing=firing, last_evaluated=now_ms, current_value=value, threshold=rule.threshold,
-                         operator=rule.operator_name)
-            last = state["last_triggered"]
-            if firing and (last is None or now_ms - last >= rule.cooldown_seconds * 1000):
-                state["last_triggered"] = now_ms
-                events.append({"name": rule.name, "metric": rule.metric, "value": value,
-                               "threshold": rule.threshold, "operator": rule.operator_name, "firing": True,
-                               "timestamp": now_ms})
+            if event is not None:
+                events.append(event)
         return events
+
+    def _evaluate(self, rule: AlertRule, counters: Mapping[str, float], metrics: Sequence[dict[str, Any]],
+                  now_ms: int) -> dict[str, Any] | None:
+        """One rule's evaluation: the event if it triggered."""
+        value = counters.get(rule.metric)
+        if value is None and not rule.metric.startswith(("iii.invocations.", "iii.workers.")):
+            value = _metric_value(rule.metric, rule.window_seconds, metrics, now_ms * 1_000_000)
+        if value is None:
+            return None
+        firing = _OPERATORS[rule.operator][1](value, rule.threshold)
+        value = max(-sys.float_info.max, min(sys.float_info.max, value))  # reported: JSON has no infinity
+        state = self.states.setdefault(rule.name, {"name": rule.name, "last_triggered": None})
+        state.update(firing=firing, last_evaluated=now_ms, current_value=value, threshold=rule.threshold,
+                     operator=rule.operator_name)
+        last = state["last_triggered"]
+        if firing and (last is None or now_ms - last >= rule.cooldown_seconds * 1000):
+            state["last_triggered"] = now_ms
+            return {"name": rule.name, "metric": rule.metric, "value": value, "threshold": rule.threshold,
+                    "operator": rule.operator_name, "firing": True, "timestamp": now_ms}
+        return None
 
     def rule(self, name: str) -> AlertRule:
         """The rule called ``name``."""
