@@ -52,6 +52,7 @@ from .otlp import (
     iter_logs,
     iter_metrics,
     iter_spans,
+    optional_id,
 )
 from .queries import (
     METRICS_ORDER,
@@ -740,6 +741,14 @@ class OtelModule(EngineModule):
             if not isinstance(message, str):
                 raise EngineError("deserialization_error",
                                   f"Failed to deserialize input for {function_id}: missing string field `message`")
+            # Checked as a LOGS frame's record's are (32 / 16 hex digits; empty or zeros = none): before, any text
+            # was stored and exported, and a collector may refuse the whole export batch for one bad id.
+            try:
+                trace_id = optional_id(data.get("trace_id"), "trace_id", 32, f"an {function_id} call")
+                span_id = optional_id(data.get("span_id"), "span_id", 16, f"an {function_id} call")
+            except TelemetryFormatError as exc:
+                raise EngineError("deserialization_error",
+                                  f"Failed to deserialize input for {function_id}: {exc}") from None
             if self.settings.logs_sampling_ratio < 1.0 and random.random() >= self.settings.logs_sampling_ratio:
                 return None
             now = _now_ns()
@@ -749,8 +758,7 @@ class OtelModule(EngineModule):
                 "timestamp_unix_nano": now, "observed_timestamp_unix_nano": now, "severity_number": number,
                 "severity_text": text, "body": message,
                 "attributes": dict(extra) if isinstance(extra, dict) else {},
-                "trace_id": data.get("trace_id") if isinstance(data.get("trace_id"), str) else None,
-                "span_id": data.get("span_id") if isinstance(data.get("span_id"), str) else None,
+                "trace_id": trace_id, "span_id": span_id,
                 "resource": self._resource(), "service_name": service if isinstance(service, str) else "unknown",
                 "instrumentation_scope_name": "iii", "instrumentation_scope_version": ENGINE_VERSION,
             }

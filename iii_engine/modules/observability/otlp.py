@@ -456,6 +456,17 @@ def _hex_id(value: Any, key: str, digits: int, what: str) -> str:
     return value.lower()
 
 
+def optional_id(value: Any, key: str, digits: int, what: str) -> str | None:
+    """An optional trace id (``digits`` 32) or span id (16) checked as a frame's are (:func:`_optional_id`), for
+    ids given elsewhere (``engine::log::*``'s ``trace_id`` / ``span_id``).
+
+    Example:
+        >>> optional_id("AB" * 8, "span_id", 16, "an engine::log::info call")
+        'abababababababab'
+    """
+    return _optional_id(value, key, digits, what)
+
+
 def _optional_id(value: Any, key: str, digits: int, what: str) -> str | None:
     """An optional id (a log record's, a parent's, a link's): ``None`` when absent, empty or all zeros (what OTLP
     sends for none), else as :func:`_hex_id`.

@@ -134,3 +134,15 @@ async def test_the_console_echo_of_log_records_is_rate_limited(caplog: pytest.Lo
     counted = [line for line in lines if "not echoed" in line]
     assert counted and sum(int(line.split("logs_console_output: ")[1].split()[0]) for line in counted) == 200
     assert len(counted) <= 2 and len(module.logs) == 300  # every record stored all the same
+
+
+async def test_engine_log_checks_trace_and_span_ids() -> None:
+    # Before: any text was stored and exported as the record's traceId/spanId (a collector may refuse the batch).
+    async with engine_with({"logs_console_output": False}) as engine, ModuleWorker(engine.url) as worker:
+        for field, bad in (("trace_id", "not-hex"), ("span_id", "ab" * 9), ("trace_id", 5)):
+            answer = await worker.call("engine::log::info", {"message": "dec05 bad id", field: bad})
+            assert answer["error"]["code"] == "deserialization_error" and field in answer["error"]["message"]
+        await worker.result("engine::log::info", {"message": "dec05 good", "trace_id": "AB" * 16,
+                                                  "span_id": "0" * 16})
+        [entry] = (await worker.result("engine::logs::list", {}))["logs"]
+        assert (entry["body"], entry["trace_id"], entry["span_id"]) == ("dec05 good", "ab" * 16, None)
