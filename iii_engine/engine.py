@@ -88,7 +88,7 @@ from .modules.base import (
     TriggerTypeHandler,
 )
 from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
-from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
+from .registry import MAX_EARLIER_OWNERS, FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .server import Listener
 from .settings import ConfigError
 from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection, frame_bytes
@@ -1448,9 +1448,13 @@ class Engine:
         except ConnectionClosed as exc:
             received = exc.rcvd.code if exc.rcvd else None
             sent = exc.sent.code if exc.sent else None
-            if sent == 1009:
+            if sent == 1009 and not exc.rcvd_then_sent:
                 log.warning("worker %s sent a message over max_message_size (%d bytes); closed with 1009",
                             worker.id, self._listener.max_message_size)
+            elif received == 1009:  # the worker's limit, not ours (websockets echoes the code it received)
+                log.warning("worker %s closed its connection with 1009: a message the engine sent it was over its own "
+                            "limit on incoming messages (a function listing or functions-available push larger than "
+                            "it reads, perhaps: the reference SDK reads at most 1 MiB)", worker.id)
             else:
                 log.info("worker %s connection closed (received %s, sent %s)", worker.id, received, sent)
         finally:
@@ -1691,7 +1695,10 @@ class Engine:
         self._disown(entry)
         self._functions_maybe_changed()
 
-    def _register_trigger_type(self, worker: WorkerConnection, type_id: str, description: str, size: int = 0) -> None:
+    def _register_trigger_type(self, worker: WorkerConnection, type_id: str, description: str, size: int = 0,
+                               earlier: tuple[tuple[str, str, int], ...] = ()) -> None:
+        """``earlier``: the owners to give the type back to in turn, when it is given back to ``worker`` (see
+        :meth:`_give_back_trigger_type`)."""
         existing = self.registry.trigger_types.get(type_id)
         if existing is not None and existing.owner is None:
             log.warning("worker %s may not replace built-in trigger type %s; refused", worker.id, type_id)
@@ -1700,8 +1707,14 @@ class Engine:
                                               type_id in worker.trigger_types, size):
             return
         taken_from = None
+        if existing is not None and existing.owner == worker.id:
+            earlier, taken_from = existing.earlier, existing.taken_from  # registered again: still given back
         if existing is not None and existing.owner != worker.id:
             taken_from = existing.owner
+            # kept to give the type back when the new owner leaves (the old one's SDK still serves it)
+            earlier = tuple(held for held in ((existing.owner or "", existing.description, existing.size),
+                                              *existing.earlier)
+                            if held[0] != worker.id and held[0] in self.workers)[:MAX_EARLIER_OWNERS]
             moving = self.registry.triggers_of_type(type_id)
             log.warning("worker %s took over trigger type %s from worker %s; its %d triggers move to the new owner "
                         "(the old one is sent unregistertrigger for each)", worker.id, type_id, taken_from,
@@ -1721,7 +1734,7 @@ class Engine:
             self.registry.store_trigger(entry)
             self._trigger_info.note("activated", f"pending trigger {entry.id} activated by trigger type {type_id}")
         self.registry.put_trigger_type(TriggerTypeEntry(type_id, description, worker.id, taken_from=taken_from,
-                                                        size=size))
+                                                        size=size, earlier=earlier))
         worker.trigger_types.add(type_id)
 
     async def _register_trigger(self, worker: WorkerConnection, entry: TriggerEntry) -> None:
@@ -1989,7 +2002,11 @@ class Engine:
         if existing is not None and existing.owner != worker.id and existing.taken_from == worker.id:
             log.warning("worker %s unregistered trigger type %s, which worker %s took over from it (its triggers "
                         "were unregistered at %s then); ignored", worker.id, type_id, existing.owner, worker.id)
-            return
+        if existing is not None and existing.owner != worker.id:
+            # it no longer wants the type back when its owner leaves
+            existing.earlier = tuple(held for held in existing.earlier if held[0] != worker.id)
+            if existing.taken_from == worker.id:
+                return
         if existing is None or existing.owner != worker.id:
             log.warning("worker %s unregistered trigger type %s it does not own; ignored", worker.id, type_id)
             return
@@ -2034,12 +2051,30 @@ class Engine:
             existing = self.registry.trigger_types.get(type_id)
             if existing is not None and existing.owner == worker.id:
                 self.registry.drop_trigger_type(type_id)
-                self._park_type_triggers(type_id, None)
+                if not self._give_back_trigger_type(existing):
+                    self._park_type_triggers(type_id, None)
         CountLimits.report(worker)
         self.channels.drop_owner(worker.id)
         self.workers.pop(worker.id, None)
         log.info("worker %s disconnected", worker.id)
         self.emit_worker_event("worker_disconnected", worker.id)
+
+    def _give_back_trigger_type(self, gone: TriggerTypeEntry) -> bool:
+        """The type ``gone``'s owner took over from another worker goes back to the first of its earlier owners
+        still connected, with its triggers, as an overwritten function does (E5); whether one took it. Before, its
+        triggers waited for a new registration of the type while the earlier owner, still connected, believed it
+        served them."""
+        for at, (owner_id, description, size) in enumerate(gone.earlier):
+            earlier = self.workers.get(owner_id)
+            if earlier is None or owner_id in self._leaving:
+                continue
+            self._register_trigger_type(earlier, gone.id, description, size, gone.earlier[at + 1:])
+            given = self.registry.trigger_types.get(gone.id)
+            if given is not None and given.owner == owner_id:
+                log.info("trigger type %s goes back to worker %s: worker %s, which took it over, left", gone.id,
+                         owner_id, gone.owner)
+                return True
+        return False
 
     def _adopt(self, entry: FunctionEntry) -> None:
         owner = self.workers.get(entry.owner or "")

@@ -94,6 +94,13 @@ class TriggerTypeEntry:
     taken_from: str | None = None
     #: bytes it holds of its owner's ``max_registration_bytes_per_worker`` (estimated from its frame)
     size: int = field(default=0, compare=False)
+    #: the workers it was taken over from, latest first, as ``(owner, description, size)``: when its owner leaves,
+    #: the first of them still connected gets it back (at most :data:`MAX_EARLIER_OWNERS`, each once)
+    earlier: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
+
+
+MAX_EARLIER_OWNERS = 8
+"""Earlier owners a trigger type remembers (owners taking it from each other in turn stay bounded)."""
 
 
 @dataclass
