@@ -40,6 +40,7 @@ from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 from .closing import CLOSE_TIMEOUT_S, close_within
 from .fd_limits import open_file_limit, open_files_share
 from .handshakes import BAD_TARGET, NotUpgraded, quiet_logger, request_target
+from .keepalive import keep_alive
 from .limits import SKIP_LOG_INTERVAL_S
 
 log = logging.getLogger(__name__)
@@ -337,6 +338,7 @@ class Listener:
     async def _handle(self, connection: ServerConnection) -> None:
         # its 101 went out as the port began to close (once it stopped serving, websockets answers 503)
         self._close(connection)
+        keep_alive(connection.transport.get_extra_info("socket"))  # a peer that vanished is noticed (see keepalive)
         route = route_request(connection.request.path if connection.request else "/")
         if isinstance(route, ChannelRoute):
             await self.relay.serve(connection, route.channel_id, route.key, route.direction)
