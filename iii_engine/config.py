@@ -14,7 +14,8 @@ socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 1
 whole upgrade request, counted from their accept; with that many the port stops accepting until one sends it or
 closes; default a quarter of the open-file limit, at most 1,024), ``max_registrations_per_worker`` (functions,
 trigger types and triggers one worker holds, default 100,000), ``max_registration_bytes_per_worker`` (what
-those keep, estimated from their frames, default 512 MiB), ``max_services`` (services kept, default 100,000),
+those keep, estimated from their frames, default 512 MiB), ``max_registration_bytes`` (what every worker's keep
+together, default 2 GiB), ``max_services`` (services kept, default 100,000),
 ``max_service_bytes`` (what they keep, default 64 MiB),
 ``max_fired_calls`` (trigger-fired calls in flight engine-wide, default 10,000), ``max_fired_calls_per_worker`` (those
 in flight to one callee worker, default a quarter of ``max_fired_calls``), ``fire_wait_timeout_ms`` (how long a
@@ -95,6 +96,10 @@ DEFAULT_MAX_SERVICES = 100_000
 # memory it overstates ~1.8x): 512 MiB is ~13,000 functions with such request and response schemas (256 MiB refused
 # 3,481 of 10,000 an SDK registered), and at most ~1.3 MB of memory per MiB for the shapes measured.
 DEFAULT_MAX_REGISTRATION_BYTES_PER_WORKER = 512 * 1024 * 1024
+# Every worker's together: the per-worker bound alone let one client hold 512 MiB per connection it opened (an attack:
+# the engine grew by ~255 MB per connection, linear in connections, up to max_workers). Four workers' worth: ~52,000
+# functions with pydantic-made schemas, ~1.1 GB of memory at most.
+DEFAULT_MAX_REGISTRATION_BYTES = 4 * DEFAULT_MAX_REGISTRATION_BYTES_PER_WORKER
 # Explicit services outlive their worker: a byte bound for all of them together, as max_services bounds their count.
 DEFAULT_MAX_SERVICE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FIRED_CALLS = 10_000
@@ -208,6 +213,8 @@ class EngineConfig(Settings):
     #: the bytes one worker's registrations make the engine keep, and every explicit service together, each
     #: estimated from its frame (see :func:`iii_engine.limits.retained_estimate`)
     max_registration_bytes_per_worker: int = Field(DEFAULT_MAX_REGISTRATION_BYTES_PER_WORKER, ge=1)
+    #: the bytes every worker's registrations make the engine keep together (one client opening many connections)
+    max_registration_bytes: int = Field(DEFAULT_MAX_REGISTRATION_BYTES, ge=1)
     max_service_bytes: int = Field(DEFAULT_MAX_SERVICE_BYTES, ge=1)
     #: trigger-fired calls in flight engine-wide, and how long a producer that can wait does (see
     #: :class:`iii_engine.limits.FiredCalls`)

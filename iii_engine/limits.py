@@ -148,6 +148,7 @@ class CountLimits:
         self.max_workers = config.max_workers
         self.max_registrations = config.max_registrations_per_worker
         self.max_registration_bytes = config.max_registration_bytes_per_worker
+        self.max_total_registration_bytes = config.max_registration_bytes
         self.max_services = config.max_services
         self.max_service_bytes = config.max_service_bytes
 
@@ -176,10 +177,16 @@ class CountLimits:
                                     f"(max_registrations_per_worker {self.max_registrations})")
         holding = registry.bytes_held(worker.id)
         growth = size - (registry.held_size(worker.id, kind, item_id) if held else 0)
-        if growth <= 0 or holding + growth <= self.max_registration_bytes:
+        if growth <= 0:
             return True
-        return self._refuse(worker, f"{kind} {item_id!r} ({size} bytes)", f"its registrations hold {holding} bytes "
-                            f"(max_registration_bytes_per_worker {self.max_registration_bytes})")
+        if holding + growth > self.max_registration_bytes:
+            return self._refuse(worker, f"{kind} {item_id!r} ({size} bytes)", f"its registrations hold {holding} "
+                                f"bytes (max_registration_bytes_per_worker {self.max_registration_bytes})")
+        if registry.worker_bytes + growth > self.max_total_registration_bytes:
+            return self._refuse(worker, f"{kind} {item_id!r} ({size} bytes)", f"every worker's registrations hold "
+                                f"{registry.worker_bytes} bytes (max_registration_bytes "
+                                f"{self.max_total_registration_bytes})")
+        return True
 
     def admit_service(self, worker: WorkerConnection, registry: Registry, name: str, size: int = 0) -> bool:
         """May ``worker`` add the explicit service ``name`` from a frame of ``size`` bytes? Replacing an explicit

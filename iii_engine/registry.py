@@ -142,6 +142,8 @@ class Registry:
         # (E12), all of which the count bound counts too. Kept here, where every table changes, so that no path can
         # add or drop an entry without its bytes; audit_bytes() recounts them from the tables.
         self._bytes: dict[str | None, int] = {}
+        #: the bytes every worker's registrations hold together (``max_registration_bytes``)
+        self.worker_bytes = 0
         # Read them freely; change them only through store_trigger / park_trigger / discard_trigger, which keep
         # the indexes below (so a worker's connect or disconnect costs its own triggers, not everyone's).
         self.triggers: dict[str, TriggerEntry] = {}
@@ -570,6 +572,8 @@ class Registry:
         return books
 
     def _charge(self, owner: str | None, delta: int) -> None:
+        if delta and owner is not None:
+            self.worker_bytes += delta
         if delta:
             total = self._bytes.get(owner, 0) + delta
             if total:
