@@ -154,11 +154,12 @@ class III:
         # shutdown stayed connected while the interpreter waited for its sync handlers, each invocation meanwhile
         # refused with an error line of its own.
         self._runner = HandlerRunner(self._address, on_exit=self._interpreter_exiting)
-        self._trigger_host = TriggerTypeHost()
+        # (a trigger a reconnect's sweep finds gone gets no unregistertrigger: the session forgets it then)
+        self._trigger_host = TriggerTypeHost(on_gone=self._session.forget_owned_trigger)
         self._telemetry = TelemetryWiring()
-        # Run on the handler threads, only the newest list waiting (each is the whole set): see iii.callback_set.
-        self._functions_available: CallbackSet[[list[FunctionInfo]]] = CallbackSet(
-            lambda: self._runner.threads, "functions-available")
+        # Run on a daemon thread of their own (not the handler threads, which the exit waits for: one callback
+        # blocked for good kept the process up after shutdown), only the newest list waiting: see iii.callback_set.
+        self._functions_available: CallbackSet[[list[FunctionInfo]]] = CallbackSet(None, "functions-available")
         self._functions_available_callbacks = self._functions_available.callbacks
         self._functions_available_queue = self._functions_available.waiting
         self._functions_available_trigger: Trigger | None = None
@@ -166,8 +167,7 @@ class III:
         # Subscribing and unsubscribing from several threads at once registered one trigger each (every callback
         # then ran once per trigger on each change, and the extra triggers outlived the last unsubscribe).
         self._functions_available_lock = threading.Lock()
-        self._registrations_ready: CallbackSet[[]] = CallbackSet(lambda: self._runner.threads,
-                                                                 "registrations-ready")
+        self._registrations_ready: CallbackSet[[]] = CallbackSet(None, "registrations-ready")
         # The worker ids of old connections whose late cleanup (T7) no registration check has seen the end of yet,
         # oldest first. The session names only the last one lost: a connection lost while the check for an older one
         # still waited made the next check wait for its own worker only, and the older cleanup then deleted what
@@ -564,6 +564,9 @@ class III:
         finally:
             # (also when a step above failed: the handler threads never outlive the client)
             self._runner.close(spare_thread=self._shutdown_thread)
+            # no more callback calls; one still running is named (as a sync handler is), its daemon thread left
+            self._functions_available.close(spare_thread=self._shutdown_thread)
+            self._registrations_ready.close(spare_thread=self._shutdown_thread)
 
     def get_connection_state(self) -> IIIConnectionState:
         """``disconnected``, ``connecting``, ``connected``, ``reconnecting`` or ``failed``.
@@ -1477,9 +1480,13 @@ class III:
     def on_functions_available(self, callback: Callable[[list[FunctionInfo]], None]) -> Callable[[], None]:
         """Call ``callback`` with the full function list whenever the engine's set of ids changes.
 
-        On a handler thread, each call in a copy of the context this method was called in (ours: the reference runs
-        every callback in the one task of the engine's call): the callback sees the context variables of the code
-        that subscribed it, and one callback's ``ContextVar.set`` is seen by no other callback.
+        On a thread of the client's callbacks (never its loop), each call in a copy of the context this method was
+        called in (ours: the reference runs every callback in the one task of the engine's call, on its loop): the
+        callback sees the context variables of the code that subscribed it, and one callback's ``ContextVar.set`` is
+        seen by no other callback. The callbacks run one after the other, so one that blocks holds the others' calls
+        (only the newest list waits meanwhile). The thread is a daemon: ``shutdown()`` names in a warning a callback
+        still running, and the process does not wait for it to exit (the reference's callback blocked its loop, and
+        its ``shutdown()`` with it).
 
         Example:
             >>> # unsubscribe = iii.on_functions_available(lambda fns: print(len(fns)))
@@ -1534,9 +1541,10 @@ class III:
         missing an event; what was published while it was away never reaches it. Only connections that become ready
         after this call count.
 
-        On a handler thread, never the client's loop: it may block or call the sync API (``list_functions``,
-        ``trigger``) without stopping the worker, and an exception is logged; each call runs in a copy of the context
-        this method was called in. The callbacks run one call at a time;
+        On a thread of the client's callbacks (a daemon, as for :meth:`on_functions_available`), never the client's
+        loop: it may block or call the sync API (``list_functions``, ``trigger``) without stopping the worker, and an
+        exception is logged; each call runs in a copy of the context this method was called in. The callbacks run
+        one call at a time;
         connections that became ready meanwhile add one more call, not one each. By the time it runs the connection
         may have dropped again: a later connection calls it again.
 

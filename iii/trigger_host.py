@@ -6,6 +6,12 @@ it holds with the same function and config, as every reconnect's replay does, is
 time; with a different one, the old binding is unbound first), unbound once, and the calls for one trigger id run one
 after the other, in the order the engine sent them.
 
+A binding is unbound by the handler that made it. Owning a type again with another handler (``add`` over one in
+place, as ``register_trigger_type`` called again does) moves each trigger when the engine sends it again, which the
+engine does for every trigger of a type it is sent a registration of: the old handler unbinds it, then the new one
+binds it. Before, the new handler never heard of the triggers bound before the swap (the same one sent again was
+taken as already bound), the old one kept them for good, and their unbinds went to the new handler.
+
 Example:
     >>> import asyncio
     >>> class Hooks:
@@ -30,8 +36,8 @@ import asyncio
 import inspect
 import itertools
 import logging
-from collections.abc import Collection, Coroutine
-from typing import Any
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any, NamedTuple
 
 from .handler_runner import describe_base_exception, handler_raised
 from .triggers import TriggerConfig, TriggerHandler
@@ -47,13 +53,30 @@ _Key = tuple[str, str]  # (trigger type, trigger id)
 _SWEEP_CONCURRENCY = 64
 
 
-class TriggerTypeHost:
-    """Trigger type id → handler."""
+class _Binding(NamedTuple):
+    """A trigger bound here and the handler that bound it (the one to unbind it, whichever owns the type now)."""
 
-    def __init__(self) -> None:
+    trigger: TriggerConfig[Any]
+    handler: TriggerHandler[Any]
+
+
+class TriggerTypeHost:
+    """Trigger type id → handler.
+
+    ``on_gone(type_id, trigger_id)`` is called (on the loop, as the sweep decides it) for each trigger a sweep finds
+    the engine no longer has: the client's session forgets what it kept of it (no ``unregistertrigger`` will come
+    for it to do so; a provider whose 500 triggers went with each engine restart kept 500 more entries per restart).
+    """
+
+    def __init__(self, on_gone: Callable[[str, str], None] | None = None) -> None:
         self._handlers: dict[str, TriggerHandler[Any]] = {}
-        # what each type's handler bound and has not unbound: told to unbind it when the type is let go
-        self._bound: dict[str, dict[str, TriggerConfig[Any]]] = {}
+        # what was bound here and not unbound, with the handler that bound it: told to unbind it when the type is let
+        # go, when the engine unbinds it, or when the engine sends it again after the type changed handlers
+        self._bound: dict[str, dict[str, _Binding]] = {}
+        # one token per owning of a type (a new one after a remove): a bind that ran while its type was let go (and
+        # maybe owned again) is undone at its end, as what release() unbinds never saw it
+        self._claims: dict[str, object] = {}
+        self._on_gone = on_gone
         # Every trigger the engine sent (bound or being bound): the connection (ClientSession.generation) whose
         # engine sent its registertrigger last, with no unregistertrigger since, and that send's number; a sweep or
         # an unregister takes it away, and so does a refusal unless a newer send of the same id is queued behind it
@@ -67,8 +90,27 @@ class TriggerTypeHost:
         self._busy: dict[_Key, asyncio.Future[None]] = {}
 
     def add(self, type_id: str, handler: TriggerHandler[Any]) -> None:
-        """Own ``type_id`` with ``handler``."""
+        """Own ``type_id`` with ``handler``. Over another handler, the triggers it bound stay with it until the engine
+        sends each again (it does, for the type's new registration): then the old handler unbinds it and ``handler``
+        binds it; until then an unbind of one still goes to the handler that bound it.
+
+        Example:
+            >>> import asyncio
+            >>> class Hooks:
+            ...     def __init__(self, name): self.name = name
+            ...     async def register_trigger(self, config): print(self.name, "bound", config.id)
+            ...     async def unregister_trigger(self, config): print(self.name, "unbound", config.id)
+            >>> host = TriggerTypeHost()
+            >>> host.add("hook", Hooks("h1"))
+            >>> asyncio.run(host.register("hook", "t1", "f", {}, generation=1))
+            h1 bound t1
+            >>> host.add("hook", Hooks("h2"))
+            >>> asyncio.run(host.register("hook", "t1", "f", {}, generation=1))  # the engine sends it again
+            h1 unbound t1
+            h2 bound t1
+        """
         self._handlers[type_id] = handler
+        self._claims.setdefault(type_id, object())
 
     def get(self, type_id: str) -> TriggerHandler[Any] | None:
         """The handler owning ``type_id`` (``None``: not owned)."""
@@ -77,6 +119,7 @@ class TriggerTypeHost:
     def remove(self, type_id: str) -> None:
         """Stop owning ``type_id``."""
         self._handlers.pop(type_id, None)
+        self._claims.pop(type_id, None)
         self._bound.pop(type_id, None)
         # (called from the user's thread while the loop's may change the table: list() copies it in one step)
         for key in list(self._sent):
@@ -87,12 +130,11 @@ class TriggerTypeHost:
         """Stop owning ``type_id``; what unbinds (through the handler's ``unregister_trigger``) each trigger it still
         holds, to be run on the client's loop (``None``: it holds none). The engine's ``unregistertrigger`` frames
         for them arrive once the type is no longer owned here, so they would never reach the handler."""
-        handler = self._handlers.get(type_id)
         bound = self._bound.get(type_id, {})
         self.remove(type_id)
-        if handler is None or not bound:
+        if not bound:
             return None
-        return self._unbind_all(handler, list(bound.values()))
+        return self._unbind_all(list(bound.values()))
 
     @property
     def holds(self) -> bool:
@@ -101,9 +143,9 @@ class TriggerTypeHost:
         return bool(self._sent)
 
     @staticmethod
-    async def _unbind_all(handler: TriggerHandler[Any], triggers: list[TriggerConfig[Any]]) -> None:
-        for trigger in triggers:
-            await _unbind(handler, trigger)
+    async def _unbind_all(bindings: list[_Binding]) -> None:
+        for binding in bindings:
+            await _unbind(binding.handler, binding.trigger)
 
     def register(self, type_id: str, trigger_id: str, function_id: str, config: Any,
                  generation: int = 0) -> Coroutine[Any, Any, dict[str, str] | None]:
@@ -117,21 +159,27 @@ class TriggerTypeHost:
 
     async def _register(self, key: _Key, trigger: TriggerConfig[Any], send: int) -> dict[str, str] | None:
         type_id = key[0]
-        handler = self._handlers.get(type_id)
-        if handler is None:
+        if type_id not in self._handlers:
             return {"code": "trigger_type_not_found", "message": "Trigger type not found"}
         turn = await self._turn(key)
         try:
-            if self._handlers.get(type_id) is not handler:  # let go (or replaced) while this waited its turn
+            # The type's handler now, not when the frame came: one put in place meanwhile (the type registered again
+            # with another handler) is the one the engine's trigger goes to.
+            handler = self._handlers.get(type_id)
+            claim = self._claims.get(type_id)
+            if handler is None:  # let go while this waited its turn
                 return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
             held = self._bound.get(type_id, {}).get(trigger.id)
             if held is not None:
-                if held.function_id == trigger.function_id and held.config == trigger.config:
+                if (held.handler is handler and held.trigger.function_id == trigger.function_id
+                        and held.trigger.config == trigger.config):
                     # Sent again as it is bound (a new connection's replay): binding it twice ran a cron or interval
                     # trigger twice per tick, for as long as the worker lived.
                     return None
-                del self._bound[type_id][trigger.id]  # replaced: the old binding goes first
-                await _unbind(handler, held)
+                # Replaced (another function or config), or bound by the handler the type had before: the old
+                # binding goes first, by the handler that made it (the new one never heard of it).
+                del self._bound[type_id][trigger.id]
+                await _unbind(held.handler, held.trigger)
             try:
                 await _settled(handler.register_trigger(trigger))
             except Exception as exc:
@@ -145,7 +193,7 @@ class TriggerTypeHost:
                 log.exception("Error registering trigger %s", trigger.id)
                 self._refused(key, send)
                 return {"code": "trigger_registration_failed", "message": describe_base_exception(exc)}
-            if self._handlers.get(type_id) is not handler:
+            if self._claims.get(type_id) is not claim:
                 # the type was let go while the handler bound it: release() saw nothing to unbind, and the engine's
                 # unregistertrigger skips a type no longer owned here, so the binding would stay for good
                 await _unbind(handler, trigger)
@@ -155,7 +203,8 @@ class TriggerTypeHost:
                 # nothing bound, so it is done here
                 await _unbind(handler, trigger)
                 return None
-            self._bound.setdefault(type_id, {})[trigger.id] = trigger
+            # (with the handler that bound it: should the type change handlers meanwhile, its unbind still comes here)
+            self._bound.setdefault(type_id, {})[trigger.id] = _Binding(trigger, handler)
             return None
         finally:
             self._end_turn(key, turn)
@@ -180,10 +229,9 @@ class TriggerTypeHost:
             return
         turn = await self._turn(key)
         try:
-            handler = self._handlers.get(key[0])
             held = self._bound.get(key[0], {}).pop(key[1], None)
-            if held is not None and handler is not None and key not in self._sent:
-                await _unbind(handler, held)
+            if held is not None and key not in self._sent:
+                await _unbind(held.handler, held.trigger)
             elif held is not None:  # sent again meanwhile: the register behind this one finds it bound
                 self._bound[key[0]][key[1]] = held
         finally:
@@ -219,18 +267,19 @@ class TriggerTypeHost:
         if self._sent.get(key, (generation, 0))[0] >= generation:  # sent again (or unregistered) meanwhile
             return
         del self._sent[key]  # first: a bind of it still running sees it gone, and unbinds it at its end
+        if self._on_gone is not None:
+            self._on_gone(*key)
         turn = await self._turn(key)
         try:
-            handler = self._handlers.get(key[0])
             held = self._bound.get(key[0], {}).get(key[1])
-            if held is None or handler is None:
+            if held is None:
                 return
             if key in self._sent:  # sent again while this waited its turn: stays
                 return
             del self._bound[key[0]][key[1]]
             log.info("Trigger %s (type %s, function %s) unbound: the engine no longer has it after the reconnect",
-                     held.id, key[0], held.function_id)
-            await _unbind(handler, held)
+                     key[1], key[0], held.trigger.function_id)
+            await _unbind(held.handler, held.trigger)
         finally:
             self._end_turn(key, turn)
 

@@ -314,8 +314,10 @@ class ClientSession:
         self._services: dict[str, str] = {}
         self._triggers: dict[str, str] = {}
         self._trigger_types: dict[str, str] = {}
-        # Triggers of our types the engine bound, so an unregister can pass their function and config along.
-        self._owned_triggers: dict[str, tuple[str, Any]] = {}
+        # Triggers of our types the engine bound, so an unregister can pass their function and config along:
+        # trigger id → (type, function id, config). Forgotten by the engine's unregistertrigger, a refusal, the
+        # type's release (unregister_trigger_type) or a reconnect's sweep (forget_owned_trigger).
+        self._owned_triggers: dict[str, tuple[str, str, Any]] = {}
         self._pending: dict[str, str] = {}  # invocation id → function id
         self.generation = 0
         self.worker_id: str | None = None
@@ -369,9 +371,47 @@ class ClientSession:
         return type_id in self._trigger_types
 
     def unregister_trigger_type(self, type_id: str) -> str:
-        """Stop owning ``type_id``; the frame telling the engine."""
+        """Stop owning ``type_id``, forgetting the triggers of it the engine bound here; the frame telling the engine.
+
+        (Those triggers are forgotten here, not when the engine's ``unregistertrigger`` for each comes: while
+        disconnected none comes, and a production engine, which ignores the type's release, sends none.)
+
+        Example:
+            >>> session = ClientSession()
+            >>> _ = session.register_trigger_type("hook", "web hooks")
+            >>> _ = session.receive('{"type":"registertrigger","id":"t1","trigger_type":"hook","function_id":"f"}')
+            >>> _ = session.unregister_trigger_type("hook")
+            >>> session.owned_trigger_count
+            0
+        """
         self._trigger_types.pop(type_id, None)
+        # (the loop's thread may add one meanwhile: copy() walks the table in one C-level step)
+        for trigger_id, (owned_type, _, _) in self._owned_triggers.copy().items():
+            if owned_type == type_id:
+                self._owned_triggers.pop(trigger_id, None)
         return frames.unregister_trigger_type(type_id)
+
+    def forget_owned_trigger(self, type_id: str, trigger_id: str) -> None:
+        """Forget trigger ``trigger_id`` of our type ``type_id``: the engine no longer has it (a reconnect's sweep
+        found it gone), so no ``unregistertrigger`` will come for it.
+
+        Example:
+            >>> session = ClientSession()
+            >>> _ = session.register_trigger_type("hook", "web hooks")
+            >>> _ = session.receive('{"type":"registertrigger","id":"t1","trigger_type":"hook","function_id":"f"}')
+            >>> before = session.owned_trigger_count
+            >>> session.forget_owned_trigger("hook", "t1")
+            >>> before, session.owned_trigger_count
+            (1, 0)
+        """
+        owned = self._owned_triggers.get(trigger_id)
+        if owned is not None and owned[0] == type_id:
+            del self._owned_triggers[trigger_id]
+
+    @property
+    def owned_trigger_count(self) -> int:
+        """How many triggers of our types the engine bound here and has not unbound (what is kept of them)."""
+        return len(self._owned_triggers)
 
     def register_service(self, message: Any, check: Check = _unchecked) -> str:
         """Remember service ``message.id`` (a :class:`~iii.iii_types.RegisterServiceMessage`); its frame."""
@@ -709,7 +749,7 @@ class ClientSession:
             config = msg.get("config")
             # known from the request on: an unregister that comes while the owner's register hook still runs (the
             # engine lists the trigger before the owner's answer) gets its config, not None
-            self._owned_triggers[trigger_id] = (function_id, config)
+            self._owned_triggers[trigger_id] = (trigger_type, function_id, config)
             return [TriggerRequested(trigger_id, trigger_type, function_id, config, self.generation)]
         error = {"code": "trigger_type_not_found", "message": "Trigger type not found"}
         return [Send(frames.trigger_registration_result(trigger_id, trigger_type, function_id, error=error))]
@@ -721,5 +761,5 @@ class ClientSession:
         if not isinstance(trigger_type, str) or trigger_type not in self._trigger_types:
             return [FrameSkipped(_DEBUG, f"unregistertrigger {trigger_id} for a type we do not own "
                                          f"({trigger_type!r})")]
-        function_id, config = known or ("", None)
+        _, function_id, config = known or ("", "", None)
         return [TriggerDropped(trigger_id, trigger_type, function_id, config)]
