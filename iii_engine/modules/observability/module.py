@@ -55,16 +55,20 @@ from .otlp import (
     optional_id,
 )
 from .queries import (
+    METRICS_KEYS,
     METRICS_ORDER,
     Paging,
     aggregate,
     answer_json,
+    check_keys,
     encode_entries,
     encode_tree,
     logs_query,
     page_of,
     percentile,
     select,
+    severity_of,
+    severity_range,
     trace_tree_async,
     traces_query,
 )
@@ -250,7 +254,8 @@ class OtelModule(EngineModule):
         self.counters = Counters()
         self.alerts: AlertManager | None = AlertManager(self.rules) if self.rules else None
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(self.settings.ingest_queue_frames)
-        self._log_triggers: dict[str, str | None] = {}
+        # Each log trigger's severity numbers (first, last), None for every entry.
+        self._log_triggers: dict[str, tuple[int, int] | None] = {}
         self._trigger_targets: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ingest_task: asyncio.Task[None] | None = None
@@ -577,9 +582,11 @@ class OtelModule(EngineModule):
         self.logs.add(entry, size)
         if not self._log_triggers:
             return
-        text = entry["severity_text"].lower()
+        # By severity number (the text when there is none): comparing the text alone, a `level: error` trigger
+        # missed a record of number 17 without text, and `warn` missed stdlib logging's WARNING.
+        severity = severity_of(entry["severity_number"], entry["severity_text"]) or 0
         targets = [self._trigger_targets[trigger_id] for trigger_id, level in self._log_triggers.items()
-                   if level is None or level == text]
+                   if level is None or level[0] <= severity <= level[1]]
         if not targets:
             return
         # Before, a handler that logged fired its own trigger again with each record, for ever (1,850 calls a
@@ -597,7 +604,8 @@ class OtelModule(EngineModule):
         # 1 GB of 1 MB entries alive in 25 s, the store holding 67 MB).
         slots = self.services.fired_calls.try_take(len(targets), size)
         if slots is None:
-            self.services.fired_calls.skip(f"log trigger calls of a {text or 'log'} entry", len(targets))
+            self.services.fired_calls.skip(f"log trigger calls of a {entry['severity_text'].lower() or 'log'} entry",
+                                           len(targets))
             return
         payload = {key: entry.get(key) for key in _LOG_KEYS}
         token = _FIRING_LOG_TRIGGER.set(True)
@@ -719,9 +727,23 @@ class OtelModule(EngineModule):
     # -- log trigger type ------------------------------------------------------------------------------------
 
     async def register(self, trigger: TriggerInfo) -> None:
-        """A ``log`` trigger: ``config.level`` (absent or ``all`` = every entry) selects entries by level."""
+        """A ``log`` trigger: ``config.level`` (absent, null or ``all`` = every entry) selects the entries of one
+        level, by severity number: ``trace`` 1-4, ``debug`` 5-8, ``info`` 9-12, ``warn`` 13-16, ``error`` 17-20,
+        ``fatal`` 21-24; an entry without a number by the level its text names (:func:`~.queries.severity_of`).
+        Level names are taken in any case, ``warning`` and ``critical`` as ``warn`` and ``fatal``.
+
+        Raises:
+            EngineError: ``invalid_trigger_config`` for any other level (before, ``level: 13`` or a misspelt name
+                was taken and fired for nothing).
+        """
         level = trigger.config.get("level") if isinstance(trigger.config, dict) else None
-        self._log_triggers[trigger.id] = None if level in (None, "all") else str(level).lower()
+        selected = None
+        if level is not None and not (isinstance(level, str) and level.lower() == "all"):
+            try:
+                selected = severity_range(level, "level")
+            except ValueError as exc:
+                raise EngineError("invalid_trigger_config", f"log trigger {trigger.id}: {exc}; or all") from None
+        self._log_triggers[trigger.id] = selected
         self._trigger_targets[trigger.id] = trigger.function_id
 
     async def unregister(self, trigger: TriggerInfo) -> None:
@@ -852,6 +874,7 @@ class OtelModule(EngineModule):
 
     async def _metrics_list(self, data: Any, ctx: InvocationContext) -> EncodedResult:
         data = _object(data, "engine::metrics::list")
+        check_keys(data, METRICS_KEYS, "engine::metrics::list")
         start, end = data.get("start_time"), data.get("end_time")
         name, interval = data.get("metric_name"), data.get("aggregate_interval")
         _check_query("engine::metrics::list", start, end, name)
@@ -862,10 +885,13 @@ class OtelModule(EngineModule):
                               "number >= 0")
         where = Paging.parse(data, "engine::metrics::list", METRICS_ORDER)
         snapshot = self.metrics.snapshot()
-        low, high = (start * 1_000_000, end * 1_000_000) if start is not None and end is not None else (None, None)
+        # Each bound alone filters too: before, only both did, and start_time an hour ahead alone listed everything.
+        low = None if start is None else start * 1_000_000
+        high = None if end is None else end * 1_000_000
 
         def in_window(e: dict[str, Any]) -> bool:
-            return low is None or high is None or low <= e["timestamp_unix_nano"] <= high
+            at = e["timestamp_unix_nano"]
+            return (low is None or at >= low) and (high is None or at <= high)
 
         def keep(e: dict[str, Any]) -> bool:
             return in_window(e) and (name is None or e["name"] == name)
@@ -879,8 +905,9 @@ class OtelModule(EngineModule):
                                                   "aggregate_interval": interval, "metric_name": name}))
         budget = self._budget(ctx, *(value.json for value in fixed.values()))
         # The aggregates first: they cannot be paged, the entries can (next_offset).
-        aggregated = (aggregate(await select(snapshot.entries, in_window), interval)
-                      if interval and low is not None else [])
+        # Over the metrics in the window, or over all stored when no bound is given (before, an interval without
+        # both bounds answered no aggregates at all, without a word).
+        aggregated = aggregate(await select(snapshot.entries, in_window), interval) if interval else []
         buckets = await encode_entries(aggregated, budget)
         encoded = await encode_entries(page.entries, budget - buckets.size)
         out: dict[str, Any] = {"engine_metrics": fixed["engine_metrics"], "sdk_metrics": EncodedResult(encoded.json)}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import logging
 import math
 import re
 import time
@@ -37,13 +38,15 @@ from ...workers import frame_bytes
 from ..base import EncodedResult, EngineError
 from .stores import Snapshot
 
-__all__ = ["DEFAULT_LIMIT", "LOGS_ORDER", "MAX_ATTRIBUTE_FILTERS", "MAX_LIMIT", "METRICS_ORDER", "TRACES_DEFAULT_LIMIT",
-           "TREE_MAX_DEPTH", "TREE_SLICE_S", "Cursor", "Encoded", "LogsQuery", "Order", "Page", "Paging",
-           "TracesQuery", "aggregate", "answer_json", "building_tree", "encode_entries", "encode_tree", "list_logs",
-           "list_traces", "logs_query", "mean", "page_of", "paging", "percentile", "select", "select_indices",
-           "sorted_page", "total", "trace_tree", "trace_tree_async", "traces_query"]
+__all__ = ["DEFAULT_LIMIT", "LEVEL_NAMES", "LOGS_KEYS", "LOGS_ORDER", "MAX_ATTRIBUTE_FILTERS", "MAX_LIMIT",
+           "METRICS_KEYS", "METRICS_ORDER", "SEVERITY_LEVELS", "TRACES_DEFAULT_LIMIT", "TRACES_KEYS", "TREE_MAX_DEPTH",
+           "TREE_SLICE_S", "Cursor", "Encoded", "LogsQuery", "Order", "Page", "Paging", "TracesQuery", "aggregate",
+           "answer_json", "building_tree", "check_keys", "encode_entries", "encode_tree", "list_logs", "list_traces",
+           "logs_query", "mean", "page_of", "paging", "percentile", "select", "select_indices", "severity_level",
+           "severity_of", "severity_range", "sorted_page", "total", "trace_tree", "trace_tree_async", "traces_query"]
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 _MS = 1_000_000
 MAX_ATTRIBUTE_FILTERS = 64
 #: ``limit`` of ``engine::logs::list`` and ``engine::metrics::list`` when not given (production's log store keeps
@@ -68,6 +71,17 @@ _EPOCH = re.compile(r"[0-9a-f]{0,16}")
 CURSOR_EXPIRED = "cursor_expired"
 """Error code of a list request whose ``cursor`` is of another run of the store (the engine restarted since)."""
 _INT = re.compile(r"-?[0-9]{1,40}")
+#: OpenTelemetry's severity levels and the severity numbers each covers (the log data model: TRACE 1-4 ... FATAL
+#: 21-24).
+SEVERITY_LEVELS: dict[str, tuple[int, int]] = {"trace": (1, 4), "debug": (5, 8), "info": (9, 12), "warn": (13, 16),
+                                               "error": (17, 20), "fatal": (21, 24)}
+# Other spellings of levels: Python's logging bridged through OpenTelemetry sends its level names as the severity
+# text (WARNING 13, CRITICAL 21), and a `level: "WARNING"` trigger used to fire for those records only.
+_LEVEL_ALIASES = {"warning": "warn", "critical": "fatal"}
+#: The names a ``log`` trigger's ``level`` and ``engine::logs::list``'s ``severity_text`` take, in any case.
+LEVEL_NAMES: tuple[str, ...] = (*SEVERITY_LEVELS, *_LEVEL_ALIASES)
+# A severity text: a level name and OpenTelemetry's short names' suffix (ERROR2 is severity number 18).
+_SEVERITY_TEXT = re.compile(r"([a-z]+)([2-4]?)")
 
 
 def _field(data: dict[str, Any], key: str, kinds: tuple[type, ...], function_id: str) -> Any:
@@ -79,6 +93,85 @@ def _field(data: dict[str, Any], key: str, kinds: tuple[type, ...], function_id:
         raise EngineError("deserialization_error",
                           f"Failed to deserialize input for {function_id}: {key} must be {names}")
     return value
+
+
+def severity_level(name: str) -> str | None:
+    """The level ``name`` names, in any case (``WARNING`` is ``warn``, ``CRITICAL`` is ``fatal``); ``None`` for any
+    other text.
+
+    Example:
+        >>> severity_level("WARNING"), severity_level("Error"), severity_level("notice")
+        ('warn', 'error', None)
+    """
+    lowered = name.strip().lower()
+    level = _LEVEL_ALIASES.get(lowered, lowered)
+    return level if level in SEVERITY_LEVELS else None
+
+
+def severity_of(number: Any, text: Any) -> int | None:
+    """A log entry's severity number: ``number`` when it is one (1 to 24), else the one its severity ``text`` names
+    (``ERROR`` 17, ``ERROR2`` 18, ``WARNING`` 13, ``CRITICAL`` 21, any case); ``None`` when neither says.
+
+    Why the number first: a record's text is free (``WARNING``, ``CRITICAL``, ``ERROR2`` or none at all), its number
+    is what OpenTelemetry defines, and level filters compared the text alone (an error record of number 17 with no
+    text fired no ``level: error`` trigger).
+
+    Example:
+        >>> severity_of(17, ""), severity_of(21, "CRITICAL"), severity_of(0, "error2"), severity_of(0, "notice")
+        (17, 21, 18, None)
+    """
+    if isinstance(number, int) and not isinstance(number, bool) and 1 <= number <= 24:
+        return number
+    match = _SEVERITY_TEXT.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    level = severity_level(match[1]) if match else None
+    if match is None or level is None:
+        return None
+    return SEVERITY_LEVELS[level][0] + (int(match[2]) - 1 if match[2] else 0)
+
+
+def severity_range(level: Any, what: str) -> tuple[int, int]:
+    """The severity numbers (first, last) the level name ``level`` covers (:data:`SEVERITY_LEVELS`, any case, with
+    ``warning`` and ``critical``).
+
+    Raises:
+        ValueError: naming ``what`` and the accepted names, for anything else (before, an unknown level matched
+            nothing, without a word).
+
+    Example:
+        >>> severity_range("WARNING", "level"), severity_range("error", "level")
+        ((13, 16), (17, 20))
+        >>> severity_range(13, "level")
+        Traceback (most recent call last):
+        ValueError: level must be one of trace, debug, info, warn, warning, error, fatal, critical (any case), got 13
+    """
+    found = severity_level(level) if isinstance(level, str) else None
+    if found is None:
+        raise ValueError(f"{what} must be one of {', '.join(sorted(LEVEL_NAMES, key=_level_order))} (any case), "
+                         f"got {level!r}"[:300])
+    return SEVERITY_LEVELS[found]
+
+
+def _level_order(name: str) -> int:
+    return SEVERITY_LEVELS[_LEVEL_ALIASES.get(name, name)][0] * 2 + (name in _LEVEL_ALIASES)
+
+
+def check_keys(data: dict[str, Any], known: Iterable[str], function_id: str) -> None:
+    """Refuse a request holding a key outside ``known`` with ``deserialization_error`` naming it and the keys taken:
+    before, a misspelt filter (``{"levle": "warn"}``) was dropped and the whole store listed. Keys starting with
+    ``_`` pass: the engine stamps its own there (``_caller_worker_id``, on every call of a worker).
+
+    Example:
+        >>> check_keys({"limit": 5, "_caller_worker_id": "w1"}, ("limit", "severity_text"), "f")
+        >>> check_keys({"levle": "warn"}, ("limit", "severity_text"), "f")
+        Traceback (most recent call last):
+        iii_engine.modules.base.EngineError: deserialization_error: Failed to deserialize input for f: unknown field \
+`levle`, expected one of limit, severity_text
+    """
+    unknown = [key for key in data if key not in known and not str(key).startswith("_")]
+    if unknown:
+        raise EngineError("deserialization_error",
+                          f"Failed to deserialize input for {function_id}: unknown field `{unknown[0]!s:.100}`, "
+                          f"expected one of {', '.join(known)}")
 
 
 def paging(data: dict[str, Any], function_id: str, default_limit: int = DEFAULT_LIMIT) -> tuple[int, int]:
@@ -315,6 +408,8 @@ async def page_of(snapshot: Snapshot, keep: Callable[[dict[str, Any]], bool], pa
 LOGS_ORDER = Order("logs", itemgetter("timestamp_unix_nano"), int, descending=True, ties_newest_first=True)
 #: ``engine::metrics::list``'s ``sdk_metrics``: oldest ingestion first.
 METRICS_ORDER = Order("metrics", None, None, descending=False, ties_newest_first=False)
+#: The keys ``engine::metrics::list`` takes: production's, and ``offset``, ``limit``, ``cursor``.
+METRICS_KEYS = ("start_time", "end_time", "metric_name", "aggregate_interval", "offset", "limit", "cursor")
 
 
 @dataclass
@@ -325,13 +420,37 @@ class LogsQuery(Paging):
     echo: dict[str, Any]
 
 
+#: The keys ``engine::logs::list`` takes: production's, and ``cursor``.
+LOGS_KEYS = ("trace_id", "span_id", "severity_min", "severity_text", "start_time", "end_time", "offset", "limit",
+             "cursor")
+
+
 def logs_query(data: dict[str, Any]) -> LogsQuery:
-    """Parse an ``engine::logs::list`` request (ids, severity, time filters; ``offset`` or ``cursor``, ``limit``)."""
+    """Parse an ``engine::logs::list`` request (ids, severity, time filters; ``offset`` or ``cursor``, ``limit``).
+    ``severity_text`` names a level (:func:`severity_range`): it keeps the entries whose severity number is in the
+    level's range, or, with no number, whose text names a severity in it (:func:`severity_of`).
+
+    Example:
+        >>> logs = [{"timestamp_unix_nano": 1, "severity_number": 17, "severity_text": "", "trace_id": None,
+        ...          "span_id": None}, {"timestamp_unix_nano": 2, "severity_number": 0, "severity_text": "WARNING",
+        ...          "trace_id": None, "span_id": None}]
+        >>> [e["timestamp_unix_nano"] for e in list_logs(logs, {"severity_text": "error"})["logs"]]
+        [1]
+        >>> list_logs(logs, {"severity_text": "warn"})["total"], list_logs(logs, {"severity_text": "WARNING"})["total"]
+        (1, 1)
+    """
     fid = "engine::logs::list"
+    check_keys(data, LOGS_KEYS, fid)
     trace_id = _field(data, "trace_id", (str,), fid)
     span_id = _field(data, "span_id", (str,), fid)
     severity_min = _field(data, "severity_min", (int,), fid)
     severity_text = _field(data, "severity_text", (str,), fid)
+    low, high = 1, 24
+    if severity_text is not None:
+        try:
+            low, high = severity_range(severity_text, "severity_text")
+        except ValueError as exc:
+            raise EngineError("deserialization_error", f"Failed to deserialize input for {fid}: {exc}") from None
     start = _field(data, "start_time", (int, float), fid)
     end = _field(data, "end_time", (int, float), fid)
     where = Paging.parse(data, fid, LOGS_ORDER)
@@ -340,7 +459,8 @@ def logs_query(data: dict[str, Any]) -> LogsQuery:
         return ((trace_id is None or e["trace_id"] == trace_id)
                 and (span_id is None or e["span_id"] == span_id)
                 and (severity_min is None or e["severity_number"] >= severity_min)
-                and (severity_text is None or e["severity_text"].lower() == severity_text.lower())
+                and (severity_text is None
+                     or low <= (severity_of(e["severity_number"], e["severity_text"]) or 0) <= high)
                 and (start is None or e["timestamp_unix_nano"] >= start * _MS)
                 and (end is None or e["timestamp_unix_nano"] <= end * _MS))
 
@@ -372,10 +492,63 @@ def _duration_ms(span: dict[str, Any]) -> float:
     return float(span["end_time_unix_nano"] - span["start_time_unix_nano"]) / _MS
 
 
-# engine::traces::list's sort_by: the key and its type (a cursor holds the key); another value sorts by start_time.
+# engine::traces::list's sort_by: the key and its type (a cursor holds the key). Production's names; duration_ms
+# and service_name are its newer versions' (any other value used to sort by start_time without a word).
 _TRACE_KEYS: dict[str, tuple[Callable[[dict[str, Any]], Any], type]] = {
     "start_time": (itemgetter("start_time_unix_nano"), int), "duration": (_duration_ms, float),
-    "name": (itemgetter("name"), str)}
+    "name": (itemgetter("name"), str), "service_name": (lambda span: str(span.get("service_name", "")), str)}
+_SORT_ALIASES = {"duration_ms": "duration"}
+#: The keys ``engine::traces::list`` takes: production's (``trace_ids``, ``exclude_attributes`` and
+#: ``attribute_projection`` are its newer versions'), and ``cursor``.
+TRACES_KEYS = ("trace_id", "trace_ids", "service_name", "name", "status", "search_all_spans", "min_duration_ms",
+               "max_duration_ms", "start_time", "end_time", "attributes", "exclude_attributes", "attribute_projection",
+               "include_internal", "sort_by", "sort_order", "offset", "limit", "cursor")
+# Keys taken and not used, logged once per process (a newer console may send them).
+_IGNORED_LOGGED: set[str] = set()
+
+
+def _attribute_pairs(data: dict[str, Any], key: str, function_id: str) -> set[tuple[str, str]]:
+    """The distinct ``[key, value]`` pairs of the filter ``key`` (values that are numbers compare as their text).
+
+    Why refused: an object (``{"key": k, "value": v}``) or a pair without its value was dropped, and the list held
+    every trace.
+
+    Example:
+        >>> sorted(_attribute_pairs({"a": [["k", "v"], ["k", "v"], ["n", 5]]}, "a", "f"))
+        [('k', 'v'), ('n', '5')]
+        >>> _attribute_pairs({"a": [{"key": "k", "value": "v"}]}, "a", "f")
+        Traceback (most recent call last):
+        iii_engine.modules.base.EngineError: deserialization_error: Failed to deserialize input for f: a[0] must be a \
+[key, value] pair of strings, got {'key': 'k', 'value': 'v'}
+    """
+    pairs: set[tuple[str, str]] = set()
+    for index, pair in enumerate(_field(data, key, (list,), function_id) or ()):
+        if (not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], str)
+                or isinstance(pair[1], bool) or not isinstance(pair[1], str | int | float)):
+            raise EngineError("deserialization_error",
+                              f"Failed to deserialize input for {function_id}: {key}[{index}] must be a [key, value] "
+                              f"pair of strings, got {pair!r:.100}")
+        pairs.add((pair[0], str(pair[1])))
+    # Capped: each filter is checked against every stored span, and 20,000 copies of one pair used to hold the
+    # engine's event loop for 4 s (a 4 MiB request, over a minute).
+    if len(pairs) > MAX_ATTRIBUTE_FILTERS:
+        raise EngineError("deserialization_error",
+                          f"Failed to deserialize input for {function_id}: {key} has {len(pairs)} distinct "
+                          f"filters, at most {MAX_ATTRIBUTE_FILTERS} allowed")
+    return pairs
+
+
+def _choice(data: dict[str, Any], key: str, choices: Iterable[str], default: str, function_id: str) -> str:
+    """``data[key]`` lower-cased, one of ``choices``; ``default`` when absent; ``deserialization_error`` naming the
+    key and the choices for anything else."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise EngineError("deserialization_error",
+                          f"Failed to deserialize input for {function_id}: {key} must be one of "
+                          f"{', '.join(choices)}, got {value!r:.100}")
+    return value.lower()
 
 
 @dataclass
@@ -388,6 +561,7 @@ class TracesQuery(Paging):
 def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> TracesQuery:
     """Parse an ``engine::traces::list`` request against the stored ``spans`` (``search_all_spans`` looks at them)."""
     fid = "engine::traces::list"
+    check_keys(data, TRACES_KEYS, fid)
     trace_id = _field(data, "trace_id", (str,), fid)
     include_internal = bool(_field(data, "include_internal", (bool,), fid))
     texts = {key: _field(data, key, (str,), fid) for key in ("service_name", "name", "status")}
@@ -396,14 +570,18 @@ def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> Trace
     max_ms = _field(data, "max_duration_ms", (int, float), fid)
     start = _field(data, "start_time", (int, float), fid)
     end = _field(data, "end_time", (int, float), fid)
-    attributes = _field(data, "attributes", (list,), fid) or []
-    # Deduplicated and capped: each filter is checked against every stored span, and 20,000 copies of one pair
-    # used to hold the engine's event loop for 4 s (a 4 MiB request, over a minute).
-    wanted_attrs = {str(p[0]): str(p[1]) for p in attributes if isinstance(p, list | tuple) and len(p) == 2}
-    if len(wanted_attrs) > MAX_ATTRIBUTE_FILTERS:
-        raise EngineError("deserialization_error",
-                          f"Failed to deserialize input for {fid}: attributes has {len(wanted_attrs)} distinct "
-                          f"filters, at most {MAX_ATTRIBUTE_FILTERS} allowed")
+    wanted_attrs = _attribute_pairs(data, "attributes", fid)
+    unwanted_attrs = _attribute_pairs(data, "exclude_attributes", fid)
+    trace_ids = _field(data, "trace_ids", (list,), fid)
+    if trace_ids is not None and not all(isinstance(one, str) for one in trace_ids):
+        raise EngineError("deserialization_error", f"Failed to deserialize input for {fid}: trace_ids must be a list "
+                                                   "of strings")
+    # as production: trace_ids is not used when trace_id is given
+    wanted_traces = None if trace_ids is None or trace_id is not None else set(trace_ids)
+    projection = _field(data, "attribute_projection", (list,), fid)
+    if projection is not None and "attribute_projection" not in _IGNORED_LOGGED:
+        _IGNORED_LOGGED.add("attribute_projection")
+        log.info("%s: attribute_projection is taken and not used (spans are listed with all their attributes)", fid)
     name = texts["name"]
     traces_with_name: set[str] = set()
     if search_all and name:
@@ -413,6 +591,8 @@ def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> Trace
         if span["parent_span_id"] is not None:
             return False
         if trace_id is not None and span["trace_id"] != trace_id:
+            return False
+        if wanted_traces is not None and span["trace_id"] not in wanted_traces:
             return False
         if not include_internal and _internal(span):
             return False
@@ -433,15 +613,16 @@ def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> Trace
             return False
         if end is not None and span["start_time_unix_nano"] > end * _MS:
             return False
-        if not wanted_attrs:
+        if not wanted_attrs and not unwanted_attrs:
             return True
         held = {str(pair[0]): str(pair[1]) for pair in reversed(span.get("attributes", ()))}  # first one wins
-        return all(held.get(key) == value for key, value in wanted_attrs.items())
+        return (all(held.get(key) == value for key, value in wanted_attrs)
+                and not any(held.get(key) == value for key, value in unwanted_attrs))
 
-    descending = str(data.get("sort_order") or "asc").lower() != "asc"
-    sort_by = data.get("sort_by")
-    if not isinstance(sort_by, str) or sort_by not in _TRACE_KEYS:
-        sort_by = "start_time"
+    # Refused rather than read as the default: "ascending" sorted descending, "durration" by start time.
+    descending = _choice(data, "sort_order", ("asc", "desc"), "asc", fid) == "desc"
+    sort_by = _choice(data, "sort_by", (*_TRACE_KEYS, *_SORT_ALIASES), "start_time", fid)
+    sort_by = _SORT_ALIASES.get(sort_by, sort_by)
     key, key_type = _TRACE_KEYS[sort_by]
     order = Order(f"traces.{sort_by}.{'desc' if descending else 'asc'}", key, key_type, descending, False)
     where = Paging.parse(data, fid, order, TRACES_DEFAULT_LIMIT)
