@@ -641,11 +641,17 @@ def _socket_of(ws: Connection) -> Any:
 def reset(ws: Connection) -> None:
     """Drop the connection at once and discard what the peer has not read: with ``SO_LINGER`` 0 the kernel throws
     the unsent bytes away and answers with a reset, so a peer that stopped reading learns it is gone."""
-    sock = _socket_of(ws)
+    reset_transport(ws.transport)
+
+
+def reset_transport(transport: asyncio.WriteTransport) -> None:
+    """:func:`reset` for any asyncio transport over a socket (an HTTP connection too: a reset is how a client reading
+    a body to the connection's end, HTTP/1.0's framing, tells a cut response from a whole one)."""
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    ws.transport.abort()
+    transport.abort()
 
 
 def shutdown(ws: Connection) -> None:

@@ -74,6 +74,7 @@ from iii.iii_types import TriggerInfo
 from iii.loss_log import LossLog
 from iii.protocol.client import WORKER_BUSY
 from iii.wire import dumps, loads
+from iii.ws_fastpath import reset_transport
 
 from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
@@ -135,7 +136,8 @@ _STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"
 # desynchronises the connection, the rest of the body being read as the next response.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
-_HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
+# CR, LF and NUL would inject or break headers; the other control characters (but tab) the HTTP writer refuses
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # A handler's response head: control frames (set_status / set_headers) and empty binary frames before the first body
 # chunk, and the bytes of the headers they set. Past either, the response channel is closed (the handler's writer
 # hears 4002, its reader left) and the client gets 502; without a bound a handler could send them until
@@ -425,8 +427,8 @@ def head_problem(status: int, headers: Mapping[str, str]) -> str | None:
     """Why a handler's status and headers cannot be sent as an HTTP response head, or ``None`` if they can.
 
     A 1xx status is not a final answer (the client would wait for one that never comes); a header name that is
-    not a token, or a value with CR, LF or NUL, would be refused by the HTTP writer mid-response (or, unchecked,
-    inject headers).
+    not a token, or a value with a control character but tab, would be refused by the HTTP writer mid-response (or,
+    with CR, LF or NUL unchecked, inject headers).
 
     Example:
         >>> head_problem(200, {"x-a": "1"}) is None
@@ -434,7 +436,7 @@ def head_problem(status: int, headers: Mapping[str, str]) -> str | None:
         >>> head_problem(101, {})
         'status 101 is informational, not a final response status'
         >>> head_problem(200, {"x-a": "1\\r\\nset-cookie: s=1"})
-        "header 'x-a' has a CR, LF or NUL in its value"
+        "header 'x-a' has a control character (CR, LF, NUL or another) in its value"
     """
     if status < 200:
         return f"status {status} is informational, not a final response status"
@@ -442,7 +444,7 @@ def head_problem(status: int, headers: Mapping[str, str]) -> str | None:
         if not _HEADER_NAME.fullmatch(name):
             return f"header name {name[:64]!r} is not a valid HTTP header name"
         if _HEADER_VALUE_FORBIDDEN.search(value):
-            return f"header {name[:64]!r} has a CR, LF or NUL in its value"
+            return f"header {name[:64]!r} has a control character (CR, LF, NUL or another) in its value"
     return None
 
 
@@ -508,10 +510,44 @@ def _empty_response(status: int, headers: Mapping[str, str], head_request: bool)
     Its Content-Length is kept only for a HEAD request, where it states the size of a body never sent."""
     if not head_request:
         headers = _unframed(headers)
-    problem = head_problem(status, headers)
+    problem = head_problem(status, headers) or _length_problem(headers)
     if problem is not None:
         return _bad_gateway(problem)
     return web.Response(status=status, headers=headers)
+
+
+def _length_problem(headers: Mapping[str, str]) -> str | None:
+    """Why a handler's Content-Length headers cannot be sent (not a number of bytes, or two that differ), else
+    ``None``; :func:`declared_length` reads the length itself.
+
+    Example:
+        >>> _length_problem({"Content-Length": "12"}), _length_problem({"content-length": "-1"})
+        (None, "Content-Length '-1' is not a number of bytes")
+    """
+    try:
+        declared_length(headers)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def declared_length(headers: Mapping[str, str]) -> int | None:
+    """The body length a handler's headers state (``None``: none); ``ValueError`` naming why it is not one.
+
+    Example:
+        >>> declared_length({"x": "1"}), declared_length({"Content-Length": " 7 "})
+        (None, 7)
+    """
+    declared: int | None = None
+    for name, value in headers.items():
+        if name.lower() == "content-length":
+            text = value.strip()
+            if not (text.isascii() and text.isdigit()):
+                raise ValueError(f"Content-Length {value[:64]!r} is not a number of bytes")
+            if declared is not None and int(text) != declared:
+                raise ValueError("two different Content-Length headers")
+            declared = int(text)
+    return declared
 
 
 def _bad_gateway(message: str) -> web.Response:
@@ -796,7 +832,7 @@ class _StreamWatch:
         self.why, self.level = why, level
         self.reader.abort()
         if cut and self.transport is not None:
-            self.transport.abort()
+            reset_transport(self.transport)  # a reset, not an end: HTTP/1.0's body ends at the connection's end
 
     def close(self) -> None:
         """The stream ended: nothing cuts it any more (an outcome's callback may still be scheduled), no grace timer
@@ -935,7 +971,7 @@ class RestApiModule(EngineModule):
         for reader, request in list(self._streaming.items()):
             reader.abort()  # a handler waiting for its next chunk: the stream ends as aborted
             if request.transport is not None:
-                request.transport.abort()  # a handler waiting for a client that stopped reading
+                reset_transport(request.transport)  # a handler waiting for a client that stopped reading
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -1374,24 +1410,24 @@ class RestApiModule(EngineModule):
         that leaves frees the request at once, its handler's writer told the reader left (4002): see
         :class:`_StreamWatch`. The body's end waits for the client to take its last bytes, within ``send_timeout``
         (:func:`_end_body`)."""
-        headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
+        # A response that has no body (RFC 9110 6.4.1: to HEAD, 204, 304): what the handler streams is read and
+        # dropped. Written, it went out with no framing after the head, and a client reusing the connection took
+        # it for the answer to its next request (a handler streaming "HTTP/1.1 200 OK…" forged that answer).
+        bodyless = request.method == "HEAD" or reader.status in (204, 304)
+        skip = _STREAM_HEADER_SKIP | _FRAMING_HEADERS if reader.status == 204 else _STREAM_HEADER_SKIP
+        headers = {k: v for k, v in reader.headers.items() if k.lower() not in skip}
         problem = head_problem(reader.status, headers)
-        declared: int | None = None
-        for name, value in headers.items():
-            if name.lower() == "content-length":
-                text = value.strip()
-                if not (text.isascii() and text.isdigit()):
-                    problem = f"Content-Length {value[:64]!r} is not a number of bytes"
-                elif declared is not None and int(text) != declared:
-                    problem = "two different Content-Length headers"
-                else:
-                    declared = int(text)
+        try:
+            declared = declared_length(headers)
+        except ValueError as exc:
+            problem = problem or str(exc)
         if problem is not None:
             return _bad_gateway(problem)
+        if bodyless:
+            declared = None  # it states the size of a body not sent: nothing to hold the stream to
         response = web.StreamResponse(status=reader.status, headers=headers)
         cors = self.settings.cors.headers(request.headers.get("Origin"), False, None)
         response.headers.update(cors)
-        await response.prepare(request)
         sent = 0
         next_chunk, write, writer = reader.next_chunk, response.write, request.writer
         transport = request.transport
@@ -1409,9 +1445,16 @@ class RestApiModule(EngineModule):
         lost[protocol] = watch.connection_lost
         self._streaming[reader] = request
         try:
+            # in the try: a client gone before the head went out is a ConnectionError like one gone later (it
+            # logged a traceback any client could make at will)
+            await response.prepare(request)
             chunk: bytes | None = first
             while chunk is not None:
                 sent += len(chunk)
+                if bodyless:
+                    watch.sent = sent
+                    chunk = await next_chunk()
+                    continue
                 if declared is not None and sent > declared:
                     return self._cut(request, response, f"the handler sent more than the {declared} bytes its "
                                                         f"Content-Length states")
@@ -1450,7 +1493,7 @@ class RestApiModule(EngineModule):
                 log.log(watch.level, "HTTP %s %s: %s (%d bytes sent); response ended", request.method, request.path,
                         watch.why, sent)
                 if transport is not None:
-                    transport.abort()
+                    reset_transport(transport)
                 return response
             # Finishing the chunked body would make a truncated download look complete; cut the connection.
             return self._cut(request, response, str(exc))
@@ -1472,7 +1515,9 @@ class RestApiModule(EngineModule):
         """End a streamed response that cannot be completed as stated: the connection is cut, not the body ended."""
         log.warning("HTTP %s %s: %s; aborting the response", request.method, request.path, why)
         if request.transport is not None:
-            request.transport.abort()
+            # a reset: a client reading an HTTP/1.0 body to the connection's end took a plain close for its end, the
+            # cut response for a whole one
+            reset_transport(request.transport)
         return response
 
     # -- engine plumbing -------------------------------------------------------------------------------------
