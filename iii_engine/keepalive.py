@@ -28,8 +28,12 @@ IDLE_S: Final = 30
 INTERVAL_S: Final = 10
 """Seconds between unanswered probes."""
 PROBES: Final = 3
-"""Unanswered probes after which the kernel ends the connection: a vanished peer is noticed within about a minute
-(``IDLE_S + INTERVAL_S * PROBES``), or as soon as data the engine sends it goes unacknowledged."""
+"""Unanswered probes after which the kernel ends the connection: an idle peer that vanished is noticed within about a
+minute (``IDLE_S + INTERVAL_S * PROBES``). One that vanished with data of the engine's unacknowledged is not probed:
+the kernel retransmits instead, for about 15 minutes by default (``tcp_retries2``). ``TCP_USER_TIMEOUT`` would
+shorten that, but on Linux it also ends a live peer's connection whose receive window stayed shut that long (a
+channel reader holding back, as backpressure lets it; measured: a peer not reading was cut at the timeout), so it is
+not set."""
 
 
 def keep_alive(sock: Any) -> None:
