@@ -1696,16 +1696,18 @@ class Engine:
         self._functions_maybe_changed()
 
     def _register_trigger_type(self, worker: WorkerConnection, type_id: str, description: str, size: int = 0,
-                               earlier: tuple[tuple[str, str, int], ...] = ()) -> None:
-        """``earlier``: the owners to give the type back to in turn, when it is given back to ``worker`` (see
-        :meth:`_give_back_trigger_type`)."""
+                               earlier: tuple[tuple[str, str, int], ...] | None = None) -> None:
+        """``earlier``: given when the type is given back to ``worker`` (see :meth:`_give_back_trigger_type`), the
+        owners to give it back to in turn; not a new registration of ``worker``'s, so not held to the limits (it
+        held the type before, and was refused nothing: a refusal would name it for what it never sent)."""
         existing = self.registry.trigger_types.get(type_id)
         if existing is not None and existing.owner is None:
             log.warning("worker %s may not replace built-in trigger type %s; refused", worker.id, type_id)
             return
-        if not self.limits.admit_registration(worker, self.registry, "trigger type", type_id,
-                                              type_id in worker.trigger_types, size):
+        if earlier is None and not self.limits.admit_registration(worker, self.registry, "trigger type", type_id,
+                                                                  type_id in worker.trigger_types, size):
             return
+        earlier = earlier or ()
         taken_from = None
         if existing is not None and existing.owner == worker.id:
             earlier, taken_from = existing.earlier, existing.taken_from  # registered again: still given back
@@ -2012,7 +2014,14 @@ class Engine:
             return
         self.registry.drop_trigger_type(type_id)
         worker.trigger_types.discard(type_id)
-        self._park_type_triggers(type_id, self._feeds.get(worker.id))
+        feed = self._feeds.get(worker.id)
+        if existing.earlier and feed is not None:  # told first, so no trigger is bound at both owners
+            for entry in self.registry.triggers_of_type(type_id):
+                feed.unregister(entry)
+            feed = None
+        # to the worker it was taken over from, as when its owner leaves (its triggers waited, pending, before)
+        if not self._give_back_trigger_type(existing):
+            self._park_type_triggers(type_id, feed)
 
     # -- disconnect ------------------------------------------------------------------------------------------
 
@@ -2060,10 +2069,10 @@ class Engine:
         self.emit_worker_event("worker_disconnected", worker.id)
 
     def _give_back_trigger_type(self, gone: TriggerTypeEntry) -> bool:
-        """The type ``gone``'s owner took over from another worker goes back to the first of its earlier owners
-        still connected, with its triggers, as an overwritten function does (E5); whether one took it. Before, its
-        triggers waited for a new registration of the type while the earlier owner, still connected, believed it
-        served them."""
+        """The type ``gone``'s owner (leaving, or letting it go) took over from another worker: it goes back to the
+        first of its earlier owners still connected, with its triggers, as an overwritten function does (E5);
+        whether one took it. Before, its triggers waited for a new registration of the type while the earlier
+        owner, still connected, believed it served them."""
         for at, (owner_id, description, size) in enumerate(gone.earlier):
             earlier = self.workers.get(owner_id)
             if earlier is None or owner_id in self._leaving:

@@ -97,3 +97,23 @@ async def test_a_worker_closing_with_1009_is_not_logged_as_the_sender(engine: En
     assert any("closed its connection with 1009: a message the engine sent it was over its own limit" in line
                for line in said), said
     assert not any("sent a message over max_message_size" in line for line in said), said
+
+
+async def test_a_taken_type_goes_back_when_the_taker_lets_it_go(engine: Engine) -> None:
+    first, taker, _ = await _taken_over(engine)
+    await taker.send({"type": "unregistertriggertype", "id": "tick"})
+    assert (await taker.expect("unregistertrigger"))["id"] == "t"
+    # before: the type was gone and "t" pending while the first owner, still connected, believed it served it
+    assert (await first.expect("registertrigger"))["id"] == "t"
+    assert engine.registry.trigger_types["tick"].owner == first.worker_id
+
+
+async def test_a_type_given_back_is_not_held_to_the_limits_again(engine: Engine,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="iii_engine")
+    first, taker, _ = await _taken_over(engine)
+    engine.limits.max_total_registration_bytes = 1  # full: nothing new fits
+    await _gone(engine, taker)
+    # before: "worker <first>: trigger type 'tick' (… bytes) refused", for a registration it never sent
+    assert (await first.expect("registertrigger"))["id"] == "t"
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]
