@@ -23,15 +23,21 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import time
 import zlib
 from typing import Any, Final
 
 import aiohttp
 
+log = logging.getLogger(__name__)
+
 ACCEPT_ENCODING: Final = "gzip, deflate"
 """What the engine asks endpoints for, and all it decodes (a worker's headers may not change it)."""
 
 _IDENTITY: Final = frozenset({"", "identity"})
+MAX_GZIP_MEMBERS: Final = 1024
+"""Gzip members one body may hold (RFC 1952 allows any number; each costs a decompressor): past it, refused."""
 
 
 class BodyError(Exception):
@@ -43,19 +49,60 @@ class StaleConnectionError(aiohttp.ClientConnectionError):
     """Every idle connection the pool offered held bytes nobody asked for (a server writing on idle connections)."""
 
 
+STRAY_BYTES_MEMORY_S: Final = 600.0
+"""How long an endpoint that wrote on an idle connection gets a new connection per request."""
+_MAX_STRAY_ENDPOINTS: Final = 4096
+
+
 class FreshConnector(aiohttp.TCPConnector):
     """A :class:`aiohttp.TCPConnector` whose pooled connections are given out only if nothing arrived on them while
     they were idle: bytes there are an answer to no request of ours (a server's late second response), and the next
-    request would read them as its own. Such a connection is closed and another taken."""
+    request would read them as its own. Such a connection is closed and another taken, and that endpoint's
+    connections are not kept alive for :data:`STRAY_BYTES_MEMORY_S` (each used for one request): a late answer
+    arriving just after the next request went out cannot be told from that request's answer, so only not reusing
+    the connection rules it out."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stray: dict[Any, float] = {}  # endpoint (aiohttp's connection key) -> until when it gets no reuse
+        #: endpoints seen writing on an idle connection (each then served without reuse for a while)
+        self.stray_endpoints = 0
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:  # noqa: ASYNC109
+        key = req.connection_key
         # Each stale connection is closed, so the pool shrinks by one per pass: bounded by its size, plus one.
         for _ in range(self.limit + 1 if self.limit else 1025):
             connection = await super().connect(req, traces, timeout)
-            if not _holds_unasked_bytes(connection):
-                return connection
-            connection.close()
+            if _holds_unasked_bytes(connection):
+                connection.close()
+                self._no_reuse(key)
+                continue
+            until = self._stray.get(key)
+            if until is not None:
+                if time.monotonic() < until:
+                    _not_kept_alive(connection)
+                else:
+                    del self._stray[key]
+            return connection
         raise StaleConnectionError("every pooled connection held bytes no request asked for")
+
+    def _no_reuse(self, key: Any) -> None:
+        if key not in self._stray:
+            self.stray_endpoints += 1
+            log.warning("HTTP functions: %s:%s wrote on an idle kept-alive connection (an answer to no request): "
+                        "that connection is closed, and its connections are used for one request each for %d s",
+                        getattr(key, "host", key), getattr(key, "port", ""), STRAY_BYTES_MEMORY_S)
+        if len(self._stray) >= _MAX_STRAY_ENDPOINTS:
+            self._stray.pop(next(iter(self._stray)))
+        self._stray[key] = time.monotonic() + STRAY_BYTES_MEMORY_S
+
+
+def _not_kept_alive(connection: aiohttp.connector.Connection) -> None:
+    """The connection is closed once its response is read, never pooled (aiohttp's protocol's own switch)."""
+    protocol = connection.protocol
+    force_close = getattr(protocol, "force_close", None)
+    if callable(force_close):
+        force_close()
 
 
 def _holds_unasked_bytes(connection: aiohttp.connector.Connection) -> bool:
@@ -80,10 +127,12 @@ class BodyDecoder:
         self.kind = kind
         self._inflate: Any = None  # zlib's decompress object: made at the first bytes (deflate's form is told there)
         self._head = b""  # deflate's first byte, until the second tells zlib's wrapper from a raw stream
+        self._members = 1
 
     @classmethod
     def for_encoding(cls, header: str | None) -> BodyDecoder:
-        """The decoder for a ``Content-Encoding`` header's value (``None``: not encoded)."""
+        """The decoder for a ``Content-Encoding`` header's value (``None``: not encoded; several header lines are
+        given joined with ``", "``, as a list, which the engine does not decode)."""
         kind = (header or "").strip().lower()
         if kind in _IDENTITY:
             return cls("identity")
@@ -116,11 +165,15 @@ class BodyDecoder:
             data = self._inflate.unused_data if self._inflate.eof else b""
         return bytes(out)
 
-    def finish(self) -> bytes:
-        """What is left once the body's last byte came; :class:`BodyError` if the stream stopped before its end."""
+    def finish(self, *, empty_is_whole: bool = True) -> bytes:
+        """What is left once the body's last byte came; :class:`BodyError` if the stream stopped before its end.
+        ``empty_is_whole``: whether no bytes at all is a whole (empty) body, as when its length said 0, not a body
+        whose connection ended before any of its stream came."""
         if self.kind == "identity":
             return b""
         if self._inflate is None and not self._head:
+            if not empty_is_whole:
+                raise BodyError(f"its connection ended before any of its {self.kind} stream came")
             return b""  # an empty body: nothing was encoded
         if self._inflate is None or not self._inflate.eof:
             raise BodyError(f"its {self.kind} stream ends before its end (cut off)")
@@ -138,5 +191,8 @@ class BodyDecoder:
         stream is one."""
         if self.kind != "gzip":
             raise BodyError("it holds bytes after the end of its deflate stream")
+        self._members += 1
+        if self._members > MAX_GZIP_MEMBERS:  # empty members decode to nothing: the output bound never trips
+            raise BodyError(f"it holds more than {MAX_GZIP_MEMBERS} gzip members")
         self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         return data

@@ -172,7 +172,12 @@ _FIELD_VALUE_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udff
 # to another virtual host than the URL's (past the allowlist), Expect held the body back, Accept-Encoding asked for an
 # encoding the engine does not decode.
 RESERVED_HEADERS: Final = ("Accept-Encoding", "Connection", "Content-Encoding", "Content-Length", "Expect", "Host",
-                           "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade")
+                           "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+                           # what reverse proxies route by, as Host
+                           "Forwarded", "X-Forwarded-Host", "X-Original-URL", "X-Rewrite-URL",
+                           "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
+                           # the engine's own: an endpoint reading the last of two would read the worker's
+                           "x-iii-Function-Path", "x-iii-Invocation-ID", "x-iii-Timestamp", "x-iii-Signature")
 _RESERVED: Final = frozenset(name.lower() for name in RESERVED_HEADERS)
 
 
@@ -761,17 +766,25 @@ class HttpFunctionsModule(EngineModule):
                             "through a channel (create_channel) and its ref instead")
 
         declared = response.content_length
-        encoding = response.headers.get("Content-Encoding")
+        # several header lines read as one list (the first alone let "identity" then "gzip" pass gzip bytes as JSON)
+        encoding = ", ".join(response.headers.getall("Content-Encoding", ())) or None
         if declared is not None and declared > limit and not encoding:
             raise too_big()
         try:
             decoder = BodyDecoder.for_encoding(encoding)
             raw = bytearray()
+            # The bytes as sent are bounded too: empty gzip members decode to nothing, and an endpoint sending
+            # them for ever held a core until the call's timeout. No legitimate encoding of at most ``limit``
+            # bytes takes much more than that on the wire.
+            wire, wire_limit = 0, limit + limit // 8 + _READ_CHUNK
             async for chunk in response.content.iter_chunked(_READ_CHUNK):
+                wire += len(chunk)
                 raw += decoder.feed(chunk, limit - len(raw))
-                if len(raw) > limit:  # counted after decoding, so a compressed bomb stops here too
+                if len(raw) > limit or wire > wire_limit:  # counted after decoding, so a compressed bomb stops too
                     raise too_big()
-            raw += decoder.finish()
+            # no bytes at all of a stream whose end only the connection's close marks: cut off, not empty
+            close_delimited = declared is None and "chunked" not in response.headers.get("Transfer-Encoding", "")
+            raw += decoder.finish(empty_is_whole=not close_delimited or response.status in (204, 304))
         except BodyError as exc:
             raise _failure("http_response_failed",
                            f"the response of {function.url} was not read whole: {exc}") from None

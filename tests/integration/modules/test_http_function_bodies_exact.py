@@ -52,6 +52,12 @@ ANSWERS = {
     "gzip-garbage": _answer(b"this is not gzip at all", "gzip"),
     "brotli": _answer(b"\x0b\x02\x80{}\x03", "br"),
     "deep": _answer(b"[" * 200 + b"]" * 200),
+    "gzip-endless-members": _answer(gzip.compress(b"") * 2000, "gzip"),
+    "deflate-endless-blocks": _answer(b"\x78\x9c" + b"\x00\x00\x00\xff\xff" * 1_000_000, "deflate"),
+    "two-encodings": b"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\n"
+                     b"Content-Length: 10\r\n\r\n" + b'{"raw": 1}',
+    "gzip-nothing-close": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nConnection: close\r\n\r\n",
+    "gzip-nothing-length": _answer(b"", "gzip"),
     "a": _answer(b'{"for": "a"}'),
     "b": _answer(b'{"for": "b"}'),
 }
@@ -65,8 +71,10 @@ class Server:
         self.base = ""
         self.requests: list[dict[str, Any]] = []
         self.idle_writer: asyncio.StreamWriter | None = None
+        self.connections = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while line := await reader.readline():
                 path = line.split()[1].decode().strip("/")
@@ -80,6 +88,8 @@ class Server:
                 await writer.drain()
                 if path == "a":
                     self.idle_writer = writer
+                if path.endswith("-close"):
+                    break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -134,6 +144,12 @@ async def test_whole_compressed_bodies_are_read(module: HttpFunctionsModule, ser
 
 
 @pytest.mark.parametrize("path, says", [
+    # before: each decoded to nothing, read until the call's timeout at a core's full speed
+    ("gzip-endless-members", "more than 1024 gzip members"),
+    # before: "identity" alone was read: gzip bytes went through as they were, plain ones as a result
+    ("two-encodings", "Content-Encoding 'identity, gzip' is not one the engine decodes"),
+    # before: a result (None) from a connection that ended before any of its stream came
+    ("gzip-nothing-close", "its connection ended before any of its gzip stream came"),
     ("deflate-trailing", "bytes after the end of its deflate stream"),
     ("gzip-garbage", "it is not valid gzip data"),
     ("brotli", "Content-Encoding 'br' is not one the engine decodes (gzip, deflate)"),
@@ -168,3 +184,32 @@ async def test_bytes_written_on_an_idle_connection_reach_no_call(module: HttpFun
     # before: {'poisoned': True}, the answer to no request, as the other function's result
     assert await _call(module, f"{server.base}/b", "tenant.b") == {"for": "b"}
     assert [request["path"] for request in server.requests] == ["a", "b"]
+
+
+async def test_an_encoded_body_is_bounded_as_sent_too(module: HttpFunctionsModule, server: Server) -> None:
+    # empty deflate blocks decode to nothing: before, the decoded bound never tripped and it was read whole
+    with pytest.raises(EngineError) as caught:
+        await _call(module, f"{server.base}/deflate-endless-blocks")
+    assert caught.value.code == "invocation_failed" and "max_message_size" in caught.value.message
+
+
+async def test_an_empty_encoded_body_of_stated_length_is_an_empty_result(module: HttpFunctionsModule,
+                                                                         server: Server) -> None:
+    assert await _call(module, f"{server.base}/gzip-nothing-length") is None
+
+
+async def test_an_endpoint_that_wrote_on_an_idle_connection_gets_no_reuse(module: HttpFunctionsModule,
+                                                                          server: Server) -> None:
+    assert await _call(module, f"{server.base}/a", "tenant.a") == {"for": "a"}
+    await server.poison()
+    session = module._session
+    assert session is not None
+    connector = session.connector
+    pooled = connector._conns  # type: ignore[union-attr]  # aiohttp's pool, read by this test only
+    await until(lambda: any(getattr(p, "should_close", False) for held in pooled.values() for p, _ in held))
+    assert await _call(module, f"{server.base}/b", "tenant.b") == {"for": "b"}
+    assert connector.stray_endpoints == 1  # type: ignore[union-attr]
+    before = server.connections
+    for _ in range(3):  # a late answer could otherwise meet a request already sent on a reused connection
+        assert await _call(module, f"{server.base}/b", "tenant.b") == {"for": "b"}
+    assert server.connections == before + 3
