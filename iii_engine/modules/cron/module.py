@@ -229,9 +229,10 @@ class CronModule(EngineModule):
             log.warning("cron: %d tick(s) skipped since the last warning because the lock store failed (%d in all)%s",
                         counts["lock"], self.lock_failures, latest_text)
         if counts.get("left"):
-            log.info("cron: %d tick(s) left to the other engines sharing the lock store since the last warning: no "
-                        "worker connected here serves their function (%d in all)%s", counts["left"], self.ticks_left,
-                        latest_text)
+            # a warning: when no engine sharing the lock serves the function, these ticks are lost
+            log.warning("cron: %d tick(s) left to the other engines sharing the lock store since the last warning: "
+                        "no worker connected here serves their function or condition; if no engine does, they are "
+                        "not fired (%d in all)%s", counts["left"], self.ticks_left, latest_text)
 
     async def _fire(self, trigger: TriggerInfo, tick: datetime, following: datetime | None,
                     schedule: asyncio.Task[Any] | None, slot: FiredSlots) -> None:
@@ -253,13 +254,15 @@ class CronModule(EngineModule):
         lock = self._lock
         if lock is None:
             return False
-        if lock.shared and not self.services.has_function(trigger.function_id):
+        condition = trigger.config.get("condition_function_id") if isinstance(trigger.config, dict) else None
+        if lock.shared and not all(self.services.has_function(needed) for needed in (trigger.function_id, condition)
+                                   if isinstance(needed, str) and needed):
             # Taking the tick here would lose it (not made: nobody here serves it) where another engine sharing the
             # lock may have a worker for it: a replica whose worker was restarting took every other tick from one
             # that could deliver them.
             self.ticks_left += 1
-            self._lock_failure_log.lost("left", f"cron {trigger.id} tick {rfc3339(tick)}: function "
-                                                f"{trigger.function_id}"[:500])
+            needs = f"function {trigger.function_id}" + (f", condition {condition}" if condition else "")
+            self._lock_failure_log.lost("left", f"cron {trigger.id} tick {rfc3339(tick)}: {needs}"[:500])
             return False
         try:
             if not await lock.try_fire(trigger.id, int(tick.timestamp() * 1000), lock_key=lock_key_of(trigger)):
@@ -275,7 +278,6 @@ class CronModule(EngineModule):
             "scheduled_time": rfc3339(tick),
             "actual_time": rfc3339(datetime.now(UTC)),
         }
-        condition = trigger.config.get("condition_function_id") if isinstance(trigger.config, dict) else None
         if not await self.services.condition_passes(condition, payload, busy_until=busy_until):
             return False
         if self._schedules.get(trigger.id) is not schedule:

@@ -129,19 +129,23 @@ async def test_a_lock_key_naming_another_triggers_id_does_not_take_its_ticks(ada
 
 
 @pytest.mark.redis
-async def test_an_engine_that_cannot_deliver_a_tick_leaves_it_to_one_that_can() -> None:
+@pytest.mark.parametrize("missing", ["function", "condition"])
+async def test_an_engine_that_cannot_deliver_a_tick_leaves_it_to_one_that_can(missing: str) -> None:
     settings = {"adapter": {"class": "modules::cron::RedisCronAdapter",
                             "config": {"redis_url": require_redis(), "key_prefix": f"lock-left-{uuid.uuid4()}:"}}}
     got: asyncio.Queue[Firing] = asyncio.Queue()
     trigger = {"type": "cron", "function_id": "app::report",
-               "config": {"expression": "* * * * * *", "lock_key": "report"}}
+               "config": {"expression": "* * * * * *", "lock_key": "report", "condition_function_id": "app::when"}}
     async with engine_with(settings) as one, engine_with(settings) as two:
         restarting, serving = III(one.url), III(two.url)
         try:
-            await restarting.connect_async()  # its trigger is registered, its function not (yet)
+            await restarting.connect_async()  # its trigger is registered, its function or condition not (yet)
+            if missing == "condition":
+                restarting.register_function("app::report", handler("report", got))
             restarting.register_trigger(trigger)
             await serving.connect_async()
             serving.register_function("app::report", handler("report", got))
+            serving.register_function("app::when", lambda data: True)
             serving.register_trigger(trigger)
             crons: list[Any] = [one.module("cron"), two.module("cron")]
             await until(lambda: all(len(cron._schedules) == 1 for cron in crons))
