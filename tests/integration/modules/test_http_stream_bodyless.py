@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -163,3 +164,17 @@ async def test_a_client_gone_before_the_head_is_written_is_one_info_line(
     await until(lambda: module.in_flight == 0, within=5)
     # before: "Error handling request" at ERROR with a traceback (response.prepare raised outside the stream's try)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_a_control_frame_too_long_for_any_head_is_refused_unparsed(api: Start) -> None:
+    engine, _module, client = await api()
+    worker = await _routes(engine, ("h", "GET"))
+    answer = asyncio.ensure_future(client.get("/h"))
+    request = await worker.expect("invokefunction")
+    huge = json.dumps({"type": "set_headers", "headers": {"x-big": "v" * 500_000}})
+    with contextlib.suppress(websockets.ConnectionClosed):  # our end closes with 1009 as it refuses
+        await _stream(engine, worker, request, huge, b"body")
+    response = await answer
+    # before: parsed first (a 66 MB one held the loop 1.3 s), then refused as "response headers of 500005 bytes…"
+    assert response.status_code == 502
+    assert "a control frame of" in response.json()["error"], response.json()
