@@ -1698,14 +1698,16 @@ class Engine:
     def _register_trigger_type(self, worker: WorkerConnection, type_id: str, description: str, size: int = 0,
                                earlier: tuple[tuple[str, str, int], ...] | None = None) -> None:
         """``earlier``: given when the type is given back to ``worker`` (see :meth:`_give_back_trigger_type`), the
-        owners to give it back to in turn; not a new registration of ``worker``'s, so not held to the limits (it
-        held the type before, and was refused nothing: a refusal would name it for what it never sent)."""
+        owners to give it back to in turn. A type given back is held to ``worker``'s limits as a registration is
+        (its count and bytes are ``worker``'s again), and a refusal says it was given back: ``worker`` sent
+        nothing."""
         existing = self.registry.trigger_types.get(type_id)
         if existing is not None and existing.owner is None:
             log.warning("worker %s may not replace built-in trigger type %s; refused", worker.id, type_id)
             return
-        if earlier is None and not self.limits.admit_registration(worker, self.registry, "trigger type", type_id,
-                                                                  type_id in worker.trigger_types, size):
+        kind = "trigger type" if earlier is None else "trigger type given back as its taker let it go,"
+        if not self.limits.admit_registration(worker, self.registry, kind, type_id, type_id in worker.trigger_types,
+                                              size):
             return
         earlier = earlier or ()
         taken_from = None

@@ -108,12 +108,15 @@ async def test_a_taken_type_goes_back_when_the_taker_lets_it_go(engine: Engine) 
     assert engine.registry.trigger_types["tick"].owner == first.worker_id
 
 
-async def test_a_type_given_back_is_not_held_to_the_limits_again(engine: Engine,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_type_given_back_past_the_limits_says_so_and_waits(engine: Engine,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="iii_engine")
     first, taker, _ = await _taken_over(engine)
     engine.limits.max_total_registration_bytes = 1  # full: nothing new fits
     await _gone(engine, taker)
-    # before: "worker <first>: trigger type 'tick' (… bytes) refused", for a registration it never sent
-    assert (await first.expect("registertrigger"))["id"] == "t"
-    assert not [r for r in caplog.records if "refused" in r.getMessage()]
+    # held to the limits as a registration is (the worker's count and bytes), and the refusal says what happened:
+    # before, "worker <first>: trigger type 'tick' (… bytes) refused", as if it had sent a registration
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "trigger type given back as its taker let it go, 'tick'" in refused[0], refused
+    assert "tick" not in engine.registry.trigger_types and list(engine.registry.pending_triggers) == ["t"]
+    await first.nothing_for(0.2)
