@@ -23,7 +23,7 @@ import math
 import numbers
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -56,7 +56,7 @@ from .iii_types import (
     TriggerRequest,
     WorkerInfo,
 )
-from .loop_bridge import LoopBridge, LoopStoppedError
+from .loop_bridge import CANCEL_WAIT_S, LoopBridge, LoopStoppedError
 from .loss_log import LossLog, latest_tail
 from .payloads import action_to_wire, format_dict, resolve_channels
 from .pending_calls import LoopWaiter, PendingCalls, Settle, ThreadWaiter
@@ -159,7 +159,9 @@ class III:
         self._telemetry = TelemetryWiring()
         # Run on a daemon thread of their own (not the handler threads, which the exit waits for: one callback
         # blocked for good kept the process up after shutdown), only the newest list waiting: see iii.callback_set.
-        self._functions_available: CallbackSet[[list[FunctionInfo]]] = CallbackSet(None, "functions-available")
+        # An async one runs on the loop (as async handlers do), the callbacks' thread waiting for its end.
+        self._functions_available: CallbackSet[[list[FunctionInfo]]] = CallbackSet(
+            None, "functions-available", self._run_callback_coroutine)
         self._functions_available_callbacks = self._functions_available.callbacks
         self._functions_available_queue = self._functions_available.waiting
         self._functions_available_trigger: Trigger | None = None
@@ -167,7 +169,8 @@ class III:
         # Subscribing and unsubscribing from several threads at once registered one trigger each (every callback
         # then ran once per trigger on each change, and the extra triggers outlived the last unsubscribe).
         self._functions_available_lock = threading.Lock()
-        self._registrations_ready: CallbackSet[[]] = CallbackSet(None, "registrations-ready")
+        self._registrations_ready: CallbackSet[[]] = CallbackSet(None, "registrations-ready",
+                                                                 self._run_callback_coroutine)
         # The worker ids of old connections whose late cleanup (T7) no registration check has seen the end of yet,
         # oldest first. The session names only the last one lost: a connection lost while the check for an older one
         # still waited made the next check wait for its own worker only, and the older cleanup then deleted what
@@ -237,6 +240,12 @@ class III:
 
     def _run_on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._bridge.run(coro)
+
+    def _run_callback_coroutine(self, coro: Coroutine[Any, Any, None]) -> None:
+        """An async callback's run (on_functions_available, on_registrations_ready), on the client's loop; from the
+        callbacks' thread, which waits for its end. A loop already stopped (a shutdown cut the wait short) says so
+        in the callback's error line."""
+        self._bridge.run(coro)
 
     def _send_registration(self, frame: str) -> None:
         """Send a registration change now if a socket is up; otherwise the replay on connect covers it."""
@@ -551,6 +560,10 @@ class III:
 
     async def _shut_down(self, caller: asyncio.Task[Any] | None, close_timeout: float | None = None) -> None:
         """:meth:`_shutdown_on_loop`'s work; ``caller`` (an async handler calling it, say) is not cancelled."""
+        # From here on no callback is called (a function list still waiting is dropped: the connection it describes
+        # is being closed); one running is waited for at the end.
+        self._functions_available.close()
+        self._registrations_ready.close()
         try:
             await self._telemetry.release(self)
             await self._conn.close(close_timeout)
@@ -564,9 +577,13 @@ class III:
         finally:
             # (also when a step above failed: the handler threads never outlive the client)
             self._runner.close(spare_thread=self._shutdown_thread)
-            # no more callback calls; one still running is named (as a sync handler is), its daemon thread left
-            self._functions_available.close(spare_thread=self._shutdown_thread)
-            self._registrations_ready.close(spare_thread=self._shutdown_thread)
+            # A callback still running gets CANCEL_WAIT_S to return (as a cancelled handler task does), the loop
+            # still turning (an async one runs there); past it, it is named in a warning and its daemon thread left.
+            # Left at once, a slow but finite one was cut off by the process's exit. (The shutdown's caller is spared:
+            # a callback shutting its client down waits for the shutdown.)
+            await asyncio.gather(
+                self._functions_available.finish(CANCEL_WAIT_S, self._shutdown_thread, caller),
+                self._registrations_ready.finish(CANCEL_WAIT_S, self._shutdown_thread, caller))
 
     def get_connection_state(self) -> IIIConnectionState:
         """``disconnected``, ``connecting``, ``connected``, ``reconnecting`` or ``failed``.
@@ -1477,16 +1494,23 @@ class III:
 
     # ---------------------------------------------------------------- conveniences
 
-    def on_functions_available(self, callback: Callable[[list[FunctionInfo]], None]) -> Callable[[], None]:
+    def on_functions_available(
+        self, callback: Callable[[list[FunctionInfo]], Awaitable[None] | None]
+    ) -> Callable[[], None]:
         """Call ``callback`` with the full function list whenever the engine's set of ids changes.
 
         On a thread of the client's callbacks (never its loop), each call in a copy of the context this method was
         called in (ours: the reference runs every callback in the one task of the engine's call, on its loop): the
         callback sees the context variables of the code that subscribed it, and one callback's ``ContextVar.set`` is
         seen by no other callback. The callbacks run one after the other, so one that blocks holds the others' calls
-        (only the newest list waits meanwhile). The thread is a daemon: ``shutdown()`` names in a warning a callback
-        still running, and the process does not wait for it to exit (the reference's callback blocked its loop, and
-        its ``shutdown()`` with it).
+        (only the newest list waits meanwhile). From the start of ``shutdown()`` no callback is called (a list
+        still waiting is dropped); the shutdown gives one still running 3 s to return (``CANCEL_WAIT_S``, as for the
+        handlers it cancels), then names it in a warning: its thread is a daemon, and the process does not wait for
+        it to exit (the reference's callback blocked its loop, and its ``shutdown()`` with it, for as long as it ran).
+
+        An ``async def`` callback (one returning an awaitable) runs on the client's loop, as async handlers do (it
+        may await the async API; one that blocks the loop blocks the worker); the callbacks' thread waits for its
+        end, so the calls stay one after the other. The reference SDK never awaited it.
 
         Example:
             >>> # unsubscribe = iii.on_functions_available(lambda fns: print(len(fns)))
@@ -1528,7 +1552,7 @@ class III:
         newer whole set)."""
         self._functions_available.push(functions)
 
-    def on_registrations_ready(self, callback: Callable[[], None]) -> Callable[[], None]:
+    def on_registrations_ready(self, callback: Callable[[], Awaitable[None] | None]) -> Callable[[], None]:
         """Call ``callback()`` each time a connection is up and this worker's registrations are in place on the
         engine; returns the callable that removes it. Ours: the reference SDK has no such hook.
 
@@ -1543,7 +1567,8 @@ class III:
 
         On a thread of the client's callbacks (a daemon, as for :meth:`on_functions_available`), never the client's
         loop: it may block or call the sync API (``list_functions``, ``trigger``) without stopping the worker, and an
-        exception is logged; each call runs in a copy of the context this method was called in. The callbacks run
+        exception is logged; each call runs in a copy of the context this method was called in; an ``async def``
+        one runs on the client's loop, and ``shutdown()`` treats a running one as it does there. The callbacks run
         one call at a time;
         connections that became ready meanwhile add one more call, not one each. By the time it runs the connection
         may have dropped again: a later connection calls it again.

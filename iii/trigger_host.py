@@ -12,6 +12,12 @@ engine does for every trigger of a type it is sent a registration of: the old ha
 binds it. Before, the new handler never heard of the triggers bound before the swap (the same one sent again was
 taken as already bound), the old one kept them for good, and their unbinds went to the new handler.
 
+Letting a type go (:meth:`TriggerTypeHost.release`) unbinds what it holds, each trigger in its turn like any other
+bind or unbind of it; a trigger still waiting for that unbind when the engine sends it again (the type owned again at
+once) is unbound by that bind, first. Before, the release's unbinds ran later, out of turn: the type's new bind of a
+trigger ran before the release's unbind of it, which then undid it (the handler held nothing while the engine listed
+the trigger), or, with another handler, the trigger was bound at both for a while.
+
 Example:
     >>> import asyncio
     >>> class Hooks:
@@ -36,6 +42,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import threading
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any, NamedTuple
 
@@ -76,6 +83,12 @@ class TriggerTypeHost:
         # one token per owning of a type (a new one after a remove): a bind that ran while its type was let go (and
         # maybe owned again) is undone at its end, as what release() unbinds never saw it
         self._claims: dict[str, object] = {}
+        # Bindings of a type let go (release()) whose unbind has not run yet: taken, and unbound, by whichever comes
+        # first in the trigger's turn, the release's unbinds or a new bind of the same trigger.
+        self._releasing: dict[_Key, _Binding] = {}
+        # release() runs on the user's thread, the binds on the loop's: what release() moves from _bound to
+        # _releasing, and a bind's look at (and entry into) both, are made under this lock (never held over an await)
+        self._lock = threading.Lock()
         self._on_gone = on_gone
         # Every trigger the engine sent (bound or being bound): the connection (ClientSession.generation) whose
         # engine sent its registertrigger last, with no unregistertrigger since, and that send's number; a sweep or
@@ -127,14 +140,38 @@ class TriggerTypeHost:
                 self._sent.pop(key, None)
 
     def release(self, type_id: str) -> Coroutine[Any, Any, None] | None:
-        """Stop owning ``type_id``; what unbinds (through the handler's ``unregister_trigger``) each trigger it still
-        holds, to be run on the client's loop (``None``: it holds none). The engine's ``unregistertrigger`` frames
-        for them arrive once the type is no longer owned here, so they would never reach the handler."""
-        bound = self._bound.get(type_id, {})
-        self.remove(type_id)
+        """Stop owning ``type_id``; what unbinds (through the handler that bound it) each trigger it still holds, to
+        be run on the client's loop (``None``: it holds none). The engine's ``unregistertrigger`` frames for them
+        arrive once the type is no longer owned here, so they would never reach the handler. Each unbind runs in its
+        trigger's turn; a bind of the same trigger that comes first (the type owned again, the engine sending it
+        again) runs it first.
+
+        Example:
+            >>> import asyncio
+            >>> class Hooks:
+            ...     async def register_trigger(self, config): print("bound", config.id)
+            ...     async def unregister_trigger(self, config): print("unbound", config.id)
+            >>> host, hooks = TriggerTypeHost(), Hooks()
+            >>> async def demo() -> None:
+            ...     host.add("hook", hooks)
+            ...     await host.register("hook", "t1", "f", {}, generation=1)
+            ...     released = host.release("hook")
+            ...     host.add("hook", hooks)  # owned again at once: the engine sends t1 again
+            ...     await host.register("hook", "t1", "f", {}, generation=1)
+            ...     await released  # (t1's was done by the bind)
+            >>> asyncio.run(demo())
+            bound t1
+            unbound t1
+            bound t1
+        """
+        with self._lock:
+            bound = self._bound.pop(type_id, {})
+            for trigger_id, binding in bound.items():
+                self._releasing[(type_id, trigger_id)] = binding
+            self.remove(type_id)
         if not bound:
             return None
-        return self._unbind_all(list(bound.values()))
+        return self._unbind_released([(type_id, trigger_id) for trigger_id in bound])
 
     @property
     def holds(self) -> bool:
@@ -142,10 +179,23 @@ class TriggerTypeHost:
         has something to check."""
         return bool(self._sent)
 
-    @staticmethod
-    async def _unbind_all(bindings: list[_Binding]) -> None:
-        for binding in bindings:
-            await _unbind(binding.handler, binding.trigger)
+    async def _unbind_released(self, keys: list[_Key]) -> None:
+        """Unbind the released bindings of ``keys``, each in its trigger's turn (but those a bind took first)."""
+        for key in keys:
+            if key not in self._releasing:  # (a bind of it took it, without waiting for the turn)
+                continue
+            turn = await self._turn(key)
+            try:
+                await self._unbind_released_one(key)
+            finally:
+                self._end_turn(key, turn)
+
+    async def _unbind_released_one(self, key: _Key) -> None:
+        """(In ``key``'s turn.) Unbind the released binding of ``key``, if still waiting for its unbind."""
+        with self._lock:
+            released = self._releasing.pop(key, None)
+        if released is not None:
+            await _unbind(released.handler, released.trigger)
 
     def register(self, type_id: str, trigger_id: str, function_id: str, config: Any,
                  generation: int = 0) -> Coroutine[Any, Any, dict[str, str] | None]:
@@ -163,13 +213,17 @@ class TriggerTypeHost:
             return {"code": "trigger_type_not_found", "message": "Trigger type not found"}
         turn = await self._turn(key)
         try:
+            # Released before and not unbound yet: that unbind comes first (run later by the release, it undid this
+            # bind, or left the trigger bound at two handlers until it ran).
+            await self._unbind_released_one(key)
             # The type's handler now, not when the frame came: one put in place meanwhile (the type registered again
             # with another handler) is the one the engine's trigger goes to.
-            handler = self._handlers.get(type_id)
-            claim = self._claims.get(type_id)
+            with self._lock:
+                handler = self._handlers.get(type_id)
+                claim = self._claims.get(type_id)
+                held = self._bound.get(type_id, {}).get(trigger.id)
             if handler is None:  # let go while this waited its turn
                 return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
-            held = self._bound.get(type_id, {}).get(trigger.id)
             if held is not None:
                 if (held.handler is handler and held.trigger.function_id == trigger.function_id
                         and held.trigger.config == trigger.config):
@@ -178,8 +232,11 @@ class TriggerTypeHost:
                     return None
                 # Replaced (another function or config), or bound by the handler the type had before: the old
                 # binding goes first, by the handler that made it (the new one never heard of it).
-                del self._bound[type_id][trigger.id]
-                await _unbind(held.handler, held.trigger)
+                with self._lock:
+                    # (gone if the type was released meanwhile: then the release, or the next bind, unbinds it)
+                    held_still = self._bound.get(type_id, {}).pop(trigger.id, None) is held
+                if held_still:
+                    await _unbind(held.handler, held.trigger)
             try:
                 await _settled(handler.register_trigger(trigger))
             except Exception as exc:
@@ -193,18 +250,21 @@ class TriggerTypeHost:
                 log.exception("Error registering trigger %s", trigger.id)
                 self._refused(key, send)
                 return {"code": "trigger_registration_failed", "message": describe_base_exception(exc)}
-            if self._claims.get(type_id) is not claim:
+            with self._lock:
+                released = self._claims.get(type_id) is not claim
+                gone = key not in self._sent
+                if not released and not gone:
+                    # (with the handler that bound it: should the type change handlers, its unbind still comes here)
+                    self._bound.setdefault(type_id, {})[trigger.id] = _Binding(trigger, handler)
+            if released:
                 # the type was let go while the handler bound it: release() saw nothing to unbind, and the engine's
                 # unregistertrigger skips a type no longer owned here, so the binding would stay for good
                 await _unbind(handler, trigger)
                 return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
-            if key not in self._sent:
+            if gone:
                 # unregistered (or found gone after a reconnect) while the handler bound it: that unbind found
                 # nothing bound, so it is done here
                 await _unbind(handler, trigger)
-                return None
-            # (with the handler that bound it: should the type change handlers meanwhile, its unbind still comes here)
-            self._bound.setdefault(type_id, {})[trigger.id] = _Binding(trigger, handler)
             return None
         finally:
             self._end_turn(key, turn)
