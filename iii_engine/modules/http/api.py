@@ -78,7 +78,7 @@ from iii.ws_fastpath import reset_transport
 
 from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
-from ...limits import SKIP_LOG_INTERVAL_S, Slots, retained_estimate
+from ...limits import SKIP_LOG_INTERVAL_S, Slots
 from ...send_queue import unsent
 from ..base import UNDECIDED_CODES, CallNotSent, EngineError, EngineModule, EngineServices, UnwritableBody
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
@@ -135,9 +135,11 @@ _STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"
 # may state its length: a handler's Content-Length that disagrees (or a Transfer-Encoding the body does not follow)
 # desynchronises the connection, the rest of the body being read as the next response.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
-# JSON bodies up to this size are not claimed at their decoded cost (at most ~100 KB each decoded; counting costs a
-# pass over the body, per request)
+# JSON bodies up to this size are not claimed at their decoded cost (at most ~100 KB each decoded)
 _JSON_CLAIM_FROM: Final = 4096
+JSON_CLAIM_FACTOR: Final = 4
+"""A JSON request body over 4 KiB is claimed at this many times its bytes against ``max_buffered_bytes`` while it is
+decoded and passed on (see :meth:`RestApiModule._claim_decoded`)."""
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 # CR, LF and NUL would inject or break headers; the other control characters (but tab) the HTTP writer refuses
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -1000,7 +1002,7 @@ class RestApiModule(EngineModule):
                 assert transport is not None
                 log.info("REST API: a client read nothing of its answer's last %d bytes for %d ms (send_timeout); "
                          "connection cut", transport.get_write_buffer_size(), self.settings.send_timeout_ms)
-                transport.abort()
+                reset_transport(transport)
         self._write_watch = asyncio.get_running_loop().call_later(self.settings.send_timeout_ms / 1000,
                                                                   self._watch_writes)
 
@@ -1077,21 +1079,25 @@ class RestApiModule(EngineModule):
                 claim.release()
 
     def _claim_decoded(self, claim: _Claim, raw: bytearray) -> None:
-        """Claim what a JSON body costs once decoded into the handler's payload (``retained_estimate``: its values
-        as Python objects, and the call frame's copy), beyond the raw bytes claimed as they came.
+        """Claim what a JSON body costs while it is decoded into the handler's payload and encoded into its call:
+        :data:`JSON_CLAIM_FACTOR` times its bytes in all, beyond the raw bytes claimed as they came.
 
         Why: only the raw bytes counted, while decoding is what takes the memory: three 64 MiB JSON bodies of
-        numbers took the engine to 2.5 GB (393 MB as octet-stream). A body whose decoded form alone would pass
-        ``max_buffered_bytes`` is a 413 naming the way around it; one that fits but not now, a 503 as for raw bytes.
+        numbers took the engine to 2.5 GB (393 MB as octet-stream); now one such body is decoded at a time, the
+        others answered 503 (retry later). A flat factor, not an estimate from the text: the registration frames'
+        ``retained_estimate`` counts every comma as a value, and refused realistic bodies (a 13.6 MiB CSV string
+        estimated at 320 MB, decoded in 12). Decoded JSON takes 1 to ~20 times its text (an array of numbers ~8x),
+        so the bound is on how many large bodies are decoded at once, not an exact measure. A body whose claim
+        alone passes ``max_buffered_bytes`` is a 413 naming the way around it.
         """
-        decoded = retained_estimate(raw)
+        decoded = JSON_CLAIM_FACTOR * len(raw)
         capacity = self._budget.capacity
         if decoded > capacity:
-            raise _Refused(413, f"a JSON body of {len(raw)} bytes takes about {decoded} bytes decoded, more than "
-                                f"request bodies may hold in memory ({capacity} bytes, max_buffered_bytes): send it "
-                                "with another Content-Type (application/octet-stream) and read it from the "
+            raise _Refused(413, f"a JSON body of {len(raw)} bytes is claimed at {decoded} bytes while it is decoded, "
+                                f"more than request bodies may hold in memory ({capacity} bytes, max_buffered_bytes): "
+                                "send it with another Content-Type (application/octet-stream) and read it from the "
                                 "request_body channel")
-        claim.add(max(0, decoded - len(raw)))
+        claim.add(decoded - len(raw))
 
     async def _take_slot(self) -> None:
         """One of the ``concurrency_request_limit`` slots, within ``slot_timeout``; else 503 (retry later)."""
@@ -1449,6 +1455,11 @@ class RestApiModule(EngineModule):
         if bodyless:
             declared = None  # it states the size of a body not sent: nothing to hold the stream to
         response = web.StreamResponse(status=reader.status, headers=headers)
+        if declared is None and not bodyless and request.version < HttpVersion11:
+            # HTTP/1.0 has no chunks: the body ends where the connection does. aiohttp leaves such a connection
+            # open for a keep-alive client, which then waited for the close (header_timeout, 30 s) and read the
+            # next pipelined answer as part of this body.
+            response.force_close()
         cors = self.settings.cors.headers(request.headers.get("Origin"), False, None)
         response.headers.update(cors)
         sent = 0
@@ -1461,7 +1472,9 @@ class RestApiModule(EngineModule):
         # with no bound. The first write carries the response head too: always timed.
         room = -1
         high = transport.get_write_buffer_limits()[1] - _CHUNK_FRAMING if transport is not None else -1
-        watch = _StreamWatch(reader, transport, function_id, self.settings.default_timeout_ms / 1000)
+        # a bodyless answer is whole once its head is out: nothing that ends its handler's stream cuts it
+        watch = _StreamWatch(reader, None if bodyless else transport, function_id,
+                             self.settings.default_timeout_ms / 1000)
         outcome.add_done_callback(watch.outcome_done)
         lost = self._server.on_lost if self._server is not None else {}
         protocol = request.protocol
@@ -1509,14 +1522,19 @@ class RestApiModule(EngineModule):
                          "(%d bytes sent); connection cut", request.method, request.path,
                          self.settings.send_timeout_ms, sent)
                 if transport is not None:
-                    transport.abort()
+                    # a reset: asyncio's buffer (up to ~64 KiB) is thrown away, and an HTTP/1.0 client would take a
+                    # plain close for the body's end
+                    reset_transport(transport)
                 return response
         except ChannelAborted as exc:
             if watch.why is not None:
                 log.log(watch.level, "HTTP %s %s: %s (%d bytes sent); response ended", request.method, request.path,
                         watch.why, sent)
-                if transport is not None:
+                if transport is not None and not bodyless:
                     reset_transport(transport)
+                return response
+            if bodyless:  # whole once its head went out: the handler's stream was only being dropped
+                log.info("HTTP %s %s: %s (the answer has no body: it was whole)", request.method, request.path, exc)
                 return response
             # Finishing the chunked body would make a truncated download look complete; cut the connection.
             return self._cut(request, response, str(exc))

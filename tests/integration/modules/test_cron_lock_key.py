@@ -8,6 +8,7 @@ tick twice ([2, 2, 2, 2] over 4 ticks). A ``lock_key`` in the config keys the lo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -159,5 +160,5 @@ async def test_an_engine_that_cannot_deliver_a_tick_leaves_it_to_one_that_can(mi
             for client in (restarting, serving):
                 await client.shutdown_async()
     # before: the engine with no worker for the function won about half the locks and logged those ticks "not made"
-    assert [round(b - a) for a, b in zip(ticks, ticks[1:], strict=False)] == [1, 1, 1, 1], ticks
+    assert [round(b - a) for a, b in itertools.pairwise(ticks)] == [1, 1, 1, 1], ticks
     assert crons[0].ticks_left >= 4 and crons[1].ticks_left == 0

@@ -23,7 +23,7 @@ import pytest
 import websockets
 
 from iii_engine import Engine
-from iii_engine.modules.http.api import RestApiModule
+from iii_engine.modules.http import api as api_module
 from iii_engine.modules.http.channels import channel_url
 from tests.integration.engine.raw import RawWorker
 from tests.integration.modules.test_http_api_bounds import Start, api
@@ -178,3 +178,52 @@ async def test_a_control_frame_too_long_for_any_head_is_refused_unparsed(api: St
     # before: parsed first (a 66 MB one held the loop 1.3 s), then refused as "response headers of 500005 bytes…"
     assert response.status_code == 502
     assert "a control frame of" in response.json()["error"], response.json()
+
+
+async def test_a_body_whose_last_bytes_the_client_never_took_ends_with_a_reset(
+        api: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def client_took_nothing(*args: Any) -> bool:
+        return False  # _end_body gave up: the client read nothing of the last bytes for send_timeout
+
+    monkeypatch.setattr(api_module, "_end_body", client_took_nothing)
+    engine, module, _client = await api()
+    worker = await _routes(engine, ("end", "GET"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
+    writer.write(b"GET /end HTTP/1.0\r\nHost: x\r\n\r\n")
+    request = await worker.expect("invokefunction")
+    await _stream(engine, worker, request, b"the whole body")
+    # before: a plain close, which ends an HTTP/1.0 body: what asyncio's buffer still held was lost unnoticed
+    with pytest.raises(ConnectionResetError):
+        await _read_all(reader)
+    writer.close()
+
+
+async def test_an_http_1_0_keep_alive_client_gets_a_streamed_body_ended_by_the_close(api: Start) -> None:
+    engine, module, _client = await api()
+    worker = await _routes(engine, ("feed", "GET"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
+    writer.write(b"GET /feed HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+    request = await worker.expect("invokefunction")
+    await _stream(engine, worker, request, b"data")
+    # before: the connection stayed open (the client waited header_timeout, 30 s, for the body's end)
+    got = await _read_all(reader)
+    assert got.startswith(b"HTTP/1.0 200") and got.endswith(b"\r\n\r\ndata"), got
+    writer.close()
+
+
+async def test_a_bodyless_answer_is_whole_once_its_head_is_out(api: Start) -> None:
+    engine, module, _client = await api()
+    worker = await _routes(engine, ("h", "HEAD"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
+    writer.write(b"HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    request = await worker.expect("invokefunction")
+    async with websockets.connect(channel_url(engine.url, request["data"]["response"]), compression=None) as out:
+        await out.send(b"dropped")  # the head goes out; the rest is dropped
+        await until(lambda: module.in_flight == 1)
+        await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"],
+                           "function_id": "h-head", "error": {"code": "invocation_failed", "message": "later"}})
+        await asyncio.wait_for(out.wait_closed(), 5)
+    # before: the connection was reset, and a client that had not read the head yet lost it
+    got = await _read_all(reader)
+    assert got.startswith(b"HTTP/1.1 200"), got
+    writer.close()
