@@ -1696,7 +1696,7 @@ class Engine:
         self._functions_maybe_changed()
 
     def _register_trigger_type(self, worker: WorkerConnection, type_id: str, description: str, size: int = 0,
-                               earlier: tuple[tuple[str, str, int], ...] | None = None) -> None:
+                               earlier: tuple[str, ...] | None = None) -> None:
         """``earlier``: given when the type is given back to ``worker`` (see :meth:`_give_back_trigger_type`), the
         owners to give it back to in turn. A type given back is held to ``worker``'s limits as a registration is
         (its count and bytes are ``worker``'s again), and a refusal says it was given back: ``worker`` sent
@@ -1716,9 +1716,8 @@ class Engine:
         if existing is not None and existing.owner != worker.id:
             taken_from = existing.owner
             # kept to give the type back when the new owner leaves (the old one's SDK still serves it)
-            earlier = tuple(held for held in ((existing.owner or "", existing.description, existing.size),
-                                              *existing.earlier)
-                            if held[0] != worker.id and held[0] in self.workers)[:MAX_EARLIER_OWNERS]
+            earlier = tuple(owner for owner in (existing.owner or "", *existing.earlier)
+                            if owner != worker.id and owner in self.workers)[:MAX_EARLIER_OWNERS]
             moving = self.registry.triggers_of_type(type_id)
             log.warning("worker %s took over trigger type %s from worker %s; its %d triggers move to the new owner "
                         "(the old one is sent unregistertrigger for each)", worker.id, type_id, taken_from,
@@ -2008,7 +2007,7 @@ class Engine:
                         "were unregistered at %s then); ignored", worker.id, type_id, existing.owner, worker.id)
         if existing is not None and existing.owner != worker.id:
             # it no longer wants the type back when its owner leaves
-            existing.earlier = tuple(held for held in existing.earlier if held[0] != worker.id)
+            existing.earlier = tuple(owner for owner in existing.earlier if owner != worker.id)
             if existing.taken_from == worker.id:
                 return
         if existing is None or existing.owner != worker.id:
@@ -2075,11 +2074,11 @@ class Engine:
         first of its earlier owners still connected, with its triggers, as an overwritten function does (E5);
         whether one took it. Before, its triggers waited for a new registration of the type while the earlier
         owner, still connected, believed it served them."""
-        for at, (owner_id, description, size) in enumerate(gone.earlier):
+        for at, owner_id in enumerate(gone.earlier):
             earlier = self.workers.get(owner_id)
             if earlier is None or owner_id in self._leaving:
                 continue
-            self._register_trigger_type(earlier, gone.id, description, size, gone.earlier[at + 1:])
+            self._register_trigger_type(earlier, gone.id, gone.description, gone.size, gone.earlier[at + 1:])
             given = self.registry.trigger_types.get(gone.id)
             if given is not None and given.owner == owner_id:
                 log.info("trigger type %s goes back to worker %s: worker %s, which took it over, left", gone.id,

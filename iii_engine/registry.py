@@ -94,9 +94,10 @@ class TriggerTypeEntry:
     taken_from: str | None = None
     #: bytes it holds of its owner's ``max_registration_bytes_per_worker`` (estimated from its frame)
     size: int = field(default=0, compare=False)
-    #: the workers it was taken over from, latest first, as ``(owner, description, size)``: when its owner leaves,
-    #: the first of them still connected gets it back (at most :data:`MAX_EARLIER_OWNERS`, each once)
-    earlier: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
+    #: the workers it was taken over from, latest first: when its owner leaves or lets it go, the first of them
+    #: still connected gets it back (at most :data:`MAX_EARLIER_OWNERS`, each once; ids only: an earlier owner's
+    #: description kept here would be memory charged to nobody, and it gets the type back as it is now)
+    earlier: tuple[str, ...] = field(default=(), compare=False)
 
 
 MAX_EARLIER_OWNERS = 8
