@@ -30,14 +30,17 @@ from typing import Any, Final
 
 import aiohttp
 
+from iii.loss_log import LossLog
+
 log = logging.getLogger(__name__)
 
 ACCEPT_ENCODING: Final = "gzip, deflate"
 """What the engine asks endpoints for, and all it decodes (a worker's headers may not change it)."""
 
 _IDENTITY: Final = frozenset({"", "identity"})
-MAX_GZIP_MEMBERS: Final = 1024
-"""Gzip members one body may hold (RFC 1952 allows any number; each costs a decompressor): past it, refused."""
+MAX_EMPTY_GZIP_MEMBERS: Final = 1024
+"""Gzip members decoding to nothing one body may hold (RFC 1952 allows any number; they cost a decompressor each
+and never reach the decoded bound): past it, refused. Members with content are bounded by the decoded size."""
 
 
 class BodyError(Exception):
@@ -52,6 +55,7 @@ class StaleConnectionError(aiohttp.ClientConnectionError):
 STRAY_BYTES_MEMORY_S: Final = 600.0
 """How long an endpoint that wrote on an idle connection gets a new connection per request."""
 _MAX_STRAY_ENDPOINTS: Final = 4096
+STRAY_LOG_INTERVAL_S: Final = 10.0
 
 
 class FreshConnector(aiohttp.TCPConnector):
@@ -64,9 +68,11 @@ class FreshConnector(aiohttp.TCPConnector):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._stray: dict[Any, float] = {}  # endpoint (aiohttp's connection key) -> until when it gets no reuse
+        # endpoint (aiohttp's connection key) -> until when it gets no reuse; in order of that time
+        self._stray: dict[Any, float] = {}
         #: endpoints seen writing on an idle connection (each then served without reuse for a while)
         self.stray_endpoints = 0
+        self._stray_log = LossLog(_log_stray, STRAY_LOG_INTERVAL_S)
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:  # noqa: ASYNC109
         key = req.connection_key
@@ -87,14 +93,24 @@ class FreshConnector(aiohttp.TCPConnector):
         raise StaleConnectionError("every pooled connection held bytes no request asked for")
 
     def _no_reuse(self, key: Any) -> None:
-        if key not in self._stray:
+        now = time.monotonic()
+        if self._stray.pop(key, None) is None:  # (an endpoint seen again moves to the end: the order is expiry's)
             self.stray_endpoints += 1
-            log.warning("HTTP functions: %s:%s wrote on an idle kept-alive connection (an answer to no request): "
-                        "that connection is closed, and its connections are used for one request each for %d s",
-                        getattr(key, "host", key), getattr(key, "port", ""), STRAY_BYTES_MEMORY_S)
-        if len(self._stray) >= _MAX_STRAY_ENDPOINTS:
-            self._stray.pop(next(iter(self._stray)))
-        self._stray[key] = time.monotonic() + STRAY_BYTES_MEMORY_S
+            self._stray_log.lost("stray", f"{getattr(key, 'host', key)}:{getattr(key, 'port', '')}")
+            if len(self._stray) >= _MAX_STRAY_ENDPOINTS:
+                for expired in [k for k, until in self._stray.items() if until <= now] or [next(iter(self._stray))]:
+                    del self._stray[expired]
+        self._stray[key] = now + STRAY_BYTES_MEMORY_S
+
+    def flush_log(self) -> None:
+        """Write out the stray-endpoint warnings counted and not yet logged (at the module's stop)."""
+        self._stray_log.close()
+
+
+def _log_stray(counts: Any, latest: str | None) -> None:
+    log.warning("HTTP functions: %d endpoint(s) wrote on an idle kept-alive connection (an answer to no request)%s: "
+                "those connections are closed, and each such endpoint's connections are used for one request each "
+                "for %d s", counts["stray"], f", latest {latest}" if latest else "", STRAY_BYTES_MEMORY_S)
 
 
 def _not_kept_alive(connection: aiohttp.connector.Connection) -> None:
@@ -127,7 +143,8 @@ class BodyDecoder:
         self.kind = kind
         self._inflate: Any = None  # zlib's decompress object: made at the first bytes (deflate's form is told there)
         self._head = b""  # deflate's first byte, until the second tells zlib's wrapper from a raw stream
-        self._members = 1
+        self._empty_members = 0
+        self._member_out = 0  # bytes the current gzip member decoded to so far
 
     @classmethod
     def for_encoding(cls, header: str | None) -> BodyDecoder:
@@ -157,7 +174,9 @@ class BodyDecoder:
             if self._inflate.eof:
                 data = self._next_member(data)
             try:
-                out += self._inflate.decompress(data, max(room - len(out), 0) + 1)
+                piece = self._inflate.decompress(data, max(room - len(out), 0) + 1)
+                self._member_out += len(piece)
+                out += piece
             except zlib.error as exc:
                 raise BodyError(f"it is not valid {self.kind} data ({exc})") from None
             if len(out) > room:
@@ -191,8 +210,10 @@ class BodyDecoder:
         stream is one."""
         if self.kind != "gzip":
             raise BodyError("it holds bytes after the end of its deflate stream")
-        self._members += 1
-        if self._members > MAX_GZIP_MEMBERS:  # empty members decode to nothing: the output bound never trips
-            raise BodyError(f"it holds more than {MAX_GZIP_MEMBERS} gzip members")
+        if not self._member_out:
+            self._empty_members += 1
+            if self._empty_members > MAX_EMPTY_GZIP_MEMBERS:  # they decode to nothing: the output bound never trips
+                raise BodyError(f"it holds more than {MAX_EMPTY_GZIP_MEMBERS} empty gzip members")
+        self._member_out = 0
         self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         return data

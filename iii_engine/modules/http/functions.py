@@ -483,6 +483,9 @@ class HttpFunctionsModule(EngineModule):
             await asyncio.wait(tasks, timeout=closing.CLOSE_TIMEOUT_S)
         self._refused_log.close()
         if self._session is not None:
+            connector = self._session.connector
+            if isinstance(connector, FreshConnector):
+                connector.flush_log()
             await self._session.close()
             self._session = None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,6 +47,9 @@ ANSWERS = {
     "gzip-no-trailer": _answer(gzip.compress(b'{"whole": 1}')[:-8], "gzip"),
     "gzip": _answer(gzip.compress(b'{"whole": 1}'), "gzip"),
     "gzip-two-members": _answer(gzip.compress(b'{"whole":') + gzip.compress(b" 2}"), "gzip"),
+    # 2,000 members with content: what a server flushing each write as a member sends
+    "gzip-many-members": _answer(gzip.compress(b'{"whole": 6') + b"".join(gzip.compress(b" ") for _ in range(2000))
+                                 + gzip.compress(b"}"), "gzip"),
     "deflate-zlib": _answer(zlib.compress(b'{"whole": 3}'), "deflate"),
     "deflate-raw": _answer(zlib.compress(b'{"whole": 4}', wbits=-15), "deflate"),
     "deflate-trailing": _answer(zlib.compress(b'{"whole": 5}') + b"junk", "deflate"),
@@ -136,7 +140,8 @@ async def test_a_compressed_body_cut_before_its_end_fails_the_call(module: HttpF
 
 
 @pytest.mark.parametrize("path, result", [("gzip", {"whole": 1}), ("gzip-two-members", {"whole": 2}),
-                                          ("deflate-zlib", {"whole": 3}), ("deflate-raw", {"whole": 4})])
+                                          ("deflate-zlib", {"whole": 3}), ("deflate-raw", {"whole": 4}),
+                                          ("gzip-many-members", {"whole": 6})])
 async def test_whole_compressed_bodies_are_read(module: HttpFunctionsModule, server: Server, path: str,
                                                 result: Any) -> None:
     assert await _call(module, f"{server.base}/{path}") == result
@@ -145,7 +150,7 @@ async def test_whole_compressed_bodies_are_read(module: HttpFunctionsModule, ser
 
 @pytest.mark.parametrize("path, says", [
     # before: each decoded to nothing, read until the call's timeout at a core's full speed
-    ("gzip-endless-members", "more than 1024 gzip members"),
+    ("gzip-endless-members", "more than 1024 empty gzip members"),
     # before: "identity" alone was read: gzip bytes went through as they were, plain ones as a result
     ("two-encodings", "Content-Encoding 'identity, gzip' is not one the engine decodes"),
     # before: a result (None) from a connection that ended before any of its stream came
@@ -213,3 +218,24 @@ async def test_an_endpoint_that_wrote_on_an_idle_connection_gets_no_reuse(module
     for _ in range(3):  # a late answer could otherwise meet a request already sent on a reused connection
         assert await _call(module, f"{server.base}/b", "tenant.b") == {"for": "b"}
     assert server.connections == before + 3
+
+
+async def test_stray_endpoints_are_remembered_boundedly_and_logged_rate_limited(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from iii_engine.modules.http import endpoint_client
+
+    caplog.set_level(logging.WARNING, logger="iii_engine.modules.http.endpoint_client")
+    connector = endpoint_client.FreshConnector()
+    try:
+        keys = [("host", port) for port in range(endpoint_client._MAX_STRAY_ENDPOINTS + 500)]
+        for key in keys:
+            connector._no_reuse(key)
+        connector._no_reuse(keys[-1])  # seen again: refreshed, not counted again
+        assert len(connector._stray) == endpoint_client._MAX_STRAY_ENDPOINTS
+        assert connector.stray_endpoints == len(keys) and keys[-1] in connector._stray
+        connector.flush_log()
+        lines = [r.getMessage() for r in caplog.records]
+        # before: one warning per endpoint (12,000 for 2 x 6,000 in the attack), and a key seen again evicted another
+        assert len(lines) == 2 and lines[1].startswith(f"HTTP functions: {len(keys) - 1} endpoint(s)"), lines[:3]
+    finally:
+        await connector.close()
