@@ -50,6 +50,9 @@ class CronLock(Protocol):
         ``lock_key`` when given, else the trigger id ``job_id``. The two are kept apart: a ``lock_key`` equal to
         some trigger's id is not that trigger's lock."""
 
+    async def fired(self, job_id: str, tick_ms: int, *, lock_key: str | None = None) -> bool:
+        """Whether an engine sharing this lock fired ``tick_ms`` (or a later tick) of this lock."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -92,6 +95,11 @@ class KvCronLock:
         if len(self._last) >= self._prune_at:
             self._prune(now)
         return True
+
+    async def fired(self, job_id: str, tick_ms: int, *, lock_key: str | None = None) -> bool:
+        """See :class:`CronLock`."""
+        last = self._last.get((job_id, None) if lock_key is None else (lock_key, True))
+        return last is not None and last[0] >= tick_ms
 
     def _prune(self, now: float) -> None:
         """Forget expired entries: trigger ids come and go (a restarted worker registers new ones), and before,
@@ -153,9 +161,16 @@ class RedisCronLock:
     async def try_fire(self, job_id: str, tick_ms: int, *, lock_key: str | None = None) -> bool:
         """See :class:`CronLock`; raises (a ``redis`` error) when Redis did not answer within 5 s. A fired tick is
         remembered ``max(lock_ttl_ms, 60 s)``: an engine later than that for it may fire it again."""
-        key = f"cron_lock:{job_id}" if lock_key is None else f"cron_lock_key:{lock_key}"
-        won = await self._script(keys=[f"{self._prefix}{key}"], args=[tick_ms, self._key_ms])
+        won = await self._script(keys=[self._key(job_id, lock_key)], args=[tick_ms, self._key_ms])
         return bool(won)
+
+    async def fired(self, job_id: str, tick_ms: int, *, lock_key: str | None = None) -> bool:
+        """See :class:`CronLock` (within the lock's memory of fired ticks); raises when Redis did not answer."""
+        last = await self._redis.get(self._key(job_id, lock_key))
+        return last is not None and int(last) >= tick_ms
+
+    def _key(self, job_id: str, lock_key: str | None) -> str:
+        return f"{self._prefix}cron_lock:{job_id}" if lock_key is None else f"{self._prefix}cron_lock_key:{lock_key}"
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 # Ticks skipped because the lock store failed are logged at most this often (a Redis that is down fails every tick
 # of every trigger: a traceback per tick before)
 LOCK_FAILURE_LOG_INTERVAL_S = 10.0
+LEFT_CHECK_S = 2.0
+"""How long after a tick it left to the engines sharing a lock an engine looks whether one of them fired it."""
+MAX_LEFT_CHECKS = 16_384
+"""Ticks left to the others waiting to be looked at, at most (past it they are counted in ``left_unchecked``)."""
 
 #: longest ``lock_key`` a cron trigger config may name (it is part of a Redis key, sent with every tick)
 MAX_LOCK_KEY_CHARS: Final = 1024
@@ -130,8 +134,13 @@ class CronModule(EngineModule):
         self.missed_ticks = 0
         #: ticks not fired because the lock store failed or did not answer (logged rate-limited)
         self.lock_failures = 0
-        #: ticks a shared lock's engine left to the others, no worker here serving the function (logged rate-limited)
+        #: ticks a shared lock's engine left to the others, no worker here serving the function or condition
         self.ticks_left = 0
+        #: of those, ticks no engine had fired :data:`LEFT_CHECK_S` later (logged rate-limited), and ticks not looked
+        #: at (more than :data:`MAX_LEFT_CHECKS` waiting to be)
+        self.ticks_lost = 0
+        self.left_unchecked = 0
+        self._left_checks: set[asyncio.Task[None]] = set()
         self._lock_failure_log = LossLog(self._log_lock_failures, LOCK_FAILURE_LOG_INTERVAL_S)
 
     async def start(self) -> None:
@@ -147,6 +156,9 @@ class CronModule(EngineModule):
         for task in tasks:
             task.cancel()  # a cancelled schedule starts no tick from here on
         await self._firings.close()  # ticks not yet run give their slots back
+        for check in list(self._left_checks):
+            check.cancel()
+        await asyncio.gather(*self._left_checks, return_exceptions=True)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -229,10 +241,36 @@ class CronModule(EngineModule):
             log.warning("cron: %d tick(s) skipped since the last warning because the lock store failed (%d in all)%s",
                         counts["lock"], self.lock_failures, latest_text)
         if counts.get("left"):
-            # a warning: when no engine sharing the lock serves the function, these ticks are lost
-            log.warning("cron: %d tick(s) left to the other engines sharing the lock store since the last warning: "
-                        "no worker connected here serves their function or condition; if no engine does, they are "
-                        "not fired (%d in all)%s", counts["left"], self.ticks_left, latest_text)
+            log.warning("cron: %d tick(s) fired by no engine since the last warning: this engine left them to the "
+                        "others sharing the lock store (no worker connected here serves their function or condition) "
+                        "and none fired them within %g s (%d in all)%s", counts["left"], LEFT_CHECK_S,
+                        self.ticks_lost, latest_text)
+
+    def _check_left(self, lock: CronLock, trigger: TriggerInfo, tick: datetime, condition: object) -> None:
+        """Look, :data:`LEFT_CHECK_S` after a tick this engine left to the others, whether one of them fired it:
+        only a tick no engine fired is a loss to warn of (a warning for every tick left was noise where another
+        engine serves the function by design). Its own task: the tick's ``max_fired_calls`` slot is given back
+        at once."""
+        if len(self._left_checks) >= MAX_LEFT_CHECKS:
+            self.left_unchecked += 1
+            return
+        needs = f"function {trigger.function_id}" + (f", condition {condition}" if condition else "")
+        what = f"cron {trigger.id} tick {rfc3339(tick)}: {needs}"[:500]
+        task = asyncio.get_running_loop().create_task(
+            self._look_left(lock, trigger, int(tick.timestamp() * 1000), what), name=f"cron-left:{trigger.id}")
+        self._left_checks.add(task)
+        task.add_done_callback(self._left_checks.discard)
+
+    async def _look_left(self, lock: CronLock, trigger: TriggerInfo, tick_ms: int, what: str) -> None:
+        await asyncio.sleep(LEFT_CHECK_S)  # a delay, not a wait for an event: the other engines' time to fire it
+        try:
+            fired = await lock.fired(trigger.id, tick_ms, lock_key=lock_key_of(trigger))
+        except Exception as exc:
+            log.debug("cron: could not look whether %s was fired elsewhere: %s", what, exc)
+            return
+        if not fired:
+            self.ticks_lost += 1
+            self._lock_failure_log.lost("left", what)
 
     async def _fire(self, trigger: TriggerInfo, tick: datetime, following: datetime | None,
                     schedule: asyncio.Task[Any] | None, slot: FiredSlots) -> None:
@@ -261,8 +299,7 @@ class CronModule(EngineModule):
             # lock may have a worker for it: a replica whose worker was restarting took every other tick from one
             # that could deliver them.
             self.ticks_left += 1
-            needs = f"function {trigger.function_id}" + (f", condition {condition}" if condition else "")
-            self._lock_failure_log.lost("left", f"cron {trigger.id} tick {rfc3339(tick)}: {needs}"[:500])
+            self._check_left(lock, trigger, tick, condition)
             return False
         try:
             if not await lock.try_fire(trigger.id, int(tick.timestamp() * 1000), lock_key=lock_key_of(trigger)):

@@ -156,9 +156,31 @@ async def test_an_engine_that_cannot_deliver_a_tick_leaves_it_to_one_that_can(mi
                 _, tick = await asyncio.wait_for(got.get(), 5)
                 if tick > after:
                     ticks.append(tick)
+            await restarting.shutdown_async()  # it leaves no more ticks: the ones it left are looked at, then none
+            await until(lambda: not crons[0]._left_checks, within=5)
         finally:
             for client in (restarting, serving):
                 await client.shutdown_async()
     # before: the engine with no worker for the function won about half the locks and logged those ticks "not made"
     assert [round(b - a) for a, b in itertools.pairwise(ticks)] == [1, 1, 1, 1], ticks
     assert crons[0].ticks_left >= 4 and crons[1].ticks_left == 0
+    assert crons[0].ticks_lost == 0  # each was fired by the other engine: nothing to warn of
+
+
+@pytest.mark.redis
+async def test_a_tick_no_engine_sharing_the_lock_fires_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="iii_engine")
+    settings = {"adapter": {"class": "modules::cron::RedisCronAdapter",
+                            "config": {"redis_url": require_redis(), "key_prefix": f"lock-lost-{uuid.uuid4()}:"}}}
+    async with engine_with(settings) as one:
+        client = III(one.url)
+        try:
+            await client.connect_async()
+            client.register_trigger({"type": "cron", "function_id": "app::nobody",
+                                     "config": {"expression": "* * * * * *", "lock_key": "nobody"}})
+            cron: Any = one.module("cron")
+            await until(lambda: cron.ticks_lost >= 1, within=6)
+        finally:
+            await client.shutdown_async()
+    lost = [r.getMessage() for r in caplog.records if "fired by no engine" in r.getMessage()]
+    assert len(lost) == 1 and "app::nobody" in lost[0], lost
