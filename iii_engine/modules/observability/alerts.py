@@ -2,7 +2,8 @@
 
 A rule names a metric, a threshold and an operator; ``iii.invocations.*`` and ``iii.workers.*`` read the
 engine's cumulative counters, any other name reads the metrics workers sent within the rule's window (sum for
-counters and histograms, mean for gauges). A rule that is firing triggers its action at most once per cooldown.
+counters and histograms, mean for gauges; a histogram's, exponential histogram's or summary's point counts as its
+``sum``, :func:`~.queries.point_value`). A rule that is firing triggers its action at most once per cooldown.
 A sum beyond the largest double is compared as infinite and reported as ``±1.7976931348623157e308``
 (``sys.float_info.max``): JSON has no infinity, and an infinite value made every alert answer fail.
 
@@ -27,7 +28,7 @@ from typing import Any, ClassVar
 from pydantic import field_validator
 
 from ...settings import Field, NonEmpty, Settings, UnknownKeys
-from .queries import mean, total
+from .queries import mean, point_value, total
 
 __all__ = ["AlertManager", "AlertRule"]
 
@@ -107,17 +108,32 @@ cooldown_seconds, enabled, metric, name, operator, threshold, window_seconds)
         return _OPERATORS[self.operator][0]
 
 
+def _values(entry: dict[str, Any]) -> list[float]:
+    kind = entry.get("metric_type")
+    return [value for p in entry["data_points"] if (value := point_value(kind, p)) is not None]
+
+
 def _metric_value(metric: str, window_s: float, entries: Sequence[dict[str, Any]], now_ns: int) -> float | None:
+    """The value a rule on ``metric`` compares: the first point of its latest entry (``window_s`` 0), else the sum
+    (mean for gauges) of the points of its entries within the window; a point of a histogram, exponential histogram
+    or summary counts as its ``sum`` (before, only ``value`` was read, which they have not: a rule on them never fired).
+
+    Example:
+        >>> exp = {"name": "lat", "metric_type": "exponential_histogram", "timestamp_unix_nano": 10**9,
+        ...        "data_points": [{"count": 3, "sum": 12.5}]}
+        >>> _metric_value("lat", 60, [exp, exp], 2 * 10**9), _metric_value("lat", 0, [exp], 2 * 10**9)
+        (25.0, 12.5)
+    """
     named = [e for e in entries if e["name"] == metric]
     if not named:
         return None
     if window_s <= 0:
-        points = [p["value"] for p in named[-1]["data_points"] if p.get("value") is not None]
-        return float(points[0]) if points else None
+        points = _values(named[-1])
+        return points[0] if points else None
     recent = [e for e in named if e["timestamp_unix_nano"] >= now_ns - int(window_s * 1e9)]
     if not recent:
         return None
-    values = [float(p["value"]) for e in recent for p in e["data_points"] if p.get("value") is not None]
+    values = [value for e in recent for value in _values(e)]
     if not values:
         return None
     if recent[0]["metric_type"] == "gauge":

@@ -88,7 +88,13 @@ ALERT_LOG_BURST = 10
 ECHO_LOG_BURST = 100
 ECHO_LOG_INTERVAL_S = 1.0
 """Log records echoed to the engine's log (``logs_console_output``) one line each: at most ``ECHO_LOG_BURST`` per
-``ECHO_LOG_INTERVAL_S``, the rest counted in one line per ``SKIP_LOG_INTERVAL_S``."""
+``ECHO_LOG_INTERVAL_S`` (a fixed window: up to twice that across a window's edge), the rest counted in one line per
+``SKIP_LOG_INTERVAL_S``."""
+ECHO_SERVICE_CHARS = 200
+ECHO_BODY_CHARS = 1000
+"""An echo line holds at most this much of a record's ``service.name`` and of its body (or an ``engine::log::*``
+message): a line bound, not only a count, bounds what the echo writes (with the service name unclipped, one worker's
+1 MB ``service.name`` made 100 echo lines a second 100 MB a second on stderr)."""
 CONVERT_SLICE_S = 0.005
 """The ingest task converts (then stores) a frame's entries this long at most before it lets the event loop run
 other work."""
@@ -163,6 +169,17 @@ def _in_slices(entries: list[dict[str, Any]], store: Callable[[list[dict[str, An
         if time.perf_counter() - began >= slice_s:
             yield
             began = time.perf_counter()
+
+
+def echo_line(service_name: str, body: str) -> str:
+    """The console echo of a worker's log record: ``[service] body``, each part clipped (:data:`ECHO_SERVICE_CHARS`,
+    :data:`ECHO_BODY_CHARS`), so a line holds at most ~1.2 K characters whatever the record.
+
+    Example:
+        >>> echo_line("billing", "paid"), len(echo_line("s" * 10**6, "b" * 10**6))
+        ('[billing] paid', 1203)
+    """
+    return f"[{service_name[:ECHO_SERVICE_CHARS]}] {body[:ECHO_BODY_CHARS]}"
 
 
 def _console_level(severity_number: int) -> int:
@@ -263,6 +280,9 @@ class OtelModule(EngineModule):
         self._closed = False
         # (frames, bytes) of the frame the stop's cancel cut mid-way, counted as dropped with the queued ones
         self._cut_at_stop = (0, 0)
+        # set once the frame being ingested converted whole and was exported: its entries are being stored, and a
+        # cancel then finishes the storing rather than leave the frame partly stored (see _ingest_frame)
+        self._storing_entries = False
         self._background: set[asyncio.Task[Any]] = set()
         self.forwarder: OtlpForwarder | None = None
         # the engine's own spans and log entries, gathered into requests (one request per record was ~330 a second)
@@ -271,6 +291,9 @@ class OtelModule(EngineModule):
         # Webhook deliveries: at most one per rule at a time, each given up after webhook_budget_s in all.
         self.webhook_budget_s = WEBHOOK_BUDGET_S
         self._webhooks: dict[str, asyncio.Task[None]] = {}
+        # Every delivery not ended yet, whenever it started: the stop counts each it cuts in webhook_failed (one
+        # started during the stop's wait was cancelled with _background and counted nowhere).
+        self._webhook_runs: set[asyncio.Task[None]] = set()
         self.webhook_sent = 0
         self.webhook_failed = 0
         self.webhook_skipped = 0
@@ -342,7 +365,9 @@ class OtelModule(EngineModule):
         """Stop the background tasks, ingest the frames still queued and let running alert webhooks end, then flush
         the exporter: all within one ``export_stop_timeout_ms``. What the bound leaves (frames not ingested, webhooks
         not delivered, exports not posted) is counted (``dropped_frames``, ``webhook_failed``, ``export_dropped``) and
-        logged in one line each."""
+        logged in one line each; so is what comes during the stop's last steps (``engine::log::*`` records and call
+        spans while the exporter closes, webhooks alerts start) and after it. The counts of echo and alert lines not
+        logged one by one are logged last, with everything the stop itself suppressed."""
         deadline = time.monotonic() + self.settings.export_stop_timeout_ms / 1000
         ingest = self._ingest_task
         for task in self._tasks:
@@ -356,7 +381,11 @@ class OtelModule(EngineModule):
             waits.append(asyncio.ensure_future(self._queue.join()))
         if waits:
             await asyncio.wait(waits, timeout=max(0.0, deadline - time.monotonic()))
-        self._closed = True  # a frame coming after this is dropped and counted (see ingest)
+        # a frame coming after this is dropped and counted (see ingest), and so is a webhook an alert starts
+        self._closed = True
+        # the deliveries under way now, those started during the wait included (before, only the ones running when
+        # the stop began were counted when cut)
+        webhooks = [task for task in self._webhook_runs if not task.done()]
         for task in self._tasks + list(self._background) + waits:
             task.cancel()
         for task in self._tasks + list(self._background) + waits:
@@ -369,13 +398,19 @@ class OtelModule(EngineModule):
             log.warning("%d alert webhook delivery(ies) still running at the engine's stop were not completed within "
                         "%g s (export_stop_timeout_ms); counted in webhook_failed", len(cut),
                         self.settings.export_stop_timeout_ms / 1000)
-        self._alert_log.losses.close()
-        self._echo_log.losses.close()
-        for batch in (self._span_batch, self._log_batch):
-            if batch is not None:  # what is gathered goes to the queue, delivered within export_stop_timeout_ms
-                batch.flush()
+        batches = [batch for batch in (self._span_batch, self._log_batch) if batch is not None]
+        for batch in batches:  # what is gathered goes to the queue, delivered within export_stop_timeout_ms
+            batch.flush()
         if self.forwarder is not None:
             await self.forwarder.close(max(0.0, deadline - time.monotonic()))
+        # Records added while the exporter closed (engine::log::* calls and call spans go on until the engine
+        # releases the module) go to the closed exporter, which counts them as dropped, and so does every later one.
+        for batch in batches:
+            batch.close()
+        # Last: the echo lines and alert lines suppressed during the stop are counted in these (closed at the stop's
+        # start, ~17,300 echoes of engine::log::* calls made while the exporter closed were never reported).
+        self._alert_log.losses.close()
+        self._echo_log.losses.close()
 
     def _drop_queued_at_stop(self) -> None:
         """Count the frames the stop did not ingest (still queued, or cut mid-way) as dropped, in one line."""
@@ -416,10 +451,12 @@ class OtelModule(EngineModule):
     async def _ingest_loop(self) -> None:
         while True:
             kind, body = await self._queue.get()
+            ingested = self.ingested_frames
             try:
                 await self._ingest_frame(kind, body)
             except asyncio.CancelledError:
-                self._cut_at_stop = (1, len(body))  # the stop's bound ended it: counted as dropped by the stop
+                if self.ingested_frames == ingested:  # the stop's bound ended it unstored: counted as dropped
+                    self._cut_at_stop = (1, len(body))
                 raise
             finally:
                 self._queue.task_done()  # the stop waits for the queue's join
@@ -442,10 +479,19 @@ class OtelModule(EngineModule):
             frame = parse(body) if len(body) <= OFFLOOP_PARSE_BYTES else await asyncio.to_thread(parse, body)
             # converted a slice at a time, the loop free between slices: one 3.5 MiB frame of 10,000 metrics
             # was converted in one go, ~420 ms during which no call was answered
+            self._storing_entries = False
             storing = self._storing(kind, body, frame, CONVERT_SLICE_S)
             try:
                 for _ in storing:
                     await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                # The stop's bound. A frame still converting stores nothing and is counted as dropped; one already
+                # exported and partly stored is stored whole, in one go (at most max_frame_entries entries: ~100 ms
+                # for 10,000), and counted as ingested. Before, it was both partly stored and counted as dropped.
+                if self._storing_entries:
+                    for _ in storing:
+                        pass
+                raise
             finally:
                 storing.close()  # cancelled midway (the engine's stop): its budget is reset in this task's context
         except CostlyFrameError as exc:
@@ -483,7 +529,7 @@ class OtelModule(EngineModule):
         entries are stored at the end, so a frame refused midway stores nothing, as before."""
         with item_budget(self.settings.max_frame_items) as counts:
             # the budget is a context variable of the ingest task: its pauses leave other tasks' contexts alone
-            yield from self._convert(kind, body, frame, slice_s)
+            yield from self._convert(kind, body, frame, slice_s, counts)
         if counts[1]:
             self.dropped_items += counts[1]
             now = time.monotonic()
@@ -502,7 +548,10 @@ class OtelModule(EngineModule):
                             "(%d so far)", kind, counts[2], self.dropped_entries)
         self.ingested_frames += 1
 
-    def _convert(self, kind: str, body: bytes, frame: Any, slice_s: float | None) -> Iterator[None]:
+    def _convert(self, kind: str, body: bytes, frame: Any, slice_s: float | None,
+                 counts: list[int]) -> Iterator[None]:
+        """Convert the entries of a frame (``counts``: its :func:`~.otlp.item_budget`), export it, then store them
+        (:attr:`_storing_entries` set from the export on)."""
         # The stores charge each entry what it holds in memory: a share of the frame's JSON bytes was a third to a
         # fifth of it for entries of many small attributes, so the byte bounds held several times themselves.
         limit = self.settings.max_frame_entries
@@ -512,6 +561,7 @@ class OtelModule(EngineModule):
                 spans += part
                 yield
             self._count_cut(frame, kind, len(spans))
+            self._storing_entries = True
             self._forward(kind, body, frame)
             if self.spans is not None and spans:
                 yield from _in_slices(spans, self.spans.add_all, slice_s)
@@ -520,7 +570,10 @@ class OtelModule(EngineModule):
             for part in iter_metrics(frame, _now_ns(), limit, slice_s):
                 metrics += part
                 yield
-            self._count_cut(frame, kind, len(metrics))
+            # the metrics of no known kind it passed are counted apart (counts[2]): before, past max_frame_entries
+            # they were counted twice (15 not stored, dropped_entries 20)
+            self._count_cut(frame, kind, len(metrics) + counts[2])
+            self._storing_entries = True
             self._forward(kind, body, frame)
             yield from _in_slices(metrics, self.metrics.add, slice_s)
         elif kind == "LOGS":
@@ -529,13 +582,14 @@ class OtelModule(EngineModule):
                 entries += part
                 yield
             self._count_cut(frame, kind, len(entries))
+            self._storing_entries = True
             self._forward(kind, body, frame)
             yield from _in_slices(entries, self._add_logs, slice_s)
 
     def _add_logs(self, entries: list[dict[str, Any]]) -> None:
         for entry, size in zip(entries, self.logs.sizes(entries), strict=True):
             if self.settings.logs_console_output:
-                self._echo(entry["severity_number"], f"[{entry['service_name']}] {entry['body'][:1000]}",
+                self._echo(entry["severity_number"], echo_line(entry["service_name"], entry["body"]),
                            "worker log records")
             self._add_log(entry, size)
 
@@ -555,12 +609,13 @@ class OtelModule(EngineModule):
                                            or (kind != "LOGS" and self.settings.exports)):
             self.forwarder.submit(_SIGNALS[kind], body, count_entries(frame, kind))
 
-    def _count_cut(self, frame: Any, kind: str, kept: int) -> None:
+    def _count_cut(self, frame: Any, kind: str, passed: int) -> None:
+        """Count the entries of ``frame`` past the ``passed`` ones the conversion reached (kept, or counted apart)."""
         # Only max_frame_entries of a frame are converted: 8 MiB of "{}" records are 2 million entries, which took
         # ~9 s on the event loop and over a gigabyte before the store kept its last 1000.
-        if kept < self.settings.max_frame_entries:
+        if passed < self.settings.max_frame_entries:
             return
-        cut = count_entries(frame, kind) - kept
+        cut = count_entries(frame, kind) - passed
         if cut <= 0:
             return
         self.dropped_entries += cut
@@ -785,7 +840,7 @@ class OtelModule(EngineModule):
                 "instrumentation_scope_name": "iii", "instrumentation_scope_version": ENGINE_VERSION,
             }
             if self.settings.logs_console_output:  # before, echoed even when off: 136,732 lines in 10 s
-                self._echo(number, message[:1000], "engine::log::* messages")
+                self._echo(number, message[:ECHO_BODY_CHARS], "engine::log::* messages")
             caller = parse_traceparent(ctx.traceparent)
             self._add_log(entry, trace_id=caller[0] if caller else None, caller=ctx.caller_worker_id)
             if self._log_batch is not None and self.settings.exports_logs:
@@ -1031,8 +1086,16 @@ class OtelModule(EngineModule):
             self._alert_log.note("webhook deliveries skipped (busy)", f"alert {rule}: webhook {url} still busy with "
                                  "an earlier delivery; this one is skipped")
             return
+        if self._closed:
+            # the stop already cut the deliveries under way: one started now would be cut (or outlive the module)
+            self.webhook_failed += 1
+            self._alert_log.note("webhook deliveries not started (engine stopping)",
+                                 f"alert {rule}: webhook {url} not delivered: the engine is stopping")
+            return
         task = asyncio.get_running_loop().create_task(self._webhook(url, body), name=f"alert-webhook-{rule}")
         self._webhooks[rule] = task
+        self._webhook_runs.add(task)
+        task.add_done_callback(self._webhook_runs.discard)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -34,16 +34,18 @@ from typing import Any, TypeVar
 
 from iii.wire import dumps
 
+from ...invocations import CALLER_KEY
 from ...workers import frame_bytes
 from ..base import EncodedResult, EngineError
 from .stores import Snapshot
 
-__all__ = ["DEFAULT_LIMIT", "LEVEL_NAMES", "LOGS_KEYS", "LOGS_ORDER", "MAX_ATTRIBUTE_FILTERS", "MAX_LIMIT",
-           "METRICS_KEYS", "METRICS_ORDER", "SEVERITY_LEVELS", "TRACES_DEFAULT_LIMIT", "TRACES_KEYS", "TREE_MAX_DEPTH",
-           "TREE_SLICE_S", "Cursor", "Encoded", "LogsQuery", "Order", "Page", "Paging", "TracesQuery", "aggregate",
-           "answer_json", "building_tree", "check_keys", "encode_entries", "encode_tree", "list_logs", "list_traces",
-           "logs_query", "mean", "page_of", "paging", "percentile", "select", "select_indices", "severity_level",
-           "severity_of", "severity_range", "sorted_page", "total", "trace_tree", "trace_tree_async", "traces_query"]
+__all__ = ["DEFAULT_LIMIT", "DISTRIBUTIONS", "ENGINE_KEYS", "LEVEL_NAMES", "LOGS_KEYS", "LOGS_ORDER",
+           "MAX_ATTRIBUTE_FILTERS", "MAX_LIMIT", "METRICS_KEYS", "METRICS_ORDER", "SEVERITY_LEVELS",
+           "TRACES_DEFAULT_LIMIT", "TRACES_KEYS", "TREE_MAX_DEPTH", "TREE_SLICE_S", "Cursor", "Encoded", "LogsQuery",
+           "Order", "Page", "Paging", "TracesQuery", "aggregate", "answer_json", "building_tree", "check_keys",
+           "encode_entries", "encode_tree", "list_logs", "list_traces", "logs_query", "mean", "page_of", "paging",
+           "percentile", "point_value", "select", "select_indices", "severity_level", "severity_of", "severity_range",
+           "sorted_page", "total", "trace_tree", "trace_tree_async", "traces_query"]
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -155,10 +157,16 @@ def _level_order(name: str) -> int:
     return SEVERITY_LEVELS[_LEVEL_ALIASES.get(name, name)][0] * 2 + (name in _LEVEL_ALIASES)
 
 
+#: The keys the engine itself adds to a call's input (``_caller_worker_id``, on every call of a worker): a list takes
+#: them whatever it lists. Any other key starting with ``_`` is an unknown key like any other.
+ENGINE_KEYS = frozenset({CALLER_KEY})
+
+
 def check_keys(data: dict[str, Any], known: Iterable[str], function_id: str) -> None:
-    """Refuse a request holding a key outside ``known`` with ``deserialization_error`` naming it and the keys taken:
-    before, a misspelt filter (``{"levle": "warn"}``) was dropped and the whole store listed. Keys starting with
-    ``_`` pass: the engine stamps its own there (``_caller_worker_id``, on every call of a worker).
+    """Refuse a request holding a key outside ``known`` and :data:`ENGINE_KEYS` with ``deserialization_error`` naming
+    it and the keys taken: before, a misspelt filter (``{"levle": "warn"}``) was dropped and the whole store listed.
+    Only the keys the engine stamps pass besides: any key starting with ``_`` passed before, so ``{"_limit": 1}`` was
+    dropped without a word.
 
     Example:
         >>> check_keys({"limit": 5, "_caller_worker_id": "w1"}, ("limit", "severity_text"), "f")
@@ -166,8 +174,12 @@ def check_keys(data: dict[str, Any], known: Iterable[str], function_id: str) -> 
         Traceback (most recent call last):
         iii_engine.modules.base.EngineError: deserialization_error: Failed to deserialize input for f: unknown field \
 `levle`, expected one of limit, severity_text
+        >>> check_keys({"_limit": 1}, ("limit",), "f")
+        Traceback (most recent call last):
+        iii_engine.modules.base.EngineError: deserialization_error: Failed to deserialize input for f: unknown field \
+`_limit`, expected one of limit
     """
-    unknown = [key for key in data if key not in known and not str(key).startswith("_")]
+    unknown = [key for key in data if key not in known and key not in ENGINE_KEYS]
     if unknown:
         raise EngineError("deserialization_error",
                           f"Failed to deserialize input for {function_id}: unknown field `{unknown[0]!s:.100}`, "
@@ -428,7 +440,8 @@ LOGS_KEYS = ("trace_id", "span_id", "severity_min", "severity_text", "start_time
 def logs_query(data: dict[str, Any]) -> LogsQuery:
     """Parse an ``engine::logs::list`` request (ids, severity, time filters; ``offset`` or ``cursor``, ``limit``).
     ``severity_text`` names a level (:func:`severity_range`): it keeps the entries whose severity number is in the
-    level's range, or, with no number, whose text names a severity in it (:func:`severity_of`).
+    level's range, or, with no number, whose text names a severity in it (:func:`severity_of`); ``""`` and ``all``
+    (any case) filter nothing, as with production (consoles send them for "every level").
 
     Example:
         >>> logs = [{"timestamp_unix_nano": 1, "severity_number": 17, "severity_text": "", "trace_id": None,
@@ -438,6 +451,8 @@ def logs_query(data: dict[str, Any]) -> LogsQuery:
         [1]
         >>> list_logs(logs, {"severity_text": "warn"})["total"], list_logs(logs, {"severity_text": "WARNING"})["total"]
         (1, 1)
+        >>> list_logs(logs, {"severity_text": ""})["total"], list_logs(logs, {"severity_text": "All"})["total"]
+        (2, 2)
     """
     fid = "engine::logs::list"
     check_keys(data, LOGS_KEYS, fid)
@@ -446,7 +461,8 @@ def logs_query(data: dict[str, Any]) -> LogsQuery:
     severity_min = _field(data, "severity_min", (int,), fid)
     severity_text = _field(data, "severity_text", (str,), fid)
     low, high = 1, 24
-    if severity_text is not None:
+    every_level = severity_text is not None and severity_text.strip().lower() in ("", "all")
+    if severity_text is not None and not every_level:
         try:
             low, high = severity_range(severity_text, "severity_text")
         except ValueError as exc:
@@ -459,7 +475,7 @@ def logs_query(data: dict[str, Any]) -> LogsQuery:
         return ((trace_id is None or e["trace_id"] == trace_id)
                 and (span_id is None or e["span_id"] == span_id)
                 and (severity_min is None or e["severity_number"] >= severity_min)
-                and (severity_text is None
+                and (severity_text is None or every_level
                      or low <= (severity_of(e["severity_number"], e["severity_text"]) or 0) <= high)
                 and (start is None or e["timestamp_unix_nano"] >= start * _MS)
                 and (end is None or e["timestamp_unix_nano"] <= end * _MS))
@@ -499,10 +515,19 @@ _TRACE_KEYS: dict[str, tuple[Callable[[dict[str, Any]], Any], type]] = {
     "name": (itemgetter("name"), str), "service_name": (lambda span: str(span.get("service_name", "")), str)}
 _SORT_ALIASES = {"duration_ms": "duration"}
 #: The keys ``engine::traces::list`` takes: production's (``trace_ids``, ``exclude_attributes`` and
-#: ``attribute_projection`` are its newer versions'), and ``cursor``.
+#: ``attribute_projection`` are its newer versions'), ``span_id`` and ``parent_span_id`` (the published console sends
+#: them, production ignores them: see :data:`_IGNORED_KEYS`), and ``cursor``.
 TRACES_KEYS = ("trace_id", "trace_ids", "service_name", "name", "status", "search_all_spans", "min_duration_ms",
                "max_duration_ms", "start_time", "end_time", "attributes", "exclude_attributes", "attribute_projection",
-               "include_internal", "sort_by", "sort_order", "offset", "limit", "cursor")
+               "span_id", "parent_span_id", "include_internal", "sort_by", "sort_order", "offset", "limit", "cursor")
+# Keys taken (checked: a list of strings, a string) and not used, and why. span_id and parent_span_id are not filters
+# here on purpose: the list holds root spans, whose parent is always null and whose span id the console does not
+# know beforehand, so as filters they would list nothing where production (which ignores them) lists the traces.
+_IGNORED_KEYS: dict[str, tuple[type, str]] = {
+    "attribute_projection": (list, "spans are listed with all their attributes"),
+    "span_id": (str, "the list holds root spans; as production, it is not a filter"),
+    "parent_span_id": (str, "the list holds root spans; as production, it is not a filter"),
+}
 # Keys taken and not used, logged once per process (a newer console may send them).
 _IGNORED_LOGGED: set[str] = set()
 
@@ -539,10 +564,17 @@ def _attribute_pairs(data: dict[str, Any], key: str, function_id: str) -> set[tu
 
 
 def _choice(data: dict[str, Any], key: str, choices: Iterable[str], default: str, function_id: str) -> str:
-    """``data[key]`` lower-cased, one of ``choices``; ``default`` when absent; ``deserialization_error`` naming the
-    key and the choices for anything else."""
+    """``data[key]`` lower-cased, one of ``choices``; ``default`` when absent or ``""`` (what production reads it as,
+    and what a console's empty select sends); ``deserialization_error`` naming the key and the choices for anything
+    else.
+
+    Example:
+        >>> orders = ("asc", "desc")
+        >>> _choice({"o": ""}, "o", orders, "asc", "f"), _choice({"o": "DESC"}, "o", orders, "asc", "f")
+        ('asc', 'desc')
+    """
     value = data.get(key)
-    if value is None:
+    if value is None or value == "":
         return default
     if not isinstance(value, str) or value.lower() not in choices:
         raise EngineError("deserialization_error",
@@ -578,10 +610,10 @@ def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> Trace
                                                    "of strings")
     # as production: trace_ids is not used when trace_id is given
     wanted_traces = None if trace_ids is None or trace_id is not None else set(trace_ids)
-    projection = _field(data, "attribute_projection", (list,), fid)
-    if projection is not None and "attribute_projection" not in _IGNORED_LOGGED:
-        _IGNORED_LOGGED.add("attribute_projection")
-        log.info("%s: attribute_projection is taken and not used (spans are listed with all their attributes)", fid)
+    for ignored, (kind, why) in _IGNORED_KEYS.items():
+        if _field(data, ignored, (kind,), fid) is not None and ignored not in _IGNORED_LOGGED:
+            _IGNORED_LOGGED.add(ignored)  # once per process: a console sends it with every list
+            log.info("%s: %s is taken and not used (%s)", fid, ignored, why)
     name = texts["name"]
     traces_with_name: set[str] = set()
     if search_all and name:
@@ -881,15 +913,40 @@ def mean(values: Sequence[float]) -> float:
     return _scaled_sum(values) / len(values) / _SCALE
 
 
+#: The metric kinds whose points hold a distribution (``count``, ``sum``...) rather than one ``value``.
+DISTRIBUTIONS = frozenset({"histogram", "exponential_histogram", "summary"})
+
+
+def point_value(metric_type: Any, point: dict[str, Any]) -> float | None:
+    """What one data point counts as in aggregates and alert rules: a number point's ``value`` (``None``: NaN was
+    sent), a histogram's, exponential histogram's or summary's ``sum`` (the sum of what it observed).
+
+    Why: only ``value`` was read, and these kinds have none: rules on them never fired and aggregates left them out
+    without a word (our SDK sends every histogram as an exponential histogram).
+
+    Example:
+        >>> point_value("gauge", {"value": 2.5}), point_value("exponential_histogram", {"count": 3, "sum": 12.5})
+        (2.5, 12.5)
+        >>> point_value("counter", {"value": None}) is None
+        True
+    """
+    value = point.get("sum") if metric_type in DISTRIBUTIONS else point.get("value")
+    return None if value is None else float(value)
+
+
 def aggregate(metrics: Sequence[dict[str, Any]], interval_s: float) -> list[dict[str, Any]]:
-    """AggregatedMetric entries: number points bucketed by ``floor(ingestion time / interval)``; ``sum`` is null when
-    it is beyond the largest double (the points are finite: NaN and infinities are stored as null), ``avg`` is always
-    a number. An interval of 2**63 ns or more is one bucket.
+    """AggregatedMetric entries: points bucketed by ``floor(ingestion time / interval)``, each point counting as
+    :func:`point_value` (a histogram's or summary's ``sum``); ``sum`` is null when it is beyond the largest double
+    (the points are finite: NaN and infinities are stored as null), ``avg`` is always a number. An interval of
+    2**63 ns or more is one bucket.
 
     Example:
         >>> [b["bucket_end_ns"] == 2**63 for b in aggregate([{"name": "m", "timestamp_unix_nano": 5,
         ...                                                    "data_points": [{"value": 1.0}]}], 10**400)]
         [True]
+        >>> [(b["count"], b["sum"]) for b in aggregate([{"name": "h", "metric_type": "histogram",
+        ...     "timestamp_unix_nano": 5, "data_points": [{"count": 3, "sum": 12.5}, {"count": 1, "sum": 2.0}]}], 60)]
+        [(2, 14.5)]
     """
     # Capped at 2**63 ns (292 years, one bucket): 1e300 s used to overflow to infinity and fail the call; compared
     # before any conversion, as an integer of 10**400 s has no float (OverflowError).
@@ -897,7 +954,8 @@ def aggregate(metrics: Sequence[dict[str, Any]], interval_s: float) -> list[dict
     buckets: dict[tuple[str, int], list[float]] = {}
     for metric in metrics:
         start = metric["timestamp_unix_nano"] // width * width
-        values = [p["value"] for p in metric["data_points"] if p.get("value") is not None]  # null: NaN sent
+        kind = metric.get("metric_type")
+        values = [value for p in metric["data_points"] if (value := point_value(kind, p)) is not None]  # null: NaN
         if values:
             buckets.setdefault((metric["name"], start), []).extend(values)
     out: list[dict[str, Any]] = []
