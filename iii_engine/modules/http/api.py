@@ -1080,17 +1080,22 @@ class RestApiModule(EngineModule):
 
     def _claim_decoded(self, claim: _Claim, raw: bytearray) -> None:
         """Claim what a JSON body costs while it is decoded into the handler's payload and encoded into its call:
-        :data:`JSON_CLAIM_FACTOR` times its bytes in all, beyond the raw bytes claimed as they came.
+        :data:`JSON_CLAIM_FACTOR` times its bytes, plus 64 bytes an object or list and 16 a value, beyond the raw
+        bytes claimed as they came.
 
         Why: only the raw bytes counted, while decoding is what takes the memory: three 64 MiB JSON bodies of
         numbers took the engine to 2.5 GB (393 MB as octet-stream); now one such body is decoded at a time, the
-        others answered 503 (retry later). A flat factor, not an estimate from the text: the registration frames'
-        ``retained_estimate`` counts every comma as a value, and refused realistic bodies (a 13.6 MiB CSV string
-        estimated at 320 MB, decoded in 12). Decoded JSON takes 1 to ~20 times its text (an array of numbers ~8x),
-        so the bound is on how many large bodies are decoded at once, not an exact measure. A body whose claim
-        alone passes ``max_buffered_bytes`` is a 413 naming the way around it.
+        others answered 503 (retry later). Not the registration frames' ``retained_estimate``, which counts every comma
+        at 56 bytes and every character past the BMP at 8x the whole text, and refused realistic bodies (a 13.6 MiB
+        CSV string at 320 MB, decoded in 12). Decoded JSON takes 1 to ~24 times its text; the claim errs high for
+        numbers and containers, near for strings: a bound on how many large bodies are decoded at once. A body whose
+        claim alone passes ``max_buffered_bytes`` is a 413 naming the way around it.
         """
-        decoded = JSON_CLAIM_FACTOR * len(raw)
+        # Containers and values are what decoding multiplies: an object or list ~64 bytes each, a value ~16 more
+        # than its text (counted in strings too, at C speed: it errs high for strings full of commas or brackets).
+        # A flat 4x let `[{},{},…]`, 24x its bytes decoded, take 6x the budget.
+        decoded = (JSON_CLAIM_FACTOR * len(raw) + 64 * (raw.count(b"{") + raw.count(b"["))
+                   + 16 * raw.count(b","))
         capacity = self._budget.capacity
         if decoded > capacity:
             raise _Refused(413, f"a JSON body of {len(raw)} bytes is claimed at {decoded} bytes while it is decoded, "
