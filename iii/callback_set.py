@@ -42,15 +42,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
-from typing import Any, Generic, ParamSpec
+from typing import Any, Final, Generic, ParamSpec
 
 from .handler_threads import exit_refusal
+
+CANCELLED_CALLBACK_WAIT_S: Final = 1.0
+"""How long a shutdown waits for an async callback it cancelled to run its cleanup and end."""
 
 __all__ = ["CallbackSet"]
 
@@ -188,6 +193,26 @@ class CallbackSet(Generic[P]):
         if idle.done() or running is None:
             return None
         name = _name(running[1])
+        task = self._running_task
+        if task is not None and not task.done():
+            # An async one can be stopped: cancelled, so its finally blocks run (it was left to be destroyed pending
+            # with its loop, its cleanup never run, and its end logged as an ERROR)
+            with self._lock:
+                if self._delivering:
+                    self._on_idle.append(tell)
+                else:
+                    idle.set_result(None)
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: it is over
+                task.get_loop().call_soon_threadsafe(task.cancel)
+            try:
+                await asyncio.wait({idle}, timeout=CANCELLED_CALLBACK_WAIT_S)
+            finally:
+                with self._lock:
+                    if tell in self._on_idle:
+                        self._on_idle.remove(tell)
+            log.warning("Shut down with the async %s callback %s still running %g s later: cancelled", self._what,
+                        name, seconds)
+            return name
         log.warning("Shut down with the %s callback %s still running %g s later (a thread cannot be stopped): it gets "
                     "no more calls, and %s", self._what, name, seconds,
                     "the process does not wait for it at exit (its thread is a daemon)" if self._executor is None
@@ -223,6 +248,9 @@ class CallbackSet(Generic[P]):
                     outcome = context.run(callback, *args, **kwargs)
                     if inspect.isawaitable(outcome):  # an async def: run to its end (in the same context)
                         context.run(self._await, outcome)
+                except (asyncio.CancelledError, concurrent.futures.CancelledError):
+                    if not self._closed:  # (cancelled by the shutdown's finish: said there)
+                        log.exception("%s callback failed", self._what)
                 except BaseException:  # the other callbacks still run; nothing is cancelled on this thread
                     log.exception("%s callback failed", self._what)
                 finally:

@@ -172,3 +172,30 @@ def test_an_async_callback_shutting_its_client_down_is_not_waited_for(caplog: py
         assert done.wait(10)
     assert time.monotonic() - started < CANCEL_WAIT_S  # not held by a wait for itself
     assert not [r for r in caplog.records if "still running" in r.getMessage()]
+
+
+def test_an_async_callback_still_running_at_shutdown_is_cancelled_and_cleans_up(
+        caplog: pytest.LogCaptureFixture) -> None:
+    client = III(_NOWHERE, InitOptions(worker_name="async-stuck"))
+    entered, cleaned = threading.Event(), threading.Event()
+
+    async def stuck(functions: list[FunctionInfo]) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.set()
+
+    client._functions_available.add(stuck)
+    client._queue_functions_available([])
+    assert entered.wait(5)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        client.shutdown()
+    # before: its finally never ran (the task destroyed pending with its loop), and its end was an ERROR traceback
+    assert cleaned.wait(2)
+    assert time.monotonic() - started < CANCEL_WAIT_S + 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in caplog.records if "still running" in r.getMessage()] == [
+        f"Shut down with the async functions-available callback {__name__}.{stuck.__qualname__} still running "
+        f"{CANCEL_WAIT_S:g} s later: cancelled"]
