@@ -10,10 +10,10 @@ import time
 from typing import Any
 
 import pytest
-from aiohttp import web
 from module_worker import ModuleWorker
 
 from iii_engine.modules.observability import module as observability_module
+from tests.integration.modules.hanging_webhook import hanging_webhook
 from tests.integration.modules.test_observability import engine_with, eventually
 from tests.polling import until
 
@@ -111,44 +111,26 @@ async def test_non_finite_metric_values_do_not_poison_metrics_list() -> None:
 async def test_a_hanging_alert_webhook_is_bounded_in_count_and_time(monkeypatch: pytest.MonkeyPatch) -> None:
     # Before: every triggering evaluation started one more delivery to the hanging webhook (20 evaluations, 20
     # requests held open), and one delivery could last 4 attempts x 30 s plus pauses.
-    arrived: list[web.Request] = []
-    release = asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        arrived.append(request)
-        await release.wait()
-        return web.Response(text="late")
-
-    app = web.Application()
-    app.router.add_post("/hook", hang)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    rules = [{"name": "ao-storm", "metric": "iii.invocations.total", "threshold": 0, "operator": ">=",
-              "cooldown_seconds": 0, "action": {"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"}}]
     monkeypatch.setattr(observability_module, "WEBHOOK_BUDGET_S", 1.0, raising=False)
-    try:
+    async with hanging_webhook() as hook:
+        rules = [{"name": "ao-storm", "metric": "iii.invocations.total", "threshold": 0, "operator": ">=",
+                  "cooldown_seconds": 0, "action": {"type": "webhook", "url": hook.url}}]
         async with engine_with({"alerts": rules}) as engine, ModuleWorker(engine.url) as worker:
             module: Any = engine.module("observability")
             for _ in range(20):
                 evaluated = await worker.result("engine::alerts::evaluate", {})
                 assert [e["name"] for e in evaluated["triggered_alerts"]] == ["ao-storm"]
-            await until(lambda: len(arrived) >= 1)
+            await until(lambda: len(hook.arrived) >= 1)
             assert len(module._background) == 1  # one delivery in flight, not one per evaluation
             details = await telemetry(worker)
             # (the alert task's own first evaluation may have started the delivery: then all 20 were skipped)
             assert details["webhook_skipped"] >= 19
             # the delivery gives up within its budget, and the next event is delivered again
             await until(lambda: not module._background, within=5)
-            assert (await telemetry(worker))["webhook_failed"] == 1 and len(arrived) == 1
-            release.set()
+            assert (await telemetry(worker))["webhook_failed"] == 1 and len(hook.arrived) == 1
+            hook.release.set()
             await worker.result("engine::alerts::evaluate", {})
             await until(lambda: module.webhook_sent == 1, within=5)
-    finally:
-        release.set()
-        await runner.cleanup()
 
 
 async def test_the_ingest_queue_is_bounded_in_bytes() -> None:

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from iii_engine import Engine
 from iii_engine.modules.base import EngineError
 from iii_engine.modules.http.functions import HttpFunctionsModule
-from tests.integration.modules.test_http_functions import LOCAL_RULES, _engine
+from tests.integration.modules.test_ah_http_functions_answers import module
 from tests.polling import until
+
+__all__ = ["module"]  # the fixture, imported to be used here
 
 pytestmark = pytest.mark.our_engine("calls our engine's HTTP functions module directly")
 
@@ -113,15 +114,6 @@ async def server() -> AsyncIterator[Server]:
     yield served
     tcp.close()
     await tcp.wait_closed()
-
-
-@pytest.fixture
-async def module() -> AsyncIterator[HttpFunctionsModule]:
-    engine: Engine = await _engine(LOCAL_RULES)
-    found = engine.module("http_functions")
-    assert isinstance(found, HttpFunctionsModule)
-    yield found
-    await engine.stop()
 
 
 async def _call(module: HttpFunctionsModule, url: str, function_id: str = "hook") -> Any:

@@ -1,7 +1,8 @@
 """A JSON request body is claimed against ``max_buffered_bytes`` at four times its bytes plus its containers and values
-while it is decoded, not only at its raw bytes (found by an attack: three 64 MiB JSON bodies of numbers took an engine to 2.5 GB and froze it for
-9 s, where the same bytes as octet-stream took 393 MB). One whose claim alone passes the budget is a 413 naming the way
-around; a realistic body is not refused for commas inside its strings (the first version's estimate refused them)."""
+while it is decoded, not only at its raw bytes (found by an attack: three 64 MiB JSON bodies of numbers took an
+engine to 2.5 GB and froze it for 9 s, where the same bytes as octet-stream took 393 MB). One whose claim alone passes
+the budget is a 413 naming the way around; a realistic body is not refused for commas inside its strings (the first
+version's estimate refused them)."""
 
 from __future__ import annotations
 

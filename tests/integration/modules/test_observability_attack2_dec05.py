@@ -12,11 +12,11 @@ import logging
 from typing import Any
 
 import pytest
-from aiohttp import web
 from module_worker import ModuleWorker
 
 from iii_engine.modules.base import InvocationContext
 from iii_engine.modules.observability import module as observability
+from tests.integration.modules.hanging_webhook import hanging_webhook
 from tests.integration.modules.test_observability import engine_with
 from tests.polling import until
 
@@ -115,31 +115,17 @@ async def test_records_added_while_the_exporter_closes_are_counted(caplog: pytes
 async def test_webhooks_started_during_the_stop_are_counted(caplog: pytest.LogCaptureFixture) -> None:
     # Before (t32): a delivery an alert started during the stop's wait was cancelled with the background tasks and
     # counted nowhere (webhook_failed 0 of 3 cut); one started after the stop's cancel outlived the module.
-    arrived = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return web.Response(text="late")
-
-    app = web.Application()
-    app.router.add_post("/hook", hang)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
-    rules = [{"name": "atk2-a", "metric": "iii.invocations.total", "threshold": 0, "operator": ">=",
-              "cooldown_seconds": 0, "action": {"type": "webhook", "url": url}},
-             {"name": "atk2-b", "metric": "atk2.late", "threshold": 0, "operator": ">=", "cooldown_seconds": 0,
-              "action": {"type": "webhook", "url": url}}]
-    try:
+    async with hanging_webhook() as hook:
+        url = hook.url
+        rules = [{"name": "atk2-a", "metric": "iii.invocations.total", "threshold": 0, "operator": ">=",
+                  "cooldown_seconds": 0, "action": {"type": "webhook", "url": url}},
+                 {"name": "atk2-b", "metric": "atk2.late", "threshold": 0, "operator": ">=", "cooldown_seconds": 0,
+                  "action": {"type": "webhook", "url": url}}]
         engine = engine_with({"alerts": rules, "export_stop_timeout_ms": 1500})
         await engine.start()
         module: Any = engine.module("observability")
         module.evaluate_alerts()  # atk2-a's delivery: the stop waits for it
-        await arrived.wait()
+        await until(lambda: bool(hook.arrived))
         others = [task for task in module._tasks if task is not module._ingest_task]
         with caplog.at_level(logging.WARNING, _LOGGER):
             stopping = asyncio.ensure_future(engine.stop())
@@ -152,9 +138,6 @@ async def test_webhooks_started_during_the_stop_are_counted(caplog: pytest.LogCa
         assert (module.webhook_sent, module.webhook_failed) == (0, 4)  # a, b cut; a and b after the stop
         assert not module._webhook_runs
         assert sum("2 alert webhook delivery(ies) still running" in r.getMessage() for r in caplog.records) == 1
-    finally:
-        release.set()
-        await runner.cleanup()
 
 
 async def test_a_frame_the_stop_cuts_while_it_is_stored_is_stored_whole(monkeypatch: pytest.MonkeyPatch) -> None:

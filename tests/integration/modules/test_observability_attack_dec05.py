@@ -4,15 +4,14 @@ count at the engine's stop, metric kinds our own SDK sends are stored, console e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
 
 import pytest
-from aiohttp import web
 from module_worker import ModuleWorker
 
+from tests.integration.modules.hanging_webhook import hanging_webhook
 from tests.integration.modules.test_ao_observability_attack import log_frame, send, telemetry
 from tests.integration.modules.test_observability import engine_with, eventually
 from tests.polling import until
@@ -49,36 +48,18 @@ async def test_frames_left_at_stop_are_counted_and_logged(caplog: pytest.LogCapt
 
 
 async def test_a_webhook_running_at_stop_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    arrived = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return web.Response(text="late")
-
-    app = web.Application()
-    app.router.add_post("/hook", hang)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    rules = [{"name": "dec05-hook", "metric": "iii.invocations.total", "threshold": 0, "operator": ">=",
-              "action": {"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"}}]
-    try:
+    async with hanging_webhook() as hook:
+        rules = [{"name": "dec05-hook", "metric": "iii.invocations.total", "threshold": 0, "operator": ">=",
+                  "action": {"type": "webhook", "url": hook.url}}]
         engine = engine_with({"alerts": rules, "export_stop_timeout_ms": 100})
         await engine.start()
         module: Any = engine.module("observability")
         module.evaluate_alerts()
-        await arrived.wait()
+        await until(lambda: bool(hook.arrived))
         with caplog.at_level(logging.WARNING, "iii_engine.modules.observability"):
             await engine.stop()
         assert module.webhook_failed == 1 and module.webhook_sent == 0
         assert sum("alert webhook delivery(ies) still running" in r.getMessage() for r in caplog.records) == 1
-    finally:
-        release.set()
-        await runner.cleanup()
 
 
 async def test_exponential_histograms_and_summaries_are_stored(caplog: pytest.LogCaptureFixture) -> None:
