@@ -53,6 +53,7 @@ from concurrent.futures import Executor
 from typing import Any, Final, Generic, ParamSpec
 
 from .handler_threads import exit_refusal
+from .loop_bridge import LoopStoppedError
 
 CANCELLED_CALLBACK_WAIT_S: Final = 1.0
 """How long a shutdown waits for an async callback it cancelled to run its cleanup and end."""
@@ -182,13 +183,7 @@ class CallbackSet(Generic[P]):
         with self._lock:
             if not self._delivering or self._spared(spare_thread, spare_task):
                 return None
-            self._on_idle.append(tell)
-        try:
-            await asyncio.wait({idle}, timeout=seconds)
-        finally:
-            with self._lock:
-                if tell in self._on_idle:
-                    self._on_idle.remove(tell)
+        await self._until_idle(idle, tell, seconds)
         running = self._running
         if idle.done() or running is None:
             return None
@@ -197,27 +192,32 @@ class CallbackSet(Generic[P]):
         if task is not None and not task.done():
             # An async one can be stopped: cancelled, so its finally blocks run (it was left to be destroyed pending
             # with its loop, its cleanup never run, and its end logged as an ERROR)
-            with self._lock:
-                if self._delivering:
-                    self._on_idle.append(tell)
-                else:
-                    idle.set_result(None)
             with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: it is over
                 task.get_loop().call_soon_threadsafe(task.cancel)
-            try:
-                await asyncio.wait({idle}, timeout=CANCELLED_CALLBACK_WAIT_S)
-            finally:
-                with self._lock:
-                    if tell in self._on_idle:
-                        self._on_idle.remove(tell)
-            log.warning("Shut down with the async %s callback %s still running %g s later: cancelled", self._what,
-                        name, seconds)
+            await self._until_idle(idle, tell, CANCELLED_CALLBACK_WAIT_S)
+            log.warning("Shut down with the async %s callback %s still running %g s later: cancelled%s", self._what,
+                        name, seconds, "" if idle.done() else
+                        f", and not ended {CANCELLED_CALLBACK_WAIT_S:g} s after (it goes with the client's loop)")
             return name
         log.warning("Shut down with the %s callback %s still running %g s later (a thread cannot be stopped): it gets "
                     "no more calls, and %s", self._what, name, seconds,
                     "the process does not wait for it at exit (its thread is a daemon)" if self._executor is None
                     else "its executor's thread runs on")
         return name
+
+    async def _until_idle(self, idle: asyncio.Future[None], tell: Callable[[], None], seconds: float) -> None:
+        """Wait at most ``seconds`` for the set's thread to run out of calls (``tell`` resolves ``idle`` then)."""
+        with self._lock:
+            if not self._delivering:
+                _resolve(idle)
+                return
+            self._on_idle.append(tell)
+        try:
+            await asyncio.wait({idle}, timeout=seconds)
+        finally:
+            with self._lock:
+                if tell in self._on_idle:
+                    self._on_idle.remove(tell)
 
     def _spared(self, spare_thread: int | None, spare_task: asyncio.Future[Any] | None) -> bool:
         running = self._running
@@ -248,8 +248,8 @@ class CallbackSet(Generic[P]):
                     outcome = context.run(callback, *args, **kwargs)
                     if inspect.isawaitable(outcome):  # an async def: run to its end (in the same context)
                         context.run(self._await, outcome)
-                except (asyncio.CancelledError, concurrent.futures.CancelledError):
-                    if not self._closed:  # (cancelled by the shutdown's finish: said there)
+                except (asyncio.CancelledError, concurrent.futures.CancelledError, LoopStoppedError):
+                    if not self._closed:  # (cancelled, or its loop stopped, by the shutdown: said there)
                         log.exception("%s callback failed", self._what)
                 except BaseException:  # the other callbacks still run; nothing is cancelled on this thread
                     log.exception("%s callback failed", self._what)

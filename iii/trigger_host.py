@@ -289,11 +289,13 @@ class TriggerTypeHost:
             return
         turn = await self._turn(key)
         try:
-            held = self._bound.get(key[0], {}).pop(key[1], None)
-            if held is not None and key not in self._sent:
+            with self._lock:  # release() moves bindings from the user's thread under it
+                held = self._bound.get(key[0], {}).pop(key[1], None)
+                if held is not None and key in self._sent:  # sent again meanwhile: the register behind finds it
+                    self._bound.setdefault(key[0], {})[key[1]] = held
+                    held = None
+            if held is not None:
                 await _unbind(held.handler, held.trigger)
-            elif held is not None:  # sent again meanwhile: the register behind this one finds it bound
-                self._bound[key[0]][key[1]] = held
         finally:
             self._end_turn(key, turn)
 
@@ -331,12 +333,11 @@ class TriggerTypeHost:
             self._on_gone(*key)
         turn = await self._turn(key)
         try:
-            held = self._bound.get(key[0], {}).get(key[1])
-            if held is None:
-                return
-            if key in self._sent:  # sent again while this waited its turn: stays
-                return
-            del self._bound[key[0]][key[1]]
+            with self._lock:  # release() moves bindings from the user's thread under it
+                held = self._bound.get(key[0], {}).get(key[1])
+                if held is None or key in self._sent:  # (sent again while this waited its turn: stays)
+                    return
+                del self._bound[key[0]][key[1]]
             log.info("Trigger %s (type %s, function %s) unbound: the engine no longer has it after the reconnect",
                      key[1], key[0], held.trigger.function_id)
             await _unbind(held.handler, held.trigger)

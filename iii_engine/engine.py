@@ -1706,8 +1706,9 @@ class Engine:
             log.warning("worker %s may not replace built-in trigger type %s; refused", worker.id, type_id)
             return
         kind = "trigger type" if earlier is None else "trigger type given back as its taker let it go,"
+        replaces = existing.size if existing is not None and existing.owner != worker.id else 0
         if not self.limits.admit_registration(worker, self.registry, kind, type_id, type_id in worker.trigger_types,
-                                              size):
+                                              size, replaces):
             return
         earlier = earlier or ()
         taken_from = None
@@ -2081,8 +2082,9 @@ class Engine:
             self._register_trigger_type(earlier, gone.id, gone.description, gone.size, gone.earlier[at + 1:])
             given = self.registry.trigger_types.get(gone.id)
             if given is not None and given.owner == owner_id:
-                log.info("trigger type %s goes back to worker %s: worker %s, which took it over, left", gone.id,
-                         owner_id, gone.owner)
+                log.info("trigger type %s goes back to worker %s: worker %s, which took it over, %s", gone.id,
+                         owner_id, gone.owner, "left" if gone.owner not in self.workers or gone.owner in self._leaving
+                         else "let it go")
                 return True
         return False
 

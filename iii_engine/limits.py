@@ -166,7 +166,7 @@ class CountLimits:
                 + len(worker.trigger_types) + registry.trigger_count(worker.id))
 
     def admit_registration(self, worker: WorkerConnection, registry: Registry, kind: str, item_id: str,
-                           held: bool, size: int = 0) -> bool:
+                           held: bool, size: int = 0, replaces: int = 0) -> bool:
         """May ``worker`` register ``item_id`` (a ``kind``: function, trigger type, trigger) from a frame of ``size``
         bytes? ``held``: it already holds that id (a re-registration, which never counts twice, and is refused only
         when it is larger than the registration it replaces and the difference does not fit)."""
@@ -182,7 +182,9 @@ class CountLimits:
         if holding + growth > self.max_registration_bytes:
             return self._refuse(worker, f"{kind} {item_id!r} ({size} bytes)", f"its registrations hold {holding} "
                                 f"bytes (max_registration_bytes_per_worker {self.max_registration_bytes})")
-        if registry.worker_bytes + growth > self.max_total_registration_bytes:
+        # ``replaces``: bytes of another worker's entry this one takes the place of (a trigger type taken over),
+        # freed as it is made: near a full budget, a takeover of the same size fits
+        if registry.worker_bytes + growth - replaces > self.max_total_registration_bytes:
             return self._refuse(worker, f"{kind} {item_id!r} ({size} bytes)", f"every worker's registrations hold "
                                 f"{registry.worker_bytes} bytes (max_registration_bytes "
                                 f"{self.max_total_registration_bytes})")

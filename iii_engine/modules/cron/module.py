@@ -142,6 +142,7 @@ class CronModule(EngineModule):
         self.left_unchecked = 0
         self._left_checks: set[asyncio.Task[None]] = set()
         self._lock_failure_log = LossLog(self._log_lock_failures, LOCK_FAILURE_LOG_INTERVAL_S)
+        self._lost_log = LossLog(self._log_lost, LOCK_FAILURE_LOG_INTERVAL_S)
 
     async def start(self) -> None:
         """Open the lock store and register the trigger type."""
@@ -163,6 +164,7 @@ class CronModule(EngineModule):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._lock_failure_log.close()
+        self._lost_log.close()
         if self._lock is not None:
             await self._lock.close()
             self._lock = None
@@ -240,11 +242,18 @@ class CronModule(EngineModule):
         if counts.get("lock"):
             log.warning("cron: %d tick(s) skipped since the last warning because the lock store failed (%d in all)%s",
                         counts["lock"], self.lock_failures, latest_text)
+
+    def _log_lost(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = latest_tail(latest)
         if counts.get("left"):
             log.warning("cron: %d tick(s) fired by no engine since the last warning: this engine left them to the "
                         "others sharing the lock store (no worker connected here serves their function or condition) "
                         "and none fired them within %g s (%d in all)%s", counts["left"], LEFT_CHECK_S,
                         self.ticks_lost, latest_text)
+        if counts.get("unchecked"):
+            log.warning("cron: %d tick(s) left to the other engines sharing the lock store were not looked at (more "
+                        "than %d waiting to be): whether an engine fired them is not known (%d in all)%s",
+                        counts["unchecked"], MAX_LEFT_CHECKS, self.left_unchecked, latest_text)
 
     def _check_left(self, lock: CronLock, trigger: TriggerInfo, tick: datetime, condition: object) -> None:
         """Look, :data:`LEFT_CHECK_S` after a tick this engine left to the others, whether one of them fired it:
@@ -253,6 +262,7 @@ class CronModule(EngineModule):
         at once."""
         if len(self._left_checks) >= MAX_LEFT_CHECKS:
             self.left_unchecked += 1
+            self._lost_log.lost("unchecked", f"cron {trigger.id} tick {rfc3339(tick)}")
             return
         needs = f"function {trigger.function_id}" + (f", condition {condition}" if condition else "")
         what = f"cron {trigger.id} tick {rfc3339(tick)}: {needs}"[:500]
@@ -270,7 +280,7 @@ class CronModule(EngineModule):
             return
         if not fired:
             self.ticks_lost += 1
-            self._lock_failure_log.lost("left", what)
+            self._lost_log.lost("left", what)
 
     async def _fire(self, trigger: TriggerInfo, tick: datetime, following: datetime | None,
                     schedule: asyncio.Task[Any] | None, slot: FiredSlots) -> None:

@@ -138,8 +138,8 @@ _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 # JSON bodies up to this size are not claimed at their decoded cost (at most ~100 KB each decoded)
 _JSON_CLAIM_FROM: Final = 4096
 JSON_CLAIM_FACTOR: Final = 4
-"""A JSON request body over 4 KiB is claimed at this many times its bytes against ``max_buffered_bytes`` while it is
-decoded and passed on (see :meth:`RestApiModule._claim_decoded`)."""
+"""A JSON request body over 4 KiB is claimed at this many times its bytes, plus its objects, lists and values, against
+``max_buffered_bytes`` while it is decoded and passed on (see :meth:`RestApiModule._claim_decoded`)."""
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 # CR, LF and NUL would inject or break headers; the other control characters (but tab) the HTTP writer refuses
 _HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -975,7 +975,8 @@ class RestApiModule(EngineModule):
             self._write_watch = None
         for reader, request in list(self._streaming.items()):
             reader.abort()  # a handler waiting for its next chunk: the stream ends as aborted
-            if request.transport is not None:
+            bodyless = request.method == "HEAD" or reader.status in (204, 304)  # whole once its head went out
+            if request.transport is not None and not bodyless:
                 reset_transport(request.transport)  # a handler waiting for a client that stopped reading
         if self._runner is not None:
             await self._runner.cleanup()

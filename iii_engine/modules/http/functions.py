@@ -786,7 +786,8 @@ class HttpFunctionsModule(EngineModule):
                 if len(raw) > limit or wire > wire_limit:  # counted after decoding, so a compressed bomb stops too
                     raise too_big()
             # no bytes at all of a stream whose end only the connection's close marks: cut off, not empty
-            close_delimited = declared is None and "chunked" not in response.headers.get("Transfer-Encoding", "")
+            chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+            close_delimited = declared is None and not chunked
             raw += decoder.finish(empty_is_whole=not close_delimited or response.status in (204, 304))
         except BodyError as exc:
             raise _failure("http_response_failed",

@@ -46,3 +46,15 @@ async def test_workers_together_stop_at_the_engine_wide_budget(engine: Engine,
     await workers[2].send(_trigger("w2-again"))
     await workers[2].sync()
     assert "w2-again" in {t.id for t in engine.registry.triggers_of_registrant(workers[2].worker_id)}
+
+
+async def test_a_takeover_near_a_full_budget_counts_the_bytes_it_frees(engine: Engine) -> None:
+    first, taker = [await RawWorker.connect(engine.url) for _ in range(2)]
+    await first.send({"type": "registertriggertype", "id": "tick", "description": "d" * 1000})
+    await first.sync()
+    engine.limits.max_total_registration_bytes = engine.registry.worker_bytes  # full
+    await taker.send({"type": "registertriggertype", "id": "tick", "description": "e" * 1000})
+    await taker.sync()
+    # before: refused, the new entry counted on top of the one it replaces
+    assert engine.registry.trigger_types["tick"].owner == taker.worker_id
+    assert engine.registry.worker_bytes <= engine.limits.max_total_registration_bytes
