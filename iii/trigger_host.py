@@ -273,8 +273,9 @@ class TriggerTypeHost:
         """The handler refused send ``send`` of ``key``: nothing of it is bound here (a replaced binding was unbound
         before the bind), and the engine parks it without an unregistertrigger to come; only a newer send keeps the
         note."""
+        # (pop: release() may drop the note from the user's thread between the look and the delete)
         if self._sent.get(key, (0, -1))[1] == send:
-            del self._sent[key]
+            self._sent.pop(key, None)
 
     def unregister(self, type_id: str, trigger_id: str, function_id: str,
                    config: Any) -> Coroutine[Any, Any, None]:
@@ -328,7 +329,9 @@ class TriggerTypeHost:
     async def _drop_stale(self, key: _Key, generation: int) -> None:
         if self._sent.get(key, (generation, 0))[0] >= generation:  # sent again (or unregistered) meanwhile
             return
-        del self._sent[key]  # first: a bind of it still running sees it gone, and unbinds it at its end
+        # first: a bind of it still running sees it gone, and unbinds it at its end (pop: release() may have
+        # dropped it from the user's thread since the look above)
+        self._sent.pop(key, None)
         if self._on_gone is not None:
             self._on_gone(*key)
         turn = await self._turn(key)
