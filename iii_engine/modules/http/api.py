@@ -521,6 +521,12 @@ def _empty_response(status: int, headers: Mapping[str, str], head_request: bool)
     return web.Response(status=status, headers=headers)
 
 
+def _bodyless(request: web.BaseRequest, status: int) -> bool:
+    """Whether the answer to ``request`` with ``status`` has no body by HTTP's rules (RFC 9110 6.4.1: to HEAD, 204,
+    304; 1xx is refused as a final status)."""
+    return request.method == "HEAD" or status in (204, 304)
+
+
 def _length_problem(headers: Mapping[str, str]) -> str | None:
     """Why a handler's Content-Length headers cannot be sent (not a number of bytes, or two that differ), else
     ``None``; :func:`declared_length` reads the length itself.
@@ -975,8 +981,8 @@ class RestApiModule(EngineModule):
             self._write_watch = None
         for reader, request in list(self._streaming.items()):
             reader.abort()  # a handler waiting for its next chunk: the stream ends as aborted
-            bodyless = request.method == "HEAD" or reader.status in (204, 304)  # whole once its head went out
-            if request.transport is not None and not bodyless:
+            # a bodyless answer is whole once its head went out: not reset
+            if request.transport is not None and not _bodyless(request, reader.status):
                 reset_transport(request.transport)  # a handler waiting for a client that stopped reading
         if self._runner is not None:
             await self._runner.cleanup()
@@ -1448,7 +1454,7 @@ class RestApiModule(EngineModule):
         # A response that has no body (RFC 9110 6.4.1: to HEAD, 204, 304): what the handler streams is read and
         # dropped. Written, it went out with no framing after the head, and a client reusing the connection took
         # it for the answer to its next request (a handler streaming "HTTP/1.1 200 OK…" forged that answer).
-        bodyless = request.method == "HEAD" or reader.status in (204, 304)
+        bodyless = _bodyless(request, reader.status)
         skip = _STREAM_HEADER_SKIP | _FRAMING_HEADERS if reader.status == 204 else _STREAM_HEADER_SKIP
         headers = {k: v for k, v in reader.headers.items() if k.lower() not in skip}
         problem = head_problem(reader.status, headers)

@@ -532,20 +532,14 @@ class OtelModule(EngineModule):
             yield from self._convert(kind, body, frame, slice_s, counts)
         if counts[1]:
             self.dropped_items += counts[1]
-            now = time.monotonic()
-            if now - self._cut_logged_at >= DROP_LOG_INTERVAL_S:
-                self._cut_logged_at = now
-                log.warning("a %s telemetry frame held more than max_frame_items (%d): %d items (attributes, "
-                            "events, links, points) dropped (%d so far)", kind, self.settings.max_frame_items,
-                            counts[1], self.dropped_items)
+            self._warn_cut("a %s telemetry frame held more than max_frame_items (%d): %d items (attributes, events, "
+                           "links, points) dropped (%d so far)", kind, self.settings.max_frame_items, counts[1],
+                           self.dropped_items)
         if counts[2]:
             self.dropped_entries += counts[2]
-            now = time.monotonic()
-            if now - self._cut_logged_at >= DROP_LOG_INTERVAL_S:
-                self._cut_logged_at = now
-                log.warning("a %s telemetry frame held %d metric(s) with no data kind this engine knows (gauge, sum, "
-                            "histogram, exponentialHistogram, summary): not stored, counted in dropped_entries "
-                            "(%d so far)", kind, counts[2], self.dropped_entries)
+            self._warn_cut("a %s telemetry frame held %d metric(s) with no data kind this engine knows (gauge, sum, "
+                           "histogram, exponentialHistogram, summary): not stored, counted in dropped_entries "
+                           "(%d so far)", kind, counts[2], self.dropped_entries)
         self.ingested_frames += 1
 
     def _convert(self, kind: str, body: bytes, frame: Any, slice_s: float | None,
@@ -619,11 +613,16 @@ class OtelModule(EngineModule):
         if cut <= 0:
             return
         self.dropped_entries += cut
+        self._warn_cut("a %s telemetry frame held more than max_frame_entries (%d): %d entries dropped (%d so far)",
+                       kind, self.settings.max_frame_entries, cut, self.dropped_entries)
+
+    def _warn_cut(self, message: str, *args: object) -> None:
+        """A warning about what a frame lost to the module's bounds, at most one per ``DROP_LOG_INTERVAL_S`` (the
+        counters say the rest)."""
         now = time.monotonic()
         if now - self._cut_logged_at >= DROP_LOG_INTERVAL_S:
             self._cut_logged_at = now
-            log.warning("a %s telemetry frame held more than max_frame_entries (%d): %d entries dropped (%d so far)",
-                        kind, self.settings.max_frame_entries, cut, self.dropped_entries)
+            log.warning(message, *args)
 
     def _add_log(self, entry: dict[str, Any], size: int | None = None, trace_id: str | None = None, *,
                  caller: str | None = None) -> None:

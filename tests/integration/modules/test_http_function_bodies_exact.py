@@ -166,18 +166,21 @@ async def test_json_the_engine_refuses_names_its_reason(module: HttpFunctionsMod
     assert "nested deeper than 128 levels" in caught.value.message, caught.value
 
 
-async def test_bytes_written_on_an_idle_connection_reach_no_call(module: HttpFunctionsModule,
-                                                                 server: Server) -> None:
+async def _poisoned(module: HttpFunctionsModule, server: Server) -> Any:
+    """Call ``/a``, have the server write an answer to no request on that idle connection, and wait until the pool
+    holds those bytes; the module's connector."""
     assert await _call(module, f"{server.base}/a", "tenant.a") == {"for": "a"}
     await server.poison()
     session = module._session
     assert session is not None
     pooled = session.connector._conns  # type: ignore[union-attr]  # aiohttp's pool, read by this test only
+    await until(lambda: any(getattr(p, "should_close", False) for held in pooled.values() for p, _ in held))
+    return session.connector
 
-    def pooled_holds_the_bytes() -> bool:
-        return any(getattr(protocol, "should_close", False) for held in pooled.values() for protocol, _ in held)
 
-    await until(pooled_holds_the_bytes)
+async def test_bytes_written_on_an_idle_connection_reach_no_call(module: HttpFunctionsModule,
+                                                                 server: Server) -> None:
+    await _poisoned(module, server)
     # before: {'poisoned': True}, the answer to no request, as the other function's result
     assert await _call(module, f"{server.base}/b", "tenant.b") == {"for": "b"}
     assert [request["path"] for request in server.requests] == ["a", "b"]
@@ -197,13 +200,7 @@ async def test_an_empty_encoded_body_of_stated_length_is_an_empty_result(module:
 
 async def test_an_endpoint_that_wrote_on_an_idle_connection_gets_no_reuse(module: HttpFunctionsModule,
                                                                           server: Server) -> None:
-    assert await _call(module, f"{server.base}/a", "tenant.a") == {"for": "a"}
-    await server.poison()
-    session = module._session
-    assert session is not None
-    connector = session.connector
-    pooled = connector._conns  # type: ignore[union-attr]  # aiohttp's pool, read by this test only
-    await until(lambda: any(getattr(p, "should_close", False) for held in pooled.values() for p, _ in held))
+    connector = await _poisoned(module, server)
     assert await _call(module, f"{server.base}/b", "tenant.b") == {"for": "b"}
     assert connector.stray_endpoints == 1  # type: ignore[union-attr]
     before = server.connections
