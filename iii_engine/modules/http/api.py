@@ -26,10 +26,11 @@ most ``max_connections`` client connections are open at once; one more is answer
 it is read (logged rate-limited). A request header value whose bytes are not UTF-8 reaches the handler read as
 ISO-8859-1 (:func:`header_text`).
 
-A request whose client disconnects while it waits for a slot is not invoked (``abandoned`` counts them). A handler
-may send at most ``MAX_CONTROL_FRAMES`` (100) control frames (an empty binary frame counts as one) and
-``MAX_HEADER_BYTES`` (64 KiB) of headers before its first body chunk; past either its response channel is closed
-(its writer sees 4002) and the client gets 502.
+A request whose client disconnects while it waits for a slot is not invoked (``abandoned`` counts them); one whose
+client leaves before the first body chunk of a handler attached to its response channel ends at once, the writer
+told its reader left (``gone`` counts them). A handler may send at most ``MAX_CONTROL_FRAMES`` (100) control
+frames (an empty binary frame counts as one) and ``MAX_HEADER_BYTES`` (64 KiB) of headers before its first body
+chunk; past either its response channel is closed (its writer sees 4002) and the client gets 502.
 Stopping the engine answers every request still waiting for its handler (or for its condition function) with 503 at
 once (it does not wait out ``default_timeout``); streamed responses in progress are cut.
 
@@ -59,6 +60,7 @@ import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from aiohttp import HttpVersion11, web
@@ -80,7 +82,7 @@ from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, Slots
 from ...send_queue import unsent
-from ..base import UNDECIDED_CODES, CallNotSent, EngineError, EngineModule, EngineServices, UnwritableBody
+from ..base import UNDECIDED_CODES, CallNotSent, EngineError, EngineModule, EngineServices, StartedCall, UnwritableBody
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
@@ -344,6 +346,11 @@ class _BoundedServer(web.Server):
 
 class _Timeout(Exception):
     """The request outlived ``default_timeout``."""
+
+
+class _ClientGone(Exception):
+    """The client's connection closed while its handler was attached to the response channel, before the first
+    body chunk: nobody is left to answer."""
 
 
 class _Refused(Exception):
@@ -626,11 +633,12 @@ _STOPPING = "stopping"
 _T = TypeVar("_T")
 _OUTCOME = "outcome"
 _DEADLINE = "deadline"
+_GONE = "gone"
 
 
 class _Interrupted(Exception):
-    """A wait before the response started was cut short: ``reason`` is :data:`_OUTCOME`, :data:`_STOPPING` or
-    :data:`_DEADLINE`."""
+    """A wait before the response started was cut short: ``reason`` is :data:`_OUTCOME`, :data:`_STOPPING`,
+    :data:`_DEADLINE` or :data:`_GONE`."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -690,9 +698,20 @@ class _Race:
             self.task.cancel()
 
 
+def _abandon_at(deadline: float, started: StartedCall) -> None:
+    """A response ended (or its client left) before the function returned: its result is still awaited until the
+    request's ``deadline`` (so it is not logged as a result without a caller), then the call is dropped."""
+    outcome = started.future
+    if not outcome.done():
+        timer = asyncio.get_running_loop().call_at(deadline, started.abandon)
+        outcome.add_done_callback(lambda _: timer.cancel())
+
+
 def _reason_to_refusal(reason: str) -> Exception:
-    """What a request whose wait was cut short by the module's stop or by its deadline raises."""
-    return _engine_stopping() if reason is _STOPPING else _Timeout()
+    """What a request whose wait was cut short by the module's stop, its deadline or its client's leaving raises."""
+    if reason is _STOPPING:
+        return _engine_stopping()
+    return _ClientGone() if reason is _GONE else _Timeout()
 
 
 async def _send(response: web.StreamResponse, writer: AbstractStreamWriter, protocol: web.RequestHandler,
@@ -905,6 +924,7 @@ class RestApiModule(EngineModule):
         self.in_flight = 0  # requests holding a concurrency permit (ours; tests and metrics read it)
         self.receiving = 0  # requests whose body is still arriving (they hold no permit)
         self.abandoned = 0  # requests whose client left while they waited for a permit (never invoked)
+        self.gone = 0  # requests whose client left while their handler was about to stream (see _respond)
         # Streamed responses in progress: they end only when their handler closes its writer (an SSE stream may
         # never), so stop() cuts them instead of letting aiohttp wait out its two 60 s shutdown phases.
         self._streaming: dict[ResponseChannel, web.BaseRequest] = {}
@@ -1070,6 +1090,12 @@ class RestApiModule(EngineModule):
                     response = _json_response(504, {"error": "Request timed out"})
                     log.warning("HTTP %s %s timed out after %d ms", request.method, request.path,
                                 self.settings.default_timeout_ms)
+                except _ClientGone:
+                    # never sent: the connection is gone
+                    log.info("HTTP %s %s: client gone before the streamed response started; its handler's writer "
+                             "was told the reader left", request.method, request.path)
+                    self.gone += 1
+                    return web.Response(status=499)
                 if cors_headers and not response.prepared:
                     response.headers.update(cors_headers)
                 return response
@@ -1278,7 +1304,10 @@ class RestApiModule(EngineModule):
                     head: web.StreamResponse | bytes | None = _decided(outcome, route.function_id) if outcome.done() \
                         else None
                     if head is None:
-                        head = await self._respond(race, reader, outcome, request.method == "HEAD", route.function_id)
+                        head = await self._respond(race, request, reader, outcome, route.function_id)
+                except _ClientGone:
+                    _abandon_at(race.deadline, started)
+                    raise
                 except BaseException:  # timed out or cancelled: nobody waits for the result any more
                     started.abandon()
                     raise
@@ -1291,11 +1320,7 @@ class RestApiModule(EngineModule):
                 except BaseException:
                     started.abandon()
                     raise
-                if not outcome.done():
-                    # A streamed answer can end before the function returns: its result is still awaited until
-                    # the deadline (so it is not logged as a result without a caller), then the call is dropped.
-                    timer = asyncio.get_running_loop().call_at(race.deadline, started.abandon)
-                    outcome.add_done_callback(lambda _: timer.cancel())
+                _abandon_at(race.deadline, started)
                 return response
             finally:
                 if reader.local:  # nothing to wait for: drop both channels now
@@ -1307,26 +1332,43 @@ class RestApiModule(EngineModule):
             if race.open:  # not closed yet by the response's start
                 self._close_race(race)
 
-    async def _respond(self, race: _Race, reader: ResponseChannel, outcome: asyncio.Future[tuple[Any, Any]],
-                       head_request: bool, function_id: str) -> web.StreamResponse | bytes:
+    async def _respond(self, race: _Race, request: web.BaseRequest, reader: ResponseChannel,
+                       outcome: asyncio.Future[tuple[Any, Any]], function_id: str) -> web.StreamResponse | bytes:
         """The race of docs/guides/engine.md#modules: the first body chunk or the function's return, whichever comes
         first; the response, or the first chunk of a streamed one. A null result does not decide it: the response
         then comes from the channel.
 
         Called once the outcome alone did not decide (:func:`_decided`): the handler attached to the response
         channel before its function returned, or the function returned null.
+
+        A client that leaves during the first-chunk wait ends it (:class:`_ClientGone`) and the handler's writer
+        hears its reader left (4002). Why: aiohttp tells a request nothing of a client gone while it neither reads
+        nor writes, so such a request held its slot and its handler until the first chunk or ``default_timeout``:
+        an SSE feed waiting for its first event, left by clients that reconnect, filled every slot.
         """
         chunk: bytes | None = None
         aborted: ChannelAborted | None = None
+        lost = self._server.on_lost if self._server is not None else None
+        protocol = request.protocol
+        if lost is not None:
+            if request.transport is None:  # it left during an earlier wait: no close is coming to say so
+                race.interrupt(_GONE)
+            else:
+                lost[protocol] = partial(race.interrupt, _GONE)
         try:
             chunk = await self._first_chunk(race, reader, outcome)
         except _Interrupted as exc:
+            if exc.reason is _GONE:
+                reader.abort()
             if exc.reason is not _OUTCOME:
                 raise _reason_to_refusal(exc.reason) from None
         except ResponseHeadersTooLarge as exc:
             return _bad_gateway(str(exc))
         except ChannelAborted as exc:
             aborted = exc
+        finally:
+            if lost is not None:
+                lost.pop(protocol, None)
         if chunk is not None:
             return chunk
         # no body chunk came first: the function's outcome decides
@@ -1339,7 +1381,7 @@ class RestApiModule(EngineModule):
             return result_response(result)
         if aborted is not None:
             return _error_response(str(aborted))
-        return _empty_response(reader.status, reader.headers, head_request)
+        return _empty_response(reader.status, reader.headers, request.method == "HEAD")
 
     async def _outcome_of(self, race: _Race, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
         """Wait until ``outcome`` is done (whether it failed or was cancelled: :func:`_outcome` reads that), within

@@ -185,3 +185,43 @@ async def test_a_client_gone_mid_download_is_one_info_line(api: Start, caplog: p
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     gone = [r for r in caplog.records if "closed the connection" in r.getMessage()]
     assert len(gone) == 1 and gone[0].levelno == logging.INFO
+
+
+async def test_a_client_that_leaves_before_the_first_chunk_frees_its_slot_at_once(
+        api: Start, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    engine, module, _client = await api(concurrency_request_limit=1, slot_timeout=200, default_timeout=20_000)
+    worker = await _route(engine, "feed", "feed")
+    _reader, writer = await _get(module, "feed")
+    request = await worker.expect("invokefunction")
+    assert module._server is not None
+    lost = module._server.on_lost
+    async with await _writer(engine, request) as out:  # attached: an SSE feed waiting for its first event
+        await until(lambda: bool(lost), within=5)  # the request waits for the first chunk
+        writer.close()
+        # before: the writer heard nothing and the slot stayed taken until the first chunk or default_timeout (20 s)
+        await asyncio.wait_for(out.wait_closed(), 5)
+        assert out.close_code == 4002
+    await until(lambda: module.in_flight == 0, within=5)
+    assert module.gone == 1 and not lost
+    await _answer(worker, request)
+    await worker.sync()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelno for r in caplog.records if "client gone before the streamed" in r.getMessage()] == [logging.INFO]
+
+
+async def test_a_client_gone_before_its_handler_attached_is_not_waited_for(api: Start) -> None:
+    engine, module, _client = await api(concurrency_request_limit=1, slot_timeout=200, default_timeout=20_000)
+    worker = await _route(engine, "feed", "feed")
+    _reader, writer = await _get(module, "feed")
+    request = await worker.expect("invokefunction")
+    writer.close()
+    assert module._server is not None
+    server = module._server
+    await until(lambda: server.open_connections == 0, within=5)
+    async with await _writer(engine, request) as out:  # attaches after its client left
+        await asyncio.wait_for(out.wait_closed(), 5)
+        assert out.close_code == 4002
+    await until(lambda: module.in_flight == 0, within=5)
+    assert module.gone == 1
+    await _answer(worker, request)
