@@ -143,6 +143,8 @@ class CronModule(EngineModule):
         self._left_checks: set[asyncio.Task[None]] = set()
         self._lock_failure_log = LossLog(self._log_lock_failures, LOCK_FAILURE_LOG_INTERVAL_S)
         self._lost_log = LossLog(self._log_lost, LOCK_FAILURE_LOG_INTERVAL_S)
+        # its own: one log's `latest` names the latest tick of either kind, and each line must name one of its own
+        self._unchecked_log = LossLog(self._log_unchecked, LOCK_FAILURE_LOG_INTERVAL_S)
 
     async def start(self) -> None:
         """Open the lock store and register the trigger type."""
@@ -165,6 +167,7 @@ class CronModule(EngineModule):
                 await task
         self._lock_failure_log.close()
         self._lost_log.close()
+        self._unchecked_log.close()
         if self._lock is not None:
             await self._lock.close()
             self._lock = None
@@ -250,6 +253,9 @@ class CronModule(EngineModule):
                         "others sharing the lock store (no worker connected here serves their function or condition) "
                         "and none fired them within %g s (%d in all)%s", counts["left"], LEFT_CHECK_S,
                         self.ticks_lost, latest_text)
+
+    def _log_unchecked(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = latest_tail(latest)
         if counts.get("unchecked"):
             log.warning("cron: %d tick(s) left to the other engines sharing the lock store were not looked at (more "
                         "than %d waiting to be): whether an engine fired them is not known (%d in all)%s",
@@ -262,7 +268,7 @@ class CronModule(EngineModule):
         at once."""
         if len(self._left_checks) >= MAX_LEFT_CHECKS:
             self.left_unchecked += 1
-            self._lost_log.lost("unchecked", f"cron {trigger.id} tick {rfc3339(tick)}")
+            self._unchecked_log.lost("unchecked", f"cron {trigger.id} tick {rfc3339(tick)}")
             return
         needs = f"function {trigger.function_id}" + (f", condition {condition}" if condition else "")
         what = f"cron {trigger.id} tick {rfc3339(tick)}: {needs}"[:500]

@@ -184,3 +184,31 @@ async def test_a_tick_no_engine_sharing_the_lock_fires_is_warned_of(caplog: pyte
             await client.shutdown_async()
     lost = [r.getMessage() for r in caplog.records if "fired by no engine" in r.getMessage()]
     assert len(lost) == 1 and "app::nobody" in lost[0], lost
+
+
+@pytest.mark.redis
+async def test_ticks_not_looked_at_and_ticks_fired_by_no_engine_are_warned_of_each_on_its_own(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from iii_engine.modules.cron import module as cron_module
+
+    monkeypatch.setattr(cron_module, "MAX_LEFT_CHECKS", 1)  # the second tick left waits for no look: unchecked
+    caplog.set_level(logging.WARNING, logger="iii_engine")
+    settings = {"adapter": {"class": "modules::cron::RedisCronAdapter",
+                            "config": {"redis_url": require_redis(), "key_prefix": f"lock-kinds-{uuid.uuid4()}:"}}}
+
+    def lines(kind: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if kind in r.getMessage()]
+
+    async with engine_with(settings) as one:
+        client = III(one.url)
+        try:
+            await client.connect_async()
+            client.register_trigger({"type": "cron", "function_id": "app::nobody",
+                                     "config": {"expression": "* * * * * *", "lock_key": "nobody"}})
+            # before: the two kinds shared one rate-limited warning, so the first tick fired by no engine waited
+            # 10 s behind an unchecked one's warning (or the stop), then named no tick
+            await until(lambda: bool(lines("not looked at")) and bool(lines("fired by no engine")), within=8)
+        finally:
+            await client.shutdown_async()
+    assert all("function app::nobody" in line for line in lines("fired by no engine"))
+    assert all("function" not in line.split("latest:")[-1] for line in lines("not looked at"))
