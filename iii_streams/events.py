@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii.wire import dumps
+from iii.wire import dumps, loads
 
 from .errors import StreamError
 
@@ -348,8 +348,13 @@ class EventHub:
         """
         self._subscribers.discard(sub)
 
-    def publish(self, event: StreamEvent) -> None:
+    def publish(self, event: StreamEvent, text: str | None = None) -> None:
         """Queue ``event`` for every subscriber; never blocks.
+
+        Each subscriber gets its own copy: the first ``event`` itself, which is the hub's from here on (build it
+        fresh, never hand in one you keep), the others one decoded from ``text``, its JSON (encoded here when not
+        given). Why: every watcher got the one dict, and a watcher that changed an event it got changed it for the
+        others (Redis and PostgreSQL watchers each decode their own).
 
         Example:
             >>> import asyncio
@@ -361,8 +366,13 @@ class EventHub:
             >>> asyncio.run(demo())
             ['delete', 'delete']
         """
-        for sub in tuple(self._subscribers):
-            sub.offer(event)
+        for at, sub in enumerate(tuple(self._subscribers)):
+            if at == 0 or type(event) is not dict:  # a subclass is a store's own marker (a gap): shared, unchanged
+                sub.offer(event)
+                continue
+            if text is None:
+                text = dumps(event)
+            sub.offer(loads(text))
 
 
 class Watch:

@@ -227,8 +227,9 @@ class MemoryStream(FieldUpdates):
             >>> asyncio.run(demo())
             {'type': 'event', 'event': {'type': 'typing', 'data': {'user': 'ada'}}}
         """
-        json_text(data, "data", room=SEND_ROOM)  # refuse what no other backend could publish either
-        self._hub.publish(custom_event(stream_name, group_id, id, type, data))
+        # refuse what no other backend could publish either; watchers get a copy, never the caller's data
+        text = json_text(data, "data", room=SEND_ROOM)
+        self._hub.publish(custom_event(stream_name, group_id, id, type, loads(text)))
 
     async def publish(self, event: StreamEvent) -> None:
         """Hand an already built event to this store's watchers.
@@ -242,7 +243,8 @@ class MemoryStream(FieldUpdates):
             >>> asyncio.run(demo())
             {'type': 'delete', 'data': {'n': 1}}
         """
-        self._hub.publish(event)
+        text = json_text(event, "the event", room=0)  # refused as every other backend refuses it
+        self._hub.publish(loads(text), text)  # watchers get copies, never the caller's event
 
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None

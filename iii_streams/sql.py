@@ -2906,7 +2906,7 @@ class SQLStream(FieldUpdates):
             {'type': 'event', 'event': {'type': 'typing', 'data': {'user': 'ada'}}}
         """
         json_text(data, "data", room=SEND_ROOM)  # the event's own check leaves no room for a trigger's call
-        await self.publish(custom_event(stream_name, group_id, id, type, data))
+        await self.publish(custom_event(stream_name, group_id, id, type, data))  # (publish copies it)
 
     async def publish(self, event: StreamEvent) -> None:
         """Publish an already built event: to this object's watchers on SQLite, to every LISTEN on PostgreSQL.
@@ -2923,7 +2923,7 @@ class SQLStream(FieldUpdates):
         # refuse what could not be sent over PostgreSQL, on SQLite too
         payload = json_text(event, "the event", room=0)
         if not self._pg:
-            self._hub.publish(event)
+            self._hub.publish(loads(payload), payload)  # watchers get copies, never the caller's event
             return
         payloads = _notify_payloads(payload)
         if len(payloads) > _NOTIFY_CHUNK:

@@ -450,6 +450,26 @@ class StreamConformance:
         ]
         assert [ev["id"] for ev in got] == ["1", "1", "1", None]
 
+    async def test_each_watcher_gets_its_own_events(self, stream: IStream[Any], names: Names) -> None:
+        """A watcher changing an event it got changes it for no other watcher, and the data a caller sent or set
+        is not the event's (each is a copy)."""
+        self._need(stream, "watch", "send")
+        s = names.stream()
+        watched: Any = stream
+        sent, value = {"n": 1, "list": [1]}, {"v": 1}
+        async with watched.watch(stream_name=s) as first, watched.watch(stream_name=s) as second:
+            await stream.set(_set(s, "g", "1", value))
+            await watched.send(s, "g", None, "custom", sent)
+            sent["n"], value["v"] = 2, 2  # the callers' objects change after the calls
+            for ev in [await _next(first) for _ in range(2)]:
+                ev["event"]["data" if "data" in ev["event"] else "event"].clear()
+                ev["groupId"] = "changed"
+            got = [await _next(second) for _ in range(2)]
+        assert [(ev["groupId"], ev["event"]) for ev in got] == [
+            ("g", {"type": "create", "data": {"v": 1}}),
+            ("g", {"type": "event", "event": {"type": "custom", "data": {"n": 1, "list": [1]}}}),
+        ]
+
     async def test_watch_filters_by_item_and_carries_large_values(self, stream: IStream[Any], names: Names) -> None:
         self._need(stream, "watch")
         s = names.stream()
