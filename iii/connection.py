@@ -217,6 +217,11 @@ def announced_limit(values: list[str]) -> int | None:
 Write = Callable[[Frame], Awaitable[None]]
 
 
+STABLE_CONNECTION_S: Final = 10.0
+"""A connection that stayed up this long starts the reconnect delays over; one lost sooner lets them keep growing:
+an engine that accepted and closed at once had every worker reconnect (and replay its registrations) about once a
+second for ever, the delay starting over at each handshake. ``max_retries`` still counts failed connects only."""
+
 _MADE_WAY: Final = "made way"  # kinds of calls lost at a full queue (Connection._log_calls_lost)
 _REFUSED: Final = "refused"
 
@@ -607,6 +612,7 @@ class Connection:
         self._ready = False  # True once the backlog is flushed: sends may go straight to the socket
         self._running = False
         self._attempt = 0
+        self._backoff = 0  # the step of the next reconnect delay: _attempt, but not started over by a short connection
         # Connection attempts that failed since the last successful one, and why the last one failed.
         self._failures = 0
         self._last_error: str | None = None
@@ -723,7 +729,7 @@ class Connection:
             return
         self._running = True
         self._gave_up = False
-        self._attempt = 0
+        self._attempt = self._backoff = 0
         self._failures = 0
         self._ever_connected = False
         self._not_engine_in_a_row = 0
@@ -1387,11 +1393,12 @@ class Connection:
             log.error("Max reconnection retries (%d) reached, giving up on %s", config.max_retries, self._shown_url)
             self._give_up()
             return False
-        delay = backoff_delay_ms(config, self._attempt)
+        delay = backoff_delay_ms(config, self._backoff)
         self._set_state("reconnecting")
         log.debug("Reconnecting in %.0f ms (attempt %d)", delay, self._attempt + 1)
         await asyncio.sleep(delay / 1000.0)
         self._attempt += 1
+        self._backoff += 1
         return self._running
 
     def _give_up(self) -> None:
@@ -1405,6 +1412,7 @@ class Connection:
     async def _serve(self, ws: ClientConnection) -> None:
         self._ws = ws
         self._attempt = 0
+        connected_at = asyncio.get_running_loop().time()
         self._failures = 0
         self._ever_connected = True
         self._not_engine_in_a_row = 0
@@ -1442,6 +1450,8 @@ class Connection:
                 ws.deliver = None
             self._ready = False
             self._ws = None
+            if asyncio.get_running_loop().time() - connected_at >= STABLE_CONNECTION_S:
+                self._backoff = 0
             # Only a 1009 the engine sent first: one we sent (a message of the engine's over our own max_size) is
             # not the engine refusing ours.
             close = ws_fastpath.close_sent_by_peer(ws)
