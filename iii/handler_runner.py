@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .channels import ChannelReader, ChannelWriter, LiveEnds
+from .errors import ConnectionLostError, ShuttingDownError
 from .handler_threads import ExitWait, HandlerThreads, exit_refusal
 from .payloads import resolve_channels
 from .trace_scope import TraceScope
@@ -138,7 +139,10 @@ class HandlerRunner:
         if isinstance(error, _RefusedError):  # (no handler ran; the exit is said once, by the client's shutdown)
             return (None, {"code": "invocation_failed", "message": _refused(str(error))}, None), _nothing
         if error is not None:
-            log.error("Error in handler %s: %s", function_id, error)
+            # A call the handler made that failed for the connection (lost, or the client shutting down) is not the
+            # handler's bug: a warning, no ERROR (an engine restart wrote one ERROR per handler in flight)
+            log.log(logging.WARNING if isinstance(error, (ConnectionLostError, ShuttingDownError)) else logging.ERROR,
+                    "Error in handler %s: %s", function_id, error)
             if writers:
                 await _abort_used(writers, f"the handler raised {type(error).__name__}: {error}")
             if readers:

@@ -1,0 +1,37 @@
+"""A handler that fails because a call it made lost its connection (or met the client's shutdown) is a warning, not
+an ERROR: an engine restart wrote an ERROR line per handler in flight. A handler's own bug stays an ERROR."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from iii.errors import ConnectionLostError, ShuttingDownError
+
+from .conftest import EngineThread, MakeWorker
+
+
+@pytest.mark.parametrize(("raised", "level"), [
+    (ConnectionLostError("connection_lost", "the connection to the engine was lost"), logging.WARNING),
+    (ShuttingDownError("shutdown() was called"), logging.WARNING),
+    (ValueError("a bug of the handler's"), logging.ERROR),
+])
+def test_a_handler_failing_for_the_connection_is_a_warning(
+        fake: EngineThread, make_fake_worker: MakeWorker, caplog: pytest.LogCaptureFixture, raised: Exception,
+        level: int) -> None:
+    caplog.set_level(logging.WARNING, logger="iii")
+    worker = make_fake_worker("w")
+
+    def handler(data: Any) -> Any:
+        raise raised
+
+    worker.register_function("f", handler)
+    fake.wait_registered("f")
+    side = fake.worker(worker)
+    fake.send_to(worker, {"type": "invokefunction", "invocation_id": "c1", "function_id": "f", "data": {}})
+    fake.wait_for(lambda: any(f["type"] == "invocationresult" for f in side.frames))
+    (answer,) = [f for f in side.frames if f["type"] == "invocationresult"]
+    assert answer["error"]["code"] == "invocation_failed"
+    assert [r.levelno for r in caplog.records if r.getMessage().startswith("Error in handler f")] == [level]
