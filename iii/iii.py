@@ -57,10 +57,11 @@ from .iii_types import (
     WorkerInfo,
 )
 from .loop_bridge import CANCEL_WAIT_S, LoopBridge, LoopStoppedError
-from .loss_log import LossLog, latest_tail
+from .loss_log import BurstLog, LossLog, latest_tail
 from .payloads import action_to_wire, format_dict, resolve_channels
 from .pending_calls import LoopWaiter, PendingCalls, Settle, ThreadWaiter
 from .protocol.client import (
+    WORKER_BUSY,
     CallFailed,
     CallSucceeded,
     ClientSession,
@@ -118,6 +119,8 @@ _UNCHECKED_WORKERS_KEPT = 64
 _NO_WORKER: Final = "00000000-0000-0000-0000-000000000000"
 # At most one warning per this many seconds about invocations refused past max_invocations (with their counts).
 _BUSY_LOG_INTERVAL_S: Final = 10.0
+_SKIP_LOG_BURST: Final = 10
+"""Lines per :data:`_BUSY_LOG_INTERVAL_S` for the engine's frames skipped with a warning; the rest are counted."""
 
 
 def _refuse_unlisted(value: Any, what: str, kind: str) -> None:
@@ -192,7 +195,14 @@ class III:
         self._shutdown_thread: int | None = None
         self._outside_shutdowns: set[asyncio.Future[None]] = set()  # shutdown_async() tasks on callers' loops
         self._invoking = 0  # handler runs started and not yet answered
+        self._owning = 0  # trigger registrations of the engine's (TriggerRequested) under way, bounded the same
         self._busy = LossLog(self._log_busy, _BUSY_LOG_INTERVAL_S)  # invocations refused past max_invocations
+        # answers to an engine's requests that went nowhere: the connection they came on was gone
+        self._stale = LossLog(self._log_stale, _BUSY_LOG_INTERVAL_S)
+        # frames of the engine's skipped with a warning (a call of a function not here, a malformed frame): one line
+        # each up to a burst, the rest counted (an engine's flood of calls to a missing function wrote 200,000 lines)
+        self._skipped = BurstLog(_SKIP_LOG_BURST, _BUSY_LOG_INTERVAL_S, log.warning,
+                                 LossLog(self._log_skipped, _BUSY_LOG_INTERVAL_S))
         # Woken (on the client's loop) whenever the connection state or the worker id changes; one per waiting
         # caller, each removed when its wait ends.
         self._state_waiters: list[asyncio.Future[None]] = []
@@ -573,6 +583,8 @@ class III:
             for failure in self._session.close(self._shutdown_cause):  # a call under way says why, as later ones
                 self._calls.fail(failure.invocation_id, failure.error)
             await self._bridge.cancel_tasks(spare=caller)
+            self._stale.close()  # results dropped since the last warning (the handlers' last ones among them)
+            self._skipped.losses.close()
             self._set_connection_state("disconnected")
         finally:
             # (also when a step above failed: the handler threads never outlive the client)
@@ -654,6 +666,12 @@ class III:
         stale = self._conn.discard_queued(_is_registration)
         if stale:
             log.debug("Dropped %d queued registration frames; the replay covers them", stale)
+        # Answers to the old connection's requests, still queued, are out of date too: the engine ended those
+        # requests when that connection went. Sent on this one, they went to an engine that never asked for them on
+        # it (10,809 results and 26,935 trigger answers after a hostile engine's flood), ahead of this one's frames.
+        answers = self._conn.discard_queued(_is_answer)
+        if answers:
+            self._stale.lost("queued", f"{answers} answer(s) queued when the connection was lost", answers)
         for frame in self._session.connection_opened():
             # One made before this socket's limit was known (while disconnected, or on a socket with a larger one)
             # is left out: replayed, it closed the connection with 1009 at every connect, for ever.
@@ -890,14 +908,19 @@ class III:
         elif isinstance(event, WorkerRegistered):
             self._notify_state()
         elif isinstance(event, TriggerRequested):
+            if self._owning >= self._max_invocations:
+                self._refuse_trigger(event)
+                return
             # (noted by the host now, in the order the frames came: a reconnect's check must see what was re-sent)
+            self._owning += 1
             self._bridge.spawn(self._register_owned_trigger(event, self._trigger_host.register(
                 event.trigger_type, event.trigger_id, event.function_id, event.config, event.generation)))
         elif isinstance(event, TriggerDropped):
             self._bridge.spawn(self._trigger_host.unregister(event.trigger_type, event.trigger_id,
                                                             event.function_id, event.config))
         elif isinstance(event, FrameSkipped):
-            log.log(event.level, "%s", event.reason)
+            if event.level < logging.WARNING or self._skipped.take("skipped", event.reason[:300]):
+                log.log(event.level, "%s", event.reason)
 
     async def _invoke(self, event: InvocationRequested) -> None:
         end_span = None
@@ -915,10 +938,9 @@ class III:
             if frame is None or not self._conn.is_ready:
                 # The engine halted this invocation when the old connection dropped (its caller got
                 # invocation_stopped), so nobody wants the answer; but the work was done, and whoever runs the worker
-                # should hear that its outcome went nowhere (a retried call may do it again).
-                log.warning("The result of '%s' (invocation %s) was dropped: the engine connection it came on is "
-                            "gone, so its caller was told the invocation stopped (or, the engine itself gone, lost "
-                            "the call)", event.function_id, event.invocation_id)
+                # should hear that its outcome went nowhere (a retried call may do it again). Counted, rate-limited:
+                # one line per result was 7,000 lines in 0.2 s at a shutdown under load.
+                self._stale.lost("finished", f"'{event.function_id:.200}' (invocation {event.invocation_id:.80})")
                 return
             # With other invocations running, answers finished in the same turn leave in one write.
             await self._conn.send(frame, batch=self._invoking > 1, own=True)
@@ -934,7 +956,7 @@ class III:
         The answer is queued only while the outbound queue has room, else counted as not sent: kept past its bounds
         behind a socket the engine did not read, refusals of an engine's flood grew it without bound (~300 bytes
         each, 41 MB in 30 s)."""
-        what = f"'{event.function_id:.200}'"
+        what = f"a call of '{event.function_id:.200}'"
         if event.invocation_id is None:
             self._busy.lost("no_id", what)
             return
@@ -943,16 +965,34 @@ class III:
                                      generation=event.generation)
         self._busy.lost("refused" if frame is not None and self._conn.send_if_room(frame) else "unsent", what)
 
+    def _log_skipped(self, counts: Mapping[str, int], latest: str | None) -> None:
+        """The :class:`LossLog` warning of the engine's frames skipped past the burst of lines (each is also told to
+        the engine where it waits for an answer)."""
+        log.warning("%d more frame(s) from the engine skipped since the last warning, past %d lines per %g s%s",
+                    counts["skipped"], _SKIP_LOG_BURST, _BUSY_LOG_INTERVAL_S, latest_tail(latest))
+
+    def _log_stale(self, counts: Mapping[str, int], latest: str | None) -> None:
+        """The :class:`LossLog` warning of answers dropped because the connection their request came on is gone."""
+        parts = []
+        if "finished" in counts:
+            parts.append(f"{counts['finished']} result(s) of handlers that finished after it was lost")
+        if "queued" in counts:
+            parts.append(f"{counts['queued']} answer(s) still queued when it was lost")
+        log.warning("Dropped since the last warning: %s. The engine connection they came on is gone, so their callers "
+                    "were told the invocations stopped (or, the engine itself gone, lost the calls); the work was "
+                    "done and a retried call may do it again%s", " and ".join(parts), latest_tail(latest))
+
     def _log_busy(self, counts: Mapping[str, int], latest: str | None) -> None:
         """The :class:`LossLog` warning of invocations refused past ``max_invocations``."""
         kinds = (("refused", "call(s) answered worker_busy"),
-                 ("unsent", "call(s) refused whose answer could not be written (the engine is not taking this "
-                            "worker's frames; their callers wait for their timeout)"),
-                 ("no_id", "call(s) without an invocation id dropped"))
+                 ("unsent", "call(s) refused whose answer could not be queued (the engine takes this worker's "
+                            "frames slower than it sends its own; their callers wait for their timeout)"),
+                 ("no_id", "call(s) without an invocation id dropped"),
+                 ("trigger_refused", "trigger registration(s) answered worker_busy"),
+                 ("trigger_unsent", "trigger registration(s) refused whose answer could not be queued"))
         parts = [f"{counts[kind]} {what}" for kind, what in kinds if kind in counts]
-        latest_text = latest_tail(latest, "a call of ")
-        log.warning("Worker busy (max_invocations=%d invocations running): %s since the last warning, not run%s",
-                    self._max_invocations, " and ".join(parts), latest_text)
+        log.warning("Worker busy (max_invocations=%d running at once): %s since the last warning, not run%s",
+                    self._max_invocations, " and ".join(parts), latest_tail(latest))
 
     def _answer_within_limit(self, event: InvocationRequested, frame: str, traceparent: str | None) -> str | None:
         """``frame`` (the answer to ``event``), or an error answer in its place when it is over the engine's message
@@ -978,12 +1018,28 @@ class III:
 
     async def _register_owned_trigger(self, event: TriggerRequested,
                                       binding: Coroutine[Any, Any, dict[str, str] | None]) -> None:
-        error = await binding
+        try:
+            error = await binding
+            frame = self._session.trigger_registered(event, error)
+            if frame is not None and len(frame) > self._conn.check_above:
+                frame = self._trigger_answer_within_limit(event, frame, error)
+            if frame is not None and self._conn.is_ready:
+                await self._conn.send(frame, own=True)
+        finally:
+            self._owning -= 1
+
+    def _refuse_trigger(self, event: TriggerRequested) -> None:
+        """``event`` came with :attr:`InitOptions.max_invocations` trigger registrations under way (their hooks
+        running or their answers waiting for the engine to read): refused ``worker_busy`` at once, the answer
+        queued only while the outbound queue has room. Why: each started a task of its own, and an engine's flood
+        for a slow hook held 100,000 tasks (+490 MB) and made the shutdown wait for them."""
+        what = f"trigger {event.trigger_id:.200} of type '{event.trigger_type:.200}'"
+        error = {"code": WORKER_BUSY,
+                 "message": f"{what} was not registered: this worker is registering as many triggers as it may at "
+                            f"once ({self._max_invocations:,}, max_invocations); try again later"}
         frame = self._session.trigger_registered(event, error)
-        if frame is not None and len(frame) > self._conn.check_above:
-            frame = self._trigger_answer_within_limit(event, frame, error)
-        if frame is not None and self._conn.is_ready:
-            await self._conn.send(frame, own=True)
+        self._busy.lost("trigger_refused" if frame is not None and self._conn.send_if_room(frame)
+                        else "trigger_unsent", what)
 
     def _trigger_answer_within_limit(self, event: TriggerRequested, frame: str, error: Any) -> str | None:
         """``frame`` (the answer to ``event``), or, over the engine's size limit, an answer with a short error in its
@@ -1738,6 +1794,24 @@ class _RegistrationFrame(str):
     that, still queued when a new socket opens, it can be told apart and dropped (the replay supersedes it)."""
 
     __slots__ = ()
+
+
+_ANSWER_PREFIXES: Final = ('{"type":"invocationresult"', '{"type":"triggerregistrationresult"')
+_ANSWER_PREFIXES_BYTES: Final = tuple(prefix.encode() for prefix in _ANSWER_PREFIXES)
+
+
+def _is_answer(frame: Frame) -> bool:
+    """Whether ``frame`` answers one of the engine's requests (an invocation's result, a trigger registration's),
+    as :mod:`iii.protocol.frames` writes them.
+
+    Example:
+        >>> from iii.protocol import frames
+        >>> _is_answer(frames.invocation_result("i1", "f", result=1)), _is_answer('{"type":"invokefunction"}')
+        (True, False)
+    """
+    if isinstance(frame, str):
+        return frame.startswith(_ANSWER_PREFIXES)
+    return bytes(frame).startswith(_ANSWER_PREFIXES_BYTES)
 
 
 def _is_registration(frame: Frame) -> bool:

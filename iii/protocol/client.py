@@ -705,6 +705,13 @@ class ClientSession:
                 and self._pending.pop(invocation_id, None) is not None):
             events.append(CallFailed(invocation_id, InvocationError(
                 "invalid_result", f"the answer to invocation {invocation_id} could not be decoded: {exc}")))
+        elif salvaged["message_type"] == "invokefunction" and invocation_id is not None:
+            # its caller is told at once, as the engine tells a worker's broken call (before, it waited out its
+            # timeout for an answer that could never come); droppable, as every answer made 1:1 from a frame
+            function_id = salvaged["function_id"] or ""
+            error = {"code": "invalid_message", "message": f"the call of {function_id!r:.200} could not be decoded "
+                                                          f"by the worker: {exc!s:.300}"}
+            events.append(Send(frames.invocation_result(invocation_id, function_id, error=error), droppable=True))
         return events
 
     def _on_result(self, msg: dict[str, Any]) -> list[Event]:
@@ -721,7 +728,11 @@ class ClientSession:
         function_id = msg.get("function_id")
         if not isinstance(function_id, str):
             return [FrameSkipped(_WARNING, f"invokefunction without a string function_id ignored: {msg!r:.200}")]
-        iid = invocation_id if isinstance(invocation_id, str) else None
+        if invocation_id is not None and not isinstance(invocation_id, str):
+            # Run, it would be a call nobody can be answered for (before: run as fire-and-forget, without a word)
+            return [FrameSkipped(_WARNING, f"invokefunction of {function_id!r:.200} not run: its invocation_id is "
+                                           f"not a string ({invocation_id!r:.80})")]
+        iid = invocation_id
         function = self._functions.get(function_id)
         if function is not None and function.invokable:
             traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
@@ -752,7 +763,10 @@ class ClientSession:
             self._owned_triggers[trigger_id] = (trigger_type, function_id, config)
             return [TriggerRequested(trigger_id, trigger_type, function_id, config, self.generation)]
         error = {"code": "trigger_type_not_found", "message": "Trigger type not found"}
-        return [Send(frames.trigger_registration_result(trigger_id, trigger_type, function_id, error=error))]
+        # droppable at a full outbound queue, like a pong: made 1:1 from the engine's frames, so an engine sending
+        # these while it did not read grew the queue without end (196,498 frames, 230 MB in 6 s)
+        return [Send(frames.trigger_registration_result(trigger_id, trigger_type, function_id, error=error),
+                     droppable=True)]
 
     def _on_unregister_trigger(self, msg: dict[str, Any]) -> list[Event]:
         trigger_id = str(msg.get("id", ""))

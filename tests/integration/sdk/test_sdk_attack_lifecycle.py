@@ -154,9 +154,10 @@ def test_a_result_computed_after_its_connection_died_is_dropped_with_a_warning(
                 call.result(5)
             wait_until(lambda: reconnected(client, old))
             release.set()
-            wait_until(lambda: any("was dropped" in r.getMessage() for r in caplog.records))
-        [record] = [r for r in caplog.records if "was dropped" in r.getMessage()]
-        assert record.levelno == logging.WARNING and "'hold'" in record.getMessage()
+            wait_until(lambda: any("Dropped since the last warning" in r.getMessage() for r in caplog.records))
+        [record] = [r for r in caplog.records if "Dropped since the last warning" in r.getMessage()]
+        assert record.levelno == logging.WARNING and "latest: 'hold'" in record.getMessage()
+        assert "1 result(s) of handlers that finished after it was lost" in record.getMessage()
     finally:
         caller.shutdown()
 

@@ -1,0 +1,118 @@
+"""What an engine sends that a worker must not take on trust (attack on the SDK against a hostile engine): a flood
+of calls to a missing function is a burst of lines and a count, not a line each; a call whose ``invocation_id`` is
+not a string is not run; a call that is not JSON but names its id is answered ``invalid_message``; trigger
+registrations of an owned type are held to ``max_invocations`` like calls; answers to unknown trigger types give way
+at a full queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from iii.protocol.client import ClientSession, Send
+from iii.triggers import TriggerConfig, TriggerHandler
+
+from .conftest import EngineThread, MakeWorker
+from .fake_engine import FakeWorker
+
+CALL_ID = "8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11"
+
+
+def _results(side: FakeWorker, kind: str = "invocationresult") -> list[dict[str, Any]]:
+    """The frames of ``kind`` the worker sent (``side``: its engine-side record)."""
+    return [f for f in side.frames if f["type"] == kind]
+
+
+def test_a_flood_of_calls_to_a_missing_function_is_a_burst_of_lines_and_a_count(
+        fake: EngineThread, make_fake_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="iii.iii")
+    worker = make_fake_worker("w")
+    side = fake.worker(worker)
+    for n in range(100):
+        fake.send_to(worker, {"type": "invokefunction", "invocation_id": f"call-{n}", "function_id": "nosuch",
+                              "data": n})
+    fake.wait_for(lambda: len(_results(side)) == 100)  # each still answered function_not_found
+    worker.shutdown()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage() == "Function 'nosuch' not found"]
+    counted = [r.getMessage() for r in caplog.records if "more frame(s) from the engine skipped" in r.getMessage()]
+    # before: one warning per frame (200,000 lines for the attack's flood)
+    # (the first frame past the burst is told at once, the rest when the interval ends: here, at the shutdown)
+    assert len(lines) == 10 and len(counted) == 2, counted
+    assert sum(int(line.split()[0]) for line in counted) == 90, counted
+
+
+def test_a_call_whose_invocation_id_is_not_a_string_is_not_run(
+        fake: EngineThread, make_fake_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="iii.iii")
+    worker = make_fake_worker("w")
+    side = fake.worker(worker)
+    ran: list[Any] = []
+    worker.register_function("f", lambda data: ran.append(data))
+    fake.wait_registered("f")
+    fake.send_to(worker, {"type": "invokefunction", "invocation_id": 123, "function_id": "f", "data": "bad id"})
+    fake.send_to(worker, {"type": "invokefunction", "invocation_id": "ok", "function_id": "f", "data": "good"})
+    fake.wait_for(lambda: [r["invocation_id"] for r in _results(side)] == ["ok"])
+    # before: run as a call nobody waits for, without a word (its caller waited out its timeout)
+    assert ran == ["good"]
+    assert any("not run: its invocation_id is not a string (123)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_call_that_is_not_json_but_names_its_id_is_answered_invalid_message(
+        fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    worker = make_fake_worker("w")
+    side = fake.worker(worker)
+    worker.register_function("f", lambda data: data)
+    fake.wait_registered("f")
+    fake.send_to(worker, f'{{"type":"invokefunction","invocation_id":"{CALL_ID}","function_id":"f","data":NaN}}')
+    fake.wait_for(lambda: bool(_results(side)))
+    (answer,) = _results(side)
+    # before: skipped with a warning, never answered
+    assert answer["invocation_id"] == CALL_ID and answer["error"]["code"] == "invalid_message"
+    assert "could not be decoded by the worker" in answer["error"]["message"]
+
+
+class _Held(TriggerHandler[Any]):
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.bound: list[str] = []
+
+    async def register_trigger(self, config: TriggerConfig[Any]) -> None:
+        await asyncio.to_thread(self.release.wait, 20)
+        self.bound.append(config.id)
+
+    async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+        pass
+
+
+def test_trigger_registrations_past_max_invocations_are_refused_at_once(
+        fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    worker = make_fake_worker("owner", max_invocations=2)
+    side = fake.worker(worker)
+    handler = _Held()
+    worker.register_trigger_type({"id": "hook", "description": "held"}, handler)
+    fake.wait_for(lambda: "hook" in fake.worker_trigger_types())
+    try:
+        for n in range(5):
+            fake.send_to(worker, {"type": "registertrigger", "id": f"t{n}", "trigger_type": "hook",
+                                  "function_id": "f", "config": {}})
+        # before: a task each, however many (100,000 held +490 MB in the attack)
+        fake.wait_for(lambda: len(_results(side, "triggerregistrationresult")) == 3)
+        refused = _results(side, "triggerregistrationresult")
+        assert {r["id"] for r in refused} == {"t2", "t3", "t4"}
+        assert all(r["error"]["code"] == "worker_busy" and "max_invocations" in r["error"]["message"]
+                   for r in refused)
+    finally:
+        handler.release.set()
+    fake.wait_for(lambda: len(_results(side, "triggerregistrationresult")) == 5)
+    assert sorted(handler.bound) == ["t0", "t1"]
+
+
+def test_an_answer_to_a_trigger_of_a_type_not_owned_gives_way_at_a_full_queue() -> None:
+    session = ClientSession()
+    (event,) = session.receive('{"type":"registertrigger","id":"t1","trigger_type":"nobody","function_id":"f"}')
+    # before: kept past the queue's bounds: an engine sending these while not reading grew it without end
+    assert isinstance(event, Send) and event.droppable
