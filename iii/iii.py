@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import numbers
@@ -120,6 +121,9 @@ _NO_WORKER: Final = "00000000-0000-0000-0000-000000000000"
 # At most one warning per this many seconds about invocations refused past max_invocations (with their counts).
 _BUSY_LOG_INTERVAL_S: Final = 10.0
 _SKIP_LOG_BURST: Final = 10
+TRIGGERS_WAITING_MAX: Final = 100_000
+"""Trigger registrations of the engine's that wait for one of the ``max_invocations`` places (each a small record, no
+task); past them one is refused ``worker_busy`` (see ``III._refuse_trigger``)."""
 """Lines per :data:`_BUSY_LOG_INTERVAL_S` for the engine's frames skipped with a warning; the rest are counted."""
 
 
@@ -195,7 +199,11 @@ class III:
         self._shutdown_thread: int | None = None
         self._outside_shutdowns: set[asyncio.Future[None]] = set()  # shutdown_async() tasks on callers' loops
         self._invoking = 0  # handler runs started and not yet answered
-        self._owning = 0  # trigger registrations of the engine's (TriggerRequested) under way, bounded the same
+        # Trigger registrations the engine asks of this worker (TriggerRequested): at most max_invocations run at
+        # once, the rest wait their turn here, each with its binding (noted by the host as its frame came)
+        self._owning = 0
+        self._owning_waiting: collections.deque[tuple[TriggerRequested, Coroutine[Any, Any, Any]]] = \
+            collections.deque()
         self._busy = LossLog(self._log_busy, _BUSY_LOG_INTERVAL_S)  # invocations refused past max_invocations
         # answers to an engine's requests that went nowhere: the connection they came on was gone
         self._stale = LossLog(self._log_stale, _BUSY_LOG_INTERVAL_S)
@@ -582,6 +590,8 @@ class III:
                 self._calls.fail(invocation_id, ShuttingDownError(self._shutdown_cause))
             for failure in self._session.close(self._shutdown_cause):  # a call under way says why, as later ones
                 self._calls.fail(failure.invocation_id, failure.error)
+            while self._owning_waiting:  # never started: nobody is owed their answers any more
+                self._owning_waiting.popleft()[1].close()
             await self._bridge.cancel_tasks(spare=caller)
             self._stale.close()  # results dropped since the last warning (the handlers' last ones among them)
             self._skipped.losses.close()
@@ -908,13 +918,17 @@ class III:
         elif isinstance(event, WorkerRegistered):
             self._notify_state()
         elif isinstance(event, TriggerRequested):
-            if self._owning >= self._max_invocations:
+            if self._owning >= self._max_invocations and len(self._owning_waiting) >= TRIGGERS_WAITING_MAX:
                 self._refuse_trigger(event)
                 return
             # (noted by the host now, in the order the frames came: a reconnect's check must see what was re-sent)
-            self._owning += 1
-            self._bridge.spawn(self._register_owned_trigger(event, self._trigger_host.register(
-                event.trigger_type, event.trigger_id, event.function_id, event.config, event.generation)))
+            binding = self._trigger_host.register(event.trigger_type, event.trigger_id, event.function_id,
+                                                  event.config, event.generation)
+            if self._owning >= self._max_invocations:
+                self._owning_waiting.append((event, binding))
+            else:
+                self._owning += 1
+                self._bridge.spawn(self._register_owned_trigger(event, binding))
         elif isinstance(event, TriggerDropped):
             self._bridge.spawn(self._trigger_host.unregister(event.trigger_type, event.trigger_id,
                                                             event.function_id, event.config))
@@ -1026,17 +1040,25 @@ class III:
             if frame is not None and self._conn.is_ready:
                 await self._conn.send(frame, own=True)
         finally:
-            self._owning -= 1
+            if self._owning_waiting and not self._closed:  # the next one waiting takes this one's place
+                self._bridge.spawn(self._register_owned_trigger(*self._owning_waiting.popleft()))
+            else:
+                self._owning -= 1
 
     def _refuse_trigger(self, event: TriggerRequested) -> None:
         """``event`` came with :attr:`InitOptions.max_invocations` trigger registrations under way (their hooks
-        running or their answers waiting for the engine to read): refused ``worker_busy`` at once, the answer
-        queued only while the outbound queue has room. Why: each started a task of its own, and an engine's flood
-        for a slow hook held 100,000 tasks (+490 MB) and made the shutdown wait for them."""
+        running or their answers waiting for the engine to read) and :data:`TRIGGERS_WAITING_MAX` more waiting their
+        turn: refused ``worker_busy`` at once, the answer queued only while the outbound queue has room.
+
+        Why a turn and a bound: each started a task of its own, and an engine's flood for a slow hook held 100,000
+        tasks (+490 MB) and made the shutdown wait for them; refused past ``max_invocations`` alone, a trigger is
+        parked by the engine until its type is registered again, which a reconnect's replay of a type with many
+        triggers and a slow hook could reach."""
         what = f"trigger {event.trigger_id:.200} of type '{event.trigger_type:.200}'"
         error = {"code": WORKER_BUSY,
-                 "message": f"{what} was not registered: this worker is registering as many triggers as it may at "
-                            f"once ({self._max_invocations:,}, max_invocations); try again later"}
+                 "message": f"{what} was not registered: this worker has {self._max_invocations:,} trigger "
+                            f"registrations under way (max_invocations) and {TRIGGERS_WAITING_MAX:,} waiting; try "
+                            "again later"}
         frame = self._session.trigger_registered(event, error)
         self._busy.lost("trigger_refused" if frame is not None and self._conn.send_if_room(frame)
                         else "trigger_unsent", what)

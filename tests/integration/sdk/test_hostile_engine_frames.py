@@ -1,7 +1,7 @@
 """What an engine sends that a worker must not take on trust (attack on the SDK against a hostile engine): a flood
 of calls to a missing function is a burst of lines and a count, not a line each; a call whose ``invocation_id`` is
 not a string is not run; a call that is not JSON but names its id is answered ``invalid_message``; trigger
-registrations of an owned type are held to ``max_invocations`` like calls; answers to unknown trigger types give way
+registrations of an owned type run at most ``max_invocations`` at once, the rest wait their turn up to a bound; answers to unknown trigger types give way
 at a full queue."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from iii import iii as iii_module
 from iii.protocol.client import ClientSession, Send
 from iii.triggers import TriggerConfig, TriggerHandler
 
-from .conftest import EngineThread, MakeWorker
+from .conftest import EngineThread, MakeWorker, wait_until
 from .fake_engine import FakeWorker
 
 CALL_ID = "8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11"
@@ -88,27 +89,33 @@ class _Held(TriggerHandler[Any]):
         pass
 
 
-def test_trigger_registrations_past_max_invocations_are_refused_at_once(
-        fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+def test_trigger_registrations_past_max_invocations_wait_their_turn_and_past_that_are_refused(
+        fake: EngineThread, make_fake_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(iii_module, "TRIGGERS_WAITING_MAX", 2)
     worker = make_fake_worker("owner", max_invocations=2)
     side = fake.worker(worker)
     handler = _Held()
     worker.register_trigger_type({"id": "hook", "description": "held"}, handler)
     fake.wait_for(lambda: "hook" in fake.worker_trigger_types())
     try:
-        for n in range(5):
+        for n in range(6):
             fake.send_to(worker, {"type": "registertrigger", "id": f"t{n}", "trigger_type": "hook",
                                   "function_id": "f", "config": {}})
-        # before: a task each, however many (100,000 held +490 MB in the attack)
-        fake.wait_for(lambda: len(_results(side, "triggerregistrationresult")) == 3)
+        # two run, two wait (no task each), two are refused: before, a task each, however many (100,000 held
+        # +490 MB in the attack)
+        fake.wait_for(lambda: len(_results(side, "triggerregistrationresult")) == 2)
         refused = _results(side, "triggerregistrationresult")
-        assert {r["id"] for r in refused} == {"t2", "t3", "t4"}
+        assert {r["id"] for r in refused} == {"t4", "t5"}
         assert all(r["error"]["code"] == "worker_busy" and "max_invocations" in r["error"]["message"]
                    for r in refused)
+        assert len(worker._owning_waiting) == 2 and worker._owning == 2
     finally:
         handler.release.set()
-    fake.wait_for(lambda: len(_results(side, "triggerregistrationresult")) == 5)
-    assert sorted(handler.bound) == ["t0", "t1"]
+    fake.wait_for(lambda: len(_results(side, "triggerregistrationresult")) == 6)
+    # those that waited were bound in their turn, none refused
+    assert sorted(handler.bound) == ["t0", "t1", "t2", "t3"]
+    assert [r for r in _results(side, "triggerregistrationresult") if r.get("error")] == refused
+    wait_until(lambda: worker._owning == 0)  # (its answer can reach the engine before the worker counts it done)
 
 
 def test_an_answer_to_a_trigger_of_a_type_not_owned_gives_way_at_a_full_queue() -> None:
