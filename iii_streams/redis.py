@@ -62,7 +62,14 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import AuthenticationError, MaxConnectionsError, NoScriptError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    MaxConnectionsError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -1212,6 +1219,12 @@ class RedisStream(FieldUpdates):
                 return StreamClosedError(f"{where}: the RedisStream was closed while this operation ran "
                                          f"(redis-py: {exc})")
             return StreamUnavailableError(f"{where}: Redis unreachable: {exc}")
+        if isinstance(exc, (OutOfMemoryError, ReadOnlyError)):
+            # Refused before anything was written (a script is refused at its first write, and once it has written
+            # Redis lets it finish), so a write's caller may retry safely: applied False, not "unknown"
+            refused = StreamBackendError(f"{where}: Redis refused the write, nothing was applied: {exc}")
+            refused.applied = False
+            return refused
         if isinstance(exc, RedisError):
             return StreamBackendError(f"{where}: Redis refused the command: {exc}")
         if isinstance(exc, UnicodeDecodeError):  # a client with decode_responses=True read a stored value
