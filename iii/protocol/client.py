@@ -683,8 +683,12 @@ class ClientSession:
                 # lost in the engine's cleanup after the next reconnect looks for that id
                 return [FrameSkipped(_WARNING, f"Skipping a workerregistered frame without a string worker_id (this "
                                                f"connection is {self.worker_id!r}): {raw!r:.200}")]
-            self.worker_id = worker_id if isinstance(worker_id, str) else None
-            return [WorkerRegistered(self.worker_id)]
+            if not isinstance(worker_id, str):  # said here: the later "no workerregistered came" would mislead
+                return [FrameSkipped(_WARNING, f"A workerregistered frame without a string worker_id: this "
+                                               f"connection's worker id stays unknown: {raw!r:.200}"),
+                        WorkerRegistered(None)]
+            self.worker_id = worker_id
+            return [WorkerRegistered(worker_id)]
         if kind == "registertrigger":
             return self._on_register_trigger(msg)
         if kind == "unregistertrigger":

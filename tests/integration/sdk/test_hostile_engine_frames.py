@@ -1,8 +1,8 @@
 """What an engine sends that a worker must not take on trust (attack on the SDK against a hostile engine): a flood
 of calls to a missing function is a burst of lines and a count, not a line each; a call whose ``invocation_id`` is
 not a string is not run; a call that is not JSON but names its id is answered ``invalid_message``; trigger
-registrations of an owned type run at most ``max_invocations`` at once, the rest wait their turn up to a bound; answers to unknown trigger types give way
-at a full queue."""
+registrations of an owned type run at most ``max_invocations`` at once, the rest wait their turn up to a bound;
+answers to unknown trigger types give way at a full queue; a worker id that is not a string is said at once."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from iii import iii as iii_module
-from iii.protocol.client import ClientSession, Send
+from iii.protocol.client import ClientSession, FrameSkipped, Send, WorkerRegistered
 from iii.triggers import TriggerConfig, TriggerHandler
 
 from .conftest import EngineThread, MakeWorker, wait_until
@@ -123,3 +123,11 @@ def test_an_answer_to_a_trigger_of_a_type_not_owned_gives_way_at_a_full_queue() 
     (event,) = session.receive('{"type":"registertrigger","id":"t1","trigger_type":"nobody","function_id":"f"}')
     # before: kept past the queue's bounds: an engine sending these while not reading grew it without end
     assert isinstance(event, Send) and event.droppable
+
+
+def test_a_worker_id_that_is_not_a_string_is_said_at_once() -> None:
+    session = ClientSession()
+    skipped, registered = session.receive('{"type":"workerregistered","worker_id":5}')
+    # before: taken silently as no id, and 5 s later the warning said no workerregistered had come at all
+    assert isinstance(skipped, FrameSkipped) and "without a string worker_id" in skipped.reason
+    assert isinstance(registered, WorkerRegistered) and registered.worker_id is None and session.worker_id is None
