@@ -107,7 +107,7 @@ else:  # `from . import` waits for the package's __init__ (tests/unit/test_concu
     ws_fastpath = import_module(".ws_fastpath", __package__)
 from .errors import ConnectionLostError, OutboundQueueFullError, PicklesByState
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
-from .loss_log import LossLog, latest_tail
+from .loss_log import BurstLog, LossLog, latest_tail
 
 __all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "NOT_AN_ENGINE_TRIES", "OUTBOUND_QUEUE_FULL", "Connection",
            "MessageTooLargeError", "announced_limit", "backoff_delay_ms", "check_url", "not_an_engine", "shown_url"]
@@ -217,10 +217,12 @@ def announced_limit(values: list[str]) -> int | None:
 Write = Callable[[Frame], Awaitable[None]]
 
 
-STABLE_CONNECTION_S: Final = 10.0
+STABLE_CONNECTION_S: Final = 1.0
 """A connection that stayed up this long starts the reconnect delays over; one lost sooner lets them keep growing:
 an engine that accepted and closed at once had every worker reconnect (and replay its registrations) about once a
-second for ever, the delay starting over at each handshake. ``max_retries`` still counts failed connects only."""
+second for ever, the delay starting over at each handshake. Short: a connection a proxy's idle timeout cuts every few
+seconds, or an engine restarted twice in a row, must not wait longer each time. ``max_retries`` still counts failed
+connects only."""
 
 _MADE_WAY: Final = "made way"  # kinds of calls lost at a full queue (Connection._log_calls_lost)
 _REFUSED: Final = "refused"
@@ -621,6 +623,8 @@ class Connection:
         self.dropped = 0
         self._drops = LossLog(self._log_dropped, DROP_LOG_INTERVAL_S)
         self._calls_lost = LossLog(self._log_calls_lost, DROP_LOG_INTERVAL_S)  # calls pushed out or refused
+        self._oversized_lines = BurstLog(10, DROP_LOG_INTERVAL_S, log.warning,
+                                         LossLog(self._log_oversized, DROP_LOG_INTERVAL_S))
         self._state: IIIConnectionState = "disconnected"
         # Frames waiting for the socket: (frame, key). Filled while down, and when a sync caller must not await.
         self._backlog: deque[tuple[Frame, _Key]] = deque()
@@ -753,6 +757,7 @@ class Connection:
                     pass
         self._drops.close()  # a burst's count not logged yet is logged now (its timer belongs to this loop)
         self._calls_lost.close()
+        self._oversized_lines.losses.close()
         self._drop_pinned()
         self._release_awaited()
         unsent = sum(1 for frame, key in self._backlog if key is None)
@@ -1176,13 +1181,16 @@ class Connection:
         return False
 
     def discard_queued(self, unwanted: Callable[[Frame], bool]) -> int:
-        """Take every queued unkeyed frame of the loop's own (:meth:`send_soon`) for which ``unwanted(frame)`` is
-        true out of the queue, unsent; how many. Loop thread only. Frames of :meth:`send` callers waiting for room
-        are never touched (their callers were told nothing yet)."""
+        """Take every queued unkeyed frame of the loop's own (:meth:`send_soon`, best-effort ones included) for which
+        ``unwanted(frame)`` is true out of the queue, unsent; how many. Loop thread only. Frames of :meth:`send`
+        callers waiting for room are never touched (their callers were told nothing yet)."""
         kept: list[tuple[Frame, _Key]] = []
         for frame, key in self._backlog:
             if key is None and unwanted(frame):
                 self._held_bytes -= len(frame)
+            elif key is _BEST_EFFORT and unwanted(frame):  # (a droppable answer: function_not_found, a pong's kin)
+                self._best_effort -= 1
+                self._best_effort_bytes -= len(frame)
             else:
                 kept.append((frame, key))
         dropped = len(self._backlog) - len(kept)
@@ -1490,10 +1498,16 @@ class Connection:
         limit = self.max_message_size or 0
         if isinstance(key, str):
             self._on_oversized(key, size, limit)
-        else:
+        elif self._oversized_lines.take("oversized", f"a frame of {size} bytes: {frame!r:.80}"):
+            # (one line each up to a burst: an engine announcing a small limit and sending frames whose answers pass
+            # it wrote a line per frame)
             log.warning("A frame of %d bytes is over the engine's message size limit (%d bytes) and was dropped "
                         "unsent (sent, it would close the connection with 1009): %.80r", size, limit, frame)
         return True
+
+    def _log_oversized(self, counts: Mapping[str, int], latest: str | None) -> None:
+        log.warning("%d more frame(s) over the engine's message size limit dropped unsent since the last warning%s",
+                    counts["oversized"], latest_tail(latest))
 
     def _deliver(self, raw: Frame) -> None:
         try:

@@ -121,10 +121,10 @@ _NO_WORKER: Final = "00000000-0000-0000-0000-000000000000"
 # At most one warning per this many seconds about invocations refused past max_invocations (with their counts).
 _BUSY_LOG_INTERVAL_S: Final = 10.0
 _SKIP_LOG_BURST: Final = 10
+"""Lines per :data:`_BUSY_LOG_INTERVAL_S` for the engine's frames skipped with a warning; the rest are counted."""
 TRIGGERS_WAITING_MAX: Final = 100_000
 """Trigger registrations of the engine's that wait for one of the ``max_invocations`` places (each a small record, no
 task); past them one is refused ``worker_busy`` (see ``III._refuse_trigger``)."""
-"""Lines per :data:`_BUSY_LOG_INTERVAL_S` for the engine's frames skipped with a warning; the rest are counted."""
 
 
 def _refuse_unlisted(value: Any, what: str, kind: str) -> None:
@@ -595,6 +595,7 @@ class III:
             await self._bridge.cancel_tasks(spare=caller)
             self._stale.close()  # results dropped since the last warning (the handlers' last ones among them)
             self._skipped.losses.close()
+            self._trigger_host.close_logs()
             self._set_connection_state("disconnected")
         finally:
             # (also when a step above failed: the handler threads never outlive the client)
@@ -980,10 +981,13 @@ class III:
         self._busy.lost("refused" if frame is not None and self._conn.send_if_room(frame) else "unsent", what)
 
     def _log_skipped(self, counts: Mapping[str, int], latest: str | None) -> None:
-        """The :class:`LossLog` warning of the engine's frames skipped past the burst of lines (each is also told to
-        the engine where it waits for an answer)."""
-        log.warning("%d more frame(s) from the engine skipped since the last warning, past %d lines per %g s%s",
-                    counts["skipped"], _SKIP_LOG_BURST, _BUSY_LOG_INTERVAL_S, latest_tail(latest))
+        """The :class:`LossLog` warning of the engine's frames skipped, or answers to them not sent, past the burst of
+        lines (each is also told to the engine where it waits for an answer)."""
+        parts = [f"{counts[kind]} {what}" for kind, what in (("skipped", "frame(s) from the engine skipped"),
+                                                             ("answer", "answer(s) to it over its size limit not sent"))
+                 if kind in counts]
+        log.warning("%s since the last warning, past %d lines per %g s%s", " and ".join(parts), _SKIP_LOG_BURST,
+                    _BUSY_LOG_INTERVAL_S, latest_tail(latest))
 
     def _log_stale(self, counts: Mapping[str, int], latest: str | None) -> None:
         """The :class:`LossLog` warning of answers dropped because the connection their request came on is gone."""
@@ -1081,8 +1085,10 @@ class III:
                         "of %d bytes: a short error was sent in its place", event.trigger_id, event.trigger_type,
                         size, limit)
             return answer
-        log.error("The answer to the registration of trigger %.200r (type %.100r) is %d bytes, over the engine's "
-                  "limit of %d bytes: not sent", event.trigger_id, event.trigger_type, size, limit)
+        if self._skipped.take("answer", f"the answer to the registration of trigger {event.trigger_id:.200}"):
+            # (an ERROR each up to a burst: an engine sending thousands of ids over its own limit wrote one each)
+            log.error("The answer to the registration of trigger %.200r (type %.100r) is %d bytes, over the engine's "
+                      "limit of %d bytes: not sent", event.trigger_id, event.trigger_type, size, limit)
         return None
 
     # ---------------------------------------------------------------- registrations

@@ -43,15 +43,23 @@ import inspect
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, NamedTuple
 
 from .handler_runner import describe_base_exception, handler_raised
+from .loss_log import BurstLog, LossLog, latest_tail
 from .triggers import TriggerConfig, TriggerHandler
 
 __all__ = ["TriggerTypeHost"]
 
 log = logging.getLogger(__name__)
+
+_REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+def _log_refusals(counts: Mapping[str, int], latest: str | None) -> None:
+    log.error("%d more trigger registration(s) refused by their type's handler (it raised) since the last line%s",
+              counts["refused"], latest_tail(latest))
 
 _Key = tuple[str, str]  # (trigger type, trigger id)
 
@@ -101,6 +109,13 @@ class TriggerTypeHost:
         # The bind or unbind of a trigger now running: the next one of that trigger waits for it (an unbind
         # overtaking the bind it undoes left the trigger bound for good, with no unbind to come).
         self._busy: dict[_Key, asyncio.Future[None]] = {}
+        # bindings the handler refused (it raised): a traceback each up to a burst, the rest counted (loop thread)
+        self._refusals = BurstLog(10, _REFUSAL_LOG_INTERVAL_S, log.error, LossLog(_log_refusals,
+                                                                                  _REFUSAL_LOG_INTERVAL_S))
+
+    def close_logs(self) -> None:
+        """The client's shutdown: refusals counted since the last line are told now (their timer is the loop's)."""
+        self._refusals.losses.close()
 
     def add(self, type_id: str, handler: TriggerHandler[Any]) -> None:
         """Own ``type_id`` with ``handler``. Over another handler, the triggers it bound stay with it until the engine
@@ -240,7 +255,10 @@ class TriggerTypeHost:
             try:
                 await _settled(handler.register_trigger(trigger))
             except Exception as exc:
-                log.exception("Error registering trigger %s", trigger.id)
+                # an ERROR with its traceback each up to a burst, the rest counted: an engine sending thousands of
+                # configs the handler refuses wrote thousands of tracebacks
+                if self._refusals.take("refused", f"trigger {trigger.id:.200}: {type(exc).__name__}: {exc!s:.200}"):
+                    log.exception("Error registering trigger %s", trigger.id)
                 self._refused(key, send)
                 return {"code": "trigger_registration_failed", "message": str(exc)}
             except BaseException as exc:

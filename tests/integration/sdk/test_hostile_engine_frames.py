@@ -39,7 +39,7 @@ def test_a_flood_of_calls_to_a_missing_function_is_a_burst_of_lines_and_a_count(
     fake.wait_for(lambda: len(_results(side)) == 100)  # each still answered function_not_found
     worker.shutdown()
     lines = [r.getMessage() for r in caplog.records if r.getMessage() == "Function 'nosuch' not found"]
-    counted = [r.getMessage() for r in caplog.records if "more frame(s) from the engine skipped" in r.getMessage()]
+    counted = [r.getMessage() for r in caplog.records if "frame(s) from the engine skipped since" in r.getMessage()]
     # before: one warning per frame (200,000 lines for the attack's flood)
     # (the first frame past the burst is told at once, the rest when the interval ends: here, at the shutdown)
     assert len(lines) == 10 and len(counted) == 2, counted
@@ -131,3 +131,30 @@ def test_a_worker_id_that_is_not_a_string_is_said_at_once() -> None:
     # before: taken silently as no id, and 5 s later the warning said no workerregistered had come at all
     assert isinstance(skipped, FrameSkipped) and "without a string worker_id" in skipped.reason
     assert isinstance(registered, WorkerRegistered) and registered.worker_id is None and session.worker_id is None
+
+
+class _Refusing(TriggerHandler[Any]):
+    async def register_trigger(self, config: TriggerConfig[Any]) -> None:
+        raise ValueError(f"bad config for {config.id}")
+
+    async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+        pass
+
+
+def test_a_flood_of_configs_the_handler_refuses_is_a_burst_of_tracebacks_and_a_count(
+        fake: EngineThread, make_fake_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="iii")
+    worker = make_fake_worker("owner")
+    side = fake.worker(worker)
+    worker.register_trigger_type({"id": "hook", "description": "refuses all"}, _Refusing())
+    fake.wait_for(lambda: "hook" in fake.worker_trigger_types())
+    for n in range(30):
+        fake.send_to(worker, {"type": "registertrigger", "id": f"t{n}", "trigger_type": "hook", "function_id": "f",
+                              "config": {}})
+    fake.wait_for(lambda: len(_results(side, "triggerregistrationresult")) == 30)  # each still refused in its answer
+    worker.shutdown()
+    lines = [r for r in caplog.records if r.getMessage().startswith("Error registering trigger")]
+    counted = [r.getMessage() for r in caplog.records if "more trigger registration(s) refused" in r.getMessage()]
+    # before: 30 ERROR lines, each with its traceback
+    assert len(lines) == 10 and all(r.exc_info for r in lines)
+    assert sum(int(line.split()[0]) for line in counted) == 20, counted

@@ -24,7 +24,7 @@ async def test_answers_queued_for_a_lost_connection_are_not_sent_on_the_next(
     caplog.set_level(logging.WARNING, logger="iii")
     connections: list[ServerConnection] = []
     second: list[dict[str, Any]] = []
-    marker = asyncio.Event()
+    marker, stalled = asyncio.Event(), asyncio.Event()
 
     async def handle(ws: ServerConnection) -> None:
         connections.append(ws)
@@ -36,6 +36,12 @@ async def test_answers_queued_for_a_lost_connection_are_not_sent_on_the_next(
             for i in range(CALLS):  # then reads nothing: the answers pile up in the worker's queue
                 await ws.send(json.dumps({"type": "invokefunction", "invocation_id": f"old-{i}",
                                           "function_id": "big", "data": {}}))
+            await stalled.wait()  # the results fill the worker's queue: these answers queue behind them
+            for i in range(20):  # answered best-effort (droppable): queued apart from the results
+                await ws.send(json.dumps({"type": "invokefunction", "invocation_id": f"missing-{i}",
+                                          "function_id": "nosuch", "data": {}}))
+                await ws.send(json.dumps({"type": "registertrigger", "id": f"t{i}", "trigger_type": "nobody",
+                                          "function_id": "f"}))
             await ws.wait_closed()
             return
         async for raw in ws:
@@ -50,7 +56,9 @@ async def test_answers_queued_for_a_lost_connection_are_not_sent_on_the_next(
         try:
             client.register_function("big", lambda data: BIG)
             conn: Any = client._conn
-            await until(lambda: len(conn._backlog) >= 4, within=20)  # answers queued behind the stalled socket
+            await until(lambda: len(conn._backlog) >= 4, within=20)  # results queued behind the stalled socket
+            stalled.set()
+            await until(lambda: conn._best_effort >= 40, within=20)  # and the best-effort answers behind them
             assert connections[0].transport is not None
             connections[0].transport.abort()
             await until(lambda: len(connections) == 2, within=20)
@@ -59,7 +67,7 @@ async def test_answers_queued_for_a_lost_connection_are_not_sent_on_the_next(
             await asyncio.wait_for(marker.wait(), 20)
         finally:
             await asyncio.to_thread(client.shutdown)
-    # before: the old connection's answers (old-*) went out on the new one, ahead of the marker
-    assert not [f for f in second if f.get("type") == "invocationresult"]
+    # before: the old connection's answers (old-*, then missing-* and t*) went out on the new one, ahead of the marker
+    assert not [f for f in second if f.get("type") in ("invocationresult", "triggerregistrationresult")]
     dropped = [r.getMessage() for r in caplog.records if "still queued when it was lost" in r.getMessage()]
     assert len(dropped) == 1, dropped
