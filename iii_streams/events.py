@@ -186,8 +186,9 @@ class Subscription(Protocol):
 
 
 class _QueueSubscription:
-    def __init__(self, hub: EventHub, maxsize: int) -> None:
+    def __init__(self, hub: EventHub, maxsize: int, event_filter: EventFilter | None = None) -> None:
         self._hub = hub
+        self.filter = event_filter  # checked by the hub as it publishes: what it refuses is neither queued nor copied
         # None wakes the reader: after a lag, or a close (a reader waiting on a closed watch would wait for good)
         self.queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize)
         self.lagged = False
@@ -316,8 +317,10 @@ class EventHub:
         """Whether anybody is watching (lets stores skip building events nobody reads)."""
         return bool(self._subscribers)
 
-    def subscribe(self) -> Subscription:
-        """A new subscription that sees every event published from now on.
+    def subscribe(self, event_filter: EventFilter | None = None) -> Subscription:
+        """A new subscription that sees every event published from now on (that ``event_filter`` matches, when given:
+        the others are neither queued for it nor copied; a marker that is not a plain dict, such as a store's gap,
+        reaches every subscription).
 
         Example:
             >>> import asyncio
@@ -330,7 +333,7 @@ class EventHub:
             >>> asyncio.run(demo())
             ({'type': 'update', 'data': 2}, True)
         """
-        sub = _QueueSubscription(self, self._maxsize)
+        sub = _QueueSubscription(self, self._maxsize, event_filter)
         self._subscribers.add(sub)
         return sub
 
@@ -351,10 +354,12 @@ class EventHub:
     def publish(self, event: StreamEvent, text: str | None = None) -> None:
         """Queue ``event`` for every subscriber; never blocks.
 
-        Each subscriber gets its own copy: the first ``event`` itself, which is the hub's from here on (build it
-        fresh, never hand in one you keep), the others one decoded from ``text``, its JSON (encoded here when not
-        given). Why: every watcher got the one dict, and a watcher that changed an event it got changed it for the
-        others (Redis and PostgreSQL watchers each decode their own).
+        Each subscriber whose filter takes it gets its own copy: the first ``event`` itself, which is the hub's from
+        here on (build it fresh, never hand in one you keep), the others one decoded from ``text``, its JSON (encoded
+        here when not given). Why: every watcher got the one dict, and a watcher that changed an event it got changed
+        it for the others (Redis and PostgreSQL watchers each decode their own). Filtered here, an event costs a copy
+        only for the watchers that read it (copied for every watcher, 1,000 watches of one group each made a write cost
+        0.38 s instead of 1 ms).
 
         Example:
             >>> import asyncio
@@ -366,8 +371,13 @@ class EventHub:
             >>> asyncio.run(demo())
             ['delete', 'delete']
         """
-        for at, sub in enumerate(tuple(self._subscribers)):
-            if at == 0 or type(event) is not dict:  # a subclass is a store's own marker (a gap): shared, unchanged
+        marker = type(event) is not dict  # a subclass is a store's own marker (a gap): every watch's, shared
+        first = True
+        for sub in tuple(self._subscribers):
+            if sub.lagged or sub.closed or (not marker and sub.filter is not None and not sub.filter.matches(event)):
+                continue
+            if first or marker:
+                first = False
                 sub.offer(event)
                 continue
             if text is None:

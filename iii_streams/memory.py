@@ -229,7 +229,8 @@ class MemoryStream(FieldUpdates):
         """
         # refuse what no other backend could publish either; watchers get a copy, never the caller's data
         text = json_text(data, "data", room=SEND_ROOM)
-        self._hub.publish(custom_event(stream_name, group_id, id, type, loads(text)))
+        if self._hub.active:
+            self._hub.publish(custom_event(stream_name, group_id, id, type, loads(text)))
 
     async def publish(self, event: StreamEvent) -> None:
         """Hand an already built event to this store's watchers.
@@ -243,6 +244,8 @@ class MemoryStream(FieldUpdates):
             >>> asyncio.run(demo())
             {'type': 'delete', 'data': {'n': 1}}
         """
+        if not self._hub.active:  # nobody to hand it to (nothing checked or copied)
+            return
         text = json_text(event, "the event", room=0)  # refused as every other backend refuses it
         self._hub.publish(loads(text), text)  # watchers get copies, never the caller's event
 
@@ -261,10 +264,12 @@ class MemoryStream(FieldUpdates):
             >>> asyncio.run(demo())
             '2'
         """
-        async def opener() -> Subscription:
-            return self._hub.subscribe()
+        event_filter = self._filter(stream_name, group_id, item_id)
 
-        return Watch(opener, self._filter(stream_name, group_id, item_id))
+        async def opener() -> Subscription:
+            return self._hub.subscribe(event_filter)
+
+        return Watch(opener, event_filter)
 
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
         """Every stream with its non-empty groups, both sorted.

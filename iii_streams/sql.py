@@ -2955,6 +2955,8 @@ class SQLStream(FieldUpdates):
             >>> asyncio.run(demo())
             ('2', {'type': 'create', 'data': 'y'})
         """
+        event_filter = self._filter(stream_name, group_id, item_id)
+
         async def opener() -> Subscription:
             if self._pg:
                 async with self._guard("watch", None):
@@ -2968,9 +2970,9 @@ class SQLStream(FieldUpdates):
                 # fail, not with a watch that opens and never hears anything
                 async with self._guard("watch", None):
                     await self._prepare()
-            return self._hub.subscribe()
+            return self._hub.subscribe(event_filter)
 
-        return Watch(opener, self._filter(stream_name, group_id, item_id))
+        return Watch(opener, event_filter)
 
     async def aclose(self) -> None:
         """End the watches and the write batches, and dispose of the engine this store made; idempotent (a call while a

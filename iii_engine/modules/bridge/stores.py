@@ -134,10 +134,12 @@ class _BridgeStore(Backend):
 
     def watch(self, stream_name: str | None = None, group_id: str | None = None,
               item_id: str | None = None) -> Watch:
-        async def opener() -> Subscription:
-            return _GapAware(self._hub.subscribe())
+        event_filter = self._filter(stream_name, group_id, item_id)
 
-        return Watch(opener, self._filter(stream_name, group_id, item_id))
+        async def opener() -> Subscription:
+            return _GapAware(self._hub.subscribe(event_filter))
+
+        return Watch(opener, event_filter)
 
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
         """Nothing: the remote has no call that lists every stream (production answers empty too)."""
