@@ -202,7 +202,7 @@ class _Connection(web.RequestHandler):
     which must be seen gone at once (see :class:`_StreamWatch`).
     """
 
-    __slots__ = ("answered", "body", "input_ended", "request")
+    __slots__ = ("answered", "body", "input_ended", "on_input_ended", "request")
 
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -212,6 +212,9 @@ class _Connection(web.RequestHandler):
         self.request: web.BaseRequest | None = None
         # The client ended its side (half-closed, or left: the two look alike until a probe's answer)
         self.input_ended = False
+        # Told when an HTTP/1.0 client ends its side while its request waits (no probe can tell it from one that
+        # left): set while a streamed answer waits for its first chunk (RestApiModule._respond)
+        self.on_input_ended: Callable[[], None] | None = None
         # The latest request's answer was written (all of it handed to the transport): until the next request, only
         # the client changes what is left to send (see _BoundedServer.stalled_writes)
         self.answered = False
@@ -257,6 +260,8 @@ class _Connection(web.RequestHandler):
             loop = asyncio.get_running_loop()
             loop.call_soon(self._probed)
             loop.call_later(PROBE_WAIT_S, self._probed)
+        elif self.on_input_ended is not None:
+            self.on_input_ended()
         return True
 
     def _probed(self) -> None:
@@ -1350,11 +1355,16 @@ class RestApiModule(EngineModule):
         aborted: ChannelAborted | None = None
         lost = self._server.on_lost if self._server is not None else None
         protocol = request.protocol
+        connection = protocol if isinstance(protocol, _Connection) else None
         if lost is not None:
-            if request.transport is None:  # it left during an earlier wait: no close is coming to say so
+            # left during an earlier wait (no close is coming to say so), or an HTTP/1.0 client that ended its side,
+            # taken as gone as in the wait for a slot (_left_unprobed)
+            if request.transport is None or _left_unprobed(request):
                 race.interrupt(_GONE)
             else:
-                lost[protocol] = partial(race.interrupt, _GONE)
+                lost[protocol] = gone = partial(race.interrupt, _GONE)
+                if connection is not None:
+                    connection.on_input_ended = gone
         try:
             chunk = await self._first_chunk(race, reader, outcome)
         except _Interrupted as exc:
@@ -1369,6 +1379,8 @@ class RestApiModule(EngineModule):
         finally:
             if lost is not None:
                 lost.pop(protocol, None)
+            if connection is not None:
+                connection.on_input_ended = None
         if chunk is not None:
             return chunk
         # no body chunk came first: the function's outcome decides

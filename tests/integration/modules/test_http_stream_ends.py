@@ -225,3 +225,23 @@ async def test_a_client_gone_before_its_handler_attached_is_not_waited_for(api: 
     await until(lambda: module.in_flight == 0, within=5)
     assert module.gone == 1
     await _answer(worker, request)
+
+
+async def test_an_http10_client_that_leaves_before_the_first_chunk_frees_its_slot_at_once(api: Start) -> None:
+    # HTTP/1.0 (nginx's default to an upstream) gets no probe: its end of input is taken as its leaving, as in the
+    # wait for a slot; before, the slot stayed taken until default_timeout (20 s here)
+    engine, module, _client = await api(concurrency_request_limit=1, slot_timeout=200, default_timeout=20_000)
+    worker = await _route(engine, "feed", "feed")
+    _reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
+    writer.write(b"GET /feed HTTP/1.0\r\nHost: x\r\n\r\n")
+    request = await worker.expect("invokefunction")
+    assert module._server is not None
+    lost = module._server.on_lost
+    async with await _writer(engine, request) as out:
+        await until(lambda: bool(lost), within=5)
+        writer.close()
+        await asyncio.wait_for(out.wait_closed(), 5)
+        assert out.close_code == 4002
+    await until(lambda: module.in_flight == 0, within=5)
+    assert module.gone == 1
+    await _answer(worker, request)
