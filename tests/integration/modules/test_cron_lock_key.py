@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -170,18 +171,7 @@ async def test_an_engine_that_cannot_deliver_a_tick_leaves_it_to_one_that_can(mi
 @pytest.mark.redis
 async def test_a_tick_no_engine_sharing_the_lock_fires_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="iii_engine")
-    settings = {"adapter": {"class": "modules::cron::RedisCronAdapter",
-                            "config": {"redis_url": require_redis(), "key_prefix": f"lock-lost-{uuid.uuid4()}:"}}}
-    async with engine_with(settings) as one:
-        client = III(one.url)
-        try:
-            await client.connect_async()
-            client.register_trigger({"type": "cron", "function_id": "app::nobody",
-                                     "config": {"expression": "* * * * * *", "lock_key": "nobody"}})
-            cron: Any = one.module("cron")
-            await until(lambda: cron.ticks_lost >= 1, within=6)
-        finally:
-            await client.shutdown_async()
+    await _unserved_ticks("lock-lost", lambda cron: cron.ticks_lost >= 1)
     lost = [r.getMessage() for r in caplog.records if "fired by no engine" in r.getMessage()]
     assert len(lost) == 1 and "app::nobody" in lost[0], lost
 
@@ -193,22 +183,29 @@ async def test_ticks_not_looked_at_and_ticks_fired_by_no_engine_are_warned_of_ea
 
     monkeypatch.setattr(cron_module, "MAX_LEFT_CHECKS", 1)  # the second tick left waits for no look: unchecked
     caplog.set_level(logging.WARNING, logger="iii_engine")
-    settings = {"adapter": {"class": "modules::cron::RedisCronAdapter",
-                            "config": {"redis_url": require_redis(), "key_prefix": f"lock-kinds-{uuid.uuid4()}:"}}}
 
     def lines(kind: str) -> list[str]:
         return [r.getMessage() for r in caplog.records if kind in r.getMessage()]
 
+    # before: the two kinds shared one rate-limited warning, so the first tick fired by no engine waited 10 s behind
+    # an unchecked one's warning (or the stop), then named no tick
+    await _unserved_ticks("lock-kinds", lambda _: bool(lines("not looked at")) and bool(lines("fired by no engine")))
+    assert all("function app::nobody" in line for line in lines("fired by no engine"))
+    assert all("function" not in line.split("latest:")[-1] for line in lines("not looked at"))
+
+
+async def _unserved_ticks(prefix: str, done: Callable[[Any], bool]) -> None:
+    """An engine sharing a Redis cron lock (keys under ``prefix``) with a trigger every second for a function no
+    worker serves, until ``done(its cron module)`` (at most 8 s)."""
+    settings = {"adapter": {"class": "modules::cron::RedisCronAdapter",
+                            "config": {"redis_url": require_redis(), "key_prefix": f"{prefix}-{uuid.uuid4()}:"}}}
     async with engine_with(settings) as one:
         client = III(one.url)
         try:
             await client.connect_async()
             client.register_trigger({"type": "cron", "function_id": "app::nobody",
                                      "config": {"expression": "* * * * * *", "lock_key": "nobody"}})
-            # before: the two kinds shared one rate-limited warning, so the first tick fired by no engine waited
-            # 10 s behind an unchecked one's warning (or the stop), then named no tick
-            await until(lambda: bool(lines("not looked at")) and bool(lines("fired by no engine")), within=8)
+            cron: Any = one.module("cron")
+            await until(lambda: done(cron), within=8)
         finally:
             await client.shutdown_async()
-    assert all("function app::nobody" in line for line in lines("fired by no engine"))
-    assert all("function" not in line.split("latest:")[-1] for line in lines("not looked at"))
