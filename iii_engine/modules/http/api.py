@@ -193,8 +193,9 @@ class _Connection(web.RequestHandler):
     it): a client that closed its socket answers it with a reset, looked for at once and after
     :data:`PROBE_WAIT_S`, and is then treated as gone (a request waiting for a slot is not invoked, see
     ``RestApiModule._handle``). An HTTP/1.0 request, to which no 1xx may go, is answered
-    without the probe, unless it was still waiting for a slot: with no probe its client cannot be told from one that
-    left (:attr:`input_ended`), and a request whose client left while it waited is never invoked.
+    without the probe, unless it was still waiting for a slot or for its streamed answer's first chunk: with no probe
+    its client cannot be told from one that left (:attr:`input_ended`, :attr:`on_input_ended`), and a request whose
+    client left while it waited is never invoked (or ends at once, its handler's writer told the reader left).
 
     Why: aiohttp lets the transport close at the client's end of input, so such a client got its connection closed
     and no answer at all (measured: ``b''`` at once, the handler never invoked). At any other time an end of input
@@ -354,8 +355,8 @@ class _Timeout(Exception):
 
 
 class _ClientGone(Exception):
-    """The client's connection closed while its handler was attached to the response channel, before the first
-    body chunk: nobody is left to answer."""
+    """The client's connection closed (or an HTTP/1.0 client ended its side) while its handler was attached to the
+    response channel, before the first body chunk: nobody is left to answer."""
 
 
 class _Refused(Exception):
