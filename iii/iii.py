@@ -1839,7 +1839,7 @@ def _is_answer(frame: Frame) -> bool:
     """
     if isinstance(frame, str):
         return frame.startswith(_ANSWER_PREFIXES)
-    return bytes(frame).startswith(_ANSWER_PREFIXES_BYTES)
+    return bytes(frame[:64]).startswith(_ANSWER_PREFIXES_BYTES)  # (the head only: a frame may be megabytes)
 
 
 def _is_registration(frame: Frame) -> bool:
