@@ -34,6 +34,8 @@ DEFAULT_MAX_HELD_BYTES_PER_WORKER: Final = 64 * 1024 * 1024
 worker's parked streams cannot take every other worker's room (as ``max_call_bytes_per_worker``)."""
 DEFAULT_ATTACH_TIMEOUT_S: Final = 300.0
 """How long an end may stay unattached before the channel expires."""
+ORPHAN_GRACE_S: Final = 30.0
+"""How long a channel no end attached to outlives the worker that created it (see ``ChannelRelay.drop_owner``)."""
 
 SOCKET_QUEUE_BYTES: Final = 4 * 1024 * 1024
 """Bytes a writer socket may hold in received-but-unread messages before the relay stops reading it."""

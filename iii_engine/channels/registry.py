@@ -40,6 +40,7 @@ from .limits import (
     DEFAULT_MAX_OPEN_CHANNELS,
     DEFAULT_MAX_OPEN_PER_WORKER,
     DEFAULT_MAX_QUEUED_BYTES,
+    ORPHAN_GRACE_S,
     TooManyChannels,
     clamp_buffer_size,
 )
@@ -168,6 +169,7 @@ class ChannelRelay:
     Args:
         max_message_size: largest message a writer may send; larger closes the writer with 1009 and aborts.
         attach_timeout_s: how long an end may stay unattached before the channel expires (4003).
+        orphan_grace_s: how long a channel no end attached to outlives its creator's disconnect (:meth:`drop_owner`).
         max_channel_bytes: default byte quota of a channel (``None``: unlimited); ``create`` may set its own.
         max_queued_bytes: the relay stops reading a writer while this many payload bytes wait for the reader
             (besides ``buffer_size`` messages), so a channel holds at most this plus one message in its queue.
@@ -204,6 +206,7 @@ class ChannelRelay:
         max_held_bytes: int | None = DEFAULT_MAX_HELD_BYTES,
         max_held_bytes_per_worker: int = DEFAULT_MAX_HELD_BYTES_PER_WORKER,
         production_mode: bool = False,
+        orphan_grace_s: float = ORPHAN_GRACE_S,
     ) -> None:
         if max_queued_bytes < 1:
             raise ValueError(f"max_queued_bytes must be >= 1, got {max_queued_bytes}")
@@ -236,6 +239,9 @@ class ChannelRelay:
         self.max_queued_bytes = max_queued_bytes
         self.max_channel_bytes = max_channel_bytes
         self.attach_timeout_s = attach_timeout_s
+        self.orphan_grace_s = orphan_grace_s
+        # drop_owner's timers, cancelled by close()
+        self._orphan_timers: set[asyncio.TimerHandle] = set()
         self.production_mode = production_mode
         self.policy = policy_for(production_mode)
         self._channels: dict[str, LiveChannel] = {}
@@ -797,15 +803,47 @@ class ChannelRelay:
         self._idle.set()
 
     def drop_owner(self, worker_id: str) -> None:
-        """The worker that created channels disconnected: remove its channels that have no attached end.
+        """The worker that created channels disconnected: its channels that no end attached to go
+        :attr:`orphan_grace_s` later (at once when it is 0 or there is no running loop), unless an end attaches
+        meanwhile.
+
+        Why a grace: the workers a channel's refs were handed to may attach after its creator left, which the
+        reference SDK's ``create_channel`` shows (a script creates a channel for two workers, hands them the refs and
+        exits) and production allows; removed at once, their ends got 404 and nothing was carried. Bounded: the
+        channels still count against ``max_open`` until they go.
 
         Costs O(the worker's own live channels), whatever the number of other channels.
         """
         owned = self._by_owner.get(worker_id)
         if owned is None:
             return
-        for ch in list(owned.values()):
-            if ch.machine.unattached:
+        orphans = [ch.id for ch in owned.values() if ch.machine.unattached]
+        if not orphans:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or self.orphan_grace_s <= 0:
+            self._drop_orphans(worker_id, orphans)
+            return
+        timers = self._orphan_timers
+
+        def due() -> None:
+            timers.discard(handle)
+            self._drop_orphans(worker_id, orphans)
+
+        handle = loop.call_later(self.orphan_grace_s, due)
+        timers.add(handle)
+
+    def _drop_orphans(self, worker_id: str, channel_ids: list[str]) -> None:
+        """Remove those of ``channel_ids`` (created by ``worker_id``) that still have no attached end."""
+        owned = self._by_owner.get(worker_id)
+        if owned is None:
+            return
+        for channel_id in channel_ids:
+            ch = owned.get(channel_id)
+            if ch is not None and ch.machine.unattached:
                 ch.cancel_deadline()
                 self._forget(ch.id)
 
@@ -850,6 +888,9 @@ class ChannelRelay:
         self._reserved.clear()
         self._ended.clear()
         self._by_owner.clear()
+        for timer in self._orphan_timers:
+            timer.cancel()
+        self._orphan_timers.clear()
         self._creator.clear()
         self._open_by.clear()
         self._held_by.clear()

@@ -163,6 +163,7 @@ async def test_engine_channels_create_past_channels_max_open_fails_with_channel_
         refused = await worker.call("engine::channels::create", {})
         assert refused["error"] == {"code": "channel_limit", "message": "engine::channels::create: too many open "
                                     "channels (channels.max_open 1)"}
+        engine.channels.orphan_grace_s = 0  # (at once: the grace is tests/unit/channels/test_relay.py's)
         await _gone(engine, worker)  # the worker's unattached channel goes with it
         other = await RawWorker.connect(engine.url)
         assert "writer" in await other.result_of("engine::channels::create", {})

@@ -251,7 +251,7 @@ async def test_a_channel_that_never_attaches_gives_its_slot_back_at_the_attach_t
 
 
 async def test_a_channel_refused_past_max_open_leaves_nothing_behind() -> None:
-    relay = ChannelRelay(max_open=2)
+    relay = ChannelRelay(max_open=2, orphan_grace_s=0)
     for _ in range(2):
         relay.create(None, owner="w")
     for _ in range(50):

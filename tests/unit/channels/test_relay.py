@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from iii.channels import build_channel_url
 from iii_engine.channels import ChannelRelay, clamp_buffer_size
+from tests.polling import until
 
 OPTS: dict[str, Any] = {"ping_interval": None, "compression": None, "max_size": None}
 
@@ -171,6 +172,7 @@ async def test_owner_disconnect_removes_only_unattached_channels(relay: tuple[st
     busy = r.create(None, owner="w1")
     other = r.create(None, owner="w2")
     reader = await connect(base, busy["reader"])
+    r.orphan_grace_s = 0  # (at once: the grace is test_an_orphan_outlives_its_creator_for_a_grace's)
     r.drop_owner("w1")
     assert idle["reader"]["channel_id"] not in r
     assert busy["reader"]["channel_id"] in r
@@ -265,3 +267,17 @@ async def test_relay_default_quota_and_negative_rejected() -> None:
     with pytest.raises(ValueError, match="max_bytes must be >= 0"):
         r.create(None, owner=None, max_bytes=-1)
     assert ChannelRelay(production_mode=True, max_channel_bytes=10).create(None, None)["writer"]
+
+
+async def test_an_orphan_outlives_its_creator_for_a_grace(relay: tuple[str, ChannelRelay]) -> None:
+    # The reference SDK's create_channel shows a script creating a channel for two workers and exiting: removed at
+    # its disconnect, the channel's ends got 404 when they came.
+    base, r = relay
+    r.orphan_grace_s = 0.3
+    handed, unused = r.create(None, owner="script"), r.create(None, owner="script")
+    r.drop_owner("script")
+    assert handed["reader"]["channel_id"] in r and unused["reader"]["channel_id"] in r  # before: both gone at once
+    reader = await connect(base, handed["reader"])
+    await until(lambda: unused["reader"]["channel_id"] not in r, within=5)
+    assert handed["reader"]["channel_id"] in r  # attached within the grace: kept
+    await reader.close()

@@ -15,7 +15,7 @@ class Tripwire:
 
 
 async def test_drop_owner_removes_only_its_unattached_channels() -> None:
-    relay = ChannelRelay()
+    relay = ChannelRelay(orphan_grace_s=0)  # (the drop at once: its grace is tested in test_relay.py)
     idle = [relay.create(None, owner="w1")["reader"] for _ in range(3)]
     busy = relay.create(None, owner="w1")["reader"]
     others = [relay.create(None, owner="w2")["reader"] for _ in range(2)]
@@ -33,7 +33,7 @@ async def test_drop_owner_removes_only_its_unattached_channels() -> None:
 
 
 async def test_drop_owner_never_touches_other_owners_channels() -> None:
-    relay = ChannelRelay()
+    relay = ChannelRelay(orphan_grace_s=0)  # (the drop at once: its grace is tested in test_relay.py)
     mine = [relay.create(None, owner="w1")["reader"]["channel_id"] for _ in range(2)]
     theirs = [relay.create(None, owner=f"w{i % 50 + 2}")["reader"]["channel_id"] for i in range(500)]
     real = {channel_id: relay._channels[channel_id] for channel_id in theirs}
@@ -47,7 +47,7 @@ async def test_drop_owner_never_touches_other_owners_channels() -> None:
 
 
 async def test_owner_index_forgets_finished_channels() -> None:
-    relay = ChannelRelay()
+    relay = ChannelRelay(orphan_grace_s=0)  # (the drop at once: its grace is tested in test_relay.py)
     for _ in range(100):
         relay.discard(relay.create(None, owner="w1")["reader"]["channel_id"])
     kept = relay.create(None, owner="w1")["reader"]["channel_id"]
