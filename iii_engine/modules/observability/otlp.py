@@ -264,6 +264,23 @@ def _int(value: Any, what: str = "integer", bounds: tuple[int, int] = _UINT64) -
     return value
 
 
+def _any_int(value: Any) -> int | str:
+    """An ``AnyValue``'s ``intValue``: an int64, or, for an integer outside that range, its decimal text.
+
+    Why not refused: the reference SDK writes any Python int there (``Logger().error(..., {"n": 2**70})``), and one
+    such attribute made the whole frame malformed, every record of the batch lost.
+
+    Example:
+        >>> _any_int("3"), _any_int(2**70)
+        (3, '1180591620717411303424')
+    """
+    try:
+        return _int(value, "intValue", _INT64)
+    except TelemetryFormatError:
+        whole = _int(value, "intValue", (-(10**4300), 10**4300))  # not an integer at all: still refused
+        return str(whole)
+
+
 def _opt_int(value: Any, what: str) -> int:
     return 0 if value is None else _int(value, what)
 
@@ -291,7 +308,7 @@ def any_value_text(value: Any) -> str:
     if "stringValue" in value:
         return str(value["stringValue"])
     if "intValue" in value:
-        return str(_int(value["intValue"], "intValue", _INT64))
+        return str(_any_int(value["intValue"]))
     if "doubleValue" in value:
         raw = value["doubleValue"]
         return _number_text(float(raw)) if isinstance(raw, int | float) and not isinstance(raw, bool) else str(raw)
@@ -314,7 +331,7 @@ def any_value_json(value: Any) -> Any:
     if "stringValue" in value:
         return str(value["stringValue"])
     if "intValue" in value:
-        return _int(value["intValue"], "intValue", _INT64)
+        return _any_int(value["intValue"])
     if "doubleValue" in value:
         raw = value["doubleValue"]
         if not isinstance(raw, int | float) or isinstance(raw, bool) or not math.isfinite(raw):
