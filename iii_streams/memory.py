@@ -244,10 +244,9 @@ class MemoryStream(FieldUpdates):
             >>> asyncio.run(demo())
             {'type': 'delete', 'data': {'n': 1}}
         """
-        if not self._hub.active:  # nobody to hand it to (nothing checked or copied)
-            return
-        text = json_text(event, "the event", room=0)  # refused as every other backend refuses it
-        self._hub.publish(loads(text), text)  # watchers get copies, never the caller's event
+        text = json_text(event, "the event", room=0)  # refused as every other backend refuses it, watched or not
+        if self._hub.active:  # (nobody to hand it to: nothing copied)
+            self._hub.publish(loads(text), text)  # watchers get copies, never the caller's event
 
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None

@@ -240,8 +240,9 @@ class ChannelRelay:
         self.max_channel_bytes = max_channel_bytes
         self.attach_timeout_s = attach_timeout_s
         self.orphan_grace_s = orphan_grace_s
-        # drop_owner's timers, cancelled by close()
+        # drop_owner's timers, cancelled by close(), and the channels they keep (at most max_open_per_worker)
         self._orphan_timers: set[asyncio.TimerHandle] = set()
+        self._orphans_kept = 0
         self.production_mode = production_mode
         self.policy = policy_for(production_mode)
         self._channels: dict[str, LiveChannel] = {}
@@ -810,7 +811,8 @@ class ChannelRelay:
         Why a grace: the workers a channel's refs were handed to may attach after its creator left, which the
         reference SDK's ``create_channel`` shows (a script creates a channel for two workers, hands them the refs and
         exits) and production allows; removed at once, their ends got 404 and nothing was carried. Bounded: the
-        channels still count against ``max_open`` until they go.
+        channels still count against ``max_open`` until they go, and at most ``max_open_per_worker`` are kept so
+        across all creators (past that, a disconnect's go at once, as before).
 
         Costs O(the worker's own live channels), whatever the number of other channels.
         """
@@ -824,13 +826,18 @@ class ChannelRelay:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is None or self.orphan_grace_s <= 0:
+        if (loop is None or self.orphan_grace_s <= 0
+                or self._orphans_kept + len(orphans) > self.max_open_per_worker):
+            # Past one worker's share kept so, they go at once: worker ids are per connection, so a creator that
+            # reconnects in a loop kept 10,000s of orphans and filled max_open for everyone for the whole grace
             self._drop_orphans(worker_id, orphans)
             return
         timers = self._orphan_timers
+        self._orphans_kept += len(orphans)
 
         def due() -> None:
             timers.discard(handle)
+            self._orphans_kept -= len(orphans)
             self._drop_orphans(worker_id, orphans)
 
         handle = loop.call_later(self.orphan_grace_s, due)
@@ -891,6 +898,7 @@ class ChannelRelay:
         for timer in self._orphan_timers:
             timer.cancel()
         self._orphan_timers.clear()
+        self._orphans_kept = 0
         self._creator.clear()
         self._open_by.clear()
         self._held_by.clear()

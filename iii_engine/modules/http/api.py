@@ -1358,14 +1358,17 @@ class RestApiModule(EngineModule):
         protocol = request.protocol
         connection = protocol if isinstance(protocol, _Connection) else None
         if lost is not None:
-            # left during an earlier wait (no close is coming to say so), or an HTTP/1.0 client that ended its side,
-            # taken as gone as in the wait for a slot (_left_unprobed)
-            if request.transport is None or _left_unprobed(request):
+            if request.transport is None:  # it left during an earlier wait: no close is coming to say so
                 race.interrupt(_GONE)
             else:
-                lost[protocol] = gone = partial(race.interrupt, _GONE)
-                if connection is not None:
-                    connection.on_input_ended = gone
+                lost[protocol] = partial(race.interrupt, _GONE)
+                # An HTTP/1.0 client that ends its side may have left or only half-closed (no probe can tell): its
+                # handler's writer is told the reader left, so a stream ends, while a result the function returns is
+                # still answered (cut at once, a half-closed client waiting for a JSON answer got nothing)
+                if _left_unprobed(request):
+                    self._writer_told(reader)
+                elif connection is not None:
+                    connection.on_input_ended = partial(self._writer_told, reader, connection)
         try:
             chunk = await self._first_chunk(race, reader, outcome)
         except _Interrupted as exc:
@@ -1395,6 +1398,14 @@ class RestApiModule(EngineModule):
         if aborted is not None:
             return _error_response(str(aborted))
         return _empty_response(reader.status, reader.headers, request.method == "HEAD")
+
+    def _writer_told(self, reader: ResponseChannel, connection: _Connection | None = None) -> None:
+        """An HTTP/1.0 client ended its side while its streamed answer waited for its first chunk: the handler's
+        writer hears its reader left (4002), counted as ``gone`` (once: the hook is taken off as it runs)."""
+        if connection is not None:
+            connection.on_input_ended = None
+        self.gone += 1
+        reader.abort()
 
     async def _outcome_of(self, race: _Race, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
         """Wait until ``outcome`` is done (whether it failed or was cancelled: :func:`_outcome` reads that), within

@@ -264,6 +264,9 @@ def _int(value: Any, what: str = "integer", bounds: tuple[int, int] = _UINT64) -
     return value
 
 
+_BIG_DECIMAL = re.compile(r"-?[0-9]{1,4300}")  # (Python's int() refuses longer text by default)
+
+
 def _any_int(value: Any) -> int | str:
     """An ``AnyValue``'s ``intValue``: an int64, or, for an integer outside that range, its decimal text.
 
@@ -271,12 +274,14 @@ def _any_int(value: Any) -> int | str:
     such attribute made the whole frame malformed, every record of the batch lost.
 
     Example:
-        >>> _any_int("3"), _any_int(2**70)
-        (3, '1180591620717411303424')
+        >>> _any_int("3"), _any_int(2**70), _any_int(str(2**70))
+        (3, '1180591620717411303424', '1180591620717411303424')
     """
     try:
         return _int(value, "intValue", _INT64)
     except TelemetryFormatError:
+        if isinstance(value, str) and _BIG_DECIMAL.fullmatch(value.strip()):  # OTLP/JSON writes int64s as strings
+            return str(int(value))
         whole = _int(value, "intValue", (-(10**4300), 10**4300))  # not an integer at all: still refused
         return str(whole)
 

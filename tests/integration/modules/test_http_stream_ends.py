@@ -227,9 +227,10 @@ async def test_a_client_gone_before_its_handler_attached_is_not_waited_for(api: 
     await _answer(worker, request)
 
 
-async def test_an_http10_client_that_leaves_before_the_first_chunk_frees_its_slot_at_once(api: Start) -> None:
-    # HTTP/1.0 (nginx's default to an upstream) gets no probe: its end of input is taken as its leaving, as in the
-    # wait for a slot; before, the slot stayed taken until default_timeout (20 s here)
+async def test_an_http10_client_that_leaves_before_the_first_chunk_has_its_handlers_writer_told(api: Start) -> None:
+    # HTTP/1.0 (nginx's default to an upstream) gets no probe: its end of input may be its leaving, so the handler's
+    # writer is told its reader left (a stream ends there) and the request ends with the function (its slot with it);
+    # before, nothing told the writer and the slot stayed taken until default_timeout (20 s here)
     engine, module, _client = await api(concurrency_request_limit=1, slot_timeout=200, default_timeout=20_000)
     worker = await _route(engine, "feed", "feed")
     _reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
@@ -242,6 +243,25 @@ async def test_an_http10_client_that_leaves_before_the_first_chunk_frees_its_slo
         writer.close()
         await asyncio.wait_for(out.wait_closed(), 5)
         assert out.close_code == 4002
+    await _answer(worker, request)  # the handler, told, ends
     await until(lambda: module.in_flight == 0, within=5)
     assert module.gone == 1
-    await _answer(worker, request)
+
+
+async def test_an_http10_client_that_half_closes_still_gets_the_json_answer(api: Start) -> None:
+    # It only ended its side and still reads: a result the function returns is answered (re-attack on 3800f95, which
+    # answered 499 to such a client once its handler had touched its response writer)
+    engine, module, _client = await api(default_timeout=20_000)
+    worker = await _route(engine, "feed", "feed")
+    reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
+    writer.write(b"GET /feed HTTP/1.0\r\nHost: x\r\n\r\n")
+    request = await worker.expect("invokefunction")
+    assert module._server is not None
+    lost = module._server.on_lost
+    async with await _writer(engine, request):
+        await until(lambda: bool(lost), within=5)
+        writer.write_eof()
+        await _answer(worker, request, result={"status_code": 200, "body": {"ok": True}})
+        answer = await _rest_of(reader)
+    assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b'{"ok":true}'), answer[:200]
+    writer.close()

@@ -281,3 +281,17 @@ async def test_an_orphan_outlives_its_creator_for_a_grace(relay: tuple[str, Chan
     await until(lambda: unused["reader"]["channel_id"] not in r, within=5)
     assert handed["reader"]["channel_id"] in r  # attached within the grace: kept
     await reader.close()
+
+
+async def test_orphans_kept_for_the_grace_are_at_most_one_workers_share() -> None:
+    # Worker ids are per connection: a creator reconnecting in a loop kept every connection's orphans for the grace
+    # and filled max_open for everyone (re-attack on the grace: 5 cycles of 10 filled 50)
+    relay = ChannelRelay(max_open=50, max_open_per_worker=10, orphan_grace_s=30)
+    for cycle in range(5):
+        for _ in range(10):
+            relay.create(None, owner=f"w{cycle}")
+        relay.drop_owner(f"w{cycle}")
+    assert len(relay) == 10  # the first connection's, in their grace; the later ones went at once
+    assert "writer" in relay.create(None, owner="other")
+    await relay.close()
+    assert not relay._orphan_timers

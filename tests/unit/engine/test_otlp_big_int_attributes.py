@@ -18,9 +18,10 @@ def _frame(*values: Any) -> dict[str, Any]:
 
 
 def test_an_int_past_int64_is_kept_as_text_and_the_batch_is_stored() -> None:
-    logs = logs_from_otlp(_frame(2**70, "3", -(2**64)))
-    assert len(logs) == 3  # before: TelemetryFormatError, none of the three stored
-    assert [str(log["attributes"]["n"]) for log in logs] == [str(2**70), "3", str(-(2**64))]
+    # as a number, and as OTLP/JSON writes 64-bit integers: a decimal string
+    logs = logs_from_otlp(_frame(2**70, "3", -(2**64), str(2**70)))
+    assert len(logs) == 4  # before: TelemetryFormatError, none of the four stored
+    assert [str(log["attributes"]["n"]) for log in logs] == [str(2**70), "3", str(-(2**64)), str(2**70)]
 
 
 def test_an_int_value_that_is_not_an_integer_is_still_refused() -> None:

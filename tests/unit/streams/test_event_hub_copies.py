@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from iii_streams import MemoryStream
 from iii_streams.events import EventFilter, EventHub, make_event
 
 
@@ -34,3 +37,9 @@ async def test_a_marker_reaches_every_watch_as_it_is() -> None:
     hub.publish(gap)
     got = [await sub.get() for sub in subs]
     assert all(one is gap for one in got)
+
+
+async def test_the_memory_store_refuses_an_event_that_is_not_json_watched_or_not() -> None:
+    store = MemoryStream()
+    with pytest.raises(TypeError):  # (the SQL store refuses it the same way)
+        await store.publish({"type": "stream", "data": {1, 2}})
