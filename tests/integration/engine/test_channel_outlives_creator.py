@@ -9,8 +9,7 @@ import websockets
 from iii_engine import Engine
 from iii_engine.modules.http.channels import channel_url
 
-from .raw import RawWorker
-from .raw import disconnect
+from .raw import RawWorker, disconnect
 
 
 async def test_the_ends_of_a_channel_whose_creator_left_still_meet() -> None:
