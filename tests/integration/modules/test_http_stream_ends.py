@@ -232,14 +232,9 @@ async def test_an_http10_client_that_leaves_before_the_first_chunk_has_its_handl
     # writer is told its reader left (a stream ends there) and the request ends with the function (its slot with it);
     # before, nothing told the writer and the slot stayed taken until default_timeout (20 s here)
     engine, module, _client = await api(concurrency_request_limit=1, slot_timeout=200, default_timeout=20_000)
-    worker = await _route(engine, "feed", "feed")
-    _reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
-    writer.write(b"GET /feed HTTP/1.0\r\nHost: x\r\n\r\n")
-    request = await worker.expect("invokefunction")
-    assert module._server is not None
-    lost = module._server.on_lost
+    worker, _reader, writer, request = await _http10_feed(engine, module)
     async with await _writer(engine, request) as out:
-        await until(lambda: bool(lost), within=5)
+        await _waiting_for_the_first_chunk(module)
         writer.close()
         await asyncio.wait_for(out.wait_closed(), 5)
         assert out.close_code == 4002
@@ -252,16 +247,27 @@ async def test_an_http10_client_that_half_closes_still_gets_the_json_answer(api:
     # It only ended its side and still reads: a result the function returns is answered (re-attack on 3800f95, which
     # answered 499 to such a client once its handler had touched its response writer)
     engine, module, _client = await api(default_timeout=20_000)
-    worker = await _route(engine, "feed", "feed")
-    reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
-    writer.write(b"GET /feed HTTP/1.0\r\nHost: x\r\n\r\n")
-    request = await worker.expect("invokefunction")
-    assert module._server is not None
-    lost = module._server.on_lost
+    worker, reader, writer, request = await _http10_feed(engine, module)
     async with await _writer(engine, request):
-        await until(lambda: bool(lost), within=5)
+        await _waiting_for_the_first_chunk(module)
         writer.write_eof()
         await _answer(worker, request, result={"status_code": 200, "body": {"ok": True}})
         answer = await _rest_of(reader)
     assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b'{"ok":true}'), answer[:200]
     writer.close()
+
+
+async def _http10_feed(engine: Engine, module: RestApiModule) -> tuple[RawWorker, asyncio.StreamReader,
+                                                                        asyncio.StreamWriter, dict[str, Any]]:
+    """A route ``feed`` served by a raw worker, and an HTTP/1.0 ``GET /feed`` its worker was asked to answer."""
+    worker = await _route(engine, "feed", "feed")
+    reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
+    writer.write(b"GET /feed HTTP/1.0\r\nHost: x\r\n\r\n")
+    return worker, reader, writer, await worker.expect("invokefunction")
+
+
+async def _waiting_for_the_first_chunk(module: RestApiModule) -> None:
+    """Until the request waits for its attached handler's first chunk (its client's leaving is watched)."""
+    assert module._server is not None
+    lost = module._server.on_lost
+    await until(lambda: bool(lost), within=5)
