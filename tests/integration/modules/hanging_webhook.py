@@ -4,7 +4,7 @@ rules at to see deliveries in flight (at a stop, past their budget)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -21,6 +21,20 @@ class HangingWebhook:
 
 
 @asynccontextmanager
+async def post_endpoint(answer: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """A local HTTP endpoint answering ``POST /hook`` with ``answer``; its URL."""
+    app = web.Application()
+    app.router.add_post("/hook", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
 async def hanging_webhook() -> AsyncIterator[HangingWebhook]:
     """A local endpoint at ``POST /hook`` answering nothing until ``release`` is set (set on the way out)."""
     hook = HangingWebhook()
@@ -30,15 +44,9 @@ async def hanging_webhook() -> AsyncIterator[HangingWebhook]:
         await hook.release.wait()
         return web.Response(text="late")
 
-    app = web.Application()
-    app.router.add_post("/hook", hang)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    hook.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
-    try:
-        yield hook
-    finally:
-        hook.release.set()
-        await runner.cleanup()
+    async with post_endpoint(hang) as url:
+        hook.url = url
+        try:
+            yield hook
+        finally:
+            hook.release.set()  # (before the endpoint's cleanup, which waits for the requests it holds)

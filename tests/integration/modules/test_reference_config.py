@@ -20,6 +20,7 @@ from module_worker import ModuleWorker
 from iii_engine.config import load_config
 from tests.conftest import EngineProcess
 from tests.fixtures.refworker import ref_worker
+from tests.integration.modules.hanging_webhook import post_endpoint
 from tests.services import logged_port
 
 pytestmark = pytest.mark.our_engine("starts our engine with the production test configuration")
@@ -65,17 +66,8 @@ async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         seen.append({"body": body, "function": request.headers.get("x-iii-Function-Path")})
         return web.json_response({"echo": body})
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", seen
-    finally:
-        await runner.cleanup()
+    async with post_endpoint(hook) as url:
+        yield url, seen
 
 
 @pytest.fixture
