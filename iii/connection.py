@@ -107,7 +107,7 @@ else:  # `from . import` waits for the package's __init__ (tests/unit/test_concu
     ws_fastpath = import_module(".ws_fastpath", __package__)
 from .errors import ConnectionLostError, OutboundQueueFullError, PicklesByState
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
-from .loss_log import BurstLog, LossLog, latest_tail
+from .loss_log import BurstLog, LossLog, counts_said, latest_tail
 
 __all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "NOT_AN_ENGINE_TRIES", "OUTBOUND_QUEUE_FULL", "Connection",
            "MessageTooLargeError", "announced_limit", "backoff_delay_ms", "check_url", "not_an_engine", "shown_url"]
@@ -1078,12 +1078,11 @@ class Connection:
 
     def _log_calls_lost(self, counts: Mapping[str, int], latest: str | None) -> None:
         """The :class:`LossLog` warning of calls that failed at a full queue, never sent (each caller was told)."""
-        parts = [f"{counts[kind]} {what}" for kind, what in ((_MADE_WAY, "queued call(s) made way for newer frames"),
-                                                             (_REFUSED, "call(s) refused")) if kind in counts]
-        latest_text = latest_tail(latest)
+        said = counts_said(counts, ((_MADE_WAY, "queued call(s) made way for newer frames"),
+                                    (_REFUSED, "call(s) refused")))
         log.warning("Outbound queue full (at most %d frames and %s bytes waiting for the engine): %s since the last "
                     "warning, each failed at once as never sent%s", self._max_queue, f"{self._max_queue_bytes:,}",
-                    " and ".join(parts), latest_text)
+                    said, latest_tail(latest))
 
     def _enqueue_best_effort(self, frame: Frame) -> bool:
         """Queue a best-effort frame; False (not queued) when the queue is full or holds its share of them, or once

@@ -58,7 +58,7 @@ from .iii_types import (
     WorkerInfo,
 )
 from .loop_bridge import CANCEL_WAIT_S, LoopBridge, LoopStoppedError
-from .loss_log import BurstLog, LossLog, latest_tail
+from .loss_log import BurstLog, LossLog, counts_said, latest_tail
 from .payloads import action_to_wire, format_dict, resolve_channels
 from .pending_calls import LoopWaiter, PendingCalls, Settle, ThreadWaiter
 from .protocol.client import (
@@ -983,22 +983,18 @@ class III:
     def _log_skipped(self, counts: Mapping[str, int], latest: str | None) -> None:
         """The :class:`LossLog` warning of the engine's frames skipped, or answers to them not sent, past the burst of
         lines (each is also told to the engine where it waits for an answer)."""
-        parts = [f"{counts[kind]} {what}" for kind, what in (("skipped", "frame(s) from the engine skipped"),
-                                                             ("answer", "answer(s) to it over its size limit not sent"))
-                 if kind in counts]
-        log.warning("%s since the last warning, past %d lines per %g s%s", " and ".join(parts), _SKIP_LOG_BURST,
+        said = counts_said(counts, (("skipped", "frame(s) from the engine skipped"),
+                                    ("answer", "answer(s) to it over its size limit not sent")))
+        log.warning("%s since the last warning, past %d lines per %g s%s", said, _SKIP_LOG_BURST,
                     _BUSY_LOG_INTERVAL_S, latest_tail(latest))
 
     def _log_stale(self, counts: Mapping[str, int], latest: str | None) -> None:
         """The :class:`LossLog` warning of answers dropped because the connection their request came on is gone."""
-        parts = []
-        if "finished" in counts:
-            parts.append(f"{counts['finished']} result(s) of handlers that finished after it was lost")
-        if "queued" in counts:
-            parts.append(f"{counts['queued']} answer(s) still queued when it was lost")
+        said = counts_said(counts, (("finished", "result(s) of handlers that finished after it was lost"),
+                                    ("queued", "answer(s) still queued when it was lost")))
         log.warning("Dropped since the last warning: %s. The engine connection they came on is gone, so their callers "
                     "were told the invocations stopped (or, the engine itself gone, lost the calls); the work was "
-                    "done and a retried call may do it again%s", " and ".join(parts), latest_tail(latest))
+                    "done and a retried call may do it again%s", said, latest_tail(latest))
 
     def _log_busy(self, counts: Mapping[str, int], latest: str | None) -> None:
         """The :class:`LossLog` warning of invocations refused past ``max_invocations``."""
@@ -1008,9 +1004,8 @@ class III:
                  ("no_id", "call(s) without an invocation id dropped"),
                  ("trigger_refused", "trigger registration(s) answered worker_busy"),
                  ("trigger_unsent", "trigger registration(s) refused whose answer could not be queued"))
-        parts = [f"{counts[kind]} {what}" for kind, what in kinds if kind in counts]
         log.warning("Worker busy (max_invocations=%d running at once): %s since the last warning, not run%s",
-                    self._max_invocations, " and ".join(parts), latest_tail(latest))
+                    self._max_invocations, counts_said(counts, kinds), latest_tail(latest))
 
     def _answer_within_limit(self, event: InvocationRequested, frame: str, traceparent: str | None) -> str | None:
         """``frame`` (the answer to ``event``), or an error answer in its place when it is over the engine's message

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["BurstLog", "LossLog", "counts_text", "latest_tail"]
+__all__ = ["BurstLog", "LossLog", "counts_said", "counts_text", "latest_tail"]
 
 
 def latest_tail(latest: str | None, lead: str = "") -> str:
@@ -31,6 +31,17 @@ def counts_text(counts: Mapping[str, int]) -> str:
         '1 answered, 2 void'
     """
     return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+
+
+def counts_said(counts: Mapping[str, int], kinds: Sequence[tuple[str, str]]) -> str:
+    """A :class:`LossLog` warning's ``counts`` in words: each of ``kinds`` (``(kind, words)``, in that order) that
+    ``counts`` holds, joined with "and".
+
+    Example:
+        >>> counts_said({"unsent": 2, "refused": 1}, (("refused", "call(s) refused"), ("unsent", "not sent")))
+        '1 call(s) refused and 2 not sent'
+    """
+    return " and ".join(f"{counts[kind]} {words}" for kind, words in kinds if kind in counts)
 
 
 class LossLog:
