@@ -675,7 +675,7 @@ class StreamSocketServer:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
-            # also when the pump was cancelled before its first step (its finally never ran); idempotent
+            # left by the pump only when it was cancelled before its first step (its finally never ran)
             watch, self._watch = self._watch, None
             if watch is not None:
                 self._unsubscribe(watch)
@@ -1159,4 +1159,8 @@ class StreamSocketServer:
                 watch = self._watch = self.store.watch()
                 subscribed = False
         finally:
-            self._unsubscribe(watch)  # also when cancelled by _close_feed: the store's subscription goes with it
+            # also when cancelled by _close_feed: the store's subscription goes with it. Taken off self._watch so
+            # _close_feed does not start a second close of it (one more task counted against _UNSUBSCRIBING_MAX)
+            if self._watch is watch:
+                self._watch = None
+            self._unsubscribe(watch)

@@ -231,6 +231,30 @@ async def test_hung_unsubscribes_under_way_are_bounded_in_count(monkeypatch: pyt
             store.unhang.set()
 
 
+async def test_each_ended_feed_is_unsubscribed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    unsubscribed: list[Watch] = []
+    real = socket_module.StreamSocketServer._unsubscribe
+
+    def counted(self: socket_module.StreamSocketServer, watch: Watch) -> asyncio.Task[None]:
+        unsubscribed.append(watch)
+        return real(self, watch)
+
+    monkeypatch.setattr(socket_module.StreamSocketServer, "_unsubscribe", counted)
+    async with Engine(config=engine_config()) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        for _ in range(3):
+            client = await SocketClient.connect(engine)
+            await client.join("sub", "s", "g")
+            assert (await client.recv())["event"]["type"] == "sync"
+            await client.close()
+            await until(lambda: not socket.following and not socket._unsubscribing)
+        # before: the pump's finally and _close_feed each started a close of the same subscription, two tasks
+        # counted against _UNSUBSCRIBING_MAX for one (a hung unsubscribe plus its twin read as 9 under way of 8)
+        assert len(unsubscribed) == 3
+        assert len({id(watch) for watch in unsubscribed}) == 3
+
+
 async def test_a_cancel_of_the_close_s_caller_cancels_the_unsubscribe_and_goes_through() -> None:
     store = _HangingStore()
     store.close_hangs = True

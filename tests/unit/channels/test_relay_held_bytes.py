@@ -166,6 +166,9 @@ async def test_one_workers_parked_channels_stop_at_its_share_and_the_rest_waits_
         refs = [r.create(None, owner="w") for _ in streams]
         writers = [await connect(base, ref["writer"]) for ref in refs]
         tasks = [asyncio.ensure_future(_write(ws, messages)) for ws, messages in zip(writers, streams, strict=True)]
+        # The share is reached first: a channel whose writer finished before that is made full by another's
+        # message, and nothing of its own (its writer loop ended) would wake a wait_full on it.
+        await until(lambda: r.held_stats()["by_worker"].get("w", 0) >= 2 * MIB)
         for ref in refs:  # each channel's writer is no longer read: its stream is all queued, or it waits
             await asyncio.wait_for(r.wait_full(ref["writer"]["channel_id"]), 10)
         stats = r.held_stats()
