@@ -218,11 +218,14 @@ class TriggerTypeHost:
         returning the error body for the engine when the handler refused it (``None`` on success)."""
         key = (type_id, trigger_id)
         send = next(self._sends)
-        if type_id in self._handlers:
+        noted = type_id in self._handlers
+        if noted:
             self._sent[key] = (max(generation, self._sent.get(key, (generation, send))[0]), send)
-        return self._register(key, TriggerConfig(id=trigger_id, function_id=function_id, config=config), send)
+        return self._register(key, TriggerConfig(id=trigger_id, function_id=function_id, config=config), send,
+                              noted)
 
-    async def _register(self, key: _Key, trigger: TriggerConfig[Any], send: int) -> dict[str, str] | None:
+    async def _register(self, key: _Key, trigger: TriggerConfig[Any], send: int,
+                        noted: bool = True) -> dict[str, str] | None:
         type_id = key[0]
         if type_id not in self._handlers:
             return {"code": "trigger_type_not_found", "message": "Trigger type not found"}
@@ -231,6 +234,12 @@ class TriggerTypeHost:
             # Released before and not unbound yet: that unbind comes first (run later by the release, it undid this
             # bind, or left the trigger bound at two handlers until it ran).
             await self._unbind_released_one(key)
+            if noted and key not in self._sent:
+                # Unregistered, found gone after a reconnect, or the type let go while this one waited (its turn,
+                # or the worker's max_invocations): the handler is not asked to bind what the engine no longer
+                # holds (it was bound, then unbound at once). A send that a newer one follows still runs: its
+                # answer (a refusal parks the trigger at the engine) is the engine's to weigh.
+                return None
             # The type's handler now, not when the frame came: one put in place meanwhile (the type registered again
             # with another handler) is the one the engine's trigger goes to.
             with self._lock:

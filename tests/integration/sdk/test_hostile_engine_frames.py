@@ -118,6 +118,29 @@ def test_trigger_registrations_past_max_invocations_wait_their_turn_and_past_tha
     wait_until(lambda: worker._owning == 0)  # (its answer can reach the engine before the worker counts it done)
 
 
+def test_a_waiting_trigger_registration_the_engine_unregistered_is_never_bound(
+        fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    worker = make_fake_worker("owner", max_invocations=1)
+    side = fake.worker(worker)
+    handler = _Held()
+    worker.register_trigger_type({"id": "hook", "description": "held"}, handler)
+    fake.wait_for(lambda: "hook" in fake.worker_trigger_types())
+    try:
+        for n in range(3):  # t0 binds (held), t1 and t2 wait their turn
+            fake.send_to(worker, {"type": "registertrigger", "id": f"t{n}", "trigger_type": "hook",
+                                  "function_id": "f", "config": {}})
+        wait_until(lambda: len(worker._owning_waiting) == 2)
+        fake.send_to(worker, {"type": "unregistertrigger", "id": "t1", "trigger_type": "hook"})
+        wait_until(lambda: ("hook", "t1") not in worker._trigger_host._sent)
+    finally:
+        handler.release.set()
+    fake.wait_for(lambda: len(_results(side, "triggerregistrationresult")) == 3)
+    # before: t1's hook ran after the engine had unregistered it (and its bind was undone at once)
+    assert sorted(handler.bound) == ["t0", "t2"]
+    assert not [r for r in _results(side, "triggerregistrationresult") if r.get("error")]
+    wait_until(lambda: worker._owning == 0)
+
+
 def test_an_answer_to_a_trigger_of_a_type_not_owned_gives_way_at_a_full_queue() -> None:
     session = ClientSession()
     (event,) = session.receive('{"type":"registertrigger","id":"t1","trigger_type":"nobody","function_id":"f"}')
