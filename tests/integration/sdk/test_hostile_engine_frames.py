@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from iii import III
 from iii import iii as iii_module
 from iii.protocol.client import ClientSession, FrameSkipped, Send, WorkerRegistered
 from iii.triggers import TriggerConfig, TriggerHandler
@@ -89,18 +90,29 @@ class _Held(TriggerHandler[Any]):
         pass
 
 
-def test_trigger_registrations_past_max_invocations_wait_their_turn_and_past_that_are_refused(
-        fake: EngineThread, make_fake_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(iii_module, "TRIGGERS_WAITING_MAX", 2)
-    worker = make_fake_worker("owner", max_invocations=2)
+def _owner(fake: EngineThread, make_fake_worker: MakeWorker, max_invocations: int) -> tuple[III, FakeWorker, _Held]:
+    """A worker owning trigger type ``hook``, whose hook holds each bind until ``release``; its engine-side record."""
+    worker = make_fake_worker("owner", max_invocations=max_invocations)
     side = fake.worker(worker)
     handler = _Held()
     worker.register_trigger_type({"id": "hook", "description": "held"}, handler)
     fake.wait_for(lambda: "hook" in fake.worker_trigger_types())
+    return worker, side, handler
+
+
+def _send_registrations(fake: EngineThread, worker: III, n: int) -> None:
+    """The engine asks ``worker`` to bind triggers ``t0`` … of type ``hook``."""
+    for k in range(n):
+        fake.send_to(worker, {"type": "registertrigger", "id": f"t{k}", "trigger_type": "hook", "function_id": "f",
+                              "config": {}})
+
+
+def test_trigger_registrations_past_max_invocations_wait_their_turn_and_past_that_are_refused(
+        fake: EngineThread, make_fake_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(iii_module, "TRIGGERS_WAITING_MAX", 2)
+    worker, side, handler = _owner(fake, make_fake_worker, 2)
     try:
-        for n in range(6):
-            fake.send_to(worker, {"type": "registertrigger", "id": f"t{n}", "trigger_type": "hook",
-                                  "function_id": "f", "config": {}})
+        _send_registrations(fake, worker, 6)
         # two run, two wait (no task each), two are refused: before, a task each, however many (100,000 held
         # +490 MB in the attack)
         fake.wait_for(lambda: len(_results(side, "triggerregistrationresult")) == 2)
@@ -120,15 +132,9 @@ def test_trigger_registrations_past_max_invocations_wait_their_turn_and_past_tha
 
 def test_a_waiting_trigger_registration_the_engine_unregistered_is_never_bound(
         fake: EngineThread, make_fake_worker: MakeWorker) -> None:
-    worker = make_fake_worker("owner", max_invocations=1)
-    side = fake.worker(worker)
-    handler = _Held()
-    worker.register_trigger_type({"id": "hook", "description": "held"}, handler)
-    fake.wait_for(lambda: "hook" in fake.worker_trigger_types())
+    worker, side, handler = _owner(fake, make_fake_worker, 1)
     try:
-        for n in range(3):  # t0 binds (held), t1 and t2 wait their turn
-            fake.send_to(worker, {"type": "registertrigger", "id": f"t{n}", "trigger_type": "hook",
-                                  "function_id": "f", "config": {}})
+        _send_registrations(fake, worker, 3)  # t0 binds (held), t1 and t2 wait their turn
         wait_until(lambda: len(worker._owning_waiting) == 2)
         fake.send_to(worker, {"type": "unregistertrigger", "id": "t1", "trigger_type": "hook"})
         wait_until(lambda: ("hook", "t1") not in worker._trigger_host._sent)
