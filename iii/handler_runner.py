@@ -25,11 +25,15 @@ from .channels import ChannelReader, ChannelWriter, LiveEnds
 from .errors import ConnectionLostError, ShuttingDownError
 from .handler_threads import ExitWait, HandlerThreads, exit_refusal
 from .payloads import resolve_channels
+from .protocol.worker_session import clip_text
 from .trace_scope import TraceScope
 
 __all__ = ["HandlerAbortedError", "HandlerRunner", "describe_base_exception", "handler_raised", "is_async_callable"]
 
 log = logging.getLogger(__name__)
+
+HANDLER_ERROR_LOG_CHARS = 2000
+"""Characters of a handler's error its log line quotes (cut beyond, saying how long it was)."""
 
 #: ``(result, error body or None, response traceparent or None)``
 Outcome = tuple[Any, dict[str, Any] | None, str | None]
@@ -141,8 +145,10 @@ class HandlerRunner:
         if error is not None:
             # A call the handler made that failed for the connection (lost, or the client shutting down) is not the
             # handler's bug: a warning, no ERROR (an engine restart wrote one ERROR per handler in flight)
+            # (cut: an error of 100,000 characters was a log line of that size per failed call; the caller gets it
+            # whole)
             log.log(logging.WARNING if isinstance(error, (ConnectionLostError, ShuttingDownError)) else logging.ERROR,
-                    "Error in handler %s: %s", function_id, error)
+                    "Error in handler %s: %s", function_id, clip_text(str(error), HANDLER_ERROR_LOG_CHARS))
             if writers:
                 await _abort_used(writers, f"the handler raised {type(error).__name__}: {error}")
             if readers:

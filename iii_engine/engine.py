@@ -1057,10 +1057,12 @@ class Engine:
                     task.cancel()
         await finish_within(closing_port, closing.CLOSE_TIMEOUT_S, "the worker port's close", log)
 
-    def _undecodable(self, worker: WorkerConnection, reason: str) -> None:
+    def _undecodable(self, worker: WorkerConnection, reason: str, answered: bool = False) -> None:
         self.undecodable_frames += 1
-        # the reason may quote the sender's input: capped
-        self._undecodable_log.note("undecodable", f"worker {worker.id}: dropped undecodable frame: {clip_text(reason)}")
+        # the reason may quote the sender's input: capped. One answered with an error (a call whose id could be
+        # read) is said so: "dropped" read as if its sender had been left waiting.
+        what = "undecodable frame, answered with an error" if answered else "dropped undecodable frame"
+        self._undecodable_log.note("undecodable", f"worker {worker.id}: {what}: {clip_text(reason)}")
 
     @staticmethod
     def _log_trigger_notes(counts: Mapping[str, int], latest: str | None) -> None:
@@ -1078,7 +1080,8 @@ class Engine:
 
     def _log_undecodable(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = latest_tail(latest)
-        log.warning("dropped %d more undecodable worker frame(s) (past %d logged per %g s), %d in all%s",
+        log.warning("%d more undecodable worker frame(s) dropped or answered with an error (past %d logged per %g s), "
+                    "%d in all%s",
                     counts["undecodable"], UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, self.undecodable_frames,
                     latest_text)
 
@@ -1570,7 +1573,7 @@ class Engine:
                 listener(event.kind, event.body)
         elif isinstance(event, Rejected):
             # The reason may quote the sender's input: capped, and the warnings rate-limited
-            self._undecodable(worker, event.reason)
+            self._undecodable(worker, event.reason, event.reply is not None)
             self.memory.note()
             if event.reply is not None:
                 worker.post(event.reply)

@@ -36,6 +36,12 @@ RETRY_LOG_INTERVAL_S = 10.0
 job, the attempt, the wait and the error); the rest are counted in one line per interval. A handler or condition
 worker in a crash loop failed 400-460 attempts a second, each its own line."""
 
+STALL_WARN_S = 60.0
+"""A consumer whose every ``concurrency`` slot has been held this long by handlers that have not answered says so
+(at most once per this many seconds while it lasts): the queue's other jobs wait behind them, and with no
+``invocation_timeout_ms`` nothing ends such calls. Before, two hung handlers at ``concurrency: 2`` held the queue for
+good without a line in the log."""
+
 MAX_WAITING_LANES = 4096
 """Lanes put off because their job's function is not registered that a consumer remembers, to run them as soon as
 the function registers; past it a lane put off waits for its next planned look (at most 5 s, or ``backoff_ms``). A
@@ -253,6 +259,10 @@ class QueueConsumer:
         # jobs wrote 10,000 warnings in a second)
         self._unwritable_log = BurstLog(RETRY_LOG_BURST, RETRY_LOG_INTERVAL_S, self._log.warning,
                                         LossLog(self._log_unwritable_counts, RETRY_LOG_INTERVAL_S))
+        # jobs dead-lettered after their last attempt: as many lines, at most (5,000 failing jobs with max_retries 1
+        # wrote 5,000 warnings, each with the handler's whole error: 500 MB of log for errors of 100,000 characters)
+        self._dead_log = BurstLog(RETRY_LOG_BURST, RETRY_LOG_INTERVAL_S, self._log.warning,
+                                  LossLog(self._log_dead_counts, RETRY_LOG_INTERVAL_S))
         self._owns_failures = store_failures is None
         self.store_failures = StoreFailures(self._log) if store_failures is None else store_failures
         self._wake = asyncio.Event()
@@ -261,7 +271,8 @@ class QueueConsumer:
         # Jobs whose handler is running: the only ones a stop cancels. A job task is cancelled only there, so the
         # store call that finishes or gives back its job (in the same task, no task of its own) is never cut short
         # before the stop's bound (else the job would stay active until its lease ran out, then run again).
-        self._handling: set[str] = set()
+        self._handling: dict[str, float] = {}  # (and when each handler began, loop time: see _note_stall)
+        self._stall_said = float("-inf")  # when _note_stall last warned (loop time)
         self._loop_task: asyncio.Task[None] | None = None
         self._stopped = False
         self._failures = 0  # polls of the store failed in a row: the wait before the next one grows with them
@@ -354,6 +365,7 @@ class QueueConsumer:
         finally:
             self._retry_log.losses.close()
             self._unwritable_log.losses.close()
+            self._dead_log.losses.close()
             self.store_failures.forget(self.queue)
             if self._owns_failures:
                 self.store_failures.close()
@@ -433,6 +445,27 @@ class QueueConsumer:
         recovered = await self.store.recover(self.queue, now_ms=now)
         if recovered:
             self._log.warning("queue %s: %d job(s) of a lost engine returned to the queue", self.queue, recovered)
+        self._note_stall()
+
+    def _note_stall(self) -> None:
+        """Warn (at most every :data:`STALL_WARN_S`) while every ``concurrency`` slot is held by a handler that has
+        run for :data:`STALL_WARN_S` or more."""
+        handling = self._handling
+        if len(handling) < self.settings.concurrency:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - max(handling.values()) < STALL_WARN_S or now - self._stall_said < STALL_WARN_S:
+            return
+        self._stall_said = now
+        oldest = min(handling, key=handling.__getitem__)
+        entry = self._inflight.get(oldest)
+        function = entry[0].function_id if entry is not None else None
+        self._log.warning(
+            "queue %s: all %d of its concurrency slots have been held for over %g s by handlers that have not "
+            "answered (the longest, job %s%s, for %.0f s); the queue's other jobs wait for them, their leases "
+            "renewed while they run. Set the engine's invocation_timeout_ms to end calls nobody answers",
+            self.queue, self.settings.concurrency, STALL_WARN_S, oldest,
+            f" of {clip_text(function, 200)}" if function else "", now - handling[oldest])
 
     async def _bring_forward(self) -> None:
         """Make the lanes whose function is now registered due now (a lane whose job is still being put off is
@@ -599,11 +632,11 @@ class QueueConsumer:
             if self._stopped:  # claimed as the stop began, before this task ran: give it back now, not after its lease
                 await self._guarded(self.store.release(self.queue, job), job)
                 return
-            self._handling.add(job.id)
+            self._handling[job.id] = asyncio.get_running_loop().time()
             try:
                 await self._run(job)
             finally:
-                self._handling.discard(job.id)
+                del self._handling[job.id]
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._stopped or (task is not None and task.cancelling()):
@@ -649,36 +682,45 @@ class QueueConsumer:
         attempts = job.attempts + 1
         tried = replace(job, attempts=attempts)
         reported = isinstance(exc, Reported)
+        # every line quotes the error as the dead letter keeps it, cut to DLQ_ERROR_CHARS (it was whole: 100 KB each)
+        error = dlq_error(exc)
         if isinstance(exc, CallUnwritable):  # the same data fails the same way on every try: no retry helps
             self._unwritable_log.note(
                 "job(s)", f"queue {self.queue}: job {job.id} failed and was moved to the DLQ at once (attempt "
                           f"{attempts} of {self.settings.max_retries}): its call cannot be written for its worker, "
-                          f"so no retry could succeed: {exc}")
-            await self.store.dead(self.queue, DeadLetter(tried, dlq_error(exc), now_ms()))
+                          f"so no retry could succeed: {error}")
+            await self.store.dead(self.queue, DeadLetter(tried, error, now_ms()))
             return
         if attempts >= self.settings.max_retries:
-            self._log.log(logging.DEBUG if reported else logging.WARNING,
-                          "queue %s: job %s failed %d time(s), moved to the DLQ: %s", self.queue, job.id, attempts,
-                          exc)
-            await self.store.dead(self.queue, DeadLetter(tried, dlq_error(exc), now_ms()))
+            line = f"queue {self.queue}: job {job.id} failed {attempts} time(s), moved to the DLQ: {error}"
+            self._said(line, reported, self._dead_log, "dead letter(s)", logging.WARNING)
+            await self.store.dead(self.queue, DeadLetter(tried, error, now_ms()))
             return
         delay = self.settings.backoff_for(attempts)
-        if reported:
-            self._log.debug("queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts,
-                            delay, exc)
-        else:
-            line = f"queue {self.queue}: job {job.id} attempt {attempts} failed, retry in {delay} ms: {exc}"
-            if self._stopped:
-                # past the stop (a handler that outlived its cancel): no count is written after the stop's flush
-                self._log.info("%s", line)
-            else:
-                self._retry_log.note("failed attempt(s)", line)
+        line = f"queue {self.queue}: job {job.id} attempt {attempts} failed, retry in {delay} ms: {error}"
+        self._said(line, reported, self._retry_log, "failed attempt(s)", logging.INFO)
         await self.store.retry(self.queue, tried, due_ms=now_ms() + delay)
+
+    def _said(self, line: str, reported: bool, burst: BurstLog, kind: str, level: int) -> None:
+        """Log ``line`` (a job's failed attempt): at debug level when its runner reported the failure already, past
+        the stop at ``level`` (a handler that outlived its cancel: no count is written after the stop's flush),
+        else through ``burst`` (one line each up to its burst, the rest counted as ``kind``)."""
+        if reported:
+            self._log.debug("%s", line)
+        elif self._stopped:
+            self._log.log(level, "%s", line)
+        else:
+            burst.note(kind, line)
 
     def _log_unwritable_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
         self._log.warning("queue %s: %s moved to the DLQ at once, their calls unwritable, not logged one by one (past "
                           "%d lines per %g s)%s", self.queue, counts_text(counts), RETRY_LOG_BURST,
                           RETRY_LOG_INTERVAL_S, latest_tail(latest))
+
+    def _log_dead_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
+        self._log.warning("queue %s: %s after their last attempt, not logged one by one (past %d lines per %g s); "
+                          "each is kept with its error in the DLQ%s", self.queue, counts_text(counts),
+                          RETRY_LOG_BURST, RETRY_LOG_INTERVAL_S, latest_tail(latest))
 
     def _log_retry_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
         what = counts_text(counts)

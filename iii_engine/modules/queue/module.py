@@ -60,6 +60,7 @@ from ..base import (
     InvocationContext,
 )
 from ..bridge.queue import NO_DLQ, BridgeQueue
+from ..trigger_set import check_trigger_config
 from .consumer import JobNotReady, QueueConsumer, Reported, StoreFailures
 from .settings import MISSING_FUNCTION_CHECK_MAX_MS, QueueModuleSettings, QueueSettings
 from .store import Job, MemoryQueueStore, NotSent, QueueFull, QueueStore, StoreFull, TopicShare, now_ms
@@ -914,13 +915,25 @@ class QueueModule(EngineModule):
     # -- the `queue` trigger type ---------------------------------------------------------------------------
 
     async def register(self, trigger: TriggerInfo) -> None:
-        """Subscribe ``trigger.function_id`` to its topic (empty topic: warning, nothing subscribed)."""
-        config = trigger.config if isinstance(trigger.config, dict) else {}
+        """Subscribe ``trigger.function_id`` to its topic.
+
+        Raises:
+            EngineError: ``invalid_trigger_config`` naming what is wrong: the config is not an object, its ``topic``
+                is missing, empty or not a string, its ``condition_function_id`` not a string, or the topic has the
+                name of one of the module's named queues (before, the first three were registered and listed,
+                subscribing nothing, with a warning in the engine's log alone; a topic named after a named queue
+                had dead letters no console function could reach, the named queue answering for the name).
+        """
+        config = check_trigger_config(trigger, "queue trigger", ("topic", "condition_function_id"))
         topic = config.get("topic")
-        if not isinstance(topic, str) or not topic:
-            await self.unregister(trigger)
-            log.warning("queue trigger %s has no topic; nothing subscribed", trigger.id)
-            return
+        if not topic:
+            raise EngineError("invalid_trigger_config", f"queue trigger {trigger.id}: 'topic' must be a non-empty "
+                                                        f"string")
+        assert isinstance(topic, str)  # (checked above)
+        if topic in self._named:
+            raise EngineError("invalid_trigger_config", f"queue trigger {trigger.id}: topic {_name(topic)} "
+                                                        f"has the name of a named queue (queue_configs); give the "
+                                                        f"topic a name of its own")
         if self.bridge is not None:
             await self.unregister(trigger)
             await self.bridge.subscribe(trigger, topic)
@@ -1235,6 +1248,9 @@ class QueueModule(EngineModule):
         if self.bridge is not None:
             await self.bridge.enqueue_topic(topic, data.get("data"))
             return
+        if topic in self._named:  # no queue trigger may subscribe to it (see register): its jobs would reach nobody
+            raise EngineError("enqueue_error", f"Topic {_name(topic)} has the name of a named queue (queue_configs): "
+                                               f"to queue a call of a function on it, use the enqueue action")
         entry = await self._topic(topic)
         group = "" if entry.consumer.settings.fifo else None
         job = Job.new(entry.consumer.queue, None, data.get("data"), group)

@@ -1,4 +1,5 @@
-"""Attack Q-E: state, subscribe, cron and stream triggers whose config fields have the wrong JSON type."""
+"""Attack Q-E: state, subscribe, cron, stream and queue triggers whose config fields have the wrong JSON type (or,
+for a queue trigger, no topic, or a named queue's name for one)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,15 @@ BAD = {
     "qe-join-group-int": ("stream:join", {"group_id": 3}, "'group_id' must be a string, got int 3"),
     "qe-leave-config-text": ("stream:leave", "st", "config must be an object, got str"),
 }
+QUEUE_BAD = {  # (a test of their own: the engine logs 10 refused triggers per 10 s one line each, then counts)
+    # before: registered and listed, subscribing nothing (a warning in the engine's log alone)
+    "qe-queue-no-topic": ("queue", {}, "'topic' must be a non-empty string"),
+    "qe-queue-empty-topic": ("queue", {"topic": ""}, "'topic' must be a non-empty string"),
+    "qe-queue-topic-int": ("queue", {"topic": 5}, "'topic' must be a string, got int 5"),
+    "qe-queue-config-text": ("queue", "t", "config must be an object, got str"),
+    # before: subscribed, its dead letters out of reach of every console function (the named queue answered)
+    "qe-queue-named": ("queue", {"topic": "named"}, "topic 'named' has the name of a named queue (queue_configs)"),
+}
 
 
 async def test_mistyped_filters_are_refused_naming_the_field(caplog: pytest.LogCaptureFixture) -> None:
@@ -40,14 +50,43 @@ async def test_mistyped_filters_are_refused_naming_the_field(caplog: pytest.LogC
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules)) as engine, \
             ModuleWorker(engine.url) as worker:
         await worker.function("qe::on", got.put)
-        for trigger_id, (kind, config, _) in BAD.items():
-            await worker.trigger(trigger_id, kind, "qe::on", config)
+        await _register(worker, BAD)
         await worker.trigger("qe-ok", "state", "qe::on", {"scope": "s"})  # last: fired after any other
         listed = [t["id"] for t in (await worker.result("engine::triggers::list", {}))["triggers"]]
         assert listed == ["qe-ok"]
         await worker.result("state::set", {"scope": "s", "key": "k", "value": 1})
         assert (await asyncio.wait_for(got.get(), 5))["scope"] == "s"
         assert got.empty(), got.get_nowait()
+    _assert_refused(caplog, BAD)
+
+
+async def test_queue_triggers_with_no_topic_of_their_own_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="iii_engine")
+    modules = [ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"named": {}}})]
+    got: asyncio.Queue[Any] = asyncio.Queue()
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules)) as engine, \
+            ModuleWorker(engine.url) as worker:
+        await worker.function("qe::on", got.put)
+        await _register(worker, QUEUE_BAD)
+        await worker.trigger("qe-ok", "queue", "qe::on", {"topic": "t"})
+        listed = [t["id"] for t in (await worker.result("engine::triggers::list", {}))["triggers"]]
+        assert listed == ["qe-ok"]
+        assert await worker.result("enqueue", {"topic": "t", "data": 1}) is None
+        assert await asyncio.wait_for(got.get(), 5) == 1
+        # before: taken, into a topic no trigger may subscribe to
+        refused = await worker.call("enqueue", {"topic": "named", "data": 1})
+        assert refused["error"]["code"] == "enqueue_error", refused
+        assert "has the name of a named queue" in refused["error"]["message"]
+    _assert_refused(caplog, QUEUE_BAD)
+
+
+async def _register(worker: ModuleWorker, bad: dict[str, tuple[str, Any, str]]) -> None:
+    for trigger_id, (kind, config, _) in bad.items():
+        await worker.trigger(trigger_id, kind, "qe::on", config)
+
+
+def _assert_refused(caplog: pytest.LogCaptureFixture, bad: dict[str, tuple[str, Any, str]]) -> None:
+    """Each of ``bad`` was refused, the engine's line naming the trigger and why."""
     lines = [r.getMessage() for r in caplog.records if "invalid_trigger_config" in r.getMessage()]
-    for trigger_id, (_, _, reason) in BAD.items():
+    for trigger_id, (_, _, reason) in bad.items():
         assert any(f"trigger {trigger_id} " in line and reason in line for line in lines), (trigger_id, lines)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from iii.errors import ConnectionLostError, ShuttingDownError
+from iii.handler_runner import HANDLER_ERROR_LOG_CHARS
 
 from .conftest import EngineThread, MakeWorker
 
@@ -35,3 +36,23 @@ def test_a_handler_failing_for_the_connection_is_a_warning(
     (answer,) = [f for f in side.frames if f["type"] == "invocationresult"]
     assert answer["error"]["code"] == "invocation_failed"
     assert [r.levelno for r in caplog.records if r.getMessage().startswith("Error in handler f")] == [level]
+
+
+def test_a_huge_handler_error_is_cut_in_the_log_and_whole_for_the_caller(
+        fake: EngineThread, make_fake_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="iii")
+    worker = make_fake_worker("w")
+
+    def handler(data: Any) -> Any:
+        raise ValueError("x" * 100_000)
+
+    worker.register_function("f", handler)
+    fake.wait_registered("f")
+    side = fake.worker(worker)
+    fake.send_to(worker, {"type": "invokefunction", "invocation_id": "c1", "function_id": "f", "data": {}})
+    fake.wait_for(lambda: any(f["type"] == "invocationresult" for f in side.frames))
+    (answer,) = [f for f in side.frames if f["type"] == "invocationresult"]
+    assert answer["error"]["message"] == "x" * 100_000
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Error in handler f")]
+    # before: the whole 100,000 characters, a line that size per failed call
+    assert len(line) < HANDLER_ERROR_LOG_CHARS + 100 and line.endswith("(100000 chars)"), line[-40:]

@@ -44,5 +44,20 @@ async def test_a_thousand_garbage_frames_make_a_few_warnings(engine: Engine, cap
     await engine.stop()  # the burst's count is logged by then, not lost with its timer
     warnings = _undecodable_warnings(caplog)
     more = 1000 - UNDECODABLE_LOG_BURST - 1
-    assert len(warnings) == 1 and f"dropped {more} more" in warnings[0] and "1000 in all" in warnings[0], warnings
+    assert len(warnings) == 1 and f"{more} more undecodable" in warnings[0] and "1000 in all" in warnings[0], warnings
     assert CALL_ID not in engine.invocations.pending
+
+
+async def test_a_broken_call_answered_with_an_error_is_not_said_dropped(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "iii_engine")
+    ws = await _connect(engine)
+    try:
+        await ws.send(f'{{"type":"invokefunction","invocation_id":"{CALL_ID}","function_id":"w.f","data":NaN}}')
+        answer = await _next(ws, "invocationresult")
+    finally:
+        await ws.close()
+    assert answer["error"]["code"] == "invalid_message"
+    (warning,) = _undecodable_warnings(caplog)
+    # before: "dropped undecodable frame", as if its sender had been left waiting
+    assert "undecodable frame, answered with an error: invalid JSON" in warning, warning

@@ -14,7 +14,8 @@ import re
 
 import pytest
 
-from iii_engine.modules.queue.consumer import RETRY_LOG_BURST, QueueConsumer
+from iii_engine.modules.queue import consumer as consumer_module
+from iii_engine.modules.queue.consumer import DLQ_ERROR_CHARS, RETRY_LOG_BURST, QueueConsumer
 from iii_engine.modules.queue.settings import QueueSettings
 from iii_engine.modules.queue.store import Job, MemoryQueueStore
 from tests.polling import until
@@ -86,3 +87,59 @@ async def test_a_failure_after_the_stop_gets_its_own_line(caplog: pytest.LogCapt
     await asyncio.wait_for(failed.wait(), 10)
     # (its count's timer, 10 s away, would outlive the loop: the line must come as it fails)
     await until(lambda: any("failed after the stop" in r.getMessage() for r in caplog.records), 2)
+
+
+async def test_dead_letters_are_a_burst_of_clipped_lines_then_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """Jobs failing their last attempt: before, a WARNING each with the handler's whole error (5,000 jobs with
+    errors of 100,000 characters wrote 500 MB of log)."""
+    store = MemoryQueueStore()
+    for n in range(JOBS):
+        await store.push("q", Job.new("q", "f", {"n": n}))
+    failed = 0
+
+    async def fails(job: Job) -> None:
+        nonlocal failed
+        failed += 1
+        raise RuntimeError("x" * 100_000)
+
+    consumer = QueueConsumer(store, "q", QueueSettings(concurrency=4, poll_interval_ms=10, max_retries=1), fails)
+    caplog.set_level(logging.INFO, logger="iii_engine.modules.queue.consumer")
+    consumer.start()
+    try:
+        await until(lambda: failed == JOBS)
+        await until(lambda: consumer.running == 0)
+    finally:
+        await consumer.stop()  # (writes the count of those past the burst)
+    assert (await store.counts("q")).dlq == JOBS
+    messages = [r.getMessage() for r in caplog.records]
+    one_by_one = [m for m in messages if re.match(r"queue q: job \S+ failed 1 time\(s\), moved to the DLQ: x", m)]
+    counted = [int(m.group(1)) for line in messages
+               if (m := re.search(r"queue q: (\d+) dead letter\(s\) after their last attempt", line))]
+    assert RETRY_LOG_BURST <= len(one_by_one) < JOBS, len(one_by_one)
+    assert len(one_by_one) + sum(counted) == JOBS
+    assert all(len(m) < DLQ_ERROR_CHARS + 400 for m in messages), max(map(len, messages))  # (a count names the latest)
+
+
+async def test_every_slot_held_by_a_handler_that_does_not_answer_is_said(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: two hung handlers at concurrency 2 held the queue for good, their leases renewed, the log silent."""
+    monkeypatch.setattr(consumer_module, "STALL_WARN_S", 0.2)
+    store = MemoryQueueStore()
+    for n in range(3):
+        await store.push("q", Job.new("q", "slow::f", {"n": n}))
+    hang = asyncio.Event()
+
+    async def hangs(job: Job) -> None:
+        await hang.wait()
+
+    consumer = QueueConsumer(store, "q", QueueSettings(concurrency=2, poll_interval_ms=10, lease_ms=60), hangs)
+    caplog.set_level(logging.WARNING, logger="iii_engine.modules.queue.consumer")
+    consumer.start()
+    try:
+        await until(lambda: any("concurrency slots have been held" in r.getMessage() for r in caplog.records))
+    finally:
+        hang.set()
+        await consumer.stop()
+    (line,) = {r.getMessage() for r in caplog.records if "concurrency slots" in r.getMessage()}
+    assert "queue q: all 2 of its concurrency slots" in line and "of slow::f" in line
+    assert "invocation_timeout_ms" in line
