@@ -55,7 +55,7 @@ from iii.ws_fastpath import flush as flush_frames
 from iii_streams.deadlines import finish_within, let_go
 from iii_streams.messages import error_line
 
-from . import closing
+from . import closing, own_listener
 from .allocator import MemoryReleaser
 from .channels import ChannelRelay
 from .closing import StoreCloses, close_within
@@ -762,6 +762,14 @@ class Engine:
             await self._listener.start(serving=False)
         except (OSError, UnicodeError) as exc:  # UnicodeError: a host name the idna codec refuses ('a..b')
             raise self._cannot_listen(exc) from exc
+        # for the modules' starts only: a Bridge refuses a URL that reaches this engine itself (see own_listener)
+        listening = own_listener.LISTENING.set((self.config.host, self.port))
+        try:
+            await self._start_modules()
+        finally:
+            own_listener.LISTENING.reset(listening)
+
+    async def _start_modules(self) -> None:
         from .modules.worker.module import WorkerModule
 
         worker_module = WorkerModule(self._services_for(WorkerModule))

@@ -60,9 +60,11 @@ from iii.errors import ConnectionLostError, InvocationError, OutboundQueueFullEr
 from iii.iii import III
 from iii.iii_constants import InitOptions, ReconnectionConfig
 from iii.iii_types import TriggerActionEnqueue
+from iii.protocol.worker_session import clip_text
 from iii.telemetry_types import OtelConfig
 from iii.triggers import Trigger
 
+from ...own_listener import refuse_own_listener
 from ...send_queue import unsent
 
 __all__ = ["DEFAULT_TIMEOUT_MS", "MAY_HAVE_RUN", "NOT_SENT", "RETRY_INTERVAL_MS", "BridgeCallError", "BridgeLink"]
@@ -71,6 +73,7 @@ log = logging.getLogger(__name__)
 
 RETRY_INTERVAL_MS: Final = 2000  # production's fixed pause between connection attempts
 DEFAULT_TIMEOUT_MS: Final = 30_000
+REMOTE_ERROR_CHARS: Final = 2000  # of a remote's error message kept in a bridged call's error
 # how often the link's watcher looks whether it is still up, while calls are pending
 _LINK_CHECK_S: Final = 0.1
 DEFAULT_CONNECT_GRACE_S: Final = 2.0
@@ -132,8 +135,14 @@ class BridgeLink:
         self._watches: dict[asyncio.AbstractEventLoop, _LoopWatch] = {}
 
     def start(self) -> None:
-        """Start connecting in the background; returns at once (idempotent)."""
+        """Start connecting in the background; returns at once (idempotent).
+
+        Raises:
+            ConfigError: started during an engine's start, ``url`` reaches that engine's own worker port (see
+                :mod:`iii_engine.own_listener`).
+        """
         if self._client is None:
+            refuse_own_listener(self.url, f"the {self.role} bridge's URL")
             options = InitOptions(worker_name=f"iii-engine bridge ({self.role})", enable_metrics_reporting=False,
                                   reconnection_config=_RETRY, otel=OtelConfig(enabled=False))
             self._client = III(self.url, options)
@@ -198,8 +207,10 @@ class BridgeLink:
             raise BridgeCallError(f"connection to remote engine {self.shown} lost during the call of {function_id}"
                                   f"{self._silent()}; {MAY_HAVE_RUN}") from None
         except InvocationError as exc:
-            raise BridgeCallError(f"remote error ({exc.code}): {exc.message}", code=exc.code, message=exc.message,
-                                  stacktrace=exc.stacktrace) from None
+            # cut: engines bridged in a loop wrap the error again at each hop (a self-bridged engine's one call
+            # came back 10,000 deep, its cost growing with the square of the depth: 6 GB)
+            raise BridgeCallError(f"remote error ({exc.code}): {clip_text(exc.message, REMOTE_ERROR_CHARS)}",
+                                  code=exc.code, message=exc.message, stacktrace=exc.stacktrace) from None
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.shown} is shut down") from None
 

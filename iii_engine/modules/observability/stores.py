@@ -417,6 +417,35 @@ class MetricStore:
 
 
 @dataclass
+class WorkerCounts:
+    """Worker connections as ``engine_metrics.workers`` counts them: ``spawns`` made, ``deaths`` ended, ``active``
+    open (this engine starts no worker processes: a connection is a worker's life). They read 0, 0, 0 whatever
+    was connected before.
+
+    Example:
+        >>> w = WorkerCounts()
+        >>> w.event("worker_connected"), w.event("worker_connected"), w.event("worker_disconnected")
+        (None, None, None)
+        >>> w.as_dict()
+        {'spawns': 2, 'deaths': 1, 'active': 1}
+    """
+
+    spawns: int = 0
+    deaths: int = 0
+
+    def event(self, event: str, worker_id: str = "") -> None:
+        """One worker event (an engine worker listener's)."""
+        if event == "worker_connected":
+            self.spawns += 1
+        elif event == "worker_disconnected":
+            self.deaths += 1
+
+    def as_dict(self) -> dict[str, int]:
+        """The ``engine_metrics.workers`` shape."""
+        return {"spawns": self.spawns, "deaths": self.deaths, "active": self.spawns - self.deaths}
+
+
+@dataclass
 class Counters:
     """Cumulative counts of function executions through the engine.
 

@@ -18,6 +18,7 @@ from module_worker import ModuleWorker
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.base import ModuleStartError
+from tests.integration.engine.raw import RawWorker, disconnect
 from tests.interop.refsdk import sdk_env
 from tests.otlp_collector import OtlpCollector
 from tests.polling import until
@@ -214,3 +215,14 @@ async def test_bad_settings_stop_the_engine_start() -> None:
     with pytest.raises(ModuleStartError, match=r"config\.alerts\[0\]\.threshold: must be a number, got 'high'"):
         async with engine_with({"alerts": [{"name": "x", "metric": "m", "threshold": "high"}]}):
             pass
+
+
+async def test_engine_metrics_count_the_workers_connected() -> None:
+    # before: {"spawns": 0, "deaths": 0, "active": 0} whatever was connected
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(OTEL, {})])) as engine:
+        probe = await RawWorker.connect(engine.url)
+        other = await RawWorker.connect(engine.url)
+        await disconnect(engine, other)
+        metrics = await probe.result_of("engine::metrics::list", {})
+        assert metrics["engine_metrics"]["workers"] == {"spawns": 2, "deaths": 1, "active": 1}
+        await probe.close()

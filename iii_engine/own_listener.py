@@ -1,0 +1,97 @@
+"""Which worker port the engine starting in this context listens on, so that a module about to connect to another
+engine (a Bridge) can refuse a URL that reaches this engine itself.
+
+Why: a Bridge adapter's ``bridge_url`` defaults to ``ws://localhost:49134``, the engine's own default port, so a
+configuration naming the adapter without a URL bridged the engine to itself. It started without a word, and one
+``state::set`` then called itself through the bridge about 10,000 deep (until ``max_calls_per_worker``), the engine
+growing to 6 GB.
+
+The engine sets :data:`LISTENING` for the duration of its modules' starts (they run in tasks that copy the start's
+context); :func:`refuse_own_listener` is what a bridge calls as it starts.
+
+Example:
+    >>> token = LISTENING.set(("0.0.0.0", 49134))
+    >>> refuse_own_listener("ws://localhost:49134", "bridge_url")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: bridge_url ws://localhost:49134 reaches this engine's own worker port (49134): ...
+    >>> refuse_own_listener("ws://localhost:49135", "bridge_url")  # another engine on this machine: fine
+    >>> LISTENING.reset(token)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+from .settings import ConfigError
+
+__all__ = ["LISTENING", "reaches_listener", "refuse_own_listener"]
+
+#: ``(host, port)`` the engine whose modules are starting listens on for workers (``None``: no engine's start).
+LISTENING: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("iii_engine_listening",
+                                                                                   default=None)
+
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def refuse_own_listener(url: str, what: str) -> None:
+    """Raise :class:`~iii_engine.settings.ConfigError` naming ``what`` when ``url`` reaches the worker port of the
+    engine whose start is under way (see :data:`LISTENING`); outside an engine's start, nothing is checked."""
+    listening = LISTENING.get()
+    if listening is not None and reaches_listener(url, *listening):
+        raise ConfigError(f"{what} {url} reaches this engine's own worker port ({listening[1]}): the bridge would call "
+                         f"this engine itself, each call calling itself again; name the engine that keeps the data")
+
+
+def reaches_listener(url: str, host: str, port: int) -> bool:
+    """Whether a connection to ``url`` reaches a listener bound to ``host``:``port`` on this machine. Host names
+    other than ``localhost`` are not looked up (a DNS query at start could hold the engine's loop): only a URL
+    naming an address is recognised.
+
+    Example:
+        >>> reaches_listener("ws://127.0.0.1:49134", "0.0.0.0", 49134)
+        True
+        >>> reaches_listener("ws://127.0.0.1:49134", "10.1.2.3", 49134)  # bound elsewhere: another listener
+        False
+        >>> reaches_listener("wss://engine.example:49134", "0.0.0.0", 49134)
+        False
+    """
+    parts = urlsplit(url)
+    try:
+        target_port = parts.port or (443 if parts.scheme == "wss" else 80)
+    except ValueError:
+        return False
+    if target_port != port or parts.hostname is None:
+        return False
+    targets = ["127.0.0.1", "::1"] if parts.hostname == "localhost" else [parts.hostname]
+    return any(_same_listener(target, host) for target in targets)
+
+
+def _same_listener(target: str, host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(target.strip("[]"))
+    except ValueError:
+        return False  # a host name: see reaches_listener
+    if host in _WILDCARD_HOSTS:
+        return address.is_unspecified or address.is_loopback or _is_local(address)
+    if host == "localhost":
+        return address.is_loopback and str(address) in ("127.0.0.1", "::1")
+    try:
+        bound = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address == bound or (address.is_unspecified and bound.is_loopback)  # (0.0.0.0 as a target: loopback)
+
+
+def _is_local(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``address`` is one of this machine's: only a local address can be bound."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True
