@@ -52,7 +52,7 @@ from typing import Any, TextIO
 
 from iii import InitOptions, ReconnectionConfig
 from iii._cli import MAX_SECONDS, MIN_SECONDS, joined_timeouts, seconds
-from iii.connection import shown_url
+from iii.connection import check_url, shown_url
 from iii.errors import InvocationError
 from iii.iii import III
 from iii.telemetry_types import OtelConfig
@@ -105,6 +105,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _engine_url(text: str) -> str:
+    """``--url`` (or ``$III_URL``, its default) checked as the usage error it is: a bad one exited with 1, as an
+    engine that cannot be reached does, where every other usage error exits with 2."""
+    try:
+        check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` (starting with the subcommand); a usage error prints one line and exits with 2.
 
@@ -119,7 +129,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
     def command(name: str, description: str) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = commands.add_parser(name, description=description, help=description)
-        sub.add_argument("--url", default=os.environ.get("III_URL") or DEFAULT_URL, help=url_help)
+        sub.add_argument("--url", type=_engine_url, default=os.environ.get("III_URL") or DEFAULT_URL, help=url_help)
         sub.add_argument("--json", action="store_true", help="print the engine's answer as JSON")
         sub.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                          help="one deadline for the connection, the handshake and the calls "

@@ -7,6 +7,11 @@ Example:
     iii_engine.settings.ConfigError: forward[0].remote_function: is required
     >>> BridgeClientSettings.from_config({}, env={"III_URL": "ws://back:2"}).url
     'ws://back:2'
+    >>> BridgeClientSettings.from_config({}, env={"III_URL": "garbage"})
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: url: engine URL 'garbage' has no scheme; expected ws:// or wss:// (from \
+$III_URL: the module's config names no url)
     >>> BridgeAdapterSettings.parse({"bridge_url": "http://x"}).bridge_url
     Traceback (most recent call last):
     ...
@@ -20,6 +25,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Self
 
 from pydantic import model_validator
+
+from iii.connection import check_url
 
 from ...settings import ConfigError, EngineUrl, Field, NonEmpty, Settings, UnknownKeys
 from .link import DEFAULT_TIMEOUT_MS
@@ -86,8 +93,14 @@ class BridgeClientSettings(Settings):
         if raw is not None and not isinstance(raw, Mapping):
             raise ConfigError(f"must be a mapping, got {raw!r:.100}", cls.label)
         raw = dict(raw or {})
+        from_env = raw.get("url") is None and bool(env.get("III_URL"))
         if raw.get("url") is None:
             raw["url"] = env.get("III_URL") or DEFAULT_CLIENT_URL
+        if from_env:
+            try:
+                check_url(raw["url"])
+            except ValueError as exc:  # said as the file's url, which the file does not have
+                raise ConfigError(f"{exc} (from $III_URL: the module's config names no url)", "url") from None
         if raw.get("service_name") is None and raw.get("service_id") is not None:
             raw["service_name"] = raw["service_id"]
         for key in ("expose", "forward"):

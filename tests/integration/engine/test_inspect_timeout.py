@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from iii_engine.inspect_cli import parse_args
@@ -81,3 +82,16 @@ async def test_an_engine_that_never_answers_a_call_fails_within_the_timeout() ->
                    "server completed the WebSocket handshake but never named this worker (no workerregistered): is it "
                    "an iii engine's worker port?\n")
     assert took < 8, took
+
+
+@pytest.mark.parametrize(("argv", "env"), [(["health", "--url", "http://x"], {}), (["health"], {"III_URL": "garbage"})])
+def test_a_bad_url_is_a_usage_error(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    # before: exit 1, as for an engine that cannot be reached; every other usage error exits with 2
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "argument --url: engine URL" in line and "expected ws:// or wss://" in line, line
