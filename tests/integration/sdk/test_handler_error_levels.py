@@ -4,10 +4,12 @@ an ERROR: an engine restart wrote an ERROR line per handler in flight. A handler
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from iii import III
 from iii.errors import ConnectionLostError, ShuttingDownError
 from iii.handler_runner import HANDLER_ERROR_LOG_CHARS
 
@@ -28,12 +30,7 @@ def test_a_handler_failing_for_the_connection_is_a_warning(
     def handler(data: Any) -> Any:
         raise raised
 
-    worker.register_function("f", handler)
-    fake.wait_registered("f")
-    side = fake.worker(worker)
-    fake.send_to(worker, {"type": "invokefunction", "invocation_id": "c1", "function_id": "f", "data": {}})
-    fake.wait_for(lambda: any(f["type"] == "invocationresult" for f in side.frames))
-    (answer,) = [f for f in side.frames if f["type"] == "invocationresult"]
+    answer = _answer(fake, worker, handler)
     assert answer["error"]["code"] == "invocation_failed"
     assert [r.levelno for r in caplog.records if r.getMessage().startswith("Error in handler f")] == [level]
 
@@ -46,13 +43,19 @@ def test_a_huge_handler_error_is_cut_in_the_log_and_whole_for_the_caller(
     def handler(data: Any) -> Any:
         raise ValueError("x" * 100_000)
 
+    answer = _answer(fake, worker, handler)
+    assert answer["error"]["message"] == "x" * 100_000
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Error in handler f")]
+    # before: the whole 100,000 characters, a line that size per failed call
+    assert len(line) < HANDLER_ERROR_LOG_CHARS + 100 and line.endswith("(100000 chars)"), line[-40:]
+
+
+def _answer(fake: EngineThread, worker: III, handler: Callable[[Any], Any]) -> dict[str, Any]:
+    """The answer of ``worker`` to a call of ``handler``, registered as ``f``."""
     worker.register_function("f", handler)
     fake.wait_registered("f")
     side = fake.worker(worker)
     fake.send_to(worker, {"type": "invokefunction", "invocation_id": "c1", "function_id": "f", "data": {}})
     fake.wait_for(lambda: any(f["type"] == "invocationresult" for f in side.frames))
     (answer,) = [f for f in side.frames if f["type"] == "invocationresult"]
-    assert answer["error"]["message"] == "x" * 100_000
-    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Error in handler f")]
-    # before: the whole 100,000 characters, a line that size per failed call
-    assert len(line) < HANDLER_ERROR_LOG_CHARS + 100 and line.endswith("(100000 chars)"), line[-40:]
+    return answer
