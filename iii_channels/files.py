@@ -52,7 +52,7 @@ from iii.channels import ChannelReader, ChannelWriter
 
 from .errors import FileChangedError, IntegrityError
 from .integrity import Digest
-from .progress import Progress
+from .progress import Progress, check_progress
 from .sink import ChannelSink
 from .source import ChannelSource, _release_writer
 
@@ -132,7 +132,44 @@ def check_receive_target(path: str | os.PathLike[str]) -> tuple[bool, Path]:
             raise FileNotFoundError(f"directory {directory} (for {text}) does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write to directory {directory}")
+    if not is_dir:
+        check_replaceable(target)
     return is_dir, directory
+
+
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Nothing, when ``path`` does not exist or is a regular file; ``FileExistsError`` naming it and what it is
+    otherwise (a symlink, FIFO, device, socket or directory).
+
+    Why: a received file is placed by renaming a new file over the target, which replaces whatever is there: a FIFO
+    someone waits on became a regular file (its reader got nothing), a symlink was replaced (its target kept its old
+    contents), and ``--out /dev/null`` run as root would replace the device node.
+
+    Example:
+        >>> check_replaceable("/dev/null")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileExistsError: /dev/null is a character device, not a regular file: refusing to replace it ...
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise FileExistsError(f"{os.fspath(path)} is {_file_kind(mode)}, not a regular file: refusing to replace it "
+                              "with the received file (remove it, or name another path)")
+
+
+def _file_kind(mode: int) -> str:
+    """What a file of ``mode`` is, in words.
+
+    Example:
+        >>> _file_kind(stat.S_IFIFO), _file_kind(stat.S_IFLNK)
+        ('a FIFO', 'a symlink')
+    """
+    kinds = ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+    return next((words for test, words in kinds if test(mode)), "not a regular file")
 
 
 async def _abort_writer(writer: ChannelWriter, reason: str) -> None:
@@ -469,7 +506,8 @@ def _shown(value: object) -> str:
 def checked_file_name(name: str) -> str:
     """``name`` if it is a plain file name to create in a directory; ``ValueError`` naming the problem otherwise.
 
-    The name comes from the sender, so anything that could leave the directory is refused, not "cleaned".
+    The name comes from the sender, so anything that could leave the directory is refused, not "cleaned". The
+    rules are :func:`name_part_problem`'s, the same for every part of a ``receive_dir`` entry.
 
     Example:
         >>> checked_file_name("report.pdf")
@@ -483,18 +521,50 @@ def checked_file_name(name: str) -> str:
         ...
         ValueError: refusing the sender's file name '.iii-part-1-x': .iii-part-* names are kept for partial transfers
     """
-    if name in ("", ".", ".."):
-        raise ValueError(f"refusing the sender's file name {_shown(name)}: it is empty, '.' or '..'")
-    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
-    if any(sep in name for sep in separators):
+    if "/" in name or (os.altsep is not None and os.altsep in name):
         raise ValueError(f"refusing the sender's file name {_shown(name)}: it contains a path separator")
-    if "\0" in name:
-        raise ValueError(f"refusing the sender's file name {_shown(name)}: it contains a NUL character")
-    if name.startswith(PART_PREFIX):
-        # such a file would look like a partial transfer to reclaim_stale_parts
-        raise ValueError(f"refusing the sender's file name {_shown(name)}: {PART_PREFIX}* names are kept for partial "
-                         "transfers")
+    problem = name_part_problem(name)
+    if problem is not None:
+        raise ValueError(f"refusing the sender's file name {_shown(name)}: {problem}")
     return name
+
+
+NAME_MAX = 255
+"""Most bytes of one file name (Linux's ``NAME_MAX``, most file systems'): a longer name failed only at the final
+rename, after the whole file had been received."""
+
+
+def name_part_problem(part: str) -> str | None:
+    """Why ``part`` cannot be one name (a file's, or a part of a tree entry's path) that a receiver creates, or
+    ``None`` when it can. Refused: empty, ``.``, ``..``; a backslash (a path separator on Windows: the same tree
+    must not mean other paths there); a control character (a newline, a tab, NUL: they break every line-based
+    listing of the files); a ``.iii-part-*`` name (kept for partial transfers); more than :data:`NAME_MAX` bytes.
+    (``/`` is the caller's to judge: it separates the parts of a tree entry.)
+
+    Example:
+        >>> name_part_problem("a.txt"), name_part_problem("a\\\\b")
+        (None, 'it contains a path separator (a backslash, one on Windows)')
+        >>> name_part_problem("a\\nb")
+        'it contains a control character (such as a newline)'
+        >>> name_part_problem("x" * 300)
+        'a name of 300 bytes, more than the 255 a file name may have'
+    """
+    if part in ("", ".", ".."):
+        return "it is empty, '.' or '..'"
+    if "\\" in part:
+        return "it contains a path separator (a backslash, one on Windows)"
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in part):
+        return "it contains a control character (such as a newline)"
+    if part.startswith(PART_PREFIX):
+        # such a file would look like a partial transfer to reclaim_stale_parts
+        return f"{PART_PREFIX}* names are kept for partial transfers"
+    try:
+        size = len(os.fsencode(part))
+    except UnicodeEncodeError:
+        return "it cannot be encoded as a file name"
+    if size > NAME_MAX:
+        return f"a name of {size} bytes, more than the {NAME_MAX} a file name may have"
+    return None
 
 
 def _parse_file_header(text: str) -> tuple[str, int | None] | None:
@@ -542,6 +612,7 @@ async def send_file(
     path = Path(path)
     try:
         check_chunk_size(chunk_size)
+        check_progress(progress)
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError(f"send_file: {path} is a directory (send_dir sends a tree)")
@@ -621,8 +692,11 @@ async def receive_file(
     """Stream ``reader`` into ``path`` (temporary name, then atomic rename).
 
     ``path`` may be a directory: the file is then named after the sender's header. That name must be a plain
-    file name (``ValueError`` for empty, ``.``, ``..`` or one with a path separator), and an existing file of
-    that name is kept, raising ``FileExistsError``, unless ``overwrite=True``. An explicit file ``path`` is
+    file name (``ValueError`` for empty, ``.``, ``..``, a path separator ``/`` or ``\\``, a control character such
+    as a newline, more than :data:`NAME_MAX` bytes: :func:`name_part_problem`), and an existing file of
+    that name is kept, raising ``FileExistsError``, unless ``overwrite=True``. Only a regular file is ever
+    replaced: an existing target that is a symlink, FIFO, device or socket is refused (``FileExistsError`` naming
+    it and what it is, :func:`check_replaceable`) before anything is read. An explicit file ``path`` is
     replaced, unless ``exclusive=True``: the file is then placed only if nothing of that name exists at that
     moment (atomically: of two receives racing for one name, one fails with ``FileExistsError``). A path ending
     in ``/`` must be an existing directory, and a file path's directory must exist (``FileNotFoundError`` /
@@ -658,9 +732,9 @@ async def receive_file(
                 source._progress.total = parsed[1]
 
     loop = asyncio.get_running_loop()
-    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, on_text=on_text,
-                           label=target.name, text_limit=0, idle_timeout=idle_timeout)
     try:
+        source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, on_text=on_text,
+                               label=target.name, text_limit=0, idle_timeout=idle_timeout)
         is_dir, directory = await loop.run_in_executor(None, check_receive_target, path)
         await loop.run_in_executor(None, reclaim_stale_parts, directory)
         fd, tmp_name = await loop.run_in_executor(None, _create_part_file, directory)
@@ -697,13 +771,13 @@ async def receive_file(
                     raise ValueError(f"{target} is a directory and the sender sent no file name")
                 target = _directory_target(target, name_holder[0][0], overwrite)
                 if overwrite:
-                    os.replace(tmp_name, target)
+                    _replace(tmp_name, target)
                 else:
                     _place_new(tmp_name, target)
             elif exclusive:
                 _place_new(tmp_name, target)
             else:
-                os.replace(tmp_name, target)
+                _replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
@@ -742,7 +816,15 @@ def _directory_target(directory: Path, name: str, overwrite: bool) -> Path:
     target = directory / checked_file_name(name)
     if not overwrite and os.path.lexists(target):
         raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    check_replaceable(target)  # overwrite replaces regular files only
     return target
+
+
+def _replace(tmp_name: str, target: Path) -> None:
+    """Rename ``tmp_name`` over ``target``, a regular file or nothing: checked again here, as a symlink or FIFO
+    made there while the file was received would be replaced too."""
+    check_replaceable(target)
+    os.replace(tmp_name, target)
 
 
 def _place_new(tmp_name: str, target: Path) -> None:

@@ -44,7 +44,7 @@ from iii.channels import ChannelReader, ChannelWriter
 from .asyncio_internals import process_transport
 from .errors import ChannelError, ProcessError
 from .files import _abort_writer
-from .progress import Progress
+from .progress import Progress, check_progress
 from .sink import ChannelSink
 from .source import ChannelSource, _release_writer
 
@@ -106,10 +106,13 @@ async def from_stream(
 async def to_stream(
     reader: ChannelReader, stream: asyncio.StreamWriter, *, progress: Progress = None,
     require_trailer: bool = False, close: bool = True, close_timeout: float | None = 60.0,
+    idle_timeout: float | None = None,
 ) -> int:
     """Copy a channel into an ``asyncio.StreamWriter``, awaiting ``drain()`` so memory stays bounded. With ``close``
     it returns once every byte went to the stream's socket and the stream is closed: a peer that goes away first
     raises its ``ConnectionError``, and one that takes nothing for ``close_timeout`` seconds a ``TimeoutError``.
+    ``idle_timeout``: most seconds to wait for the channel's writer's next message (``None``, the default: no
+    limit), then :class:`~iii_channels.errors.ChannelIdleError` and the writer is released, as for any failure.
 
     Example:
         >>> import asyncio, socket
@@ -130,7 +133,8 @@ async def to_stream(
     _check_exit_timeout(close_timeout, "close_timeout")
     if close_timeout == 0:  # (every close waits a turn at least: 0 failed every copy, all bytes sent)
         raise ValueError("close_timeout must be more than 0 seconds (or None: as long as it takes), got 0")
-    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, text_limit=0)
+    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, text_limit=0,
+                           idle_timeout=idle_timeout)
     try:
         async for chunk in source.chunks():
             stream.write(chunk)
@@ -231,12 +235,15 @@ async def from_fd(
 
 async def to_fd(
     reader: ChannelReader | ChannelSource, fd: int, *, progress: Progress = None, require_trailer: bool = False,
-    total: int | None = None,
+    total: int | None = None, idle_timeout: float | None = None,
 ) -> int:
-    """Copy a channel into an OS file descriptor. The fd is not closed.
+    """Copy a channel into an OS file descriptor. The fd is not closed. ``idle_timeout``: most seconds to wait for
+    the writer's next message (``None``, the default: no limit), then
+    :class:`~iii_channels.errors.ChannelIdleError` and the writer is released, as for any failure.
 
     Pass a :class:`ChannelSource` instead of a reader to inspect it afterwards (``verified``, ``sha256``); the
-    ``progress`` / ``require_trailer`` / ``total`` arguments then do not apply.
+    ``progress`` / ``require_trailer`` / ``total`` arguments then do not apply, and ``idle_timeout`` is the
+    source's own (given here too, ``ValueError``: one of them would be ignored).
 
     Example:
         >>> import asyncio, tempfile
@@ -254,8 +261,12 @@ async def to_fd(
         >>> asyncio.run(demo())
         (3, b'abc', True)
     """
+    if isinstance(reader, ChannelSource) and idle_timeout is not None:
+        raise ValueError("to_fd: idle_timeout is given to the ChannelSource passed in, not here "
+                         "(ChannelSource(reader, idle_timeout=...))")
     source = reader if isinstance(reader, ChannelSource) else ChannelSource(
-        reader, require_trailer=require_trailer, progress=progress, total=total, text_limit=0)
+        reader, require_trailer=require_trailer, progress=progress, total=total, text_limit=0,
+        idle_timeout=idle_timeout)
     out = _FdOut(fd)
     try:
         async for chunk in source.chunks():
@@ -768,6 +779,7 @@ async def from_process(
     try:
         _check_argv(argv)
         _check_exit_timeout(exit_timeout)
+        check_progress(progress)
     except BaseException as exc:
         # Refused before starting, like a command that cannot start: the reader hears now.
         await _abort_writer(writer, f"from_process refused its arguments: {exc}")
@@ -858,7 +870,7 @@ def _unread(watch: int | None, group: int | None) -> int:
 
 async def to_process(
     reader: ChannelReader, argv: Sequence[str], *, progress: Progress = None, require_trailer: bool = False,
-    exit_timeout: float | None = None, **popen: Any,
+    exit_timeout: float | None = None, idle_timeout: float | None = None, **popen: Any,
 ) -> int:
     """Run ``argv`` with the channel as its stdin. Raises :class:`ProcessError` on a non-zero exit, or when it
     exits 0 having stopped reading early (the error says so); channel errors propagate after the process is
@@ -874,7 +886,9 @@ async def to_process(
     :class:`ProcessError` says so. Its process group is handled as in :func:`from_process`: killed whole when
     this raises. When the stream fails (the writer aborts, the trailer does not match, a cancel) the group is
     killed before the command's stdin is closed: it never sees the end of its input, so it cannot take a short or
-    corrupt stream for a whole one and finish its work on it.
+    corrupt stream for a whole one and finish its work on it. ``idle_timeout``: most seconds to wait for the
+    writer's next message (``None``, the default: no limit), then :class:`~iii_channels.errors.ChannelIdleError`,
+    a failed stream like any other (the group killed before the command's stdin closes).
 
     Example:
         >>> import asyncio, tempfile
@@ -897,6 +911,9 @@ async def to_process(
     try:
         _check_argv(argv)
         _check_exit_timeout(exit_timeout)
+        # Before the command starts: a bad progress or idle_timeout must not leave it running.
+        source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0],
+                               text_limit=0, idle_timeout=idle_timeout)
     except BaseException:
         await asyncio.shield(_release_writer(reader))
         raise
@@ -915,7 +932,6 @@ async def to_process(
     finally:
         os.close(stdin_read)
     stderr = _StderrTail(proc.stderr)
-    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0], text_limit=0)
     out = _FdOut(stdin)
     watch: int | None = None
     broken = False
@@ -971,11 +987,13 @@ async def to_process(
     return source.bytes_read
 
 
-async def copy(reader: ChannelReader, writer: ChannelWriter) -> int:
+async def copy(reader: ChannelReader, writer: ChannelWriter, *, idle_timeout: float | None = None) -> int:
     """Relay one channel into another, messages verbatim (text, binary and any trailer), then EOF.
 
     An error on either side (or a cancellation) aborts the writing side with the error's text and closes the
-    reading side, so both peers hear of it at once; then it propagates.
+    reading side, so both peers hear of it at once; then it propagates. ``idle_timeout``: most seconds to wait for
+    the reading side's next message (``None``, the default: no limit), then
+    :class:`~iii_channels.errors.ChannelIdleError`, a failure like any other.
 
     Example:
         >>> import asyncio
@@ -991,18 +1009,19 @@ async def copy(reader: ChannelReader, writer: ChannelWriter) -> int:
         >>> asyncio.run(demo())
         [7, 7, b'relayed']
     """
-    sent = 0
     try:
-        while (message := await reader.recv()) is not None:
+        # Only the source's idle-bounded receive is used (its reads would check and drop the trailer, relayed here).
+        incoming = ChannelSource(reader, verify=False, text_limit=0, idle_timeout=idle_timeout)
+        while (message := await incoming._recv()) is not None:
             if isinstance(message, str):
                 await writer.send_message_async(message)
             else:
                 await writer.write(message)
-                sent += len(message)
+                incoming.bytes_read += len(message)  # (for the idle error's "after N bytes")
     except BaseException as exc:
         with contextlib.suppress(ChannelError):
             await asyncio.shield(writer.abort(f"copy failed: {exc}"))
         await asyncio.shield(_release_writer(reader))
         raise
     await writer.close_async()
-    return sent
+    return incoming.bytes_read

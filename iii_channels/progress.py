@@ -133,8 +133,26 @@ class _Reporter:
             self.bar.close()
 
 
+def check_progress(progress: object) -> Progress:
+    """``progress`` if it is a ``progress=`` argument: ``None``, a bool, or a callable; ``TypeError`` naming it
+    otherwise. Why: ``progress=5`` failed only once the first chunk had moved (``'int' object is not callable``),
+    part-way through a transfer.
+
+    Example:
+        >>> check_progress(5)
+        Traceback (most recent call last):
+        ...
+        TypeError: progress must be None, True, False or a callable(done, total), got 5
+    """
+    if progress is None or isinstance(progress, bool) or callable(progress):
+        return progress  # any callable: its signature is the caller's to get right
+    raise TypeError(f"progress must be None, True, False or a callable(done, total), got {progress!r:.80}")
+
+
 def _make_progress(progress: Progress, total: int | None = None, label: str = "") -> _Reporter | None:
-    """Normalise a ``progress=`` argument into a reporter taking ``done`` bytes, or ``None`` when off."""
+    """Normalise a ``progress=`` argument into a reporter taking ``done`` bytes, or ``None`` when off (``TypeError``
+    for anything else: :func:`check_progress`)."""
+    check_progress(progress)
     if progress is None or progress is False:
         return None
     if progress is True:

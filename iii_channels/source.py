@@ -148,6 +148,11 @@ class ChannelSource:
         # Failed for good (a progress callback raised, unread text past text_limit): why, and the error.
         self._failed: tuple[str, BaseException] | None = None
         self._on_text = on_text
+        # Newlines in the bytes handed out by line reads, and the stream offset up to which they were counted: a
+        # line read right after another (or at the start) knows its line number; any other read in between (its
+        # bytes are not scanned for newlines: that would cost every bulk read a pass) makes it unknown.
+        self._lines_counted = 0
+        self._counted_to: int | None = 0
         self.bytes_read = 0
         self.verified = False
 
@@ -366,7 +371,7 @@ class ChannelSource:
             >>> asyncio.run(demo())
             (b'v1\\n', b'HEAD', b'')
         """
-        if n < 0:
+        if _check_size(n, "n", negative=True) < 0:
             return await self.read_all()
         if n == 0:
             return b""
@@ -400,7 +405,7 @@ class ChannelSource:
             >>> asyncio.run(demo())
             (b'HEAD', 7, b'')
         """
-        if n < 0:
+        if _check_size(n, "n", negative=True) < 0:
             # Taken as a slice end, -1 would hand back all but the last buffered byte.
             raise ValueError(f"readexactly needs 0 or more bytes, got {n}")
         while len(self._buffer) < n:
@@ -429,8 +434,7 @@ class ChannelSource:
         """
         if not separator:
             raise ValueError("separator must not be empty")
-        if limit < 0:
-            raise ValueError(f"limit must be 0 or more, got {limit}")
+        _check_size(limit, "limit")
         start = 0
         while True:
             index = self._buffer.find(separator, start)
@@ -438,13 +442,29 @@ class ChannelSource:
                 if index > limit:
                     # One chunk can carry a line far past the limit and its separator: still too long.
                     raise LimitExceededError(limit, "line")
-                return self._take(index + len(separator))
+                return self._take_line(index + len(separator))
             # The buffer's last len(separator) - 1 bytes may be the start of the separator, not of the line.
             if len(self._buffer) - len(separator) + 1 > limit:
                 raise LimitExceededError(limit, "line")
             start = max(0, len(self._buffer) - len(separator) + 1)
             if not await self._fill():
-                raise IncompleteReadError(self._take(len(self._buffer)), None)
+                raise IncompleteReadError(self._take_line(len(self._buffer)), None)
+
+    def _take_line(self, n: int) -> bytes:
+        """:meth:`_take` for a line read: counts its newlines, when every byte before it was counted."""
+        offset = self.bytes_read - len(self._buffer)  # of the first byte not handed out yet
+        line = self._take(n)
+        if self._counted_to == offset:
+            self._lines_counted += line.count(b"\n")
+            self._counted_to = offset + len(line)
+        else:
+            self._counted_to = None
+        return line
+
+    def _line_number(self) -> int | None:
+        """The stream's line number of the next byte to hand out, when line reads alone handed out every byte
+        before it (else ``None``)."""
+        return self._lines_counted + 1 if self._counted_to == self.bytes_read - len(self._buffer) else None
 
     async def readline(self, limit: int = DEFAULT_LINE_LIMIT) -> bytes:
         """One line including ``\\n``; the last line may lack it; ``b""`` at EOF. ``limit``: most bytes before
@@ -609,6 +629,7 @@ class ChannelSource:
             >>> asyncio.run(demo())
             [{'n': 1}, [2]]
         """
+        first = self._line_number()  # the stream's line number of the first line read here, if known
         number = 0
         async for line in self.lines(limit):
             number += 1
@@ -617,7 +638,10 @@ class ChannelSource:
                     record = json.loads(line)
                 except ValueError as exc:
                     await self._give_up()
-                    raise ValueError(f"channel {self.reader.ref.channel_id}: line {number} is not JSON ({exc}): "
+                    where = (f"line {first + number - 1}" if first is not None else
+                             f"record line {number} (counted from where json_records began: reads before it "
+                             "did not count lines)")
+                    raise ValueError(f"channel {self.reader.ref.channel_id}: {where} is not JSON ({exc}): "
                                      f"{line[:80]!r}") from None
                 yield record
 
@@ -687,6 +711,24 @@ class ChannelSource:
         self._text_at.popleft()
         self._text_held -= len(text)
         return text
+
+
+def _check_size(value: object, name: str, *, negative: bool = False) -> int:
+    """``value`` if it is a byte count (an ``int``, not a bool; 0 or more unless ``negative``); ``TypeError`` /
+    ``ValueError`` naming ``name`` otherwise. Why: ``read(1.5)`` failed deep inside with a slice error,
+    ``readline(limit=1.5)`` raised ``LimitExceededError``.
+
+    Example:
+        >>> _check_size(1.5, "n")
+        Traceback (most recent call last):
+        ...
+        TypeError: n must be a number of bytes (int), got 1.5
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a number of bytes (int), got {value!r:.80}")
+    if value < 0 and not negative:
+        raise ValueError(f"{name} must be 0 or more, got {value}")
+    return value
 
 
 async def _release_writer(reader: ChannelReader) -> None:

@@ -53,7 +53,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -72,12 +72,13 @@ from .files import (
     _send_file_bytes,
     _shown,
     check_chunk_size,
+    name_part_problem,
     new_file_mode,
     reclaim_stale_parts,
     remove_tree,
 )
 from .integrity import Digest
-from .progress import Progress
+from .progress import Progress, check_progress
 from .sink import ChannelSink
 from .source import ChannelSource, _release_writer
 
@@ -144,10 +145,11 @@ def check_entry_path(name: object, where: str = "channel stream") -> PurePosixPa
         raise ValueError(f"unsafe path in channel stream: {_shown(name)}")
     if len(parts) > MAX_TREE_DEPTH:
         raise _too_deep(name, where)
-    if any(part.startswith(PART_PREFIX) for part in parts):
-        # stored, a later receive next to it would take it for a dead receiver's partial transfer and remove it
-        raise ValueError(f"refusing the sender's path {_shown(name)}: {PART_PREFIX}* names are kept for partial "
-                         "transfers")
+    for part in parts:
+        # receive_file's rules for a name, so a name one refuses the other does not store (a backslash, a newline)
+        problem = name_part_problem(part)
+        if problem is not None:
+            raise ValueError(f"refusing the sender's path {_shown(name)}: {problem}")
     return path
 
 
@@ -306,6 +308,7 @@ async def send_dir(
     root = Path(directory)
     try:
         check_chunk_size(chunk_size)
+        check_progress(progress)
         if not await asyncio.to_thread(root.is_dir):
             raise NotADirectoryError(f"send_dir: {root} is not a directory")
         dirs, files = await asyncio.to_thread(_walk, root)
@@ -315,12 +318,42 @@ async def send_dir(
     return await _send(writer, dirs, files, progress, root.name, chunk_size)
 
 
+def check_clashes(names: Sequence[str]) -> None:
+    """Nothing, when every receiver can store files under all of ``names`` (paths :func:`check_entry_path`
+    accepted) at once; ``ValueError`` naming the clash otherwise: a name given twice, or one name a file and a
+    directory of another (``x`` and ``x/y``). Why: ``send_files`` sent such a list and returned success, and every
+    receiver refused the tree it could not store.
+
+    Example:
+        >>> check_clashes(["a.txt", "logs/a.txt"])
+        >>> check_clashes(["x", "x/y"])
+        Traceback (most recent call last):
+        ...
+        ValueError: send_files: 'x' is a file, and a directory for 'x/y': no receiver can store both
+    """
+    seen: set[str] = set()
+    implied: dict[str, str] = {}  # each directory a name needs -> the first name that needs it
+    for name in names:
+        if name in seen:
+            raise ValueError(f"send_files: {_shown(name)} is named twice: a receiver stores one file per name")
+        seen.add(name)
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            implied.setdefault("/".join(parts[:depth]), name)
+    for name in names:
+        if name in implied:
+            raise ValueError(f"send_files: {_shown(name)} is a file, and a directory for {_shown(implied[name])}: no "
+                             "receiver can store both")
+
+
 async def send_files(
     writer: ChannelWriter, files: Iterable[FileSpec], *, progress: Progress = None, chunk_size: int = DEFAULT_CHUNK,
 ) -> int:
     """Send several files as one stream ``receive_dir`` can store; returns the file bytes sent.
 
-    Each item is a path (sent under its basename) or ``(name_in_stream, path)``; names may contain ``/``.
+    Each item is a path (sent under its basename) or ``(name_in_stream, path)``; names may contain ``/``. Names
+    are checked before anything is sent (``ValueError`` naming the name): each as :func:`check_entry_path` checks
+    it, and together as :func:`check_clashes` does (a name twice, ``x`` and ``x/y``).
 
     Example:
         >>> import asyncio, tempfile
@@ -340,10 +373,12 @@ async def send_files(
     entries: list[tuple[str, Path, os.stat_result]] = []
     try:
         check_chunk_size(chunk_size)
+        check_progress(progress)
         for spec in files:
             name, path = (spec[0], Path(spec[1])) if isinstance(spec, tuple) else (Path(spec).name, Path(spec))
             check_entry_path(name)
             entries.append((name, path, await asyncio.to_thread(os.stat, path)))
+        check_clashes([name for name, _, _ in entries])
     except BaseException as exc:
         await _abort_writer(writer, f"send_files could not start: {exc!r}")
         raise
@@ -506,6 +541,9 @@ def _create(target: Path) -> BinaryIO:
 
 def _prepare(destination: Path) -> tuple[Path, int]:
     """The locked staging directory next to ``destination``: ``(path, lock fd)``."""
+    if destination.is_symlink():
+        # the tree is renamed into place at the end, which a symlink (dangling, or to an empty directory) refuses
+        raise FileExistsError(f"receive_dir: {destination} is a symlink: name the directory itself (or a new one)")
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise FileExistsError(f"receive_dir: {destination} exists and is not an empty directory")
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -533,6 +571,7 @@ def _place(staging: Path, final: Path, lock: int) -> None:
 async def receive_dir(
     reader: ChannelReader, destination: str | os.PathLike[str], *, progress: Progress = None,
     require_trailer: bool = True, max_entries: int | None = DEFAULT_MAX_ENTRIES, require_tree: bool | None = None,
+    idle_timeout: float | None = None,
 ) -> TreeReceipt:
     """Store a ``send_dir`` / ``send_files`` stream as the directory ``destination`` (which must not exist, or
     be empty). Everything is verified before the directory appears; on failure nothing is left behind.
@@ -542,7 +581,10 @@ async def receive_dir(
     sender from before the tree record and still requires the trailer (a tree record that comes is checked).
 
     A stream of more than ``max_entries`` files and directories raises :class:`LimitExceededError` (``None``: no
-    limit); only entries of type ``file`` and ``dir`` are accepted.
+    limit); only entries of type ``file`` and ``dir`` are accepted. Each name is held to ``receive_file``'s rules,
+    part by part (:func:`check_entry_path`). ``destination`` may not be a symlink. ``idle_timeout``: most seconds
+    to wait for the sender's next message (``None``, the default: no limit), then
+    :class:`~iii_channels.errors.ChannelIdleError` (nothing is left behind, as for any failure).
 
     Example:
         >>> import asyncio, tempfile
@@ -564,12 +606,13 @@ async def receive_dir(
         raise ValueError(f"max_entries must be at least 1 (or None), got {max_entries}")
     final = Path(destination)
     try:
+        source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=final.name,
+                               idle_timeout=idle_timeout)
         staging, lock = await asyncio.to_thread(_prepare, final)
     except BaseException:
         # Refused before reading: release the writer now instead of leaving it blocked on backpressure.
         await asyncio.shield(_release_writer(reader))
         raise
-    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=final.name)
     receiver = _Receiver(staging, reader.ref.channel_id, max_entries,
                          require_tree=require_trailer if require_tree is None else require_tree)
     try:
@@ -597,4 +640,6 @@ async def receive_dir(
     return TreeReceipt(final, files, receiver.dirs)
 
 
-__all__ = ["MAX_TREE_DEPTH", "TreeReceipt", "check_entry_path", "receive_dir", "send_dir", "send_files"]
+__all__ = [
+    "MAX_TREE_DEPTH", "TreeReceipt", "check_clashes", "check_entry_path", "receive_dir", "send_dir", "send_files",
+]
