@@ -88,6 +88,7 @@ from .modules.base import (
     TriggerTypeHandler,
 )
 from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
+from .own_listener import PortOwners
 from .registry import MAX_EARLIER_OWNERS, FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .server import Listener
 from .settings import ConfigError
@@ -778,12 +779,16 @@ class Engine:
         except Exception as exc:
             raise ModuleStartError(WORKER_MODULE, exc) from exc
         specs = self.config.modules if self.config.modules is not None else default_specs()
+        # who is given each port: two listeners on one failed as if a stranger held it ("address already in use",
+        # exit 1 with a hint to start without the module), though the file gave both the port
+        ports = PortOwners(self.config.host, self.port, "the engine's own worker port")
         for index, spec in enumerate(specs):
             self._raise_if_stop_asked()
             try:
                 cls = resolve(spec.class_name)
-                await self._start_module(cls(self._services_for(cls), self._listener_defaults(cls, spec.config)),
-                                         spec.start_timeout_ms)
+                module = cls(self._services_for(cls), self._listener_defaults(cls, spec.config))
+                ports.claim(module.listen_address(), f"modules[{index}] ({spec.class_name})")
+                await self._start_module(module, spec.start_timeout_ms)
             except Exception as exc:
                 # a settings error names the path from the top of the configuration file
                 cause = exc.under(f"modules[{index}].config") if isinstance(exc, ConfigError) else exc

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from .settings import ConfigError
 
-__all__ = ["LISTENING", "reaches_listener", "refuse_own_listener"]
+__all__ = ["LISTENING", "PortOwners", "reaches_listener", "refuse_own_listener"]
 
 #: ``(host, port)`` the engine whose modules are starting listens on for workers (``None``: no engine's start).
 LISTENING: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("iii_engine_listening",
@@ -95,3 +95,33 @@ def _is_local(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     except OSError:
         return False
     return True
+
+
+class PortOwners:
+    """The ports an engine's listeners are given, each with its owner, so a second listener given one of them is
+    refused naming the first (:meth:`claim`).
+
+    Example:
+        >>> ports = PortOwners("0.0.0.0", 49134, "the engine's own worker port")
+        >>> ports.claim(("127.0.0.1", 3111), "modules[0] (modules::api::RestApiModule)")
+        >>> ports.claim(("127.0.0.1", 49134), "modules[1] (modules::stream::StreamModule)")
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: port: 49134 is the engine's own worker port already
+    """
+
+    def __init__(self, host: str, port: int, owner: str) -> None:
+        self._owners: dict[int, list[tuple[str, str]]] = {}
+        self.claim((host, port), owner)
+
+    def claim(self, address: tuple[str, int] | None, owner: str) -> None:
+        """Note ``address`` as ``owner``'s; :class:`~iii_engine.settings.ConfigError` (at ``port``) when a listener
+        noted before is given its port on an overlapping host (a wildcard overlaps every host). Port 0 (a free
+        one) never clashes."""
+        if address is None or address[1] == 0:
+            return
+        host, port = address
+        for other_host, other in self._owners.get(port, ()):
+            if host == other_host or host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS:
+                raise ConfigError(f"{port} is {other} already", "port")
+        self._owners.setdefault(port, []).append((host, owner))

@@ -458,6 +458,11 @@ class EngineModule(ABC):
         self.services = services
         self.config: Mapping[str, Any] = config or {}
 
+    def listen_address(self) -> tuple[str, int] | None:
+        """The ``(host, port)`` its settings have its listener bind (port 0: a free one), ``None`` without one: the
+        engine checks before the start that no two of its listeners are given one port."""
+        return None
+
     @abstractmethod
     async def start(self) -> None:
         """Register functions and trigger types, open listeners."""

@@ -965,6 +965,10 @@ class RestApiModule(EngineModule):
         host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.settings.host, self.settings.host)
         return f"http://{host}:{self.port}"
 
+    def listen_address(self) -> tuple[str, int] | None:
+        """Where the REST API is to listen (see :meth:`EngineModule.listen_address`)."""
+        return self.settings.host, self.settings.port
+
     async def start(self) -> None:
         """Register the ``http`` trigger type and open the HTTP listener."""
         self._limit = Slots(self.settings.concurrency_request_limit)

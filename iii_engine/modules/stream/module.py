@@ -49,6 +49,10 @@ class StreamModule(EngineModule):
         self.socket: StreamSocketServer | None = None
         self._triggers: list[StreamTriggers | JoinLeaveTriggers] = []
 
+    def listen_address(self) -> tuple[str, int] | None:
+        """Where the client stream socket is to listen (see :meth:`EngineModule.listen_address`)."""
+        return self.settings.host, self.settings.port
+
     @property
     def port(self) -> int:
         """The bound port of the client stream socket."""
