@@ -34,7 +34,7 @@ __all__ = ["LISTENING", "PortOwners", "reaches_listener", "refuse_own_listener"]
 LISTENING: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("iii_engine_listening",
                                                                                    default=None)
 
-_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})  # (PortOwners: hosts that overlap every other)
 
 
 def refuse_own_listener(url: str, what: str) -> None:
@@ -49,12 +49,15 @@ def refuse_own_listener(url: str, what: str) -> None:
 def reaches_listener(url: str, host: str, port: int) -> bool:
     """Whether a connection to ``url`` reaches a listener bound to ``host``:``port`` on this machine. Host names
     other than ``localhost`` are not looked up (a DNS query at start could hold the engine's loop): only a URL
-    naming an address is recognised.
+    naming an address (in any form the system reads: ``127.1``, ``[::ffff:127.0.0.1]``) is recognised. A wildcard
+    bind covers its own address family only (asyncio binds ``::`` IPv6-only).
 
     Example:
         >>> reaches_listener("ws://127.0.0.1:49134", "0.0.0.0", 49134)
         True
         >>> reaches_listener("ws://127.0.0.1:49134", "10.1.2.3", 49134)  # bound elsewhere: another listener
+        False
+        >>> reaches_listener("ws://[::1]:49134", "0.0.0.0", 49134)  # an IPv6 listener: not this one
         False
         >>> reaches_listener("wss://engine.example:49134", "0.0.0.0", 49134)
         False
@@ -66,27 +69,52 @@ def reaches_listener(url: str, host: str, port: int) -> bool:
         return False
     if target_port != port or parts.hostname is None:
         return False
-    targets = ["127.0.0.1", "::1"] if parts.hostname == "localhost" else [parts.hostname]
-    return any(_same_listener(target, host) for target in targets)
+    wildcard, bound = _bound(host)
+    for target in _addresses(parts.hostname):
+        if target.is_unspecified:  # connecting to 0.0.0.0 or :: reaches this host's loopback
+            target = ipaddress.ip_address("127.0.0.1" if target.version == 4 else "::1")
+        if target in bound or (target.version in wildcard and (target.is_loopback or _is_local(target))):
+            return True
+    return False
 
 
-def _same_listener(target: str, host: str) -> bool:
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _bound(host: str) -> tuple[set[int], set[_Address]]:
+    """What a listener bound to ``host`` covers: the address families it takes every local address of, and the
+    addresses it is bound to (empty for a host name other than ``localhost``: not looked up)."""
+    host = host.strip().lower()
+    if host in ("", "*"):
+        return {4, 6}, set()
+    if host == "0.0.0.0":
+        return {4}, set()
+    if host == "::":
+        return {6}, set()
+    return set(), set(_addresses(host))
+
+
+def _addresses(name: str) -> list[_Address]:
+    """The addresses ``name`` stands for without a DNS query: ``localhost`` (with or without its final dot, any
+    case), or an address in any form the system reads; IPv4-mapped IPv6 addresses as their IPv4 address, scope
+    ids dropped. Empty for any other name."""
+    name = name.strip().strip("[]").lower().split("%", 1)[0]
+    if name.rstrip(".") == "localhost":
+        return [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
     try:
-        address = ipaddress.ip_address(target.strip("[]"))
-    except ValueError:
-        return False  # a host name: see reaches_listener
-    if host in _WILDCARD_HOSTS:
-        return address.is_unspecified or address.is_loopback or _is_local(address)
-    if host == "localhost":
-        return address.is_loopback and str(address) in ("127.0.0.1", "::1")
-    try:
-        bound = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return address == bound or (address.is_unspecified and bound.is_loopback)  # (0.0.0.0 as a target: loopback)
+        found = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return []
+    addresses: list[_Address] = []
+    for *_, sockaddr in found:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        addresses.append(address)
+    return addresses
 
 
-def _is_local(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _is_local(address: _Address) -> bool:
     """Whether ``address`` is one of this machine's: only a local address can be bound."""
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
     try:

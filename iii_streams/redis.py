@@ -502,10 +502,11 @@ async def check_reachable(client: aioredis.Redis, *, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             await client.ping()
     except RedisTimeoutError:
-        # the connection's own socket_timeout, often shorter: it was said as the check's bound (5 s as "10 s")
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-        within = (f"the connection's socket_timeout ({socket_timeout:g} s)" if isinstance(socket_timeout, int | float)
-                  else f"{timeout:g} s")
+        # the connection's own timeouts, often shorter: one was said as the check's bound (5 s as "10 s")
+        kwargs = client.connection_pool.connection_kwargs
+        own = [f"{name} {value:g} s" for name in ("socket_connect_timeout", "socket_timeout")
+               if isinstance(value := kwargs.get(name), int | float)]
+        within = f"the connection's own timeout ({', '.join(own)})" if own else f"{timeout:g} s"
         raise StreamTimeoutError(f"{where}: no answer within {within}") from None
     except TimeoutError:
         raise StreamTimeoutError(f"{where}: no answer within {timeout:g} s") from None

@@ -209,7 +209,8 @@ class BridgeLink:
         except InvocationError as exc:
             # cut: engines bridged in a loop wrap the error again at each hop (a self-bridged engine's one call
             # came back 10,000 deep, its cost growing with the square of the depth: 6 GB)
-            raise BridgeCallError(f"remote error ({exc.code}): {clip_text(exc.message, REMOTE_ERROR_CHARS)}",
+            raise BridgeCallError(f"remote error ({clip_text(exc.code, 200)}): "
+                                  f"{clip_text(exc.message, REMOTE_ERROR_CHARS)}",
                                   code=exc.code, message=exc.message, stacktrace=exc.stacktrace) from None
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.shown} is shut down") from None

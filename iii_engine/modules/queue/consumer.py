@@ -445,16 +445,20 @@ class QueueConsumer:
         recovered = await self.store.recover(self.queue, now_ms=now)
         if recovered:
             self._log.warning("queue %s: %d job(s) of a lost engine returned to the queue", self.queue, recovered)
-        self._note_stall()
+        await self._note_stall()
 
-    def _note_stall(self) -> None:
+    async def _note_stall(self) -> None:
         """Warn (at most every :data:`STALL_WARN_S`) while every ``concurrency`` slot is held by a handler that has
-        run for :data:`STALL_WARN_S` or more."""
+        run for :data:`STALL_WARN_S` or more and other jobs of the queue are waiting (a queue whose jobs are long
+        by nature, with none waiting, says nothing)."""
         handling = self._handling
         if len(handling) < self.settings.concurrency:
             return
         now = asyncio.get_running_loop().time()
         if now - max(handling.values()) < STALL_WARN_S or now - self._stall_said < STALL_WARN_S:
+            return
+        waiting = (await self.store.counts(self.queue)).waiting
+        if not waiting:
             return
         self._stall_said = now
         oldest = min(handling, key=handling.__getitem__)
@@ -462,10 +466,10 @@ class QueueConsumer:
         function = entry[0].function_id if entry is not None else None
         self._log.warning(
             "queue %s: all %d of its concurrency slots have been held for over %g s by handlers that have not "
-            "answered (the longest, job %s%s, for %.0f s); the queue's other jobs wait for them, their leases "
-            "renewed while they run. Set the engine's invocation_timeout_ms to end calls nobody answers",
-            self.queue, self.settings.concurrency, STALL_WARN_S, oldest,
-            f" of {clip_text(function, 200)}" if function else "", now - handling[oldest])
+            "answered yet (the longest, job %s%s, for %.0f s), and %d job(s) wait for them, their leases renewed "
+            "while they run. If a handler may hang, set the engine's invocation_timeout_ms to end calls nobody "
+            "answers", self.queue, self.settings.concurrency, STALL_WARN_S, oldest,
+            f" of {clip_text(function, 200)}" if function else "", now - handling[oldest], waiting)
 
     async def _bring_forward(self) -> None:
         """Make the lanes whose function is now registered due now (a lane whose job is still being put off is
@@ -685,10 +689,9 @@ class QueueConsumer:
         # every line quotes the error as the dead letter keeps it, cut to DLQ_ERROR_CHARS (it was whole: 100 KB each)
         error = dlq_error(exc)
         if isinstance(exc, CallUnwritable):  # the same data fails the same way on every try: no retry helps
-            self._unwritable_log.note(
-                "job(s)", f"queue {self.queue}: job {job.id} failed and was moved to the DLQ at once (attempt "
-                          f"{attempts} of {self.settings.max_retries}): its call cannot be written for its worker, "
-                          f"so no retry could succeed: {error}")
+            self._said(f"queue {self.queue}: job {job.id} failed and was moved to the DLQ at once (attempt {attempts} "
+                       f"of {self.settings.max_retries}): its call cannot be written for its worker, so no retry "
+                       f"could succeed: {error}", False, self._unwritable_log, "job(s)", logging.WARNING)
             await self.store.dead(self.queue, DeadLetter(tried, error, now_ms()))
             return
         if attempts >= self.settings.max_retries:

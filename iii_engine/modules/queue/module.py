@@ -930,14 +930,14 @@ class QueueModule(EngineModule):
             raise EngineError("invalid_trigger_config", f"queue trigger {trigger.id}: 'topic' must be a non-empty "
                                                         f"string")
         assert isinstance(topic, str)  # (checked above)
+        if self.bridge is not None:  # (topics live on the remote, its named queues too)
+            await self.unregister(trigger)
+            await self.bridge.subscribe(trigger, topic)
+            return
         if topic in self._named:
             raise EngineError("invalid_trigger_config", f"queue trigger {trigger.id}: topic {_name(topic)} "
                                                         f"has the name of a named queue (queue_configs); give the "
                                                         f"topic a name of its own")
-        if self.bridge is not None:
-            await self.unregister(trigger)
-            await self.bridge.subscribe(trigger, topic)
-            return
         # The topic first: a new one past max_topics is refused, and the engine then keeps the trigger's earlier
         # registration, so its subscription must still be there.
         self._awaiting_topic[trigger.id] = trigger

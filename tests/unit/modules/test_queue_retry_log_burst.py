@@ -143,3 +143,25 @@ async def test_every_slot_held_by_a_handler_that_does_not_answer_is_said(
     (line,) = {r.getMessage() for r in caplog.records if "concurrency slots" in r.getMessage()}
     assert "queue q: all 2 of its concurrency slots" in line and "of slow::f" in line
     assert "invocation_timeout_ms" in line
+
+
+async def test_a_long_job_with_none_waiting_behind_it_is_not_said_stalled(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queue whose jobs are long by nature: a warning every minute while one ran was noise (re-attack)."""
+    monkeypatch.setattr(consumer_module, "STALL_WARN_S", 0.1)
+    store = MemoryQueueStore()
+    await store.push("q", Job.new("q", "slow::f", {}))
+    done = asyncio.Event()
+
+    async def long(job: Job) -> None:
+        await asyncio.sleep(0.6)  # (the job's own work: several maintenance rounds of lease_ms 60)
+        done.set()
+
+    consumer = QueueConsumer(store, "q", QueueSettings(concurrency=1, poll_interval_ms=10, lease_ms=60), long)
+    caplog.set_level(logging.WARNING, logger="iii_engine.modules.queue.consumer")
+    consumer.start()
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        await consumer.stop()
+    assert not [r for r in caplog.records if "concurrency slots" in r.getMessage()]

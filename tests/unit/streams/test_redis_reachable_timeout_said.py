@@ -19,7 +19,7 @@ async def test_a_silent_redis_is_said_to_time_out_on_the_socket_timeout_it_met()
                 await check_reachable(client, timeout=10)
         finally:
             await client.aclose()
-    assert "no answer within the connection's socket_timeout (0.3 s)" in str(failed.value), failed.value
+    assert "no answer within the connection's own timeout (socket_timeout 0.3 s)" in str(failed.value), failed.value
 
 
 async def test_one_without_a_socket_timeout_is_said_to_time_out_on_the_check_s_bound() -> None:
