@@ -613,6 +613,8 @@ async def send_file(
     try:
         check_chunk_size(chunk_size)
         check_progress(progress)
+        if header:  # the receivers' rules, before anything is sent (a name with a tab was sent, and refused)
+            checked_file_name(path.name)
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError(f"send_file: {path} is a directory (send_dir sends a tree)")

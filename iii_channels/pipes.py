@@ -71,7 +71,11 @@ async def from_iterable(
         >>> asyncio.run(demo())
         [33, b'{"row": 0}\\n{"row": 1}\\n{"row": 2}\\n']
     """
-    sink = ChannelSink(writer, trailer=trailer, progress=progress, total=total, label=label)
+    try:
+        sink = ChannelSink(writer, trailer=trailer, progress=progress, total=total, label=label)
+    except BaseException as exc:  # a bad argument: the reader hears now, not at the attach deadline
+        await _abort_writer(writer, f"from_iterable could not start: {exc!r}")
+        raise
     async with sink:
         async for chunk in chunks:
             await sink.write(chunk)
@@ -130,11 +134,15 @@ async def to_stream(
         >>> asyncio.run(demo())
         (4, b'ping')
     """
-    _check_exit_timeout(close_timeout, "close_timeout")
-    if close_timeout == 0:  # (every close waits a turn at least: 0 failed every copy, all bytes sent)
-        raise ValueError("close_timeout must be more than 0 seconds (or None: as long as it takes), got 0")
-    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, text_limit=0,
-                           idle_timeout=idle_timeout)
+    try:
+        _check_exit_timeout(close_timeout, "close_timeout")
+        if close_timeout == 0:  # (every close waits a turn at least: 0 failed every copy, all bytes sent)
+            raise ValueError("close_timeout must be more than 0 seconds (or None: as long as it takes), got 0")
+        source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, text_limit=0,
+                               idle_timeout=idle_timeout)
+    except BaseException:  # a bad argument: the writer hears now, not after its backpressure wait
+        await asyncio.shield(_release_writer(reader))
+        raise
     try:
         async for chunk in source.chunks():
             stream.write(chunk)
@@ -261,12 +269,16 @@ async def to_fd(
         >>> asyncio.run(demo())
         (3, b'abc', True)
     """
-    if isinstance(reader, ChannelSource) and idle_timeout is not None:
-        raise ValueError("to_fd: idle_timeout is given to the ChannelSource passed in, not here "
-                         "(ChannelSource(reader, idle_timeout=...))")
-    source = reader if isinstance(reader, ChannelSource) else ChannelSource(
-        reader, require_trailer=require_trailer, progress=progress, total=total, text_limit=0,
-        idle_timeout=idle_timeout)
+    try:
+        if isinstance(reader, ChannelSource) and idle_timeout is not None:
+            raise ValueError("to_fd: idle_timeout is given to the ChannelSource passed in, not here "
+                             "(ChannelSource(reader, idle_timeout=...))")
+        source = reader if isinstance(reader, ChannelSource) else ChannelSource(
+            reader, require_trailer=require_trailer, progress=progress, total=total, text_limit=0,
+            idle_timeout=idle_timeout)
+    except BaseException:  # a bad argument: the writer hears now, not after its backpressure wait
+        await asyncio.shield(_release_writer(reader.reader if isinstance(reader, ChannelSource) else reader))
+        raise
     out = _FdOut(fd)
     try:
         async for chunk in source.chunks():

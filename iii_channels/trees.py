@@ -287,7 +287,9 @@ async def send_dir(
 
     Symlinks to files are followed, symlinked directories are not; FIFOs, sockets, devices and dangling
     symlinks are skipped. A directory it cannot list or an entry it cannot look at fails the send before
-    anything is sent (``OSError`` naming the path). Any failure aborts the channel.
+    anything is sent (``OSError`` naming the path), and so does a name no receiver stores (``ValueError``, the
+    rules of :func:`check_entry_path`: a backslash, a control character, more than 255 bytes). Any failure aborts
+    the channel.
 
     Example:
         >>> import asyncio, tempfile
@@ -312,6 +314,10 @@ async def send_dir(
         if not await asyncio.to_thread(root.is_dir):
             raise NotADirectoryError(f"send_dir: {root} is not a directory")
         dirs, files = await asyncio.to_thread(_walk, root)
+        for name in (*dirs, *(name for name, _, _ in files)):
+            # the receivers' rules, before anything is sent: a name with a tab or a backslash was sent, send_dir
+            # returned success, and every receiver refused the tree
+            check_entry_path(name, f"send_dir {os.fspath(root)}")
     except BaseException as exc:
         await _abort_writer(writer, f"send_dir could not start: {exc!r}")
         raise
