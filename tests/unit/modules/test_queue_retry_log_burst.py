@@ -26,6 +26,17 @@ JOBS = 20
 FAILURES = 200
 
 
+async def _run_until(consumer: QueueConsumer, event: asyncio.Event, caplog: pytest.LogCaptureFixture, level: int,
+                     within: float = 10) -> None:
+    """Run ``consumer``, its log captured from ``level``, until ``event``; then stop it."""
+    caplog.set_level(level, logger="iii_engine.modules.queue.consumer")
+    consumer.start()
+    try:
+        await asyncio.wait_for(event.wait(), within)
+    finally:
+        await consumer.stop()
+
+
 async def test_a_crash_loop_logs_a_burst_of_lines_then_counts(caplog: pytest.LogCaptureFixture) -> None:
     store = MemoryQueueStore()
     for n in range(JOBS):
@@ -42,12 +53,7 @@ async def test_a_crash_loop_logs_a_burst_of_lines_then_counts(caplog: pytest.Log
 
     consumer = QueueConsumer(store, "q", QueueSettings(concurrency=4, poll_interval_ms=10, max_retries=1_000_000,
                                                        backoff_ms=0), crashes)
-    caplog.set_level(logging.INFO, logger="iii_engine.modules.queue.consumer")
-    consumer.start()
-    try:
-        await asyncio.wait_for(enough.wait(), 20)
-    finally:
-        await consumer.stop()
+    await _run_until(consumer, enough, caplog, logging.INFO, 20)
     messages = [r.getMessage() for r in caplog.records]
     one_by_one = [m for m in messages
                   if re.match(r"queue q: job \S+ attempt \d+ failed, retry in 0 ms: handler crashed", m)]
@@ -158,10 +164,5 @@ async def test_a_long_job_with_none_waiting_behind_it_is_not_said_stalled(
         done.set()
 
     consumer = QueueConsumer(store, "q", QueueSettings(concurrency=1, poll_interval_ms=10, lease_ms=60), long)
-    caplog.set_level(logging.WARNING, logger="iii_engine.modules.queue.consumer")
-    consumer.start()
-    try:
-        await asyncio.wait_for(done.wait(), 10)
-    finally:
-        await consumer.stop()
+    await _run_until(consumer, done, caplog, logging.WARNING)
     assert not [r for r in caplog.records if "concurrency slots" in r.getMessage()]
