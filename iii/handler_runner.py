@@ -143,17 +143,18 @@ class HandlerRunner:
         if isinstance(error, _RefusedError):  # (no handler ran; the exit is said once, by the client's shutdown)
             return (None, {"code": "invocation_failed", "message": _refused(str(error))}, None), _nothing
         if error is not None:
+            text = error_text(error)
             # A call the handler made that failed for the connection (lost, or the client shutting down) is not the
             # handler's bug: a warning, no ERROR (an engine restart wrote one ERROR per handler in flight)
             # (cut: an error of 100,000 characters was a log line of that size per failed call; the caller gets it
             # whole)
             log.log(logging.WARNING if isinstance(error, (ConnectionLostError, ShuttingDownError)) else logging.ERROR,
-                    "Error in handler %s: %s", function_id, clip_text(str(error), HANDLER_ERROR_LOG_CHARS))
+                    "Error in handler %s: %s", function_id, clip_text(text, HANDLER_ERROR_LOG_CHARS))
             if writers:
-                await _abort_used(writers, f"the handler raised {type(error).__name__}: {error}")
+                await _abort_used(writers, f"the handler raised {type(error).__name__}: {text}")
             if readers:
                 await _release_readers(readers, f"the handler raised {type(error).__name__}")
-            return (None, {"code": "invocation_failed", "message": str(error), "stacktrace": stack},
+            return (None, {"code": "invocation_failed", "message": text, "stacktrace": stack},
                     response_tp), end
         if readers:
             await _release_readers(readers, "the handler returned")
@@ -204,6 +205,22 @@ def handler_raised(exc: BaseException) -> bool:
     except RuntimeError:  # no running loop: nothing to cancel
         return True
     return task is None or not task.cancelling()
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)``, or what says so when its ``__str__`` raises (with telemetry off, nothing else read it
+    first: the handler's call then went unanswered, its caller waiting for its timeout).
+
+    Example:
+        >>> class Opaque(Exception):
+        ...     def __str__(self) -> str: raise RuntimeError("no text")
+        >>> error_text(ValueError("bad input")), error_text(Opaque())
+        ('bad input', 'Opaque (its str() raised RuntimeError)')
+    """
+    try:
+        return str(error)
+    except Exception as exc:
+        return f"{type(error).__name__} (its str() raised {type(exc).__name__})"
 
 
 def describe_base_exception(exc: BaseException) -> str:

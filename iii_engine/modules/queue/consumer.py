@@ -640,7 +640,8 @@ class QueueConsumer:
             try:
                 await self._run(job)
             finally:
-                del self._handling[job.id]
+                # (pop: a job whose lease ran out while its store was down can be claimed again and run twice here)
+                self._handling.pop(job.id, None)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._stopped or (task is not None and task.cancelling()):

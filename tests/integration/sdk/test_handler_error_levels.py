@@ -12,6 +12,7 @@ import pytest
 from iii import III
 from iii.errors import ConnectionLostError, ShuttingDownError
 from iii.handler_runner import HANDLER_ERROR_LOG_CHARS
+from iii.telemetry_types import OtelConfig
 
 from .conftest import EngineThread, MakeWorker
 
@@ -59,3 +60,17 @@ def _answer(fake: EngineThread, worker: III, handler: Callable[[Any], Any]) -> d
     fake.wait_for(lambda: any(f["type"] == "invocationresult" for f in side.frames))
     (answer,) = [f for f in side.frames if f["type"] == "invocationresult"]
     return answer
+
+
+def test_a_handler_error_whose_str_raises_is_answered(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    class Opaque(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    def handler(data: Any) -> Any:
+        raise Opaque()
+
+    answer = _answer(fake, make_fake_worker("w", otel=OtelConfig(enabled=False)), handler)
+    # before (telemetry off: nothing else read the error's text first): never answered, its caller timed out
+    assert answer["error"] == {"code": "invocation_failed", "message": "Opaque (its str() raised RuntimeError)",
+                               "stacktrace": answer["error"]["stacktrace"]}
