@@ -636,6 +636,10 @@ class Engine:
         # registering 100,000 triggers of a type nobody provides logged 100,000 warnings)
         self._trigger_notes = BurstLog(UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, log.warning,
                                        LossLog(self._log_trigger_notes, SKIP_LOG_INTERVAL_S))
+        # trigger conditions that failed (their triggers skipped): as many lines, at most (a condition failing on
+        # every change of a busy state scope wrote 2,000 lines in 0.4 s)
+        self._condition_failures = BurstLog(UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, log.warning,
+                                            LossLog(self._log_condition_failures, SKIP_LOG_INTERVAL_S))
         # a type owner's answers (ignored ones) and pending triggers its registration activates: INFO lines, as
         # rate-limited (an owner refusing everything, re-registering its type, logged a line per trigger each time)
         self._trigger_info = BurstLog(UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, log.info,
@@ -1044,6 +1048,7 @@ class Engine:
         self.memory.close()
         self._undecodable_log.losses.close()
         self._trigger_notes.losses.close()
+        self._condition_failures.losses.close()
         self._trigger_info.losses.close()
         if self._stopping is not None:
             self._stopping.set()
@@ -1090,6 +1095,11 @@ class Engine:
         log.info("triggers: %d pending ones activated by their type's registration, %d answers of a type's owner "
                  "ignored (since the last such line)%s", counts.get("activated", 0), counts.get("ignored", 0),
                  latest_text)
+
+    @staticmethod
+    def _log_condition_failures(counts: Mapping[str, int], latest: str | None) -> None:
+        log.warning("%d more trigger condition(s) failed, their triggers skipped (past %d logged per %g s)%s",
+                    counts.get("failed", 0), UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, latest_tail(latest))
 
     def _log_undecodable(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = latest_tail(latest)
@@ -1309,7 +1319,8 @@ class Engine:
                     # lost the job)
                 if exc.code == WORKER_BUSY:
                     return False  # counted and told by call_while_busy
-            log.warning("condition %s failed (%s: %s); skipping", condition_function_id, exc.code, exc.message)
+            self._condition_failures.note("failed", f"condition {clip_text(condition_function_id)} failed "
+                                                    f"({exc.code}: {clip_text(exc.message)}); skipping")
             return False
         return result is not False
 

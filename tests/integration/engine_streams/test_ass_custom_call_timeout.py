@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from iii_engine import Engine
+from tests.polling import until
 
 from .helpers import Recorder, Worker, engine_config, registered
 
@@ -68,4 +69,27 @@ async def test_a_hanging_custom_read_answers_its_caller_with_a_timeout() -> None
             error = await worker.error(function_id, payload)
             assert "timed out after 0.3 s" in error["message"], (function_id, error)
             assert f"{function_id}(stuck)" in error["message"], (function_id, error)
+        await worker.close()
+
+
+async def test_a_custom_write_that_times_out_is_said_maybe_applied() -> None:
+    """Attack on custom streams: a slow worker applied 241 of 300 sets its callers were told had failed (timed out),
+    and no change event went out for them; the error now says the outcome is not known."""
+    async with Engine(config=engine_config(custom_call_timeout_ms=300)) as engine:
+        worker = await Worker.connect(engine.url)
+        release = asyncio.Event()
+        applied: list[Any] = []
+
+        async def slow_set(data: Any) -> Any:
+            await release.wait()
+            applied.append(data["data"])
+            return {"old_value": None, "new_value": data["data"]}
+
+        await worker.register("stream::set(stuck)", slow_set)
+        await registered(engine, "stream::set(stuck)")
+        error = await worker.error("stream::set", {**KEY, "data": 1})
+        release.set()
+        assert error["code"] == "STREAM_SET_ERROR" and "timed out after 0.3 s" in error["message"]
+        assert "the worker may have applied it, or may still: no change event goes out for it" in error["message"]
+        await until(lambda: applied == [1])  # (it was: the error read as "not done")
         await worker.close()

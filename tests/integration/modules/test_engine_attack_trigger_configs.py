@@ -11,6 +11,7 @@ import pytest
 from module_worker import ModuleWorker
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
+from tests.polling import until
 
 pytestmark = pytest.mark.our_engine("reads the engine's log of refused triggers")
 
@@ -90,3 +91,39 @@ def _assert_refused(caplog: pytest.LogCaptureFixture, bad: dict[str, tuple[str, 
     lines = [r.getMessage() for r in caplog.records if "invalid_trigger_config" in r.getMessage()]
     for trigger_id, (_, _, reason) in bad.items():
         assert any(f"trigger {trigger_id} " in line and reason in line for line in lines), (trigger_id, lines)
+
+
+async def test_a_condition_failing_on_every_change_is_a_burst_of_lines_and_a_count(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Attack on triggers: a condition failing on every change wrote a line per change (2,000 in 0.4 s)."""
+    caplog.set_level(logging.WARNING, logger="iii_engine")
+    called = asyncio.Event()
+    conditions = 0
+
+    async def failing(data: Any) -> Any:
+        nonlocal conditions
+        conditions += 1
+        if conditions == 30:
+            called.set()
+        raise RuntimeError("condition broke")
+
+    async def handler(data: Any) -> Any:
+        raise AssertionError("skipped triggers must not run")
+
+    engine_config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::state::StateModule", {})])
+    async with Engine(config=engine_config) as engine:
+        async with ModuleWorker(engine.url) as worker:
+            await worker.function("qe::cond", failing)
+            await worker.function("qe::on", handler)
+            await worker.trigger("qe-cond", "state", "qe::on", {"scope": "s", "condition_function_id": "qe::cond"})
+            for n in range(30):
+                await worker.result("state::set", {"scope": "s", "key": "k", "value": n})
+            await asyncio.wait_for(called.wait(), 10)
+            await until(lambda: sum("condition qe::cond failed" in r.getMessage() for r in caplog.records) >= 10)
+    # the engine's stop writes the count of those past the burst
+    lines = [r.getMessage() for r in caplog.records if "qe::cond" in r.getMessage() or "condition(s) failed" in
+             r.getMessage()]
+    one_by_one = [line for line in lines if line.startswith("condition qe::cond failed (invocation_failed: ")]
+    counted = [int(line.split()[0]) for line in lines if "more trigger condition(s) failed" in line]
+    assert len(one_by_one) == 10, lines  # before: 30
+    assert sum(counted) == 20, lines  # none lost from the log, none twice
