@@ -1199,7 +1199,7 @@ class Engine:
             return False
         restored = self.registry.drop_owned_function(entry.id, None)
         if restored is not None:
-            self._adopt(restored)
+            self._adopt(restored, "the engine's own function that overwrote it went with its module")
         return True
 
     def _leave_gone(self, entry: FunctionEntry, module: str) -> None:
@@ -1710,7 +1710,7 @@ class Engine:
             self._drop_endpoint(mine)
             restored = self.registry.drop_owned_function(function_id, worker.id)
             if restored is not None:
-                self._adopt(restored)
+                self._adopt(restored, f"worker {worker.id}, which overwrote it, unregistered it")
             self._disown(mine)
             self._functions_maybe_changed()
             return
@@ -2066,14 +2066,14 @@ class Engine:
         for function_id in sorted(worker.functions):
             restored = self.registry.drop_owned_function(function_id, worker.id)
             if restored is not None:
-                self._adopt(restored)
+                self._adopt(restored, f"worker {worker.id}, which overwrote it, left")
         for function_id in sorted(worker.external_functions):
             current = self.registry.functions.get(function_id)
             if current is not None and current.owner == worker.id:
                 self._drop_endpoint(current)
             restored = self.registry.drop_owned_function(function_id, worker.id)
             if restored is not None:
-                self._adopt(restored)
+                self._adopt(restored, f"worker {worker.id}, which overwrote it, left")
         for kept in self.registry.shadowed_entries(owner=worker.id):  # overwritten ones are never restored now
             self._drop_endpoint(kept)
         self.registry.forget_owner(worker.id)
@@ -2115,7 +2115,13 @@ class Engine:
                 return True
         return False
 
-    def _adopt(self, entry: FunctionEntry) -> None:
+    def _adopt(self, entry: FunctionEntry, after: str | None = None) -> None:
+        """``entry`` is current again, an overwritten registration brought back (E5); ``after``: how the one that
+        overwrote it went, for the log (a caller of the id is served by its earlier owner again, with that owner's
+        data: it was said at the overwrite only)."""
+        if after is not None:
+            log.info("function %s goes back to %s: %s", clip_text(entry.id),
+                     f"worker {entry.owner}" if entry.owner else "the engine", after)
         owner = self.workers.get(entry.owner or "")
         if owner is not None:
             (owner.external_functions if entry.external else owner.functions).add(entry.id)
