@@ -34,7 +34,7 @@ __all__ = ["LISTENING", "PortOwners", "reaches_listener", "refuse_own_listener"]
 LISTENING: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("iii_engine_listening",
                                                                                    default=None)
 
-_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})  # (PortOwners: hosts that overlap every other)
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})  # (PortOwners: hosts that overlap every other of their family)
 
 
 def refuse_own_listener(url: str, what: str) -> None:
@@ -150,6 +150,32 @@ class PortOwners:
             return
         host, port = address
         for other_host, other in self._owners.get(port, ()):
-            if host == other_host or host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS:
+            if _overlap(host, other_host):
                 raise ConfigError(f"{port} is {other} already", "port")
         self._owners.setdefault(port, []).append((host, owner))
+
+
+def _overlap(one: str, other: str) -> bool:
+    """Whether listeners bound to hosts ``one`` and ``other`` on one port would collide: the same host, or a wildcard
+    and a host of its address family (``0.0.0.0`` and ``::`` do not: asyncio binds ``::`` IPv6-only).
+
+    Example:
+        >>> _overlap("0.0.0.0", "127.0.0.1"), _overlap("0.0.0.0", "::"), _overlap("", "::1")
+        (True, False, True)
+    """
+    one, other = one.strip().lower(), other.strip().lower()
+    if one == other:
+        return True
+    if not (one in _WILDCARD_HOSTS or other in _WILDCARD_HOSTS):
+        return False
+    return bool(_families(one) & _families(other))
+
+
+def _families(host: str) -> set[int]:
+    """The address families a bind to ``host`` takes (a host name: both, as it may stand for either)."""
+    if host == "0.0.0.0":
+        return {4}
+    try:
+        return {ipaddress.ip_address(host.strip("[]").split("%", 1)[0]).version}
+    except ValueError:
+        return {4, 6}

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from iii_engine.own_listener import reaches_listener
+from iii_engine.own_listener import PortOwners, reaches_listener
+from iii_engine.settings import ConfigError
 
 
 @pytest.mark.parametrize(("url", "host"), [
@@ -38,3 +39,18 @@ def test_urls_that_reach_this_engine(url: str, host: str) -> None:
 ])
 def test_urls_that_reach_another_listener(url: str, host: str) -> None:
     assert not reaches_listener(url, host, 5000)
+
+
+@pytest.mark.parametrize(("engine_host", "module_host", "clash"), [
+    ("0.0.0.0", "127.0.0.1", True), ("127.0.0.1", "127.0.0.1", True), ("", "::1", True), ("localhost", "::", True),
+    ("0.0.0.0", "::", False),  # asyncio binds :: IPv6-only: two listeners
+    ("127.0.0.1", "127.0.0.2", False),
+])
+def test_listeners_given_one_port_clash_when_their_hosts_overlap(engine_host: str, module_host: str,
+                                                                 clash: bool) -> None:
+    ports = PortOwners(engine_host, 5000, "the engine's own worker port")
+    if clash:
+        with pytest.raises(ConfigError, match="5000 is the engine's own worker port already"):
+            ports.claim((module_host, 5000), "modules[0]")
+    else:
+        ports.claim((module_host, 5000), "modules[0]")
