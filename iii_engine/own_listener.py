@@ -34,8 +34,6 @@ __all__ = ["LISTENING", "PortOwners", "reaches_listener", "refuse_own_listener"]
 LISTENING: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar("iii_engine_listening",
                                                                                    default=None)
 
-_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})  # (PortOwners: hosts that overlap every other of their family)
-
 
 def refuse_own_listener(url: str, what: str) -> None:
     """Raise :class:`~iii_engine.settings.ConfigError` naming ``what`` when ``url`` reaches the worker port of the
@@ -164,17 +162,11 @@ def _overlap(one: str, other: str) -> bool:
         (True, False, True)
     """
     one, other = one.strip().lower(), other.strip().lower()
-    if one == other:
-        return True
-    if not (one in _WILDCARD_HOSTS or other in _WILDCARD_HOSTS):
-        return False
-    return bool(_families(one) & _families(other))
+    return one == other or bool(_bound(one)[0] & _families(other)) or bool(_bound(other)[0] & _families(one))
 
 
 def _families(host: str) -> set[int]:
     """The address families a bind to ``host`` takes (a host name: both, as it may stand for either)."""
-    if host == "0.0.0.0":
-        return {4}
     try:
         return {ipaddress.ip_address(host.strip("[]").split("%", 1)[0]).version}
     except ValueError:

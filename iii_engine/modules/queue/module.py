@@ -926,10 +926,9 @@ class QueueModule(EngineModule):
         """
         config = check_trigger_config(trigger, "queue trigger", ("topic", "condition_function_id"))
         topic = config.get("topic")
-        if not topic:
+        if not isinstance(topic, str) or not topic:  # (a topic of another type was refused above)
             raise EngineError("invalid_trigger_config", f"queue trigger {trigger.id}: 'topic' must be a non-empty "
                                                         f"string")
-        assert isinstance(topic, str)  # (checked above)
         if self.bridge is not None:  # (topics live on the remote, its named queues too)
             await self.unregister(trigger)
             await self.bridge.subscribe(trigger, topic)
