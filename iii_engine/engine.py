@@ -1332,6 +1332,10 @@ class Engine:
         """A loaded module by name."""
         return self.modules.get(name)
 
+    def loaded_modules(self) -> list[EngineModule]:
+        """Every module loaded now, in start order."""
+        return list(self.modules.values())
+
     def service_functions(self, service_id: str) -> Collection[str]:
         """The worker functions registered under a service (live; empty when there is none)."""
         service = self.registry.services.get(service_id)

@@ -430,6 +430,9 @@ class EngineServices(Protocol):
     def module(self, name: str) -> EngineModule | None:
         """Another loaded module by :attr:`EngineModule.name`, e.g. ``"queue"`` (for reporting, e.g. its port)."""
 
+    def loaded_modules(self) -> list[EngineModule]:
+        """Every module loaded now, in start order (for reporting: ``engine::health::check`` asks each)."""
+
     def serve_named_queues(self, queues: NamedQueues | None) -> None:
         """Route enqueue actions to ``queues`` (``None``: none served, they fail with ``enqueue_error``)."""
 
@@ -469,6 +472,20 @@ class EngineModule(ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Close listeners and stores; called once on engine shutdown."""
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """Components for ``engine::health::check``: ``{name: {status, details}}``, one per store, server or remote
+        engine the module depends on, probed now (see :mod:`iii_engine.modules.health`); none by default.
+
+        Example:
+            >>> import asyncio
+            >>> class Plain(EngineModule):
+            ...     name, class_names = "plain", ()
+            ...     async def start(self) -> None: ...
+            >>> asyncio.run(Plain(None).health())
+            {}
+        """
+        return {}
 
     def start_timeout_s(self) -> float:
         """How long the engine waits for this module's :meth:`start` before it cancels it and the start fails

@@ -34,6 +34,7 @@ from iii._cli import mask_passwords
 
 from ...settings import ConfigError
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+from ..health import link_component
 from .link import DEFAULT_TIMEOUT_MS, BridgeCallError, BridgeLink
 from .settings import MAX_TIMEOUT_MS, BridgeClientSettings, Forwarded
 
@@ -98,6 +99,10 @@ class BridgeClientModule(EngineModule):
             self.services.register_function(BuiltinFunction(
                 forwarded.local_function, self._forward_handler(forwarded),
                 f"Forwarded to {forwarded.remote_function} on {mask_passwords(self.settings.url)}"))
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """``bridge_client``: whether the link to the remote engine is up."""
+        return {"bridge_client": link_component(self.link)}
 
     async def stop(self) -> None:
         """Close the link."""

@@ -25,6 +25,7 @@ from iii.loss_log import LossLog, latest_tail
 
 from ...limits import HeldTasks
 from ..base import EngineError, EngineModule, EngineServices, FiredSlots
+from ..health import component, probe
 from ..trigger_set import check_trigger_config
 from .expr import CronExpression, CronSyntaxError, rfc3339
 from .locks import CronLock, open_cron_lock
@@ -151,6 +152,13 @@ class CronModule(EngineModule):
         self._lock = open_cron_lock(self.settings)
         await self._lock.prepare()  # a lock store that is down fails the start in one line naming it
         self.services.register_trigger_type("cron", "Run a function on a cron schedule (UTC, seconds)", self)
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """``cron``: whether the lock store answers now (a Redis ``PING``; the in-process lock always does)."""
+        lock = self._lock
+        if lock is None:
+            return {"cron": component("no lock store: the module is not started")}
+        return {"cron": await probe(lock.prepare(), adapter=type(lock).__name__)}
 
     async def stop(self) -> None:
         """Cancel every schedule and close the lock store."""

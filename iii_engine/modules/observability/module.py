@@ -40,6 +40,7 @@ from ...config import DEFAULT_CONTROL_MAX_MESSAGE_SIZE, EngineConfig
 from ...limits import SKIP_LOG_INTERVAL_S
 from ...workers import frame_bytes
 from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, EngineServices, InvocationContext
+from ..health import UNHEALTHY, Component, modules_health
 from .alerts import AlertManager
 from .exporter import DROP_LOG_INTERVAL_S, SPAN_BATCH_SIZE, OtlpForwarder, RecordBatch
 from .feedback import LogTriggerCalls, untraced
@@ -288,6 +289,7 @@ class OtelModule(EngineModule):
         # cancel then finishes the storing rather than leave the frame partly stored (see _ingest_frame)
         self._storing_entries = False
         self._background: set[asyncio.Task[Any]] = set()
+        self._probing: asyncio.Task[dict[str, Component]] | None = None  # see _modules_health
         self.forwarder: OtlpForwarder | None = None
         # the engine's own spans and log entries, gathered into requests (one request per record was ~330 a second)
         self._span_batch: RecordBatch | None = None
@@ -1017,10 +1019,13 @@ class OtelModule(EngineModule):
                              export_failed=self.forwarder.failed, exported_records=self.forwarder.sent_records,
                              export_dropped_records=self.forwarder.dropped_records,
                              export_failed_records=self.forwarder.failed_records)
+        modules = await self._modules_health()
         return {
             # A bound shedding calls is the engine protecting itself, not failing: the components say so, and the
-            # status stays healthy (a probe must not restart an engine for refusing one worker's flood).
-            "status": "healthy",
+            # status stays healthy (a probe must not restart an engine for refusing one worker's flood). A store,
+            # server or remote engine a module depends on that does not answer makes it degraded: the calls that
+            # need it fail (before, healthy while every state::set failed on a Redis that was down).
+            "status": "degraded" if any(c["status"] == UNHEALTHY for c in modules.values()) else "healthy",
             "components": {
                 "otel": otel,
                 "metrics": {"status": "healthy", "details": {"stored_metrics": len(self.metrics),
@@ -1033,10 +1038,23 @@ class OtelModule(EngineModule):
                 "spans": spans,
                 "telemetry": {"status": "healthy", "details": telemetry},
                 **self._bounds(),
+                **modules,
             },
             "timestamp": _now_ms(),
             "version": ENGINE_VERSION,
         }
+
+    async def _modules_health(self) -> dict[str, Component]:
+        """The other modules' components (:func:`~iii_engine.modules.health.modules_health`). Health checks at the
+        same time share one probe: a flood of them is one PING to each store at a time, not one each."""
+        probing = self._probing
+        if probing is None or probing.done():
+            others = [module for module in self.services.loaded_modules() if module is not self]
+            probing = self._probing = asyncio.get_running_loop().create_task(modules_health(others),
+                                                                             name="health-probe")
+            self._background.add(probing)
+            probing.add_done_callback(self._background.discard)
+        return dict(await asyncio.shield(probing))
 
     def _bounds(self) -> dict[str, dict[str, Any]]:
         """The engine's call bounds as health components (their details are also in ``engine::metrics::list``);

@@ -25,6 +25,7 @@ from iii.wire import dumps, loads
 from ...limits import FIRE_LIMIT
 from ...settings import RedisAdapterSettings
 from ..base import EngineError
+from ..health import Component, component, probe
 from .settings import PubSubSettings
 from .writer import OrderedPublisher
 
@@ -76,6 +77,10 @@ class PubSubBus(Protocol):
     async def unsubscribe(self, topic: str) -> None:
         """Stop receiving ``topic``."""
 
+    async def health(self) -> Component:
+        """Whether messages get through now (an ``engine::health::check`` component, see
+        :mod:`iii_engine.modules.health`)."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -105,6 +110,10 @@ class LocalBus:
 
     async def unsubscribe(self, topic: str) -> None:
         """Nothing to do."""
+
+    async def health(self) -> Component:
+        """See :class:`PubSubBus`: always healthy (nothing leaves this process)."""
+        return component(None, adapter="local")
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -346,6 +355,20 @@ class RedisBus:
         self._syncs.add(task)
         task.add_done_callback(self._syncs.discard)
         return task
+
+    async def health(self) -> Component:
+        """See :class:`PubSubBus`: a ``PING`` on a pooled connection, and the subscriber connection up (while it is
+        down, messages published reach no subscriber of this engine)."""
+        from iii_streams.redis import check_reachable
+
+        details = {"adapter": "redis", "connection_losses": self.connection_losses, "undelivered": self.undelivered,
+                   "unsubscribe_failures": self.unsubscribe_failures}
+        found = await probe(check_reachable(self._redis, timeout=_REDIS_TIMEOUT_S), **details)
+        if found["status"] == "healthy" and self._lost_at is not None:
+            down = time.monotonic() - self._lost_at
+            return component(f"the subscriber connection is down ({down:.1f} s); messages published meanwhile do "
+                             "not reach this engine", **details)
+        return found
 
     async def close(self) -> None:
         """Stop the reader and close both connections."""

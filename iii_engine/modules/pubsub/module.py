@@ -81,6 +81,11 @@ class PubSubModule(EngineModule):
         )
         self.services.register_trigger_type("subscribe", "Receive every message published to a topic", self)
 
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """``pubsub``: the bus's component (Redis: whether it answers a ``PING`` and the subscriber connection is
+        up; messages published while it is down never reach this engine)."""
+        return {"pubsub": await self._bus.health()}
+
     async def stop(self) -> None:
         """Close the bus and drop pending condition checks (their slots are given back)."""
         await self._bus.close()  # first: no message from it starts a check once they are being closed

@@ -60,6 +60,7 @@ from ..base import (
     InvocationContext,
 )
 from ..bridge.queue import NO_DLQ, BridgeQueue
+from ..health import link_component, probe
 from ..trigger_set import check_trigger_config
 from .consumer import JobNotReady, QueueConsumer, Reported, StoreFailures
 from .settings import MISSING_FUNCTION_CHECK_MAX_MS, QueueModuleSettings, QueueSettings
@@ -796,6 +797,14 @@ class QueueModule(EngineModule):
             self.services.register_function(BuiltinFunction(function_id, handler, description=description))
         self.services.register_trigger_type("queue", "Consume jobs enqueued on a topic (one subscriber each)", self)
         self.services.serve_named_queues(self)
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """``queue``: whether the store answers now; ``queue_bridge`` (with a ``bridge_url``): whether the link to
+        the remote engine is up."""
+        found = {"queue": await probe(self.store.ping(), adapter=type(self.store).__name__)}
+        if self.bridge is not None:
+            found["queue_bridge"] = link_component(self.bridge.link)
+        return found
 
     async def stop(self) -> None:
         """Stop every consumer (jobs whose handler finished are stored as done, retried or dead; those still running

@@ -544,6 +544,10 @@ class RedisQueueStore:
         if self._topics is not None:
             await self.recount_topic_bytes()
 
+    async def ping(self) -> None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`: a ``PING`` (within :data:`START_CHECK_S`)."""
+        await check_reachable(self._redis, timeout=START_CHECK_S)
+
     async def recount_topic_bytes(self) -> int:
         """Count the topic queues' bytes again (:data:`TOPIC_BYTES_KEY`) from the jobs and dead letters the queues
         listed in :data:`TOPICS_KEY` hold, in one script, and return the count: a counter left wrong (keys deleted by

@@ -439,6 +439,9 @@ class QueueStore(Protocol):
     async def prepare(self) -> None:
         """Check the store answers, at the module's start (raises, naming the store, when it does not)."""
 
+    async def ping(self) -> None:
+        """One round trip to where the jobs are kept (for ``engine::health::check``); raises when it fails."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -836,6 +839,9 @@ class MemoryQueueStore:
 
     async def prepare(self) -> None:
         """Nothing to check: the jobs live in this process."""
+
+    async def ping(self) -> None:
+        """See :class:`QueueStore`: the jobs live in this process."""
 
     async def close(self) -> None:
         """Nothing to release."""

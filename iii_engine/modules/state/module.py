@@ -49,7 +49,7 @@ from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, In
 from ..stream.inputs import Fields
 from ..stream.locks import KeyedLocks
 from ..stream.settings import StateSettings
-from ..stream.store import open_module_store, prepare_module_store
+from ..stream.store import open_module_store, prepare_module_store, store_health
 from ..trigger_set import TriggerSet, check_trigger_config
 
 __all__ = ["STATE_STREAM", "StateCore", "StateModule", "StateTriggers", "state_event"]
@@ -157,6 +157,11 @@ class StateModule(EngineModule):
             fmt = scope_key if function_id not in ("state::list", "state::list_groups") else None
             self.services.register_function(BuiltinFunction(function_id, handler, description, request_format=fmt))
         self.services.register_trigger_type("state", "State value changes", self.triggers)
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """``state``: whether the store answers a read now (see
+        :func:`~iii_engine.modules.stream.store.store_health`)."""
+        return {"state": await store_health(self.store, STATE_STREAM)}
 
     async def stop(self) -> None:
         """Cancel trigger tasks and close the store."""

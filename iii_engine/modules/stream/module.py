@@ -22,7 +22,7 @@ from ..base import EngineModule
 from .api import StreamFunctions
 from .settings import StreamSettings
 from .socket import StreamSocketServer
-from .store import open_module_store, prepare_module_store
+from .store import HEALTH_ITEM, open_module_store, prepare_module_store, store_health
 from .triggers import JoinLeaveTriggers, StreamTriggers
 
 __all__ = ["StreamModule"]
@@ -92,6 +92,11 @@ class StreamModule(EngineModule):
         self.services.register_trigger_type("stream", "Stream item changes and custom events", changes)
         self.services.register_trigger_type("stream:join", "A client joined a stream subscription", join)
         self.services.register_trigger_type("stream:leave", "A client left a stream subscription", leave)
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """``stream``: whether the store answers a read now (see
+        :func:`~iii_engine.modules.stream.store.store_health`)."""
+        return {"stream": await store_health(self.store, HEALTH_ITEM)}
 
     async def stop(self) -> None:
         """Close the socket, cancel running trigger tasks and close the store."""

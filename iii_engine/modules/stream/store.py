@@ -39,8 +39,9 @@ import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
+from iii.stream import StreamGetInput
 from iii_streams import Backend, MemoryStream, open_stream
 from iii_streams.urls import scheme_of
 
@@ -48,13 +49,14 @@ from ...closing import close_store, module_start_bound
 from ...settings import ConfigError
 from .. import bridge as _bridge  # noqa: F401 - the package before its modules (CPython gh-83065)
 from ..bridge.settings import BridgeAdapterSettings
+from ..health import Component, component, link_component, probe
 from .settings import KvStoreSettings, RedisStoreSettings, StateSettings, StoreSettings
 
 if TYPE_CHECKING:
     from iii_streams.redis import RedisStream
     from iii_streams.sql import SQLStream
 
-__all__ = ["open_module_store", "prepare_module_store"]
+__all__ = ["open_module_store", "prepare_module_store", "store_health"]
 
 log = logging.getLogger(__name__)
 
@@ -190,3 +192,32 @@ open database file (directory /nonexistent/dir does not exist)
         await close_store(prepared.aclose(), f"the {kind} module's store ({type(prepared).__name__})")
         raise
     return prepared
+
+
+HEALTH_ITEM: Final = "__iii_health"
+"""The group and item id a health probe reads (in the module's own stream name): nothing is written."""
+
+
+async def store_health(store: Backend | None, stream_name: str) -> Component:
+    """``store``'s health component: one read of an item nobody writes (``stream_name``, :data:`HEALTH_ITEM`), so
+    the whole path is probed (the pool, the server, the schema; a Bridge's remote engine and its store); a Bridge
+    store whose connection is down says so without waiting.
+
+    Example:
+        >>> import asyncio
+        >>> asyncio.run(store_health(MemoryStream(), "todos"))
+        {'status': 'healthy', 'details': {'adapter': 'MemoryStream'}}
+        >>> asyncio.run(store_health(None, "todos"))["details"]["error"]
+        'no store: the module is not started'
+    """
+    if store is None:
+        return component("no store: the module is not started")
+    from ..bridge.stores import BridgeStateStore, BridgeStreamStore  # as open_module_store does
+
+    adapter = type(store).__name__
+    if isinstance(store, BridgeStateStore | BridgeStreamStore) and not store.link.connected:
+        found = link_component(store.link)
+        found["details"]["adapter"] = adapter
+        return found
+    read = store.get(StreamGetInput(stream_name=stream_name, group_id=HEALTH_ITEM, item_id=HEALTH_ITEM))
+    return await probe(read, adapter=adapter)
