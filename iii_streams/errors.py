@@ -71,26 +71,22 @@ class StreamError(Exception):
     """Base class of every error a stream store raises for a backend problem."""
 
 
-class StreamUnavailableError(StreamError, ConnectionError):
-    """The backend cannot be reached (connection refused, reset or lost).
-
-    ``applied`` tells a write's outcome, as :class:`StreamTimeoutError`'s does: ``False`` when the connection failed
-    before the write was sent to be committed (nothing was applied), ``None`` when it is unknown (the write had been
-    sent, or its commit, when the connection was lost: it may have been applied); the message says the same. Reads
-    leave it ``None``. Nothing is ever half-applied: a write is applied whole or not at all.
-    """
+class _WriteOutcome(StreamError):
+    """An error a write can end with whose outcome the store may know: ``applied`` and :meth:`with_outcome`."""
 
     applied: bool | None = None
 
     def with_outcome(self, sent: bool) -> Self:
-        """This error (a write's lost or refused connection, the store's close) restated with the write's outcome,
-        of the same class (a :class:`PoolExhaustedError` stays one): ``applied=None`` and "may have been applied"
-        once the write (its script, its commit) had been sent, ``applied=False`` and "not applied" before; one
-        already known not applied (refused at its start) keeps its words. The caller raises it from the driver's
-        exception.
+        """This error (a write's lost or refused connection, the store's close, a statement the database refused)
+        restated with the write's outcome, of the same class (a :class:`PoolExhaustedError` stays one):
+        ``applied=None`` and "may have been applied" once the write (its script, its commit) had been sent,
+        ``applied=False`` and "not applied" before; one already known not applied (refused at its start) keeps its
+        words. The caller raises it from the driver's exception.
 
         Why: a write whose connection was cut said only "unreachable"; under repeated ``CLIENT KILL`` 10 of 150
         failed Redis increments had been applied, and PostgreSQL commits whose answer was lost were all committed.
+        And a write whose batch SQLite refused before its commit (disk full) said "may have been applied" (1,088 of
+        1,088, none of them in the file).
 
         Example:
             >>> error = StreamUnavailableError("S.set: lost").with_outcome(sent=True)
@@ -100,10 +96,25 @@ class StreamUnavailableError(StreamError, ConnectionError):
             >>> type(error).__name__, str(error), error.applied
             ('PoolExhaustedError', 'S.set: pool exhausted; the write was not sent and not applied', False)
         """
-        message, applied = _restated(self, sent)
+        if self.applied is False:  # refused at its start: its words say so already
+            message, applied = str(self), False
+        elif sent:
+            message, applied = f"{self}; the write had been sent and may have been applied (outcome unknown)", None
+        else:
+            message, applied = f"{self}; the write was not sent and not applied", False
         error = type(self)(message)
         error.applied = applied
         return error
+
+
+class StreamUnavailableError(_WriteOutcome, ConnectionError):
+    """The backend cannot be reached (connection refused, reset or lost).
+
+    ``applied`` tells a write's outcome, as :class:`StreamTimeoutError`'s does: ``False`` when the connection failed
+    before the write was sent to be committed (nothing was applied), ``None`` when it is unknown (the write had been
+    sent, or its commit, when the connection was lost: it may have been applied); the message says the same. Reads
+    leave it ``None``. Nothing is ever half-applied: a write is applied whole or not at all.
+    """
 
 
 class PoolExhaustedError(StreamUnavailableError):
@@ -125,15 +136,14 @@ class StreamTimeoutError(StreamError, TimeoutError):
     applied: bool | None = None
 
 
-class StreamBackendError(StreamError):
+class StreamBackendError(_WriteOutcome):
     """The backend refused the operation (a server error that is neither unavailability nor a timeout).
 
-    ``applied`` tells a write's outcome where the store knows it (``SQLStream``'s check of its SQLite file,
-    :class:`StreamFileLostError`: ``True`` when the write was committed before the file was found gone, ``False``
-    when it was not); else ``None``.
+    ``applied`` tells a write's outcome where the store knows it: ``False`` when the database refused it (or the
+    batch it was in) before its commit was sent, ``None`` once it had been sent; ``SQLStream``'s check of its SQLite
+    file, :class:`StreamFileLostError`: ``True`` when the write was committed before the file was found gone,
+    ``False`` when it was not; else ``None``.
     """
-
-    applied: bool | None = None
 
 
 class StreamFileLostError(PicklesByState, StreamBackendError):
@@ -164,6 +174,10 @@ class StreamFileLostError(PicklesByState, StreamBackendError):
             (True, True)
         """
         return StreamFileLostError(self.problem, self.committed, self.advice, self.applied_if_committed)
+
+    def with_outcome(self, sent: bool) -> Self:
+        """:meth:`for_write` (this error's outcome is told by what the check found, not by the driver)."""
+        return self.for_write(sent)  # type: ignore[return-value]  # (the class is final in use)
 
     def for_write(self, sent: bool) -> StreamFileLostError:
         """Restated for one write: committed (``sent``: its commit or statement was sent, and it succeeded, or this
@@ -269,29 +283,19 @@ class SchemaMissingError(StreamError, RuntimeError):
     """The SQL database has no stream table yet (run ``iii-streams migrate URL``)."""
 
 
-class StreamClosedError(StreamError, RuntimeError):
+class StreamClosedError(_WriteOutcome, RuntimeError):
     """The store was closed (``aclose()``) before or while the operation ran.
 
     ``applied`` tells a write's outcome, as :class:`StreamUnavailableError`'s does: ``False`` when the operation was
     refused at its start or the write had not been sent when the close cut it (nothing was applied), ``None`` when
     it had been sent (the close cut the connection after the command or commit was sent: it may have been applied);
     the message says the same. Reads cut by the close leave it ``None``.
+
+    Example:
+        >>> error = StreamClosedError("S is closed").with_outcome(sent=False)
+        >>> str(error), error.applied
+        ('S is closed; the write was not sent and not applied', False)
     """
-
-    applied: bool | None = None
-
-    def with_outcome(self, sent: bool) -> Self:
-        """This error restated with a cut write's outcome, as :meth:`StreamUnavailableError.with_outcome`.
-
-        Example:
-            >>> error = StreamClosedError("S is closed").with_outcome(sent=False)
-            >>> str(error), error.applied
-            ('S is closed; the write was not sent and not applied', False)
-        """
-        message, applied = _restated(self, sent)
-        error = type(self)(message)
-        error.applied = applied
-        return error
 
 
 def closed_unapplied(where: str) -> StreamClosedError:
@@ -305,21 +309,6 @@ def closed_unapplied(where: str) -> StreamClosedError:
     refused = StreamClosedError(f"{where}: the store is closed; nothing was applied")
     refused.applied = False
     return refused
-
-
-def _restated(error: StreamUnavailableError | StreamClosedError, sent: bool) -> tuple[str, bool | None]:
-    """The message and ``applied`` of ``error`` restated with a write's outcome (see
-    :meth:`StreamUnavailableError.with_outcome`).
-
-    Example:
-        >>> _restated(StreamClosedError("S is closed"), sent=True)
-        ('S is closed; the write had been sent and may have been applied (outcome unknown)', None)
-    """
-    if error.applied is False:  # refused at its start: its words say so already
-        return str(error), False
-    if sent:
-        return f"{error}; the write had been sent and may have been applied (outcome unknown)", None
-    return f"{error}; the write was not sent and not applied", False
 
 
 def utf8_size(text: str) -> int:

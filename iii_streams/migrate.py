@@ -21,15 +21,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .engine_bounds import run_then_dispose
-from .errors import check_timeout
-from .messages import mask_passwords
-from .schema import VERSION_TABLE
+from .errors import StreamBackendError, check_timeout
+from .messages import error_line, mask_passwords
+from .schema import TABLE_NAME, VERSION_TABLE
 from .sqlite_threads import guard_aiosqlite
 
 __all__ = ["HEAD", "MIGRATE_TIMEOUT_S", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision",
@@ -161,14 +162,28 @@ def upgrade_connection(connection: Connection, revision: str = HEAD) -> str | No
         >>> engine.dispose()
     """
     _serialize(connection)
-    if revision == HEAD:
-        applied = current_revision(connection)
-        if applied is not None and not _known(applied):
-            # written by a later version (see schema_behind): nothing of ours to apply, and Alembic would fail with
-            # "Can't locate revision", so a store with create (every SQLite one) could not open during a rollout
-            return applied
-    command.upgrade(_config(connection), revision)
-    return current_revision(connection)
+    try:
+        if revision == HEAD:
+            applied = current_revision(connection)
+            if applied is not None and not _known(applied):
+                # written by a later version (see schema_behind): nothing of ours to apply, and Alembic would fail
+                # with "Can't locate revision", so a store with create (every SQLite one) could not open in a rollout
+                return applied
+        command.upgrade(_config(connection), revision)
+        return current_revision(connection)
+    except CommandError as exc:
+        # Alembic's own error escaped the store's error contract, every operation of a store with create raising it
+        raise StreamBackendError(f"cannot migrate: {error_line(exc)} (the version table {VERSION_TABLE} must hold "
+                                 "one row, the schema's revision)") from exc
+    except SQLAlchemyError as exc:
+        if TABLE_NAME in str(exc) and "already exists" in str(exc):
+            # before: "database unreachable: table iii_stream_items already exists"
+            raise StreamBackendError(
+                f"cannot migrate: {error_line(exc)}: the stream table is there but the version table "
+                f"{VERSION_TABLE} names no revision (emptied, dropped, or the table made by other means); "
+                f"put the revision back (INSERT INTO {VERSION_TABLE} VALUES ('{head_revision()}') if the table is "
+                "this version's) or drop the table") from exc
+        raise
 
 
 def current_revision(connection: Connection) -> str | None:

@@ -76,6 +76,7 @@ import os
 import shlex
 import sqlite3
 import threading
+import time
 import urllib.parse
 import warnings
 import weakref
@@ -380,6 +381,23 @@ def _sqlite_refused_write(exc: BaseException) -> bool:
     """
     code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF in _SQLITE_WRITE_REFUSALS
+
+
+_SCHEMA_MISMATCHES: Final = ("no such column", "has no column named", "no such table")
+
+
+def _sqlite_schema_mismatch(exc: BaseException) -> bool:
+    """Whether ``exc`` (SQLAlchemy's, or the driver's own) is SQLite finding a table other than the statement expects
+    (before, such errors said "database unreachable").
+
+    Example:
+        >>> _sqlite_schema_mismatch(sqlite3.OperationalError("no such column: value"))
+        True
+        >>> _sqlite_schema_mismatch(sqlite3.OperationalError("database is locked"))
+        False
+    """
+    text = str(getattr(exc, "orig", exc))
+    return any(mismatch in text for mismatch in _SCHEMA_MISMATCHES)
 
 
 def _not_connected(exc: BaseException) -> bool:
@@ -1153,10 +1171,35 @@ def _set_up_sqlite(dbapi_connection: Any, file_backed: bool) -> None:
     :func:`_sqlite_run`)."""
     dbapi_connection.isolation_level = None
     pragmas = f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)};"
+    wal = " PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
     if file_backed:
-        pragmas += " PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
-    await_only(dbapi_connection.driver_connection.executescript(pragmas))
+        pragmas += wal
+    driver = dbapi_connection.driver_connection
+    try:
+        await_only(driver.executescript(pragmas))
+    except sqlite3.OperationalError as exc:
+        if not (file_backed and "database is locked" in str(exc)):
+            raise
+        _switch_to_wal(driver, wal)
     _stop_at_exit(getattr(dbapi_connection, "driver_connection", None))
+
+
+def _switch_to_wal(driver: Any, wal: str) -> None:
+    """Try the switch to WAL again until the busy wait's :data:`SQLITE_BUSY_S` run out: SQLite does not wait for
+    the lock it needs (another process's write in a file still in rollback-journal mode, ``iii-streams migrate``'s
+    included) but answers "database is locked" at once, and the store's first operation failed within 3 ms,
+    saying SQLite had stayed locked."""
+    deadline = time.monotonic() + SQLITE_BUSY_S
+    pause = 0.005
+    while True:
+        await_only(asyncio.sleep(pause))
+        try:
+            await_only(driver.executescript(wal))
+            return
+        except sqlite3.OperationalError as exc:
+            if "database is locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        pause = min(pause * 2, 0.1)
 
 
 def _interrupted(exc: BaseException | None) -> bool:
@@ -2074,7 +2117,9 @@ class SQLStream(FieldUpdates):
 
     def _explain_missing_table(self, exc: Exception) -> None:
         text = str(exc)
-        if TABLE_NAME in text and ("no such table" in text or "does not exist" in text):
+        # the table's own name in the error, not just in the statement quoted after it: a missing column was taken
+        # for a missing table
+        if f"no such table: {TABLE_NAME}" in text or f'relation "{TABLE_NAME}" does not exist' in text:
             raise SchemaMissingError(
                 f"table {TABLE_NAME} does not exist in {_shown(self.engine.url)}: "
                 "run `iii-streams migrate URL` or open the store with create=True"
@@ -2130,6 +2175,10 @@ class SQLStream(FieldUpdates):
                                    f"stream store: {exc.orig}")
         if isinstance(exc, OperationalError) and "database is locked" in str(exc):
             return StreamTimeoutError(f"{where}: SQLite stayed locked by another writer: {exc.orig}")
+        if isinstance(exc, OperationalError) and _sqlite_schema_mismatch(exc):
+            # the database answered: its table is not the one this version made (a column dropped or renamed)
+            return StreamBackendError(f"{where}: the table {TABLE_NAME} does not match this version's schema: "
+                                      f"{error_line(exc)}{self._named()}")
         if isinstance(exc, OperationalError) and _sqlite_refused_write(exc):
             # the database answered, and refused to write its file: "unreachable" misled callers into retrying
             return StreamBackendError(f"{where}: the database refused the write: {error_line(exc)}{self._named()}")
@@ -2180,13 +2229,15 @@ class SQLStream(FieldUpdates):
         except StreamFileLostError as exc:
             # the batch is done with it: applied (committed before the check found the file gone) only if sent
             raise exc.for_write(write.sent) from exc
-        except (StreamUnavailableError, StreamClosedError) as exc:
+        except (StreamUnavailableError, StreamClosedError, StreamBackendError) as exc:
             if write.landed is not None:
                 # its commit (or statement) landed before the cut (the store's close, a timeout, the connection's
                 # end): its result is known, where the caller was told "may have been applied"
                 return write.landed
             # the batch is done with it: applied only if the commit (or statement) that held it was sent; a write
-            # pinned by withdrawal re-runs whose transaction failed before its commit was not
+            # pinned by withdrawal re-runs whose transaction failed before its commit was not; a batch the database
+            # refused before its commit (disk full, a column of another type) applied nothing (before: "may have
+            # been applied", 1,088 of 1,088 such writes on a full SQLite file, none of them in it)
             write.give_up()
             raise exc.with_outcome(sent=write.sent) from exc
         except asyncio.CancelledError:
