@@ -19,7 +19,8 @@ from functools import cache
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Final
 
-from .protocol.codec import MAX_JSON_DEPTH
+from .protocol.codec import MAX_JSON_DEPTH, clip
+from .warn_once import WarnOnce
 
 if TYPE_CHECKING:
     from . import telemetry
@@ -29,6 +30,7 @@ else:  # `from . import` waits for the package's __init__ (tests/unit/test_concu
 __all__ = ["Logger", "is_initialized"]
 
 log = logging.getLogger("iii.logger")
+_said = WarnOnce(log)
 
 # (severity text, OpenTelemetry SeverityNumber) per level.
 _SEVERITY: Final[dict[str, tuple[str, int]]] = {
@@ -43,6 +45,32 @@ _STDLIB_LEVEL: Final[dict[str, int]] = {
     "warn": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def _hex_id(value: Any, digits: int, name: str) -> int | None:
+    """``value`` (a trace id of 32 hex digits, a span id of 16; a UUID's hyphens are allowed) as an int, or ``None``
+    when it is no such id (said once per process): an id past its digits made the engine refuse the whole frame of
+    records it was in (one bad ``Logger`` lost 99 of 100 records of a batch, with nothing said), and one that was no
+    hex at all sent the record to stdlib ``logging`` instead of the engine.
+
+    Example:
+        >>> _hex_id("000000000000000000000000000000ff", 32, "trace_id"), _hex_id("ab" * 20, 32, "trace_id")
+        (255, None)
+        >>> _hex_id("00000000-0000-0000-0000-0000000000ff", 32, "trace_id")  # a UUID's text
+        255
+    """
+    if value is None or value == "":
+        return None
+    text = value.replace("-", "") if isinstance(value, str) and len(value) == 36 else value
+    try:
+        if not isinstance(text, str) or len(text) > digits or not text.isascii():
+            raise ValueError
+        number = int(text, 16)
+    except ValueError:
+        _said(f"iii.logger.{name}", "Logger: %s %s is not %d hex digits; records are sent without it (the active "
+              "span's id is used, if any)", name, clip(value, 80), digits)
+        return None
+    return number or None
 
 
 def is_initialized() -> bool:
@@ -167,9 +195,11 @@ class Logger:
         service_name: str | None = None,
         span_id: str | None = None,
     ) -> None:
-        self._trace_id = trace_id
-        self._service_name = service_name or ""
-        self._span_id = span_id
+        self._trace_id = _hex_id(trace_id, 32, "trace_id")
+        # any value is named by its text: a non-string one (service_name=123) sent the records to stdlib logging
+        self._service_name = "" if not service_name else \
+            service_name if isinstance(service_name, str) else _body(service_name)
+        self._span_id = _hex_id(span_id, 16, "span_id")
 
     def info(self, message: str, data: Any = None) -> None:
         """Log at INFO (severity number 9).
@@ -227,11 +257,14 @@ class Logger:
         severity_text, severity_number = _SEVERITY[level]
         attributes: dict[str, Any] = {"service.name": _text(self._service_name)}
         if data is not None:
-            attributes["log.data"] = _attribute_value(data)
+            try:
+                attributes["log.data"] = _attribute_value(data)
+            except Exception as exc:  # a container whose iteration raises: the record goes, naming what it held
+                attributes["log.data"] = f"<{type(data).__name__} that could not be read: {type(exc).__name__}>"
 
         active = trace.get_current_span().get_span_context()
-        trace_id = int(self._trace_id, 16) if self._trace_id else (active.trace_id if active.is_valid else 0)
-        span_id = int(self._span_id, 16) if self._span_id else (active.span_id if active.is_valid else 0)
+        trace_id = self._trace_id or (active.trace_id if active.is_valid else 0)
+        span_id = self._span_id or (active.span_id if active.is_valid else 0)
         flags = active.trace_flags if active.is_valid else trace.TraceFlags(trace.TraceFlags.SAMPLED)
         now = time.time_ns()
         common: dict[str, Any] = {

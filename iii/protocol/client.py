@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from . import frames
 else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
     frames = import_module(".frames", __package__)
-from .codec import loads, salvage_invocation
+from .codec import clip, loads, salvage_invocation
 from .ids import InvocationIds, new_invocation_id
 
 __all__ = [
@@ -273,11 +273,12 @@ def describe_registration(frame: str) -> str:
     except (ValueError, UnicodeDecodeError):
         msg = None
     if not isinstance(msg, dict):
-        return f"a registration {frame!r:.60}"
-    kind = _KINDS.get(str(msg.get("type")), f"{msg.get('type')!r:.40}")
-    what = f"{kind} {str(msg.get('id'))!r:.200}"
+        return f"a registration {clip(frame, 60)}"
+    kind = _KINDS.get(str(msg.get("type")), f"{clip(msg.get('type'), 40)}")
+    what = f"{kind} {clip(str(msg.get('id')), 200)}"
     if msg.get("type") == "registertrigger":
-        what += f" (type {str(msg.get('trigger_type'))!r:.100}, function {str(msg.get('function_id'))!r:.200})"
+        what += (f" (type {clip(str(msg.get('trigger_type')), 100)}, "
+                 f"function {clip(str(msg.get('function_id')), 200)})")
     return what
 
 
@@ -602,7 +603,7 @@ class ClientSession:
             )
         except (TypeError, ValueError) as exc:
             # The type and text stay the reference SDK's (json.dumps's); the note says which call it was.
-            exc.add_note(f"the call to {function_id!r:.100} was not sent: it cannot be written as JSON")
+            exc.add_note(f"the call to {clip(function_id, 100)} was not sent: it cannot be written as JSON")
             raise
         return invocation_id, frame
 
@@ -668,7 +669,7 @@ class ClientSession:
         except (ValueError, UnicodeDecodeError) as exc:
             return self._not_json(raw, exc)
         if not isinstance(msg, dict):
-            return [FrameSkipped(_WARNING, f"Skipping a frame that is not a JSON object: {raw!r:.200}")]
+            return [FrameSkipped(_WARNING, f"Skipping a frame that is not a JSON object: {clip(raw, 200)}")]
         kind = msg.get("type")
         if kind == "invocationresult":
             return self._on_result(msg)
@@ -682,10 +683,10 @@ class ClientSession:
                 # a later one without a usable id must not erase the connection's: the recovery of registrations
                 # lost in the engine's cleanup after the next reconnect looks for that id
                 return [FrameSkipped(_WARNING, f"Skipping a workerregistered frame without a string worker_id (this "
-                                               f"connection is {self.worker_id!r}): {raw!r:.200}")]
+                                               f"connection is {self.worker_id!r}): {clip(raw, 200)}")]
             if not isinstance(worker_id, str):  # said here: the later "no workerregistered came" would mislead
                 return [FrameSkipped(_WARNING, f"A workerregistered frame without a string worker_id: this "
-                                               f"connection's worker id stays unknown: {raw!r:.200}"),
+                                               f"connection's worker id stays unknown: {clip(raw, 200)}"),
                         WorkerRegistered(None)]
             self.worker_id = worker_id
             return [WorkerRegistered(worker_id)]
@@ -702,7 +703,7 @@ class ClientSession:
     def _not_json(self, raw: str | bytes, exc: Exception) -> list[Event]:
         """A frame that is not JSON; one that plainly answers a call of ours fails that call at once (before, it
         waited out its whole timeout for an answer that had come)."""
-        events: list[Event] = [FrameSkipped(_WARNING, f"Skipping a frame that is not JSON ({exc}): {raw!r:.200}")]
+        events: list[Event] = [FrameSkipped(_WARNING, f"Skipping a frame that is not JSON ({exc}): {clip(raw, 200)}")]
         salvaged = salvage_invocation(raw)
         invocation_id = salvaged["invocation_id"]
         if (salvaged["message_type"] == "invocationresult" and invocation_id is not None
@@ -713,7 +714,7 @@ class ClientSession:
             # its caller is told at once, as the engine tells a worker's broken call (before, it waited out its
             # timeout for an answer that could never come); droppable, as every answer made 1:1 from a frame
             function_id = salvaged["function_id"] or ""
-            error = {"code": "invalid_message", "message": f"the call of {function_id!r:.200} could not be decoded "
+            error = {"code": "invalid_message", "message": f"the call of {clip(function_id, 200)} could not be decoded "
                                                           f"by the worker: {exc!s:.300}"}
             events.append(Send(frames.invocation_result(invocation_id, function_id, error=error), droppable=True))
         return events
@@ -731,11 +732,11 @@ class ClientSession:
         invocation_id = msg.get("invocation_id")
         function_id = msg.get("function_id")
         if not isinstance(function_id, str):
-            return [FrameSkipped(_WARNING, f"invokefunction without a string function_id ignored: {msg!r:.200}")]
+            return [FrameSkipped(_WARNING, f"invokefunction without a string function_id ignored: {clip(msg, 200)}")]
         if invocation_id is not None and not isinstance(invocation_id, str):
             # Run, it would be a call nobody can be answered for (before: run as fire-and-forget, without a word)
-            return [FrameSkipped(_WARNING, f"invokefunction of {function_id!r:.200} not run: its invocation_id is "
-                                           f"not a string ({invocation_id!r:.80})")]
+            return [FrameSkipped(_WARNING, f"invokefunction of {clip(function_id, 200)} not run: its invocation_id is "
+                                           f"not a string ({clip(invocation_id, 80)})")]
         iid = invocation_id
         function = self._functions.get(function_id)
         if function is not None and function.invokable:

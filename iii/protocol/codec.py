@@ -20,6 +20,7 @@ import gc
 import json
 import math
 import re
+import reprlib
 import uuid
 from collections.abc import Iterator
 from itertools import chain, compress, filterfalse, repeat
@@ -836,8 +837,22 @@ def clip(value: object, limit: int = LOG_CLIP) -> str:
     if isinstance(value, str | bytes | bytearray) and len(value) > limit:
         head = repr(value[:limit])[:limit - 1]
         return f"{head}…({len(value) + 2} chars)"
+    if isinstance(value, dict | list | tuple):
+        # a few items, each cut: repr() of a whole hostile frame cost 5 ms a MB on the thread that logged it
+        text = _SHORT_REPR.repr(value)
+        return text if len(text) <= limit else f"{text[:limit - 1]}…"
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit - 1]}…({len(text)} chars)"
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()  # (its settings as keywords only from Python 3.12)
+    short.maxlevel, short.maxdict, short.maxlist, short.maxtuple = 4, 16, 16, 16
+    short.maxstring = short.maxother = short.maxlong = LOG_CLIP
+    return short
+
+
+_SHORT_REPR: Final = _short_repr()
 
 
 def _default(value: Any) -> Any:
