@@ -19,20 +19,24 @@ from iii_streams import SQLStream, StreamBackendError
 pytestmark = pytest.mark.timeout(30)
 
 
+async def _filled(store: SQLStream, pages_left: int) -> None:
+    """Every connection ``store`` makes from now on finds the file with room for ``pages_left`` more pages."""
+    def no_room(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA page_count")
+        cursor.execute(f"PRAGMA max_page_count = {cursor.fetchone()[0] + pages_left}")
+        cursor.close()
+
+    event.listen(store.engine.sync_engine, "connect", no_room)
+    await store.engine.dispose()  # the next connection is made with the hook
+
+
 async def test_a_full_database_refuses_the_write(tmp_path: Path) -> None:
     path = tmp_path / "full.db"
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True) as store:
         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="small", data=1))
 
-        def no_room(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA page_count")
-            pages = cursor.fetchone()[0]
-            cursor.execute(f"PRAGMA max_page_count = {pages}")  # what a full disk does: no page more
-            cursor.close()
-
-        event.listen(store.engine.sync_engine, "connect", no_room)
-        await store.engine.dispose()  # the next connection is made with the hook
+        await _filled(store, 0)  # what a full disk does: no page more
         with pytest.raises(StreamBackendError) as failure:
             await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="big", data="x" * 1_000_000))
     assert "the database refused the write" in str(failure.value), str(failure.value)
@@ -46,14 +50,7 @@ async def test_writes_whose_batch_the_full_database_refused_say_not_applied(tmp_
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True) as store:
         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="small", data=1))
 
-        def no_room(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA page_count")
-            cursor.execute(f"PRAGMA max_page_count = {cursor.fetchone()[0] + 4}")  # a few small writes fit
-            cursor.close()
-
-        event.listen(store.engine.sync_engine, "connect", no_room)
-        await store.engine.dispose()
+        await _filled(store, 4)  # a few small writes fit
 
         async def put(n: int) -> StreamBackendError | None:
             try:
