@@ -1015,7 +1015,7 @@ class III:
         if size is None or limit is None or event.invocation_id is None:
             return frame
         log.warning("The result of '%s' (invocation %s) is %d bytes as a message, over the engine's limit of %d "
-                    "bytes: its caller gets an invocation_failed error instead", event.function_id,
+                    "bytes: its caller gets a result_not_sent error instead", event.function_id,
                     event.invocation_id, size, limit)
         return self._session.answer(event.invocation_id, event.function_id,
                                     error=result_too_large(event.function_id, size, limit), traceparent=traceparent,

@@ -47,6 +47,7 @@ from .codec import clip, loads, salvage_invocation
 from .ids import InvocationIds, new_invocation_id
 
 __all__ = [
+    "RESULT_NOT_SENT",
     "WORKER_BUSY",
     "CallFailed",
     "CallSucceeded",
@@ -219,9 +220,14 @@ def message_too_large(function_id: str, size: int, limit: int) -> InvocationErro
                                                 f"(max_message_size); {_CHANNEL_ADVICE}")
 
 
+RESULT_NOT_SENT: Final = "result_not_sent"
+"""The error code answering an invocation whose handler returned, but whose result could not be sent (no JSON form,
+or over the engine's message size limit): the handler's work is done (a queue does not run the job again)."""
+
+
 def result_too_large(function_id: str, size: int, limit: int) -> dict[str, Any]:
     """The error body answering an invocation whose result's message is over the engine's size limit."""
-    return {"code": "invocation_failed",
+    return {"code": RESULT_NOT_SENT,
             "message": f"The result of '{function_id}' was not sent: its message is {size:,} bytes, over the "
                        f"engine's limit of {limit:,} bytes (max_message_size); return bulk data through a channel "
                        "(create_channel) and its ref instead"}
@@ -636,7 +642,8 @@ class ClientSession:
         generation: int,
     ) -> str | None:
         """The ``invocationresult`` for a finished :class:`InvocationRequested`, or ``None`` when it belongs to an
-        older connection (the engine halted it). A result with no JSON form becomes an ``invocation_failed``."""
+        older connection (the engine halted it). A result with no JSON form becomes a :data:`RESULT_NOT_SENT`
+        error (the handler ran: before, ``invocation_failed``, and a queue ran its job again and dead-lettered it)."""
         if generation != self.generation:
             return None
         try:
@@ -645,7 +652,7 @@ class ClientSession:
             )
         except (TypeError, ValueError) as exc:
             failure = {
-                "code": "invocation_failed",
+                "code": RESULT_NOT_SENT,
                 "message": f"result of {function_id} is not JSON-serialisable: {exc}",
                 "stacktrace": traceback.format_exc(),
             }

@@ -37,6 +37,7 @@ from yarl import URL
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii._cli import mask_passwords
 from iii.loss_log import LossLog
+from iii.protocol.client import RESULT_NOT_SENT
 from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import dumps, loads
 
@@ -757,13 +758,14 @@ class HttpFunctionsModule(EngineModule):
             raise _failure("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
 
     async def _read_bounded(self, function: HttpFunction, response: aiohttp.ClientResponse) -> bytes:
-        """The whole body, or ``invocation_failed`` as soon as it is known to exceed the engine's
-        ``max_message_size``, as a worker's result over it is answered (a 60 MB body raised the engine's peak RSS from
+        """The whole body, or ``result_not_sent`` as soon as it is known to exceed the engine's
+        ``max_message_size``, as our SDK answers a worker's result over it: the endpoint ran (a queue's job is done;
+        before, ``invocation_failed``, and the job was sent again) (a 60 MB body raised the engine's peak RSS from
         67 to 869 MB, and results over it sent to a caller overflowed its send buffer and cost it its connection)."""
         limit = self.max_response_bytes
 
         def too_big() -> EngineError:
-            return _failure("invocation_failed",
+            return _failure(RESULT_NOT_SENT,
                             f"The result of '{function.function_id}' was not read: the response of {function.url} is "
                             f"larger than {limit} bytes, the engine's limit (max_message_size); return bulk data "
                             "through a channel (create_channel) and its ref instead")

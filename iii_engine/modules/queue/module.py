@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.loss_log import LossLog
-from iii.protocol.client import WORKER_BUSY
+from iii.protocol.client import RESULT_NOT_SENT, WORKER_BUSY
 from iii.protocol.codec import MAX_JSON_DEPTH, fits_within
 from iii.protocol.worker_session import clip_text
 from iii.wire import LOG_CLIP, clip, dumps
@@ -746,6 +746,7 @@ class QueueModule(EngineModule):
         self._store_failures = StoreFailures(log)
         self._missing = MissingFunctions()
         self._busy = LossLog(self._log_busy, BUSY_LOG_INTERVAL_S)
+        self._unsent_results = LossLog(self._log_unsent_results, BUSY_LOG_INTERVAL_S)
         self._busy_since = BusyFunctions()
         # (queue, function) -> its jobs' calls under way here: token -> when it began (monotonic ms)
         self._running: dict[tuple[str, str], dict[int, int]] = {}
@@ -1181,6 +1182,12 @@ class QueueModule(EngineModule):
                 await self.services.invoke(function_id, data)
             except CallNotSent as exc:
                 raise self._not_sent(function_id, exc, settings) from None
+            except EngineError as exc:
+                if exc.code != RESULT_NOT_SENT:
+                    raise
+                # the handler ran to its end; only its result, which a queue drops anyway, could not be sent: the
+                # job is done (before, it ran again up to max_retries and ended in the DLQ, its work done each time)
+                self._unsent_results.lost("done", f"{_name(queue)}: {_name(function_id)} ({clip_text(exc.message)})")
 
     def _not_sent(self, function_id: str, exc: CallNotSent, settings: QueueSettings) -> JobNotReady:
         """How a job is put off whose call (to ``function_id``, the job's function or its condition) never reached
@@ -1235,6 +1242,12 @@ class QueueModule(EngineModule):
             del calls[token]
             if not calls:  # (while this call is under way, its dict stays the key's)
                 del self._running[key]
+
+    @staticmethod
+    def _log_unsent_results(counts: Mapping[str, int], latest: str | None) -> None:
+        log.warning("queue module: %d job(s) done whose handler's result could not be sent (result_not_sent: no JSON "
+                    "form, or over the engine's message size limit); not run again%s", counts.get("done", 0),
+                    f" (the latest: {latest})" if latest else "")
 
     @staticmethod
     def _log_busy(counts: Mapping[str, int], latest: str | None) -> None:

@@ -190,7 +190,7 @@ async def test_an_encoded_body_is_bounded_as_sent_too(module: HttpFunctionsModul
     # empty deflate blocks decode to nothing: before, the decoded bound never tripped and it was read whole
     with pytest.raises(EngineError) as caught:
         await _call(module, f"{server.base}/deflate-endless-blocks")
-    assert caught.value.code == "invocation_failed" and "max_message_size" in caught.value.message
+    assert caught.value.code == "result_not_sent" and "max_message_size" in caught.value.message
 
 
 async def test_an_empty_encoded_body_of_stated_length_is_an_empty_result(module: HttpFunctionsModule,

@@ -178,7 +178,7 @@ async def test_a_response_over_max_message_size_is_not_read(endpoint: Endpoint) 
         endpoint.body = json.dumps([0] * 40_000).encode()  # 120,001 bytes: read whole before (64 MiB bound)
         with pytest.raises(EngineError) as caught:
             await module.call("big", {})
-        assert caught.value.code == "invocation_failed"
+        assert caught.value.code == "result_not_sent"
         assert "larger than 65536 bytes, the engine's limit (max_message_size)" in caught.value.message
         endpoint.body = json.dumps([0] * 20_000).encode()
         assert len(await module.call("big", {})) == 20_000

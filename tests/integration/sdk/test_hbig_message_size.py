@@ -2,7 +2,7 @@
 
 Our engine names its limit in the control upgrade's response (``X-III-Max-Message-Size``,
 docs/protocol.md#message-size-extension); the SDK refuses a call whose message is over it (sync, async, void,
-enqueue) with ``message_too_large``, and answers a handler result over it with an ``invocation_failed`` error,
+enqueue) with ``message_too_large``, and answers a handler result over it with a ``result_not_sent`` error,
 so the engine never closes the connection with 1009 and the other calls on it go on. Before, the engine closed the
 connection: every call in flight on it failed with a bare "Connection to the engine was lost", and the invocations
 the worker served ended as ``invocation_stopped``. Against an engine that names no limit (``production_mode``, the
@@ -143,7 +143,7 @@ def test_an_oversized_result_is_answered_with_an_error_and_the_callee_stays_conn
         call = _in_flight(pool, caller, slow)  # an invocation the callee serves meanwhile
         with pytest.raises(InvocationError) as failed:
             caller.trigger({"function_id": "big", "payload": None, "timeout_ms": 10_000})
-        assert failed.value.code == "invocation_failed"
+        assert failed.value.code == "result_not_sent"
         assert f"{LIMIT:,} bytes" in failed.value.message and "'big'" in failed.value.message
         slow.release.set()
         assert call.result(10) == {"slow": 7}

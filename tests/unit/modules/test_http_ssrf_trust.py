@@ -246,5 +246,5 @@ async def test_response_bodies_are_bounded(module: HttpFunctionsModule, big_serv
     assert len(await module.call("small", None)) == 4094
     with pytest.raises(EngineError) as info:
         await module.call("big", None)
-    assert info.value.code == "invocation_failed"  # as a worker's result over max_message_size is answered
+    assert info.value.code == "result_not_sent"  # as our SDK answers a worker's result over max_message_size
     assert "larger than 4096 bytes, the engine's limit (max_message_size)" in info.value.message

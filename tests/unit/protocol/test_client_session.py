@@ -180,7 +180,7 @@ def test_unserialisable_result_becomes_an_error_answer() -> None:
     answer = session.answer("i1", "f", result={"bad": object()}, generation=0)
     assert answer is not None
     body = json.loads(answer)
-    assert body["error"]["code"] == "invocation_failed" and "not JSON-serialisable" in body["error"]["message"]
+    assert body["error"]["code"] == "result_not_sent" and "not JSON-serialisable" in body["error"]["message"]
     assert "result" not in body
 
 

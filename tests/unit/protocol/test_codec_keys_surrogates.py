@@ -55,5 +55,5 @@ def test_a_handler_result_with_an_unpaired_surrogate_is_answered_as_an_error() -
     answer = ClientSession().answer("i1", "f", result={"text": "\ud800"}, generation=0)
     assert answer is not None
     body = json.loads(answer)
-    assert body["error"]["code"] == "invocation_failed" and "unpaired surrogate" in body["error"]["message"]
+    assert body["error"]["code"] == "result_not_sent" and "unpaired surrogate" in body["error"]["message"]
     answer.encode("utf-8")  # the answer itself can go on the wire
