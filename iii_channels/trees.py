@@ -608,10 +608,10 @@ async def receive_dir(
         >>> asyncio.run(demo())
         (['a.txt', 'b.txt'], 7, True)
     """
-    if max_entries is not None and max_entries < 1:
-        raise ValueError(f"max_entries must be at least 1 (or None), got {max_entries}")
     final = Path(destination)
     try:
+        if max_entries is not None and max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1 (or None), got {max_entries}")
         source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=final.name,
                                idle_timeout=idle_timeout)
         staging, lock = await asyncio.to_thread(_prepare, final)

@@ -473,3 +473,14 @@ async def test_cancelled_receive_dir_leaves_nothing_and_releases_the_writer(rela
         await asyncio.wait_for(receiving, 10)
     assert os.listdir(tmp_path) == []
     assert isinstance(await writer_hears(producing, reader), ReaderGoneError)
+
+
+async def test_receive_dir_refusing_max_entries_releases_the_writer(relay: tuple[str, ChannelRelay],
+                                                                    tmp_path: Path) -> None:
+    """``max_entries=0`` is refused, and the writer hears "reader gone" at once (before: the ValueError came
+    before the reader was released, and the writer waited on backpressure for the channel's deadline)."""
+    writer, reader = ends(*relay, buffer_size=2)
+    producing = asyncio.ensure_future(flood(writer))
+    with pytest.raises(ValueError, match="max_entries must be at least 1"):
+        await iii_channels.receive_dir(reader, tmp_path / "out", max_entries=0)
+    assert isinstance(await writer_hears(producing, reader), ReaderGoneError)
