@@ -383,7 +383,7 @@ def _sqlite_refused_write(exc: BaseException) -> bool:
     return isinstance(code, int) and code & 0xFF in _SQLITE_WRITE_REFUSALS
 
 
-_SCHEMA_MISMATCHES: Final = ("no such column", "has no column named", "no such table")
+_SCHEMA_MISMATCHES: Final = ("no such column", "has no column named")
 
 
 def _sqlite_schema_mismatch(exc: BaseException) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from iii.protocol.worker_session import clip_text
 from iii_streams.messages import error_line
@@ -39,6 +39,7 @@ HEALTHY: Final = "healthy"
 UNHEALTHY: Final = "unhealthy"
 
 Component = dict[str, Any]
+T = TypeVar("T")
 
 
 def component(error: str | None = None, **details: Any) -> Component:
@@ -57,13 +58,36 @@ async def probe(check: Awaitable[Any], **details: Any) -> Component:
     """Await ``check`` within :data:`PROBE_TIMEOUT_S`: ``healthy`` if it returned, ``unhealthy`` naming its error
     (one line, at most 1,000 characters) or the timeout otherwise."""
     try:
-        async with asyncio.timeout(PROBE_TIMEOUT_S):
-            await check
+        await within(check, PROBE_TIMEOUT_S)
     except TimeoutError:
         return component(f"no answer within {PROBE_TIMEOUT_S:g} s", **details)
     except Exception as exc:
         return component(clip_text(error_line(exc), 1000), **details)
     return component(None, **details)
+
+
+async def within(check: Awaitable[T], seconds: float) -> T:
+    """``check``'s result, or :class:`TimeoutError` after ``seconds`` without waiting for it to end: it is cancelled
+    and left to end by itself (a SQLite opening in aiosqlite's thread ends only with its statement: a check that
+    awaited the cancel answered after the other process's 15 s lock, not in 2 s).
+
+    Example:
+        >>> import asyncio
+        >>> asyncio.run(within(asyncio.sleep(0, "done"), 1))
+        'done'
+    """
+    task = asyncio.ensure_future(check)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieved)
+        raise TimeoutError
+    return task.result()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # (read, so that asyncio does not log it as never retrieved)
 
 
 def link_component(link: BridgeLink) -> Component:
@@ -89,8 +113,7 @@ async def modules_health(modules: Iterable[EngineModule]) -> dict[str, Component
 
 async def _module_health(module: EngineModule) -> dict[str, Component]:
     try:
-        async with asyncio.timeout(PROBE_TIMEOUT_S + 0.5):
-            return await module.health()
+        return await within(module.health(), PROBE_TIMEOUT_S + 0.5)
     except TimeoutError:
         error = f"its health check did not answer within {PROBE_TIMEOUT_S + 0.5:g} s"
     except Exception as exc:
