@@ -14,7 +14,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import re
 import time
+import uuid
 from functools import cache
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Final
@@ -48,29 +50,42 @@ _STDLIB_LEVEL: Final[dict[str, int]] = {
 
 
 def _hex_id(value: Any, digits: int, name: str) -> int | None:
-    """``value`` (a trace id of 32 hex digits, a span id of 16; a UUID's hyphens are allowed) as an int, or ``None``
-    when it is no such id (said once per process): an id past its digits made the engine refuse the whole frame of
-    records it was in (one bad ``Logger`` lost 99 of 100 records of a batch, with nothing said), and one that was no
-    hex at all sent the record to stdlib ``logging`` instead of the engine.
+    """``value`` (a trace id of at most 32 hex digits, a span id of 16; a UUID's text, a :class:`uuid.UUID` and an
+    ``int``, OpenTelemetry's own form, too) as an int, or ``None`` when it is no such id (said once per process): an
+    id past its digits made the engine refuse the whole frame of records it was in (one bad ``Logger`` lost 99 of 100
+    records of a batch, with nothing said), and one that was no hex at all sent the record to stdlib ``logging``.
+    Never raises.
 
     Example:
         >>> _hex_id("000000000000000000000000000000ff", 32, "trace_id"), _hex_id("ab" * 20, 32, "trace_id")
         (255, None)
-        >>> _hex_id("00000000-0000-0000-0000-0000000000ff", 32, "trace_id")  # a UUID's text
-        255
+        >>> _hex_id("00000000-0000-0000-0000-0000000000ff", 32, "trace_id"), _hex_id(255, 16, "span_id")
+        (255, 255)
     """
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and not value):
         return None
-    text = value.replace("-", "") if isinstance(value, str) and len(value) == 36 else value
+    number: int | None = None
+    if isinstance(value, uuid.UUID) and digits == 32:
+        number = value.int
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.replace("-", "") if _UUID_TEXT.fullmatch(value) else value
+        if _HEX.fullmatch(text) and len(text) <= digits:
+            number = int(text, 16)
+    if number is not None and 0 <= number < 1 << (4 * digits):
+        return number or None
     try:
-        if not isinstance(text, str) or len(text) > digits or not text.isascii():
-            raise ValueError
-        number = int(text, 16)
-    except ValueError:
-        _said(f"iii.logger.{name}", "Logger: %s %s is not %d hex digits; records are sent without it (the active "
-              "span's id is used, if any)", name, clip(value, 80), digits)
-        return None
-    return number or None
+        shown = clip(value, 80)
+    except Exception:  # (clip names what it cannot show by its type; this is for anything else)
+        shown = f"<{type(value).__name__}>"
+    _said(f"iii.logger.{name}", "Logger: %s %s is not %d hex digits; records are sent without it (the active "
+          "span's id is used, if any)", name, shown, digits)
+    return None
+
+
+_HEX: Final = re.compile(r"[0-9a-fA-F]+")
+_UUID_TEXT: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def is_initialized() -> bool:

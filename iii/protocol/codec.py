@@ -20,10 +20,9 @@ import gc
 import json
 import math
 import re
-import reprlib
 import uuid
 from collections.abc import Iterator
-from itertools import chain, compress, filterfalse, repeat
+from itertools import chain, compress, filterfalse, islice, repeat
 from typing import Any, Final
 
 from pydantic import BaseModel, ValidationError
@@ -838,21 +837,57 @@ def clip(value: object, limit: int = LOG_CLIP) -> str:
         head = repr(value[:limit])[:limit - 1]
         return f"{head}…({len(value) + 2} chars)"
     if isinstance(value, dict | list | tuple):
-        # a few items, each cut: repr() of a whole hostile frame cost 5 ms a MB on the thread that logged it
-        text = _SHORT_REPR.repr(value)
+        # the first items, each cut: repr() of a whole hostile frame cost 5 ms a MB on the thread that logged it
+        text = _bounded_repr(value, limit, 0)
         return text if len(text) <= limit else f"{text[:limit - 1]}…"
-    text = repr(value)
+    text = _bounded_repr(value, limit, 0)
     return text if len(text) <= limit else f"{text[:limit - 1]}…({len(text)} chars)"
 
 
-def _short_repr() -> reprlib.Repr:
-    short = reprlib.Repr()  # (its settings as keywords only from Python 3.12)
-    short.maxlevel, short.maxdict, short.maxlist, short.maxtuple = 4, 16, 16, 16
-    short.maxstring = short.maxother = short.maxlong = LOG_CLIP
-    return short
+_REPR_ITEMS: Final = 16
+_REPR_DEPTH: Final = 4
 
 
-_SHORT_REPR: Final = _short_repr()
+def _bounded_repr(value: object, budget: int, depth: int) -> str:
+    """``repr(value)`` built from at most :data:`_REPR_ITEMS` items a container, :data:`_REPR_DEPTH` levels deep,
+    until about ``budget`` characters: its cost is bounded whatever the size of ``value`` (dict subclasses included;
+    keys are not sorted). Never raises for an :class:`Exception` of ``value``'s: such a value is named by its type.
+
+    Example:
+        >>> _bounded_repr({"type": "x", "data": list(range(10**6))}, 60, 0)
+        "{'type': 'x', 'data': [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, …]}"
+        >>> _bounded_repr(10**5000, 60, 0)
+        '<int of 16610 bits>'
+    """
+    try:
+        if isinstance(value, dict | list | tuple):
+            if depth >= _REPR_DEPTH:
+                return "…"
+            items = islice(value.items() if isinstance(value, dict) else value, _REPR_ITEMS)
+            parts: list[str] = []
+            used = 0
+            for item in items:
+                if isinstance(value, dict):
+                    key, inner = item
+                    part = f"{_bounded_repr(key, budget - used, depth + 1)}: " \
+                           f"{_bounded_repr(inner, budget - used, depth + 1)}"
+                else:
+                    part = _bounded_repr(item, budget - used, depth + 1)
+                parts.append(part)
+                used += len(part) + 2
+                if used >= budget:
+                    break
+            more = ", …" if len(parts) < len(value) else ""
+            opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]") if isinstance(value, list) \
+                else ("(", ")")
+            return f"{opening}{', '.join(parts)}{more}{closing}"
+        if isinstance(value, str | bytes | bytearray):
+            return repr(value[:budget]) + ("…" if len(value) > budget else "")
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * budget:
+            return f"<int of {value.bit_length()} bits>"  # (repr() of one past 4,300 digits raises)
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def _default(value: Any) -> Any:
