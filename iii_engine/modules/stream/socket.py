@@ -69,7 +69,7 @@ from ...server import BoundPort
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
 from .settings import DEFAULT_CLIENT_QUEUE_BYTES, DEFAULT_SLOW_CLOSE_TIMEOUT_MS, SocketSettings
-from .triggers import JoinLeaveTriggers
+from .triggers import JoinFailed, JoinLeaveTriggers
 
 __all__ = ["MAX_JOIN_NAME", "StreamSocketServer", "Subscription"]
 
@@ -977,7 +977,11 @@ class StreamSocketServer:
         deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
         try:
             async with asyncio.timeout_at(deadline):
-                allowed = await self.join_triggers.run(self._payload(client, sub_id, sub))
+                allowed = await self.join_triggers.authorize(self._payload(client, sub_id, sub))
+        except JoinFailed as exc:
+            self._not_joined(client, sub_id, sub)
+            self._join_failed(client, sub, "join_failed", str(exc))
+            return
         except TimeoutError:
             self._not_joined(client, sub_id, sub)
             self._join_failed(client, sub, "join_timeout", f"the stream:join handlers did not answer within "

@@ -21,9 +21,10 @@ from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
+from iii.protocol.worker_session import clip_text
 
 from ..base import EngineError, FiredSlots
-from ..trigger_set import TriggerRunner, TriggerSet, check_trigger_config
+from ..trigger_set import TriggerRunner, TriggerSet, check_trigger_config, trigger_config
 
 __all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stream_trigger"]
 
@@ -72,6 +73,10 @@ class StreamTriggers(TriggerSet):
         await super().register(trigger)
 
 
+class JoinFailed(Exception):
+    """A ``stream:join`` handler did not decide (it failed, was refused busy, or is gone): the join is refused."""
+
+
 class JoinLeaveTriggers(TriggerSet):
     """Registrator of ``stream:join`` or ``stream:leave``; :meth:`run` awaits the matching handlers in order.
 
@@ -102,6 +107,31 @@ class JoinLeaveTriggers(TriggerSet):
         """Call the matching handlers in order; ``False`` as soon as one refuses (join), else ``True``."""
         for trigger in self.matching(payload):
             if self.refuses(await self.call(trigger, payload)):
+                return False
+        return True
+
+    async def authorize(self, payload: Mapping[str, Any]) -> bool:
+        """:meth:`run` for a join, failing closed: a handler (or its condition) that fails, is refused busy or
+        is gone raises :class:`JoinFailed` naming it, rather than counting as "allowed" (a failed handler let
+        clients join and sync groups it would have refused: a ``ctx["user"]`` on a missing context gave any client
+        another user's data). A condition's literal ``false`` still means the handler does not apply."""
+        for trigger in self.matching(payload):
+            condition = trigger_config(trigger).get("condition_function_id")
+            called = "condition"
+            try:
+                if isinstance(condition, str) and condition and \
+                        await self.services.invoke_when_free(condition, payload) is False:
+                    continue
+                called = "handler"
+                answer = await self.services.invoke_when_free(trigger.function_id, payload)
+            except EngineError as exc:
+                failed = f"{called} {clip_text(str(condition) if called == 'condition' else trigger.function_id)}"
+                self._failures.note(f"trigger {clip_text(trigger.id)} ({clip_text(trigger.function_id)})",
+                                    f"trigger {clip_text(trigger.id)}: {failed} failed: "
+                                    f"{clip_text(exc.code)}: {clip_text(exc.message)}")
+                raise JoinFailed(f"the {failed} of stream:join trigger {clip_text(trigger.id)} failed "
+                                 f"({clip_text(exc.code)}: {clip_text(exc.message)}); join refused") from None
+            if self.refuses(answer):
                 return False
         return True
 

@@ -35,6 +35,9 @@ class FakeWriter:
     async def close_async(self) -> None:
         self.events.append(("close_async", None))
 
+    async def abort(self, reason: str = "") -> None:
+        self.events.append(("abort", reason))
+
 
 def _raw(writer: FakeWriter, **extra: Any) -> dict[str, Any]:
     return {
@@ -105,7 +108,9 @@ async def test_writer_without_close_async_is_closed_synchronously() -> None:
     assert writer.events == [("bytes", b"x"), ("close", None)]
 
 
-async def test_error_after_streaming_closes_and_propagates() -> None:
+async def test_error_after_streaming_aborts_and_propagates() -> None:
+    """Aborted, not closed: closed, the client's response ended as a complete 200 (11 of 40 tries in an attack),
+    the rows after the error missing."""
     async def handler(req: HttpRequest, res: HttpResponse) -> None:
         await res.status(200)
         raise RuntimeError("half way")
@@ -113,7 +118,8 @@ async def test_error_after_streaming_closes_and_propagates() -> None:
     writer = FakeWriter()
     with pytest.raises(RuntimeError, match="half way"):
         await http(handler)(_raw(writer))
-    assert writer.events[-1] == ("close_async", None)
+    assert writer.events[-1] == ("abort", "the handler raised RuntimeError")
+    assert ("close_async", None) not in writer.events
 
 
 async def test_error_before_streaming_leaves_the_writer_for_the_500() -> None:
