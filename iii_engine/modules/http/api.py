@@ -83,7 +83,14 @@ from ...invocations import ENGINE_STOPPING, Started, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, Slots
 from ...send_queue import unsent
 from ..base import UNDECIDED_CODES, CallNotSent, EngineError, EngineModule, EngineServices, StartedCall, UnwritableBody
-from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
+from .channels import (
+    CHUNK_SIZE,
+    ChannelAborted,
+    ResponseChannel,
+    ResponseHeadersTooLarge,
+    response_headers,
+    response_status,
+)
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
 
@@ -432,13 +439,12 @@ def _json_response(status: int, body: Any, headers: Mapping[str, str] | None = N
     return web.Response(status=status, body=dumps(body).encode(), headers=merged)
 
 
-def _status_of(result: Mapping[str, Any]) -> int:
+def _status_of(result: Mapping[str, Any]) -> int | str:
+    """The result's status (200 when it names none: M4), or why the one it names is no HTTP status."""
     status = result.get("status_code")
     if status is None:
         status = result.get("statusCode")  # M5: an ApiResponse dumped by alias
-    if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
-        return status
-    return 200
+    return 200 if status is None else response_status(status)
 
 
 def head_problem(status: int, headers: Mapping[str, str]) -> str | None:
@@ -511,11 +517,15 @@ def result_response(result: Any) -> web.Response:
         status = result.get("status_code")
         if type(status) is not int or not 200 <= status <= 599:  # else _status_of's answer, without its call
             status = _status_of(result)
-        if status >= 200:
+        if isinstance(status, int) and status >= 200:
             return _json_response(status, {} if body is None else body)
-    headers = (_unframed({str(k): str(v) for k, v in raw_headers.items()})
-               if raw_headers is not None and isinstance(raw_headers, Mapping) else None)
+    texts = response_headers(raw_headers) if raw_headers is not None and isinstance(raw_headers, Mapping) else None
+    if isinstance(texts, str):
+        return _bad_gateway(texts)
+    headers = _unframed(texts) if texts is not None else None
     status = _status_of(result)
+    if isinstance(status, str):
+        return _bad_gateway(status)
     problem = head_problem(status, headers or {})
     if problem is not None:
         return _bad_gateway(problem)
@@ -1401,6 +1411,8 @@ class RestApiModule(EngineModule):
             return result_response(result)
         if aborted is not None:
             return _error_response(str(aborted))
+        if reader.head_error is not None:
+            return _bad_gateway(reader.head_error)
         return _empty_response(reader.status, reader.headers, request.method == "HEAD")
 
     def _writer_told(self, reader: ResponseChannel, connection: _Connection | None = None) -> None:
@@ -1527,7 +1539,7 @@ class RestApiModule(EngineModule):
         bodyless = _bodyless(request, reader.status)
         skip = _STREAM_HEADER_SKIP | _FRAMING_HEADERS if reader.status == 204 else _STREAM_HEADER_SKIP
         headers = {k: v for k, v in reader.headers.items() if k.lower() not in skip}
-        problem = head_problem(reader.status, headers)
+        problem = reader.head_error or head_problem(reader.status, headers)
         try:
             declared = declared_length(headers)
         except ValueError as exc:

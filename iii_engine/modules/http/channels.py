@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed
 
 from iii import ws_fastpath
 from iii.channel_end import EOF_CODES, ChannelCloseCode
-from iii.wire import loads
+from iii.wire import clip, loads
 
 from ...channels import ChannelRelay, LocalChannelEnd
 from ..base import ChannelService
@@ -155,6 +155,44 @@ async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | byte
         raise
 
 
+def response_status(value: Any) -> int | str:
+    """A handler's ``status_code`` as an HTTP status, or why it is not one (answered 502 naming it: before, a status
+    of ``"500"``, ``600`` or ``-1`` was answered 200, a failure reported as a success).
+
+    Example:
+        >>> response_status(201), response_status("500")
+        (201, "status_code '500' is not an HTTP status (an integer 100-599)")
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        return value
+    return f"status_code {clip(value, 40)} is not an HTTP status (an integer 100-599)"
+
+
+def response_headers(raw: Mapping[Any, Any]) -> dict[str, str] | str:
+    """A handler's headers as text (a number or a boolean written as JSON writes it; a ``null`` value leaves its
+    header out), or why one cannot be sent (a list or an object: its Python ``repr`` went out as the header's value).
+
+    Example:
+        >>> response_headers({"x-n": 3, "x-b": True, "x-none": None, "x-s": "a"})
+        {'x-n': '3', 'x-b': 'true', 'x-s': 'a'}
+        >>> response_headers({"x-list": ["a", "b"]})
+        "header 'x-list' has a list value, not text"
+    """
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            out[str(name)] = value
+        elif isinstance(value, bool):
+            out[str(name)] = "true" if value else "false"
+        elif isinstance(value, int | float):
+            out[str(name)] = str(value)
+        else:
+            return f"header {clip(str(name), 64)} has a {type(value).__name__} value, not text"
+    return out
+
+
 class ResponseChannel:
     """The engine's reader end of a ``response`` channel.
 
@@ -171,7 +209,7 @@ class ResponseChannel:
     """
 
     __slots__ = ("_control_frames", "_engine_url", "_failed", "_max_control_frames", "_max_header_bytes", "_ref",
-                 "_relay", "_wake", "_ws", "channel_id", "headers", "status")
+                 "_relay", "_wake", "_ws", "channel_id", "head_error", "headers", "status")
 
     def __init__(self, engine_url: str, ref: Mapping[str, Any], relay: ChannelService | None = None,
                  max_control_frames: int | None = None, max_header_bytes: int | None = None) -> None:
@@ -187,6 +225,9 @@ class ResponseChannel:
         self._failed: ChannelAborted | None = None
         self.status = 200
         self.headers: dict[str, str] = {}
+        #: why the handler's status or headers cannot be answered (a status that is no HTTP status, a header value
+        #: that is no text): the client gets 502 naming it, not a 200 it was not sent
+        self.head_error: str | None = None
         self.channel_id = str(ref.get("channel_id"))
 
     async def first_chunk(self) -> bytes | None:
@@ -305,15 +346,19 @@ class ResponseChannel:
             return
         kind = frame.get("type") if isinstance(frame, dict) else None
         if kind == "set_status":
-            code = frame.get("status_code")
-            if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
-                self.status = code
+            status = response_status(frame.get("status_code"))
+            if isinstance(status, int):
+                self.status = status
             else:
-                log.warning("response channel %s: ignoring set_status with status_code %r", self.channel_id, code)
+                self.head_error = self.head_error or status
         elif kind == "set_headers":
             headers = frame.get("headers")
             if isinstance(headers, dict):
-                self.headers.update({str(k): str(v) for k, v in headers.items()})
+                texts = response_headers(headers)
+                if isinstance(texts, dict):
+                    self.headers.update(texts)
+                else:
+                    self.head_error = self.head_error or texts
             else:
                 log.warning("response channel %s: ignoring set_headers without a headers object", self.channel_id)
         else:

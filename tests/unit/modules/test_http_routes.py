@@ -93,8 +93,8 @@ def test_cors_headers() -> None:
     ({"status_code": 201, "body": [1]}, 201, b"[1]"),
     ({"statusCode": 404}, 404, b"{}"),
     ({"status_code": 204, "statusCode": 500}, 204, b"{}"),
-    ({"status_code": 99}, 200, b"{}"),
-    ({"status_code": True}, 200, b"{}"),
+    ({"status_code": 99}, 502, b'{"error":"status_code 99 is not an HTTP status (an integer 100-599)"}'),
+    ({"status_code": True}, 502, b'{"error":"status_code True is not an HTTP status (an integer 100-599)"}'),
     ("just a string", 200, b"{}"),
 ])
 def test_result_response(result: object, status: int, body: bytes) -> None:
