@@ -176,7 +176,13 @@ class StreamFileLostError(PicklesByState, StreamBackendError):
         return StreamFileLostError(self.problem, self.committed, self.advice, self.applied_if_committed)
 
     def with_outcome(self, sent: bool) -> Self:
-        """:meth:`for_write` (this error's outcome is told by what the check found, not by the driver)."""
+        """:meth:`for_write` (this error's outcome is told by what the check found, not by the driver).
+
+        Example:
+            >>> error = StreamFileLostError("S: the file is gone", "it went with the file", "reopen the store", True)
+            >>> error.with_outcome(sent=False).applied
+            False
+        """
         return self.for_write(sent)  # type: ignore[return-value]  # (the class is final in use)
 
     def for_write(self, sent: bool) -> StreamFileLostError:
