@@ -613,6 +613,9 @@ class Connection:
         self._ws: ClientConnection | None = None
         self._ready = False  # True once the backlog is flushed: sends may go straight to the socket
         self._running = False
+        # From close() until the next start(): best-effort frames are dropped and counted, not queued (the queue is
+        # discarded at the close's end: frames queued while it waited for the socket's close were lost uncounted)
+        self._closed = False
         self._attempt = 0
         self._backoff = 0  # the step of the next reconnect delay: _attempt, but not started over by a short connection
         # Connection attempts that failed since the last successful one, and why the last one failed.
@@ -732,6 +735,7 @@ class Connection:
         if self._running:
             return
         self._running = True
+        self._closed = False
         self._gave_up = False
         self._attempt = self._backoff = 0
         self._failures = 0
@@ -746,6 +750,7 @@ class Connection:
         """Stop reconnecting and close the socket (the close handshake bounded by ``close_timeout`` seconds, the
         constructor's when ``None``, then the socket is dropped); queued frames are discarded."""
         self._running = False
+        self._closed = True
         self._ready = False
         ws, self._ws = self._ws, None
         for task in (self._supervisor, self._flusher):
@@ -1085,10 +1090,11 @@ class Connection:
                     said, latest_tail(latest))
 
     def _enqueue_best_effort(self, frame: Frame) -> bool:
-        """Queue a best-effort frame; False (not queued) when the queue is full or holds its share of them, or once
-        reconnection gave up (it would wait for a connection nothing will make)."""
+        """Queue a best-effort frame; False (not queued) when the queue is full or holds its share of them, once
+        reconnection gave up (it would wait for a connection nothing will make), or once the connection is closed."""
         if (len(self._backlog) >= self._max_queue or self._waiting or self._best_effort >= self._best_effort_cap
-                or self._gave_up or self._best_effort_bytes + len(frame) > self._max_best_effort_bytes):
+                or self._gave_up or self._closed
+                or self._best_effort_bytes + len(frame) > self._max_best_effort_bytes):
             return False
         self._backlog.append((frame, _BEST_EFFORT))
         self._best_effort += 1

@@ -25,6 +25,7 @@ from .channels import ChannelReader, ChannelWriter, LiveEnds
 from .errors import ConnectionLostError, ShuttingDownError
 from .handler_threads import ExitWait, HandlerThreads, exit_refusal
 from .payloads import resolve_channels
+from .protocol.codec import escape_surrogates
 from .protocol.worker_session import clip_text
 from .trace_scope import TraceScope
 
@@ -149,7 +150,8 @@ class HandlerRunner:
             # (cut: an error of 100,000 characters was a log line of that size per failed call; the caller gets it
             # whole)
             log.log(logging.WARNING if isinstance(error, (ConnectionLostError, ShuttingDownError)) else logging.ERROR,
-                    "Error in handler %s: %s", function_id, clip_text(text, HANDLER_ERROR_LOG_CHARS))
+                    "Error in handler %s: %s", function_id,
+                    clip_text(escape_surrogates(text), HANDLER_ERROR_LOG_CHARS))
             if writers:
                 await _abort_used(writers, f"the handler raised {type(error).__name__}: {text}")
             if readers:

@@ -949,7 +949,7 @@ class III:
             frame = self._session.answer(event.invocation_id, event.function_id, result=result, error=error,
                                          traceparent=traceparent or None, generation=event.generation)
             if frame is not None and len(frame) > self._conn.check_above:
-                frame = self._answer_within_limit(event, frame, traceparent or None)
+                frame = self._answer_within_limit(event, frame, traceparent or None, error)
             if frame is None or not self._conn.is_ready:
                 # The engine halted this invocation when the old connection dropped (its caller got
                 # invocation_stopped), so nobody wants the answer; but the work was done, and whoever runs the worker
@@ -1007,13 +1007,30 @@ class III:
         log.warning("Worker busy (max_invocations=%d running at once): %s since the last warning, not run%s",
                     self._max_invocations, counts_said(counts, kinds), latest_tail(latest))
 
-    def _answer_within_limit(self, event: InvocationRequested, frame: str, traceparent: str | None) -> str | None:
+    def _answer_within_limit(self, event: InvocationRequested, frame: str, traceparent: str | None,
+                             error: Any = None) -> str | None:
         """``frame`` (the answer to ``event``), or an error answer in its place when it is over the engine's message
         size limit: sent, the engine would close the connection with 1009 and every call on it would fail."""
         size = self._conn.oversize(frame)
         limit = self._conn.max_message_size
         if size is None or limit is None or event.invocation_id is None:
             return frame
+        if error is not None:
+            # the handler failed: its error, cut to fit, still says so (a queue counts result_not_sent as done)
+            log.warning("The error of '%s' (invocation %s) is %d bytes as a message, over the engine's limit of %d "
+                        "bytes: its caller gets it cut", event.function_id, event.invocation_id, size, limit)
+            code = error.get("code") if isinstance(error, dict) else None
+            message = str(error.get("message") if isinstance(error, dict) else error)
+            keep = min(10_000, limit // 8)  # (JSON may write a character as 6 bytes, its escape)
+            cut = {"code": code if isinstance(code, str) and len(code) <= 200 else "invocation_failed",
+                   "message": f"{message[:keep]}… (cut: its message was over the engine's limit)"}
+            answer = self._session.answer(event.invocation_id, event.function_id, error=cut, traceparent=traceparent,
+                                          generation=event.generation)
+            if answer is not None and self._conn.oversize(answer) is not None:
+                answer = self._session.answer(event.invocation_id, event.function_id,
+                                              error={"code": cut["code"], "message": "(cut: over the engine's limit)"},
+                                              traceparent=traceparent, generation=event.generation)
+            return answer
         log.warning("The result of '%s' (invocation %s) is %d bytes as a message, over the engine's limit of %d "
                     "bytes: its caller gets a result_not_sent error instead", event.function_id,
                     event.invocation_id, size, limit)

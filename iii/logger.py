@@ -21,7 +21,7 @@ from functools import cache
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Final
 
-from .protocol.codec import MAX_JSON_DEPTH, clip
+from .protocol.codec import MAX_JSON_DEPTH, clip, escape_surrogates
 from .warn_once import WarnOnce
 
 if TYPE_CHECKING:
@@ -157,24 +157,7 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
     return safe_stringify(value)
 
 
-def _text(value: str) -> str:
-    """``value`` with each lone surrogate written as its escape: such a string (a file name that is not UTF-8, as
-    ``os.listdir`` decodes it) has no UTF-8 or JSON form, and its record was dropped by the exporter (with the rest
-    of its export batch, before that was fixed).
-
-    Example:
-        >>> _text(b"report-\\xff.csv".decode("utf-8", "surrogateescape"))
-        'report-\\\\udcff.csv'
-        >>> _text("é")
-        'é'
-    """
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
+_text = escape_surrogates  # a record's text: its exporter cannot fail on it (a batch was lost for one before)
 
 
 def _body(message: Any) -> str:

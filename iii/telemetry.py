@@ -890,10 +890,13 @@ class TelemetryRuntime:
 
     async def release_client_async(self, owner: object) -> None:
         """Undo :func:`register_client` (ours): telemetry shuts down only when ``owner`` was the last client."""
+        connection = self.connection
         with self._membership_lock:  # (no await inside: a client's start waits at most for this step)
             closing = self._take_state() if self._release(owner) else None
         if closing is not None and not closing.idle():
             await self._close_async(closing)
+        if connection is not None:
+            connection.flush_now()  # before the client's socket closes: a turn-by-turn flush would come too late
 
     def get_tracer(self) -> Any:
         """The SDK's tracer, or ``None`` before ``init_otel``."""

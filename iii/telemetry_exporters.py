@@ -195,6 +195,32 @@ class SharedEngineConnection:
         if self._flushing is token:
             asyncio.get_running_loop().call_soon(self._flush_turn, token)
 
+    def flush_now(self) -> None:
+        """On the sink's loop, hand every buffered frame to the sink at once (a client's shutdown, before its socket
+        closes: handed turn by turn, frames reached the socket while it closed, and 388 of 900 were lost there
+        uncounted); elsewhere, or with no sink, nothing.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> list[bytes]:
+            ...     got: list[bytes] = []
+            ...     connection = SharedEngineConnection()
+            ...     connection.send_threadsafe(PREFIX_LOGS, b"{}")  # no sink yet: kept
+            ...     connection._sink, connection._loop = got.append, asyncio.get_running_loop()
+            ...     connection.flush_now()
+            ...     return got
+            >>> asyncio.run(demo())
+            [b'LOGS{}']
+        """
+        with self._lock:
+            if self._sink is None or not self._buffer or _running_loop() is not self._loop:
+                return
+            frames = list(self._buffer)
+            self._buffer.clear()
+            self._buffered_bytes = 0
+            self._flushing = None  # (a turn on its way finds nothing to do)
+        self._call_sink(frames)
+
     def _keep(self, frames: list[bytes]) -> None:
         """Buffer ``frames`` (the lock held), dropping the oldest past ``MAX_QUEUE`` frames or ``MAX_QUEUE_BYTES``."""
         buffer = self._buffer

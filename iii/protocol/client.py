@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from . import frames
 else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
     frames = import_module(".frames", __package__)
-from .codec import clip, loads, salvage_invocation
+from .codec import clip, escape_surrogates, loads, salvage_invocation
 from .ids import InvocationIds, new_invocation_id
 
 __all__ = [
@@ -218,6 +218,12 @@ def message_too_large(function_id: str, size: int, limit: int) -> InvocationErro
     return InvocationError("message_too_large", f"The call to '{function_id}' was not sent: its message is {size:,} "
                                                 f"bytes, over the engine's limit of {limit:,} bytes "
                                                 f"(max_message_size); {_CHANNEL_ADVICE}")
+
+
+def _text_of(value: Any) -> str:
+    """``value`` as text any JSON writer takes (:func:`~iii.protocol.codec.escape_surrogates`), a non-string by its
+    ``str()``, ``None`` as nothing."""
+    return escape_surrogates(value if isinstance(value, str) else "" if value is None else str(value))
 
 
 RESULT_NOT_SENT: Final = "result_not_sent"
@@ -651,11 +657,18 @@ class ClientSession:
                 invocation_id, function_id, result=result, error=error, traceparent=traceparent
             )
         except (TypeError, ValueError) as exc:
-            failure = {
-                "code": RESULT_NOT_SENT,
-                "message": f"result of {function_id} is not JSON-serialisable: {exc}",
-                "stacktrace": traceback.format_exc(),
-            }
+            if error is not None:
+                # the handler's own error that cannot be written as it is (a lone surrogate in its text): still a
+                # failure, never "its result was not sent", which a queue counts as done
+                failure = {"code": _text_of(error.get("code") if isinstance(error, dict) else None)
+                           or "invocation_failed",
+                           "message": _text_of(error.get("message") if isinstance(error, dict) else error)}
+            else:
+                failure = {
+                    "code": RESULT_NOT_SENT,
+                    "message": f"result of {function_id} is not JSON-serialisable: {exc}",
+                    "stacktrace": traceback.format_exc(),
+                }
             return frames.invocation_result(invocation_id, function_id, error=failure, traceparent=traceparent)
 
     def trigger_registered(self, event: TriggerRequested, error: Any = None) -> str | None:

@@ -826,6 +826,25 @@ _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=
 _LEAVES: Final = frozenset({str, int, bool, type(None)})
 
 
+def escape_surrogates(value: str) -> str:
+    """``value`` with each lone surrogate written as its escape: such a string (a file name that is not UTF-8, as
+    ``os.listdir`` decodes it) has no UTF-8 or JSON form (a frame or a log line holding it cannot be written).
+
+    Example:
+        >>> escape_surrogates(b"report-\\xff.csv".decode("utf-8", "surrogateescape"))
+        'report-\\\\udcff.csv'
+        >>> escape_surrogates("é")
+        'é'
+    """
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def clip(value: object, limit: int = LOG_CLIP) -> str:
     """``repr(value)`` cut to about ``limit`` characters, for logging input that an attacker controls.
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Final, NamedTuple, Protocol
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
 from iii.iii_types import TriggerInfo
-from iii.protocol.client import WORKER_BUSY
+from iii.protocol.client import RESULT_NOT_SENT, WORKER_BUSY
 from iii_streams.messages import error_line, mask_passwords
 
 from .. import closing
@@ -61,10 +61,11 @@ Nothing was sent; sending it again cannot succeed."""
 
 #: The error codes of a condition call that did not decide (:meth:`EngineServices.condition_passes` with
 #: ``wait_if_busy=False`` raises them): its worker refused it for being busy, the call was stopped unanswered (its
-#: worker left, the engine is stopping) or timed out, nobody serves the function now, or its data could not be
-#: written for its worker (:data:`UNWRITABLE`: it was never asked).
+#: worker left, the engine is stopping) or timed out, nobody serves the function now, its data could not be
+#: written for its worker (:data:`UNWRITABLE`: it was never asked), or its answer could not be sent
+#: (``result_not_sent``: it ran, and what it decided is unknown).
 UNDECIDED_CODES: frozenset[str] = frozenset({WORKER_BUSY, "invocation_stopped", "invocation_timeout",
-                                             "function_not_found", "engine_stopping", UNWRITABLE})
+                                             "function_not_found", "engine_stopping", UNWRITABLE, RESULT_NOT_SENT})
 
 
 class CallNotSent(EngineError):

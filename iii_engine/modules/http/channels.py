@@ -208,8 +208,9 @@ class ResponseChannel:
         (206, {'content-type': 'text/plain'})
     """
 
-    __slots__ = ("_control_frames", "_engine_url", "_failed", "_max_control_frames", "_max_header_bytes", "_ref",
-                 "_relay", "_wake", "_ws", "channel_id", "head_error", "headers", "status")
+    __slots__ = ("_control_frames", "_engine_url", "_failed", "_headers_error", "_max_control_frames",
+                 "_max_header_bytes", "_ref", "_relay", "_status_error", "_wake", "_ws", "channel_id", "headers",
+                 "status")
 
     def __init__(self, engine_url: str, ref: Mapping[str, Any], relay: ChannelService | None = None,
                  max_control_frames: int | None = None, max_header_bytes: int | None = None) -> None:
@@ -225,9 +226,9 @@ class ResponseChannel:
         self._failed: ChannelAborted | None = None
         self.status = 200
         self.headers: dict[str, str] = {}
-        #: why the handler's status or headers cannot be answered (a status that is no HTTP status, a header value
-        #: that is no text): the client gets 502 naming it, not a 200 it was not sent
-        self.head_error: str | None = None
+        # why the handler's last status, or one of its headers, cannot be answered (see head_error)
+        self._status_error: str | None = None
+        self._headers_error: str | None = None
         self.channel_id = str(ref.get("channel_id"))
 
     async def first_chunk(self) -> bytes | None:
@@ -347,22 +348,31 @@ class ResponseChannel:
         kind = frame.get("type") if isinstance(frame, dict) else None
         if kind == "set_status":
             status = response_status(frame.get("status_code"))
-            if isinstance(status, int):
-                self.status = status
+            if isinstance(status, int):  # the last set_status is the status, a bad one before it forgotten
+                self.status, self._status_error = status, None
             else:
-                self.head_error = self.head_error or status
+                self._status_error = status
         elif kind == "set_headers":
             headers = frame.get("headers")
             if isinstance(headers, dict):
                 texts = response_headers(headers)
                 if isinstance(texts, dict):
+                    for name, value in headers.items():
+                        if value is None:  # a null takes out what an earlier set_headers set
+                            self.headers.pop(str(name), None)
                     self.headers.update(texts)
                 else:
-                    self.head_error = self.head_error or texts
+                    self._headers_error = self._headers_error or texts
             else:
                 log.warning("response channel %s: ignoring set_headers without a headers object", self.channel_id)
         else:
             log.warning("response channel %s: ignoring unknown control frame %r", self.channel_id, kind)
+
+    @property
+    def head_error(self) -> str | None:
+        """Why the handler's status or headers cannot be answered (a status that is no HTTP status, a header value
+        that is no text): the client gets 502 naming it, not a 200 it was not sent."""
+        return self._status_error or self._headers_error
 
     @property
     def local(self) -> bool:

@@ -765,6 +765,11 @@ class HttpFunctionsModule(EngineModule):
         limit = self.max_response_bytes
 
         def too_big() -> EngineError:
+            if not 200 <= response.status < 300:
+                # a failure whatever its body: never result_not_sent, which a queue counts as done (an endpoint's
+                # 500 with a big body was counted done, its job never tried again)
+                return EngineError("http_error", f"HTTP {response.status} {_reason(response.status, response.reason)}"
+                                                 f" (its body, larger than {limit} bytes, not read)")
             return _failure(RESULT_NOT_SENT,
                             f"The result of '{function.function_id}' was not read: the response of {function.url} is "
                             f"larger than {limit} bytes, the engine's limit (max_message_size); return bulk data "

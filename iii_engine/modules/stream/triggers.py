@@ -129,8 +129,10 @@ class JoinLeaveTriggers(TriggerSet):
                 self._failures.note(f"trigger {clip_text(trigger.id)} ({clip_text(trigger.function_id)})",
                                     f"trigger {clip_text(trigger.id)}: {failed} failed: "
                                     f"{clip_text(exc.code)}: {clip_text(exc.message)}")
+                # the client is told the code, not the error's text, which may hold what it must not see (the log
+                # has it)
                 raise JoinFailed(f"the {failed} of stream:join trigger {clip_text(trigger.id)} failed "
-                                 f"({clip_text(exc.code)}: {clip_text(exc.message)}); join refused") from None
+                                 f"({clip_text(exc.code)}); join refused") from None
             if self.refuses(answer):
                 return False
         return True

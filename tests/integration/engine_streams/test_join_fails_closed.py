@@ -44,6 +44,7 @@ async def test_a_join_whose_handler_failed_is_refused_and_gets_no_sync(failing: 
         frame = await client.recv()
         assert frame["event"]["type"] == "error" and frame["event"]["code"] == "join_failed", frame
         assert ("condition gate_condition" if failing == "condition" else "handler gate") in frame["event"]["message"]
+        assert "user" not in frame["event"]["message"]  # the code only: the error's text is for the log
         assert not any(c.subscriptions for c in socket._clients)
         await worker.result("stream::set", {"stream_name": "gated", "group_id": "alice", "item_id": "k", "data": 2})
         await client.nothing_for(0.3)  # no event of the group either

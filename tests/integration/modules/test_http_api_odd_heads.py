@@ -62,3 +62,20 @@ async def test_a_streamed_status_that_is_no_http_status_is_a_502(api: Start) -> 
     assert response.status_code == 502 and "status_code '404' is not an HTTP status" in response.text
     await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"],
                        "function_id": "streamed"})
+
+
+async def test_the_last_set_status_counts_and_a_null_header_takes_an_earlier_one_out(api: Start) -> None:
+    engine, _module, client = await api()
+    worker = await _route(engine, "later", "later")
+    waiting = asyncio.ensure_future(client.get("/later"))
+    request = await worker.expect("invokefunction")
+    async with websockets.connect(channel_url(engine.url, request["data"]["response"]), compression=None) as out:
+        await out.send(json.dumps({"type": "set_status", "status_code": "404"}))
+        await out.send(json.dumps({"type": "set_status", "status_code": 404}))
+        await out.send(json.dumps({"type": "set_headers", "headers": {"x-debug": "1", "x-keep": "2"}}))
+        await out.send(json.dumps({"type": "set_headers", "headers": {"x-debug": None}}))
+        await out.send(b"body")
+    response = await asyncio.wait_for(waiting, 10)
+    assert response.status_code == 404 and response.content == b"body"
+    assert "x-debug" not in response.headers and response.headers["x-keep"] == "2"
+    await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"], "function_id": "later"})

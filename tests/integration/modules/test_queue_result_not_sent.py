@@ -68,3 +68,40 @@ async def test_our_sdk_answers_an_unsendable_result_with_result_not_sent() -> No
             assert len(runs) == 1 and runs[0]["n"] == 1
         finally:
             await asyncio.to_thread(worker.shutdown)
+
+
+@pytest.mark.parametrize("error", ["surrogate", "huge"])
+async def test_a_handler_error_that_cannot_be_sent_as_it_is_stays_a_failure(error: str) -> None:
+    """A handler's error with a lone surrogate in its text, or over the engine's message size limit, is sent as a
+    failure (cut or escaped): it was answered ``result_not_sent``, and the queue counted the failed job done, never
+    tried again nor dead-lettered (re-attack)."""
+    runs: list[Any] = []
+
+    def handler(data: Any) -> Any:
+        runs.append(data)
+        if error == "surrogate":
+            raise RuntimeError("cannot open report-" + chr(0xDCFF) + ".csv")
+        raise RuntimeError("x" * 200_000)
+
+    queue = {**QUEUE, "max_retries": 2}
+    config = EngineConfig(host="127.0.0.1", port=0, max_message_size=100_000,
+                          modules=[ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
+    async with Engine(config=config) as engine, ModuleWorker(engine.url) as producer:
+        worker = await asyncio.to_thread(register_worker, engine.url, InitOptions(worker_name="failing"))
+        try:
+            await asyncio.to_thread(worker.register_function, "jobs::fail", handler)
+            while not engine.has_function("jobs::fail"):  # noqa: ASYNC110 - no event tells a registration
+                await asyncio.sleep(0.01)
+            direct = await producer.call("jobs::fail", {"n": 0})
+            assert direct["error"]["code"] == "invocation_failed", direct["error"]
+            reply = await producer.call("jobs::fail", {"n": 1}, action={"type": "enqueue", "queue": "q"})
+            assert "error" not in reply, reply
+
+            async def dead_lettered() -> None:
+                while (await producer.result("engine::queue::topic_stats", {"topic": "q"}))["dlq"] < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(dead_lettered(), 15)
+            assert len(runs) == 3, runs  # the direct call, then both attempts of the job
+        finally:
+            await asyncio.to_thread(worker.shutdown)

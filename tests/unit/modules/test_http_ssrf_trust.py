@@ -205,7 +205,7 @@ async def big_server() -> AsyncIterator[str]:
         if request.query.get("gzip"):  # small on the wire, `size` bytes once decompressed
             return web.Response(body=gzip.compress(body), content_type="application/json",
                                 headers={"Content-Encoding": "gzip"})
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=body, content_type="application/json", status=int(request.query.get("status", 200)))
 
     app = web.Application()
     app.router.add_get("/", handler)
@@ -248,3 +248,14 @@ async def test_response_bodies_are_bounded(module: HttpFunctionsModule, big_serv
         await module.call("big", None)
     assert info.value.code == "result_not_sent"  # as our SDK answers a worker's result over max_message_size
     assert "larger than 4096 bytes, the engine's limit (max_message_size)" in info.value.message
+
+
+async def test_a_failed_response_over_the_bound_is_a_failure_not_an_unsent_result(module: HttpFunctionsModule,
+                                                                                  big_server: str) -> None:
+    """A 5xx whose body is over the bound is ``http_error``: as ``result_not_sent`` a queue counted its job done
+    (re-attack on the queue's handling of that code)."""
+    module.max_response_bytes = 4096
+    await module.register_external("failing", {"url": f"{big_server}?size=8000&status=500", "method": "GET"}, "w1")
+    with pytest.raises(EngineError) as info:
+        await module.call("failing", None)
+    assert info.value.code == "http_error" and "HTTP 500" in info.value.message, info.value.body()
