@@ -50,32 +50,31 @@ async def test_numbers_and_booleans_are_text_and_null_leaves_the_header_out(api:
     assert "x-none" not in response.headers
 
 
-async def test_a_streamed_status_that_is_no_http_status_is_a_502(api: Start) -> None:
+async def _streamed(api: Start, *frames: dict[str, Any]) -> Any:
+    """The response to a handler that sends ``frames`` as control frames, then ``b"body"``, and returns null."""
     engine, _module, client = await api()
     worker = await _route(engine, "streamed", "streamed")
     waiting = asyncio.ensure_future(client.get("/streamed"))
     request = await worker.expect("invokefunction")
     async with websockets.connect(channel_url(engine.url, request["data"]["response"]), compression=None) as out:
-        await out.send(json.dumps({"type": "set_status", "status_code": "404"}))
+        for frame in frames:
+            await out.send(json.dumps(frame))
         await out.send(b"body")
     response = await asyncio.wait_for(waiting, 10)
-    assert response.status_code == 502 and "status_code '404' is not an HTTP status" in response.text
     await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"],
                        "function_id": "streamed"})
+    return response
+
+
+async def test_a_streamed_status_that_is_no_http_status_is_a_502(api: Start) -> None:
+    response = await _streamed(api, {"type": "set_status", "status_code": "404"})
+    assert response.status_code == 502 and "status_code '404' is not an HTTP status" in response.text
 
 
 async def test_the_last_set_status_counts_and_a_null_header_takes_an_earlier_one_out(api: Start) -> None:
-    engine, _module, client = await api()
-    worker = await _route(engine, "later", "later")
-    waiting = asyncio.ensure_future(client.get("/later"))
-    request = await worker.expect("invokefunction")
-    async with websockets.connect(channel_url(engine.url, request["data"]["response"]), compression=None) as out:
-        await out.send(json.dumps({"type": "set_status", "status_code": "404"}))
-        await out.send(json.dumps({"type": "set_status", "status_code": 404}))
-        await out.send(json.dumps({"type": "set_headers", "headers": {"x-debug": "1", "x-keep": "2"}}))
-        await out.send(json.dumps({"type": "set_headers", "headers": {"x-debug": None}}))
-        await out.send(b"body")
-    response = await asyncio.wait_for(waiting, 10)
+    response = await _streamed(api, {"type": "set_status", "status_code": "404"},
+                               {"type": "set_status", "status_code": 404},
+                               {"type": "set_headers", "headers": {"x-debug": "1", "x-keep": "2"}},
+                               {"type": "set_headers", "headers": {"x-debug": None}})
     assert response.status_code == 404 and response.content == b"body"
     assert "x-debug" not in response.headers and response.headers["x-keep"] == "2"
-    await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"], "function_id": "later"})

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -18,6 +20,19 @@ from tests.integration.engine.raw import RawWorker
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("the queue module's handling of result_not_sent")]
 
 QUEUE = {"max_retries": 3, "concurrency": 1, "backoff_ms": 0, "poll_interval_ms": 20}
+
+
+@asynccontextmanager
+async def _serving(engine: Engine, function_id: str, handler: Callable[[Any], Any]) -> AsyncIterator[None]:
+    """An SDK worker of ``engine`` serving ``function_id`` (registered) while the block runs."""
+    worker = await asyncio.to_thread(register_worker, engine.url, InitOptions(worker_name=function_id))
+    try:
+        await asyncio.to_thread(worker.register_function, function_id, handler)
+        while not engine.has_function(function_id):  # noqa: ASYNC110 - no event tells a registration
+            await asyncio.sleep(0.01)
+        yield
+    finally:
+        await asyncio.to_thread(worker.shutdown)
 
 
 def _engine() -> Engine:
@@ -57,17 +72,10 @@ async def test_our_sdk_answers_an_unsendable_result_with_result_not_sent() -> No
         runs.append(data)
         return {1, 2}  # a set: no JSON form
 
-    async with _engine() as engine, ModuleWorker(engine.url) as producer:
-        worker = await asyncio.to_thread(register_worker, engine.url, InitOptions(worker_name="unsendable"))
-        try:
-            await asyncio.to_thread(worker.register_function, "jobs::set", handler)
-            while not engine.has_function("jobs::set"):  # noqa: ASYNC110 - no event tells a registration
-                await asyncio.sleep(0.01)
-            answer = await producer.call("jobs::set", {"n": 1})
-            assert answer["error"]["code"] == "result_not_sent", answer
-            assert len(runs) == 1 and runs[0]["n"] == 1
-        finally:
-            await asyncio.to_thread(worker.shutdown)
+    async with _engine() as engine, ModuleWorker(engine.url) as producer, _serving(engine, "jobs::set", handler):
+        answer = await producer.call("jobs::set", {"n": 1})
+        assert answer["error"]["code"] == "result_not_sent", answer
+        assert len(runs) == 1 and runs[0]["n"] == 1
 
 
 @pytest.mark.parametrize("error", ["surrogate", "huge"])
@@ -86,22 +94,16 @@ async def test_a_handler_error_that_cannot_be_sent_as_it_is_stays_a_failure(erro
     queue = {**QUEUE, "max_retries": 2}
     config = EngineConfig(host="127.0.0.1", port=0, max_message_size=100_000,
                           modules=[ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
-    async with Engine(config=config) as engine, ModuleWorker(engine.url) as producer:
-        worker = await asyncio.to_thread(register_worker, engine.url, InitOptions(worker_name="failing"))
-        try:
-            await asyncio.to_thread(worker.register_function, "jobs::fail", handler)
-            while not engine.has_function("jobs::fail"):  # noqa: ASYNC110 - no event tells a registration
-                await asyncio.sleep(0.01)
-            direct = await producer.call("jobs::fail", {"n": 0})
-            assert direct["error"]["code"] == "invocation_failed", direct["error"]
-            reply = await producer.call("jobs::fail", {"n": 1}, action={"type": "enqueue", "queue": "q"})
-            assert "error" not in reply, reply
+    async with Engine(config=config) as engine, ModuleWorker(engine.url) as producer, \
+            _serving(engine, "jobs::fail", handler):
+        direct = await producer.call("jobs::fail", {"n": 0})
+        assert direct["error"]["code"] == "invocation_failed", direct["error"]
+        reply = await producer.call("jobs::fail", {"n": 1}, action={"type": "enqueue", "queue": "q"})
+        assert "error" not in reply, reply
 
-            async def dead_lettered() -> None:
-                while (await producer.result("engine::queue::topic_stats", {"topic": "q"}))["dlq"] < 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+        async def dead_lettered() -> None:
+            while (await producer.result("engine::queue::topic_stats", {"topic": "q"}))["dlq"] < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
 
-            await asyncio.wait_for(dead_lettered(), 15)
-            assert len(runs) == 3, runs  # the direct call, then both attempts of the job
-        finally:
-            await asyncio.to_thread(worker.shutdown)
+        await asyncio.wait_for(dead_lettered(), 15)
+        assert len(runs) == 3, runs  # the direct call, then both attempts of the job
