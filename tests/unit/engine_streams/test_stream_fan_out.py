@@ -96,7 +96,7 @@ async def test_a_disconnected_socket_leaves_the_index(monkeypatch: pytest.Monkey
     server = _server()
 
     class Joins:
-        async def run(self, payload: Any) -> bool:
+        async def authorize(self, payload: Any) -> bool:
             return True
 
         def run_detached(self, payload: Any) -> None:

@@ -23,7 +23,7 @@ class FakeWs:
 
 
 class Joins:
-    async def run(self, payload: Any) -> bool:
+    async def authorize(self, payload: Any) -> bool:
         return True
 
     def run_detached(self, payload: Any) -> None:
