@@ -134,10 +134,14 @@ class TriggerRunner:
         except EngineError as exc:
             if exc.code == WORKER_BUSY:  # counted and told, rate-limited, by invoke_when_free
                 return None
-            self._failures.note(f"trigger {clip_text(trigger.id)} ({clip_text(trigger.function_id)})",
-                                f"trigger {clip_text(trigger.id)}: {clip_text(trigger.function_id)} failed: "
-                                f"{clip_text(exc.code)}: {clip_text(exc.message)}")
+            self.note_failure(trigger, clip_text(trigger.function_id), exc)
             return None
+
+    def note_failure(self, trigger: TriggerInfo, failed: str, exc: EngineError) -> None:
+        """Log (burst-limited, then counted) that ``failed`` (what of ``trigger`` was called) failed with ``exc``."""
+        self._failures.note(f"trigger {clip_text(trigger.id)} ({clip_text(trigger.function_id)})",
+                            f"trigger {clip_text(trigger.id)}: {failed} failed: "
+                            f"{clip_text(exc.code)}: {clip_text(exc.message)}")
 
 
 class TriggerSet(TriggerRunner):

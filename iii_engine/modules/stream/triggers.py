@@ -126,9 +126,7 @@ class JoinLeaveTriggers(TriggerSet):
                 answer = await self.services.invoke_when_free(trigger.function_id, payload)
             except EngineError as exc:
                 failed = f"{called} {clip_text(str(condition) if called == 'condition' else trigger.function_id)}"
-                self._failures.note(f"trigger {clip_text(trigger.id)} ({clip_text(trigger.function_id)})",
-                                    f"trigger {clip_text(trigger.id)}: {failed} failed: "
-                                    f"{clip_text(exc.code)}: {clip_text(exc.message)}")
+                self.note_failure(trigger, failed, exc)
                 # the client is told the code, not the error's text, which may hold what it must not see (the log
                 # has it)
                 raise JoinFailed(f"the {failed} of stream:join trigger {clip_text(trigger.id)} failed "
