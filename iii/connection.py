@@ -155,6 +155,18 @@ sends none."""
 MESSAGE_TOO_BIG: Final = 1009
 """The close code of a peer that received a message over its size limit."""
 
+MAX_INCOMING_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+"""The largest message, in bytes, the client reads from the engine when the engine names a smaller limit or none
+(the production engine's WebSocket reads messages of up to 64 MiB from workers, so it forwards none larger). An engine
+that names a larger limit gets that plus :data:`ENVELOPE_SLACK`: what it forwards is a worker's message wrapped in its
+own frame. Past it the client closes the connection with 1009 and connects again, its calls in flight failing with an
+error that says so. Before, any length was read: one frame header claiming 8 GiB from a broken or hostile peer had the
+client buffer until memory ran out."""
+
+ENVELOPE_SLACK: Final = 1024 * 1024
+"""Room above an engine's named limit for the frame it wraps a worker's message in (ids, function id, trace
+headers)."""
+
 _DIGITS = re.compile(r"[0-9]{1,15}")
 _FUNCTION_ID_KEY = '"function_id":'
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -214,6 +226,22 @@ def announced_limit(values: list[str]) -> int | None:
     if len(values) != 1 or not _DIGITS.fullmatch(values[0].strip()):
         return None
     return int(values[0]) or None
+
+
+def incoming_limit(floor: int | None, announced: int | None) -> int | None:
+    """The largest message the client reads from an engine that named ``announced`` (``None``: none), given its own
+    ``floor`` (``None``: any length).
+
+    Example:
+        >>> MiB = 1024 * 1024
+        >>> [incoming_limit(64 * MiB, named) // MiB for named in (None, 4 * MiB, 96 * MiB)]
+        [64, 64, 97]
+        >>> incoming_limit(None, 4 * MiB) is None
+        True
+    """
+    if floor is None or announced is None:
+        return floor
+    return max(floor, announced + ENVELOPE_SLACK)
 Write = Callable[[Frame], Awaitable[None]]
 
 
@@ -574,7 +602,7 @@ class Connection:
         max_waiting: int | None = None,
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         max_best_effort_bytes: int = BEST_EFFORT_MAX_BYTES,
-        max_size: int | None = None,
+        max_size: int | None = MAX_INCOMING_MESSAGE_SIZE,
         open_timeout: float = 10.0,
         close_timeout: float = 2.0,
         send_timeout: float = DEFAULT_SEND_TIMEOUT_S,
@@ -599,6 +627,9 @@ class Connection:
         self.check_above = sys.maxsize
         #: The last socket was closed by the engine with 1009 (a message of ours over its size limit).
         self.closed_too_big = False
+        #: The last socket was closed by this client with 1009: the engine sent a message over this many bytes
+        #: (``None``: it was not).
+        self.refused_too_big: int | None = None
         self._max_queue = max_queue
         self._queue_wait = queue_wait
         self._max_waiting = max_queue if max_waiting is None else max_waiting
@@ -1390,6 +1421,8 @@ class Connection:
                 continue
             response = ws.response
             self._set_limit(announced_limit(response.headers.get_all(MAX_MESSAGE_SIZE_HEADER) if response else []))
+            # (nothing but small frames can have come yet: the engine's answers follow what on_open sends)
+            ws_fastpath.set_max_message_size(ws, incoming_limit(self._max_size, self.max_message_size))
             try:
                 await self._serve(ws)
             except Exception:
@@ -1469,6 +1502,14 @@ class Connection:
             # not the engine refusing ours.
             close = ws_fastpath.close_sent_by_peer(ws)
             self.closed_too_big = close is not None and close.code == MESSAGE_TOO_BIG
+            self.refused_too_big = None
+            if close is None:
+                ours = ws_fastpath.close_frames(ws)[1]
+                if ours is not None and ours.code == MESSAGE_TOO_BIG:
+                    self.refused_too_big = ws.protocol.max_message_size
+                    log.warning("Connection to %s closed: the engine sent a message over this client's limit of "
+                                "%s bytes (1009); connecting again", self._shown_url,
+                                f"{self.refused_too_big:,}" if self.refused_too_big is not None else "?")
             self._drop_pinned()
             self._release_awaited()
             if self._running:

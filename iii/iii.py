@@ -801,7 +801,8 @@ class III:
     def _on_lost(self) -> None:
         self._retry.lost()
         queued = self._conn.queued_calls()
-        for failure in self._session.connection_lost({key for key, _ in queued}, too_big=self._conn.closed_too_big):
+        for failure in self._session.connection_lost({key for key, _ in queued}, too_big=self._conn.closed_too_big,
+                                                     refused_over=self._conn.refused_too_big):
             self._retry.forget(failure.invocation_id)
             self._calls.fail(failure.invocation_id, failure.error)
         # Calls made before the loss and still queued go out after the reconnect like those made during the outage:

@@ -1904,8 +1904,12 @@ def bound_frame_queue(ws: Connection, high: int, low: int) -> bool:
 
 
 def set_max_message_size(ws: Connection, size: int | None) -> None:
-    """Narrow the largest message ``ws`` accepts after the handshake started (``serve`` sets one for all)."""
+    """Set the largest message ``ws`` accepts after the handshake started (``serve`` sets one for all), in its fast
+    reader too once that runs (a client's starts as the handshake ends)."""
     ws.protocol.max_message_size = size
+    frames = getattr(ws, "_frames", None)
+    if isinstance(frames, FrameReader):
+        frames.max_size = size
 
 
 def frame_queue_high(ws: Connection) -> int | None:

@@ -503,13 +503,15 @@ class ClientSession:
         old, self._lost_worker_id = self._lost_worker_id, None
         return frame, old
 
-    def connection_lost(self, queued: Iterable[str], *, too_big: bool = False) -> list[CallFailed]:
+    def connection_lost(self, queued: Iterable[str], *, too_big: bool = False,
+                        refused_over: int | None = None) -> list[CallFailed]:
         """The socket went away. Calls whose frame is still ``queued`` (never written) stay pending and go out
         on the next connection; the others fail at once (docs/protocol.md#sdk-improvements S5) with
         :class:`~iii.errors.ConnectionLostError`, whose message says the call may have run: its frame was written
         to the socket, and an engine that read it before it saw the socket close (a stalled or SIGSTOPped one
         reads what its kernel buffered when it resumes) calls the function all the same, the answer going nowhere.
-        ``too_big``: the engine closed it with 1009, which their errors say.
+        ``too_big``: the engine closed it with 1009, which their errors say; ``refused_over``: this client closed it
+        with 1009, the engine having sent a message over that many bytes.
 
         Example:
             >>> session = ClientSession()
@@ -519,11 +521,16 @@ class ClientSession:
             'after the call was sent: it may have run (retry only if running it twice is safe)'
             >>> message.partition("; ")[2]
             'the engine closed the connection: a message over its size limit (1009)'
+            >>> iid, _ = session.start_call("f", {})
+            >>> session.connection_lost([], refused_over=1024)[0].error.message.partition("; ")[2]
+            "the engine sent a message over this client's limit of 1,024 bytes (1009)"
         """
         self._lost_worker_id = self.worker_id or self._lost_worker_id
         self.worker_id = None
         keep = set(queued)
         why = "; the engine closed the connection: a message over its size limit (1009)" if too_big else ""
+        if refused_over is not None:
+            why = f"; the engine sent a message over this client's limit of {refused_over:,} bytes (1009)"
         failed = []
         for iid in [iid for iid in self._pending if iid not in keep]:
             function_id = self._pending.pop(iid)
