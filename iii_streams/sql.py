@@ -39,6 +39,15 @@ only if it wrote): one round trip instead of four or five. If another process ch
 written or sent, ``swap_misses`` grows, and the batch (and the item's batches for the next second) take the
 locking transaction.
 
+A batch the database refuses for one write's data (a constraint, a trigger, the column's type: SQLSTATE classes 22,
+23 and P0 on PostgreSQL, ``IntegrityError`` and ``DataError`` on SQLite) before its commit runs again one write at a
+time, in order, so only that write fails (:meth:`SQLStream._one_at_a_time`; a shared batch hands its writes to their
+items' own queues, which do that).
+
+PostgreSQL connections the server ended (a restart, ``pg_terminate_backend``): see ``_IDLE_PING_S``. A read, and a
+write transaction whose ``COMMIT`` was not sent, run once more on a new connection; a write whose commit or
+compare-and-set statement was sent never does (``applied`` None).
+
 Errors of SQLAlchemy and the drivers surface as :class:`~iii_streams.errors.StreamError` subclasses with the
 original as ``__cause__``; every operation accepts ``timeout=`` (seconds).
 
@@ -232,6 +241,18 @@ _LOCKED_ROWS: Final = text(
 _SLOW_S: Final = 3.0  # a row found locked elsewhere: its item's writes skip the shared queue for this long
 _SLOW_MAX: Final = 4096  # such items remembered at most (the oldest forgotten first)
 _PROBE_S: Final = 1.0  # the probe for such rows at most
+# PostgreSQL: a pooled connection idle this long or longer is asked an empty query when checked out (one round trip)
+# before the operation's first statement. A server that ended it (restart, failover, pg_terminate_backend) while the
+# event loop had not yet read its end would otherwise fail that statement, and a compare-and-set write sent on it
+# may have been applied (``applied`` None). Asked at every checkout (SQLAlchemy's pool_pre_ping), it cost a round
+# trip per operation: one caller at a time, 0.63-0.71 of the sets and 0.53-0.60 of the gets a second at 1.5 times
+# the CPU per operation; 64 in flight (group commit, coalesced gets), 0.89-1.0 of the sets and 0.70-0.91 of the gets
+# (interleaved rounds on a loaded 2-core box). A connection reused within this time is not asked: no ping at all in
+# those runs, whose rates and CPU per operation stayed those of the store before (within their noise). Reads that
+# find a connection lost on their first use anyway, and a locking transaction that lost its connection before its
+# COMMIT, run once more on a new one (:meth:`SQLStream._read_again`, :meth:`SQLStream._locked_step`).
+_IDLE_PING_S: float = 1.0
+_IDLE_SINCE: Final = "iii_streams_idle_since"  # the pool record's info key: the monotonic time of its checkin
 _NOTIFY_MANY: Final = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 # notifications per statement at most (each under 8000 bytes: 16 MB at most): PostgreSQL refuses a statement's
 # parameters over 1 GB, which a batch of big values sent in parts would otherwise reach
@@ -1256,14 +1277,24 @@ def _install_postgresql_hooks(engine: AsyncEngine) -> None:
         return
     _POSTGRESQL_HOOKED.add(engine.sync_engine)
 
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
     @event.listens_for(engine.sync_engine, "checkout")
-    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         # A server that ended an idle pooled connection (restart, failover, pg_terminate_backend, an idle timeout)
         # has closed its socket, which asyncpg saw: the pool replaces it now (this raise) at no round trip's cost,
         # instead of the next operation failing on it although the database is up.
         driver = getattr(dbapi_connection, "_connection", None)
-        if driver is not None and driver.is_closed():
+        if driver is None:
+            return
+        if driver.is_closed():
             raise DisconnectionError("the server closed this pooled connection while it was idle")
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is not None and time.monotonic() - idle_since >= _IDLE_PING_S:
+            _ping(driver)
 
     @event.listens_for(engine.sync_engine, "handle_error")
     def _on_error(context: ExceptionContext) -> None:
@@ -1274,6 +1305,20 @@ def _install_postgresql_hooks(engine: AsyncEngine) -> None:
         if not context.is_disconnect and _connection_broken(context.original_exception):
             context.is_disconnect = True
 
+
+
+def _ping(driver: Any) -> None:
+    """One empty query on asyncpg connection ``driver`` (from a pool event, in SQLAlchemy's greenlet); a connection
+    that fails it is let go (``DisconnectionError``: the pool makes a new one and the operation goes on). Nothing of
+    the operation was sent yet, so a write checked out on such a connection is written once, on the new one."""
+    try:
+        await_only(driver.execute(";"))
+    except Exception as exc:
+        driver.terminate()
+        raise DisconnectionError(f"the server ended this pooled connection while it was idle: {exc}") from exc
+    except BaseException:
+        driver.terminate()  # cut short (a timeout, a cancel): its protocol state is unknown
+        raise
 
 
 # SQLSTATEs of a server ending the session: admin_shutdown (pg_terminate_backend, a fast shutdown), crash_shutdown,
@@ -1307,6 +1352,42 @@ def _connection_broken(exc: BaseException | None) -> bool:
             return True
         exc, seen = exc.__cause__, seen + 1
     return False
+
+
+# SQLSTATE classes of a statement refused for the data it writes: data exception (a value the column's type refuses),
+# integrity constraint violation (a CHECK, NOT NULL, unique or foreign key constraint), and a trigger's RAISE
+_REFUSED_SQLSTATES: Final = ("22", "23", "P0")
+
+
+def _refused_write(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database refusing a write statement for the data it writes (a constraint, a trigger,
+    the column's type), not for the database's state (locked, full, unreachable): another write may still succeed.
+
+    Example:
+        >>> _refused_write(DBAPIError("UPDATE", None, sqlite3.IntegrityError("CHECK constraint failed: positive")))
+        True
+        >>> _refused_write(DBAPIError("UPDATE", None, sqlite3.OperationalError("database is locked")))
+        False
+    """
+    state = _sqlstate(exc)
+    if state is not None:
+        return state.startswith(_REFUSED_SQLSTATES)
+    return isinstance(getattr(exc, "orig", exc), sqlite3.IntegrityError | sqlite3.DataError)
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` is an operation's failure because its pooled connection was lost (SQLAlchemy invalidated it;
+    SQLAlchemy 2.0.0 raises asyncpg's errors unwrapped), not a connect the server refused nor a statement it refused.
+
+    Example:
+        >>> _lost_connection(DBAPIError("SELECT 1", None, Exception("closed"), connection_invalidated=True))
+        True
+        >>> _lost_connection(DBAPIError("SELECT 1", None, Exception("syntax error")))
+        False
+    """
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    return _is_driver_error(exc) and _connection_broken(exc)
 
 
 def _shared_lock_wait(writes: int, chars: int, left: float | None) -> float:
@@ -2027,6 +2108,21 @@ class SQLStream(FieldUpdates):
     def _transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return self._connection(self.engine.begin, self._write_lock)
 
+    async def _read_again(self, run: Callable[[AsyncConnection], Coroutine[Any, Any, _T]]) -> _T:
+        """``run`` on a connection of :meth:`_read`, and once more on a new one when PostgreSQL's connection turned
+        out lost on its first use (a server that ended it an instant before: the checkout's checks did not see it
+        yet). A read changes nothing, so reading again is safe; without it the first read after a
+        ``pg_terminate_backend`` or a restart failed with "its connection was lost", the database being up."""
+        try:
+            async with self._read() as conn:
+                return await run(conn)
+        except Exception as exc:
+            if not (self._pg and _lost_connection(exc)) or self._shut:
+                raise
+            log.debug("SQLStream: a read's connection was lost, reading again: %s", error_line(exc))
+        async with self._read() as conn:
+            return await run(conn)
+
     @contextlib.asynccontextmanager
     async def _locking_transaction(self) -> AsyncIterator[AsyncConnection]:
         """The connection of one locking transaction of writes, committed by the caller (SQLite: with a ``COMMIT``
@@ -2154,8 +2250,11 @@ class SQLStream(FieldUpdates):
         """The names and value of item ``key`` (``None`` once deleted), within the store's timeout."""
         query = select(items.c.stream_name, items.c.group_id, items.c.item_id, items.c.value).where(
             items.c.item_key == key)
-        async with self._guard("watch", None), self._read() as conn:
+        async def read(conn: AsyncConnection) -> Any:
             return (await conn.execute(query)).first()
+
+        async with self._guard("watch", None):
+            return await self._read_again(read)
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         dbapi_error, cause = getattr(self.engine.dialect.dbapi, "Error", None), exc.__cause__
@@ -2303,23 +2402,74 @@ class SQLStream(FieldUpdates):
 
     async def _write_steps(self, writes: Sequence[_Write], results: builtins.list[Any]) -> None:
         """Commit ``writes`` in steps (single statements, transactions), adding each step's results to
-        ``results`` once it committed."""
-        pending = builtins.list(writes)
-        reruns = 0
+        ``results`` once it committed; after a step the database refused for one write's data, the rest one at a
+        time (:meth:`_one_at_a_time`)."""
+        start = len(results)
         # bounded by the store's timeout: a hung database must not keep the queue waiting forever
         async with self._store_deadline():  # asyncio.timeout(self.timeout) on the store's shared timer
-            while pending:
-                done = await self._swap(pending, results)
-                if done is not None:
-                    pending = pending[done:]
-                    continue
-                pending, reruns = await self._locked_step(pending, reruns, results)
+            try:
+                await self._steps(writes, results)
+            except Exception as exc:
+                rest = writes[len(results) - start:]  # (each step adds the results of the writes it committed)
+                if not self._refused_together(exc, rest):
+                    raise
+                await self._one_at_a_time(rest, results)
+
+    async def _steps(self, writes: Sequence[_Write], results: builtins.list[Any]) -> None:
+        """:meth:`_write_steps`' steps, with no deadline of their own."""
+        pending = builtins.list(writes)
+        reruns = 0
+        while pending:
+            done = await self._swap(pending, results)
+            if done is not None:
+                pending = pending[done:]
+                continue
+            pending, reruns = await self._locked_step(pending, reruns, results)
+
+    def _refused_together(self, exc: Exception, pending: Sequence[_Write]) -> bool:
+        """Whether ``exc`` is the database refusing a statement of a batch of several writes for one write's data
+        (:func:`_refused_write`) before its commit was sent: nothing of it was applied, and each write is worth
+        trying alone."""
+        return _refused_write(exc) and not any(w.sent for w in pending) and sum(
+            not w.abandoned for w in pending) > 1
+
+    async def _one_at_a_time(self, writes: Sequence[_Write], results: builtins.list[Any]) -> None:
+        """Commit ``writes`` one at a time, in order, each write the database refuses (:func:`_refused_write`)
+        getting its own error; added to ``results`` as :meth:`_write_steps` adds them. Why: a batch is one
+        transaction, so one write that a constraint, a trigger or the column's type refused failed every write of
+        it (they were not applied, but they failed); the rest still fail on any other error (a lost connection)."""
+        for w in writes:
+            if w.abandoned:
+                results.append((None, None))  # nobody waits for it, and it is not applied (as in _plan)
+                continue
+            try:
+                await self._steps([w], results)
+            except Exception as exc:
+                if not (_refused_write(exc) and not w.sent):
+                    raise
+                results.append(exc)
 
     async def _locked_step(self, pending: builtins.list[_Write], reruns: int, results: builtins.list[Any],
                            lock_wait: float | None = None) -> tuple[builtins.list[_Write], int]:
         """One locking transaction over a prefix of ``pending`` (``lock_wait``: a shared batch's, waiting that many
         seconds at most for each row lock), its results added to ``results`` once committed: the writes still
-        pending, and the withdrawal re-runs so far (the whole of ``pending`` again after a rollback)."""
+        pending, and the withdrawal re-runs so far (the whole of ``pending`` again after a rollback).
+
+        PostgreSQL: a transaction whose connection was lost before its ``COMMIT`` was sent (no write of it
+        ``sent``) runs once more on a new connection: the server rolls back what a lost session had not committed,
+        so none of it was applied. Lost after that, it is not run again (its writes' outcome is unknown:
+        ``applied`` None)."""
+        try:
+            return await self._locked_step_once(pending, reruns, results, lock_wait)
+        except Exception as exc:
+            if not (self._pg and _lost_connection(exc)) or self._shut or any(w.sent for w in pending):
+                raise
+            log.debug("SQLStream: a write transaction's connection was lost before its commit, running it again: %s",
+                      error_line(exc))
+        return await self._locked_step_once(pending, reruns, results, lock_wait)
+
+    async def _locked_step_once(self, pending: builtins.list[_Write], reruns: int, results: builtins.list[Any],
+                                lock_wait: float | None) -> tuple[builtins.list[_Write], int]:
         if reruns >= _WITHDRAWAL_RERUNS:
             # callers kept giving up while the batch ran, each give-up costing a whole transaction: the
             # writes left are committed to now, so the callers still waiting are served (one giving up
@@ -2417,6 +2567,11 @@ class SQLStream(FieldUpdates):
                 try:
                     left, reruns = await self._locked_step(step, reruns, results, self._lock_wait(pending, ends))
                 except Exception as exc:
+                    if _refused_write(exc) and not any(w.sent for w in step):
+                        # one write's data refused: its items' own queues run them, where only its own write fails
+                        for w in pending:
+                            w.sent = w.pinned = False
+                        return
                     if _sqlstate(exc) not in _LOCK_FAILED:
                         raise
                     # rolled back: nothing of it was sent, so its callers may still withdraw until their item's
@@ -2670,13 +2825,16 @@ class SQLStream(FieldUpdates):
                     statement = self._sqlite(conn, _SWAP_SQLITE, params)
                     written = await _outlasting_cuts(
                         statement, lambda n: self._landed(written_once) if n == 1 else None)
-            except BaseException:
+            except BaseException as exc:
                 if not settled:
                     # cut short (a timeout, a cancel) or failed with the statement perhaps applied: the value this
                     # store knows may be old, and every later compare-and-set of the item would miss (while each,
                     # cut short too, left its writes' outcome unknown: 30 times more such callers than applied
                     # writes)
                     self._known.forget(key)
+                if isinstance(exc, Exception) and _refused_write(exc):
+                    for w in plan.applied:
+                        w.sent = False  # the database refused the statement, which it ran as its own transaction
                 raise
             if written != 1:
                 for w in plan.applied:
@@ -2744,13 +2902,21 @@ class SQLStream(FieldUpdates):
         concurrent gets (:class:`~iii_streams.coalescing.ReadCoalescer`), run in a waiting caller's guard. Why: 32
         gets in flight took 15 pooled connections, each its own aiosqlite thread, and cost twice the CPU of one at a
         time (440 against 220 us a get); read together they take one statement and one trip to that thread."""
-        async with self._read() as conn:
-            if len(keys) == 1:
-                return [await (_pg_value(conn, keys[0]) if self._pg else
-                               _sqlite_value(conn, keys[0], in_memory=self._in_memory))]
-            unique = builtins.list(dict.fromkeys(keys))
-            found: Mapping[bytes, bytes | str] = await (
+        if len(keys) == 1:
+            key = keys[0]
+
+            async def one(conn: AsyncConnection) -> builtins.list[bytes | str | None]:
+                return [await (_pg_value(conn, key) if self._pg else
+                               _sqlite_value(conn, key, in_memory=self._in_memory))]
+
+            return await self._read_again(one)
+        unique = builtins.list(dict.fromkeys(keys))
+
+        async def many(conn: AsyncConnection) -> Mapping[bytes, bytes | str]:
+            return await (
                 _pg_values(conn, unique) if self._pg else _sqlite_values(conn, unique, in_memory=self._in_memory))
+
+        found = await self._read_again(many)
         return [found.get(key) for key in keys]
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
@@ -2838,21 +3004,24 @@ class SQLStream(FieldUpdates):
         params: dict[str, Any] = {"group_key": group_key(input.stream_name, input.group_id)}
         if max_bytes is not None:
             params["max_bytes"] = max_bytes
-        texts: Sequence[Any] = ()  # str, and None for a text SQLite's json_valid refused
-        async with self._guard("list", None), self._read() as conn:
+
+        async def read(conn: AsyncConnection) -> Sequence[Any]:  # str, and None for a text json_valid refused
             try:
                 result = await conn.execute(_list_text_query(self._pg, max_bytes is not None), params)
                 if max_bytes is None:
-                    texts = result.scalars().all()
-                else:
-                    rows = result.all()
-                    check_list_bytes(input, rows[0][1] if rows else 1, max_bytes)  # (no rows: an empty group)
-                    texts = [value for value, _ in rows]
+                    texts: Sequence[Any] = result.scalars().all()
+                    return texts
+                rows = result.all()
+                check_list_bytes(input, rows[0][1] if rows else 1, max_bytes)  # (no rows: an empty group)
+                return [value for value, _ in rows]
             except DBAPIError as exc:
                 # PostgreSQL's cast of a text that is not JSON: invalid_text_representation
                 if not (self._pg and _sqlstate(exc) == "22P02"):
                     raise
-                texts = [None]
+                return [None]
+
+        async with self._guard("list", None):
+            texts = await self._read_again(read)
         if not self._pg and None not in texts:
             try:
                 texts = [raw.decode() for raw in texts]
@@ -2893,8 +3062,11 @@ class SQLStream(FieldUpdates):
             .where(items.c.group_key == group_key(input.stream_name, input.group_id))
             .order_by(items.c.id)
         )
-        async with self._guard("list", timeout), self._read() as conn:
+        async def read(conn: AsyncConnection) -> Sequence[str | bytes]:
             return (await conn.execute(query)).scalars().all()
+
+        async with self._guard("list", timeout):
+            return await self._read_again(read)
 
     async def list_groups(
         self, input: StreamListGroupsInput, *, timeout: float | None = None
@@ -2918,8 +3090,11 @@ class SQLStream(FieldUpdates):
             .group_by(items.c.group_key, items.c.group_id)
             .order_by(func.min(items.c.id))
         )
-        async with self._guard("list_groups", timeout), self._read() as conn:
+        async def read(conn: AsyncConnection) -> builtins.list[str]:
             return builtins.list((await conn.execute(query)).scalars().all())
+
+        async with self._guard("list_groups", timeout):
+            return await self._read_again(read)
 
     # -- Backend extras ------------------------------------------------------------------------------------------
 
@@ -2937,8 +3112,11 @@ class SQLStream(FieldUpdates):
             [('a', ['x', 'z']), ('b', ['y'])]
         """
         query = select(items.c.stream_name, items.c.group_id).distinct()
-        async with self._guard("list_all", None), self._read() as conn:
-            rows = (await conn.execute(query)).all()
+        async def read(conn: AsyncConnection) -> Sequence[Any]:
+            return (await conn.execute(query)).all()
+
+        async with self._guard("list_all", None):
+            rows = await self._read_again(read)
         streams: dict[str, builtins.list[str]] = {}
         for name, group in rows:
             streams.setdefault(name, []).append(group)
