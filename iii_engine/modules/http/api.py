@@ -12,8 +12,10 @@ once a streamed body has started it runs until the handler closes its writer, un
 connection is cut: the client sees an incomplete body), returns a result (its writer then has ``RESULT_GRACE_S``
 without a chunk to finish), returns null and its writer stays silent for ``default_timeout`` (cut), the client
 leaves (the request ends at once, the writer hears 4002) or stops reading for ``send_timeout`` (cut; the body's last
-bytes included). See :class:`_StreamWatch`. A complete request is answered even when its client half-closed the
-connection after it (see :class:`_Connection`).
+bytes included). See :class:`_StreamWatch`. The body's end (its terminating chunk, or the last byte of a
+Content-Length body) goes out only once the writer closed and the function's outcome came in: one that failed has the
+connection cut instead, whichever of the two the engine saw first (see ``RestApiModule._after_close``). A complete
+request is answered even when its client half-closed the connection after it (see :class:`_Connection`).
 
 Every request body is received whole before the handler runs and before the request takes a concurrency slot,
 so a client that sends headers and then nothing (or trickles) holds no slot: it gets 408 after
@@ -646,6 +648,9 @@ def _decides(outcome: asyncio.Future[tuple[Any, Any]]) -> bool:
 
 
 _STOPPING = "stopping"
+# The client took none of a streamed response's unsent bytes for send_timeout while the engine waited for the
+# function's outcome (RestApiModule._after_close)
+_STALLED = "stalled"
 _T = TypeVar("_T")
 _OUTCOME = "outcome"
 _DEADLINE = "deadline"
@@ -771,9 +776,9 @@ async def _taken(waiting: asyncio.Future[Any], transport: asyncio.Transport, pat
 
 
 async def _end_body(response: web.StreamResponse, writer: AbstractStreamWriter, transport: asyncio.Transport | None,
-                    patience: float) -> bool:
-    """End a streamed body (``write_eof``) and wait until the connection's buffer took its last bytes, on the rule of
-    :func:`_send`; False once the client took nothing for ``patience``.
+                    patience: float, last: bytes = b"") -> bool:
+    """End a streamed body (``write_eof``, with ``last``: bytes held back until now) and wait until the connection's
+    buffer took its last bytes, on the rule of :func:`_send`; False once the client took nothing for ``patience``.
 
     Why: the body's last bytes (and its terminating chunk) could sit in the connection's buffer for good when the
     client stopped reading right at the end; aiohttp's close of the connection then waits for them with no bound,
@@ -781,11 +786,11 @@ async def _end_body(response: web.StreamResponse, writer: AbstractStreamWriter, 
     if transport is None or not isinstance(writer, StreamWriter):
         try:
             async with asyncio.timeout(patience):
-                await response.write_eof()
+                await response.write_eof(last)
         except TimeoutError:
             return False
         return True
-    if not await _taken(asyncio.ensure_future(response.write_eof()), transport, patience):
+    if not await _taken(asyncio.ensure_future(response.write_eof(last)), transport, patience):
         return False
     if not transport.get_write_buffer_size():
         return True  # the usual case: all of it in the kernel's hands, whose own timers bound the rest
@@ -822,8 +827,8 @@ class _StreamWatch:
     task raced per chunk: the stream's loop pays one attribute store per chunk (:attr:`sent`).
     """
 
-    __slots__ = ("_ended", "_function_id", "_grace", "_idle", "_seen", "level", "reader", "sent", "transport", "why",
-                 "writing")
+    __slots__ = ("_closed", "_ended", "_function_id", "_grace", "_idle", "_seen", "level", "reader", "sent",
+                 "transport", "wake", "why", "writing")
 
     def __init__(self, reader: ResponseChannel, transport: asyncio.Transport | None, function_id: str,
                  idle: float) -> None:
@@ -838,11 +843,15 @@ class _StreamWatch:
         self._grace: asyncio.TimerHandle | None = None
         self._seen = -1
         self._ended = False
+        self._closed = False  # the writer closed: the stream's loop judges the outcome itself (writer_closed)
+        self.wake: Callable[[], None] | None = None  # told when the client leaves (the loop's wait for the outcome)
 
     def outcome_done(self, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
         """The function's outcome came while its response streams: an error cuts the response, a result gives the
         writer a grace to finish, a null result (a streaming handler's usual return) leaves the stream to a writer
         that keeps sending."""
+        if self._closed:
+            return
         result, error = _outcome(outcome, self._function_id)
         if error is not None:
             if isinstance(error, Mapping):
@@ -871,6 +880,17 @@ class _StreamWatch:
     def connection_lost(self) -> None:
         """The client's connection closed (see :class:`_BoundedServer`)."""
         self._stop("the client closed the connection during the streamed response", logging.INFO, cut=False)
+        if self.wake is not None:
+            self.wake()
+
+    def writer_closed(self) -> None:
+        """The writer closed the body: from here the stream's loop waits for the function's outcome and judges it
+        itself (see :meth:`RestApiModule._after_close`), so an outcome no longer cuts the response from here and
+        the writer's silence means nothing; the client leaving still ends it."""
+        self._closed = True
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
 
     def _stop(self, why: str, level: int, *, cut: bool) -> None:
         if self.why is not None or self._ended:
@@ -1579,16 +1599,21 @@ class RestApiModule(EngineModule):
             # logged a traceback any client could make at will)
             await response.prepare(request)
             chunk: bytes | None = first
+            held = b""  # a Content-Length body's last byte: sent with the body's end, once the function returned
             while chunk is not None:
                 sent += len(chunk)
                 if bodyless:
                     watch.sent = sent
                     chunk = await next_chunk()
                     continue
-                if declared is not None and sent > declared:
-                    return self._cut(request, response, f"the handler sent more than the {declared} bytes its "
-                                                        f"Content-Length states")
-                if len(chunk) > room or transport is None or transport.get_write_buffer_size():
+                if declared is not None and sent >= declared:
+                    if sent > declared:
+                        return self._cut(request, response, f"the handler sent more than the {declared} bytes its "
+                                                            f"Content-Length states")
+                    # Its client takes the body for whole at its last byte: held back until the function's
+                    # outcome says it did not fail (see _after_close)
+                    held, chunk = chunk[-1:], chunk[:-1]
+                if chunk and (len(chunk) > room or transport is None or transport.get_write_buffer_size()):
                     # This write may wait for the client to read: a client that stopped reading would otherwise
                     # hold its slot as long as the stream runs. Timed per slice (SEND_SLICE): the rule is "took
                     # nothing for send_timeout", not "took a whole frame within it".
@@ -1600,7 +1625,7 @@ class RestApiModule(EngineModule):
                             return self._cut(request, response, f"the client read nothing for "
                                                                 f"{self.settings.send_timeout_ms} ms (send_timeout)")
                     watch.writing = False
-                else:
+                elif chunk:  # (empty: its one byte is held back; an empty write would end the chunked body)
                     await write(chunk)
                 room = high
                 watch.sent = sent
@@ -1609,7 +1634,17 @@ class RestApiModule(EngineModule):
                 return self._cut(request, response, f"the handler closed its body after {sent} of the {declared} "
                                                     f"bytes its Content-Length states")
             watch.writing = True  # the writer closed: a wait for the client from here on is not its silence
-            if not await _end_body(response, writer, transport, send_timeout):
+            watch.writer_closed()
+            if watch.why is not None:  # the outcome (or the client) ended the stream as its end came in
+                raise ChannelAborted(watch.why)
+            failure = None if bodyless else await self._after_close(outcome, function_id, watch, transport,
+                                                                     send_timeout)
+            if watch.why is not None or self._stopping is None or self._stopping.done():
+                # the client left (one INFO line), or the module's stop cut the response (it reset the connection)
+                raise ChannelAborted(watch.why or "the engine is stopping")
+            if failure is not None and failure is not _STALLED:
+                return self._cut(request, response, failure)
+            if failure is _STALLED or not await _end_body(response, writer, transport, send_timeout, held):
                 # Everything was handed to the connection; the client stopped reading at its end: nobody at fault
                 # here, the one line says why the connection went.
                 log.info("HTTP %s %s: the client read nothing of the response's last bytes for %d ms (send_timeout) "
@@ -1644,6 +1679,70 @@ class RestApiModule(EngineModule):
             lost.pop(protocol, None)
             watch.close()
         return response
+
+    async def _after_close(self, outcome: asyncio.Future[tuple[Any, Any]], function_id: str, watch: _StreamWatch,
+                           transport: asyncio.Transport | None, patience: float) -> str | None:
+        """Why a streamed body whose writer closed must be cut rather than ended, judged once the function's outcome
+        is in: its error (an ``invocation_timeout`` excepted: a stream may outlast the call's time limit), no outcome
+        within ``default_timeout``, or :data:`_STALLED` (the client took none of the bytes still unsent for
+        ``patience``, ``send_timeout``, meanwhile); ``None``: end it. Returns at once too when the client leaves or
+        the module stops (the caller looks at those).
+
+        Why wait: the writer's close and the function's result travel on different connections. Ending the body as
+        soon as the close came made a function that closed its writer and then failed a complete 200 whenever the
+        close was seen first (40 of 40 tries when its writer waited for the close's acknowledgement)."""
+        if not outcome.done():
+            loop = asyncio.get_running_loop()
+            settled: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: object = None) -> None:
+                if not settled.done():
+                    settled.set_result(None)
+
+            outcome.add_done_callback(wake)
+            stopping = self._stopping
+            if stopping is not None:
+                stopping.add_done_callback(wake)
+            watch.wake = wake
+            deadline = loop.time() + self.settings.default_timeout_ms / 1000
+            before = unsent(transport)
+            stalled = False
+            timer: asyncio.TimerHandle
+
+            # a timer, not asyncio.wait's per wait: the usual wait (the result a moment behind the close) pays one
+            def look() -> None:
+                nonlocal before, stalled, timer
+                now = unsent(transport)
+                left = deadline - loop.time()
+                if (now and now >= before) or left <= 0:
+                    stalled = bool(now and now >= before)
+                    wake()
+                    return
+                before = now
+                timer = loop.call_later(min(patience, left), look)
+
+            timer = loop.call_later(min(patience, deadline - loop.time()), look)
+            try:
+                await settled
+            finally:
+                timer.cancel()
+                watch.wake = None
+                outcome.remove_done_callback(wake)
+                if stopping is not None:
+                    stopping.remove_done_callback(wake)
+            if stalled:
+                return _STALLED
+            if not outcome.done():
+                return (f"the function did not return within {self.settings.default_timeout_ms} ms "
+                        f"(default_timeout) after its writer closed: whether it failed is unknown")
+        _, error = _outcome(outcome, function_id)
+        if error is None:
+            return None
+        if isinstance(error, Mapping):
+            if error.get("code") == "invocation_timeout":
+                return None
+            error = error.get("message", "")
+        return f"the function failed after its writer closed: {' '.join(str(error).split())[:300]}"
 
     @staticmethod
     def _cut(request: web.BaseRequest, response: web.StreamResponse, why: str) -> web.StreamResponse:
