@@ -34,11 +34,13 @@ from types import ModuleType
 from typing import Any, Final
 
 from opentelemetry import context as _context_module
+from opentelemetry.attributes import BoundedAttributes as _BoundedAttributes
 
 from .warn_once import WarnOnce
 
 __all__ = [
-    "InternalsMissing", "agnostic_contextmanager", "batch_exporter", "batch_of", "composite_parts", "context_variable",
+    "InternalsMissing", "agnostic_contextmanager", "attributes_items", "batch_exporter", "batch_full", "batch_of",
+    "batch_waiting", "composite_parts", "context_variable",
     "drop_added_processors", "freeze_attributes", "log_processors", "metric_readers", "pause_workers", "resume_workers",
     "retarget_providers", "runtime_context", "set_batch_exporter", "text_emitter",
 ]
@@ -140,6 +142,20 @@ def batch_full(batch: Any) -> int:
     """
     size: int = batch._max_queue_size
     return size if not batch._shutdown and len(batch._queue) >= size else 0
+
+
+def batch_waiting(batch: Any) -> int:
+    """How many items a :func:`batch_of` batch's queue holds now (not those of an export in flight).
+
+    Example:
+        >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        >>> processor = BatchSpanProcessor(ConsoleSpanExporter(), schedule_delay_millis=60_000)
+        >>> batch = batch_of(processor)
+        >>> batch._queue.append("item"); batch_waiting(batch)
+        1
+        >>> batch._queue.clear(); processor.shutdown()
+    """
+    return len(batch._queue)
 
 
 def batch_exporter(batch: Any) -> Any:
@@ -543,6 +559,33 @@ def _probe_immutable() -> bool:
 
 
 _IMMUTABLE_KNOWN: Final = _probe_immutable()
+
+
+def _probe_attributes_dict() -> bool:
+    from opentelemetry.attributes import BoundedAttributes
+
+    known = type(getattr(BoundedAttributes(), "_dict", None)) is dict
+    if not known:
+        missing("BoundedAttributes._dict", SLOWER)
+    return known
+
+
+_ATTRIBUTES_DICT_KNOWN: Final = _probe_attributes_dict()
+
+
+def attributes_items(attributes: Any) -> Any:
+    """What to read ``attributes`` through, to walk it once: the plain dict inside a ``BoundedAttributes`` (whose
+    own ``items()`` takes its lock and makes a Python-level call per key: a third of the cost of sizing a small
+    log record), any other mapping as it is. Read only.
+
+    Example:
+        >>> from opentelemetry.attributes import BoundedAttributes
+        >>> dict(attributes_items(BoundedAttributes(attributes={"a": 1}))), attributes_items({"b": 2})
+        ({'a': 1}, {'b': 2})
+    """
+    if _ATTRIBUTES_DICT_KNOWN and type(attributes) is _BoundedAttributes:
+        return attributes._dict
+    return attributes
 
 
 def freeze_attributes(attributes: Any) -> Any:

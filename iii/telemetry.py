@@ -27,13 +27,17 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -211,35 +215,287 @@ class _Output(SharedEngineConnection):
 
 
 LOG_QUEUE_WARNING_INTERVAL_S: Final = 10.0
-"""Seconds between two warnings that OpenTelemetry's log queue was full and pushed records out."""
+"""Seconds between two warnings that log records were dropped before OpenTelemetry's log queue."""
+
+LOG_QUEUE_MAX_BYTES: Final = 16 * 1024 * 1024
+"""Default bytes of log records (as :func:`log_record_bytes` estimates them) waiting for export at once
+(``OtelConfig.logs_max_queue_bytes`` / ``OTEL_LOGS_MAX_QUEUE_BYTES`` change it)."""
+
+LOG_QUEUE_MAX_RECORDS: Final = 2048
+"""OpenTelemetry's own default size of its log queue, in records (``OTEL_BLRP_MAX_QUEUE_SIZE``)."""
+
+# What log_record_bytes counts besides a record's texts: the record's own objects, a number, a container's slot.
+_RECORD_OVERHEAD: Final = 512
+_SCALAR_BYTES: Final = 16
+_SLOT_BYTES: Final = 8
+_MAX_WALK_DEPTH: Final = 64
+_TEXTS: Final = (str, bytes, bytearray)
+_SCALARS: Final = (int, float, bool, type(None))
+_getsizeof: Final = sys.getsizeof
+_chain: Final = itertools.chain.from_iterable
+_mapping_types: set[type] = {dict}  # types seen to be Mappings (an ABC's isinstance is slow, once a record)
+
+
+def log_record_bytes(record: Any, limit: int = 1 << 62) -> int:
+    """An estimate of the memory a log record holds (``record``: an SDK ``ReadWriteLogRecord``/``ReadableLogRecord``
+    or an API ``LogRecord``): its body and attributes walked, each text by ``sys.getsizeof`` (what the interpreter
+    keeps, at least its UTF-8 size for most texts), plus a constant per record, number and container slot. The walk
+    stops once past ``limit`` (a value made of one list repeated would take its JSON size to walk).
+
+    Example:
+        >>> from opentelemetry._logs import LogRecord
+        >>> small = log_record_bytes(LogRecord(body="hi", attributes={"k": [1, 2]}))
+        >>> big = log_record_bytes(LogRecord(body="x" * 1_000_000))
+        >>> small < 1024, 1_000_000 < big < 1_001_024, log_record_bytes(LogRecord(body="x" * 5000), limit=100) > 100
+        (True, True, True)
+    """
+    inner = getattr(record, "log_record", record)
+    total = _RECORD_OVERHEAD + _value_bytes(getattr(inner, "body", None), 0, limit)
+    if total > limit:
+        return total
+    attributes = getattr(inner, "attributes", None)
+    if attributes is not None and type(attributes) is not dict:
+        attributes = _otel_internals().attributes_items(attributes)
+    return total + _value_bytes(attributes, 0, limit - total)
+
+
+@functools.cache
+def _otel_internals() -> Any:
+    from . import otel_internals  # (imports OpenTelemetry: not at this module's import)
+
+    return otel_internals
+
+
+def _value_bytes(value: Any, depth: int, limit: int) -> int:
+    """:func:`log_record_bytes` of one value; past ``limit`` it returns at once (some value over it). A container's
+    strings and numbers are sized in its loop, without a call each: this runs for every record."""
+    kind = type(value)
+    if kind is str or kind in _TEXTS:
+        return _getsizeof(value)
+    if kind in _SCALARS:
+        return _SCALAR_BYTES
+    if depth >= _MAX_WALK_DEPTH:  # (a record's values cannot nest deeper in OTLP-JSON: the wire refuses it)
+        return _SCALAR_BYTES
+    if kind not in _mapping_types and isinstance(value, Mapping):
+        _mapping_types.add(kind)
+    depth += 1
+    items: Iterable[Any]
+    if kind in _mapping_types:
+        items = _chain(value.items())  # keys and values, one after the other (no Python-level call each)
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return _getsizeof(value)  # written as its str() by the exporter: counted as the object it is now
+    total = _SLOT_BYTES * len(value)
+    for item in items:
+        kind = type(item)
+        total += _getsizeof(item) if kind is str else _SCALAR_BYTES if kind in _SCALARS \
+            else _value_bytes(item, depth, limit - total)
+        if total > limit:
+            break
+    return total
+
+
+class LogQueueBudget:
+    """The bytes of the log records (:func:`log_record_bytes`) waiting between their emit and the end of their
+    export: a record that would take them past ``max_bytes``, or is over ``record_limit`` bytes alone, is refused and
+    counted (``over_budget``, ``oversized``), said in a warning at most every :data:`LOG_QUEUE_WARNING_INTERVAL_S`.
+    ``max_records`` (when set) refuses a record as ``queue_full`` once that many wait: the bound in records where
+    OpenTelemetry's queue cannot be watched (without it, that queue pushes its oldest out, see
+    :func:`_counting_log_processor`). Never blocks for more than a lock held over a queue append.
+
+    Why: OpenTelemetry's batch queue is bounded in records only (2,048): 1,500 ``Logger`` records of 1 MB made
+    faster than they were exported held 1.2 GB there. Its records leave it oldest first, so the sizes are kept in
+    the same order and an export of ``n`` records frees the ``n`` oldest (:meth:`release`).
+
+    Example:
+        >>> budget = LogQueueBudget(max_bytes=1000, record_limit=600)
+        >>> budget.admit(500), budget.admit(400), budget.admit(200), budget.admit(700)
+        (None, None, 'over_budget', 'oversized')
+        >>> budget.release(1); budget.queued_bytes, budget.queued_records, budget.dropped
+        (400, 1, 2)
+    """
+
+    def __init__(self, max_bytes: int = LOG_QUEUE_MAX_BYTES, record_limit: int | None = None,
+                 max_records: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.record_limit = max_bytes if record_limit is None else min(record_limit, max_bytes)
+        self.max_records = max_records
+        # Reentrant: a warning said while it is held (the SDK's) may come back as a log record on this thread.
+        self.lock = threading.RLock()
+        self._sizes: collections.deque[int] = collections.deque()
+        self.queued_bytes = 0
+        self.over_budget = 0  # refused: max_bytes would have been passed
+        self.oversized = 0  # refused: over record_limit on its own (it could never be sent in one frame)
+        self.queue_full = 0  # refused: max_records were waiting
+        self._guessed = False  # a push-out was accounted since the last export ended
+        self._told = float("-inf")
+        self._untold = 0
+        self.open = True
+
+    @property
+    def queued_records(self) -> int:
+        """Records admitted whose export has not ended yet."""
+        return len(self._sizes)
+
+    @property
+    def dropped(self) -> int:
+        """Records refused, for any reason."""
+        return self.over_budget + self.oversized + self.queue_full
+
+    def admit(self, size: int) -> str | None:
+        """Take a record of ``size`` bytes in (``None``), or say why not (its counter's name, counted). The caller
+        holds :attr:`lock`, and queues the record before letting it go, so the sizes stay in the queue's order."""
+        if size > self.record_limit:
+            self.oversized += 1
+            return "oversized"
+        if self.max_records is not None and len(self._sizes) >= self.max_records:
+            self.queue_full += 1
+            return "queue_full"
+        if self.queued_bytes + size > self.max_bytes:
+            self.over_budget += 1
+            return "over_budget"
+        self._sizes.append(size)
+        self.queued_bytes += size
+        return None
+
+    def unadmit(self, size: int) -> None:
+        """The record just admitted (of ``size`` bytes, :attr:`lock` still held) was not queued after all."""
+        self._sizes.pop()
+        self.queued_bytes -= size
+
+    def pushed_out(self) -> None:
+        """OpenTelemetry's full queue is pushing its oldest record out (:attr:`lock` held): the oldest size goes.
+        (While an export is in flight that is one of its records' sizes: the attribution is right again when the
+        export ends, see :meth:`release`.)"""
+        if self._sizes:
+            self.queued_bytes -= self._sizes.popleft()
+            self._guessed = True
+
+    def release(self, count: int, waiting: Callable[[], int] | None = None) -> None:
+        """The export of the ``count`` oldest records ended (whether it sent them or not): their bytes are free.
+        ``waiting``: how many records OpenTelemetry's queue holds now, when that can be known; after a push-out,
+        sizes past it (a push-out guessed but not made: the export thread took records at that moment) go, oldest
+        first."""
+        with self.lock:
+            sizes = self._sizes
+            for _ in range(min(count, len(sizes))):
+                self.queued_bytes -= sizes.popleft()
+            if not self._guessed:
+                return
+            self._guessed = False
+            while waiting is not None and len(sizes) > waiting():
+                self.queued_bytes -= sizes.popleft()
+
+    def reset(self) -> None:
+        """Nothing waits any more (a parked pipeline's queue, flushed; a forked child's, emptied by the SDK)."""
+        self.lock = threading.RLock()  # (in a forked child the parent's could be held by a thread that is gone)
+        self._sizes.clear()
+        self.queued_bytes = 0
+
+    def tell(self, refused: str) -> None:
+        """Count a refused record towards the next warning and say it when the last one is old enough (never with
+        :attr:`lock` held: the warning may itself come back as a log record)."""
+        with self.lock:
+            self._untold += 1
+            now = time.monotonic()
+            if now - self._told < LOG_QUEUE_WARNING_INTERVAL_S:
+                return
+            self._told, untold, self._untold = now, self._untold, 0
+            counts = (self.over_budget, self.oversized, self.queue_full, self.queued_records, self.queued_bytes)
+        log.warning("log records dropped before OpenTelemetry's log queue: %d since the last such warning (this one: "
+                    "%s); in all %d as %d bytes of records were waiting, %d over %d bytes alone, %d as the queue "
+                    "was full; now %d records of %d bytes wait (records are made faster than they are exported: "
+                    "logs_max_queue_bytes, logs_batch_size)", untold, refused, counts[0], self.max_bytes, counts[1],
+                    self.record_limit, counts[2], counts[3], counts[4])
 
 
 @functools.cache
 def _counting_log_processor(base: type) -> type:
     """``BatchLogRecordProcessor`` (``base``) that counts the records its full queue pushes out, in ``queue_full``,
     with a warning at most every :data:`LOG_QUEUE_WARNING_INTERVAL_S`. Why: a burst of ``Logger`` records while
-    the engine was away (3,000 in 0.07 s) lost 146-711 of them there, counted nowhere (the SDK logged one line)."""
-    from .otel_internals import batch_full, batch_of
+    the engine was away (3,000 in 0.07 s) lost 146-711 of them there, counted nowhere (the SDK logged one line).
+
+    Given a :class:`LogQueueBudget` (``budget=``), its records are first admitted by it: refused ones are dropped
+    there, counted, never queued. Its exporter must then call ``release_exported`` when each export ends
+    (:class:`~iii.telemetry_exporters.EngineLogExporter` does, given it). Where OpenTelemetry's queue cannot be
+    watched (another layout, see :mod:`iii.otel_internals`) the budget bounds the records too (refusing the newest):
+    a push-out unseen would leave its size accounted for good."""
+    from .otel_internals import batch_full, batch_of, batch_waiting
 
     class CountingLogProcessor(base):  # type: ignore[misc]
-        """A batch log processor counting, in ``queue_full``, the records its full queue pushed out."""
+        """A batch log processor counting, in ``queue_full``, the records its full queue pushed out; bounded in
+        bytes by its ``budget`` (if any)."""
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, budget: LogQueueBudget | None = None, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._batch = batch_of(self)  # None (one warning at the first look) where the SDK's layout differs
             self._full_lock = threading.Lock()
             self._full_told = float("-inf")
             self._full_since_told = 0
-            self.queue_full = 0
+            self._queue_full = 0
+            self.budget = budget
+            batch = self._batch
+            self._waiting = None if batch is None else functools.partial(batch_waiting, batch)
+            if budget is None:
+                return
+            if self._batch is None:
+                budget.max_records = kwargs.get("max_queue_size") or LOG_QUEUE_MAX_RECORDS
+            own = weakref.ref(budget)
+
+            def reset_in_child() -> None:  # the SDK empties its queue in a forked child: so are the sizes
+                child_budget = own()
+                if child_budget is not None:
+                    child_budget.reset()
+
+            os.register_at_fork(after_in_child=reset_in_child)
+
+        @property
+        def queue_full(self) -> int:
+            """Records lost as the queue was full: pushed out of it (or, where it cannot be watched, refused)."""
+            return self._queue_full + (0 if self.budget is None else self.budget.queue_full)
+
+        def release_exported(self, count: int) -> None:
+            """The export of ``count`` records ended: the budget frees them."""
+            budget = self.budget
+            if budget is not None:
+                budget.release(count, self._waiting)
 
         def on_emit(self, log_record: Any) -> None:
+            budget = self.budget
+            if budget is None or not budget.open:  # (shut down or parked: OpenTelemetry drops it, unaccounted)
+                self._emit(log_record, budget)
+                return
+            try:
+                size = log_record_bytes(log_record, budget.record_limit)
+            except Exception:  # a mapping whose items() raises: the exporter drops it as unwritable anyway
+                size = _RECORD_OVERHEAD
+            with budget.lock:
+                refused = budget.admit(size)
+                if refused is None:
+                    try:
+                        self._emit(log_record, budget)
+                    except BaseException:
+                        budget.unadmit(size)
+                        raise
+                    return
+            budget.tell(refused)
+
+        def _emit(self, log_record: Any, budget: LogQueueBudget | None) -> None:
             if self._batch is not None and (size := batch_full(self._batch)):
+                if budget is not None and budget.open:
+                    budget.pushed_out()
                 self._pushed_out(size)
             super().on_emit(log_record)
 
+        def shutdown(self) -> Any:
+            if self.budget is not None:
+                self.budget.open = False
+            return super().shutdown()
+
         def _pushed_out(self, size: int) -> None:
             with self._full_lock:
-                self.queue_full += 1
+                self._queue_full += 1
                 self._full_since_told += 1
                 now = time.monotonic()
                 if now - self._full_told < LOG_QUEUE_WARNING_INTERVAL_S:
@@ -295,8 +551,25 @@ def _pipeline_key(cfg: OtelConfig) -> tuple[Any, ...]:
         logs,
         _int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100) if logs else None,
         _int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1) if logs else None,
+        _log_queue_bytes(cfg) if logs else None,
         tuple(sorted((name, value) for name, value in os.environ.items() if name.startswith("OTEL_"))),
     )
+
+
+def _log_queue_bytes(cfg: OtelConfig) -> int:
+    """The log queue's byte budget: ``cfg.logs_max_queue_bytes``, else ``OTEL_LOGS_MAX_QUEUE_BYTES``, else
+    :data:`LOG_QUEUE_MAX_BYTES`.
+
+    Example:
+        >>> _log_queue_bytes(OtelConfig(logs_max_queue_bytes=4096))
+        4096
+    """
+    return _int_setting(cfg.logs_max_queue_bytes, "OTEL_LOGS_MAX_QUEUE_BYTES", LOG_QUEUE_MAX_BYTES, minimum=1)
+
+
+def _log_budget(processor: Any) -> LogQueueBudget | None:
+    budget = getattr(processor, "budget", None)
+    return budget if isinstance(budget, LogQueueBudget) else None
 
 
 def _retarget(pipeline: _Pipeline, resource: Any) -> None:
@@ -320,8 +593,12 @@ def _retarget(pipeline: _Pipeline, resource: Any) -> None:
         if not isinstance(batch_exporter(batch), exporter):
             raise AttributeError(f"not our exporter: {batch_exporter(batch)!r}")
     retarget_providers(tracer_provider, pipeline.log_provider, pipeline.meter_provider, resource)
-    for batch, exporter in batches:  # the queues are empty: flushed when the pipeline was parked
-        set_batch_exporter(batch, exporter(pipeline.output))
+    for (processor, _), (batch, exporter) in zip(processors, batches, strict=True):
+        # the queues are empty: flushed when the pipeline was parked
+        new = exporter(pipeline.output)
+        if isinstance(new, EngineLogExporter) and _log_budget(processor) is not None:
+            new.on_export_end = processor.release_exported
+        set_batch_exporter(batch, new)
 
 
 def _drop_added_processors(pipeline: _Pipeline) -> None:
@@ -599,6 +876,10 @@ class TelemetryRuntime:
             from .otel_internals import resume_workers
 
             resume_workers(*workers)
+            for processor in pipeline.log_processors:
+                if (budget := _log_budget(processor)) is not None:
+                    budget.reset()  # its records were exported or dropped (as by a shutdown) while parked
+                    budget.open = True
         except Exception:  # another opentelemetry-sdk layout: build anew (one set of at-fork callbacks more)
             log.debug("telemetry providers could not be reused", exc_info=True)
             _shutdown_providers(pipeline.providers())
@@ -609,6 +890,9 @@ class TelemetryRuntime:
         """Keep ``pipeline`` (already flushed) for the next client of its configuration; its output drops frames
         until then. At most ``_MAX_PARKED`` are kept: the oldest is shut down."""
         pipeline.output.target = None
+        for processor in pipeline.log_processors:
+            if (budget := _log_budget(processor)) is not None:
+                budget.open = False  # OpenTelemetry's queue drops what is emitted while parked: nothing to account
         try:
             _drop_added_processors(pipeline)
             workers = pipeline.workers()
@@ -674,13 +958,17 @@ class TelemetryRuntime:
         from .telemetry_exporters import EngineLogExporter
 
         provider = LoggerProvider(resource=resource)
-        provider.add_log_record_processor(
-            _counting_log_processor(BatchLogRecordProcessor)(
-                EngineLogExporter(connection),
-                schedule_delay_millis=_int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100),
-                max_export_batch_size=_int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1),
-            )
+        # A record alone over a frame could never be sent: refused at once (the exporter would drop it after writing
+        # its OTLP-JSON).
+        exporter = EngineLogExporter(connection)
+        processor = _counting_log_processor(BatchLogRecordProcessor)(
+            exporter,
+            schedule_delay_millis=_int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100),
+            max_export_batch_size=_int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1),
+            budget=LogQueueBudget(_log_queue_bytes(cfg), record_limit=EngineLogExporter.max_frame_bytes),
         )
+        exporter.on_export_end = processor.release_exported
+        provider.add_log_record_processor(processor)
         if not self.globals_set:  # settable once per process; iii.logger.Logger always uses ours
             _logs.set_logger_provider(provider)
         return provider

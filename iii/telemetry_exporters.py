@@ -911,10 +911,21 @@ class EngineLogExporter:
 
     def __init__(self, connection: SharedEngineConnection) -> None:
         self._connection = connection
+        #: Ours: told how many records an export took once it ended, however it ended (the telemetry's log processor
+        #: frees their bytes of its budget then).
+        self.on_export_end: Callable[[int], None] | None = None
         self.unwritable = 0  # log records dropped from their batch's frame: no OTLP-JSON text could be written for them
         self.oversized = 0  # log records dropped: one alone made a frame over max_frame_bytes
 
     def export(self, batch: Sequence[Any]) -> Any:
+        """:meth:`_export` the batch, then tell :attr:`on_export_end` (if any) that its records left the queue."""
+        try:
+            return self._export(batch)
+        finally:
+            if self.on_export_end is not None:
+                self.on_export_end(len(batch))
+
+    def _export(self, batch: Sequence[Any]) -> Any:
         """Send the batch in one frame, or in several when one would be over :attr:`max_frame_bytes` (a record
         over it alone is dropped, counted in :attr:`oversized`); a record with no OTLP-JSON text (a lone surrogate
         from a record not made by :class:`iii.logger.Logger`, which writes them as escapes) is dropped alone, counted

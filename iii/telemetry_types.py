@@ -3,6 +3,8 @@
 Example:
     >>> OtelConfig(enabled=False).metrics_export_interval_ms
     60000
+    >>> OtelConfig(logs_max_queue_bytes=1 << 20).logs_max_queue_bytes
+    1048576
 """
 
 from __future__ import annotations
@@ -26,3 +28,6 @@ class OtelConfig:
     logs_batch_size: int | None = None
     metrics_enabled: bool = True
     metrics_export_interval_ms: int = 60000
+    #: Ours: bytes of log records (estimated, as held in memory) that may wait for export; records past it are
+    #: dropped and counted (``OTEL_LOGS_MAX_QUEUE_BYTES`` when unset, else 16 MiB). See docs/guides/observability.md.
+    logs_max_queue_bytes: int | None = None
