@@ -965,6 +965,8 @@ class TelemetryRuntime:
             exporter,
             schedule_delay_millis=_int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100),
             max_export_batch_size=_int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1),
+            # named here, not left to the SDK: where its queue cannot be watched the budget bounds the records to it
+            max_queue_size=_int_setting(None, "OTEL_BLRP_MAX_QUEUE_SIZE", LOG_QUEUE_MAX_RECORDS, minimum=1),
             budget=LogQueueBudget(_log_queue_bytes(cfg), record_limit=EngineLogExporter.max_frame_bytes),
         )
         exporter.on_export_end = processor.release_exported

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry._logs import LogRecord
 
 from iii import telemetry
 from iii.logger import Logger
@@ -143,3 +144,34 @@ def test_by_default_at_most_16_mib_of_records_wait() -> None:
             Logger().info(f"r{n}", "x" * MB)
     assert telemetry.force_flush()
     assert _bodies(frames) == [f"r{n}" for n in range(16)]
+
+
+def test_where_the_queue_cannot_be_watched_the_budget_refuses_past_its_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an OpenTelemetry whose batch processor is of another layout, a push-out of its full queue would go unseen
+    and its record's size stay accounted for good (the budget filling up for ever): the newest is refused instead,
+    counted in ``queue_full``."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, InMemoryLogRecordExporter
+
+    from iii import otel_internals
+    from iii.telemetry import LogQueueBudget, _counting_log_processor
+
+    monkeypatch.setattr(otel_internals, "_fields_hold", lambda *args: False)  # (batch_of: another layout)
+    exporter = InMemoryLogRecordExporter()
+    budget = LogQueueBudget(BUDGET)
+    processor = _counting_log_processor(BatchLogRecordProcessor)(
+        exporter, max_queue_size=4, max_export_batch_size=4, schedule_delay_millis=60_000, budget=budget)
+    monkeypatch.undo()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(processor)
+    otel_logger = provider.get_logger("other-layout")
+    with processor._batch_processor._export_lock:
+        for n in range(10):
+            otel_logger.emit(LogRecord(body=f"r{n}"))
+        assert budget.queued_records == 4
+    assert processor.queue_full == budget.queue_full == 6
+    provider.force_flush()
+    processor.release_exported(4)  # (the in-memory exporter tells no one)
+    assert [item.log_record.body for item in exporter.get_finished_logs()] == ["r0", "r1", "r2", "r3"]
+    assert (budget.queued_records, budget.queued_bytes) == (0, 0)
+    provider.shutdown()
