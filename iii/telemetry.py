@@ -388,10 +388,13 @@ class LogQueueBudget:
                 self.queued_bytes -= sizes.popleft()
 
     def reset(self) -> None:
-        """Nothing waits any more (a parked pipeline's queue, flushed; a forked child's, emptied by the SDK)."""
+        """Nothing waits any more (a parked pipeline's queue, flushed; a forked child's, emptied by the SDK); the
+        next refusal is told at once (to the pipeline's new client, or the child). The counters go on."""
         self.lock = threading.RLock()  # (in a forked child the parent's could be held by a thread that is gone)
         self._sizes.clear()
         self.queued_bytes = 0
+        self._guessed = False
+        self._told, self._untold = float("-inf"), 0
 
     def tell(self, refused: str) -> None:
         """Count a refused record towards the next warning and say it when the last one is old enough (never with

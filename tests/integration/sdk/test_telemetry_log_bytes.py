@@ -5,6 +5,7 @@ counted and warned about, never queued; one over a frame alone (it could never b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -13,8 +14,10 @@ from typing import Any
 
 import pytest
 from opentelemetry._logs import LogRecord
+from polling import until
 
-from iii import telemetry
+from iii import InitOptions, telemetry
+from iii.iii import register_worker
 from iii.logger import Logger
 from iii.telemetry_types import OtelConfig
 
@@ -51,13 +54,14 @@ def test_big_records_past_the_byte_budget_are_dropped_counted_and_told_once(capl
     frames: list[bytes] = []
     _start(frames, logs_max_queue_bytes=BUDGET, logs_batch_size=1)
     budget = _processor().budget
+    earlier = budget.dropped  # (a pipeline another test parked, reused: its counters go on)
     logger = Logger(service_name="big")
     with caplog.at_level(logging.WARNING, logger="iii.telemetry"), _export_held():
         for n in range(20):
             logger.info(f"r{n}", {"blob": "x" * MB})
         waiting = budget.queued_records
         assert 1 <= waiting <= 4 and budget.queued_bytes <= BUDGET
-    assert budget.over_budget == 20 - waiting and budget.dropped == 20 - waiting
+    assert budget.dropped - earlier == 20 - waiting and budget.oversized == budget.queue_full == 0
     (warning,) = [text for text in caplog.messages if "dropped before OpenTelemetry's log queue" in text]
     assert "1 since the last such warning (this one: over_budget)" in warning
     assert telemetry.force_flush()
@@ -175,3 +179,31 @@ def test_where_the_queue_cannot_be_watched_the_budget_refuses_past_its_size(monk
     assert [item.log_record.body for item in exporter.get_finished_logs()] == ["r0", "r1", "r2", "r3"]
     assert (budget.queued_records, budget.queued_bytes) == (0, 0)
     provider.shutdown()
+
+
+async def test_the_engine_gets_every_record_the_budget_admitted() -> None:
+    """End to end, our engine with its observability module: of 30 records of 1 MB made while nothing was exported,
+    those the budget admitted are stored by the engine, and every other one is counted as dropped."""
+    from iii_engine import Engine, EngineConfig, ModuleSpec
+    from iii_engine.modules.observability.module import OtelModule
+
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::observability::OtelModule")])
+    async with Engine(config=config) as engine:
+        (store,) = [module.logs for module in engine.modules.values() if isinstance(module, OtelModule)]
+        client = await asyncio.to_thread(register_worker, engine.url, InitOptions(
+            worker_name="big-logs", enable_metrics_reporting=False,
+            otel=OtelConfig(enabled=True, service_name="big-logs", fetch_instrumentation_enabled=False,
+                            metrics_enabled=False, logs_max_queue_bytes=BUDGET)))
+        try:
+            budget = _processor().budget
+            earlier = budget.over_budget  # (a pipeline another test parked, reused: its counters go on)
+            with _export_held():
+                for n in range(30):
+                    Logger(service_name="big-logs").info(f"r{n}", "x" * MB)
+            assert await asyncio.to_thread(telemetry.force_flush, 10_000)
+            admitted = 30 - (budget.over_budget - earlier)
+            assert 1 <= admitted <= 4
+            await until(lambda: len(store) == admitted)
+            assert [entry["body"] for entry in store.snapshot().entries] == [f"r{n}" for n in range(admitted)]
+        finally:
+            await asyncio.to_thread(client.shutdown)
