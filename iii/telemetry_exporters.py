@@ -102,6 +102,22 @@ class SharedEngineConnection:
         return self._sink
 
     @property
+    def dropped_frames(self) -> int:
+        """Frames the buffer dropped since this connection was made (ours): the oldest, past ``MAX_QUEUE`` frames
+        or ``MAX_QUEUE_BYTES`` (the warning says it at most every :data:`DROP_WARNING_INTERVAL_S`). The client's
+        is ``iii.telemetry.runtime().connection`` while telemetry is on.
+
+        Example:
+            >>> connection = SharedEngineConnection()
+            >>> connection.MAX_QUEUE = 2
+            >>> for _ in range(3):
+            ...     connection.send_threadsafe(PREFIX_LOGS, b"{}")
+            >>> connection.dropped_frames
+            1
+        """
+        return self._dropped
+
+    @property
     def engine_limit(self) -> int | None:
         """The message size limit of the engine the sink writes to, when the sink names it (the SDK client's does,
         as ``max_message_size``, once its engine named one); ``None`` otherwise.
