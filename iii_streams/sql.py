@@ -1375,6 +1375,33 @@ def _refused_write(exc: BaseException) -> bool:
     return isinstance(getattr(exc, "orig", exc), sqlite3.IntegrityError | sqlite3.DataError)
 
 
+def _unsent(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is asyncpg refusing to start an operation, so that nothing of
+    it was written to the server: its connection was not connected, or was busy with something the server sent
+    unasked (the error a server ending the session sends before closing it, "cannot switch to state 12; another
+    operation (2) is in progress"). asyncpg checks both before it writes an operation's first message.
+
+    Example:
+        >>> class InternalClientError(Exception):
+        ...     pass
+        >>> InternalClientError.__module__ = "asyncpg.exceptions._base"
+        >>> _unsent(InternalClientError("cannot switch to state 12; another operation (2) is in progress"))
+        True
+        >>> _unsent(InternalClientError("unexpected error while performing authentication"))
+        False
+    """
+    error: BaseException | None = exc
+    for _ in range(5):
+        if error is None:
+            break
+        kind = type(error)
+        if kind.__module__.startswith("asyncpg") and kind.__name__ == "InternalClientError" and (
+                str(error).startswith("cannot switch to state") or str(error) == "not connected"):
+            return True
+        error = error.__cause__
+    return False
+
+
 def _lost_connection(exc: BaseException) -> bool:
     """Whether ``exc`` is an operation's failure because its pooled connection was lost (SQLAlchemy invalidated it;
     SQLAlchemy 2.0.0 raises asyncpg's errors unwrapped), not a connect the server refused nor a statement it refused.
@@ -2783,7 +2810,21 @@ class SQLStream(FieldUpdates):
         """Run a prefix of ``writes`` as one compare-and-set statement when they all touch one item whose committed
         value this process knows: how many it ran (their results added to ``results``, their events published), or
         ``None`` to use the locking transaction (several items, value unknown, a delete or create, or the item
-        changed meanwhile)."""
+        changed meanwhile).
+
+        PostgreSQL: a statement that the driver refused to send on a connection it had found ended (:func:`_unsent`)
+        leaves its writes unsent, and they go on once more on a new connection (the item's value is forgotten, so the
+        locking transaction runs them); one sent may have been applied and is not run again."""
+        try:
+            return await self._swap_once(writes, results)
+        except Exception as exc:
+            if not (self._pg and _lost_connection(exc)) or self._shut or any(w.sent for w in writes):
+                raise
+            log.debug("SQLStream: a write's connection was found ended before its statement was sent, writing on a "
+                      "new one: %s", error_line(exc))
+        return await self._swap_once(writes, results)
+
+    async def _swap_once(self, writes: Sequence[_Write], results: builtins.list[Any]) -> int | None:
         key = writes[0].key
         old_text = self._known.get(key)
         if old_text is None or any(w.compute is None or w.key != key for w in writes):
@@ -2832,9 +2873,10 @@ class SQLStream(FieldUpdates):
                     # cut short too, left its writes' outcome unknown: 30 times more such callers than applied
                     # writes)
                     self._known.forget(key)
-                if isinstance(exc, Exception) and _refused_write(exc):
+                if isinstance(exc, Exception) and (_refused_write(exc) or _unsent(exc)):
+                    # the database refused the statement, which it ran as its own transaction; or it never left
                     for w in plan.applied:
-                        w.sent = False  # the database refused the statement, which it ran as its own transaction
+                        w.sent = False
                 raise
             if written != 1:
                 for w in plan.applied:
