@@ -229,8 +229,8 @@ _RECORD_OVERHEAD: Final = 512
 _SCALAR_BYTES: Final = 16
 _SLOT_BYTES: Final = 8
 _MAX_WALK_DEPTH: Final = 64
-_TEXTS: Final = (str, bytes, bytearray)
-_SCALARS: Final = (int, float, bool, type(None))
+_TEXTS: Final = frozenset({str, bytes, bytearray})
+_SCALARS: Final = frozenset({int, float, bool, type(None)})
 _getsizeof: Final = sys.getsizeof
 _chain: Final = itertools.chain.from_iterable
 _mapping_types: set[type] = {dict}  # types seen to be Mappings (an ABC's isinstance is slow, once a record)
@@ -250,7 +250,8 @@ def log_record_bytes(record: Any, limit: int = 1 << 62) -> int:
         (True, True, True)
     """
     inner = getattr(record, "log_record", record)
-    total = _RECORD_OVERHEAD + _value_bytes(getattr(inner, "body", None), 0, limit)
+    body = getattr(inner, "body", None)
+    total = _RECORD_OVERHEAD + (_getsizeof(body) if type(body) is str else _value_bytes(body, 0, limit))
     if total > limit:
         return total
     attributes = getattr(inner, "attributes", None)
@@ -270,7 +271,7 @@ def _value_bytes(value: Any, depth: int, limit: int) -> int:
     """:func:`log_record_bytes` of one value; past ``limit`` it returns at once (some value over it). A container's
     strings and numbers are sized in its loop, without a call each: this runs for every record."""
     kind = type(value)
-    if kind is str or kind in _TEXTS:
+    if kind in _TEXTS:
         return _getsizeof(value)
     if kind in _SCALARS:
         return _SCALAR_BYTES
