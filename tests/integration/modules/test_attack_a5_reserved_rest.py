@@ -105,9 +105,9 @@ async def test_two_writers_at_once_on_a_reserved_response_channel_second_gets_40
     assert second.close_code == 4009 and first.close_code is None
     await first.send(b"one")
     await first.close()
+    await answer(worker, request)  # the body ends once the function returned too
     response = await call
     assert response.content == b"one"
-    await answer(worker, request)
     await asyncio.wait_for(engine.channels.wait_idle(), 5)
 
 
@@ -188,9 +188,9 @@ async def test_stats_on_a_watched_response_channel_opens_the_module_s_end_and_th
     assert engine.channels.stats(ref["channel_id"])["queued"] == 0  # made live: the module's reader attaches
     async with websockets.connect(channel_url(engine.url, ref), **OPTS) as ws:
         await ws.send(b"abc")
+    await answer(worker, request)  # the body ends once the function returned too
     response = await call
     assert response.content == b"abc"
-    await answer(worker, request)
     await asyncio.wait_for(engine.channels.wait_idle(), 5)
 
 

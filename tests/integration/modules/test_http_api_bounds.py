@@ -170,9 +170,10 @@ async def test_response_head_within_the_bounds_is_served(api: Start) -> None:
             await out.send(json.dumps({"type": "set_headers", "headers": {f"x-h{i}": "v"}}))
         await out.send(json.dumps({"type": "set_status", "status_code": 201}))
         await out.send(b"body")
+    # the body ends once the function returned too
+    await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"], "function_id": "ok"})
     response = await asyncio.wait_for(waiting, 10)
     assert response.status_code == 201 and response.headers["x-h49"] == "v" and response.content == b"body"
-    await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"], "function_id": "ok"})
 
 
 async def test_a_request_past_channels_max_open_is_503_and_leaves_no_channel_behind() -> None:

@@ -60,10 +60,10 @@ async def _streamed(api: Start, *frames: dict[str, Any]) -> Any:
         for frame in frames:
             await out.send(json.dumps(frame))
         await out.send(b"body")
-    response = await asyncio.wait_for(waiting, 10)
+    # the body ends once the function returned too
     await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"],
                        "function_id": "streamed"})
-    return response
+    return await asyncio.wait_for(waiting, 10)
 
 
 async def test_a_streamed_status_that_is_no_http_status_is_a_502(api: Start) -> None:

@@ -49,9 +49,10 @@ async def test_a_few_empty_binary_frames_are_not_the_end_of_the_body(api: Start)
         await out.send(b"bo")
         await out.send(b"")
         await out.send(b"dy")
+    # the body ends once the function returned too
+    await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"], "function_id": "few"})
     response = await asyncio.wait_for(waiting, 10)
     assert response.status_code == 200 and response.content == b"body"
-    await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"], "function_id": "few"})
 
 
 async def test_stop_answers_a_request_inside_its_condition_function_at_once(api: Start) -> None:
