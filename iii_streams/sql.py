@@ -241,18 +241,18 @@ _LOCKED_ROWS: Final = text(
 _SLOW_S: Final = 3.0  # a row found locked elsewhere: its item's writes skip the shared queue for this long
 _SLOW_MAX: Final = 4096  # such items remembered at most (the oldest forgotten first)
 _PROBE_S: Final = 1.0  # the probe for such rows at most
-# PostgreSQL: a pooled connection idle this long or longer is asked an empty query when checked out (one round trip)
+# PostgreSQL: a pooled connection not checked out for this long is asked an empty query (one round trip) at checkout,
 # before the operation's first statement. A server that ended it (restart, failover, pg_terminate_backend) while the
 # event loop had not yet read its end would otherwise fail that statement, and a compare-and-set write sent on it
 # may have been applied (``applied`` None). Asked at every checkout (SQLAlchemy's pool_pre_ping), it cost a round
-# trip per operation: one caller at a time, 0.63-0.71 of the sets and 0.53-0.60 of the gets a second at 1.5 times
-# the CPU per operation; 64 in flight (group commit, coalesced gets), 0.89-1.0 of the sets and 0.70-0.91 of the gets
-# (interleaved rounds on a loaded 2-core box). A connection reused within this time is not asked: no ping at all in
-# those runs, whose rates and CPU per operation stayed those of the store before (within their noise). Reads that
-# find a connection lost on their first use anyway, and a locking transaction that lost its connection before its
-# COMMIT, run once more on a new one (:meth:`SQLStream._read_again`, :meth:`SQLStream._locked_step`).
+# trip per operation (medians of 7 interleaved rounds against the store before, 2-core box): one caller at a time,
+# 0.71 of the sets and 0.50 of the gets a second at 1.44 and 1.66 times the CPU per operation; 64 in flight (group
+# commit, coalesced gets), 0.95 and 0.75. A connection reused within this time is not asked: no ping at all in those
+# runs, at 1.08, 1.01, 0.98 and 1.00 of the rates before (CPU per operation 0.94-1.00), noise. Reads that find a
+# connection lost on their first use anyway, and a locking transaction that lost its connection before its COMMIT,
+# run once more on a new one (:meth:`SQLStream._read_again`, :meth:`SQLStream._locked_step`).
 _IDLE_PING_S: float = 1.0
-_IDLE_SINCE: Final = "iii_streams_idle_since"  # the pool record's info key: the monotonic time of its checkin
+_LAST_CHECKOUT: Final = "iii_streams_checked_out"  # the pool record's info key: the monotonic time of its checkout
 _NOTIFY_MANY: Final = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 # notifications per statement at most (each under 8000 bytes: 16 MB at most): PostgreSQL refuses a statement's
 # parameters over 1 GB, which a batch of big values sent in parts would otherwise reach
@@ -1277,11 +1277,6 @@ def _install_postgresql_hooks(engine: AsyncEngine) -> None:
         return
     _POSTGRESQL_HOOKED.add(engine.sync_engine)
 
-    @event.listens_for(engine.sync_engine, "checkin")
-    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
-        if record is not None:
-            record.info[_IDLE_SINCE] = time.monotonic()
-
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         # A server that ended an idle pooled connection (restart, failover, pg_terminate_backend, an idle timeout)
@@ -1292,8 +1287,12 @@ def _install_postgresql_hooks(engine: AsyncEngine) -> None:
             return
         if driver.is_closed():
             raise DisconnectionError("the server closed this pooled connection while it was idle")
-        idle_since = record.info.get(_IDLE_SINCE)
-        if idle_since is not None and time.monotonic() - idle_since >= _IDLE_PING_S:
+        # (timed from its last checkout, not its checkin: no listener more per operation, and one held for a second
+        # is rare enough that a ping after it costs nothing that shows)
+        info, now = record.info, time.monotonic()
+        last = info.get(_LAST_CHECKOUT)
+        info[_LAST_CHECKOUT] = now
+        if last is not None and now - last >= _IDLE_PING_S:
             _ping(driver)
 
     @event.listens_for(engine.sync_engine, "handle_error")
