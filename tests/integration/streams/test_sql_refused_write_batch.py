@@ -62,9 +62,10 @@ async def _many_items_with_one_refused(store: SQLStream, rule: str) -> None:
 async def _one_items_writes_in_order(store: SQLStream, rule: str) -> None:
     group = uuid.uuid4().hex[:8]
     # queued together: one batch of the item, whose final value (the one the database checks) is refused
-    *done, refused = await asyncio.gather(
+    outcomes: list[Any] = await asyncio.gather(
         store.set(_set(group, "a", 1)), store.set(_set(group, "a", 2)), store.set(_set(group, "a", 3)),
         store.set(_set(group, "a", REFUSED)), return_exceptions=True)
+    *done, refused = outcomes
     assert [(getattr(o, "old_value", o), getattr(o, "new_value", o)) for o in done] == [(None, 1), (1, 2), (2, 3)]
     assert isinstance(refused, StreamBackendError) and rule in str(refused), refused
     assert await store.get(_get(group, "a")) == 3
