@@ -3,7 +3,7 @@
 logs|traces|metrics|health`` read a running engine).
 
 Prints ``iii engine listening on ws://host:port`` on stdout once it accepts workers (tests wait for that line)
-and stops cleanly on SIGINT/SIGTERM.
+and stops cleanly on SIGINT/SIGTERM/SIGHUP.
 
 When it cannot start it prints one line ``iii-engine: <why>`` on stderr and exits with 2 for a usage error (a bad
 flag; a bad configuration file, an unknown module class or a setting its module refuses included, with the closest
@@ -135,7 +135,7 @@ def with_stream_store(config: EngineConfig, url: str) -> EngineConfig:
 
 
 async def run(config: EngineConfig, on_started: Callable[[], None] | None = None) -> None:
-    """Run an engine until SIGINT/SIGTERM; ``on_started`` is called once it accepts workers.
+    """Run an engine until SIGINT/SIGTERM/SIGHUP; ``on_started`` is called once it accepts workers.
 
     Raises :class:`~iii_engine.modules.base.EngineStartError` when it cannot start (nothing is left running).
     """
@@ -147,6 +147,11 @@ async def run(config: EngineConfig, on_started: Callable[[], None] | None = None
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None:
+        # Its default killed the engine on the spot (status 129: no stop, nothing flushed, workers cut) when its
+        # terminal closed or someone sent it the usual "reload" signal; there is no reload, so it stops cleanly.
+        loop.add_signal_handler(hangup, _hung_up, stop)
     if not await _started_unless_stopped(engine, stop):
         return
     tune_gc()  # the process is the engine's: its start-up objects never become garbage (iii_engine.gc_policy)
@@ -157,6 +162,12 @@ async def run(config: EngineConfig, on_started: Callable[[], None] | None = None
         await stop.wait()
     finally:
         await engine.stop()
+
+
+def _hung_up(stop: asyncio.Event) -> None:
+    _log.warning("SIGHUP: stopping (this engine does not reload its configuration: start it again to apply a new "
+                 "one)")
+    stop.set()
 
 
 async def _started_unless_stopped(engine: Engine, stop: asyncio.Event) -> bool:

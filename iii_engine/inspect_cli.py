@@ -69,6 +69,10 @@ LEVELS = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17}
 FOLLOW_BUFFER = 10_000
 # Connection attempts before "cannot reach the engine" (about a second with the delays below).
 CONNECT_RETRIES = 4
+# The longest pause between a follower's attempts to reconnect (it tries for as long as it runs).
+FOLLOW_MAX_DELAY_MS = 2000
+# Keys of the entries a follower printed last, so those an engine lists again after a reconnect are not printed twice.
+FOLLOW_SEEN = 20_000
 #: Seconds ``--timeout`` gives the whole command: connection, handshake, the engine naming the worker and every
 #: call, one deadline. Why: against an address that accepted TCP and never answered, a command waited for the SDK's
 #: 30 s connect bound (two 10 s handshakes) and failed after 31 s.
@@ -320,15 +324,21 @@ class _Engine:
     """A short-lived worker connection under one deadline (``--timeout``) that turns engine errors into
     :class:`InspectError` lines; the URL in them is masked (:func:`~iii.connection.shown_url`)."""
 
-    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S, for_good: bool = False) -> None:
+        """``for_good``: reconnect for as long as the command runs (``logs --follow``); the first connection is
+        still bounded by ``timeout``."""
         self.url = shown_url(url)  # for messages: never a password or token
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
+        # (for good: a follower gave up on an engine away for more than about 1.5 s, then printed nothing for ever)
+        reconnect = (ReconnectionConfig(initial_delay_ms=100, max_delay_ms=FOLLOW_MAX_DELAY_MS, jitter_factor=0.0,
+                                        max_retries=-1) if for_good else
+                     ReconnectionConfig(initial_delay_ms=100, max_delay_ms=400, jitter_factor=0.0,
+                                        max_retries=CONNECT_RETRIES))
         options = InitOptions(
             worker_name=f"iii-engine-inspect-{os.getpid()}", enable_metrics_reporting=False,
             invocation_timeout_ms=max(1, round(timeout * 1000)), otel=OtelConfig(enabled=False),
-            reconnection_config=ReconnectionConfig(initial_delay_ms=100, max_delay_ms=400, jitter_factor=0.0,
-                                                   max_retries=CONNECT_RETRIES))
+            reconnection_config=reconnect)
         try:
             self.client: III = III(url, options)
         except ValueError as exc:
@@ -348,6 +358,15 @@ class _Engine:
 
     def _left(self) -> float:
         return self.deadline - time.monotonic()
+
+    def renew(self) -> None:
+        """A new ``--timeout`` for the calls from now on (a follower's read after a reconnect)."""
+        self.deadline = time.monotonic() + self.timeout
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up and the engine named this worker (its registrations sent again)."""
+        return self.client.get_connection_state() == "connected" and self.client.worker_id is not None
 
     def _within(self) -> str:
         return f"within {self.timeout:g} s (--timeout)"
@@ -423,6 +442,33 @@ def _matches(entry: dict[str, Any], args: argparse.Namespace) -> bool:
             and (args.level is None or _int(entry.get("severity_number")) >= args.level))
 
 
+class _Printed:
+    """The keys of the last :data:`FOLLOW_SEEN` entries printed (:func:`_log_key`), oldest forgotten first."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, None] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def add(self, key: str) -> None:
+        self._keys[key] = None
+        if len(self._keys) > FOLLOW_SEEN:
+            del self._keys[next(iter(self._keys))]
+
+
+def _read_logs(engine: _Engine, args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``engine::logs::list`` with the command's filters: the answer and its entries, oldest first."""
+    payload: dict[str, Any] = {"limit": args.limit}
+    for key, value in (("trace_id", args.trace_id), ("span_id", args.span_id), ("severity_min", args.level)):
+        if value is not None:
+            payload[key] = value
+    answer = engine.call("engine::logs::list", payload)
+    with _reading("engine::logs::list"):
+        answer = _obj(answer, optional=False)
+        return answer, list(reversed(_objs(answer.get("logs"), "logs")))  # newest first on the wire
+
+
 def _logs(engine: _Engine, args: argparse.Namespace, out: TextIO, stop: threading.Event) -> int:
     arrived: queue.Queue[dict[str, Any]] = queue.Queue(FOLLOW_BUFFER)
     dropped = 0
@@ -440,21 +486,37 @@ def _logs(engine: _Engine, args: argparse.Namespace, out: TextIO, stop: threadin
         function_id = f"iii-engine-inspect::log::{uuid.uuid4().hex}"
         engine.client.register_function(function_id, on_log)
         engine.client.register_trigger({"type": "log", "function_id": function_id, "config": {"level": "all"}})
-    payload: dict[str, Any] = {"limit": args.limit}
-    for key, value in (("trace_id", args.trace_id), ("span_id", args.span_id), ("severity_min", args.level)):
-        if value is not None:
-            payload[key] = value
-    answer = engine.call("engine::logs::list", payload)
-    with _reading("engine::logs::list"):
-        answer = _obj(answer, optional=False)
-        history = list(reversed(_objs(answer.get("logs"), "logs")))  # newest first on the wire
+    answer, history = _read_logs(engine, args)
     if args.json and not args.follow:
         _print_json(answer, out)
         return 0
-    seen = {_log_key(entry) for entry in history}
-    for entry in history:
-        print(json.dumps(entry, default=str) if args.json else format_log(entry), file=out, flush=True)
+    printed = _Printed()
+
+    def show(entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            key = _log_key(entry)
+            if key not in printed:
+                printed.add(key)
+                print(json.dumps(entry, default=str) if args.json else format_log(entry), file=out, flush=True)
+
+    show(history)
+    up = True
     while args.follow and not stop.is_set():
+        if up != engine.connected:
+            up = not up
+            if not up:
+                print(f"iii-engine logs: the connection to {engine.url} was lost; reconnecting", file=sys.stderr,
+                      flush=True)
+                continue
+            # Back (the log trigger registered again with the replay): what the engine logged meanwhile, as far as
+            # it still lists it (an engine that restarted lists only what it logged since).
+            print(f"iii-engine logs: connected to {engine.url} again", file=sys.stderr, flush=True)
+            engine.renew()
+            try:
+                show(_read_logs(engine, args)[1])
+            except InspectError as exc:
+                print(f"iii-engine logs: entries logged while disconnected not read: {exc}", file=sys.stderr,
+                      flush=True)
         try:
             entry = arrived.get(timeout=0.2)
         except queue.Empty:
@@ -462,9 +524,8 @@ def _logs(engine: _Engine, args: argparse.Namespace, out: TextIO, stop: threadin
         if dropped:
             print(f"... {dropped} entries dropped (output too slow)", file=out, flush=True)
             dropped = 0
-        if _log_key(entry) in seen or not _matches(entry, args):
-            continue
-        print(json.dumps(entry, default=str) if args.json else format_log(entry), file=out, flush=True)
+        if _matches(entry, args):
+            show([entry])
     return 0
 
 
@@ -508,7 +569,7 @@ def _traces(engine: _Engine, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _run(args: argparse.Namespace, out: TextIO, stop: threading.Event) -> int:
-    engine = _Engine(args.url, args.timeout)
+    engine = _Engine(args.url, args.timeout, for_good=args.command == "logs" and args.follow)
     try:
         if args.command == "logs":
             return _logs(engine, args, out, stop)

@@ -65,6 +65,18 @@ async def test_process_stops_cleanly_on_sigterm(engine_process: Callable[..., Aw
     assert worker.ws.close_code == 1001
 
 
+async def test_process_stops_cleanly_on_sighup_saying_it_does_not_reload(
+        engine_process: Callable[..., Awaitable[Any]]) -> None:
+    # before: SIGHUP's default ended the process at once, status 129, the worker's connection cut without a Close
+    proc = await engine_process()
+    worker = await RawWorker.connect(proc.url)
+    proc.process.send_signal(signal.SIGHUP)
+    assert await asyncio.wait_for(proc.process.wait(), 10) == 0
+    await asyncio.wait_for(worker.ws.wait_closed(), 5)
+    assert worker.ws.close_code == 1001
+    assert "SIGHUP: stopping (this engine does not reload its configuration" in proc.log()
+
+
 async def test_bad_config_file_exits_with_a_message(tmp_path: Path) -> None:
     import sys
 
