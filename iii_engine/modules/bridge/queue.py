@@ -4,9 +4,9 @@
 - ``enqueue {topic, data}`` on this engine calls the remote's ``enqueue`` and waits for its answer, so a
   failure (remote down, no queue module there) reaches the caller; nothing is parked to run later.
 - Each ``queue`` trigger registered here becomes, on the remote, a function ``queue::bridge::on_message::<uuid>``
-  with a ``queue`` trigger on the same topic. A delivery runs the trigger's ``condition_function_id`` (a literal
-  ``false`` answers ``null``) and then its function here; an error goes back to the remote, whose retry and
-  dead-letter policy applies.
+  with a ``queue`` trigger on the same topic and ``queue_config``. A delivery runs the trigger's
+  ``condition_function_id`` (a literal ``false`` answers ``null``) and then its function here; an error goes back
+  to the remote, whose retry and dead-letter policy applies.
 - An ``enqueue`` action on a named queue is checked against this engine's own ``queue_configs`` (unknown queue,
   FIFO group field), then sent to the remote with the same action; the remote's receipt id is returned and its
   errors answer ``enqueue_error``.
@@ -83,8 +83,13 @@ class BridgeQueue:
                     return None
             return await self.services.invoke(trigger.function_id, data)
 
+        # The subscriber's queue_config (retries, backoff, concurrency, FIFO) shapes the topic where the jobs run:
+        # left out, the remote's defaults applied (a handler asked to run once ran three times, four at once).
+        remote_config: dict[str, Any] = {"topic": topic}
+        if "queue_config" in config:
+            remote_config["queue_config"] = config["queue_config"]
         withdraw = self.link.register_function(function_id, deliver)
-        remote = self.link.register_trigger("queue", function_id, {"topic": topic})
+        remote = self.link.register_trigger("queue", function_id, remote_config)
         self._subscriptions[trigger.id] = (remote, withdraw)
 
     def unsubscribe(self, trigger_id: str) -> None:
