@@ -24,13 +24,16 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
-from ...settings import Field, NonEmpty, Settings, UnknownKeys
+from iii._cli import mask_passwords
+
+from ...settings import Field, NonEmpty, Settings, UnknownKeys, closest_key
 from .queries import mean, point_value, total
 
-__all__ = ["AlertManager", "AlertRule"]
+__all__ = ["AlertManager", "AlertRule", "webhook_url"]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,37 @@ MAX_SECONDS = 366 * 86_400
 """The longest ``window_seconds`` / ``cooldown_seconds`` a rule may give (a year)."""
 FAILURE_LOG_INTERVAL_S = 10.0
 """A rule whose evaluation fails is logged at most once per this many seconds (the others are still evaluated)."""
+_ACTION_KEYS: dict[str, tuple[str, ...]] = {"log": ("type",), "webhook": ("type", "url"),
+                                            "function": ("type", "path")}
 _ALIASES = {"greaterthan": ">", "greaterthanorequal": ">=", "lessthan": "<", "lessthanorequal": "<=",
             "equal": "==", "notequal": "!="}
+
+
+def webhook_url(url: Any) -> str:
+    """``url`` if it can be posted to: an ``http://`` or ``https://`` URL with a host (before, ``"not a url"``,
+    ``ftp://...`` or ``""`` passed the start and failed four times at each alert). A refused URL is shown with its
+    password and secret-looking query values masked.
+
+    Example:
+        >>> webhook_url("https://hooks.example.com/alert")
+        'https://hooks.example.com/alert'
+        >>> webhook_url("ftp://u:s3cret@files.example.com/")
+        Traceback (most recent call last):
+        ...
+        ValueError: a webhook action's 'url' must be an http:// or https:// URL with a host, got 'ftp://u:***@files.example.com/'
+    """
+    if not isinstance(url, str):
+        raise ValueError("a webhook action needs a 'url'")
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
+    except ValueError as exc:
+        raise ValueError(f"a webhook action's 'url' is not a URL: {mask_passwords(repr(url))} "
+                         f"({mask_passwords(str(exc))})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"a webhook action's 'url' must be an http:// or https:// URL with a host, got "
+                         f"{mask_passwords(repr(url))}")
+    return url
 
 
 class AlertRule(Settings):
@@ -94,12 +126,26 @@ cooldown_seconds, enabled, metric, name, operator, threshold, window_seconds)
     def _action(cls, raw: Any) -> Any:
         action = raw or {"type": "log"}
         kind = action.get("type") if isinstance(action, Mapping) else None
-        if kind not in ("log", "webhook", "function"):
+        if kind not in _ACTION_KEYS:
             raise ValueError("action type must be log, webhook or function")
-        if kind == "webhook" and not isinstance(action.get("url"), str):
-            raise ValueError("a webhook action needs a 'url'")
-        if kind == "function" and not isinstance(action.get("path"), str):
-            raise ValueError("a function action needs a 'path' (the function id)")
+        # A key the action does not use was ignored: a typo (``ur1:``) or ``headers:`` the webhook never sent.
+        allowed = _ACTION_KEYS[kind]
+        unknown = sorted(str(key) for key in action if key not in allowed)
+        if unknown:
+            near = closest_key(unknown[0], allowed)
+            meant = f"did you mean {near!r}? " if near else ""
+            raise ValueError(f"unknown key {unknown[0]!r} in a {kind} action ({meant}allowed: {', '.join(allowed)})")
+        if kind == "webhook":
+            webhook_url(action.get("url"))
+        if kind == "function":
+            path = action.get("path")
+            if not isinstance(path, str) or not path.strip():
+                raise ValueError("a function action needs a 'path' (the function id)")
+            if path.strip().startswith("engine::alerts::"):
+                # engine::alerts::evaluate as the action evaluated the rules again from within their own action:
+                # with cooldown_seconds 0 it ran 364,835 times in 15 s
+                raise ValueError(f"a function action may not call {path!r}: an alert's action would evaluate the "
+                                 "alerts again (a loop)")
         return dict(action)
 
     @property

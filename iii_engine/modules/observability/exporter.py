@@ -24,10 +24,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from iii._cli import mask_passwords
 from iii.wire import dumps
 from iii_streams.messages import needs_package
 
-__all__ = ["OtlpForwarder", "RecordBatch", "collector_url"]
+__all__ = ["OtlpForwarder", "RecordBatch", "collector_url", "http_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,22 @@ def collector_url(endpoint: str, signal: str) -> str:
         if base.endswith(suffix):
             base = base[: -len(suffix)]
     return f"{base}/v1/{signal}"
+
+
+def http_failure(status: int, location: str | None) -> str:
+    """What an answer of HTTP ``status`` that is not a success is logged as; a redirect (3xx, not followed: aiohttp
+    follows one with a GET without the body) names where it pointed, its secrets masked.
+
+    Example:
+        >>> http_failure(500, None)
+        'answered HTTP 500'
+        >>> http_failure(302, "http://u:pw@elsewhere/in?token=t")
+        'answered HTTP 302 redirecting to http://u:***@elsewhere/in?token=*** (redirects are not followed)'
+    """
+    if 300 <= status < 400:
+        target = mask_passwords(location) if location else "nowhere (no Location)"
+        return f"answered HTTP {status} redirecting to {target} (redirects are not followed)"
+    return f"answered HTTP {status}"
 
 
 class RecordBatch:
@@ -245,7 +262,7 @@ class OtlpForwarder:
             self.dropped_records += left_records
             records = f"; {left_records} records" if left_records else ""
             log.warning("OTLP export stopped with %d payload(s) (%d bytes%s) not delivered to %s within %g s",
-                        left, left_bytes, records, self.endpoint, bound)
+                        left, left_bytes, records, mask_passwords(self.endpoint), bound)
 
     def _failure(self, problem: str, records: int) -> None:
         self.failed += 1
@@ -254,8 +271,8 @@ class OtlpForwarder:
         # A collector that is down fails every payload: one line per interval, not one per payload.
         if now - self._failure_logged_at >= DROP_LOG_INTERVAL_S:
             self._failure_logged_at = now
-            log.warning("OTLP collector at %s %s (%d failed so far, %d records in them lost)", self.endpoint,
-                        problem, self.failed, self.failed_records)
+            log.warning("OTLP collector at %s %s (%d failed so far, %d records in them lost)",
+                        mask_passwords(self.endpoint), problem, self.failed, self.failed_records)
 
     async def _run(self) -> None:
         aiohttp: Any = self._aiohttp
@@ -267,15 +284,18 @@ class OtlpForwarder:
                 self._queued_records -= records
                 self._in_flight, self._in_flight_records = len(body), records
                 try:
-                    async with session.post(collector_url(self.endpoint, signal), data=body,
+                    # Redirects not followed: a 301/302/303 followed became a GET without the body, and its records
+                    # were counted as exported.
+                    async with session.post(collector_url(self.endpoint, signal), data=body, allow_redirects=False,
                                             headers={"Content-Type": "application/json"}) as response:
                         if response.status >= 300:
-                            self._failure(f"answered HTTP {response.status} for {signal}", records)
+                            problem = http_failure(response.status, response.headers.get("Location"))
+                            self._failure(f"{problem} for {signal}", records)
                         else:
                             self.sent += 1
                             self.sent_records += records
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    self._failure(f"unreachable: {type(exc).__name__}: {exc}", records)
+                    self._failure(mask_passwords(f"unreachable: {type(exc).__name__}: {exc}"), records)
                 finally:
                     self._in_flight = None
                     self._queue.task_done()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
+from iii._cli import mask_passwords
 from iii.iii_types import TriggerInfo
 from iii.loss_log import BurstLog, LossLog, counts_text, latest_tail
 from iii.protocol.worker_session import OFFLOOP_PARSE_BYTES
@@ -42,7 +43,7 @@ from ...workers import frame_bytes
 from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, EngineServices, InvocationContext
 from ..health import UNHEALTHY, Component, modules_health
 from .alerts import AlertManager
-from .exporter import DROP_LOG_INTERVAL_S, SPAN_BATCH_SIZE, OtlpForwarder, RecordBatch
+from .exporter import DROP_LOG_INTERVAL_S, SPAN_BATCH_SIZE, OtlpForwarder, RecordBatch, http_failure
 from .feedback import LogTriggerCalls, untraced
 from .otlp import (
     CostlyFrameError,
@@ -84,6 +85,11 @@ log = logging.getLogger(__name__)
 ENGINE_VERSION = "0.10.0"
 # How long one alert webhook delivery may take, all attempts and pauses included.
 WEBHOOK_BUDGET_S = 30.0
+ALERT_ACTION_MIN_INTERVAL_S = 1.0
+"""A rule's function or webhook action runs at most once per this many seconds, whatever its ``cooldown_seconds``
+(0 included); a trigger within it is counted in ``alert_actions_throttled``. Why: an action whose call makes the
+rule fire again (a function that calls ``engine::alerts::evaluate``, or one feeding the metric the rule watches)
+ran without end at cooldown 0: 364,835 invocations in 15 s, a core busy and every stored trace evicted."""
 ALERT_LOG_BURST = 10
 """Alert lines (triggered, webhook skipped) logged one by one per ``SKIP_LOG_INTERVAL_S``; the rest are counted."""
 ECHO_LOG_BURST = 100
@@ -303,6 +309,9 @@ class OtelModule(EngineModule):
         self.webhook_sent = 0
         self.webhook_failed = 0
         self.webhook_skipped = 0
+        #: actions not run for coming within ALERT_ACTION_MIN_INTERVAL_S of the rule's previous one
+        self.alert_actions_throttled = 0
+        self._action_at: dict[str, float] = {}  # rule name -> time.monotonic() of its last action run
         # Alert lines rate-limited: ALERT_LOG_BURST of each SKIP_LOG_INTERVAL_S get a line each, the rest are
         # counted in one line per interval. Before, one line per event: a worker calling engine::alerts::evaluate
         # in a loop against rules with cooldown_seconds 0 wrote 274,402 lines in 20 s.
@@ -1013,7 +1022,7 @@ class OtelModule(EngineModule):
                      "log_trigger_feedback_untraced": self.log_trigger_feedback_untraced}
         if self.alerts is not None:
             telemetry.update(webhook_sent=self.webhook_sent, webhook_failed=self.webhook_failed,
-                             webhook_skipped=self.webhook_skipped)
+                             webhook_skipped=self.webhook_skipped, alert_actions_throttled=self.alert_actions_throttled)
         if self.forwarder is not None:
             telemetry.update(exported=self.forwarder.sent, export_dropped=self.forwarder.dropped,
                              export_failed=self.forwarder.failed, exported_records=self.forwarder.sent_records,
@@ -1088,11 +1097,24 @@ class OtelModule(EngineModule):
             fields = {"alert": event["name"], "metric": event["metric"], "value": event["value"],
                       "threshold": event["threshold"], "operator": event["operator"], "timestamp": event["timestamp"]}
             if action.get("type") == "function":
-                self.services.fire(str(action["path"]), {**fields, "firing": True})
+                if self._action_due(event["name"], f"function {action['path']}"):
+                    self.services.fire(str(action["path"]), {**fields, "firing": True})
             elif action.get("type") == "webhook":
                 self._deliver(event["name"], str(action["url"]), fields)
             self._alert_log.note("triggered", f"Alert triggered: {fields}")
         return events
+
+    def _action_due(self, rule: str, what: str) -> bool:
+        """Whether ``rule``'s action may run now (:data:`ALERT_ACTION_MIN_INTERVAL_S`); if so, its run is noted."""
+        now = time.monotonic()
+        last = self._action_at.get(rule)
+        if last is not None and now - last < ALERT_ACTION_MIN_INTERVAL_S:
+            self.alert_actions_throttled += 1
+            self._alert_log.note("actions throttled", f"alert {rule}: {what} not run: its previous run was less "
+                                 f"than {ALERT_ACTION_MIN_INTERVAL_S:g} s ago")
+            return False
+        self._action_at[rule] = now
+        return True
 
     def _log_alert_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
         what = counts_text(counts)
@@ -1103,17 +1125,20 @@ class OtelModule(EngineModule):
     def _deliver(self, rule: str, url: str, body: dict[str, Any]) -> None:
         # A webhook that hangs while alerts keep triggering (cooldown 0, or engine::alerts::evaluate called in a
         # loop) used to start one more delivery each time, without limit; now the event is skipped and counted.
+        shown = mask_passwords(url)
         running = self._webhooks.get(rule)
         if running is not None and not running.done():
             self.webhook_skipped += 1
-            self._alert_log.note("webhook deliveries skipped (busy)", f"alert {rule}: webhook {url} still busy with "
-                                 "an earlier delivery; this one is skipped")
+            self._alert_log.note("webhook deliveries skipped (busy)", f"alert {rule}: webhook {shown} still busy "
+                                 "with an earlier delivery; this one is skipped")
             return
         if self._closed:
             # the stop already cut the deliveries under way: one started now would be cut (or outlive the module)
             self.webhook_failed += 1
             self._alert_log.note("webhook deliveries not started (engine stopping)",
-                                 f"alert {rule}: webhook {url} not delivered: the engine is stopping")
+                                 f"alert {rule}: webhook {shown} not delivered: the engine is stopping")
+            return
+        if not self._action_due(rule, f"webhook {shown}"):
             return
         task = asyncio.get_running_loop().create_task(self._webhook(url, body), name=f"alert-webhook-{rule}")
         self._webhooks[rule] = task
@@ -1126,25 +1151,28 @@ class OtelModule(EngineModule):
         import aiohttp
 
         problem = "no attempt finished"
+        shown = mask_passwords(url)  # a webhook URL often carries its credentials (user:password@, ?token=)
         try:
             async with asyncio.timeout(self.webhook_budget_s), aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=self.webhook_budget_s)) as session:
                 for attempt, pause in enumerate((1, 2, 4, 0)):
                     try:
-                        async with session.post(url, json=body) as response:
+                        # Not followed: aiohttp follows a 301/302/303 with a GET without the body, and such a
+                        # delivery was counted as sent (216 alerts arrived as 216 empty GETs).
+                        async with session.post(url, json=body, allow_redirects=False) as response:
                             if response.status < 300:
                                 self.webhook_sent += 1
                                 return
-                            problem = f"answered HTTP {response.status}"
+                            problem = http_failure(response.status, response.headers.get("Location"))
                     except aiohttp.ClientError as exc:
-                        problem = f"{type(exc).__name__}: {exc}"
-                    log.warning("alert webhook %s failed (attempt %d): %s", url, attempt + 1, problem)
+                        problem = mask_passwords(f"{type(exc).__name__}: {exc}")
+                    log.warning("alert webhook %s failed (attempt %d): %s", shown, attempt + 1, problem)
                     if pause:
                         await asyncio.sleep(pause)
         except TimeoutError:
             problem = f"no success within {self.webhook_budget_s:g} s ({problem})"
         self.webhook_failed += 1
-        log.error("alert webhook %s not delivered: %s", url, problem)
+        log.error("alert webhook %s not delivered: %s", shown, problem)
 
     async def _alerts_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         if self.alerts is None:

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
+from iii._cli import mask_passwords
+
 from ...settings import Field, Settings, UnknownKeys, env_text
 from .alerts import AlertRule
 
@@ -193,14 +195,32 @@ class ObservabilitySettings(Settings):
             "logs_exporter") in ("otlp", "both")
         if not exports:
             return value
+        shown = mask_passwords(repr(value))
         try:
             parts = urlsplit(value.strip())
             parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
         except ValueError as exc:
-            raise ValueError(f"not a URL: {value!r} ({exc})") from None
+            raise ValueError(f"not a URL: {shown} ({mask_passwords(str(exc))})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {shown}")
+        if parts.query or parts.fragment or value.strip().endswith(("?", "#")):
+            # /v1/<signal> is appended to the endpoint: http://h/?k=1 was posted to http://h/?k=1/v1/logs
+            raise ValueError(f"must have no query (?...) nor fragment (#...): /v1/<signal> is added to its path, "
+                             f"got {shown}")
         return value
+
+    @field_validator("alerts")
+    @classmethod
+    def _distinct_names(cls, rules: tuple[AlertRule, ...]) -> tuple[AlertRule, ...]:
+        # An alert's state, its webhook delivery and the action run are found by its name: of two rules named
+        # alike, the second one's action was never run.
+        seen: dict[str, int] = {}
+        for index, rule in enumerate(rules):
+            if rule.name in seen:
+                raise ValueError(f"two alert rules are named {rule.name!r} (alerts[{seen[rule.name]}] and "
+                                 f"alerts[{index}]): each rule needs a name of its own")
+            seen[rule.name] = index
+        return rules
 
     @field_validator("sampling", mode="before")
     @classmethod

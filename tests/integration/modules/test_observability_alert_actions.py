@@ -1,0 +1,134 @@
+"""Alert rules and their actions (attack e): duplicate rule names, malformed actions refused at start, webhook
+redirects not followed, secrets in webhook URLs masked in the log, and an action that makes its own rule fire
+again bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiohttp import web
+from module_worker import ModuleWorker
+
+from iii_engine.modules.base import ModuleStartError
+from iii_engine.modules.observability import module as observability
+from tests.integration.modules.test_observability import engine_with
+from tests.polling import until
+
+_LOGGER = "iii_engine.modules.observability.module"
+
+
+def rule(name: str, action: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A rule firing at every evaluation (the engine's call count is always >= 0)."""
+    return {"name": name, "metric": "iii.invocations.total", "threshold": 0, "operator": ">=",
+            "cooldown_seconds": 0, "action": action, **extra}
+
+
+@asynccontextmanager
+async def hook_server(status: int, location: str = "/landing",
+                      path: str = "/hook") -> AsyncIterator[tuple[str, list[str]]]:
+    """A local endpoint answering each request to ``path`` with ``status`` (and ``Location: location``), counting
+    what comes to ``/landing`` too; yields its ``host:port`` and the requests seen (``"POST /hook 57"``: method,
+    path, body bytes)."""
+    seen: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path} {len(await request.read())}")
+        return web.Response(status=status, headers={"Location": location})
+
+    async def landing(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path} {len(await request.read())}")
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", path, hook)
+    app.router.add_route("*", "/landing", landing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"127.0.0.1:{runner.addresses[0][1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_two_rules_of_one_name_stop_the_start() -> None:
+    # Before: both taken; state, webhook deliveries and actions are keyed by name, and the second rule's webhook
+    # never got a POST.
+    rules = [rule("cpu", {"type": "webhook", "url": "http://127.0.0.1:9/a"}),
+             rule("ok", {"type": "log"}),
+             rule("cpu", {"type": "webhook", "url": "http://127.0.0.1:9/b"})]
+    with pytest.raises(ModuleStartError, match=r"two alert rules are named 'cpu' \(alerts\[0\] and alerts\[2\]\)"):
+        async with engine_with({"alerts": rules}):
+            pass
+
+
+@pytest.mark.parametrize(("action", "problem"), [
+    ({"type": "webhook", "url": "not a url"}, "must be an http:// or https:// URL with a host, got 'not a url'"),
+    ({"type": "webhook", "url": "ftp://files.example.com/x"}, "must be an http:// or https:// URL"),
+    ({"type": "webhook", "url": ""}, "must be an http:// or https:// URL with a host, got ''"),
+    ({"type": "webhook", "url": "http://u:S3CRET@:80/?token=T0KEN"}, r"got 'http://u:\*\*\*@:80/\?token=\*\*\*'"),
+    ({"type": "webhook", "ur1": "http://h/x"}, "unknown key 'ur1' in a webhook action \\(did you mean 'url'"),
+    ({"type": "webhook", "url": "http://h/x", "headers": {"A": "b"}}, "unknown key 'headers' in a webhook action"),
+    ({"type": "function", "path": "alert::sink", "extra": 1}, "unknown key 'extra' in a function action"),
+    ({"type": "function", "path": "engine::alerts::evaluate"}, "may not call 'engine::alerts::evaluate'"),
+])
+async def test_a_malformed_action_stops_the_start(action: dict[str, Any], problem: str) -> None:
+    # Before: each was taken, and a malformed URL failed 4 attempts at each alert (an unknown key was ignored).
+    with pytest.raises(ModuleStartError, match=r"config\.alerts\[0\]\.action: .*" + problem):
+        async with engine_with({"alerts": [rule("x", action)]}):
+            pass
+
+
+async def test_a_redirect_is_a_failed_delivery_and_secrets_are_masked(caplog: pytest.LogCaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: the 302 was followed with a GET without the body, counted in webhook_sent; the log held the URL's
+    # password and token as written.
+    monkeypatch.setattr(observability, "WEBHOOK_BUDGET_S", 1.5)  # the first attempt and its retry, then given up
+    caplog.set_level(logging.WARNING, _LOGGER)
+    async with hook_server(302, "/landing?token=L0CTOKEN") as (address, seen):
+        url = f"http://u:S3CRET@{address}/hook?token=T0KEN"
+        engine = engine_with({"alerts": [rule("hop", {"type": "webhook", "url": url})]})
+        async with engine:
+            module: Any = engine.module("observability")
+            module.evaluate_alerts()  # (or the alert loop's first pass did: one delivery at a time)
+            await until(lambda: module.webhook_failed == 1, within=5)
+        assert module.webhook_sent == 0
+        assert seen and all(line.startswith("POST /hook ") for line in seen), seen  # never a GET to /landing
+        text = "\n".join(record.getMessage() for record in caplog.records)
+        assert "answered HTTP 302 redirecting to /landing?token=*** (redirects are not followed)" in text
+        assert f"alert webhook http://u:***@{address}/hook?token=*** failed (attempt 1)" in text
+        assert "S3CRET" not in text and "T0KEN" not in text and "L0CTOKEN" not in text
+
+
+async def test_an_action_that_fires_its_own_rule_again_is_bounded() -> None:
+    # Before: a function action calling engine::alerts::evaluate under cooldown 0 ran without end (364,835 calls in
+    # 15 s in the attack); now a rule's action runs at most once per ALERT_ACTION_MIN_INTERVAL_S.
+    calls = 0
+    rules = [rule("loop", {"type": "function", "path": "loop::act"}, metric="loop.go", threshold=1)]
+    async with engine_with({"alerts": rules}) as engine, ModuleWorker(engine.url) as worker:
+        module: Any = engine.module("observability")
+
+        async def act(data: Any) -> None:
+            nonlocal calls
+            calls += 1
+            await worker.result("engine::alerts::evaluate", {})  # the rule fires again at once
+
+        await worker.function("loop::act", act)
+        # the rule fires from now on (not at the alert loop's first pass, before loop::act was registered)
+        module.metrics.add([{"name": "loop.go", "timestamp_unix_nano": observability._now_ns(),
+                             "metric_type": "gauge", "data_points": [{"value": 1.0}]}])
+        await worker.result("engine::alerts::evaluate", {})
+        await until(lambda: module.alert_actions_throttled >= 1, within=5)
+        # a window to watch: a loop left running would make hundreds of calls in it
+        await asyncio.sleep(observability.ALERT_ACTION_MIN_INTERVAL_S * 1.5)
+        assert calls == 1
+        health = await worker.result("engine::health::check", {})
+        assert health["components"]["telemetry"]["details"]["alert_actions_throttled"] == 1
+        # once the interval passed, the rule's action runs again
+        await worker.result("engine::alerts::evaluate", {})
+        await until(lambda: calls == 2, within=5)
