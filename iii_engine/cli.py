@@ -317,6 +317,19 @@ class _StartupLog:
         self.held.buffer.clear()
 
 
+def one_line(text: str) -> str:
+    r"""``text`` with its line breaks and other control characters escaped, so a failure stays the one line it is
+    promised to be (a value from the environment may hold a newline).
+
+    Example:
+        >>> print(one_line("cannot listen on 127.0.0.1\nport: 1:49575"))
+        cannot listen on 127.0.0.1\nport: 1:49575
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -334,18 +347,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         # a key of a module entry or of ``channels:`` gets its closest allowed name, as a module's settings do
         log.failed()
-        print(f"{PROG}: {mask_passwords(_with_closest_key(str(exc)))}", file=sys.stderr)
+        print(f"{PROG}: {one_line(mask_passwords(_with_closest_key(str(exc))))}", file=sys.stderr)
         return 2
     try:
         run_on_loop(run(config, on_started=log.started), config.event_loop)
     except EventLoopUnavailable as exc:
         log.failed()
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except EngineStartError as exc:
         log.failed()
         status, line = start_failure(exc)
-        print(f"{PROG}: {line}", file=sys.stderr)
+        print(f"{PROG}: {one_line(line)}", file=sys.stderr)
         return status
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         log.failed()

@@ -101,3 +101,18 @@ async def test_in_process_engine_serve_forever_until_stop() -> None:
     await asyncio.wait_for(task, 5)
     await asyncio.wait_for(worker.ws.wait_closed(), 5)
     assert worker.ws.close_code == 1001
+
+
+async def test_a_start_failure_naming_a_value_with_a_newline_stays_one_line(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    config = tmp_path / "config.yaml"
+    config.write_text("port: 0\nhost: ${III_TEST_HOST}\n")
+    env = {**os.environ, "III_TEST_HOST": "127.0.0.1\nport: 1"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "iii_engine", "--config", str(config),
+                                                stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=env)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    # before: "iii-engine: cannot listen on 127.0.0.1" and "port: 1:0: ..." on two lines
+    assert err.decode().count("\n") == 1 and "127.0.0.1\\nport: 1" in err.decode(), err
