@@ -1304,11 +1304,21 @@ class Engine:
         (``serialization_error``): the condition did not decide, and a queue job skipped for
         it was done without its subscriber ever running (the queue fails the attempt instead, so the job is tried
         again or kept as a dead letter; the REST API answers as for its handler: 500, or 504 for a timeout).
-        ``busy_until``: no try past this event-loop time (a cron tick's next tick)."""
+        ``busy_until``: no try past this event-loop time (a cron tick's next tick).
+
+        A trigger-fired condition (``wait_if_busy``) of a worker's function holds a place in that worker's
+        ``max_fired_calls_per_worker`` while it runs (:meth:`FiredCalls.condition_place`); with none free it is not
+        asked and the trigger is skipped, counted with the calls not made for their callee's share."""
         if not condition_function_id:
             return True
+        place = None
         try:
             if wait_if_busy:
+                owner = self._condition_owner(condition_function_id)
+                if owner is not None:
+                    place = self.fired_calls.condition_place(owner, condition_function_id)
+                    if place is None:
+                        return False
                 result = await self.invoke_when_free(condition_function_id, payload, until=busy_until)
             else:
                 result = await self.invoke(condition_function_id, payload)
@@ -1322,7 +1332,15 @@ class Engine:
             self._condition_failures.note("failed", f"condition {clip_text(condition_function_id)} failed "
                                                     f"({exc.code}: {clip_text(exc.message)}); skipping")
             return False
+        finally:
+            if place is not None:
+                place.release()  # before the trigger's call is fired: it may be to the same worker
         return result is not False
+
+    def _condition_owner(self, function_id: str) -> str | None:
+        """The worker serving ``function_id`` now, ``None`` for a built-in or a function nobody serves."""
+        entry = self.registry.functions.get(function_id)
+        return entry.owner if entry is not None and entry.builtin is None and not entry.gone else None
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""

@@ -394,6 +394,31 @@ class CalleeCall:
         return self
 
 
+class CalleePlace:
+    """A condition call's place in its callee worker's ``max_fired_calls_per_worker``, held while the condition runs
+    (:meth:`FiredCalls.condition_place`): its trigger's slot of ``max_fired_calls`` is held by the trigger, not here.
+
+    Example:
+        >>> fired = FiredCalls(8, max_fired_calls_per_worker=1)
+        >>> place = fired.condition_place("w1", "cond::hung")
+        >>> fired.condition_place("w1", "cond::hung"), fired.skipped_callee_share
+        (None, 1)
+        >>> place.release(); fired.stats()["busiest_callee"]
+        0
+    """
+
+    __slots__ = ("callee", "fired", "function_id")
+
+    def __init__(self, fired: FiredCalls, callee: _Callee, function_id: str) -> None:
+        self.fired = fired
+        self.callee = callee
+        self.function_id = function_id
+
+    def release(self) -> None:
+        """The condition answered (or failed, or was cancelled): its place goes back."""
+        self.fired.callee_left(self.callee, self.function_id)
+
+
 class _WaitExpired(Exception):
     """A producer's wait for room ran out (set on its future by :meth:`FiredCalls._expire`)."""
 
@@ -534,12 +559,9 @@ class FiredCalls:
         when the worker has its share in flight: the call is not to be made; ``slot`` is given back, the loss
         counted and logged, and noted for the answer of the worker's call that set it off (see the class) unless
         ``tell_producer`` is false (a state or stream write's triggers: the write is made whatever they do)."""
-        callee = self._callees.get(worker_id)
+        callee = self._callee_with_room(worker_id, function_id, tell_producer=tell_producer)
         if callee is None:
-            callee = self._callees[worker_id] = _Callee(worker_id)
-        elif callee.n >= self.callee_limit:
             slot.release()
-            self._over_callee(callee, function_id, tell_producer=tell_producer)
             return None
         if isinstance(slot, FiredHold) and slot.charge is not None and slot.charge.worker is self.engine_own:
             moved = self._own_to_callee(slot.charge.size, worker_id, callee, function_id)
@@ -553,6 +575,32 @@ class FiredCalls:
         functions = callee.functions
         functions[function_id] = functions.get(function_id, 0) + 1
         return CalleeCall(self, slot, callee, function_id)
+
+    def condition_place(self, worker_id: str, function_id: str) -> CalleePlace | None:
+        """A place in worker ``worker_id``'s ``max_fired_calls_per_worker`` for a call of ``function_id``, a trigger's
+        condition, for as long as it runs; ``None`` when that worker has its share in flight: the condition is not
+        asked and its trigger is skipped (counted in :attr:`skipped` and :attr:`skipped_callee_share`, logged as
+        another call to that worker not made). Why: a condition ran in its trigger's slot but on no callee's share,
+        and a condition worker that never answered held every slot of the engine (ten every-second cron triggers
+        with ``max_fired_calls`` 40: all 40 within 4 s, and other workers' publishes failed ``fire_limit``)."""
+        callee = self._callee_with_room(worker_id, function_id, tell_producer=False)
+        if callee is None:
+            return None
+        callee.n += 1
+        functions = callee.functions
+        functions[function_id] = functions.get(function_id, 0) + 1
+        return CalleePlace(self, callee, function_id)
+
+    def _callee_with_room(self, worker_id: str, function_id: str, *, tell_producer: bool) -> _Callee | None:
+        """``worker_id``'s count of calls in flight when it has room for one more, else ``None`` (the call to
+        ``function_id`` not made: counted and logged)."""
+        callee = self._callees.get(worker_id)
+        if callee is None:
+            callee = self._callees[worker_id] = _Callee(worker_id)
+        elif callee.n >= self.callee_limit:
+            self._over_callee(callee, function_id, tell_producer=tell_producer)
+            return None
+        return callee
 
     def _own_to_callee(self, size: int, worker_id: str, callee: _Callee, function_id: str) -> FiredHold | None:
         """The hold of one call of the engine's own fan-out, its payload's ``size`` bytes moved from
