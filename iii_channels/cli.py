@@ -3,7 +3,7 @@
 Usage::
 
     iii-channel serve --function files::receive --out DIR|FILE|-   # a worker that stores what it receives
-                      [--overwrite]                              # replace existing files in DIR (default: refuse)
+                      [--overwrite]                              # replace an existing file (default: refuse)
                       [--replace]                                # take the function over from the worker serving it
                       [--idle-timeout SECONDS]                   # fail a sender silent this long (default: 300)
     iii-channel send FILE|- --to files::receive                    # sends, prints the receipt as JSON
@@ -24,7 +24,10 @@ deadline, and one that reads slowly goes on as long as its bytes move. A transfe
 stalled one must not keep the others waiting for good. With ``--out -``, a transfer that fails once some of its bytes
 are on stdout stops ``serve`` (one line naming the transfer and the bytes written, status 1; a transfer waiting for
 stdout is failed): the next one's bytes would follow them with nothing between (``| tar x``, ``> all.bin``). One that
-fails before writing anything there is survived.
+fails before writing anything there is survived. An existing file is kept unless ``--overwrite``, in a directory
+and in a file ``--out`` alike (the sender fails at once, ``serve`` goes on), and one transfer at a time writes a
+file: another sent to a file being written (a file ``--out``; a name in a directory with ``--overwrite``) is refused
+at once, so two senders never both hear "verified" for one path that holds only the last one's bytes.
 
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
@@ -36,14 +39,18 @@ function is back on an engine that was away. ``serve`` of a function another wor
 transfer from the first without a word. With ``--replace`` it takes the function over and says from which worker.
 While it serves, it checks every 2 s that the engine still has the function with it, and stops with one line
 (status 1) once another worker has taken it.
-Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or SIGINT), 130 for ``send`` interrupted by SIGINT (one
+Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or SIGINT between transfers; 1 when the signal
+interrupted one: one line naming it, with ``--out -`` the bytes it left on stdout, into files that its partial file
+was removed), 130 for ``send`` interrupted by SIGINT (one
 line ``iii-channel: send: interrupted``; run as a command, the process then ends by SIGINT, so a shell loop running it
 stops), 143 for ``send`` stopped by SIGTERM (handled as SIGINT is: the upload aborted,
 so a reader hears ``ChannelAbortedError`` on our engine, and the client shut down; one line ``iii-channel: send:
 terminated``; a second SIGTERM ends it at once), 1 on a failed transfer (an unconfirmed one included) or an engine that
 cannot be reached within ``--connect-timeout`` (one line ``iii-channel: error: cannot reach the engine at URL …``), 2 on
-bad usage. Paths are checked before connecting: ``send`` of a directory or a missing file and ``serve --out`` into a
-missing directory fail at once.
+bad usage (a closed stream too: ``send -`` with stdin closed, ``serve --out -`` with stdout closed). Paths are
+checked before connecting: ``send`` of a directory or a missing file and ``serve --out`` into a missing directory
+fail at once. A ``send`` whose receipt cannot be written to stdout exits 1 with one line saying the transfer
+succeeded, with the function's answer.
 
 Example:
     >>> build_parser().parse_args(["send", "-", "--to", "x", "--engine", "ws://h:1"]).engine
@@ -56,6 +63,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import io
 import json
 import logging
 import os
@@ -64,7 +72,7 @@ import stat
 import sys
 import time
 import weakref
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--out", required=True, help="directory to store files in, a file path, or - for stdout")
     serve.add_argument("--once", action="store_true", help="exit after the first transfer")
     serve.add_argument("--overwrite", action="store_true",
-                       help="with a directory --out, replace an existing file of the same name (default: refuse)")
+                       help="replace an existing file (in a directory --out, or the file --out); default: refuse")
     serve.add_argument("--idle-timeout", type=seconds, default=DEFAULT_IDLE_TIMEOUT_S, metavar="SECONDS",
                        help="fail a transfer whose sender sends nothing this long; with --out - the next sender "
                             f"waits at most this long behind a stalled one (default {DEFAULT_IDLE_TIMEOUT_S:g})")
@@ -329,6 +337,8 @@ def _why(exc: BaseException | None) -> str:
         Invocation of f::in stopped: the engine is stopping (nothing is known to be stored)
     """
     text = str(getattr(exc, "message", None) or exc)
+    if not text:  # a cancellation (serve's shutdown cancels a transfer under way) says nothing of itself
+        text = "interrupted" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
     if getattr(exc, "code", None) == "invocation_stopped":
         cause = " stopped: " in text
         text += (" (nothing is known to be stored)" if cause else
@@ -608,8 +618,13 @@ async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
         if problem is not None:
             why = f"{args.to} {problem}"
             return _fail(f"{why}: {_shown(answer)} (--allow-unverified accepts such an answer)")
-        print(json.dumps({"sent": sent, "result": answer}), flush=True)
         succeeded = True
+        try:
+            print(json.dumps({"sent": sent, "result": answer}), flush=True)
+        except OSError as exc:  # `> /dev/full`, a full disk, a closed pipe: the transfer is done all the same
+            _drop_stdout()
+            return _fail(f"the transfer succeeded ({sent} bytes sent, {args.to} answered {_shown(answer)}), but its "
+                         f"receipt could not be written to stdout ({exc.strerror or exc})")
         return 0
     finally:
         term.decided = why is not None or succeeded
@@ -651,24 +666,52 @@ def _stdout() -> _Stdout:
     return _STDOUTS.setdefault(asyncio.get_running_loop(), _Stdout())
 
 
-def _spoiled(name: object, written: int, exc: BaseException) -> str:
+def _spoiled(name: object, written: int, exc: BaseException, stopped_by: str | None = None) -> str:
     """What serve says as it stops once a transfer failed after ``written`` of its bytes reached stdout (at most
-    that many when writing to stdout failed, the last chunk perhaps in part; exactly that many when the channel
-    failed, every chunk read before written whole).
+    that many when writing to stdout failed or was interrupted, the last chunk perhaps in part; exactly that many
+    when the channel failed, every chunk read before written whole). A cancelled transfer was interrupted: by
+    ``stopped_by`` (a signal's name) when serve was stopped by one.
 
     Example:
         >>> _spoiled("a.tar", 8_900_000, OSError("disk full")).split("; ")[0]
         "the transfer of 'a.tar' failed after up to 8900000 of its bytes were written to stdout (disk full)"
+        >>> print(_spoiled("a.tar", 30_000_000, asyncio.CancelledError(), "SIGTERM"))
+        the transfer of 'a.tar' was interrupted by SIGTERM after up to 30000000 of its bytes were written to stdout: \
+what is there is incomplete
     """
+    if isinstance(exc, asyncio.CancelledError):
+        by = f" by {stopped_by}" if stopped_by else ""
+        return (f"the transfer of {_safe_name(name)!r} was interrupted{by} after up to {written} of its bytes were "
+                "written to stdout: what is there is incomplete")
     count = f"up to {written}" if isinstance(exc, OSError) and not isinstance(exc, ChannelError) else str(written)
     return (f"the transfer of {_safe_name(name)!r} failed after {count} of its bytes were written to stdout "
             f"({_why(exc)}); serve stops, so that no later transfer follows them there")
 
 
+def _interrupted(stopped_by: str, names: list[str], to_stdout: bool) -> str:
+    """What serve says as it stops, once a signal interrupted transfers that left nothing behind (``names``): none
+    of their bytes reached stdout, or, into files, their partial files were removed.
+
+    Example:
+        >>> print(_interrupted("SIGTERM", ["a.bin"], to_stdout=False))
+        SIGTERM interrupted the transfer of 'a.bin': nothing of it was kept (its partial file was removed), and its \
+sender was told it failed
+    """
+    what = (f"the transfer of {names[0]!r}" if len(names) == 1 else
+            f"{len(names)} transfers ({', '.join(repr(name) for name in names)})")
+    kept = ("none of its bytes reached stdout" if to_stdout else "its partial file was removed") if len(names) == 1 \
+        else ("none of their bytes reached stdout" if to_stdout else "their partial files were removed")
+    told = "its sender was told it failed" if len(names) == 1 else "their senders were told they failed"
+    return f"{stopped_by} interrupted {what}: nothing of {'it' if len(names) == 1 else 'them'} was kept ({kept}), " \
+        f"and {told}"
+
+
 async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress: Progress,
-                 overwrite: bool = False, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S) -> dict[str, Any]:
+                 overwrite: bool = False, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+                 stopped_by: Callable[[], str | None] = lambda: None) -> dict[str, Any]:
     """Write one incoming stream to ``out`` (directory, file or ``-``) and describe what was stored; a sender
-    silent for ``idle_timeout`` seconds fails it with :class:`~iii_channels.errors.ChannelIdleError`."""
+    silent for ``idle_timeout`` seconds fails it with :class:`~iii_channels.errors.ChannelIdleError`.
+    ``stopped_by``: the signal that stopped serve, if any (what a cancelled transfer says it was interrupted by)."""
     size = data.get("size") if isinstance(data.get("size"), int) else None
     if out == "-":
         # One transfer at a time: two senders served at once would interleave their chunks on stdout. The next
@@ -697,27 +740,41 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
                 count = await to_fd(source, sys.stdout.fileno())
             except BrokenPipeError:
                 raise BrokenPipeError(_STDOUT_GONE) from None
-            except Exception as exc:
+            except BaseException as exc:
+                # A cancellation too (SIGTERM, SIGINT: serve's shutdown cancels the transfers under way): the
+                # bytes it left on stdout are as incomplete as a failed transfer's.
                 if source.bytes_read:
                     # Its bytes are on stdout with nothing to tell them from the next transfer's (`| tar x`,
                     # `> all.bin`): serve stops (see _serve), and a transfer waiting for stdout is failed.
-                    stdout.spoiled = _spoiled(data.get("name"), source.bytes_read, exc)
+                    stdout.spoiled = _spoiled(data.get("name"), source.bytes_read, exc, stopped_by())
                 raise
         finally:
             stdout.lock.release()
         return {"path": "-", "bytes": count, "sha256": source.sha256, "verified": source.verified}
     target = Path(out)
-    # Into a directory, an existing file is kept unless --overwrite: checked before reading (a refused sender fails
-    # at once), and again as the file is placed, atomically (two senders of one name at once: one fails).
+    # An existing file is kept unless --overwrite, into a directory and into a file --out alike: checked before
+    # reading (a refused sender fails at once), and again as the file is placed, atomically (two senders of one
+    # name at once: one fails).
     into_directory = await asyncio.to_thread(target.is_dir)
-    exclusive = into_directory and not overwrite
-    if into_directory:
-        try:
+    exclusive = not overwrite
+    # One transfer at a time per file where placing atomically cannot tell them apart: into a file --out (all
+    # senders share that one name) and with --overwrite (the last to finish would silently replace the others,
+    # each of them told "verified"). The next one is refused at once, before a byte is read.
+    claim: _Claim | None = None
+    try:
+        if not into_directory:
+            claim = _claim(target)
+        else:
             target = await asyncio.to_thread(_directory_target, target, data.get("name"), overwrite)
-        except BaseException:
-            # Refused before reading: release the sender now instead of leaving it blocked on backpressure.
-            await asyncio.shield(_release_writer(reader))
-            raise
+            claim = _claim(target) if overwrite else None
+        if not into_directory and not overwrite and await asyncio.to_thread(os.path.lexists, target):
+            raise FileExistsError(_exists(target))
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        # Refused before reading: release the sender now instead of leaving it blocked on backpressure.
+        await asyncio.shield(_release_writer(reader))
+        raise
     try:
         receipt = await receive_file(reader, target, progress=progress, require_trailer=True,
                                      idle_timeout=idle_timeout, exclusive=exclusive)
@@ -725,8 +782,54 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
         if not exclusive:
             raise
         raise FileExistsError(_exists(target)) from None
+    finally:
+        if claim is not None:
+            claim.release()
     return {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,
             "verified": receipt.verified}
+
+
+class _TargetBusy(Exception):
+    """A transfer refused because another one is writing the same file on this serve now."""
+
+
+class _Claim:
+    """A file a transfer of this serve is writing now (:func:`_claim`); ``release`` once it is done."""
+
+    def __init__(self, held: set[str], key: str) -> None:
+        self._held, self._key = held, key
+
+    def release(self) -> None:
+        self._held.discard(self._key)
+
+
+# The files the transfers of each loop are writing now (the handler runs on the client's loop; tests run several).
+_RECEIVING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _claim(target: Path) -> _Claim:
+    """Hold ``target`` for one transfer; :class:`_TargetBusy` naming it while another transfer holds it.
+
+    Example:
+        >>> async def twice() -> str:
+        ...     first = _claim(Path("/tmp/in/a.bin"))
+        ...     try:
+        ...         _claim(Path("/tmp/in/a.bin"))
+        ...     except _TargetBusy as busy:
+        ...         return str(busy)
+        ...     finally:
+        ...         first.release()
+        ...     return "not refused"
+        >>> print(asyncio.run(twice()))
+        /tmp/in/a.bin is being written by another transfer on the receiver now (one transfer at a time per file)
+    """
+    held = _RECEIVING.setdefault(asyncio.get_running_loop(), set())
+    key = os.path.abspath(target)
+    if key in held:
+        raise _TargetBusy(f"{target} is being written by another transfer on the receiver now (one transfer at a "
+                          "time per file)")
+    held.add(key)
+    return _Claim(held, key)
 
 
 def _holder(workers: list[WorkerInfo], function_id: str, me: str | None) -> WorkerInfo | None:
@@ -797,11 +900,19 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     failures: list[str] = []
     stdout_gone: list[str] = []
+    interrupted: list[str] = []  # the transfers a signal cut short (their names)
+    signalled: list[str] = []  # the signal that stopped serve
     progress = _progress(args)
+
+    def stopped(sig: signal.Signals) -> None:
+        if not signalled:
+            signalled.append(sig.name)
+        stop.set()
+
     # Signals first: SIGTERM must end serve promptly in every phase, the wait for the engine included.
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopped, sig)
     directory = _check_out(args.out)
     if directory is not None:
         removed = await asyncio.to_thread(_reclaim_report, directory)
@@ -817,9 +928,13 @@ async def _serve(args: argparse.Namespace) -> int:
         if not isinstance(reader, ChannelReader):
             raise ValueError(f"{args.function} expects {{'reader': <channel ref>, ...}}, got keys {sorted(data)}")
         try:
-            return await _store(reader, data, args.out, progress, args.overwrite, args.idle_timeout)
+            return await _store(reader, data, args.out, progress, args.overwrite, args.idle_timeout,
+                                lambda: signalled[0] if signalled else None)
         except BaseException as exc:
-            failures.append(_why(exc))
+            if isinstance(exc, asyncio.CancelledError) and signalled:
+                interrupted.append(_safe_name(data.get("name")))  # by serve's shutdown, after the signal
+            else:
+                failures.append(_why(exc))
             spoiled = _stdout().spoiled if args.out == "-" else None
             if spoiled is not None or (isinstance(exc, BrokenPipeError) and args.out == "-"):
                 # every later transfer would fail the same way, or follow a failed one's bytes: stop, and say why
@@ -884,6 +999,9 @@ async def _serve(args: argparse.Namespace) -> int:
         await client.shutdown_async()
     if stdout_gone:
         return _fail(stdout_gone[0])
+    if interrupted:
+        # Stopped on purpose, but not idle: a transfer was lost, which a stop between transfers does not do.
+        return _fail(_interrupted(signalled[0], interrupted, args.out == "-"))
     return _fail(f"the transfer failed: {failures[-1]}") if args.once and failures else 0
 
 
@@ -893,6 +1011,35 @@ def _reclaim_report(directory: Path) -> str:
         return ""
     size = sum(removed.values())
     return f"removed {len(removed)} stale partial file(s) ({size} bytes) in {directory}"
+
+
+def _drop_stdout() -> None:
+    """Point stdout at ``/dev/null`` once writing to it failed: what stays in its buffer would be flushed again as
+    the interpreter ends, which fails again and adds a second message (and status 120) to the one line."""
+    with contextlib.suppress(OSError, ValueError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
+
+
+def _closed(stream: Any) -> bool:
+    """Whether a standard stream cannot be used: closed when the process started (Python's ``None``) or since.
+
+    Example:
+        >>> _closed(None), _closed(sys.__stderr__)
+        (True, False)
+    """
+    if stream is None:
+        return True
+    try:
+        os.fstat(stream.fileno())
+    except io.UnsupportedOperation:  # no descriptor of its own (an in-memory stream): usable as it is
+        return False
+    except (OSError, ValueError):  # a descriptor closed since, or a file object closed
+        return True
+    return False
 
 
 def _freeze_imports() -> None:
@@ -923,6 +1070,13 @@ def main(argv: list[str] | None = None) -> int:
         check_url(_engine(args))
     except (TypeError, ValueError) as exc:
         parser.error(f"--engine: {exc}")  # exits with status 2
+    # A closed stream (`<&-`, `>&-`) is None in Python: send crashed on it with a traceback, serve started and then
+    # failed every transfer. Said before connecting, as a usage error (status 2).
+    if args.command == "send" and args.file == "-" and _closed(sys.stdin):
+        parser.error("send -: stdin is closed, there is nothing to send (give a file, or redirect stdin)")
+    if args.command == "serve" and args.out == "-" and _closed(sys.stdout):
+        parser.error("serve --out -: stdout is closed, received bytes cannot be written there (give a directory "
+                     "or a file, or redirect stdout)")
     runner = _send if args.command == "send" else _serve
     try:
         return asyncio.run(runner(args))
