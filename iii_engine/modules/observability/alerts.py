@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import sys
@@ -33,7 +34,7 @@ from iii._cli import mask_passwords
 from ...settings import Field, NonEmpty, Settings, UnknownKeys, closest_key
 from .queries import mean, point_value, total
 
-__all__ = ["AlertManager", "AlertRule", "webhook_url"]
+__all__ = ["ENGINE_COUNTERS", "AlertManager", "AlertRule", "webhook_url"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,15 @@ MAX_SECONDS = 366 * 86_400
 """The longest ``window_seconds`` / ``cooldown_seconds`` a rule may give (a year)."""
 FAILURE_LOG_INTERVAL_S = 10.0
 """A rule whose evaluation fails is logged at most once per this many seconds (the others are still evaluated)."""
+ENGINE_COUNTERS: tuple[str, ...] = (
+    "iii.invocations.total", "iii.invocations.success", "iii.invocations.error", "iii.invocations.deferred",
+    "iii.workers.spawns", "iii.workers.deaths", "iii.workers.active")
+"""The metric names a rule reads from the engine's own counters; the rest of ``iii.invocations.*`` and
+``iii.workers.*`` names nothing (a rule on them never fires), other names read the metrics workers send."""
+_COUNTER_PREFIXES = ("iii.invocations.", "iii.workers.")
+_NEAR_COUNTER = 0.9
+"""How alike (difflib's ratio) a worker metric's ``iii.*`` name and an engine counter's must be to be taken for a typo
+of it (``iii.invocation.total``: 0.98; the SDK's ``iii.worker.cpu.percent``: 0.65)."""
 _ACTION_KEYS: dict[str, tuple[str, ...]] = {"log": ("type",), "webhook": ("type", "url"),
                                             "function": ("type", "path")}
 _ALIASES = {"greaterthan": ">", "greaterthanorequal": ">=", "lessthan": "<", "lessthanorequal": "<=",
@@ -96,6 +106,12 @@ class AlertRule(Settings):
         ...
         iii_engine.settings.ConfigError: alerts[0]: unknown key 'operater' (did you mean 'operator'? allowed: action, \
 cooldown_seconds, enabled, metric, name, operator, threshold, window_seconds)
+        >>> AlertRule.parse({"name": "x", "metric": "iii.invocations.totl", "threshold": 1},
+        ...                 at="alerts[0]")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: alerts[0].metric: no engine counter is named 'iii.invocations.totl' (did \
+you mean 'iii.invocations.total'? the engine's counters: iii.invocations.total, ...)
     """
 
     unknown_keys: ClassVar[UnknownKeys] = "forbid"
@@ -111,6 +127,20 @@ cooldown_seconds, enabled, metric, name, operator, threshold, window_seconds)
     cooldown_seconds: float = Field(60.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     enabled: bool = True
     action: dict[str, Any] = Field(default_factory=lambda: {"type": "log"})
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, metric: str) -> str:
+        near = difflib.get_close_matches(metric, ENGINE_COUNTERS, n=1, cutoff=_NEAR_COUNTER)
+        if metric.startswith(_COUNTER_PREFIXES) and metric not in ENGINE_COUNTERS:
+            # names there are read from the engine's counters only: iii.invocations.totl never fired, without a word
+            meant = f"did you mean {near[0]!r}? " if near else ""
+            raise ValueError(f"no engine counter is named {metric!r} ({meant}the engine's counters: "
+                             f"{', '.join(ENGINE_COUNTERS)})")
+        if metric.startswith("iii.") and near and metric not in ENGINE_COUNTERS:
+            log.warning("alert rule on %r: no engine counter has that name (did you mean %r?); the rule reads the "
+                        "metric of that name workers send", metric, near[0])
+        return metric
 
     @field_validator("operator", mode="before")
     @classmethod
@@ -222,7 +252,7 @@ class AlertManager:
                   now_ms: int) -> dict[str, Any] | None:
         """One rule's evaluation: the event if it triggered."""
         value = counters.get(rule.metric)
-        if value is None and not rule.metric.startswith(("iii.invocations.", "iii.workers.")):
+        if value is None and not rule.metric.startswith(_COUNTER_PREFIXES):
             value = _metric_value(rule.metric, rule.window_seconds, metrics, now_ms * 1_000_000)
         if value is None:
             return None

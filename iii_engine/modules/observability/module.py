@@ -90,6 +90,9 @@ ALERT_ACTION_MIN_INTERVAL_S = 1.0
 (0 included); a trigger within it is counted in ``alert_actions_throttled``. Why: an action whose call makes the
 rule fire again (a function that calls ``engine::alerts::evaluate``, or one feeding the metric the rule watches)
 ran without end at cooldown 0: 364,835 invocations in 15 s, a core busy and every stored trace evicted."""
+ALERT_DELIVERIES_DEGRADED_AFTER = 3
+"""``engine::health::check`` says ``degraded`` (component ``alert_deliveries``) once this many webhook deliveries in a
+row failed, each after its retries (before, health stayed ``healthy`` while every alert was lost)."""
 ALERT_LOG_BURST = 10
 """Alert lines (triggered, webhook skipped) logged one by one per ``SKIP_LOG_INTERVAL_S``; the rest are counted."""
 ECHO_LOG_BURST = 100
@@ -312,6 +315,9 @@ class OtelModule(EngineModule):
         #: actions not run for coming within ALERT_ACTION_MIN_INTERVAL_S of the rule's previous one
         self.alert_actions_throttled = 0
         self._action_at: dict[str, float] = {}  # rule name -> time.monotonic() of its last action run
+        #: webhook deliveries that failed since the last one that succeeded, and why the latest failed
+        self.webhook_failed_in_row = 0
+        self._webhook_problem: str | None = None
         # Alert lines rate-limited: ALERT_LOG_BURST of each SKIP_LOG_INTERVAL_S get a line each, the rest are
         # counted in one line per interval. Before, one line per event: a worker calling engine::alerts::evaluate
         # in a loop against rules with cooldown_seconds 0 wrote 274,402 lines in 20 s.
@@ -1029,12 +1035,15 @@ class OtelModule(EngineModule):
                              export_dropped_records=self.forwarder.dropped_records,
                              export_failed_records=self.forwarder.failed_records)
         modules = await self._modules_health()
+        deliveries = self._deliveries()
         return {
             # A bound shedding calls is the engine protecting itself, not failing: the components say so, and the
             # status stays healthy (a probe must not restart an engine for refusing one worker's flood). A store,
             # server or remote engine a module depends on that does not answer makes it degraded: the calls that
-            # need it fail (before, healthy while every state::set failed on a Redis that was down).
-            "status": "degraded" if any(c["status"] == UNHEALTHY for c in modules.values()) else "healthy",
+            # need it fail (before, healthy while every state::set failed on a Redis that was down); so does an
+            # alert webhook that fails delivery after delivery: the alerts are lost.
+            "status": "degraded" if any(c["status"] == UNHEALTHY for c in modules.values())
+            or deliveries.get("alert_deliveries", {}).get("status") == "degraded" else "healthy",
             "components": {
                 "otel": otel,
                 "metrics": {"status": "healthy", "details": {"stored_metrics": len(self.metrics),
@@ -1047,6 +1056,7 @@ class OtelModule(EngineModule):
                 "spans": spans,
                 "telemetry": {"status": "healthy", "details": telemetry},
                 **self._bounds(),
+                **deliveries,
                 **modules,
             },
             "timestamp": _now_ms(),
@@ -1064,6 +1074,17 @@ class OtelModule(EngineModule):
             self._background.add(probing)
             probing.add_done_callback(self._background.discard)
         return dict(await asyncio.shield(probing))
+
+    def _deliveries(self) -> dict[str, Component]:
+        """The ``alert_deliveries`` component (none without alert rules): ``degraded`` once the last
+        :data:`ALERT_DELIVERIES_DEGRADED_AFTER` webhook deliveries all failed, until one succeeds."""
+        if self.alerts is None:
+            return {}
+        degraded = self.webhook_failed_in_row >= ALERT_DELIVERIES_DEGRADED_AFTER
+        return {"alert_deliveries": {"status": "degraded" if degraded else "healthy", "details": {
+            "webhook_sent": self.webhook_sent, "webhook_failed": self.webhook_failed,
+            "failed_in_a_row": self.webhook_failed_in_row, "last_failure": self._webhook_problem,
+            "webhook_skipped": self.webhook_skipped, "actions_throttled": self.alert_actions_throttled}}}
 
     def _bounds(self) -> dict[str, dict[str, Any]]:
         """The engine's call bounds as health components (their details are also in ``engine::metrics::list``);
@@ -1162,6 +1183,7 @@ class OtelModule(EngineModule):
                         async with session.post(url, json=body, allow_redirects=False) as response:
                             if response.status < 300:
                                 self.webhook_sent += 1
+                                self.webhook_failed_in_row = 0
                                 return
                             problem = http_failure(response.status, response.headers.get("Location"))
                     except aiohttp.ClientError as exc:
@@ -1172,6 +1194,8 @@ class OtelModule(EngineModule):
         except TimeoutError:
             problem = f"no success within {self.webhook_budget_s:g} s ({problem})"
         self.webhook_failed += 1
+        self.webhook_failed_in_row += 1
+        self._webhook_problem = f"{shown}: {problem}"
         log.error("alert webhook %s not delivered: %s", shown, problem)
 
     async def _alerts_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from aiohttp import web
 from module_worker import ModuleWorker
 
 from iii_engine.modules.base import ModuleStartError
+from iii_engine.modules.observability import alerts
 from iii_engine.modules.observability import module as observability
 from tests.integration.modules.test_observability import engine_with
 from tests.polling import until
@@ -29,16 +30,17 @@ def rule(name: str, action: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def hook_server(status: int, location: str = "/landing",
+async def hook_server(status: int | list[int], location: str = "/landing",
                       path: str = "/hook") -> AsyncIterator[tuple[str, list[str]]]:
-    """A local endpoint answering each request to ``path`` with ``status`` (and ``Location: location``), counting
-    what comes to ``/landing`` too; yields its ``host:port`` and the requests seen (``"POST /hook 57"``: method,
-    path, body bytes)."""
+    """A local endpoint answering each request to ``path`` with ``status`` (a list: its first item when the request
+    comes) and ``Location: location``, counting what comes to ``/landing`` too; yields its ``host:port`` and the
+    requests seen (``"POST /hook 57"``: method, path, body bytes)."""
     seen: list[str] = []
 
     async def hook(request: web.Request) -> web.Response:
         seen.append(f"{request.method} {request.path} {len(await request.read())}")
-        return web.Response(status=status, headers={"Location": location})
+        answer = status[0] if isinstance(status, list) else status
+        return web.Response(status=answer, headers={"Location": location})
 
     async def landing(request: web.Request) -> web.Response:
         seen.append(f"{request.method} {request.path} {len(await request.read())}")
@@ -132,3 +134,55 @@ async def test_an_action_that_fires_its_own_rule_again_is_bounded() -> None:
         # once the interval passed, the rule's action runs again
         await worker.result("engine::alerts::evaluate", {})
         await until(lambda: calls == 2, within=5)
+
+
+async def test_a_rule_on_no_engine_counter_stops_the_start_a_near_miss_is_warned(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Before: iii.invocations.totl was taken and never fired, nor appeared in engine::alerts::list.
+    with pytest.raises(ModuleStartError, match=r"config\.alerts\[0\]\.metric: no engine counter is named "
+                       r"'iii\.invocations\.totl' \(did you mean 'iii\.invocations\.total'\?"):
+        async with engine_with({"alerts": [rule("typo", {"type": "log"}, metric="iii.invocations.totl")]}):
+            pass
+    # outside iii.invocations.* / iii.workers.* a name reads the workers' metrics (the SDK's iii.worker.* gauges):
+    # taken, a near miss of a counter warned
+    rules = [rule("near", {"type": "log"}, metric="iii.invocation.total"),
+             rule("gauge", {"type": "log"}, metric="iii.worker.cpu.percent")]
+    with caplog.at_level(logging.WARNING, "iii_engine.modules.observability.alerts"):
+        async with engine_with({"alerts": rules}) as engine:
+            module: Any = engine.module("observability")
+            assert sorted(module._counter_values()) == sorted(alerts.ENGINE_COUNTERS)
+    warned = [record.getMessage() for record in caplog.records if "no engine counter" in record.getMessage()]
+    assert warned == ["alert rule on 'iii.invocation.total': no engine counter has that name (did you mean "
+                      "'iii.invocations.total'?); the rule reads the metric of that name workers send"]
+
+
+async def test_health_is_degraded_while_every_webhook_delivery_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: healthy while every alert was lost.
+    monkeypatch.setattr(observability, "WEBHOOK_BUDGET_S", 0.3)  # one attempt, then given up in the pause
+    monkeypatch.setattr(observability, "ALERT_ACTION_MIN_INTERVAL_S", 0.0)
+    status = [500]
+    async with hook_server(status) as (address, seen):
+        rules = [rule("r", {"type": "webhook", "url": f"http://{address}/hook?token=T0KEN"}, metric="hook.go")]
+        async with engine_with({"alerts": rules}) as engine, ModuleWorker(engine.url) as worker:
+            module: Any = engine.module("observability")
+            module.metrics.add([{"name": "hook.go", "timestamp_unix_nano": observability._now_ns(),
+                                 "metric_type": "gauge", "data_points": [{"value": 1.0}]}])
+            for failed in (1, 2):
+                module.evaluate_alerts()
+                await until(lambda: module.webhook_failed == failed)  # noqa: B023 - awaited within the pass
+            health = await worker.result("engine::health::check", {})
+            assert health["status"] == "healthy"  # two in a row: not yet
+            module.evaluate_alerts()
+            await until(lambda: module.webhook_failed == 3)
+            health = await worker.result("engine::health::check", {})
+            component = health["components"]["alert_deliveries"]
+            assert (health["status"], component["status"]) == ("degraded", "degraded")
+            assert component["details"]["failed_in_a_row"] == 3 and component["details"]["webhook_sent"] == 0
+            assert len(seen) == 3  # one attempt each
+            assert component["details"]["last_failure"] == f"http://{address}/hook?token=***: no success within " \
+                "0.3 s (answered HTTP 500)"
+            status[0] = 200
+            module.evaluate_alerts()
+            await until(lambda: module.webhook_sent >= 1)
+            health = await worker.result("engine::health::check", {})
+            assert (health["status"], health["components"]["alert_deliveries"]["status"]) == ("healthy", "healthy")
