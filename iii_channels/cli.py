@@ -47,9 +47,9 @@ stops), 143 for ``send`` stopped by SIGTERM (handled as SIGINT is: the upload ab
 so a reader hears ``ChannelAbortedError`` on our engine, and the client shut down; one line ``iii-channel: send:
 terminated``; a second SIGTERM ends it at once), 1 on a failed transfer (an unconfirmed one included) or an engine that
 cannot be reached within ``--connect-timeout`` (one line ``iii-channel: error: cannot reach the engine at URL …``), 2 on
-bad usage (a closed stream too: ``send -`` with stdin closed, ``serve --out -`` with stdout closed). Paths are
-checked before connecting: ``send`` of a directory or a missing file and ``serve --out`` into a missing directory
-fail at once. A ``send`` whose receipt cannot be written to stdout exits 1 with one line saying the transfer
+bad usage (a closed stream too: ``send -`` with stdin closed, ``send`` or ``serve --out -`` with stdout closed).
+Paths are checked before connecting: ``send`` of a directory or a missing file and ``serve --out`` into a missing
+directory fail at once. A ``send`` whose receipt cannot be written to stdout exits 1 with one line saying the transfer
 succeeded, with the function's answer.
 
 Example:
@@ -1074,6 +1074,10 @@ def main(argv: list[str] | None = None) -> int:
     # failed every transfer. Said before connecting, as a usage error (status 2).
     if args.command == "send" and args.file == "-" and _closed(sys.stdin):
         parser.error("send -: stdin is closed, there is nothing to send (give a file, or redirect stdin)")
+    if args.command == "send" and _closed(sys.stdout):
+        # print() to a closed stdout does nothing: the send exited 0 with its receipt lost without a word
+        parser.error("send: stdout is closed, the receipt cannot be written there (redirect it to /dev/null to "
+                     "drop it)")
     if args.command == "serve" and args.out == "-" and _closed(sys.stdout):
         parser.error("serve --out -: stdout is closed, received bytes cannot be written there (give a directory "
                      "or a file, or redirect stdout)")

@@ -44,6 +44,15 @@ async def test_send_stdin_closed_is_refused_at_start(engine_url: str) -> None:
                            "redirect stdin) (see iii-channel --help)\n")
 
 
+async def test_send_with_stdout_closed_is_refused_at_start(engine_url: str, tmp_path: Path) -> None:
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x")
+    done = await _run_closed(1, "send", str(src), "--to", "files::none", "--engine", engine_url)
+    assert done.rc == 2, done.stderr  # before: 0, the receipt lost without a word (print() to None does nothing)
+    assert done.stderr == ("iii-channel: send: stdout is closed, the receipt cannot be written there (redirect it "
+                           "to /dev/null to drop it) (see iii-channel --help)\n")
+
+
 async def test_serve_to_a_closed_stdout_is_refused_at_start(engine_url: str) -> None:
     done = await _run_closed(1, "serve", "--function", "files::none", "--out", "-", "--engine", engine_url)
     assert done.rc == 2, done.stderr
