@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -46,25 +46,45 @@ MAX_LOCK_KEY_CHARS: Final = 1024
 
 _CLOCK_BACK_S: Final = 1.0
 """Seconds still left before a tick after sleeping all of them: past this, the wall clock was set back."""
+_LATE_S: Final = 1.0
+"""Seconds a tick may be late, by the loop's clock (a stall) or by the wall clock (a step forward while its schedule
+slept), before the ticks it passed over are skipped."""
+_SLEEP_CHUNK_S: Final = 1.0
+"""Longest sleep before the wall clock is read again: a clock stepped forward during a sleep is seen within it."""
 
 
-async def _sleep_until(moment: datetime) -> float | None:
-    """Sleep until the wall clock reads ``moment``: then the seconds the event loop woke later than asked (0.0 when
-    no sleep was needed), a stall measured on the loop's monotonic clock, which a wall clock stepped a little either
-    way does not move; None when, on waking, the clock was found set back (waiting out the jump would silence an
-    every-second schedule for as long as the clock went back)."""
+async def _sleep_until(moment: datetime) -> tuple[float, float] | None:
+    """Sleep until the wall clock reads ``moment``: then how late the wake was, as ``(overrun, late)``: ``overrun``
+    the seconds the event loop woke later than asked (0.0 when no sleep was needed), a stall measured on the loop's
+    monotonic clock, which a wall clock stepped a little either way does not move; ``late`` the seconds the wall
+    clock read past ``moment`` on waking (a stall, or the clock stepped forward during the sleep). None when, on
+    waking, the clock was found set back (waiting out the jump would silence an every-second schedule for as long as
+    the clock went back).
+
+    The sleep is cut into pieces of at most :data:`_SLEEP_CHUNK_S`, the wall clock read after each: one monotonic
+    sleep of the whole delay did not see a clock stepped forward meanwhile, and the tick fired as late as the step,
+    with no warning and no count (``0,30 * * * * *``, stepped +15 s: the :30 tick fired at :45).
+
+    Example:
+        >>> import asyncio
+        >>> overrun, late = asyncio.run(_sleep_until(datetime.now(UTC)))
+        >>> overrun, 0 <= late < 1
+        (0.0, True)
+    """
     # A timed sleep, not synchronisation: wall-clock target, monotonic loop clock, so re-check and repeat.
     loop = asyncio.get_running_loop()
     overrun = 0.0
     delay = (moment - datetime.now(UTC)).total_seconds()
     while delay > 0:
-        wake_at = loop.time() + delay
-        await asyncio.sleep(delay)
+        chunk = min(delay, _SLEEP_CHUNK_S)
+        wake_at = loop.time() + chunk
+        await asyncio.sleep(chunk)
         overrun = loop.time() - wake_at
+        last = delay - chunk  # what the wall clock should have left, had it kept pace with the loop's
         delay = (moment - datetime.now(UTC)).total_seconds()
-        if delay > _CLOCK_BACK_S:
+        if delay - last > _CLOCK_BACK_S:
             return None
-    return overrun
+    return overrun, -delay
 
 
 def parse_trigger_expression(config: Any) -> CronExpression:
@@ -209,11 +229,18 @@ class CronModule(EngineModule):
         schedule = asyncio.current_task()
         tick = expression.next_after(datetime.now(UTC))
         while tick is not None:
-            overrun = await _sleep_until(tick)
-            if overrun is None:
+            slept = await _sleep_until(tick)
+            if slept is None:
                 now = datetime.now(UTC)
                 log.warning("cron %s: the wall clock went back (now %s, before tick %s); scheduling from now",
                             trigger.id, rfc3339(now), rfc3339(tick))
+                tick = expression.next_after(now)
+                continue
+            overrun, late = slept
+            if late >= _LATE_S and overrun < _LATE_S:
+                # the wall clock went forward while the schedule slept: this tick is as late as those it passed over
+                now = datetime.now(UTC)
+                self._skip_missed(trigger, expression, tick - timedelta(seconds=1), now, stalled=False, late=tick)
                 tick = expression.next_after(now)
                 continue
             following = expression.next_after(tick)
@@ -228,25 +255,26 @@ class CronModule(EngineModule):
             # already a second late. Not this tick's lateness by the wall clock: a step forward of ±0.5 s jitter
             # (1 s) just as this tick woke on time made it look a second late, and the following tick, due that
             # very moment, was skipped as missed.
-            if following is None or (overrun < 1 and (now - following).total_seconds() < 1):
+            if following is None or (overrun < _LATE_S and (now - following).total_seconds() < _LATE_S):
                 tick = following
             else:  # after a long stall, skip the missed ticks rather than firing a burst of them; never silently
                 self._skip_missed(trigger, expression, tick, now, stalled=overrun >= 1)
                 tick = expression.next_after(now)
 
     def _skip_missed(self, trigger: TriggerInfo, expression: CronExpression, last: datetime, now: datetime, *,
-                     stalled: bool = True) -> None:
+                     stalled: bool = True, late: datetime | None = None) -> None:
         """Count and log the ticks of ``expression`` after ``last`` up to ``now``, which a stall (``stalled``) or a
         wall clock set forward made late: exactly, by arithmetic (:meth:`CronExpression.count_between`), not by
         walking them (counted up to 1,000 before, so a long stall of an every-second schedule was reported as "at
-        least 1000")."""
+        least 1000"). ``late``: the tick the log names as late (default ``last``, the latest tick fired)."""
         missed = expression.count_between(last, now)
         if missed:
             self.missed_ticks += missed
+            late = last if late is None else late
             # The log says which: an operator chasing a stall that was a clock step looks for the wrong cause.
             cause = "the engine stalled" if stalled else "the wall clock went forward (the engine did not stall)"
             log.warning("cron %s: %s: %.1f s late for tick %s; %d tick(s) up to %s skipped", trigger.id, cause,
-                        (now - last).total_seconds(), rfc3339(last), missed, rfc3339(now))
+                        (now - late).total_seconds(), rfc3339(late), missed, rfc3339(now))
 
     def _log_lock_failures(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = latest_tail(latest)
