@@ -76,11 +76,23 @@ class IncompleteReadError(ChannelError):
 class FileChangedError(ChannelError):
     """A file changed while it was sent (it was truncated, grew, was rewritten or replaced): what went out is no
     copy of any version of it, so the sender aborted the stream rather than close it under a trailer that verifies.
-    ``.path`` names the file."""
+    ``.path`` names the file; ``.change`` says what changed (``None``: not known).
 
-    def __init__(self, message: str, path: str) -> None:
+    Example:
+        >>> FileChangedError("/data/a.bin changed size …", "/data/a.bin", "changed size from 9 to 4 bytes").abort_reason
+        'the file changed size from 9 to 4 bytes while it was sent'
+    """
+
+    def __init__(self, message: str, path: str, change: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+        self.change = change
+
+    @property
+    def abort_reason(self) -> str:
+        """What changed, short enough for a WebSocket close reason (123 bytes) whatever the path: the stream's
+        abort says it (the whole message, path first, was cut mid-sentence there)."""
+        return f"the file {self.change or 'changed'} while it was sent"
 
 
 class ProcessError(ChannelError):

@@ -632,7 +632,7 @@ async def send_file(
         else:
             await sink.drain()
     except BaseException as exc:
-        await sink.abort(f"send_file failed: {exc!r}")
+        await sink.abort(f"send_file failed: {exc.abort_reason if isinstance(exc, FileChangedError) else repr(exc)}")
         raise
     return sink.bytes_written
 
@@ -678,7 +678,7 @@ async def _send_file_bytes(sink: ChannelSink, path: Path, before: os.stat_result
     else:
         return
     raise FileChangedError(f"{path} {change} while it was sent ({read} bytes read); the stream was aborted, send "
-                           "it again", os.fspath(path))
+                           "it again", os.fspath(path), change)
 
 
 async def receive_file(

@@ -32,7 +32,7 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelWriter, binary_payload
 from iii.waiters import Signal
 
-from .errors import ChannelClosedError
+from .errors import ChannelClosedError, FileChangedError
 from .integrity import TRAILER_KEY, Digest, is_trailer
 from .progress import Progress, _make_progress
 
@@ -270,7 +270,8 @@ class ChannelSink:
         if exc is None:
             await self.close()
         else:
-            await self.abort(f"{exc_type.__name__ if exc_type else 'error'}: {exc}")
+            reason = exc.abort_reason if isinstance(exc, FileChangedError) else str(exc)
+            await self.abort(f"{exc_type.__name__ if exc_type else 'error'}: {reason}")
 
     # ---- internals
 
