@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,11 +90,15 @@ class OrderedPublisher:
     """Sends ``PUBLISH`` commands in call order through one round trip at a time (see the module).
 
     An error that ends a round trip (a connection refused, broken or timed out) is each of its messages' outcome.
+    ``on_ready`` is called each time a round trip has a connection that is ready (Redis is reachable), before it
+    writes.
     """
 
     def __init__(self, redis: Redis, *, timeout: float, min_left: float | None = None,
-                 max_messages: int = MAX_MESSAGES, max_bytes: int = MAX_BYTES) -> None:
+                 max_messages: int = MAX_MESSAGES, max_bytes: int = MAX_BYTES,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self._redis = redis
+        self._on_ready = on_ready
         self._timeout = timeout
         # default a tenth of the deadline (1 s of 10 s): a healthy round trip takes milliseconds
         self._min_left = timeout * _MIN_LEFT_SHARE if min_left is None else min_left
@@ -307,6 +312,8 @@ class OrderedPublisher:
         # connects and handshakes (HELLO, AUTH, SELECT) when needed: a hang or failure here sends nothing
         connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
+            if self._on_ready is not None:
+                self._on_ready()
             going = self._mark_sent(batch)
             replies: dict[int, Exception | None] = {}
             try:
