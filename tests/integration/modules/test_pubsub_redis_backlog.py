@@ -5,10 +5,12 @@ in turns, so one backed-up topic holds up no other for more than a message's wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from module_worker import ModuleWorker
 from redis.asyncio import Redis
 from test_fired_calls_bound import Slow, engine_with
 
-from iii_engine import ModuleSpec
+from iii_engine import Engine, ModuleSpec
 from iii_engine.modules.pubsub import bus as bus_module
 from iii_engine.modules.pubsub.backlog import Backlog
 from tests.integration.streams.private_redis import PrivateRedis
@@ -30,6 +32,20 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(30),
 def redis_pubsub(url: str) -> ModuleSpec:
     return ModuleSpec("modules::pubsub::PubSubModule",
                       {"adapter": {"class": "modules::pubsub::RedisAdapter", "config": {"redis_url": url}}})
+
+
+@contextlib.asynccontextmanager
+async def one_slot_engine(tmp_path: Path) -> AsyncIterator[tuple[Redis, Engine, ModuleWorker]]:
+    """A private Redis (a client of it), an engine on it with room for one fired call, and a worker of it."""
+    with PrivateRedis(tmp_path) as server:
+        await server.start()
+        redis = Redis.from_url(server.url)
+        try:
+            async with engine_with(redis_pubsub(server.url), limit=1, wait_ms=20_000) as engine:
+                async with ModuleWorker(engine.url) as worker:
+                    yield redis, engine, worker
+        finally:
+            await redis.aclose()
 
 
 async def published(redis: Redis, topic: str, payloads: list[Any]) -> None:
@@ -53,39 +69,32 @@ async def test_a_new_topic_is_subscribed_and_delivered_while_another_has_more_wa
     async def on_cold(data: Any) -> None:
         await quiet.put(data)
 
-    with PrivateRedis(tmp_path) as server:
-        await server.start()
-        redis = Redis.from_url(server.url)
-        try:
-            async with engine_with(redis_pubsub(server.url), limit=1, wait_ms=20_000) as engine:
-                async with ModuleWorker(engine.url) as worker:
-                    await worker.function("hot::on", held)
-                    await worker.function("cold::on", on_cold)
-                    await worker.trigger("hot", "subscribe", "hot::on", {"topic": hot})
-                    await published(redis, hot, [0])
-                    assert await held.next() == 0  # holds the only slot: the rest wait
-                    await published(redis, hot, list(range(1, 3001)))
-                    started = time.monotonic()
-                    await worker.trigger("cold", "subscribe", "cold::on", {"topic": cold})
-                    assert time.monotonic() - started < 2
-                    assert await redis.publish(cold, json.dumps("cold")) == 1  # subscribed in Redis
-                    bus: Any = engine.modules["pubsub"]._bus  # type: ignore[attr-defined]
-                    # read to the end (the SUBSCRIBE's reply came after them): what did not fit was dropped, counted
-                    await until(lambda: bus._received.messages + bus.undelivered == 3000)  # 1 waits for its room
-                    assert bus._received.messages == bus_module._READ_AHEAD_MESSAGES
-                    assert "wait for room in the engine already (at most 1024, 16777216 bytes)" in caplog.text
-                    # "cold" took the room of hot's newest; its turn comes after the hot message waiting now and
-                    # the one whose turn was before "cold" came (before the fix: after every hot message queued)
-                    for expected in (1, 2):
-                        await held.let_go()
-                        assert await held.next() == expected
-                    await held.let_go()
-                    assert await asyncio.wait_for(quiet.get(), 5) == "cold"
-                    assert await held.next() == 3  # "hot" goes on in order
-                    assert bus._received.messages > 1000
-                    await held.let_go()
-        finally:
-            await redis.aclose()
+    async with one_slot_engine(tmp_path) as (redis, engine, worker):
+        await worker.function("hot::on", held)
+        await worker.function("cold::on", on_cold)
+        await worker.trigger("hot", "subscribe", "hot::on", {"topic": hot})
+        await published(redis, hot, [0])
+        assert await held.next() == 0  # holds the only slot: the rest wait
+        await published(redis, hot, list(range(1, 3001)))
+        started = time.monotonic()
+        await worker.trigger("cold", "subscribe", "cold::on", {"topic": cold})
+        assert time.monotonic() - started < 2
+        assert await redis.publish(cold, json.dumps("cold")) == 1  # subscribed in Redis
+        bus: Any = engine.modules["pubsub"]._bus  # type: ignore[attr-defined]
+        # read to the end (the SUBSCRIBE's reply came after them): what did not fit was dropped, counted
+        await until(lambda: bus._received.messages + bus.undelivered == 3000)  # 1 waits for its room
+        assert bus._received.messages == bus_module._READ_AHEAD_MESSAGES
+        assert "wait for room in the engine already (at most 1024, 16777216 bytes)" in caplog.text
+        # "cold" took the room of hot's newest; its turn comes after the hot message waiting now and
+        # the one whose turn was before "cold" came (before the fix: after every hot message queued)
+        for expected in (1, 2):
+            await held.let_go()
+            assert await held.next() == expected
+        await held.let_go()
+        assert await asyncio.wait_for(quiet.get(), 5) == "cold"
+        assert await held.next() == 3  # "hot" goes on in order
+        assert bus._received.messages > 1000
+        await held.let_go()
 
 
 async def test_messages_past_the_byte_bound_are_dropped_and_another_topic_still_gets_room(tmp_path: Path) -> None:
@@ -93,35 +102,28 @@ async def test_messages_past_the_byte_bound_are_dropped_and_another_topic_still_
     # and counted, and a small message for another topic evicts the newest of the topic holding the most.
     hot, cold = f"big-{uuid.uuid4()}", f"small-{uuid.uuid4()}"
     held = Slow()
-    with PrivateRedis(tmp_path) as server:
-        await server.start()
-        redis = Redis.from_url(server.url)
-        try:
-            async with engine_with(redis_pubsub(server.url), limit=1, wait_ms=20_000) as engine:
-                async with ModuleWorker(engine.url) as worker:
-                    await worker.function("held::on", held)
-                    await worker.trigger("big", "subscribe", "held::on", {"topic": hot})
-                    await worker.trigger("small", "subscribe", "held::on", {"topic": cold})
-                    assert engine.fired_calls.try_take()  # no room
-                    bus: Any = engine.modules["pubsub"]._bus  # type: ignore[attr-defined]
-                    # 1 MiB each as they go over Redis, numbered
-                    await published(redis, hot, [f"{n:02d}" + "x" * (1024 * 1024 - 4) for n in range(24)])
-                    await published(redis, cold, ["small"])
-                    await until(lambda: bus.undelivered >= 8)  # before: none, the reader stopped (Redis held them)
-                    await until(lambda: bus._received.messages + bus.undelivered == 24)  # 1 waits for its room
-                    assert bus._received.bytes <= bus_module._READ_AHEAD_BYTES
-                    assert 8 <= bus.undelivered <= 9  # 15 or 16 of 1 MiB fit in 16 MiB, "small" in hot's newest's
-                    engine.fired_calls.release()
-                    seen = []
-                    for _ in range(25 - bus.undelivered):
-                        data = await held.next()
-                        seen.append(data if data == "small" else int(data[:2]))
-                        await held.let_go()
-                    assert seen.index("small") <= 2  # not behind hot's 15
-                    numbers = [n for n in seen if n != "small"]
-                    assert numbers == list(range(len(numbers)))  # in order, the newest dropped
-        finally:
-            await redis.aclose()
+    async with one_slot_engine(tmp_path) as (redis, engine, worker):
+        await worker.function("held::on", held)
+        await worker.trigger("big", "subscribe", "held::on", {"topic": hot})
+        await worker.trigger("small", "subscribe", "held::on", {"topic": cold})
+        assert engine.fired_calls.try_take()  # no room
+        bus: Any = engine.modules["pubsub"]._bus  # type: ignore[attr-defined]
+        # 1 MiB each as they go over Redis, numbered
+        await published(redis, hot, [f"{n:02d}" + "x" * (1024 * 1024 - 4) for n in range(24)])
+        await published(redis, cold, ["small"])
+        await until(lambda: bus.undelivered >= 8)  # before: none, the reader stopped (Redis held them)
+        await until(lambda: bus._received.messages + bus.undelivered == 24)  # 1 waits for its room
+        assert bus._received.bytes <= bus_module._READ_AHEAD_BYTES
+        assert 8 <= bus.undelivered <= 9  # 15 or 16 of 1 MiB fit in 16 MiB, "small" in hot's newest's
+        engine.fired_calls.release()
+        seen = []
+        for _ in range(25 - bus.undelivered):
+            data = await held.next()
+            seen.append(data if data == "small" else int(data[:2]))
+            await held.let_go()
+        assert seen.index("small") <= 2  # not behind hot's 15
+        numbers = [n for n in seen if n != "small"]
+        assert numbers == list(range(len(numbers)))  # in order, the newest dropped
 
 
 def test_the_backlog_keeps_its_bounds_each_topics_order_and_gives_every_topic_its_turn() -> None:
