@@ -34,9 +34,12 @@ __all__ = ["Backlog"]
 class Backlog:
     """Messages per topic within a count and a byte bound, taken one topic after another (see the module)."""
 
-    def __init__(self, *, max_messages: int, max_bytes: int) -> None:
+    def __init__(self, *, max_messages: int, max_bytes: int, overhead: int = 0) -> None:
+        """``overhead``: bytes counted per message besides its payload (what holding it costs: the bytes object's
+        header, its place in a queue), so that many small messages are bounded in memory too."""
         self._max_messages = max_messages
         self._max_bytes = max_bytes
+        self._overhead = overhead
         self._queues: dict[str, deque[bytes]] = {}
         # topics with messages, in the order their turns come
         self._turns: deque[str] = deque()
@@ -62,7 +65,7 @@ class Backlog:
         """
         queue = self._queues.get(topic)
         length = len(queue) if queue is not None else 0
-        size = len(raw)
+        size = len(raw) + self._overhead
         dropped: list[tuple[str, bytes]] = []
         if self.messages and size > self._max_bytes:
             return [(topic, raw)]  # would not fit even alone: nothing is evicted for it
@@ -92,7 +95,7 @@ class Backlog:
         else:
             del self._queues[topic]
         self.messages -= 1
-        self.bytes -= len(raw)
+        self.bytes -= len(raw) + self._overhead
         return topic, raw
 
     def _fits(self, size: int) -> bool:
@@ -105,7 +108,7 @@ class Backlog:
         raw = queue.pop()
         self._moved(topic, len(queue) + 1, len(queue))
         self.messages -= 1
-        self.bytes -= len(raw)
+        self.bytes -= len(raw) + self._overhead
         return topic, raw
 
     def _moved(self, topic: str, before: int, after: int) -> None:

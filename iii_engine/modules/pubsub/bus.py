@@ -39,8 +39,13 @@ _WARN_INTERVAL_S = 10.0
 # Messages read from Redis and not yet delivered (see backlog.Backlog): past either bound a message is dropped,
 # counted and logged (a message may be as large as a control frame, so the count alone would not bound the memory).
 # The reader never stops for them: the replies to SUBSCRIBE, UNSUBSCRIBE and PING come on the same connection.
-_READ_AHEAD_MESSAGES = 1024
-_READ_AHEAD_BYTES = 16 * 1024 * 1024
+# Large enough to take what Redis itself held for a subscriber that stopped reading before the reader kept reading
+# (its default pubsub output buffer limit: 8 MB for 60 s, 32 MB at most, besides the 16 MiB the engine read ahead),
+# so that a burst the engine used to deliver late is not dropped now; each message counts 128 bytes besides its
+# payload, so that a flood of small ones is bounded in memory too.
+_READ_AHEAD_MESSAGES = 131_072
+_READ_AHEAD_BYTES = 48 * 1024 * 1024
+_MESSAGE_OVERHEAD = 128
 # Pauses between attempts to reach Redis again after the subscriber connection broke: the first retry is quick
 # (a killed connection or a restart), later ones back off so an outage costs a connection attempt per 2 s at most
 _RECONNECT_FIRST_S = 0.05
@@ -151,7 +156,8 @@ class RedisBus:
         # the topics in turns (see Backlog). The reader never waits for them: SUBSCRIBE confirmations come on the
         # same connection. Before, once 1,024 messages waited it stopped reading: a new subscribe failed after 10 s
         # ("no confirmation") with Redis healthy, and a message for another topic waited behind every one queued.
-        self._received = Backlog(max_messages=_READ_AHEAD_MESSAGES, max_bytes=_READ_AHEAD_BYTES)
+        self._received = Backlog(max_messages=_READ_AHEAD_MESSAGES, max_bytes=_READ_AHEAD_BYTES,
+                                 overhead=_MESSAGE_OVERHEAD)
         self._has_received = asyncio.Event()
         self._delivery: asyncio.Task[None] | None = None
         self._deliver: Deliver | None = None

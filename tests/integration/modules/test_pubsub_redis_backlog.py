@@ -34,6 +34,15 @@ def redis_pubsub(url: str) -> ModuleSpec:
                       {"adapter": {"class": "modules::pubsub::RedisAdapter", "config": {"redis_url": url}}})
 
 
+@pytest.fixture(autouse=True)
+def small_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-ahead bounds these tests fill, smaller than the defaults (131,072 messages, 48 MiB) so that filling
+    them is quick, and no per-message overhead so the counts below are exact."""
+    monkeypatch.setattr(bus_module, "_READ_AHEAD_MESSAGES", 1024)
+    monkeypatch.setattr(bus_module, "_READ_AHEAD_BYTES", 16 * 1024 * 1024)
+    monkeypatch.setattr(bus_module, "_MESSAGE_OVERHEAD", 0)
+
+
 @contextlib.asynccontextmanager
 async def one_slot_engine(tmp_path: Path) -> AsyncIterator[tuple[Redis, Engine, ModuleWorker]]:
     """A private Redis (a client of it), an engine on it with room for one fired call, and a worker of it."""
