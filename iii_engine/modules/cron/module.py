@@ -53,23 +53,21 @@ _SLEEP_CHUNK_S: Final = 1.0
 """Longest sleep before the wall clock is read again: a clock stepped forward during a sleep is seen within it."""
 
 
-async def _sleep_until(moment: datetime) -> tuple[float, float] | None:
-    """Sleep until the wall clock reads ``moment``: then how late the wake was, as ``(overrun, late)``: ``overrun``
-    the seconds the event loop woke later than asked (0.0 when no sleep was needed), a stall measured on the loop's
-    monotonic clock, which a wall clock stepped a little either way does not move; ``late`` the seconds the wall
-    clock read past ``moment`` on waking (a stall, or the clock stepped forward during the sleep). None when, on
-    waking, the clock was found set back (waiting out the jump would silence an every-second schedule for as long as
-    the clock went back).
+async def _sleep_until(moment: datetime) -> float | None:
+    """Sleep until the wall clock reads ``moment``: then the seconds the event loop woke later than asked (0.0 when
+    no sleep was needed), a stall measured on the loop's monotonic clock, which a wall clock stepped a little either
+    way does not move; None when, on waking, the clock was found set back (waiting out the jump would silence an
+    every-second schedule for as long as the clock went back).
 
     The sleep is cut into pieces of at most :data:`_SLEEP_CHUNK_S`, the wall clock read after each: one monotonic
     sleep of the whole delay did not see a clock stepped forward meanwhile, and the tick fired as late as the step,
-    with no warning and no count (``0,30 * * * * *``, stepped +15 s: the :30 tick fired at :45).
+    with no warning and no count (``0,30 * * * * *``, stepped +15 s: the :30 tick fired at :45). How late the wall
+    clock then reads is the caller's to look at.
 
     Example:
         >>> import asyncio
-        >>> overrun, late = asyncio.run(_sleep_until(datetime.now(UTC)))
-        >>> overrun, 0 <= late < 1
-        (0.0, True)
+        >>> asyncio.run(_sleep_until(datetime.now(UTC)))
+        0.0
     """
     # A timed sleep, not synchronisation: wall-clock target, monotonic loop clock, so re-check and repeat.
     loop = asyncio.get_running_loop()
@@ -84,7 +82,7 @@ async def _sleep_until(moment: datetime) -> tuple[float, float] | None:
         delay = (moment - datetime.now(UTC)).total_seconds()
         if delay - last > _CLOCK_BACK_S:
             return None
-    return overrun, -delay
+    return overrun
 
 
 def parse_trigger_expression(config: Any) -> CronExpression:
@@ -232,14 +230,14 @@ class CronModule(EngineModule):
         schedule = asyncio.current_task()
         tick = expression.next_after(datetime.now(UTC))
         while tick is not None:
-            slept = await _sleep_until(tick)
-            if slept is None:
+            overrun = await _sleep_until(tick)
+            if overrun is None:
                 now = datetime.now(UTC)
                 log.warning("cron %s: the wall clock went back (now %s, before tick %s); scheduling from now",
                             trigger.id, rfc3339(now), rfc3339(tick))
                 tick = expression.next_after(now)
                 continue
-            overrun, late = slept
+            late = (datetime.now(UTC) - tick).total_seconds()
             if late >= _LATE_S and overrun < _LATE_S:
                 # the wall clock went forward while the schedule slept: this tick is as late as those it passed over
                 now = datetime.now(UTC)
