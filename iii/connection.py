@@ -92,6 +92,7 @@ import sys
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import import_module
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -155,13 +156,14 @@ sends none."""
 MESSAGE_TOO_BIG: Final = 1009
 """The close code of a peer that received a message over its size limit."""
 
-MAX_INCOMING_MESSAGE_SIZE: Final = 64 * 1024 * 1024
-"""The largest message, in bytes, the client reads from the engine when the engine names a smaller limit or none
-(the production engine's WebSocket reads messages of up to 64 MiB from workers, so it forwards none larger). An engine
-that names a larger limit gets that plus :data:`ENVELOPE_SLACK`: what it forwards is a worker's message wrapped in its
-own frame. Past it the client closes the connection with 1009 and connects again, its calls in flight failing with an
-error that says so. Before, any length was read: one frame header claiming 8 GiB from a broken or hostile peer had the
-client buffer until memory ran out."""
+MAX_INCOMING_MESSAGE_SIZE = 1024 * 1024 * 1024
+"""The largest message, in bytes, the client reads from the engine when the engine names a smaller limit or none.
+Far above what an engine forwards (the production engine reads messages of up to 64 MiB from workers), because the
+answers an engine builds itself are not bounded so: a function list of 24 registrations of 3 MiB each is 72 MiB. An
+engine that names a larger limit gets that plus :data:`ENVELOPE_SLACK`: what it forwards is a worker's message
+wrapped in its own frame. Past it the client closes the connection with 1009 and connects again, its calls in flight
+failing with an error that says so. Before, any length was read: a broken or hostile peer sending one endless message
+had the client buffer until memory ran out. (Read when a :class:`Connection` is made.)"""
 
 ENVELOPE_SLACK: Final = 1024 * 1024
 """Room above an engine's named limit for the frame it wraps a worker's message in (ids, function id, trace
@@ -602,7 +604,7 @@ class Connection:
         max_waiting: int | None = None,
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         max_best_effort_bytes: int = BEST_EFFORT_MAX_BYTES,
-        max_size: int | None = MAX_INCOMING_MESSAGE_SIZE,
+        max_size: int | EllipsisType | None = ...,
         open_timeout: float = 10.0,
         close_timeout: float = 2.0,
         send_timeout: float = DEFAULT_SEND_TIMEOUT_S,
@@ -637,7 +639,8 @@ class Connection:
         self._max_best_effort_bytes = max_best_effort_bytes
         #: While a call refused for :data:`MAX_QUEUE_BYTES` has its ``on_dropped`` told: why, for its error.
         self.refused_for_bytes: str | None = None
-        self._max_size = max_size
+        # (``...``: the module's bound as it is now, so a test can lower it)
+        self._max_size = MAX_INCOMING_MESSAGE_SIZE if isinstance(max_size, EllipsisType) else max_size
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout
         self._send_timeout = send_timeout
