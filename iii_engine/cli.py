@@ -148,9 +148,10 @@ async def run(config: EngineConfig, on_started: Callable[[], None] | None = None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     hangup = getattr(signal, "SIGHUP", None)
-    if hangup is not None:
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
         # Its default killed the engine on the spot (status 129: no stop, nothing flushed, workers cut) when its
         # terminal closed or someone sent it the usual "reload" signal; there is no reload, so it stops cleanly.
+        # Ignored when the engine started (nohup), it stays ignored: the engine outlives its terminal, as asked.
         loop.add_signal_handler(hangup, _hung_up, stop)
     if not await _started_unless_stopped(engine, stop):
         return

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -73,6 +74,8 @@ CONNECT_RETRIES = 4
 FOLLOW_MAX_DELAY_MS = 2000
 # Keys of the entries a follower printed last, so those an engine lists again after a reconnect are not printed twice.
 FOLLOW_SEEN = 20_000
+# Entries a follower reads back after a reconnect (at least --limit): what was logged while it was away.
+FOLLOW_CATCH_UP = 1000
 #: Seconds ``--timeout`` gives the whole command: connection, handshake, the engine naming the worker and every
 #: call, one deadline. Why: against an address that accepted TCP and never answered, a command waited for the SDK's
 #: 30 s connect bound (two 10 s handshakes) and failed after 31 s.
@@ -443,23 +446,30 @@ def _matches(entry: dict[str, Any], args: argparse.Namespace) -> bool:
 
 
 class _Printed:
-    """The keys of the last :data:`FOLLOW_SEEN` entries printed (:func:`_log_key`), oldest forgotten first."""
+    """Digests of the keys (:func:`_log_key`) of the last :data:`FOLLOW_SEEN` entries printed, oldest forgotten
+    first: 16 bytes each, not the key (it holds the entry's body: 400 entries of 256 KB grew a follower by 105 MB)."""
 
     def __init__(self) -> None:
-        self._keys: dict[str, None] = {}
+        self._keys: dict[bytes, None] = {}
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
     def __contains__(self, key: str) -> bool:
-        return key in self._keys
+        return self._digest(key) in self._keys
 
     def add(self, key: str) -> None:
-        self._keys[key] = None
+        self._keys[self._digest(key)] = None
         if len(self._keys) > FOLLOW_SEEN:
             del self._keys[next(iter(self._keys))]
 
 
-def _read_logs(engine: _Engine, args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``engine::logs::list`` with the command's filters: the answer and its entries, oldest first."""
-    payload: dict[str, Any] = {"limit": args.limit}
+def _read_logs(engine: _Engine, args: argparse.Namespace,
+               limit: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``engine::logs::list`` with the command's filters (``limit``: other than ``--limit``): the answer and its
+    entries, oldest first."""
+    payload: dict[str, Any] = {"limit": args.limit if limit is None else limit}
     for key, value in (("trace_id", args.trace_id), ("span_id", args.span_id), ("severity_min", args.level)):
         if value is not None:
             payload[key] = value
@@ -492,12 +502,17 @@ def _logs(engine: _Engine, args: argparse.Namespace, out: TextIO, stop: threadin
         return 0
     printed = _Printed()
 
-    def show(entries: list[dict[str, Any]]) -> None:
+    def show(entries: list[dict[str, Any]]) -> int:
+        """Print those of ``entries`` not printed yet; how many were printed before."""
+        before = 0
         for entry in entries:
             key = _log_key(entry)
-            if key not in printed:
+            if key in printed:
+                before += 1
+            else:
                 printed.add(key)
                 print(json.dumps(entry, default=str) if args.json else format_log(entry), file=out, flush=True)
+        return before
 
     show(history)
     up = True
@@ -512,8 +527,13 @@ def _logs(engine: _Engine, args: argparse.Namespace, out: TextIO, stop: threadin
             # it still lists it (an engine that restarted lists only what it logged since).
             print(f"iii-engine logs: connected to {engine.url} again", file=sys.stderr, flush=True)
             engine.renew()
+            limit = max(args.limit, FOLLOW_CATCH_UP)
             try:
-                show(_read_logs(engine, args)[1])
+                entries = _read_logs(engine, args, limit)[1]
+                if not show(entries) and len(entries) >= limit:
+                    # (an engine that restarted lists nothing older; one that ran on may list more than was read)
+                    print(f"iii-engine logs: the catch-up read the last {limit} entries and none had been printed "
+                          "before: older ones logged while disconnected may be missing", file=sys.stderr, flush=True)
             except InspectError as exc:
                 print(f"iii-engine logs: entries logged while disconnected not read: {exc}", file=sys.stderr,
                       flush=True)

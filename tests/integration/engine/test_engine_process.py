@@ -77,6 +77,34 @@ async def test_process_stops_cleanly_on_sighup_saying_it_does_not_reload(
     assert "SIGHUP: stopping (this engine does not reload its configuration" in proc.log()
 
 
+async def test_an_engine_started_with_sighup_ignored_keeps_running_on_sighup(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    # nohup's contract: the engine outlives its terminal (the SIGHUP handler above replaced nohup's ignore)
+    config = tmp_path / "config.yaml"
+    config.write_text("modules: []\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+        f"sys.argv = ['iii-engine', '--port', '0', '--config', {str(config)!r}]; "
+        "from iii_engine.cli import main; sys.exit(main())",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        assert line.startswith(b"iii engine listening on ")
+        proc.send_signal(signal.SIGHUP)
+        worker = await RawWorker.connect(line.decode().split()[-1])  # still serving after the signal
+        assert await worker.result_of("engine::functions::list", {}) == {"functions": []}
+        await worker.close()
+        assert proc.returncode is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0
+
+
 async def test_bad_config_file_exits_with_a_message(tmp_path: Path) -> None:
     import sys
 
