@@ -9,6 +9,7 @@ an unrelated topic failed with fire_limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,7 +32,8 @@ async def never(data: Any) -> None:
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
-    modules = [ModuleSpec("modules::pubsub::PubSubModule"), ModuleSpec("modules::cron::CronModule")]
+    modules = [ModuleSpec("modules::pubsub::PubSubModule"), ModuleSpec("modules::cron::CronModule"),
+               ModuleSpec("modules::state::StateModule")]
     config = EngineConfig(host="127.0.0.1", port=0, max_fired_calls=LIMIT, max_fired_calls_per_worker=SHARE,
                           fire_wait_timeout_ms=500, modules=modules)
     async with Engine(config=config) as engine:
@@ -97,6 +99,35 @@ async def test_a_hung_subscriber_condition_holds_its_workers_share_only(engine: 
         await until(lambda: engine.fired_calls.skipped_callee_share >= LIMIT + 4 - SHARE)
         assert engine.fired_calls.in_flight == SHARE
         await publish_goes_through(good, received)
+
+
+async def test_a_hung_state_trigger_condition_holds_its_workers_share_only(engine: Engine) -> None:
+    # Each state trigger's call holds its handler's worker's share: with handlers on four workers, their shares
+    # added up to the whole room, and a hung condition held all of it.
+    received: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def other(data: Any) -> None:
+        await received.put(data)
+
+    async def handler(data: Any) -> None:
+        raise AssertionError("the condition never answers: no handler may run")
+
+    async with ModuleWorker(engine.url) as cond, ModuleWorker(engine.url) as good, \
+            ModuleWorker(engine.url) as writer:
+        await cond.function("cond::hang", never)
+        await good.function("good::other", other)
+        await good.trigger("gsub", "subscribe", "good::other", {"topic": "quiet"})
+        async with contextlib.AsyncExitStack() as stack:
+            for n in range(LIMIT // SHARE):
+                worker = await stack.enter_async_context(ModuleWorker(engine.url))
+                await worker.function(f"app{n}::on", handler)
+                await worker.trigger(f"st{n}", "state", f"app{n}::on",
+                                     {"scope": "s", "condition_function_id": "cond::hang"})
+            for n in range(SHARE):  # each write: one call per handler worker, LIMIT in all
+                assert "error" not in await writer.call("state::set", {"scope": "s", "key": "k", "value": n})
+            await until(lambda: engine.fired_calls.skipped_callee_share >= LIMIT - SHARE)
+            assert engine.fired_calls.in_flight == SHARE  # before: LIMIT
+            await publish_goes_through(good, received)
 
 
 async def test_a_condition_that_answers_gives_its_place_back_before_its_call_to_the_same_worker(
