@@ -657,6 +657,31 @@ _DEADLINE = "deadline"
 _GONE = "gone"
 
 
+class _HeldSlot:
+    """A request's ``concurrency_request_limit`` slot, given back once: when its streamed body is whole and only its
+    function's outcome is waited for, or when the request ends, whichever comes first.
+
+    Example:
+        >>> slots = Slots(1)
+        >>> slots.try_take(), slots.try_take()
+        (True, False)
+        >>> held = _HeldSlot(slots)
+        >>> held.release(); held.release(); slots.try_take(), slots.try_take()
+        (True, False)
+    """
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: Slots) -> None:
+        self._slots: Slots | None = slots
+
+    def release(self) -> None:
+        slots = self._slots
+        if slots is not None:
+            self._slots = None
+            slots.release()
+
+
 class _Interrupted(Exception):
     """A wait before the response started was cut short: ``reason`` is :data:`_OUTCOME`, :data:`_STOPPING`,
     :data:`_DEADLINE` or :data:`_GONE`."""
@@ -946,6 +971,8 @@ class RestApiModule(EngineModule):
         self.routes = RouteTable()
         self._runner: web.ServerRunner | None = None
         self._limit: Slots | None = None
+        # the slot of each request taking one, by the request's id, until the request ends
+        self._slots_held: dict[int, _HeldSlot] = {}
         # Set when the module stops: every request still waiting for its handler's answer is told at once.
         self._stopping: asyncio.Future[None] | None = None
         # Requests before their response starts (stop interrupts them), in deadline order: every request's deadline
@@ -1108,6 +1135,8 @@ class RestApiModule(EngineModule):
             if waited:
                 await self._take_slot()  # only now: a slow client's wait for its body holds no slot
             self.in_flight += 1
+            # (by the request's id: the stream frees it early, see _stream)
+            self._slots_held[id(request)] = slot = _HeldSlot(self._limit)
             try:
                 transport = request.transport
                 if transport is None or transport.is_closing() or (waited and _left_unprobed(request)):
@@ -1141,7 +1170,8 @@ class RestApiModule(EngineModule):
                 return response
             finally:
                 self.in_flight -= 1
-                self._limit.release()
+                del self._slots_held[id(request)]
+                slot.release()
         except _Refused as exc:
             log.info("HTTP %s %s refused with %d: %s", request.method, request.path, exc.status, exc.message)
             response = _json_response(exc.status, {"error": exc.message}, {**exc.headers, **cors_headers})
@@ -1637,6 +1667,13 @@ class RestApiModule(EngineModule):
             watch.writer_closed()
             if watch.why is not None:  # the outcome (or the client) ended the stream as its end came in
                 raise ChannelAborted(watch.why)
+            if not bodyless and not outcome.done():
+                # The handler's body is whole; what it does until it returns is its own work: its slot is free for
+                # the next request (held, 4 requests with 2 s of work after their close took all of a limit of 4,
+                # and 4 more got 503, where before the wait they were served at once)
+                held_slot = self._slots_held.get(id(request))
+                if held_slot is not None:
+                    held_slot.release()
             failure = None if bodyless else await self._after_close(outcome, function_id, watch, transport,
                                                                      send_timeout)
             if watch.why is not None or self._stopping is None or self._stopping.done():

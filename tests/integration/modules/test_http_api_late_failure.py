@@ -129,3 +129,29 @@ async def test_an_invocation_timeout_after_the_writer_closed_is_a_complete_respo
     await _answer(worker, request, error={"code": "invocation_timeout", "message": "took longer than its limit"})
     # the call's time limit says nothing of its stream, which its writer ended
     assert (await asyncio.wait_for(exchange, 5)).endswith(b"body\r\n" + TERMINATOR)
+
+
+async def test_a_function_still_working_after_closing_its_writer_leaves_its_slot_to_the_next_request(
+        api: Start) -> None:
+    # Re-attack: with the body's end held for the outcome, 4 requests whose handlers worked 2 s after their close
+    # took all of a limit of 4 and 4 more got 503; before that wait they were all served at once. The slot is the
+    # handler's body's: it goes back once the body is whole.
+    engine, module, client = await api(concurrency_request_limit=1, slot_timeout=200)
+    release = asyncio.Event()
+
+    async def handler(data: Any) -> None:
+        async with websockets.connect(channel_url(engine.url, data["response"]), compression=None) as out:
+            await out.send(b"body")
+        await release.wait()  # its own work after the body
+
+    async with ModuleWorker(engine.url) as worker:
+        await worker.function("working", handler)
+        await worker.trigger("t-working", "http", "working", {"api_path": "working", "http_method": "GET"})
+        first = asyncio.ensure_future(client.get("/working"))
+        await until(lambda: module.in_flight == 1, within=5)
+        second = asyncio.ensure_future(client.get("/working"))
+        await until(lambda: module.in_flight == 2, within=5)  # (before: 503 after slot_timeout, 200 ms)
+        assert not first.done() and not second.done()  # both bodies wait for their function's outcome
+        release.set()
+        answers = await asyncio.gather(first, second)
+        assert [(r.status_code, r.content) for r in answers] == [(200, b"body"), (200, b"body")]
