@@ -40,27 +40,33 @@ async def engine() -> AsyncIterator[Engine]:
         yield engine
 
 
-async def publish_goes_through(worker: ModuleWorker, received: asyncio.Queue[Any]) -> None:
-    """An unrelated publish by ``worker`` is answered without error and delivered."""
-    frame = await worker.call("publish", {"topic": "quiet", "data": "hello"})
-    assert "error" not in frame, frame
-    assert await asyncio.wait_for(received.get(), 2) == "hello"
+class Quiet:
+    """A subscriber of an unrelated topic on a worker of its own, and that worker's publishes to it."""
+
+    def __init__(self, worker: ModuleWorker) -> None:
+        self.worker = worker
+        self.received: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def subscribe(self) -> Quiet:
+        await self.worker.function("good::other", self.received.put)
+        await self.worker.trigger("gsub", "subscribe", "good::other", {"topic": "quiet"})
+        return self
+
+    async def publish_goes_through(self) -> None:
+        """A publish to it is answered without error and delivered."""
+        frame = await self.worker.call("publish", {"topic": "quiet", "data": "hello"})
+        assert "error" not in frame, frame
+        assert await asyncio.wait_for(self.received.get(), 2) == "hello"
 
 
 async def test_a_hung_cron_condition_holds_its_workers_share_only(engine: Engine) -> None:
-    received: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def other(data: Any) -> None:
-        await received.put(data)
-
     async def tick(data: Any) -> None:
         raise AssertionError("the condition never answers: no tick may run")
 
     async with ModuleWorker(engine.url) as cond, ModuleWorker(engine.url) as app, ModuleWorker(engine.url) as good:
         await cond.function("cond::hang", never)
         await app.function("app::tick", tick)
-        await good.function("good::other", other)
-        await good.trigger("gsub", "subscribe", "good::other", {"topic": "quiet"})
+        quiet = await Quiet(good).subscribe()
         for n in range(LIMIT):
             await app.trigger(f"c{n}", "cron", "app::tick",
                               {"expression": "* * * * * *", "condition_function_id": "cond::hang"})
@@ -68,21 +74,16 @@ async def test_a_hung_cron_condition_holds_its_workers_share_only(engine: Engine
         await until(lambda: engine.fired_calls.skipped_callee_share >= LIMIT - SHARE)
         assert engine.fired_calls.in_flight == SHARE  # before: all LIMIT slots, held for good
         assert engine.fired_calls.stats()["busiest_callee"] == SHARE
-        await publish_goes_through(good, received)  # before: fire_limit, 12 trigger-fired calls in flight
+        await quiet.publish_goes_through()  # before: fire_limit, 12 trigger-fired calls in flight
         skipped = engine.fired_calls.skipped_callee_share
         await until(lambda: engine.fired_calls.skipped_callee_share >= skipped + LIMIT)  # a later second's ticks
         assert engine.fired_calls.in_flight == SHARE
-        await publish_goes_through(good, received)
+        await quiet.publish_goes_through()
     await until(lambda: engine.fired_calls.in_flight == 0)
     assert engine.fired_calls._callees == {}
 
 
 async def test_a_hung_subscriber_condition_holds_its_workers_share_only(engine: Engine) -> None:
-    received: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def other(data: Any) -> None:
-        await received.put(data)
-
     async def gated(data: Any) -> None:
         raise AssertionError("the condition never answers: the subscriber may not run")
 
@@ -91,32 +92,25 @@ async def test_a_hung_subscriber_condition_holds_its_workers_share_only(engine: 
         await cond.function("cond::hang", never)
         await app.function("app::gated", gated)
         await app.trigger("gated", "subscribe", "app::gated", {"topic": "gated", "condition_function_id": "cond::hang"})
-        await good.function("good::other", other)
-        await good.trigger("gsub", "subscribe", "good::other", {"topic": "quiet"})
+        quiet = await Quiet(good).subscribe()
         for n in range(LIMIT + 4):
             frame = await publisher.call("publish", {"topic": "gated", "data": n})
             assert "error" not in frame, frame  # (the skip is the subscriber's, not the publisher's to hear)
         await until(lambda: engine.fired_calls.skipped_callee_share >= LIMIT + 4 - SHARE)
         assert engine.fired_calls.in_flight == SHARE
-        await publish_goes_through(good, received)
+        await quiet.publish_goes_through()
 
 
 async def test_a_hung_state_trigger_condition_holds_its_workers_share_only(engine: Engine) -> None:
     # Each state trigger's call holds its handler's worker's share: with handlers on four workers, their shares
     # added up to the whole room, and a hung condition held all of it.
-    received: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def other(data: Any) -> None:
-        await received.put(data)
-
     async def handler(data: Any) -> None:
         raise AssertionError("the condition never answers: no handler may run")
 
     async with ModuleWorker(engine.url) as cond, ModuleWorker(engine.url) as good, \
             ModuleWorker(engine.url) as writer:
         await cond.function("cond::hang", never)
-        await good.function("good::other", other)
-        await good.trigger("gsub", "subscribe", "good::other", {"topic": "quiet"})
+        quiet = await Quiet(good).subscribe()
         async with contextlib.AsyncExitStack() as stack:
             for n in range(LIMIT // SHARE):
                 worker = await stack.enter_async_context(ModuleWorker(engine.url))
@@ -127,7 +121,7 @@ async def test_a_hung_state_trigger_condition_holds_its_workers_share_only(engin
                 assert "error" not in await writer.call("state::set", {"scope": "s", "key": "k", "value": n})
             await until(lambda: engine.fired_calls.skipped_callee_share >= LIMIT - SHARE)
             assert engine.fired_calls.in_flight == SHARE  # before: LIMIT
-            await publish_goes_through(good, received)
+            await quiet.publish_goes_through()
 
 
 async def test_a_condition_that_answers_gives_its_place_back_before_its_call_to_the_same_worker(
