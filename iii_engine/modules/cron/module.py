@@ -253,6 +253,10 @@ class CronModule(EngineModule):
 
     async def start(self) -> None:
         """Open the lock store and register the trigger type."""
+        # fresh for each start: a turn scheduled on the loop of a run that ended never came, and would hold every
+        # schedule of the next run behind it
+        self._turns = _Turns()
+        self._instants = {}
         self._lock = open_cron_lock(self.settings)
         await self._lock.prepare()  # a lock store that is down fails the start in one line naming it
         self.services.register_trigger_type("cron", "Run a function on a cron schedule (UTC, seconds)", self)
