@@ -29,10 +29,9 @@ from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
-from iii._cli import mask_passwords
-
 from ...settings import Field, NonEmpty, Settings, UnknownKeys, closest_key
 from .queries import mean, point_value, total
+from .urls import host_problem, scrubbed, shown_url
 
 __all__ = ["ENGINE_COUNTERS", "AlertManager", "AlertRule", "webhook_url"]
 
@@ -66,17 +65,22 @@ _ALIASES = {"greaterthan": ">", "greaterthanorequal": ">=", "lessthan": "<", "le
 
 
 def webhook_url(url: Any) -> str:
-    """``url`` if it can be posted to: an ``http://`` or ``https://`` URL with a host (before, ``"not a url"``,
-    ``ftp://...`` or ``""`` passed the start and failed four times at each alert). A refused URL is shown with its
-    password and secret-looking query values masked.
+    """``url`` if it can be posted to: an ``http://`` or ``https://`` URL with a host that is an IP address or a
+    valid host name (before, ``"not a url"``, ``ftp://...`` or ``""`` passed the start and failed four times at each
+    alert, and ``http://hooks..example.com/`` failed each delivery with an uncounted ``UnicodeError``). A refused URL
+    is shown as :func:`~.urls.shown_url` shows it: its path (where Slack's and others' secrets are) left out.
 
     Example:
         >>> webhook_url("https://hooks.example.com/alert")
         'https://hooks.example.com/alert'
-        >>> webhook_url("ftp://u:s3cret@files.example.com/")
+        >>> webhook_url("ftp://u:s3cret@files.example.com/SECRET")
         Traceback (most recent call last):
         ...
-        ValueError: a webhook action's 'url' must be an http:// or https:// URL with a host, got 'ftp://u:***@files.example.com/'
+        ValueError: a webhook action's 'url' must be an http:// or https:// URL with a host, got 'ftp://u:***@files.example.com/…'
+        >>> webhook_url("http://hooks..example.com/alert")
+        Traceback (most recent call last):
+        ...
+        ValueError: a webhook action's 'url' has a host no request can be sent to (an empty label): 'http://hooks..example.com/…'
     """
     if not isinstance(url, str):
         raise ValueError("a webhook action needs a 'url'")
@@ -84,11 +88,15 @@ def webhook_url(url: Any) -> str:
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
     except ValueError as exc:
-        raise ValueError(f"a webhook action's 'url' is not a URL: {mask_passwords(repr(url))} "
-                         f"({mask_passwords(str(exc))})") from None
+        raise ValueError(f"a webhook action's 'url' is not a URL: {shown_url(url)!r} "
+                         f"({scrubbed(str(exc), url)})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"a webhook action's 'url' must be an http:// or https:// URL with a host, got "
-                         f"{mask_passwords(repr(url))}")
+                         f"{shown_url(url)!r}")
+    problem = host_problem(parts.hostname)
+    if problem:
+        raise ValueError(f"a webhook action's 'url' has a host no request can be sent to ({problem}): "
+                         f"{shown_url(url)!r}")
     return url
 
 

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from iii._cli import mask_passwords
 from iii.wire import dumps
 from iii_streams.messages import needs_package
+
+from .urls import scrubbed, shown_url
 
 __all__ = ["OtlpForwarder", "RecordBatch", "collector_url", "http_failure"]
 
@@ -66,16 +67,16 @@ def collector_url(endpoint: str, signal: str) -> str:
 
 def http_failure(status: int, location: str | None) -> str:
     """What an answer of HTTP ``status`` that is not a success is logged as; a redirect (3xx, not followed: aiohttp
-    follows one with a GET without the body) names where it pointed, its secrets masked.
+    follows one with a GET without the body) names where it pointed: scheme, host and port only (:func:`shown_url`).
 
     Example:
         >>> http_failure(500, None)
         'answered HTTP 500'
         >>> http_failure(302, "http://u:pw@elsewhere/in?token=t")
-        'answered HTTP 302 redirecting to http://u:***@elsewhere/in?token=*** (redirects are not followed)'
+        'answered HTTP 302 redirecting to http://u:***@elsewhere/… (redirects are not followed)'
     """
     if 300 <= status < 400:
-        target = mask_passwords(location) if location else "nowhere (no Location)"
+        target = shown_url(location) if location else "nowhere (no Location)"
         return f"answered HTTP {status} redirecting to {target} (redirects are not followed)"
     return f"answered HTTP {status}"
 
@@ -262,7 +263,7 @@ class OtlpForwarder:
             self.dropped_records += left_records
             records = f"; {left_records} records" if left_records else ""
             log.warning("OTLP export stopped with %d payload(s) (%d bytes%s) not delivered to %s within %g s",
-                        left, left_bytes, records, mask_passwords(self.endpoint), bound)
+                        left, left_bytes, records, shown_url(self.endpoint), bound)
 
     def _failure(self, problem: str, records: int) -> None:
         self.failed += 1
@@ -272,7 +273,7 @@ class OtlpForwarder:
         if now - self._failure_logged_at >= DROP_LOG_INTERVAL_S:
             self._failure_logged_at = now
             log.warning("OTLP collector at %s %s (%d failed so far, %d records in them lost)",
-                        mask_passwords(self.endpoint), problem, self.failed, self.failed_records)
+                        shown_url(self.endpoint), problem, self.failed, self.failed_records)
 
     async def _run(self) -> None:
         aiohttp: Any = self._aiohttp
@@ -283,10 +284,11 @@ class OtlpForwarder:
                 self._queued_bytes -= len(body)
                 self._queued_records -= records
                 self._in_flight, self._in_flight_records = len(body), records
+                url = collector_url(self.endpoint, signal)
                 try:
                     # Redirects not followed: a 301/302/303 followed became a GET without the body, and its records
                     # were counted as exported.
-                    async with session.post(collector_url(self.endpoint, signal), data=body, allow_redirects=False,
+                    async with session.post(url, data=body, allow_redirects=False,
                                             headers={"Content-Type": "application/json"}) as response:
                         if response.status >= 300:
                             problem = http_failure(response.status, response.headers.get("Location"))
@@ -295,7 +297,13 @@ class OtlpForwarder:
                             self.sent += 1
                             self.sent_records += records
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    self._failure(mask_passwords(f"unreachable: {type(exc).__name__}: {exc}"), records)
+                    self._failure(f"unreachable: {type(exc).__name__}: {scrubbed(str(exc), url, self.endpoint)}",
+                                  records)
+                except Exception as exc:
+                    # Anything else is a failed export too, and the task goes on: a UnicodeError from a host IDNA
+                    # cannot encode ended it for good, with nothing counted and health still healthy.
+                    self._failure(f"failed: {type(exc).__name__}: {scrubbed(str(exc), url, self.endpoint)}",
+                                  records)
                 finally:
                     self._in_flight = None
                     self._queue.task_done()

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii._cli import mask_passwords
 from iii.iii_types import TriggerInfo
 from iii.loss_log import BurstLog, LossLog, counts_text, latest_tail
 from iii.protocol.worker_session import OFFLOOP_PARSE_BYTES
@@ -76,6 +75,7 @@ from .queries import (
 )
 from .settings import ObservabilitySettings
 from .stores import Counters, LogStore, MetricStore, SpanStore, WorkerCounts
+from .urls import scrubbed, shown_url
 
 __all__ = ["OtelModule"]
 
@@ -91,8 +91,13 @@ ALERT_ACTION_MIN_INTERVAL_S = 1.0
 rule fire again (a function that calls ``engine::alerts::evaluate``, or one feeding the metric the rule watches)
 ran without end at cooldown 0: 364,835 invocations in 15 s, a core busy and every stored trace evicted."""
 ALERT_DELIVERIES_DEGRADED_AFTER = 3
-"""``engine::health::check`` says ``degraded`` (component ``alert_deliveries``) once this many webhook deliveries in a
-row failed, each after its retries (before, health stayed ``healthy`` while every alert was lost)."""
+"""``engine::health::check`` says ``degraded`` (component ``alert_deliveries``) once this many webhook deliveries of
+one rule in a row failed, each after its retries (before, health stayed ``healthy`` while every alert was lost). Counted
+per rule: with one count for all, each success of a working rule reset it while another rule lost every alert."""
+ALERT_DELIVERIES_DEGRADED_FOR_S = 300.0
+"""A rule's failed deliveries make health ``degraded`` until one succeeds or none failed for this many seconds: an
+alert that resolved delivers nothing more, and its failures kept the engine ``degraded`` for good. A failure after
+such a quiet spell starts a new count."""
 ALERT_LOG_BURST = 10
 """Alert lines (triggered, webhook skipped) logged one by one per ``SKIP_LOG_INTERVAL_S``; the rest are counted."""
 ECHO_LOG_BURST = 100
@@ -315,8 +320,9 @@ class OtelModule(EngineModule):
         #: actions not run for coming within ALERT_ACTION_MIN_INTERVAL_S of the rule's previous one
         self.alert_actions_throttled = 0
         self._action_at: dict[str, float] = {}  # rule name -> time.monotonic() of its last action run
-        #: webhook deliveries that failed since the last one that succeeded, and why the latest failed
-        self.webhook_failed_in_row = 0
+        #: rule name -> (its webhook deliveries that failed since its last success, time.monotonic() of the latest
+        #: failure); and why the latest delivery of any rule failed
+        self._delivery_failures: dict[str, tuple[int, float]] = {}
         self._webhook_problem: str | None = None
         # Alert lines rate-limited: ALERT_LOG_BURST of each SKIP_LOG_INTERVAL_S get a line each, the rest are
         # counted in one line per interval. Before, one line per event: a worker calling engine::alerts::evaluate
@@ -1076,15 +1082,25 @@ class OtelModule(EngineModule):
         return dict(await asyncio.shield(probing))
 
     def _deliveries(self) -> dict[str, Component]:
-        """The ``alert_deliveries`` component (none without alert rules): ``degraded`` once the last
-        :data:`ALERT_DELIVERIES_DEGRADED_AFTER` webhook deliveries all failed, until one succeeds."""
+        """The ``alert_deliveries`` component (none without alert rules): ``degraded`` while a rule's last
+        :data:`ALERT_DELIVERIES_DEGRADED_AFTER` webhook deliveries all failed, the latest within
+        :data:`ALERT_DELIVERIES_DEGRADED_FOR_S`; ``failing_rules`` names those rules, ``failed_in_a_row`` is the
+        longest such run of any rule."""
         if self.alerts is None:
             return {}
-        degraded = self.webhook_failed_in_row >= ALERT_DELIVERIES_DEGRADED_AFTER
-        return {"alert_deliveries": {"status": "degraded" if degraded else "healthy", "details": {
+        in_row = self._failed_in_row()
+        failing = sorted(rule for rule, failed in in_row.items() if failed >= ALERT_DELIVERIES_DEGRADED_AFTER)
+        return {"alert_deliveries": {"status": "degraded" if failing else "healthy", "details": {
             "webhook_sent": self.webhook_sent, "webhook_failed": self.webhook_failed,
-            "failed_in_a_row": self.webhook_failed_in_row, "last_failure": self._webhook_problem,
-            "webhook_skipped": self.webhook_skipped, "actions_throttled": self.alert_actions_throttled}}}
+            "failed_in_a_row": max(in_row.values(), default=0), "failing_rules": failing,
+            "last_failure": self._webhook_problem, "webhook_skipped": self.webhook_skipped,
+            "actions_throttled": self.alert_actions_throttled}}}
+
+    def _failed_in_row(self) -> dict[str, int]:
+        """Each rule's webhook deliveries failed in a row, of those whose latest failure is recent enough to count."""
+        now = time.monotonic()
+        return {rule: failed for rule, (failed, at) in self._delivery_failures.items()
+                if now - at < ALERT_DELIVERIES_DEGRADED_FOR_S}
 
     def _bounds(self) -> dict[str, dict[str, Any]]:
         """The engine's call bounds as health components (their details are also in ``engine::metrics::list``);
@@ -1146,7 +1162,7 @@ class OtelModule(EngineModule):
     def _deliver(self, rule: str, url: str, body: dict[str, Any]) -> None:
         # A webhook that hangs while alerts keep triggering (cooldown 0, or engine::alerts::evaluate called in a
         # loop) used to start one more delivery each time, without limit; now the event is skipped and counted.
-        shown = mask_passwords(url)
+        shown = shown_url(url)  # a path may hold the webhook's secret (Slack's /services/T…/B…/SECRET)
         running = self._webhooks.get(rule)
         if running is not None and not running.done():
             self.webhook_skipped += 1
@@ -1161,18 +1177,19 @@ class OtelModule(EngineModule):
             return
         if not self._action_due(rule, f"webhook {shown}"):
             return
-        task = asyncio.get_running_loop().create_task(self._webhook(url, body), name=f"alert-webhook-{rule}")
+        task = asyncio.get_running_loop().create_task(self._webhook(rule, url, body), name=f"alert-webhook-{rule}")
         self._webhooks[rule] = task
         self._webhook_runs.add(task)
         task.add_done_callback(self._webhook_runs.discard)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _webhook(self, url: str, body: dict[str, Any]) -> None:
+    async def _webhook(self, rule: str, url: str, body: dict[str, Any]) -> None:
         import aiohttp
 
         problem = "no attempt finished"
-        shown = mask_passwords(url)  # a webhook URL often carries its credentials (user:password@, ?token=)
+        # Scheme, host and port only: the user info, path and query often carry the webhook's credentials.
+        shown = f"alert {rule!r}: webhook {shown_url(url)}"
         try:
             async with asyncio.timeout(self.webhook_budget_s), aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=self.webhook_budget_s)) as session:
@@ -1183,20 +1200,32 @@ class OtelModule(EngineModule):
                         async with session.post(url, json=body, allow_redirects=False) as response:
                             if response.status < 300:
                                 self.webhook_sent += 1
-                                self.webhook_failed_in_row = 0
+                                self._delivery_failures.pop(rule, None)
                                 return
                             problem = http_failure(response.status, response.headers.get("Location"))
                     except aiohttp.ClientError as exc:
-                        problem = mask_passwords(f"{type(exc).__name__}: {exc}")
-                    log.warning("alert webhook %s failed (attempt %d): %s", shown, attempt + 1, problem)
+                        problem = f"{type(exc).__name__}: {scrubbed(str(exc), url)}"
+                    except TimeoutError:
+                        raise  # the budget's end (it may come as aiohttp's timeout): handled below
+                    except Exception as exc:
+                        # Not only aiohttp.ClientError: a UnicodeError (a host IDNA cannot encode) ended the
+                        # delivery with "Task exception was never retrieved", counted nowhere.
+                        problem = f"{type(exc).__name__}: {scrubbed(str(exc), url)}"
+                    log.warning("%s failed (attempt %d): %s", shown, attempt + 1, problem)
                     if pause:
                         await asyncio.sleep(pause)
         except TimeoutError:
             problem = f"no success within {self.webhook_budget_s:g} s ({problem})"
+        except Exception as exc:  # the session itself: still a failed delivery, counted
+            problem = f"{type(exc).__name__}: {scrubbed(str(exc), url)}"
         self.webhook_failed += 1
-        self.webhook_failed_in_row += 1
+        now = time.monotonic()
+        failed, at = self._delivery_failures.get(rule, (0, now))
+        if now - at >= ALERT_DELIVERIES_DEGRADED_FOR_S:
+            failed = 0  # an old run of failures: this one starts a new count
+        self._delivery_failures[rule] = (failed + 1, now)
         self._webhook_problem = f"{shown}: {problem}"
-        log.error("alert webhook %s not delivered: %s", shown, problem)
+        log.error("%s not delivered: %s", shown, problem)
 
     async def _alerts_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         if self.alerts is None:

@@ -24,10 +24,9 @@ from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
-from iii._cli import mask_passwords
-
 from ...settings import Field, Settings, UnknownKeys, env_text
 from .alerts import AlertRule
+from .urls import host_problem, scrubbed, shown_url
 
 __all__ = ["ObservabilitySettings", "RateLimit", "SamplingRule", "SamplingSettings"]
 
@@ -195,14 +194,18 @@ class ObservabilitySettings(Settings):
             "logs_exporter") in ("otlp", "both")
         if not exports:
             return value
-        shown = mask_passwords(repr(value))
+        shown = repr(shown_url(value))  # only scheme, host and port: a path may hold a secret
         try:
             parts = urlsplit(value.strip())
             parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
         except ValueError as exc:
-            raise ValueError(f"not a URL: {shown} ({mask_passwords(str(exc))})") from None
+            raise ValueError(f"not a URL: {shown} ({scrubbed(str(exc), value)})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"must be an http:// or https:// URL with a host, got {shown}")
+        problem = host_problem(parts.hostname)
+        if problem:
+            # http://collector..example.com was taken: its first export raised UnicodeError and ended the exporter
+            raise ValueError(f"has a host no request can be sent to ({problem}): {shown}")
         if parts.query or parts.fragment or value.strip().endswith(("?", "#")):
             # /v1/<signal> is appended to the endpoint: http://h/?k=1 was posted to http://h/?k=1/v1/logs
             raise ValueError(f"must have no query (?...) nor fragment (#...): /v1/<signal> is added to its path, "
