@@ -56,25 +56,18 @@ async def test_process_reads_production_yaml_and_reports_unknown_modules(
     assert "OtelModule not available" not in log
 
 
-async def test_process_stops_cleanly_on_sigterm(engine_process: Callable[..., Awaitable[Any]]) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+async def test_process_stops_cleanly_on_a_stop_signal(engine_process: Callable[..., Awaitable[Any]],
+                                                      sig: signal.Signals) -> None:
+    # SIGHUP before: its default ended the process at once, status 129, the worker's connection cut without a Close
     proc = await engine_process()
     worker = await RawWorker.connect(proc.url)
-    proc.process.send_signal(signal.SIGTERM)
+    proc.process.send_signal(sig)
     assert await asyncio.wait_for(proc.process.wait(), 10) == 0
     await asyncio.wait_for(worker.ws.wait_closed(), 5)
     assert worker.ws.close_code == 1001
-
-
-async def test_process_stops_cleanly_on_sighup_saying_it_does_not_reload(
-        engine_process: Callable[..., Awaitable[Any]]) -> None:
-    # before: SIGHUP's default ended the process at once, status 129, the worker's connection cut without a Close
-    proc = await engine_process()
-    worker = await RawWorker.connect(proc.url)
-    proc.process.send_signal(signal.SIGHUP)
-    assert await asyncio.wait_for(proc.process.wait(), 10) == 0
-    await asyncio.wait_for(worker.ws.wait_closed(), 5)
-    assert worker.ws.close_code == 1001
-    assert "SIGHUP: stopping (this engine does not reload its configuration" in proc.log()
+    said = "SIGHUP: stopping (this engine does not reload its configuration" in proc.log()
+    assert said == (sig == signal.SIGHUP)
 
 
 async def test_an_engine_started_with_sighup_ignored_keeps_running_on_sighup(tmp_path: Path) -> None:
