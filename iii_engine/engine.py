@@ -464,10 +464,10 @@ class _ModuleServices:
         return self._engine.invoke_when_free(function_id, data, until=until)
 
     def condition_passes(self, condition_function_id: str | None, payload: Any, *, wait_if_busy: bool = True,
-                         busy_until: float | None = None) -> Coroutine[Any, Any, bool]:
+                         busy_until: float | None = None, hold_place: bool = False) -> Coroutine[Any, Any, bool]:
         """Whether a trigger's condition lets its call go."""
         return self._engine.condition_passes(condition_function_id, payload, wait_if_busy=wait_if_busy,
-                                             busy_until=busy_until)
+                                             busy_until=busy_until, hold_place=hold_place)
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""
@@ -1293,7 +1293,7 @@ class Engine:
         return await self.invocations.call_while_busy(function_id, data, until=until)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *, wait_if_busy: bool = True,
-                               busy_until: float | None = None) -> bool:
+                               busy_until: float | None = None, hold_place: bool = False) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` skips; an error skips too (logged). A
         condition its worker refused for being busy (``worker_busy``: it did not decide) is asked again as a
         trigger-fired call is, then skipped, counted with those calls; with ``wait_if_busy=False`` the refusal is
@@ -1306,15 +1306,19 @@ class Engine:
         again or kept as a dead letter; the REST API answers as for its handler: 500, or 504 for a timeout).
         ``busy_until``: no try past this event-loop time (a cron tick's next tick).
 
-        A trigger-fired condition (``wait_if_busy``) of a worker's function holds a place in that worker's
+        ``hold_place``: the caller holds a bare ``max_fired_calls`` slot, on no worker's share (a cron tick, a
+        pub/sub delivery): a condition of a worker's function then holds a place in that worker's
         ``max_fired_calls_per_worker`` while it runs (:meth:`FiredCalls.condition_place`); with none free it is not
-        asked and the trigger is skipped, counted with the calls not made for their callee's share."""
+        asked and the trigger is skipped, counted with the calls not made for their callee's share. A trigger that
+        already holds its handler worker's place (state and stream triggers) asks without one: a second place on the
+        same worker lost half of a burst's events (all at a share of 1), and a ``stream:leave`` must not be
+        skipped."""
         if not condition_function_id:
             return True
         place = None
         try:
             if wait_if_busy:
-                owner = self._condition_owner(condition_function_id)
+                owner = self._condition_owner(condition_function_id) if hold_place else None
                 if owner is not None:
                     place = self.fired_calls.condition_place(owner, condition_function_id)
                     if place is None:

@@ -419,11 +419,13 @@ class EngineServices(Protocol):
         (an event-loop time); the last refusal is counted, logged (rate-limited) and raised."""
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *, wait_if_busy: bool = True,
-                               busy_until: float | None = None) -> bool:
+                               busy_until: float | None = None, hold_place: bool = False) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged). A
         condition whose worker refuses it for being busy is asked again as :meth:`invoke_when_free` does (up to
         ``busy_until``), then skipped; with ``wait_if_busy=False`` that refusal is raised at once
-        (an :class:`EngineError`), and so is a :class:`CallNotSent` (its worker left before the call reached it)."""
+        (an :class:`EngineError`), and so is a :class:`CallNotSent` (its worker left before the call reached it).
+        ``hold_place``: the caller's slot is on no worker's share (a cron tick, a pub/sub delivery), so the condition
+        holds a place in its own worker's ``max_fired_calls_per_worker`` while it runs (none free: skipped)."""
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""

@@ -493,7 +493,7 @@ class CronModule(EngineModule):
             "scheduled_time": rfc3339(tick),
             "actual_time": rfc3339(datetime.now(UTC)),
         }
-        if not await self.services.condition_passes(condition, payload, busy_until=busy_until):
+        if not await self.services.condition_passes(condition, payload, busy_until=busy_until, hold_place=True):
             return False
         if self._schedules.get(trigger.id) is not schedule:
             return False  # unregistered (or replaced) while its lock or condition was awaited: its unregister returned

@@ -224,7 +224,7 @@ class PubSubModule(EngineModule):
         # the slot taken for this subscriber covers its condition too, and goes with the call when it passes
         passed = False
         try:
-            passed = await self.services.condition_passes(condition, data)
+            passed = await self.services.condition_passes(condition, data, hold_place=True)
             # A subscriber unregistered while its condition ran gets nothing: its unregister has returned.
             passed = passed and (self._subscribers.get(topic) or {}).get(trigger.id) is trigger
         finally:

@@ -46,7 +46,8 @@ class Stub:
         return await self.invoke(function_id, data)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
-                               wait_if_busy: bool = True, busy_until: float | None = None) -> bool:
+                               wait_if_busy: bool = True, busy_until: float | None = None,
+                               hold_place: bool = False) -> bool:
         return not condition_function_id or await self.invoke(condition_function_id, payload) is not False
 
 

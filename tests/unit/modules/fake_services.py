@@ -155,7 +155,8 @@ class FakeServices:
         return await self.invoke(function_id, data)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
-                               wait_if_busy: bool = True, busy_until: float | None = None) -> bool:
+                               wait_if_busy: bool = True, busy_until: float | None = None,
+                               hold_place: bool = False) -> bool:
         if not condition_function_id:
             return True
         try:
