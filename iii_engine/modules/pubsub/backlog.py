@@ -8,9 +8,11 @@ messages still go in the order they came.
 
 Why evict: the bounds (``max_messages`` and ``max_bytes`` for all topics together) would otherwise be filled by the
 backed-up topic, and every message for another topic dropped on arrival. A message that does not fit takes the room
-of the newest message of the topic with the most queued, if that topic has at least two more than its own: each
-topic keeps a share as large as any other's, and messages are only ever dropped from the end of a topic's queue (a
-gap at its end, never a reordering). One message larger than ``max_bytes`` is taken only when nothing is queued.
+of the newest message of the topic with the most queued, when that room is enough and that topic has at least two
+more than its own: each topic
+keeps a share as large as any other's, and messages are only ever dropped from the end of a topic's queue (a gap at
+its end, never a reordering); one message makes way at most, so a large newcomer never empties another topic. One
+message larger than ``max_bytes`` is taken only when nothing is queued.
 
 Example:
     >>> backlog = Backlog(max_messages=3, max_bytes=1000)
@@ -69,9 +71,12 @@ class Backlog:
         dropped: list[tuple[str, bytes]] = []
         if self.messages and size > self._max_bytes:
             return [(topic, raw)]  # would not fit even alone: nothing is evicted for it
-        while not self._fits(size):
-            if self._longest < length + 2:
-                return [*dropped, (topic, raw)]
+        if not self._fits(size):
+            # One message makes way at most, and only when that makes room: evicting while the newcomer still did not
+            # fit dropped it in the end too (one 1 MiB message took 952 small ones of another topic with it, one of
+            # 20 MiB 59,997).
+            if self._longest < length + 2 or not self._fits(size, freed=self._newest_of_longest()):
+                return [(topic, raw)]
             dropped.append(self._evict())
         if queue is None:
             queue = self._queues[topic] = deque()
@@ -98,8 +103,16 @@ class Backlog:
         self.bytes -= len(raw) + self._overhead
         return topic, raw
 
-    def _fits(self, size: int) -> bool:
-        return self.messages == 0 or (self.messages < self._max_messages and self.bytes + size <= self._max_bytes)
+    def _fits(self, size: int, freed: int | None = None) -> bool:
+        """Whether a message of ``size`` bytes fits, with one message of ``freed`` bytes gone first (if given)."""
+        messages, used = self.messages, self.bytes
+        if freed is not None:
+            messages, used = messages - 1, used - freed
+        return messages == 0 or (messages < self._max_messages and used + size <= self._max_bytes)
+
+    def _newest_of_longest(self) -> int:
+        """The bytes :meth:`_evict` would free."""
+        return len(self._queues[next(iter(self._by_length[self._longest]))][-1]) + self._overhead
 
     def _evict(self) -> tuple[str, bytes]:
         """Drop the newest message of the topic with the most queued (it keeps at least two: never emptied)."""

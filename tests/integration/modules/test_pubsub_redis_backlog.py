@@ -163,3 +163,21 @@ def test_the_backlog_keeps_its_bounds_each_topics_order_and_gives_every_topic_it
             assert not queued
     assert taken + dropped + backlog.messages == sum(sent.values())
     assert dropped > 0 and all(last_taken.get(topic) for topic in sent)
+
+
+def test_a_large_message_that_one_eviction_cannot_make_room_for_evicts_nothing() -> None:
+    # Re-attack: each eviction was made while the newcomer still did not fit, and then it was dropped too: one 1 MiB
+    # message took 952 queued messages of another topic with it (one of 20 MiB, 59,997). Now one message makes way
+    # at most, and only when that makes room.
+    backlog = Backlog(max_messages=1000, max_bytes=1000)
+    for _ in range(4):
+        assert backlog.put("big", b"B" * 200) == []
+    for _ in range(100):
+        assert backlog.put("small", b"s") == []
+    assert backlog.put("big", b"B" * 200) == [("big", b"B" * 200)]  # only itself
+    assert (backlog.messages, backlog.bytes) == (104, 900)
+    # when full, a small newcomer of a quiet topic still takes the room of the busiest topic's newest
+    for _ in range(100):
+        assert backlog.put("tiny", b"t") == []
+    assert backlog.bytes == 1000
+    assert backlog.put("quiet", b"q") == [("small", b"s")]
