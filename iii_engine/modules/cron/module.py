@@ -365,20 +365,20 @@ class CronModule(EngineModule):
             instant.followers[waiter] = None
             try:
                 woken = await waiter
-            finally:
+            except BaseException:
                 instant.followers.pop(waiter, None)
+                if waiter.done() and not waiter.cancelled() and waiter.result() == _LEAD:
+                    # handed the sleep, then cancelled before it ran: the next follower sleeps instead (lost, the
+                    # instant's other schedules waited for a wake that never came, their ticks never fired)
+                    self._hand_lead(instant, tick)
+                raise
+            instant.followers.pop(waiter, None)
             if woken != _LEAD:
                 return cast("tuple[float, float, float] | None", woken)
         try:
             overrun = await _sleep_until(tick)
         except BaseException:  # cancelled (its trigger gone, the module stopping): a follower sleeps in its place
-            for follower in instant.followers:
-                if not follower.done():
-                    follower.set_result(_LEAD)
-                    break
-            else:
-                if self._instants.get(tick) is instant:
-                    del self._instants[tick]
+            self._hand_lead(instant, tick)
             raise
         if self._instants.get(tick) is instant:
             del self._instants[tick]
@@ -386,6 +386,16 @@ class CronModule(EngineModule):
                                               asyncio.get_running_loop().time())
         await self._turns.take(list(instant.followers), woken)
         return woken
+
+    def _hand_lead(self, instant: _Instant, tick: datetime) -> None:
+        """The schedule sleeping until ``tick`` for ``instant`` leaves: a follower still waiting sleeps in its place,
+        or the instant is forgotten when none waits."""
+        for follower in instant.followers:
+            if not follower.done():
+                follower.set_result(_LEAD)
+                return
+        if self._instants.get(tick) is instant:
+            del self._instants[tick]
 
     def _skip_missed(self, trigger: TriggerInfo, expression: CronExpression, last: datetime, now: datetime, *,
                      stalled: bool = True, late: datetime | None = None) -> None:
