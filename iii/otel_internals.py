@@ -562,9 +562,7 @@ _IMMUTABLE_KNOWN: Final = _probe_immutable()
 
 
 def _probe_attributes_dict() -> bool:
-    from opentelemetry.attributes import BoundedAttributes
-
-    known = type(getattr(BoundedAttributes(), "_dict", None)) is dict
+    known = type(getattr(_BoundedAttributes(), "_dict", None)) is dict
     if not known:
         missing("BoundedAttributes._dict", SLOWER)
     return known

@@ -25,13 +25,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
 from ...settings import Field, NonEmpty, Settings, UnknownKeys, closest_key
 from .queries import mean, point_value, total
-from .urls import host_problem, scrubbed, shown_url
+from .urls import post_url
 
 __all__ = ["ENGINE_COUNTERS", "AlertManager", "AlertRule", "webhook_url"]
 
@@ -84,19 +83,7 @@ def webhook_url(url: Any) -> str:
     """
     if not isinstance(url, str):
         raise ValueError("a webhook action needs a 'url'")
-    try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
-    except ValueError as exc:
-        raise ValueError(f"a webhook action's 'url' is not a URL: {shown_url(url)!r} "
-                         f"({scrubbed(str(exc), url)})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"a webhook action's 'url' must be an http:// or https:// URL with a host, got "
-                         f"{shown_url(url)!r}")
-    problem = host_problem(parts.hostname)
-    if problem:
-        raise ValueError(f"a webhook action's 'url' has a host no request can be sent to ({problem}): "
-                         f"{shown_url(url)!r}")
+    post_url(url, "a webhook action's 'url' ")
     return url
 
 

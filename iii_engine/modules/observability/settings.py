@@ -20,13 +20,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal
-from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
 from ...settings import Field, Settings, UnknownKeys, env_text
 from .alerts import AlertRule
-from .urls import host_problem, scrubbed, shown_url
+from .urls import post_url, shown_url
 
 __all__ = ["ObservabilitySettings", "RateLimit", "SamplingRule", "SamplingSettings"]
 
@@ -194,22 +193,12 @@ class ObservabilitySettings(Settings):
             "logs_exporter") in ("otlp", "both")
         if not exports:
             return value
-        shown = repr(shown_url(value))  # only scheme, host and port: a path may hold a secret
-        try:
-            parts = urlsplit(value.strip())
-            parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
-        except ValueError as exc:
-            raise ValueError(f"not a URL: {shown} ({scrubbed(str(exc), value)})") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http:// or https:// URL with a host, got {shown}")
-        problem = host_problem(parts.hostname)
-        if problem:
-            # http://collector..example.com was taken: its first export raised UnicodeError and ended the exporter
-            raise ValueError(f"has a host no request can be sent to ({problem}): {shown}")
+        # (http://collector..example.com was taken: its first export raised UnicodeError and ended the exporter)
+        parts = post_url(value)
         if parts.query or parts.fragment or value.strip().endswith(("?", "#")):
             # /v1/<signal> is appended to the endpoint: http://h/?k=1 was posted to http://h/?k=1/v1/logs
             raise ValueError(f"must have no query (?...) nor fragment (#...): /v1/<signal> is added to its path, "
-                             f"got {shown}")
+                             f"got {shown_url(value)!r}")
         return value
 
     @field_validator("alerts")

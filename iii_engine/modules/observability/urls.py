@@ -14,11 +14,11 @@ Example:
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from iii._cli import mask_passwords
 
-__all__ = ["host_problem", "scrubbed", "shown_url"]
+__all__ = ["host_problem", "post_url", "scrubbed", "shown_url"]
 
 _HIDDEN = "/…"
 
@@ -66,6 +66,35 @@ def scrubbed(text: str, *urls: str) -> str:
         if tail.strip("/"):
             text = text.replace(tail, _HIDDEN)
     return mask_passwords(text)
+
+
+def post_url(url: str, subject: str = "") -> SplitResult:
+    """``url``'s parts when a request can be posted to it: an ``http://`` or ``https://`` URL with a host that is an
+    IP address or a valid host name; else a :class:`ValueError` starting with ``subject`` (what the URL is, for the
+    message), the URL shown as :func:`shown_url` shows it. The alert webhooks' and the OTLP endpoint's one check.
+
+    Example:
+        >>> post_url("https://hooks.example.com/alert").hostname
+        'hooks.example.com'
+        >>> post_url("ftp://u:s3cret@files.example.com/SECRET", "the 'url' ")
+        Traceback (most recent call last):
+        ...
+        ValueError: the 'url' must be an http:// or https:// URL with a host, got 'ftp://u:***@files.example.com/…'
+    """
+    shown = repr(shown_url(url))
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
+    except ValueError as exc:
+        raise ValueError(f"{subject}{'is ' if subject else ''}not a URL: {shown} ({scrubbed(str(exc), url)})") \
+            from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{subject}must be an http:// or https:// URL with a host, got {shown}")
+    problem = host_problem(parts.hostname)
+    if problem:
+        # aiohttp took http://hooks..example.com: each request raised UnicodeError, not a connection error
+        raise ValueError(f"{subject}has a host no request can be sent to ({problem}): {shown}")
+    return parts
 
 
 def host_problem(host: str) -> str | None:
