@@ -2309,8 +2309,7 @@ class SQLStream(FieldUpdates):
             return StreamBackendError(f"{where}: the database refused the write: {error_line(exc)}{self._named()}")
         # (SQLAlchemy 2.0.0 raises asyncpg's errors of a connection the server ended unwrapped: no handle_error hook
         # sees them, so they are recognised here)
-        lost = (isinstance(exc, DBAPIError) and exc.connection_invalidated) or (
-            _is_driver_error(exc) and _connection_broken(exc))
+        lost = _lost_connection(exc)
         if isinstance(exc, OperationalError | InterfaceError | DisconnectionError) or lost or (
             (isinstance(exc, SQLAlchemyError) or _is_driver_error(exc)) and _not_connected(exc)) or (
             isinstance(exc, OSError) and not isinstance(exc, TimeoutError)  # a refused connect: the server is down
