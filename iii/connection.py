@@ -781,10 +781,17 @@ class Connection:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
     async def close(self, close_timeout: float | None = None) -> None:
-        """Stop reconnecting and close the socket (the close handshake bounded by ``close_timeout`` seconds, the
-        constructor's when ``None``, then the socket is dropped); queued frames are discarded."""
+        """Stop reconnecting and close the socket. Frames still queued for a socket that is up are written first
+        (calls waiting for answers excepted: never sent, their callers fail with the shutdown), and the engine's
+        answer to the close is waited for, both within ``close_timeout`` seconds (the constructor's when ``None``);
+        past it the socket is dropped and what is still queued is discarded, counted and logged."""
+        bound = self._close_timeout if close_timeout is None else close_timeout
+        deadline = asyncio.get_running_loop().time() + bound
         self._running = False
         self._closed = True
+        ws = self._ws
+        if ws is not None and self._ready and (self._backlog or self._waiting):
+            await self._drain_before_close(ws, deadline)
         self._ready = False
         ws, self._ws = self._ws, None
         for task in (self._supervisor, self._flusher):
@@ -810,9 +817,8 @@ class Connection:
         if ws is not None:
             # An engine that stopped reading (stalled, SIGSTOP) never answers the close, nor takes the close frame
             # once the socket's buffers are full: websockets waited 10 s for each, so shutdown() took up to 20 s.
-            bound = self._close_timeout if close_timeout is None else close_timeout
             try:
-                async with asyncio.timeout(bound):
+                async with asyncio.timeout_at(deadline):
                     await ws.close()
             except TimeoutError:
                 log.info("The engine at %s did not answer the close within %g s; connection dropped", self._shown_url,
@@ -828,6 +834,30 @@ class Connection:
             self._backlog.clear()
         self._held_bytes = 0
         self._set_state("disconnected")
+
+    async def _drain_before_close(self, ws: ClientConnection, deadline: float) -> None:
+        """:meth:`close`'s flush: the queue written to ``ws`` until it is empty, ``ws`` is lost or ``deadline`` (loop
+        time) passes. Frames the engine sends meanwhile are not read on (see :meth:`_deliver`): an invocation
+        started now would answer on a closed socket. Queued calls are taken out unsent first: their callers hear
+        the shutdown, and a call written now would run with nobody left to hear its answer.
+
+        Before, the queue was discarded at once: a handler's answer, a fire-and-forget call or a log record still
+        waiting for a slow engine to read was lost at every shutdown (logged as discarded)."""
+        self._take_keyed()
+        loop = asyncio.get_running_loop()
+        while (self._backlog or self._waiting) and self._ws is ws and self._ready and _open(ws):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            queued = len(self._backlog) + len(self._waiting)
+            self._kick()
+            flusher = self._flusher
+            assert flusher is not None
+            await asyncio.wait((flusher,), timeout=left)
+            if flusher.done() and len(self._backlog) + len(self._waiting) >= queued:
+                # The flush ended without taking a frame (a pinned frame's socket went, the senders let in have not
+                # queued theirs yet): a turn of the loop for them, never a spin.
+                await asyncio.sleep(min(0.01, max(0.0, deadline - loop.time())))
 
     async def send(self, frame: Frame, key: str | None = None, *, batch: bool = False, own: bool = False,
                    wait: float | None = None) -> bool:
@@ -1559,6 +1589,8 @@ class Connection:
                     counts["oversized"], latest_tail(latest))
 
     def _deliver(self, raw: Frame) -> None:
+        if self._closed:  # (close()'s flush: nothing is acted on any more, see _drain_before_close)
+            return
         try:
             self._on_frame(raw)
         except Exception:

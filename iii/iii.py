@@ -447,8 +447,9 @@ class III:
     def shutdown(self, *, close_timeout: float | None = None) -> None:
         """Disconnect, fail pending calls, stop the private loop and join its thread (5 s).
 
-        ``close_timeout`` (ours: the reference SDK has none) bounds the wait for the engine's answer to the WebSocket
-        close, in seconds (default 2): past it the socket is dropped. A short-lived client with nothing left to say
+        ``close_timeout`` (ours: the reference SDK has none) bounds the writing of frames still queued (answers,
+        fire-and-forget calls, telemetry) and the wait for the engine's answer to the WebSocket close, together, in
+        seconds (default 2): past it the socket is dropped. A short-lived client with nothing left to say
         (a CLI under a deadline) need not give a server that stopped answering 2 s. A second call waits for the first
         and its bound.
 
