@@ -156,6 +156,10 @@ def parse_ops(ops: Sequence[UpdateOp | Mapping[str, Any] | Op], *, strict: bool 
 def _apply_one(v: Any, op: Op) -> Any:
     if op.type == "set":
         if op.path == "":
+            if isinstance(op.value, dict):
+                # A copy: the ops after it change the working value in place, and the op's own value must stay as
+                # the caller gave it (a store that runs the ops again after a retry applied them twice: {"n": 2}).
+                return dict(op.value)
             if op.value is not None:
                 return op.value
             if isinstance(v, dict):
