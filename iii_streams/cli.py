@@ -100,6 +100,18 @@ def _path_hint(url: str) -> str:
     return missing_directory_hint(url)
 
 
+def _check_revision(revision: str) -> None:
+    """``--revision`` names ``head``, ``base`` or a shipped revision (or the start of one's id, as Alembic takes it);
+    anything else is a usage error naming them (Alembic's own error blamed the database's version table)."""
+    from .migrate import HEAD, shipped_revisions
+
+    known = shipped_revisions()
+    if revision in (HEAD, "heads", "base") or (revision and any(name.startswith(revision) for name in known)):
+        return
+    raise ValueError(f"--revision {revision!r} is not a revision of this version (use head, or one of: "
+                     f"{', '.join(known)}; migrate only upgrades)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iii-streams`` console script; returns the exit status.
 
@@ -114,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .migrate import normalize_url  # needs the sql extra (SQLAlchemy, Alembic)
 
         url = normalize_url(args.url)
+        if args.command == "migrate":
+            _check_revision(args.revision)
     except ModuleNotFoundError as exc:
         print(f"{PROG}: {args.command} needs the sql extra: {error_line(exc)}", file=sys.stderr)
         return 1

@@ -23,8 +23,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .engine_bounds import run_then_dispose
@@ -34,7 +34,8 @@ from .schema import TABLE_NAME, VERSION_TABLE
 from .sqlite_threads import guard_aiosqlite
 
 __all__ = ["HEAD", "MIGRATE_TIMEOUT_S", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision",
-           "migrate", "normalize_url", "revision_of", "schema_behind", "upgrade", "upgrade_connection"]
+           "migrate", "normalize_url", "revision_of", "schema_behind", "shipped_revisions", "upgrade",
+           "upgrade_connection"]
 
 HEAD: Final = "head"
 # PostgreSQL advisory lock key ("iiistr") held by each migration transaction: concurrent migrations (replicas
@@ -100,7 +101,12 @@ or postgresql+asyncpg://USER@HOST/DB)
     if mapped is None:
         raise ValueError(f"unsupported database URL scheme {scheme!r} in {mask_passwords(url)!r} (use "
                          "sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB)")
-    return f"{mapped}://{rest}"
+    normalized = f"{mapped}://{rest}"
+    try:
+        make_url(normalized)  # (a port that is not a number, an unclosed [: found now, said in one line)
+    except (ValueError, ArgumentError) as exc:
+        raise ValueError(f"not a valid database URL: {mask_passwords(url)!r} ({exc})") from None
+    return normalized
 
 
 def _config(connection: Connection) -> Config:
@@ -244,7 +250,17 @@ def schema_behind(revision: str | None) -> bool:
 
 def _known(revision: str) -> bool:
     """Whether ``revision`` is one of the migrations this version ships."""
-    return revision in {script.revision for script in _script().walk_revisions()}
+    return revision in shipped_revisions()
+
+
+def shipped_revisions() -> list[str]:
+    """The revisions of the migrations this version ships, oldest first.
+
+    Example:
+        >>> shipped_revisions()[0]
+        '0001_stream_items'
+    """
+    return [script.revision for script in reversed(list(_script().walk_revisions()))]
 
 
 # Alembic keeps the running migration's context in module globals, and a migration run through an async driver

@@ -114,6 +114,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.exc import (
+    ArgumentError,
     DBAPIError,
     DisconnectionError,
     InterfaceError,
@@ -1057,10 +1058,20 @@ def missing_directory_hint(url: URL | str) -> str:
         >>> missing_directory_hint("sqlite+aiosqlite://")
         ''
     """
-    url = make_url(url)
+    try:
+        url = make_url(url)
+    except (ValueError, ArgumentError):  # (a hint never replaces the error it is added to)
+        return ""
     path = url.database
     if not path or not url.get_backend_name() == "sqlite" or not _is_file_database(url):
         return ""
+    if path.startswith("file:"):  # a SQLite URI: its file's path is what may name a missing directory
+        try:
+            file = _file_path(url)
+        except ValueError:
+            return ""
+        directory = os.path.dirname(file or "")
+        return f" (directory {directory} does not exist)" if directory and not os.path.isdir(directory) else ""
     directory = os.path.dirname(path)
     if not directory or os.path.isdir(directory):
         return ""
