@@ -162,7 +162,7 @@ class _QuietUntilConnected(logging.Filter):
         # and "waiting" said as it gives up misled
         if self._waiting is not None and record.levelno == logging.WARNING:
             why = record.args[-1] if isinstance(record.args, tuple) and record.args else None
-            print(f"{self._waiting}{f' ({why})' if why is not None else ''}", file=sys.stderr, flush=True)
+            _say(f"{self._waiting}{f' ({why})' if why is not None else ''}")
             self._waiting = None
         return False
 
@@ -290,7 +290,10 @@ def _progress(args: argparse.Namespace) -> Progress:
         return None
     if mode == "always":
         return True
-    return sys.stderr.isatty()
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # None (started with 2>&-), or closed since: no terminal to draw on
+        return False
 
 
 def _engine(args: argparse.Namespace) -> str:
@@ -346,9 +349,46 @@ def _why(exc: BaseException | None) -> str:
     return text
 
 
+def _say(line: str) -> None:
+    """Print ``line`` on stderr, flushed; a stderr that cannot be written (``/dev/full``, a pipe whose reader left)
+    drops it: what stderr says is a courtesy, and a failed write there stopped a serve or failed a transfer.
+
+    Example:
+        >>> import io
+        >>> gone = io.StringIO()
+        >>> gone.close()
+        >>> with contextlib.redirect_stderr(gone):
+        ...     _say("serving f on ws://…")
+        >>> gone.closed
+        True
+    """
+    if sys.stderr is None:  # print(file=None) would write it to stdout
+        return
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _stderr_to_null() -> None:
+    """Give a process started with stderr closed (``2>&-``; Python's ``sys.stderr`` is then ``None``) ``/dev/null``
+    as its stderr, descriptor 2 included. Why: ``sys.stderr.isatty()`` raised on ``None`` (``send`` exited 1 without
+    a word, ``serve`` without serving), ``print(file=None)`` writes to stdout (into the data of ``serve --out -``),
+    and a file opened later would be given descriptor 2, so whatever writes there (a fatal error, a library's
+    message) would land in it. The command then runs as with ``--progress never``: a closed stderr loses no data."""
+    with contextlib.suppress(OSError):
+        try:
+            os.fstat(2)
+        except OSError:  # closed: /dev/null takes descriptor 2, inheritable as a standard stream is
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != 2:
+                os.dup2(null, 2)
+                os.close(null)
+            os.set_inheritable(2, True)
+        sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
+
+
 def _fail(message: str, status: int = 1) -> int:
     # One line, whatever the message: a multi-line exception text must not break scripts reading stderr.
-    print(f"iii-channel: error: {' '.join(message.split())}", file=sys.stderr)
+    _say(f"iii-channel: error: {' '.join(message.split())}")
     return status
 
 
@@ -532,7 +572,7 @@ async def _send(args: argparse.Namespace) -> int:
         if not term.signalled or main is None:
             raise
         main.uncancel()
-        print("iii-channel: send: terminated", file=sys.stderr)
+        _say("iii-channel: send: terminated")
         return 128 + signal.SIGTERM
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -869,8 +909,7 @@ async def _other_holder(client: III, function_id: str) -> tuple[WorkerInfo | Non
     try:
         return _holder(await _workers(client), function_id, client.worker_id), True
     except Exception as exc:  # an error, a timeout, an answer of another shape
-        print(f"iii-channel: could not check whether another worker serves {function_id} ({_why(exc)}); "
-              "going on", file=sys.stderr, flush=True)
+        _say(f"iii-channel: could not check whether another worker serves {function_id} ({_why(exc)}); going on")
         return None, False
 
 
@@ -917,7 +956,7 @@ async def _serve(args: argparse.Namespace) -> int:
     if directory is not None:
         removed = await asyncio.to_thread(_reclaim_report, directory)
         if removed:
-            print(f"iii-channel: {removed}", file=sys.stderr, flush=True)
+            _say(f"iii-channel: {removed}")
     client = III(url)
 
     async def handler(data: dict[str, Any]) -> dict[str, Any]:
@@ -964,8 +1003,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if winner is not None:  # another serve registered it since the check above: the engine keeps the last
             raise _Refused(f"{_served_by(args.function, winner)} (it registered just after this serve)")
         if holder is not None:
-            print(f"iii-channel: took {args.function} over from worker {_worker(holder)}", file=sys.stderr,
-                  flush=True)
+            _say(f"iii-channel: took {args.function} over from worker {_worker(holder)}")
         return any(args.function in worker.functions for worker in workers if worker.id == me)
 
     starting = asyncio.ensure_future(start())
@@ -976,11 +1014,11 @@ async def _serve(args: argparse.Namespace) -> int:
             return 0  # stopped by a signal before the engine answered
         if not starting.result():
             return _fail(f"the engine did not accept function {args.function}")
-        print(f"serving {args.function} on {url}", file=sys.stderr, flush=True)
+        _say(f"serving {args.function} on {url}")
         # The SDK says "Connection to … failed" while the engine is away; say when the function is served again.
         # Registered only now, so only the connections after this first one count (it runs on a handler thread).
         client.on_registrations_ready(
-            lambda: print(f"serving {args.function} again", file=sys.stderr, flush=True))
+            lambda: _say(f"serving {args.function} again"))
         watching = asyncio.ensure_future(_watch_ownership(client, args.function))
         try:
             await asyncio.wait({stopping, watching}, return_when=asyncio.FIRST_COMPLETED)
@@ -1060,6 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     if argv is None:  # the process is this command's (its console script): see _freeze_imports
         _freeze_imports()
+    if _closed(sys.stderr):
+        _stderr_to_null()
     parser = build_parser()
     args = parse_args(parser, argv)
     option, function_id = ("--to", args.to) if args.command == "send" else ("--function", args.function)
@@ -1086,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(runner(args))
     except KeyboardInterrupt:
         # serve ends on SIGINT itself (exit 0); an interrupted send says so, in one line like every failure.
-        print(f"iii-channel: {args.command}: interrupted", file=sys.stderr)
+        _say(f"iii-channel: {args.command}: interrupted")
         return exit_interrupted(own_process=argv is None)
     except _Refused as exc:
         return _fail(str(exc))

@@ -568,15 +568,30 @@ def name_part_problem(part: str) -> str | None:
 
 
 def _parse_file_header(text: str) -> tuple[str, int | None] | None:
-    """``(name, size)`` from a header message, or ``None`` if ``text`` is not one."""
+    """``(name, size)`` from a header message, ``None`` if ``text`` is not one, ``ValueError`` if it starts as one
+    but is not well formed: ``name`` a ``str``, ``size`` an ``int`` of 0 or more (not a bool) or absent/null.
+
+    Why so strict: the receiver holds the file to that size, and ``3.9``, ``"3"`` and ``true`` were read as 3, 3
+    and 1, ``1e400`` raised ``OverflowError``, a name ``12345`` was stored as ``'12345'`` and a header nested
+    100,000 deep raised ``RecursionError``; a malformed header read as "no header" would skip the size check.
+
+    Example:
+        >>> _parse_file_header('{"iii_channels_file": {"name": "a.txt", "size": 3.9}}')
+        Traceback (most recent call last):
+        ...
+        ValueError: malformed file header: '{"iii_channels_file": {"name": "a.txt", "size": 3.9}}'
+    """
     if not text.startswith('{"' + FILE_HEADER_KEY + '"'):
         return None
     try:
         body = json.loads(text)[FILE_HEADER_KEY]
-        size = body.get("size")
-        return str(body["name"]), int(size) if size is not None else None
-    except (ValueError, KeyError, TypeError):
-        return None
+        name, size = body["name"], body.get("size")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        name = size = None
+    sized = size is None or (type(size) is int and size >= 0)
+    if not isinstance(name, str) or not sized:
+        raise ValueError(f"malformed file header: {text[:200]!r}")
+    return name, size
 
 
 async def send_file(
@@ -726,7 +741,11 @@ async def receive_file(
     name_holder: list[tuple[str, int | None]] = []
 
     def on_text(text: str) -> None:
-        parsed = _parse_file_header(text)
+        try:
+            parsed = _parse_file_header(text)
+        except ValueError as exc:  # an IntegrityError fails the source for good
+            channel_id = reader.ref.channel_id
+            raise IntegrityError(f"channel {channel_id}: {exc}", channel_id=channel_id) from None
         if parsed is not None and not name_holder:
             name_holder.append(parsed)
             # the header comes before any byte: the first report already carries the total

@@ -109,7 +109,7 @@ def _parse_trailer(text: str) -> tuple[int, str] | None:
     try:
         body = json.loads(text)
         count, sha = body["bytes"], body["sha256"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: a peer's text nested deep
         count = sha = None
     # Any other string for the digest is left to the comparison, which fails it as a mismatch.
     if type(count) is not int or count < 0 or not isinstance(sha, str):

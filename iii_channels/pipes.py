@@ -683,6 +683,25 @@ def _check_argv(argv: Sequence[str]) -> None:
         raise ValueError("argv must name a command, got an empty sequence")
 
 
+def _check_popen(popen: dict[str, Any], own: tuple[str, ...], adapter: str) -> None:
+    """``TypeError`` naming the keywords of ``popen`` the adapter sets itself (its pipes): passed on, they failed
+    inside asyncio with "got multiple values for keyword argument 'stderr'".
+
+    Example:
+        >>> _check_popen({"stderr": None}, ("stdout", "stderr"), "from_process")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: from_process sets the command's stderr itself (...), so stderr= cannot be given
+    """
+    taken = [name for name in own if name in popen]
+    if taken:
+        uses = {"stdin": "the channel's data", "stdout": "the channel's data",
+                "stderr": "the tail kept for ProcessError"}
+        raise TypeError(f"{adapter} sets the command's {' and '.join(taken)} itself ("
+                        f"{', '.join(f'{name}: {uses[name]}' for name in own)}), so "
+                        f"{' and '.join(f'{name}=' for name in taken)} cannot be given")
+
+
 def _own_group(popen: dict[str, Any]) -> bool:
     """Start the command as the leader of a new session (so of a process group of its own) unless the caller
     chose (``start_new_session`` / ``process_group`` in ``popen``, which is then left alone); ``True`` when the
@@ -792,6 +811,7 @@ async def from_process(
         _check_argv(argv)
         _check_exit_timeout(exit_timeout)
         check_progress(progress)
+        _check_popen(popen, ("stdout", "stderr"), "from_process")
     except BaseException as exc:
         # Refused before starting, like a command that cannot start: the reader hears now.
         await _abort_writer(writer, f"from_process refused its arguments: {exc}")
@@ -923,6 +943,7 @@ async def to_process(
     try:
         _check_argv(argv)
         _check_exit_timeout(exit_timeout)
+        _check_popen(popen, ("stdin", "stderr"), "to_process")
         # Before the command starts: a bad progress or idle_timeout must not leave it running.
         source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0],
                                text_limit=0, idle_timeout=idle_timeout)

@@ -11,10 +11,13 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable
 from typing import TextIO
+
+log = logging.getLogger("iii_channels.progress")
 
 ProgressCallback = Callable[[int, int | None], None]
 Progress = bool | ProgressCallback | None
@@ -55,11 +58,12 @@ class ProgressBar:
         tty: bool | None = None,
     ) -> None:
         self.label = label
-        self.stream = stream if stream is not None else sys.stderr
+        # sys.stderr is None when the process started with it closed (2>&-): nothing is drawn then
+        self.stream: TextIO | None = stream if stream is not None else sys.stderr
         self.width = width
         # On a terminal the bar redraws in place; elsewhere (a log file, a pipe) it prints one line per update,
         # less often, so the output stays readable and never contains carriage returns.
-        self.tty = _isatty(self.stream) if tty is None else tty
+        self.tty = (self.stream is not None and _isatty(self.stream)) if tty is None else tty
         self.interval = interval if interval is not None else (0.1 if self.tty else 1.0)
         self._start = time.monotonic()
         self._last_draw = 0.0
@@ -75,6 +79,8 @@ class ProgressBar:
             self._draw(now)
 
     def _draw(self, now: float) -> None:
+        if self.stream is None:
+            return
         elapsed = max(now - self._start, 1e-9)
         rate = self._done / elapsed
         parts = [self.label] if self.label else []
@@ -88,8 +94,29 @@ class ProgressBar:
         else:
             parts.append(f"{human_bytes(self._done)} {human_bytes(rate)}/s")
         line = " ".join(parts)
-        self.stream.write("\r" + line + "  " if self.tty else line + "\n")
-        self.stream.flush()
+        self._write("\r" + line + "  " if self.tty else line + "\n")
+
+    def _write(self, text: str) -> None:
+        """Write ``text`` and flush; on a stream that cannot be written (closed, ``/dev/full``, a pipe whose reader
+        left) the bar stops drawing, with one warning, and never fails the transfer it reports on: progress is a
+        courtesy, and a receive with ``progress=True`` under ``2>&-`` stored nothing.
+
+        Example:
+            >>> import io
+            >>> out = io.StringIO()
+            >>> bar = ProgressBar(label="copy", stream=out, interval=0)
+            >>> out.close()
+            >>> bar(1, 2); bar.close(); bar.stream is None
+            True
+        """
+        if self.stream is None:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: a closed file object
+            self.stream = None
+            _warn_unwritable(exc)
 
     def close(self) -> None:
         """Draw the final state and end the line (once; later calls do nothing).
@@ -108,8 +135,18 @@ class ProgressBar:
         self._closed = True
         self._draw(time.monotonic())
         if self.tty:
-            self.stream.write("\n")
-        self.stream.flush()
+            self._write("\n")
+
+
+_warned = False
+
+
+def _warn_unwritable(exc: BaseException) -> None:
+    """One warning per process that progress bars stopped drawing (a serve's every transfer would repeat it)."""
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning("progress bar stopped: its stream cannot be written (%s); the transfer goes on", exc)
 
 
 def _isatty(stream: TextIO) -> bool:

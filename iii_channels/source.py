@@ -297,6 +297,14 @@ class ChannelSource:
             self._on_text(text)
         await self.reader._dispatch(text)
 
+    async def _fail_for_good(self, why: str, exc: BaseException) -> None:
+        """Every later read raises ``ChannelClosedError`` naming ``why`` and ``exc`` (what is buffered is dropped:
+        reading on past a record that was refused would hand out what came after it as if nothing was wrong), and
+        the writer is released (:meth:`_give_up`)."""
+        self._failed = self._failed or (why, exc)
+        self._buffer.clear()
+        await self._give_up()
+
     async def _give_up(self) -> None:
         """This source failed for good: release its reader, so the writer gets ``ReaderGoneError`` at once instead
         of waiting on backpressure for reads that will never come (as ``to_process`` & co do on failure)."""
@@ -625,12 +633,13 @@ class ChannelSource:
             if line.strip():
                 try:
                     record = json.loads(line)
-                except ValueError as exc:
-                    await self._give_up()
+                except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to decode
                     where = f"line {number}" + (f" of the lines json_records read (it began at byte {began} of "
                                                 f"the stream)" if began else "")
-                    raise ValueError(f"channel {self.reader.ref.channel_id}: {where} is not JSON ({exc}): "
-                                     f"{line[:80]!r}") from None
+                    error = ValueError(f"channel {self.reader.ref.channel_id}: {where} is not JSON ({exc}): "
+                                       f"{line[:80]!r}")
+                    await self._fail_for_good("json_records met a line that is not JSON:", error)
+                    raise error from None
                 yield record
 
     async def messages(self) -> AsyncIterator[str]:

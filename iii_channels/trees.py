@@ -170,7 +170,7 @@ def _parse(text: str) -> tuple[str, dict[str, Any]] | None:
         if text.startswith('{"' + key + '"'):
             try:
                 body = json.loads(text)[key]
-            except (ValueError, KeyError) as exc:
+            except (ValueError, KeyError, RecursionError) as exc:  # RecursionError: a peer's record nested deep
                 raise IntegrityError(f"malformed {key} record: {text[:200]!r}") from exc
             if not isinstance(body, dict):
                 raise IntegrityError(f"malformed {key} record: {text[:200]!r}")

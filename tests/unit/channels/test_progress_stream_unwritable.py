@@ -1,0 +1,63 @@
+"""A progress bar whose stream cannot be written (``sys.stderr`` ``None`` under ``2>&-``, a pipe whose reader left,
+``/dev/full``, a closed file) failed the transfer it reported on: ``receive_file(..., progress=True)`` stored
+nothing. It stops drawing now, with one warning, and the data goes through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from iii_channels import ProgressBar, receive_file, send_file
+from iii_channels import progress as progress_module
+from iii_engine.testing import local_channel
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class _Broken(io.TextIOBase):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("stderr", [None, _Broken()], ids=["closed", "epipe"])
+async def test_receive_file_with_progress_stores_whatever_stderr_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: io.TextIOBase | None,
+) -> None:
+    monkeypatch.setattr(sys, "stderr", stderr)
+    data = os.urandom(3 << 20)
+    (tmp_path / "src.bin").write_bytes(data)
+    async with local_channel() as ch:
+        _, receipt = await asyncio.gather(
+            send_file(ch.writer, tmp_path / "src.bin", progress=True),
+            receive_file(ch.reader, tmp_path / "dst.bin", progress=True, require_trailer=True))
+    assert receipt.verified  # before: AttributeError / BrokenPipeError, nothing stored
+    assert (tmp_path / "dst.bin").read_bytes() == data
+
+
+def test_a_bar_stops_drawing_with_one_warning(monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(progress_module, "_warned", False)
+    full = open("/dev/full", "w")  # every flush fails with ENOSPC
+    try:
+        bars = [ProgressBar(label="x", stream=full, interval=0) for _ in range(2)]
+        with caplog.at_level(logging.WARNING, "iii_channels.progress"):
+            for bar in bars:
+                bar(1, 10)
+                bar(5, 10)
+                bar.close()
+    finally:
+        with contextlib.suppress(OSError):
+            full.close()  # what is left in its buffer cannot be flushed either
+    assert all(bar.stream is None for bar in bars)
+    warnings = [r for r in caplog.records if r.name == "iii_channels.progress"]
+    assert len(warnings) == 1 and "cannot be written" in warnings[0].getMessage()
