@@ -36,7 +36,7 @@ from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, reset, serve
 
 from .accept_gate import AcceptGate
 from .allocator import MMAP_THRESHOLD_BYTES
-from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
+from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay, SocketSlot
 from .closing import CLOSE_TIMEOUT_S, close_within
 from .fd_limits import open_file_limit, open_files_share
 from .handshakes import BAD_TARGET, NotUpgraded, quiet_logger, request_target
@@ -155,10 +155,14 @@ class _Accepted(ServerConnection):
     listener: ClassVar[Listener]
     #: where its websockets lines go if it closes without an upgrade (iii_engine.handshakes.QuietHandshakes)
     not_upgraded: ClassVar[NotUpgraded]
+    #: a channel socket's place under the relay's ``max_sockets`` (given back when the connection is lost)
+    channel_slot: SocketSlot | None = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.listener._handshake_over(self)
+        if self.channel_slot is not None:
+            self.channel_slot.release()
 
 
 class Listener:
@@ -309,6 +313,14 @@ class Listener:
             return None
         if isinstance(route, ChannelRoute):
             refusal = self.relay.check(route.channel_id, route.key, route.direction)
+            if refusal is None and isinstance(connection, _Accepted):
+                slot = self.relay.take_socket(route.channel_id)
+                if isinstance(slot, SocketSlot):
+                    connection.channel_slot = slot
+                else:
+                    response = connection.respond(*slot)
+                    response.headers["Retry-After"] = "1"
+                    return response
             if refusal is None:
                 set_max_message_size(connection, self.relay.max_message_size)
                 # Frames queue up here before the relay reads them; start small so a burst of large messages

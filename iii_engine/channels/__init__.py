@@ -59,7 +59,7 @@ from .limits import (
 from .local import ChannelRefused, LocalChannelEnd
 from .machine import ChannelMachine, HeldBytes
 from .policy import OURS, PRODUCTION, RelayPolicy
-from .registry import ChannelRelay
+from .registry import ChannelRelay, SocketSlot
 
 __all__ = [
     "CHANNEL_SOCKET_QUEUE",
@@ -81,6 +81,7 @@ __all__ = [
     "HeldBytes",
     "LocalChannelEnd",
     "RelayPolicy",
+    "SocketSlot",
     "TooManyChannels",
     "clamp_buffer_size",
 ]

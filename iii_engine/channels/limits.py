@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from ..fd_limits import open_files_share
+
 DEFAULT_BUFFER_SIZE: Final = 64
 """Messages a channel queues between writer and reader when ``buffer_size`` is not given."""
 MAX_BUFFER_SIZE: Final = 1024
@@ -32,6 +34,13 @@ message at a time."""
 DEFAULT_MAX_HELD_BYTES_PER_WORKER: Final = 64 * 1024 * 1024
 """The same, for the channels one worker created (a quarter of the engine's: four channels' full queues), so one
 worker's parked streams cannot take every other worker's room (as ``max_call_bytes_per_worker``)."""
+SOCKETS_SHARE_DIVISOR: Final = 2
+"""Channel sockets attached at once engine-wide, by default: this part of the open-file limit (a half: each holds a
+descriptor; the rest stays for workers' control connections, upgrades under way, stores and files). One worker
+attaching both ends of idle channels took all 1,024 of an engine's descriptors before, and then no worker could
+connect (``accept()`` failed with EMFILE)."""
+SOCKETS_PER_WORKER_DIVISOR: Final = 4
+"""The channel sockets of the channels one worker created, by default: this part of the engine-wide bound."""
 DEFAULT_ATTACH_TIMEOUT_S: Final = 300.0
 """How long an end may stay unattached before the channel expires."""
 ORPHAN_GRACE_S: Final = 30.0
@@ -46,6 +55,16 @@ DEFAULT_SOCKET_QUEUE: Final = 16
 CHANNEL_SOCKET_QUEUE: Final = (1, 0)
 """(high, low) of websockets' own frame queue on a freshly accepted channel socket, before its first message
 tells the size (only used where the fast receive path is off)."""
+
+
+def default_max_sockets() -> int:
+    """The default ``ChannelRelay.max_sockets``: half the process's open-file limit (10,000 without one).
+
+    Example:
+        >>> default_max_sockets() >= 1
+        True
+    """
+    return open_files_share(SOCKETS_SHARE_DIVISOR)
 
 
 class TooManyChannels(Exception):

@@ -41,8 +41,10 @@ from .limits import (
     DEFAULT_MAX_OPEN_PER_WORKER,
     DEFAULT_MAX_QUEUED_BYTES,
     ORPHAN_GRACE_S,
+    SOCKETS_PER_WORKER_DIVISOR,
     TooManyChannels,
     clamp_buffer_size,
+    default_max_sockets,
 )
 from .local import ChannelRefused, LocalChannelEnd, LocalReader, LocalRelayEnd, Pipe
 from .machine import Action, ChannelMachine, Close, HeldBytes, Side
@@ -163,6 +165,35 @@ class _Ended:
         self.action = action
 
 
+class SocketSlot:
+    """One channel socket's place under :attr:`ChannelRelay.max_sockets` and its creator's
+    :attr:`~ChannelRelay.max_sockets_per_worker`: taken by :meth:`ChannelRelay.take_socket` before the upgrade is
+    answered, given back by :meth:`release` once the connection is gone (its descriptor with it); a second release
+    does nothing.
+
+    Example:
+        >>> relay = ChannelRelay(max_sockets=1)
+        >>> channel_id = relay.create(None, owner="w")["writer"]["channel_id"]
+        >>> slot = relay.take_socket(channel_id)
+        >>> relay.take_socket(channel_id)[0]
+        503
+        >>> slot.release(); slot.release(); relay.socket_stats()["sockets"]
+        0
+    """
+
+    __slots__ = ("_creator", "_relay")
+
+    def __init__(self, relay: ChannelRelay, creator: str | None) -> None:
+        self._relay: ChannelRelay | None = relay
+        self._creator = creator
+
+    def release(self) -> None:
+        """The socket is closed: its place is free."""
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay._socket_gone(self._creator)
+
+
 class ChannelRelay:
     """All channels of one engine.
 
@@ -185,6 +216,12 @@ class ChannelRelay:
             total is back under 7/8 of it, or their reader attaches. ``None`` (the default): no engine-wide bound.
         max_held_bytes_per_worker: the same for the channels one ``owner`` created (its parked and queued bytes),
             so one worker cannot take every other worker's room.
+        max_sockets: channel sockets attached at once (each holds a descriptor); an upgrade past it is refused with
+            HTTP 503 (:meth:`take_socket`). ``None``: half the process's open-file limit
+            (:func:`~.limits.default_max_sockets`), so channel ends cannot take the descriptors workers need to
+            connect. In-process ends (:meth:`open_local`) hold none and are not counted.
+        max_sockets_per_worker: the same for the channels one worker created (whoever attaches their ends);
+            ``None``: a quarter of ``max_sockets``.
         production_mode: behave like the production engine (see :mod:`iii_engine.channels`).
 
     Example:
@@ -207,6 +244,8 @@ class ChannelRelay:
         max_held_bytes_per_worker: int = DEFAULT_MAX_HELD_BYTES_PER_WORKER,
         production_mode: bool = False,
         orphan_grace_s: float = ORPHAN_GRACE_S,
+        max_sockets: int | None = None,
+        max_sockets_per_worker: int | None = None,
     ) -> None:
         if max_queued_bytes < 1:
             raise ValueError(f"max_queued_bytes must be >= 1, got {max_queued_bytes}")
@@ -218,6 +257,21 @@ class ChannelRelay:
             raise ValueError(f"max_held_bytes must be >= 1 or None, got {max_held_bytes}")
         if max_held_bytes_per_worker < 1:
             raise ValueError(f"max_held_bytes_per_worker must be >= 1, got {max_held_bytes_per_worker}")
+        if max_sockets is not None and max_sockets < 1:
+            raise ValueError(f"max_sockets must be >= 1 or None, got {max_sockets}")
+        if max_sockets_per_worker is not None and max_sockets_per_worker < 1:
+            raise ValueError(f"max_sockets_per_worker must be >= 1 or None, got {max_sockets_per_worker}")
+        # Why: each attached end holds a descriptor and max_open_per_worker (20,000 channels, 40,000 ends) passed
+        # any usual open-file limit: one worker attaching both ends of idle channels took all 1,024 of an engine's
+        # descriptors, and a second worker's connect then failed (accept() got EMFILE).
+        self.max_sockets = default_max_sockets() if max_sockets is None else max_sockets
+        self.max_sockets_per_worker = (max(1, self.max_sockets // SOCKETS_PER_WORKER_DIVISOR)
+                                       if max_sockets_per_worker is None else max_sockets_per_worker)
+        self._sockets = 0
+        self._sockets_by: dict[str, int] = {}
+        #: channel upgrades refused by ``max_sockets`` or ``max_sockets_per_worker``
+        self.refused_sockets = 0
+        self._sockets_warned = False
         # Why bytes across channels: each queue is bounded (max_queued_bytes), their number too (max_open), but not
         # their product: one worker's 40 channels of 16 MiB, written and closed with no reader, held 640 MiB for
         # the attach deadline (300 s), and 20,000 of them could hold 320 GB.
@@ -397,6 +451,55 @@ class ChannelRelay:
         if not hmac.compare_digest(key.encode(), expected.encode()):
             return (404, "Channel not found")
         return None
+
+    def take_socket(self, channel_id: str) -> SocketSlot | tuple[int, str]:
+        """A place for a channel socket about to be accepted (the listener calls it once :meth:`check` passed,
+        before the 101, and releases the slot once the connection is lost), or the ``(503, body)`` refusing it:
+        :attr:`max_sockets` sockets are attached, or :attr:`max_sockets_per_worker` for the channels the worker
+        that created this one made. The body names the bound; the client may try again once ends are closed."""
+        if self._sockets >= self.max_sockets:
+            return self._refuse_socket(f"too many channel sockets attached to this engine "
+                                       f"(ChannelRelay.max_sockets {self.max_sockets}); try again later")
+        creator = self._creator.get(channel_id)
+        if creator is not None:
+            held = self._sockets_by.get(creator, 0)
+            if held >= self.max_sockets_per_worker:
+                return self._refuse_socket(f"too many channel sockets attached for the channels worker {creator} "
+                                           f"created (ChannelRelay.max_sockets_per_worker "
+                                           f"{self.max_sockets_per_worker}); try again later")
+            self._sockets_by[creator] = held + 1
+        self._sockets += 1
+        return SocketSlot(self, creator)
+
+    def _refuse_socket(self, why: str) -> tuple[int, str]:
+        self.refused_sockets += 1
+        if not self._sockets_warned:  # once until the sockets are back under 7/8 of the bound
+            self._sockets_warned = True
+            log.warning("refusing channel upgrades with HTTP 503: %s (%d refused so far)", why, self.refused_sockets)
+        return (503, why + "\n")
+
+    def _socket_gone(self, creator: str | None) -> None:
+        self._sockets -= 1
+        if creator is not None:
+            left = self._sockets_by[creator] - 1
+            if left:
+                self._sockets_by[creator] = left
+            else:
+                del self._sockets_by[creator]
+        if self._sockets_warned and self._sockets <= self.max_sockets - self.max_sockets // 8:
+            self._sockets_warned = False
+
+    def socket_stats(self) -> dict[str, Any]:
+        """Channel sockets as they stand (ours; for tests and monitoring): ``sockets`` attached, ``max_sockets``,
+        ``max_sockets_per_worker``, ``by_worker`` (sockets per creator) and ``refused`` (upgrades refused so far).
+
+        Example:
+            >>> ChannelRelay(max_sockets=8).socket_stats()
+            {'sockets': 0, 'max_sockets': 8, 'max_sockets_per_worker': 2, 'by_worker': {}, 'refused': 0}
+        """
+        return {"sockets": self._sockets, "max_sockets": self.max_sockets,
+                "max_sockets_per_worker": self.max_sockets_per_worker, "by_worker": dict(self._sockets_by),
+                "refused": self.refused_sockets}
 
     async def wait_full(self, channel_id: str) -> None:
         """Wait until the channel's queue is full (``buffer_size`` messages, or ``max_queued_bytes`` bytes) and the
@@ -926,4 +1029,4 @@ class ChannelRelay:
         task.add_done_callback(self._tasks.discard)
 
 
-__all__ = ["ChannelRelay"]
+__all__ = ["ChannelRelay", "SocketSlot"]
