@@ -7,6 +7,9 @@ Stream module keys (unknown keys refused, as production does):
 - ours: ``store_url`` (any ``iii_streams`` URL, wins over ``adapter``), ``auth_reject`` (ST5, default false),
   ``client_queue_size`` (frames a client may fall behind before it is closed with 1013; default 1024),
   ``client_queue_bytes`` (the same in bytes of queued frames; default 32 MiB),
+  ``max_queued_bytes`` (bytes of frames waiting for all clients together, each frame once, the frame being written
+  to a client and its next one not counted; past it the client with the most waiting behind its next frame is
+  closed with 1013; default 256 MiB),
   ``slow_close_timeout_ms`` (how long that close may wait for a client that stopped reading to take the close
   frame before the connection is reset, and how long a client may take nothing of a frame being written to it, a
   sync or an event, before it is reset; default 10,000),
@@ -115,6 +118,9 @@ DEFAULT_SLOW_CLOSE_TIMEOUT_MS = 10_000
 DEFAULT_CLIENT_QUEUE_BYTES = 32 * 1024 * 1024
 """How many bytes of frames a stream client may fall behind by default (``client_queue_bytes``)."""
 
+DEFAULT_MAX_QUEUED_BYTES = 256 * 1024 * 1024
+"""How many bytes of frames may wait for all stream clients together by default (``max_queued_bytes``)."""
+
 DEFAULT_JOIN_TIMEOUT_MS = 10_000
 """How long a stream socket join (its handlers and its sync read) may take by default (``join_timeout_ms``)."""
 
@@ -150,6 +156,11 @@ class SocketSettings(Settings):
     #: ours: bytes of queued frames a client may fall behind before it is closed with 1013 (events of big items
     #: reach the frame count late: 1024 frames of 4 MiB items are 4 GiB held for one client that stopped reading)
     client_queue_bytes: int = Field(DEFAULT_CLIENT_QUEUE_BYTES, ge=1)
+    #: ours: bytes of frames waiting for all clients together (each frame once, however many clients it waits for;
+    #: neither the frame being written to a client nor its next one counted); past it the client furthest behind is
+    #: closed with 1013 (client_queue_bytes alone let each of max_clients silent clients hold 32 MiB of its own
+    #: syncs: 20 of them took an engine from 68 to 682 MB)
+    max_queued_bytes: int = Field(DEFAULT_MAX_QUEUED_BYTES, ge=1)
     #: ours: a slow client's 1013 close waits this long for it to read up to the close frame, then resets it (a
     #: client that resumes reading within it still learns why it was closed; one that never does is not held); a
     #: client that takes no byte of a frame being written to it for this long is reset too (one that joined a big
