@@ -2,16 +2,19 @@
 
 Layout (docs/guides/streams.md#redis): one hash ``stream:<stream_name>:<group_id>`` per group, field = item id,
 value = compact JSON text (key order, arrays and big integers preserved). Change events are published on the
-channel ``stream::events`` in the production wrapper shape. ``set`` and ``delete`` run as one small script each
-(read old value, write, publish) and ``list_groups`` uses ``SCAN``, never ``KEYS``.
+channel ``stream::events`` in the production wrapper shape. ``set`` and ``delete`` run as a script (read old value,
+write, publish) and ``list_groups`` uses ``SCAN`` (of hashes), never ``KEYS``.
 
 ``update`` applies :func:`iii.stream_ops.apply_ops` in Python (so JSON stays exact, big integers included) between
 an ``HMGET`` of the items and a compare-and-set script that writes them, and publishes the events, only if every
-item still holds the text read. Updates of one hash from one process are group-committed
-(:class:`~iii_streams.batching.KeyedBatcher`): they queue, and one read and one script cover every item they
-touch, applied in order, one event per update, so callers in one process never race each other. Processes that
-do race (an item written between the read and the script) back off with full jitter (capped exponential) before
-retrying; ``update_conflicts`` counts the lost races.
+item still holds the text read. The writes of one hash from one process (set, delete and update) are
+group-committed (:class:`~iii_streams.batching.KeyedBatcher`): they queue, in the order they were made, and each
+run of waiting sets and deletes goes out as one script, each run of updates as one read and one script covering
+every item they touch, so callers in one process never race each other and the writes of one item keep their
+order (each answer's old value is the one the write before it left, as on the other stores). Processes that do
+race (an item written between the read and the script) back off with full jitter (capped exponential) before
+retrying; ``update_conflicts`` counts the lost races. ``publish`` calls go out through one queue too, pipelined on
+one connection, so events published in order reach Redis (and every subscriber) in that order.
 
 Names are escaped so no two (stream, group) pairs share a hash (issue #8): in the stream name, ``%`` becomes
 ``%25`` and ``:`` becomes ``%3A``; the group id is the last part and is kept as it is. Names without ``:`` and
@@ -69,6 +72,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
+    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -150,14 +154,27 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL: Final = "stream::events"
 
 # A group's values (HVALS) only when their bytes, with the array's brackets and commas, are at most ARGV[1];
-# otherwise that byte count. Summed in Redis (HSTRLEN): a group far over the bound is never sent to be refused.
+# otherwise a byte count they reach at least. Summed in Redis (HSTRLEN): a group far over the bound is never sent to
+# be refused. A script blocks every client of the server while it runs, so it stops as soon as it knows: a group of
+# n items is at least 2n + 1 bytes (each JSON value one byte or more, n + 1 brackets and commas), refused from HLEN
+# alone, and past its first ARGV[2] items (whose sum is exact, so a small group's error names its size) the sum
+# stops once over the bound. Before, 1,000,000 small items under a 1 MiB bound took 3.4-3.8 s of HKEYS and HSTRLEN
+# to refuse, every other client waiting, and 1,700,000 made them fail with BUSY.
 _BOUNDED_HVALS_SCRIPT: Final = """
+local bound = tonumber(ARGV[1])
+local exact = tonumber(ARGV[2])
+local n = redis.call('HLEN', KEYS[1])
+if 2 * n + 1 > bound then return 2 * n + 1 end
 local fields = redis.call('HKEYS', KEYS[1])
-local total = #fields + 1
-for i = 1, #fields do total = total + redis.call('HSTRLEN', KEYS[1], fields[i]) end
-if total > tonumber(ARGV[1]) then return total end
+local total = n + 1
+for i = 1, #fields do
+  total = total + redis.call('HSTRLEN', KEYS[1], fields[i])
+  if total > bound and i >= exact then return total end
+end
+if total > bound then return total end
 return redis.call('HVALS', KEYS[1])
 """
+_EXACT_ITEMS: Final = 1024  # a group's items summed whole before the bounded script may stop early (about 1 ms)
 
 # Old value read, new value written and the change event published in one atomic step; the event text is
 # assembled server-side so the value is encoded once.
@@ -219,6 +236,34 @@ end
 return old
 """
 
+#: Several sets and deletes of one hash in one atomic command, in order, each as ``_SET_SCRIPT`` or
+#: ``_DELETE_SCRIPT`` would run it. ``ARGV`` = channel (``""``: no events), then per write five arguments: ``s``
+#: (set) or ``d`` (delete), field, new text (``""`` for a delete), event head, event tail. Returns each write's old
+#: text in order (nil where the field was absent: Lua ``false``, as a table cannot hold nil).
+_WRITES_SCRIPT: Final = """
+local channel = ARGV[1]
+local olds = {}
+for i = 2, #ARGV, 5 do
+  local field = ARGV[i + 1]
+  local old = redis.call('HGET', KEYS[1], field)
+  if ARGV[i] == 's' then
+    redis.call('HSET', KEYS[1], field, ARGV[i + 2])
+    if channel ~= '' then
+      local kind = 'update'
+      if (not old) or old == 'null' then kind = 'create' end
+      redis.call('PUBLISH', channel, ARGV[i + 3] .. kind .. '","data":' .. ARGV[i + 2] .. ARGV[i + 4])
+    end
+  elseif old then
+    redis.call('HDEL', KEYS[1], field)
+    if channel ~= '' then
+      redis.call('PUBLISH', channel, ARGV[i + 3] .. 'delete","data":' .. old .. ARGV[i + 4])
+    end
+  end
+  olds[#olds + 1] = old
+end
+return olds
+"""
+
 _OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout", "timeout", "report_watch_gaps",
                        "watch_queue_size")
 _GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
@@ -228,8 +273,11 @@ DEFAULT_POOL_TIMEOUT: Final = 30.0
 # full-jitter backoff after a lost race: sleep uniform(0, d), d doubling from the first to the cap
 _BACKOFF_FIRST: Final = 0.001
 _BACKOFF_CAP: Final = 0.05
-_MAX_BATCH: Final = 256  # updates per read and compare-and-set script
-_WITHDRAWN: Final = StreamClosedError("the caller withdrew this update before it was sent")
+_MAX_BATCH: Final = 256  # writes per batch of a hash (one read and compare-and-set script, or one writes script)
+# the values one writes script carries at most (it holds at least one write): Redis closes a client whose command is
+# over client-query-buffer-limit (1 GiB), and 256 sets of 5 MB values in one command would be
+_MAX_SCRIPT_BYTES: Final = 8 * 1024 * 1024
+_WITHDRAWN: Final = StreamClosedError("the caller withdrew this write before it was sent")
 
 
 def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
@@ -262,7 +310,8 @@ def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
-async def _send(conn: Any, packed: bytes, bounded: bool, progress: WriteProgress | None = None) -> None:
+async def _send(conn: Any, packed: bytes | Sequence[bytes], bounded: bool,
+                progress: WriteProgress | None = None) -> None:
     """``conn.send_packed_command(packed)`` without its socket timeout on the write when ``bounded`` (a deadline
     of the store bounds the caller).
 
@@ -1078,6 +1127,22 @@ class _Update(WriteProgress):
         self.sent = False
 
 
+class _Write(WriteProgress):
+    """One caller's ``set`` (``text``: the new value's JSON) or ``delete`` (``text`` ``None``), queued with the
+    updates of its hash so that the writes of one item go out in the order they were made; answered with the old
+    text the script replaced (``None``: the item was absent). Withdrawn and marked sent as an :class:`_Update` is."""
+
+    __slots__ = ("group_id", "item_id", "stream_name", "text")
+
+    def __init__(self, stream_name: str, group_id: str, item_id: str, text: str | None) -> None:
+        self.stream_name = stream_name
+        self.group_id = group_id
+        self.item_id = item_id
+        self.text = text
+        self.abandoned = False
+        self.sent = False
+
+
 class RedisStream(FieldUpdates):
     """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
 
@@ -1148,9 +1213,16 @@ class RedisStream(FieldUpdates):
         self._set_script = client.register_script(_SET_SCRIPT)
         self._delete_script = client.register_script(_DELETE_SCRIPT)
         self._write_script = client.register_script(_CHECK_WRITE_PUBLISH_SCRIPT)
+        self._writes_script = client.register_script(_WRITES_SCRIPT)
         self._loaded: set[str] = set()  # scripts this store loaded (SCRIPT LOAD) before its first EVALSHA of them
-        self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
-            self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
+        # every write of a hash (set, delete, update) queues here, so the writes of one item go out in the order
+        # they were made and each answer's old value is the one before it (as on the other stores)
+        self._updates: KeyedBatcher[str, _Update | _Write, Any] = KeyedBatcher(
+            self._hash_batch, name="RedisStream writes", max_batch=_MAX_BATCH)
+        self._inline: dict[str, asyncio.Future[None]] = {}  # hashes whose lone write runs in its caller's task
+        # publish() goes out through one queue, so events published in order reach Redis in order
+        self._publishes: KeyedBatcher[None, str, None] = KeyedBatcher(
+            self._publish_batch, name="RedisStream publishes", max_batch=_MAX_BATCH)
         self._reads: ReadCoalescer[tuple[str, str], Any] = ReadCoalescer(
             self._read_values, name="RedisStream reads", max_batch=_MAX_BATCH, size=stored_size)
         self._close_once: CloseOnce = CloseOnce()
@@ -1232,6 +1304,13 @@ class RedisStream(FieldUpdates):
             refused = StreamBackendError(f"{where}: Redis refused the write, nothing was applied: {exc}")
             refused.applied = False
             return refused
+        if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
+            # Every script and read of a group starts with a read of its hash, which Redis refuses on a key of
+            # another type before anything is written: applied False (it said "may have been applied")
+            refused = StreamBackendError(f"{where}: the group's Redis key holds another type than a hash (a key of "
+                                         f"something else than a stream store); nothing was written: {exc}")
+            refused.applied = False
+            return refused
         if isinstance(exc, RedisError):
             return StreamBackendError(f"{where}: Redis refused the command: {exc}")
         if isinstance(exc, UnicodeDecodeError):  # a client with decode_responses=True read a stored value
@@ -1306,8 +1385,7 @@ class RedisStream(FieldUpdates):
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         text = json_text(input.data, "data")
-        args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
-        raw = await self._write_item("set", timeout, self._set_script, key, input.item_id, args)
+        raw = await self._submit("set", timeout, key, _Write(input.stream_name, input.group_id, input.item_id, text))
         return SetResult(old_value=self._old_value(raw, key, input.item_id), new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
@@ -1325,24 +1403,27 @@ class RedisStream(FieldUpdates):
         """
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
-        args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
-        raw = await self._write_item("delete", timeout, self._delete_script, key, input.item_id, args)
+        raw = await self._submit("delete", timeout, key,
+                                 _Write(input.stream_name, input.group_id, input.item_id, None))
         return StreamDeleteResult(old_value=self._old_value(raw, key, input.item_id))
 
-    async def _write_item(self, operation: str, timeout: float | None, script: AsyncScript, key: str, field: str,
-                          args: Sequence[Any]) -> Any:
-        """Run a write script of one field under the operation's guard: its reply. Past the time limit the
-        ``StreamTimeoutError`` says whether the script had been sent (outcome unknown) or not (not applied), and so
-        does a ``StreamUnavailableError`` (its ``applied``: ``None`` or ``False``)."""
-        progress = WriteProgress()
+    async def _submit(self, operation: str, timeout: float | None, key: str, write: _Update | _Write) -> Any:
+        """Queue ``write`` with the other writes of hash ``key`` and wait for its answer, under the operation's
+        guard. Past the time limit the ``StreamTimeoutError`` says whether the write had been sent (outcome
+        unknown) or was withdrawn (not applied), and so does a ``StreamUnavailableError`` or ``StreamClosedError``
+        (its ``applied``: ``None`` or ``False``); a cancelled caller's write is withdrawn unless it was sent."""
         try:
             async with self._guard(operation, timeout):
-                self._known.forget((key, field))
-                return await self._run_once(script, key, args, progress)
+                if type(write) is _Write and key not in self._inline and not self._updates.active(key):
+                    return await self._write_inline(key, write)
+                return await self._updates.submit(key, write)
         except StreamTimeoutError as exc:
-            raise progress.timeout_error(exc) from exc
+            raise write.timeout_error(exc) from exc
         except (StreamUnavailableError, StreamClosedError) as exc:  # the connection was lost or cut by the close:
-            raise exc.with_outcome(progress.sent) from exc.__cause__  # was the script sent (applied None) or not?
+            raise exc.with_outcome(write.sent) from exc.__cause__  # was the script sent (applied None) or not?
+        except asyncio.CancelledError:
+            write.give_up()
+            raise
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
         """Every item value of a group (one ``HVALS``; Redis decides the order).
@@ -1386,7 +1467,7 @@ class RedisStream(FieldUpdates):
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("list", None):
             reply: int | Sequence[bytes | str] = await raw_reply(
-                self._client, "EVAL", _BOUNDED_HVALS_SCRIPT, 1, key, max_bytes)
+                self._client, "EVAL", _BOUNDED_HVALS_SCRIPT, 1, key, max_bytes, _EXACT_ITEMS)
         if isinstance(reply, int):
             check_list_bytes(input, reply, max_bytes)
             reply = ()
@@ -1414,7 +1495,8 @@ class RedisStream(FieldUpdates):
         skip = len(prefix)
         seen: dict[str, None] = {}  # SCAN may repeat keys; keep first-seen order
         async with self._guard("list_groups", timeout):
-            async for key in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+            # hashes only (SCAN's TYPE, Redis 6.0+): another program's string or list under the prefix is no group
+            async for key in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=1000, _type="hash"):
                 # bytes, or text from a client made with decode_responses=True
                 seen.setdefault((key if isinstance(key, str) else key.decode())[skip:], None)
         return builtins.list(seen)
@@ -1424,18 +1506,116 @@ class RedisStream(FieldUpdates):
         # refused before queuing: a name Redis cannot be sent would fail every update of the hash's batch
         check_names(stream_name, group_id, item_id)
         key = self.layout.key(stream_name, group_id)
-        update = _Update(stream_name, group_id, item_id, ops)
+        result: StreamUpdateResult[Any] = await self._submit("update", timeout, key,
+                                                             _Update(stream_name, group_id, item_id, ops))
+        return result
+
+    async def _write_inline(self, key: str, write: _Write) -> Any:
+        """A set or delete of a hash with no other write of this process under way, run in its caller's task: the
+        queue's runner task and the caller's wake-up cost a lone set about 25 µs of CPU (74-81 → 99-136 µs a set,
+        ``bench/streams_backends.py``, row ``set``). Writes made meanwhile queue, and their batch waits for this one
+        first (:meth:`_hash_batch`)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inline[key] = done
         try:
-            async with self._guard("update", timeout):
-                return await self._updates.submit(key, update)
-        except StreamTimeoutError as exc:
-            # withdrawn (never written) unless its script was already sent, and the error says which
-            raise update.timeout_error(exc) from exc
-        except (StreamUnavailableError, StreamClosedError) as exc:  # the connection was lost (or cut by the close)
-            raise exc.with_outcome(update.sent) from exc.__cause__  # before the script was sent, or after
-        except asyncio.CancelledError:
-            update.give_up()
+            (old,) = await self._send_writes(key, [write])  # bounded by the caller's guard
+        finally:
+            del self._inline[key]
+            done.set_result(None)  # (batches wait for it shielded: nobody cancels it)
+        return old
+
+    async def _hash_batch(
+        self, key: str, batch: Sequence[_Update | _Write]
+    ) -> builtins.list[Any]:
+        """The waiting writes of hash ``key`` in the order they were made: each run of sets and deletes in one
+        writes script (:meth:`_writes_batch`, at most about ``_MAX_SCRIPT_BYTES`` of values), each run of updates
+        in one compare-and-set (:meth:`_update_batch`), one after the other. A run that fails answers its own
+        callers with that failure; the runs after it still go out (each write is its own caller's, as when they
+        ran side by side)."""
+        inline = self._inline.get(key)
+        if inline is not None:  # a lone write made before these runs in its caller's task: it goes out first
+            await asyncio.shield(inline)
+        results: builtins.list[Any] = []
+        start = 0
+        while start < len(batch):
+            first = batch[start]
+            end = start + 1
+            if isinstance(first, _Write):
+                size = len(first.text or "")
+                writes = [first]
+                while end < len(batch) and isinstance(write := batch[end], _Write):
+                    size += len(write.text or "")
+                    if size > _MAX_SCRIPT_BYTES:
+                        break
+                    writes.append(write)
+                    end += 1
+                run: Awaitable[builtins.list[Any]] = self._writes_batch(key, writes)
+            else:
+                updates = [first]
+                while end < len(batch) and isinstance(update := batch[end], _Update):
+                    updates.append(update)
+                    end += 1
+                run = self._update_batch(key, updates)
+            try:
+                results += await run
+            except Exception as exc:
+                results += [exc] * (end - start)
+            start = end
+        return results
+
+    async def _writes_batch(self, key: str, batch: Sequence[_Write]) -> builtins.list[Any]:
+        """:meth:`_send_writes` within the store's timeout: a hung server must not keep the hash's queue waiting
+        forever."""
+        async with self._store_deadline():
+            return await self._send_writes(key, batch)
+
+    async def _send_writes(self, key: str, batch: Sequence[_Write]) -> builtins.list[Any]:
+        """Sets and deletes of hash ``key`` in one script, in order (a lone one in its own smaller script): each
+        caller's old text (``None``: absent), or ``_WITHDRAWN`` for a write its caller gave up before it was sent."""
+        for write in batch:
+            # read first by the next update: a set here ran as the stores' plain writes always did, blind
+            self._known.forget((key, write.item_id))
+        sent = [w for w in batch if not w.abandoned]
+        for write in sent:
+            write.sent = True  # no await since the check: a caller giving up from now on cannot withdraw it
+        if not sent:
+            return [_WITHDRAWN] * len(batch)
+        progress = WriteProgress()
+        try:
+            if len(sent) > 1:
+                olds = await self._run_once(self._writes_script, key, self._writes_args(sent), progress)
+            else:
+                one = sent[0]
+                channel = self._channel_args(one.stream_name, one.group_id, one.item_id)
+                if one.text is None:
+                    olds = [await self._run_once(self._delete_script, key, [one.item_id, *channel], progress)]
+                else:
+                    olds = [await self._run_once(self._set_script, key, [one.item_id, one.text, *channel], progress)]
+        except BaseException:
+            if not progress.sent:  # the connection failed before the script was written: nothing was applied
+                for write in sent:
+                    write.sent = False
             raise
+        if len(sent) == len(batch):
+            return builtins.list(olds)
+        answers = iter(olds)  # nobody waits for a withdrawn one, and it was not written
+        return [next(answers) if write.sent else _WITHDRAWN for write in batch]
+
+    def _writes_args(self, batch: Sequence[_Write]) -> builtins.list[Any]:
+        """The arguments of the writes script (``_WRITES_SCRIPT``) for ``batch``: one event head per item."""
+        args: builtins.list[Any] = [self.channel if self.publish_events else ""]
+        heads: dict[tuple[str, str, str], tuple[str, str]] = {}
+        for write in batch:
+            item = (write.stream_name, write.group_id, write.item_id)
+            head, tail = "", ""
+            if self.publish_events:
+                parts = heads.get(item)
+                if parts is None:
+                    parts = heads[item] = event_json_parts(*item)
+                head, tail = parts
+            text = write.text
+            args += ("d", write.item_id, "", head, tail) if text is None else ("s", write.item_id, text, head, tail)
+        return args
 
     async def _update_batch(
         self, key: str, batch: Sequence[_Update]
@@ -1621,7 +1801,34 @@ class RedisStream(FieldUpdates):
         """
         text = json_text(event, "the event", room=0)
         async with self._guard("publish", None):
-            await self._client.publish(self.channel or EVENTS_CHANNEL, text)
+            await self._publishes.submit(None, text)
+
+    async def _publish_batch(self, _key: None, texts: Sequence[str]) -> builtins.list[RedisError | None]:
+        """The publishes waiting, in order, pipelined on one connection: Redis runs one connection's commands in
+        the order sent, so events published in order arrive in order (each on a pooled connection of its own, a
+        subscriber got them in another order: it ended on ``{'v': 1}`` while the item held ``{'v': 5}``, 4 of 6
+        runs). Each caller gets its own command's error; one batch at a time."""
+        channel = self.channel or EVENTS_CHANNEL
+        async with self._store_deadline():  # a hung server must not keep the queue waiting forever
+            return await self._pipelined([("PUBLISH", channel, text) for text in texts])
+
+    async def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> builtins.list[Any]:
+        """The replies of ``commands`` sent at once on one pooled connection (an error reply as its exception),
+        each sent at most once, as the write scripts are (:meth:`_run_once`: a client's retry would send them
+        all again)."""
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await _send(conn, conn.pack_commands(commands), self.timeout is not None)
+            replies: builtins.list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # its reply read whole: the next ones follow
+                    replies.append(exc)
+            return replies
+        finally:
+            await pool.release(conn)
 
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
@@ -1664,7 +1871,8 @@ class RedisStream(FieldUpdates):
         """
         streams: dict[str, set[str]] = {}
         async with self._guard("list_all", None):
-            async for raw in self._client.scan_iter(match=_glob_escape(self.layout.prefix) + ":*", count=1000):
+            async for raw in self._client.scan_iter(match=_glob_escape(self.layout.prefix) + ":*", count=1000,
+                                                    _type="hash"):  # another program's keys of other types: no groups
                 parts = self.layout.split(raw if isinstance(raw, str) else raw.decode())
                 if parts is not None:
                     streams.setdefault(parts[0], set()).add(parts[1])
@@ -1713,11 +1921,16 @@ class RedisStream(FieldUpdates):
     async def _close_commands(self, separate: bool) -> None:
         # a batch in flight waits for its reply: on a silent server up to the socket timeout, or the store's timeout
         self._reads.close()  # (the gets already submitted run meanwhile)
-        await self._close_part(self._updates.aclose(), "the end of the RedisStream update batches")
+        await asyncio.gather(  # side by side: each bounded by _STOP_S, the pair too
+            self._end_batches(self._updates, "the end of the RedisStream update batches"),
+            self._end_batches(self._publishes, "the end of the RedisStream publishes"))
         # before the pool's close: a read batch started after it connected again (connections left open)
         await self._reads.finish(0, closed_unapplied("RedisStream.get"))
         if self._owns_client and separate:
             await self._close_part(self._client.aclose(), "the close of the Redis command pool")
+
+    async def _end_batches(self, batcher: KeyedBatcher[Any, Any, Any], what: str) -> None:
+        await self._close_part(batcher.aclose(), what)  # made here: a close cancelled first leaves no coroutine
 
     async def _close_part(self, close: Awaitable[Any], what: str) -> None:
         await finish_within(close, _STOP_S, f"{what} (RedisStream {self.layout.prefix!r})", log)
