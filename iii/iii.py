@@ -173,6 +173,11 @@ class III:
         self._functions_available_queue = self._functions_available.waiting
         self._functions_available_trigger: Trigger | None = None
         self._functions_available_function_id: str | None = None
+        # The ids of the last list handed to the callbacks, and how many lists the engine pushed: after a reconnect
+        # the list is read once, and handed on only if it differs and no push came meanwhile (see
+        # _refresh_functions_available)
+        self._functions_available_ids: frozenset[str] | None = None
+        self._functions_available_pushes = 0
         # Subscribing and unsubscribing from several threads at once registered one trigger each (every callback
         # then ran once per trigger on each change, and the extra triggers outlived the last unsubscribe).
         self._functions_available_lock = threading.Lock()
@@ -707,6 +712,8 @@ class III:
             self._bridge.spawn(self._recover_then_ready(tuple(self._unchecked_workers), self._session.generation))
         if self._trigger_host.holds:
             self._bridge.spawn(self._unbind_gone_triggers(self._session.generation))
+        if lost_worker_id is not None and self._functions_available_trigger is not None:
+            self._bridge.spawn(self._refresh_functions_available(self._session.generation))
 
     def _check_named(self, generation: int) -> None:
         """Warn when the connection of ``generation``, still up, was never named by a ``workerregistered``."""
@@ -1645,10 +1652,36 @@ class III:
         return self.register_trigger({"type": "engine::functions-available", "function_id": function_id,
                                       "config": {}})
 
-    def _queue_functions_available(self, functions: list[FunctionInfo]) -> None:
+    def _queue_functions_available(self, functions: list[FunctionInfo], *, pushed: bool = True) -> None:
         """Hand ``functions`` to the callbacks on a handler thread (a list still waiting is replaced: this one is the
-        newer whole set)."""
+        newer whole set); ``pushed``: the engine sent it (not read back after a reconnect)."""
+        if pushed:
+            self._functions_available_pushes += 1
+        self._functions_available_ids = frozenset(f.function_id for f in functions)
         self._functions_available.push(functions)
+
+    async def _refresh_functions_available(self, generation: int) -> None:
+        """After a reconnect: the function list read once and handed to the callbacks if its ids differ from the last
+        list they got. Why: a change made while this worker was away was pushed to its old connection, which the
+        engine may still have held (a host gone without a close is seen only by keepalive), and the re-registration
+        changes nothing the engine compares, so the callbacks kept the old list until some later change. A push
+        that comes meanwhile is as new or newer (the engine's frames come in order) and wins."""
+        pushes = self._functions_available_pushes
+        try:
+            listed = await self._call("engine::functions::list", {"include_internal": True}, None)
+        except (InvocationError, TimeoutError, ShuttingDownError) as exc:
+            log.debug("Reading the function list after a reconnect stopped: %s", exc)
+            return
+        if (self._session.generation != generation or self._closed or self._functions_available_trigger is None
+                or pushes != self._functions_available_pushes or not isinstance(listed, dict)):
+            return
+        try:
+            functions = [FunctionInfo(**f) for f in listed.get("functions", [])]
+        except (TypeError, ValueError) as exc:  # (an engine's odd answer: the next push says it)
+            log.debug("The function list read after a reconnect was not understood: %s", exc)
+            return
+        if frozenset(f.function_id for f in functions) != self._functions_available_ids:
+            self._queue_functions_available(functions, pushed=False)
 
     def on_registrations_ready(self, callback: Callable[[], Awaitable[None] | None]) -> Callable[[], None]:
         """Call ``callback()`` each time a connection is up and this worker's registrations are in place on the

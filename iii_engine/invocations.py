@@ -237,6 +237,9 @@ class Invocations:
                                     served=self._served)
         # (a worker's backlog of voids sent after a restart, before their callee is back: one line per interval)
         self._unknown_void_log = LossLog(self._log_unknown_void, SKIP_LOG_INTERVAL_S)
+        #: worker void calls whose callee left before they were written to it (:meth:`_void_unsent`)
+        self.unsent_void_calls = 0
+        self._unsent_void_log = LossLog(self._log_unsent_void, SKIP_LOG_INTERVAL_S)
         #: trigger-fired calls not made because no worker serves their function (:meth:`_fired_missing`)
         self.missing_fired = 0
         # Every firing of a trigger whose function is gone (5,000 every-second cron triggers: 45,000 lines in 9 s)
@@ -511,7 +514,9 @@ class Invocations:
         invocation_id: str = msg["invocation_id"]
         pending = self.pending.get(invocation_id)
         if pending is None:
-            sender.in_flight.discard(invocation_id)
+            # (the sender's in-flight set is left alone: an id there with no pending call is a built-in call the
+            # sender made, and taking it out let the id be reused for a routed call that then outlived the sender's
+            # disconnect, up to max_calls_per_worker more at every reconnect)
             self._stray_result(f"invocationresult {invocation_id} from worker {sender.id}: did not find caller")
             return
         if pending.callee is not sender:
@@ -565,6 +570,20 @@ class Invocations:
         routed = self.start_invoke(caller, msg, size)
         if routed is not None:
             await routed
+
+    def _void_unsent(self, pending: Pending) -> None:
+        """A worker's void call whose callee left before its frame was written: it did not run and nobody hears of it
+        (no caller waits), so it is counted and logged at most once per interval. Before, nothing said so: 56 to 96 of
+        2,000 void calls to a callee reconnecting 40 times ended unseen."""
+        self.unsent_void_calls += 1
+        holder = pending.holder
+        self._unsent_void_log.lost("unsent", f"worker {holder.id if holder else '?'} called "
+                                             f"{clip_text(pending.function_id)!r}")
+
+    def _log_unsent_void(self, counts: Mapping[str, int], latest: str | None) -> None:
+        log.warning("%d void call(s) not sent since the last warning: their callee's worker disconnected before they "
+                    "were written to it (they did not run); %d in all%s", counts["unsent"], self.unsent_void_calls,
+                    latest_tail(latest))
 
     def _unknown_void(self, caller: WorkerConnection, function_id: str) -> None:
         """A void call of a function no connected worker serves: dropped (as production drops it), counted and
@@ -631,6 +650,8 @@ class Invocations:
         if caller is not None:
             caller.post(verbatim if verbatim is not None else
                         caller.session.result(invocation_id, pending.function_id, result, error, traceparent, baggage))
+        elif pending.future is None and pending.holder is not None and self._left_unsent(pending, error):
+            self._void_unsent(pending)
         if pending.future is not None and not pending.future.done():
             pending.future.set_result((result, error))
             if pending.hook is not None:
@@ -683,7 +704,8 @@ class Invocations:
                 # ones only from the warning)
                 unreached = self.fired.unreached(charge, entry.id)
                 result, error = None, error_body(FIRE_LIMIT, unreached or "")
-            caller.in_flight.discard(invocation_id)
+            if invocation_id not in self.pending:  # (never a routed call's id: its place is the routed call's)
+                caller.in_flight.discard(invocation_id)
             if type(result) is EncodedResult:
                 text = caller.session.result(invocation_id, entry.id, None, error, result_json=result.json)
             else:
@@ -1024,6 +1046,7 @@ class Invocations:
             self._finish(invocation_id, None, stopped(pending.function_id, ENGINE_STOPPING))
         await self.held_voids.close()
         self._unknown_void_log.close()
+        self._unsent_void_log.close()
         self._missing_log.close()
         self._busy_log.close()
         self._stray_log.close()
