@@ -106,11 +106,13 @@ async def test_exhausted_pool_fails_clearly_after_the_wait() -> None:
         try:
             loop = asyncio.get_running_loop()
             started = loop.time()
+            # (a stream of its own: the shared server may hold another run's or program's "s")
+            item = StreamGetInput(stream_name=f"pool{uuid.uuid4().hex[:10]}", group_id="g", item_id="i")
             with pytest.raises(PoolExhaustedError, match=r"all 2 connections stayed busy for 0\.3 s"):
-                await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
+                await store.get(item)
             assert loop.time() - started >= 0.29  # it waited for the whole pool_timeout first
             await pool.release(held.pop())
-            assert await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")) is None
+            assert await store.get(item) is None
         finally:
             for connection in held:
                 await pool.release(connection)
