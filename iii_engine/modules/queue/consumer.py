@@ -210,6 +210,10 @@ class QueueConsumer:
     a job of it was put off here lately), or ``None``: the store delays such lanes itself at each claim, at most
     :data:`MAX_PUT_OFF_FUNCTIONS` functions, instead of handing their jobs over one at a time.
 
+    ``poll_idle`` false: nothing but this engine changes the store, and wakes the consumer when it does (the
+    in-memory store, :attr:`MemoryQueueStore.shared` false), so an idle queue is never polled; else an idle queue is
+    polled at ``poll_interval_ms``, doubling per poll that found nothing up to ``idle_poll_max_ms``.
+
     ``store_failures`` is where failed polls are told (shared by the consumers of one store, so an outage logs a
     line, not one per queue and poll); by default the consumer's own.
 
@@ -233,6 +237,7 @@ class QueueConsumer:
         store_failures: StoreFailures | None = None,
         skip: Callable[[], Collection[str]] = tuple,
         look_for: Callable[[str, int], int | None] = lambda function_id, now: None,
+        poll_idle: bool = True,
     ) -> None:
         if stop_timeout_ms < 1:
             raise ValueError(f"stop_timeout_ms must be >= 1, got {stop_timeout_ms}")
@@ -266,6 +271,12 @@ class QueueConsumer:
         self._owns_failures = store_failures is None
         self.store_failures = StoreFailures(self._log) if store_failures is None else store_failures
         self._wake = asyncio.Event()
+        # Whether anything but this engine changes the store (Redis, shared by engines): only then is an idle queue
+        # polled at all, less and less often (idle_poll_max_ms); the module's in-memory store changes only through
+        # this engine, which wakes the consumer (push, subscription, redrive, a job finished). Polling every
+        # poll_interval_ms, 10,000 idle topics took 0.94 of a core.
+        self._shared = poll_idle
+        self._idle_polls = 0  # polls in a row that found nothing to claim: the wait before the next one grows
         self._stop_timeout_ms = stop_timeout_ms
         self._inflight: dict[str, tuple[Job, asyncio.Task[None]]] = {}
         # Jobs whose handler is running: the only ones a stop cancels. A job task is cancelled only there, so the
@@ -294,7 +305,9 @@ class QueueConsumer:
         return len(self._inflight)
 
     def wake(self) -> None:
-        """Look for work now (a job was pushed or a subscriber appeared)."""
+        """Look for work now (a job was pushed or a subscriber appeared); an idle queue is polled at
+        ``poll_interval_ms`` again."""
+        self._idle_polls = 0
         self._wake.set()
 
     def functions_changed(self, registered: Callable[[str], bool]) -> None:
@@ -412,7 +425,9 @@ class QueueConsumer:
             try:
                 if now_ms() >= maintenance_due:
                     await self._maintain()
-                    maintenance_due = now_ms() + self.settings.lease_ms // 3
+                    # a random 50-100 % of a third of the lease: the consumers of many topics started together do
+                    # not renew and recover in step (1,000 of them at once queued on Redis's connection pool)
+                    maintenance_due = now_ms() + max(round(self.settings.lease_ms / 3 * random.uniform(0.5, 1)), 1)
                 self._expire_waiting(now_ms())
                 if self._look_due and self._waiting:
                     await self._bring_forward()
@@ -420,6 +435,7 @@ class QueueConsumer:
                 timeout = await self._idle_timeout(maintenance_due)
             except Exception as exc:
                 self._failures += 1
+                self._idle_polls = 0  # once the store answers again, polled at poll_interval_ms
                 longest = self.settings.store_retry_ms(self._failures)
                 # 50-100 % of it: consumers that failed together (one store for all) do not poll it in step
                 retry_ms = random.uniform(longest / 2, longest)
@@ -429,11 +445,12 @@ class QueueConsumer:
                 self._failures = 0
                 self.store_failures.answered(self.queue)
             # A timer that sets the wake event; asyncio.wait_for can swallow a cancellation here on 3.11.
-            timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
+            timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, self._wake.set)
             try:
                 await self._wake.wait()
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
 
     async def _maintain(self) -> None:
         # the store gets every look again now and then: one that lost what it held (a Redis restarted empty) puts
@@ -543,6 +560,7 @@ class QueueConsumer:
                     self._wake.set()  # on after the loop's maintenance, not after a poll interval
                 return
             self._forget_waiting(job.lane)  # looked at now
+            self._idle_polls = 0
             task = asyncio.create_task(self._work(job), name=f"queue-job:{job.id}")
             self._inflight[job.id] = (job, task)
 
@@ -624,12 +642,23 @@ class QueueConsumer:
             self._look_due = True
             self._wake.set()
 
-    async def _idle_timeout(self, maintenance_due: int) -> float:
-        deadline = min(now_ms() + self.settings.poll_interval_ms, maintenance_due)
-        due = await self.store.next_due_ms(self.queue)
-        if due is not None:
-            deadline = min(deadline, due)
-        return max(deadline - now_ms(), 1) / 1000
+    async def _idle_timeout(self, maintenance_due: int) -> float | None:
+        """Seconds until the loop must come round by itself (``None``: only when woken): the next maintenance while
+        jobs run here or other engines share the store; the next delayed job's due time while a job could be
+        claimed; and, on a shared store, the next idle poll (``poll_interval_ms`` doubling per poll that found
+        nothing, up to ``idle_poll_max_ms``) for jobs another engine pushed, which cannot wake this one. A topic
+        nobody subscribes to here, or a queue at its ``concurrency``, is not polled: a subscription or a finished
+        job wakes it."""
+        deadline: int | None = maintenance_due if self._inflight or self._shared else None
+        if self._can_claim() and len(self._inflight) < self.settings.concurrency:
+            if self._shared:
+                self._idle_polls += 1
+                poll = now_ms() + self.settings.idle_poll_ms(self._idle_polls)
+                deadline = poll if deadline is None else min(deadline, poll)
+            due = await self.store.next_due_ms(self.queue)
+            if due is not None:
+                deadline = due if deadline is None else min(deadline, due)
+        return None if deadline is None else max(deadline - now_ms(), 1) / 1000
 
     async def _work(self, job: Job) -> None:
         try:

@@ -718,6 +718,8 @@ class QueueModule(EngineModule):
         self._named: dict[str, QueueConsumer] = {}
         self._topics: dict[str, _Topic] = {}
         self._topic_of_trigger: dict[str, str] = {}
+        # topics with a subscriber here: the others (len(_topics) minus these) are bounded by max_unsubscribed_topics
+        self._subscribed: set[str] = set()
         # the register of each trigger id waiting for its topic (at max_topics, room is made first): a later
         # register or an unregister of the id meanwhile supersedes it, so the one the engine handed last is the one
         # that runs (before, an earlier register finishing last overwrote a later one: the engine listed B's trigger
@@ -777,7 +779,8 @@ class QueueModule(EngineModule):
                                      lambda job, name=name: self._run_named(name, job),  # type: ignore[misc]
                                      stop_timeout_ms=self.settings.stop_timeout_ms,
                                      store_failures=self._store_failures, skip=skip,
-                                     look_for=functools.partial(self._put_off_look, name))
+                                     look_for=functools.partial(self._put_off_look, name),
+                                     poll_idle=self._store_shared)
             self._named[name] = consumer
             consumer.start()
         if self._others is not None:
@@ -951,7 +954,7 @@ class QueueModule(EngineModule):
         # registration, so its subscription must still be there.
         self._awaiting_topic[trigger.id] = trigger
         try:
-            entry = await self._topic(topic)
+            entry = await self._topic(topic, subscribing=True)
         finally:
             superseded = self._awaiting_topic.get(trigger.id) is not trigger
             if not superseded:
@@ -971,6 +974,7 @@ class QueueModule(EngineModule):
                             _name(trigger.id), _name(trigger.function_id), ", ".join(capped))
             self.store.set_unsubscribed(entry.consumer.queue, False)
         entry.subscribers[trigger.id] = trigger
+        self._subscribed.add(topic)
         self._topic_of_trigger[trigger.id] = topic
         entry.consumer.wake()
 
@@ -985,6 +989,7 @@ class QueueModule(EngineModule):
             entry.subscribers.pop(trigger.id, None)
             if not entry.subscribers:
                 self.store.set_unsubscribed(entry.consumer.queue, True)
+                self._subscribed.discard(topic)
             self._maybe_idle(topic, entry)
 
     def _maybe_idle(self, topic: str, entry: _Topic) -> None:
@@ -992,10 +997,21 @@ class QueueModule(EngineModule):
         if self._topics.get(topic) is entry and entry.unused():
             self._went_idle[topic] = None
 
-    async def _topic(self, topic: str) -> _Topic:
+    async def _topic(self, topic: str, *, subscribing: bool = False) -> _Topic:
+        """``topic``'s entry, made when new (``subscribing``: for a ``queue`` trigger, else for an enqueue, which
+        may make only ``max_unsubscribed_topics`` topics nobody subscribes to)."""
         entry = self._topics.get(topic)
         if entry is None:
             self._refuse_new_topic_when_stopping(topic)
+        if entry is None and not subscribing and self._unsubscribed_topics() >= self.settings.max_unsubscribed_topics:
+            await self._reclaim_unused()
+            entry = self._topics.get(topic)
+            if entry is None and self._unsubscribed_topics() >= self.settings.max_unsubscribed_topics:
+                # made-up topics, which any worker may enqueue to, must leave room for those triggers subscribe to
+                limit = self.settings.max_unsubscribed_topics
+                raise EngineError("enqueue_error", f"Topic '{topic}' refused: the queue module keeps {limit} topics "
+                                                   f"with no subscriber (max_unsubscribed_topics {limit}), each "
+                                                   f"holding jobs")
         if entry is None and len(self._topics) >= self.settings.max_topics:
             await self._reclaim_unused()
             entry = self._topics.get(topic)  # the sweep waited on the store: another call may have made it
@@ -1020,11 +1036,20 @@ class QueueModule(EngineModule):
                 on_idle=lambda: self._maybe_idle(topic, holder[0]),
                 stop_timeout_ms=self.settings.stop_timeout_ms,
                 store_failures=self._store_failures,
+                poll_idle=self._store_shared,
             )
             entry = self._topics[topic] = _Topic(consumer)
             holder.append(entry)
             consumer.start()
         return entry
+
+    @property
+    def _store_shared(self) -> bool:
+        """Whether anything but this engine changes the store (a store that does not say is taken for shared)."""
+        return bool(getattr(self.store, "shared", True))
+
+    def _unsubscribed_topics(self) -> int:
+        return len(self._topics) - len(self._subscribed)
 
     def _refuse_new_topic_when_stopping(self, topic: str) -> None:
         if self._stopping:  # its consumer would outlive the stop
@@ -1071,6 +1096,7 @@ class QueueModule(EngineModule):
             # stored its job after the counts were read).
             if self._topics.get(name) is entry and entry.unused() and entry.pushes == pushes:
                 del self._topics[name]
+                self._subscribed.discard(name)
                 went_idle.pop(name, None)
                 gone.append(entry.consumer)
                 if entry.consumer.settings.fifo:

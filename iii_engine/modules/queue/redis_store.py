@@ -22,7 +22,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -490,6 +490,9 @@ class RedisQueueStore:
         >>> RedisQueueStore.__name__
         'RedisQueueStore'
     """
+
+    #: other engines share it: an idle queue is polled for their pushes (see ``idle_poll_max_ms``)
+    shared: ClassVar[bool] = True
 
     def __init__(self, redis_url: str, *, key_prefix: str = "", done_kept_ms: int = DONE_KEPT_MS,
                  topics: TopicShare | None = None) -> None:

@@ -59,6 +59,11 @@ DEFAULT_STORE_RETRY_MAX_MS = 5000
 """Longest wait between two polls of a store that keeps failing (``store_retry_max_ms``): a store that is down
 is polled about once per this by each consumer, and a store back up is seen within it (an enqueue that reaches it
 wakes its queue's consumer at once)."""
+DEFAULT_IDLE_POLL_MAX_MS = 1000
+"""Longest wait between two polls of an idle queue on a shared store (``idle_poll_max_ms``): another engine's push is
+seen within it."""
+DEFAULT_MAX_UNSUBSCRIBED_TOPICS = 1000
+"""Topics with no subscriber the module keeps (``max_unsubscribed_topics``)."""
 MISSING_FUNCTION_CHECK_MAX_MS = 5000
 """Longest wait between two looks at a job whose function is not registered (unless ``backoff_ms`` is longer).
 A worker registering the function gets its jobs at once (the consumer is told, and makes them due); only jobs past
@@ -108,6 +113,25 @@ class QueueSettings(Settings):
     max_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
     missing_function_grace_ms: int = Field(DEFAULT_MISSING_FUNCTION_GRACE_MS, ge=0)
     store_retry_max_ms: int = Field(DEFAULT_STORE_RETRY_MAX_MS, ge=1)
+    #: with a store other engines share (Redis), the longest wait between two polls of an idle queue: each poll that
+    #: finds nothing doubles the wait from ``poll_interval_ms`` up to this, and a push, subscription or redrive on
+    #: this engine (or a job found) brings it back; a push by another engine is seen within it. The in-memory store
+    #: is never polled idle (every change to it wakes its consumer). Before, each of 1,000 idle topics on Redis
+    #: polled every ``poll_interval_ms``: 0.72 of a core and 10,700 Redis commands a second
+    idle_poll_max_ms: int = Field(DEFAULT_IDLE_POLL_MAX_MS, ge=1)
+
+    def idle_poll_ms(self, idle_polls: int) -> int:
+        """Wait before the next poll of an idle queue after ``idle_polls`` polls in a row found nothing:
+        ``poll_interval_ms`` doubled per poll past the first, at most ``idle_poll_max_ms`` (never below
+        ``poll_interval_ms``).
+
+        Example:
+            >>> [QueueSettings(poll_interval_ms=100, idle_poll_max_ms=500).idle_poll_ms(n) for n in (0, 1, 2, 3, 9)]
+            [100, 100, 200, 400, 500]
+        """
+        if idle_polls <= 1:
+            return self.poll_interval_ms
+        return min(self.poll_interval_ms << min(idle_polls - 1, 32), max(self.idle_poll_max_ms, self.poll_interval_ms))
 
     @property
     def fifo(self) -> bool:
@@ -183,6 +207,11 @@ class QueueModuleSettings(Settings):
     queue_configs: dict[str, QueueSettings] = Field(default_factory=dict)
     #: topics the module keeps (each has a consumer); an enqueue to, or a trigger on, a new topic past it fails
     max_topics: int = Field(DEFAULT_MAX_TOPICS, ge=1)
+    #: topics with no subscriber on this engine the module keeps (within ``max_topics``): an enqueue making a new topic
+    #: past it fails with ``enqueue_error`` naming it, so enqueues to made-up topics, which any worker may send,
+    #: leave room for the topics a ``queue`` trigger subscribes to (before, one worker's 10,000 made-up topics took
+    #: every one of ``max_topics`` and the next worker's trigger and enqueues were refused until a restart)
+    max_unsubscribed_topics: int = Field(DEFAULT_MAX_UNSUBSCRIBED_TOPICS, ge=1)
     #: ``max_jobs`` of every topic (a topic has no ``queue_configs`` entry, and its subscribers may not raise it)
     max_topic_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
     #: UTF-8 bytes of JSON the in-memory store (``BuiltinQueueAdapter``) keeps for the jobs and dead letters of every

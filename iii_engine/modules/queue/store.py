@@ -28,7 +28,7 @@ import uuid
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
@@ -549,6 +549,10 @@ class MemoryQueueStore:
         ...
         iii_engine.modules.queue.store.StoreFull: a job of 950 bytes does not fit: the store holds 0 of its 200 bytes
     """
+
+    #: no other engine changes it: every change comes through this engine, which wakes the queue's consumer, so the
+    #: module never polls an idle queue of it (a store without this attribute is taken for shared, and polled)
+    shared: ClassVar[bool] = False
 
     def __init__(self, *, max_bytes: int | None = None, topics: TopicShare | None = None) -> None:
         self._queues: dict[str, _MemoryQueue] = {}
