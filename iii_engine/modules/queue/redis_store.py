@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
@@ -34,6 +35,7 @@ from iii_streams.redis import check_reachable, escape_name, waiting_client
 from iii_streams.redis_internals import sent_nothing
 
 from .store import PUT_OFF_LOOK, Claim, DeadLetter, Job, NotSent, PutOff, QueueCounts, QueueFull, StoreFull, TopicShare
+from .store import now_ms as _engine_now_ms
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +330,10 @@ forget_topic_if_empty(ARGV[2], string.sub(KEYS[2], 1, -12))
 return removed
 """
 
+CLOCK_READ_S = 10.0
+"""How often a store reads Redis's clock again (``TIME``) to move the times it keeps onto it (see
+:meth:`RedisQueueStore._shift`): a step of this engine's clock is followed within it."""
+
 BRING_FORWARD_BATCH = 1000
 """Lanes per script call of :meth:`RedisQueueStore.bring_forward`: one call never holds Redis for long."""
 
@@ -525,6 +531,9 @@ class RedisQueueStore:
                                    .replace("WANTED_KEPT_MS", str(WANTED_KEPT_MS)))
         self._shared = (key_prefix + "queue-engines", key_prefix + "queue-wanted", key_prefix + "queue-served")
         self._id = uuid.uuid4().hex  # names this store's own put-off hashes apart from other engines'
+        # Redis's clock less this engine's (ms), and when it was read (monotonic s): see _shift
+        self._clock_shift = 0
+        self._clock_read_at = float("-inf")
 
     async def prepare(self) -> None:
         """Check Redis answers (a ``PING`` within :data:`START_CHECK_S`), so a module on a Redis that is down fails its
@@ -597,6 +606,20 @@ class RedisQueueStore:
             raise StoreFull(len(raw.encode()), int(stored[1]), limit, "topics")
         return bool(stored)
 
+    async def _shift(self) -> int:
+        """Redis's clock less this engine's (ms), read again every :data:`CLOCK_READ_S`: every time the store keeps
+        (a lease's deadline, a due time, a look) is moved onto Redis's clock, so engines sharing the store agree on
+        them whatever their own clocks say. Before, an engine whose clock ran 120 s ahead took another engine's
+        running job for a lost engine's and ran it a second time at once. Off by at most half a round trip."""
+        at = time.monotonic()
+        if at - self._clock_read_at >= CLOCK_READ_S:
+            before = _engine_now_ms()
+            seconds, micros = await self._redis.time()
+            after = _engine_now_ms()
+            self._clock_shift = int(seconds) * 1000 + int(micros) // 1000 - (before + after) // 2
+            self._clock_read_at = at
+        return self._clock_shift
+
     async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
                     skip_functions: Collection[str] = ()) -> Job | None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`; at most :data:`SKIP_LOOK` lanes are moved past
@@ -615,10 +638,16 @@ class RedisQueueStore:
             replace, changes = False, put_off.take_changes()
         else:
             replace, changes = put_off is not None, dict(put_off or {})
-        args: list[str | int] = [k.lane, now_ms, lease_ms, 1 if put_off else 0, 1 if replace else 0, len(skipped),
-                                 *skipped]
+        try:
+            shift = await self._shift()
+        except BaseException:
+            if isinstance(put_off, PutOff):
+                put_off.give_back(changes)
+            raise
+        args: list[str | int] = [k.lane, now_ms + shift, lease_ms, 1 if put_off else 0, 1 if replace else 0,
+                                 len(skipped), *skipped]
         for function_id, look_ms in changes.items():
-            args += (dumps(function_id), look_ms)
+            args += (dumps(function_id), look_ms + shift if look_ms else 0)  # (0: no longer put off)
         try:
             more, raw, *lanes = await self._claim(keys=[k.jobs, k.ready, k.active, k.delayed, k.put_off + self._id],
                                                   args=args)
@@ -626,7 +655,8 @@ class RedisQueueStore:
             if isinstance(put_off, PutOff):
                 put_off.give_back(changes)  # perhaps applied, perhaps not: applied twice is the same
             raise
-        put = tuple((_text(lanes[at]), loads(lanes[at + 1]), int(lanes[at + 2])) for at in range(0, len(lanes) - 2, 3))
+        put = tuple((_text(lanes[at]), loads(lanes[at + 1]), int(lanes[at + 2]) - shift)
+                    for at in range(0, len(lanes) - 2, 3))
         return Claim(Job.from_json(raw) if raw else None, put, bool(int(more)))
 
     async def ack(self, queue: str, job: Job) -> None:
@@ -638,7 +668,7 @@ class RedisQueueStore:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
         await self._retry(keys=[k.jobs, k.active, k.delayed],
-                          args=[k.lane, job.lane, job.id, job.to_json(), due_ms, k.counted])
+                          args=[k.lane, job.lane, job.id, job.to_json(), due_ms + await self._shift(), k.counted])
 
     async def dead(self, queue: str, letter: DeadLetter) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
@@ -655,22 +685,24 @@ class RedisQueueStore:
     async def renew(self, queue: str, lanes: list[str], *, deadline_ms: int) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         if lanes:
-            await self._redis.zadd(self._k(queue).active, dict.fromkeys(lanes, deadline_ms), xx=True)
+            deadline = deadline_ms + await self._shift()
+            await self._redis.zadd(self._k(queue).active, dict.fromkeys(lanes, deadline), xx=True)
 
     async def recover(self, queue: str, *, now_ms: int) -> int:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        return int(await self._recover(keys=[k.ready, k.active], args=[now_ms]))
+        return int(await self._recover(keys=[k.ready, k.active], args=[now_ms + await self._shift()]))
 
     async def next_due_ms(self, queue: str) -> int | None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         first = await self._redis.zrange(self._k(queue).delayed, 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
+        return int(first[0][1]) - await self._shift() if first else None
 
     async def bring_forward(self, queue: str, lanes: list[str], *, due_ms: int) -> int:
         """See :class:`~iii_engine.modules.queue.store.QueueStore` (its example, on the in-memory store, holds here:
         this one needs a Redis server to run). ``lanes`` go to Redis in batches of ``BRING_FORWARD_BATCH``."""
         delayed, moved = self._k(queue).delayed, 0
+        due_ms += await self._shift()
         for start in range(0, len(lanes), BRING_FORWARD_BATCH):
             moved += int(await self._bring_forward(keys=[delayed],
                                                    args=[due_ms, *lanes[start:start + BRING_FORWARD_BATCH]]))
