@@ -146,6 +146,10 @@ RECLAIM_INTERVAL_S = 1.0
 looks at. Topics this engine saw go idle (last subscriber gone, last running job finished, a dead letter
 discarded) are looked at on the next need for room whatever the time, each once per such event."""
 
+FIFO_READ_INTERVAL_S = 1.0
+"""An enqueue to a topic with no subscriber on this engine asks the store whether the topic is FIFO at most once per
+this many seconds (see :meth:`QueueModule._kept_fifo`)."""
+
 RECLAIM_BATCH = 256
 """Topics one sweep looks at: a sweep's cost stays bounded however many topics there are."""
 
@@ -161,6 +165,8 @@ class _Topic:
     pushes: int = 0
     #: a subscriber's queue_config asked past the module's max_topic_* caps, and that was logged
     capped_logged: bool = False
+    #: when the store was last asked whether the topic is FIFO (monotonic s; see QueueModule._kept_fifo)
+    fifo_read_at: float = float("-inf")
 
     def unused(self) -> bool:
         """No subscriber, no enqueue under way and no job running here (the store may still hold jobs)."""
@@ -973,10 +979,19 @@ class QueueModule(EngineModule):
                             "caps (max_topic_concurrency, max_topic_retries, max_topic_backoff_ms): %s", _name(topic),
                             _name(trigger.id), _name(trigger.function_id), ", ".join(capped))
             self.store.set_unsubscribed(entry.consumer.queue, False)
+        first = not entry.subscribers
         entry.subscribers[trigger.id] = trigger
         self._subscribed.add(topic)
         self._topic_of_trigger[trigger.id] = topic
         entry.consumer.wake()
+        if first:
+            # kept in the store, for an engine that makes the topic by an enqueue before any subscriber registers
+            # there (restarted with its producers first, or sharing the store) to stamp jobs for the FIFO lane
+            try:
+                await self.store.set_topic_fifo(entry.consumer.queue, entry.consumer.settings.fifo)
+            except Exception as exc:
+                log.warning("queue topic %s: could not keep its type (%s) in the store: %s: %s", _name(topic),
+                            entry.consumer.settings.type, type(exc).__name__, clip_text(str(exc)))
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         """Remove the subscription of ``trigger.id``; its topic's jobs wait for another subscriber."""
@@ -1299,13 +1314,15 @@ class QueueModule(EngineModule):
             raise EngineError("enqueue_error", f"Topic {_name(topic)} has the name of a named queue (queue_configs): "
                                                f"to queue a call of a function on it, use the enqueue action")
         entry = await self._topic(topic)
-        group = "" if entry.consumer.settings.fifo else None
-        job = Job.new(entry.consumer.queue, None, data.get("data"), group)
         limit = entry.consumer.settings.max_jobs
+        job: Job | None = None
         entry.pushing += 1
         entry.pushes += 1
         try:
             with self._store_op("enqueue_error", f"Topic '{topic}'"):
+                await self._kept_fifo(entry)
+                group = "" if entry.consumer.settings.fifo else None
+                job = Job.new(entry.consumer.queue, None, data.get("data"), group)
                 stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit,
                                                unsubscribed=not entry.subscribers)
         except StoreFull as full:
@@ -1313,12 +1330,27 @@ class QueueModule(EngineModule):
         except EngineError:
             raise
         except Exception as exc:
+            if job is None:  # the store failed before the job was made: it was never pushed
+                raise EngineError("enqueue_error", f"Topic '{topic}': the job was not enqueued: "
+                                                   f"{type(exc).__name__}: {clip_text(str(exc))}") from exc
             raise _push_failed(f"Topic '{topic}'", job.id, exc) from exc
         finally:
             entry.pushing -= 1
         if not stored:
             raise EngineError("enqueue_error", _full(topic, "topic", limit))
         entry.consumer.wake()
+
+    async def _kept_fifo(self, entry: _Topic) -> None:
+        """A topic with no subscriber here takes the type its subscriber kept in the store (another engine's, or
+        this one's before a restart), read at most once a second per topic; a subscriber here sets the type."""
+        if entry.subscribers or entry.consumer.settings.fifo:
+            return
+        now = time.monotonic()
+        if now - entry.fifo_read_at < FIFO_READ_INTERVAL_S:
+            return
+        entry.fifo_read_at = now
+        if await self.store.topic_fifo(entry.consumer.queue) and not entry.subscribers:
+            entry.consumer.settings = self.settings.topic_settings({"type": "fifo"})
 
     async def _redrive_within(self, function_id: str, name: str, consumer: QueueConsumer,
                               message_id: str | None) -> int:

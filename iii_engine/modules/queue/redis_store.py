@@ -487,6 +487,7 @@ class _Keys:
         self.done = base + "done"
         self.lane = base + "lane:"
         self.put_off = base + "put_off:"  # + an engine's store id: its hash of put-off functions
+        self.fifo = base + "fifo"  # "1" while the topic's subscriber asked for FIFO (see topic_fifo)
 
 
 class RedisQueueStore:
@@ -757,7 +758,24 @@ class RedisQueueStore:
         return int(await self._discard(keys=[k.dlq, k.dlq_entries], args=[job_id, k.counted]))
 
     async def forget(self, queue: str) -> None:
-        """See :class:`~iii_engine.modules.queue.store.QueueStore`: nothing to do, Redis drops an empty key."""
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`: nothing to do, Redis drops an empty key (a
+        topic's FIFO mark stays: see :meth:`set_topic_fifo`)."""
+
+    async def set_topic_fifo(self, queue: str, fifo: bool) -> None:
+        """Keep whether topic ``queue``'s subscriber asked for FIFO (``<queue's keys>:fifo``), for an engine that
+        makes the topic by an enqueue before any subscriber registers on it (restarted, or sharing the store with
+        the subscriber's engine) to stamp its jobs with the FIFO lane: with the type in one engine's memory alone,
+        6 jobs enqueued to a FIFO topic at concurrency 1 ran all at once. A standard subscriber takes the mark away;
+        one key per topic a FIFO trigger ever subscribed to."""
+        k = self._k(queue)
+        if fifo:
+            await self._redis.set(k.fifo, "1")
+        else:
+            await self._redis.delete(k.fifo)
+
+    async def topic_fifo(self, queue: str) -> bool | None:
+        """Whether topic ``queue``'s subscriber asked for FIFO (``None``: not known, taken for standard)."""
+        return True if await self._redis.exists(self._k(queue).fifo) else None
 
     async def served_elsewhere(self, engine_id: str, ttl_ms: int, queue: str, function_id: str) -> int:
         """Whether another engine sharing the store runs ``function_id``'s jobs in ``queue`` (engine ``engine_id``,

@@ -436,6 +436,13 @@ class QueueStore(Protocol):
         """Drop what the store keeps for ``queue`` if it holds nothing (no job of any kind, no dead letter): the
         queue module forgets idle topics, and a store must not keep a record per topic name ever seen."""
 
+    async def set_topic_fifo(self, queue: str, fifo: bool) -> None:
+        """Keep whether topic ``queue``'s subscriber asked for FIFO, for :meth:`topic_fifo`."""
+
+    async def topic_fifo(self, queue: str) -> bool | None:
+        """Whether topic ``queue``'s subscriber asked for FIFO, as kept by :meth:`set_topic_fifo` (``None``: not
+        known), so an engine making the topic by an enqueue stamps its jobs as the subscriber's engine does."""
+
     async def prepare(self) -> None:
         """Check the store answers, at the module's start (raises, naming the store, when it does not)."""
 
@@ -840,6 +847,14 @@ class MemoryQueueStore:
         q = self._queues.get(queue)
         if q is not None and not (q.jobs or q.lanes or q.ready or q.active or q.delayed or q.dlq):
             del self._queues[queue]
+
+    async def set_topic_fifo(self, queue: str, fifo: bool) -> None:
+        """See :class:`QueueStore`: nothing to keep (the module remembers a forgotten FIFO topic itself, and this
+        store's jobs do not outlive the engine)."""
+
+    async def topic_fifo(self, queue: str) -> bool | None:
+        """See :class:`QueueStore`: never known here."""
+        return None
 
     async def prepare(self) -> None:
         """Nothing to check: the jobs live in this process."""
