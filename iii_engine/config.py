@@ -138,7 +138,9 @@ class ChannelSettings(Settings):
     payload bytes the queues of all channels hold together before writers are not read (default ``None``: no
     engine-wide bound, as a full one makes every worker's streams written ahead of their reader wait; a channel
     whose reader is attached still moves, one message at a time), ``max_held_bytes_per_worker`` the same for the
-    channels one worker created (default 64 MiB).
+    channels one worker created (default 64 MiB). ``max_sockets``: channel sockets attached at once (default
+    ``None``: half the open-file limit), ``max_sockets_per_worker`` those of the channels one worker created
+    (``None``: a quarter of ``max_sockets``); an upgrade past either is answered HTTP 503.
 
     Example:
         >>> ChannelSettings(max_channel_bytes=1 << 30).max_channel_bytes
@@ -158,6 +160,8 @@ class ChannelSettings(Settings):
     max_open_per_worker: int = Field(DEFAULT_MAX_OPEN_PER_WORKER, ge=1)
     max_held_bytes: int | None = Field(DEFAULT_MAX_HELD_BYTES, ge=1)
     max_held_bytes_per_worker: int = Field(DEFAULT_MAX_HELD_BYTES_PER_WORKER, ge=1)
+    max_sockets: int | None = Field(None, ge=1)
+    max_sockets_per_worker: int | None = Field(None, ge=1)
 
     @property
     def attach_timeout_s(self) -> float:

@@ -610,6 +610,8 @@ class Engine:
                                      max_open_per_worker=settings.max_open_per_worker,
                                      max_held_bytes=settings.max_held_bytes,
                                      max_held_bytes_per_worker=settings.max_held_bytes_per_worker,
+                                     max_sockets=settings.max_sockets,
+                                     max_sockets_per_worker=settings.max_sockets_per_worker,
                                      production_mode=settings.production_mode)
         self._listener = Listener(self.config.host, self.config.port,
                                   max_message_size=self.config.max_message_size,

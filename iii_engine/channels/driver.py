@@ -23,6 +23,7 @@ from iii.waiters import Signal
 from iii.ws_fastpath import (
     bound_frame_queue,
     frame_queue_high,
+    reads_on_its_own,
     take_on_arrival,
     take_ready,
     wait_ready,
@@ -188,17 +189,8 @@ def _hold_socket(ch: LiveChannel, end: ChannelEnd, held: bool) -> None:
     transport = end.ws.transport
     if held:
         transport.pause_reading()
-    elif _reads_on_its_own(end.ws):
+    elif reads_on_its_own(end.ws):
         transport.resume_reading()
-
-
-def _reads_on_its_own(ws: Connection) -> bool:
-    """Whether the socket's own flow control has it reading (:meth:`_hold_socket` resumes only then): the fast
-    receive path pauses it while its unread messages pass its receive buffer or a Close waits behind a refused
-    message, websockets while its frame queue is full; each resumes it itself later."""
-    if getattr(ws, "_paused", False) or getattr(ws, "_deferred", None) is not None:
-        return False
-    return not getattr(getattr(ws, "recv_messages", None), "paused", False)
 
 
 async def perform(end: ChannelEnd, action: Action) -> None:
