@@ -44,8 +44,10 @@ import re
 import stat
 import tempfile
 import time
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader, ChannelWriter
@@ -663,35 +665,121 @@ def _declared_size(info: os.stat_result) -> int | None:
 
 async def _send_file_bytes(sink: ChannelSink, path: Path, before: os.stat_result, chunk_size: int,
                           digest: Digest | None = None) -> None:
-    """Write the bytes of the file at ``path`` into ``sink`` (and ``digest``), ``chunk_size`` at a time; once read to
-    its end, :class:`FileChangedError` if it is no longer the regular file ``before`` (its ``os.stat`` before its
-    header went out) described: another size or modification time, or another file under that name.
+    """Write the bytes of the file at ``path`` into ``sink`` (and ``digest``), ``chunk_size`` at a time. When
+    ``before`` (its ``os.stat`` before its header went out) is a regular file, :class:`FileChangedError` if another
+    file is found under that name when it is opened (before a byte is read) or, once read to its end, if it changed
+    size or modification time.
 
     Why: a file truncated, appended to or rewritten while it was read was sent as it came, under a trailer that
     verified what was sent, so the receiver stored a copy of no version of it (32 MiB announced, 5 MiB stored,
     ``verified`` true). Other files (FIFOs, devices) have no size to hold to and are not checked; nor are
     pseudo-files whose size never changes (``/proc``'s 0, ``/sys``'s 4096, whatever they hold).
+
+    Opened with ``O_NONBLOCK``, so the open never waits (a FIFO's blocked a thread until a writer came, which no
+    cancel could end, and ``asyncio.run`` waited for it at exit: a ``send_dir`` whose listed file was swapped for a
+    FIFO hung for good). Symlinks are followed, as documented; the opened file is the one ``before`` described. A
+    regular file is read in a thread; a FIFO or device through the event loop once it is readable (as ``from_fd``
+    reads a pipe), so a FIFO nobody writes to waits for its writer without a thread and a cancel ends the wait.
     """
     loop = asyncio.get_running_loop()
     read = 0
-    fh = await loop.run_in_executor(None, open, path, "rb")
-    with fh:
-        while chunk := await loop.run_in_executor(None, fh.read, chunk_size):
+    opening = loop.run_in_executor(None, _open_to_send, path)
+    try:
+        fd = await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)  # opened meanwhile: closed once it is
+        raise
+    try:
+        opened = os.fstat(fd)
+        # the type too: a file removed and a FIFO made under its name may get its inode number at once
+        if stat.S_ISREG(before.st_mode) and (opened.st_dev, opened.st_ino, stat.S_IFMT(opened.st_mode)) != (
+                before.st_dev, before.st_ino, stat.S_IFREG):
+            what = "another file" if stat.S_ISREG(opened.st_mode) else _file_kind(opened.st_mode)
+            _changed(path, f"was replaced by {what}", read)
+        chunks: AsyncIterable[bytes]
+        if stat.S_ISREG(opened.st_mode):
+            chunks = _regular_chunks(fd, chunk_size)
+        else:
+            chunks = _fd_chunks(fd, chunk_size)
+        async for chunk in chunks:
             read += len(chunk)
             if digest is not None:
                 digest.update(chunk)
             await sink.write(chunk)
-        after = os.fstat(fh.fileno())
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
     if not stat.S_ISREG(before.st_mode):
         return
-    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
-        change = "was replaced by another file"
-    elif after.st_size != before.st_size:
-        change = f"changed size from {before.st_size} to {after.st_size} bytes"
-    elif after.st_mtime_ns != before.st_mtime_ns:
-        change = "was modified"
-    else:
-        return
+    if after.st_size != before.st_size:
+        _changed(path, f"changed size from {before.st_size} to {after.st_size} bytes", read)
+    if after.st_mtime_ns != before.st_mtime_ns:
+        _changed(path, "was modified", read)
+
+
+async def _ready(fd: int, writing: bool) -> bool:
+    """Wait until ``fd`` can be read (data or its end) or, ``writing``, written; ``False`` at once when the loop
+    cannot watch it (a regular file, whose reads and writes never wait for a peer; a loop without
+    ``add_reader``)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if writing else (loop.add_reader, loop.remove_reader)
+    try:
+        add(fd, lambda: None if ready.done() else ready.set_result(None))
+    except (OSError, ValueError, NotImplementedError):
+        return False
+    try:
+        await ready
+    finally:
+        remove(fd)
+    return True
+
+
+async def _fd_chunks(fd: int, size: int) -> AsyncIterable[bytes]:
+    """The fd's data until its end, ``size`` bytes a read at most. A pipe, FIFO, tty or socket is read once the
+    loop says it is readable, not in a thread: a read blocked in a thread cannot be cancelled, and ``asyncio.run``
+    waits for it at exit, so a ``send -`` whose stdin went quiet could not exit after its transfer failed. (Also
+    why a FIFO nobody has opened to write yet is not taken for one at its end: its first read waits for it.)"""
+    loop = asyncio.get_running_loop()
+    while True:
+        if await _ready(fd, writing=False):
+            try:
+                chunk = os.read(fd, size)
+            except BlockingIOError:  # an O_NONBLOCK fd drained by another reader meanwhile
+                continue
+        else:
+            chunk = await loop.run_in_executor(None, os.read, fd, size)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _open_to_send(path: Path) -> int:
+    """``path`` opened to be read, without waiting (``O_NONBLOCK``: a FIFO's open returns at once) and without
+    becoming our controlling terminal. A regular file gets blocking reads back (its reads never wait anyway)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _close_opened(opening: asyncio.Future[int]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        os.close(opening.result())
+
+
+async def _regular_chunks(fd: int, chunk_size: int) -> AsyncIterator[bytes]:
+    """A regular file's bytes, read in a thread ``chunk_size`` at a time (its reads never wait for a peer)."""
+    loop = asyncio.get_running_loop()
+    while chunk := await loop.run_in_executor(None, os.read, fd, chunk_size):
+        yield chunk
+
+
+def _changed(path: Path, change: str, read: int) -> NoReturn:
     raise FileChangedError(f"{path} {change} while it was sent ({read} bytes read); the stream was aborted, send "
                            "it again", os.fspath(path), change)
 

@@ -43,7 +43,7 @@ from iii.channels import ChannelReader, ChannelWriter
 
 from .asyncio_internals import process_transport
 from .errors import ChannelError, ProcessError
-from .files import _abort_writer
+from .files import _abort_writer, _fd_chunks, _ready
 from .progress import Progress, check_progress
 from .sink import ChannelSink
 from .source import ChannelSource, _release_writer
@@ -181,42 +181,6 @@ async def _flushed_and_closed(stream: asyncio.StreamWriter, within: float | None
                            "(close_timeout): the stream was aborted") from None
 
 
-async def _ready(fd: int, writing: bool) -> bool:
-    """Wait until ``fd`` can be read (data or its end) or, ``writing``, written; ``False`` at once when the loop
-    cannot watch it (a regular file, whose reads and writes never wait for a peer; a loop without
-    ``add_reader``)."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    add, remove = (loop.add_writer, loop.remove_writer) if writing else (loop.add_reader, loop.remove_reader)
-    try:
-        add(fd, lambda: None if ready.done() else ready.set_result(None))
-    except (OSError, ValueError, NotImplementedError):
-        return False
-    try:
-        await ready
-    finally:
-        remove(fd)
-    return True
-
-
-async def _fd_chunks(fd: int) -> AsyncIterable[bytes]:
-    """The fd's data until its end. A pipe, tty or socket is read once the loop says it is readable, not in a
-    thread: a read blocked in a thread cannot be cancelled, and ``asyncio.run`` waits for it at exit, so a
-    ``send -`` whose stdin went quiet could not exit after its transfer failed."""
-    loop = asyncio.get_running_loop()
-    while True:
-        if await _ready(fd, writing=False):
-            try:
-                chunk = os.read(fd, PIPE_CHUNK)
-            except BlockingIOError:  # an O_NONBLOCK fd drained by another reader meanwhile
-                continue
-        else:
-            chunk = await loop.run_in_executor(None, os.read, fd, PIPE_CHUNK)
-        if not chunk:
-            return
-        yield chunk
-
-
 async def from_fd(
     writer: ChannelWriter, fd: int, *, progress: Progress = None, trailer: bool = True, label: str = "",
 ) -> int:
@@ -238,7 +202,7 @@ async def from_fd(
         >>> asyncio.run(demo())
         [11, b'from a pipe']
     """
-    return await from_iterable(writer, _fd_chunks(fd), progress=progress, trailer=trailer, label=label)
+    return await from_iterable(writer, _fd_chunks(fd, PIPE_CHUNK), progress=progress, trailer=trailer, label=label)
 
 
 async def to_fd(

@@ -67,6 +67,7 @@ from .files import (
     PART_PREFIX,
     FileReceipt,
     _abort_writer,
+    _file_kind,
     _lock_part_dir,
     _new_dir_mode,
     _send_file_bytes,
@@ -286,10 +287,12 @@ async def send_dir(
     """Send every regular file and directory under ``directory``; returns the file bytes sent.
 
     Symlinks to files are followed, symlinked directories are not; FIFOs, sockets, devices and dangling
-    symlinks are skipped. A directory it cannot list or an entry it cannot look at fails the send before
-    anything is sent (``OSError`` naming the path), and so does a name no receiver stores (``ValueError``, the
-    rules of :func:`check_entry_path`: a backslash, a control character, more than 255 bytes). Any failure aborts
-    the channel.
+    symlinks are skipped. A file listed that is another file when it is opened (swapped for a FIFO, say) fails
+    the send with :class:`FileChangedError`, before any of it is read, as one that changes while it is read
+    does. A directory it cannot list or an entry it cannot look at fails the send before anything is sent
+    (``OSError`` naming the path), and so does a name no receiver stores (``ValueError``, the rules of
+    :func:`check_entry_path`: a backslash, a control character, more than 255 bytes). Any failure aborts the
+    channel.
 
     Example:
         >>> import asyncio, tempfile
@@ -359,7 +362,8 @@ async def send_files(
 
     Each item is a path (sent under its basename) or ``(name_in_stream, path)``; names may contain ``/``. Names
     are checked before anything is sent (``ValueError`` naming the name): each as :func:`check_entry_path` checks
-    it, and together as :func:`check_clashes` does (a name twice, ``x`` and ``x/y``).
+    it, and together as :func:`check_clashes` does (a name twice, ``x`` and ``x/y``). Each path must be a regular
+    file, or a symlink to one (``ValueError`` naming a directory, FIFO or device, before anything is sent).
 
     Example:
         >>> import asyncio, tempfile
@@ -383,7 +387,12 @@ async def send_files(
         for spec in files:
             name, path = (spec[0], Path(spec[1])) if isinstance(spec, tuple) else (Path(spec).name, Path(spec))
             check_entry_path(name)
-            entries.append((name, path, await asyncio.to_thread(os.stat, path)))
+            info = await asyncio.to_thread(os.stat, path)
+            if not stat.S_ISREG(info.st_mode):
+                # a tree entry is held to its size, which only a regular file has; and a FIFO waited for its writer
+                raise ValueError(f"send_files: {os.fspath(path)} is {_file_kind(info.st_mode)}, not a regular file: "
+                                 "only regular files can be sent in a tree")
+            entries.append((name, path, info))
         check_clashes([name for name, _, _ in entries])
     except BaseException as exc:
         await _abort_writer(writer, f"send_files could not start: {exc!r}")
