@@ -154,7 +154,9 @@ return 1
 # KEYS: jobs, ready, active, delayed, this engine's put-off hash · ARGV: lane prefix, now, lease, 1 to read that hash
 # (else 0), 1 to empty it first (else 0), count of skipped functions, the skipped functions (JSON strings), then
 # pairs of a function (JSON string) and its new look (0: no longer put off) for the hash
-# Answers {more (0/1), the job taken or '', then per lane put off: the lane, its function (JSON string), its look}.
+# Answers {more (0/1), the job taken or '', the first due time in delayed once ready is empty ('': not looked at, -1:
+# nothing delayed; the caller's idle wait needs no second round trip), then per lane put off: the lane, its function
+# (JSON string), its look}.
 _CLAIM = """
 local now = tonumber(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
@@ -174,7 +176,7 @@ end
 if put_off then redis.call('PEXPIRE', KEYS[5], PUT_OFF_KEPT_MS) end
 local looks, scanned = 0, 0
 if skip_count > 0 or put_off then looks = math.min(redis.call('LLEN', KEYS[2]), SKIP_LOOK) end
-local out = {0, ''}
+local out = {0, '', ''}
 local function function_of(job)
   local _, key_end = string.find(job, '"function_id":', 1, true)
   if not key_end or string.sub(job, key_end + 1, key_end + 1) ~= '"' then return nil end
@@ -187,12 +189,16 @@ local function function_of(job)
   end
 end
 local function stop()
-  if #out > 2 and redis.call('LLEN', KEYS[2]) > 0 then out[1] = 1 end
+  if #out > 3 and redis.call('LLEN', KEYS[2]) > 0 then out[1] = 1 end
   return out
 end
 while true do
   local lane = redis.call('LPOP', KEYS[2])
-  if not lane then return out end
+  if not lane then
+    local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+    out[3] = first[2] or -1
+    return out
+  end
   if not (redis.call('ZSCORE', KEYS[3], lane) or redis.call('ZSCORE', KEYS[4], lane)) then
     local lane_key = ARGV[1] .. lane
     local id = redis.call('LINDEX', lane_key, 0)
@@ -650,15 +656,18 @@ class RedisQueueStore:
         for function_id, look_ms in changes.items():
             args += (dumps(function_id), look_ms + shift if look_ms else 0)  # (0: no longer put off)
         try:
-            more, raw, *lanes = await self._claim(keys=[k.jobs, k.ready, k.active, k.delayed, k.put_off + self._id],
-                                                  args=args)
+            keys = [k.jobs, k.ready, k.active, k.delayed, k.put_off + self._id]
+            more, raw, due, *lanes = await self._claim(keys=keys, args=args)
         except BaseException:
             if isinstance(put_off, PutOff):
                 put_off.give_back(changes)  # perhaps applied, perhaps not: applied twice is the same
             raise
         put = tuple((_text(lanes[at]), loads(lanes[at + 1]), int(lanes[at + 2]) - shift)
                     for at in range(0, len(lanes) - 2, 3))
-        return Claim(Job.from_json(raw) if raw else None, put, bool(int(more)))
+        due_text = _text(due)
+        due_known = due_text != ""
+        due_ms = int(float(due_text)) - shift if due_known and due_text != "-1" else None
+        return Claim(Job.from_json(raw) if raw else None, put, bool(int(more)), due_ms, due_known)
 
     async def ack(self, queue: str, job: Job) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""

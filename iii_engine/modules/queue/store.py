@@ -285,7 +285,9 @@ many jobs of missing functions costs a bounded look, and the next call goes on."
 class Claim:
     """What one :meth:`QueueStore.claim_next` did: the job it took (``None``: none), the lanes it put off instead of
     taking, as ``(lane, function id, look ms)``, and ``more``: it stopped at its bound having put lanes off, and other
-    lanes may be ready (call again now rather than at the next poll).
+    lanes may be ready (call again now rather than at the next poll). ``due_known``: the claim found nothing ready
+    and read the queue's first delayed due time, ``next_due_ms`` (``None``: nothing delayed), as
+    :meth:`QueueStore.next_due_ms` answers it, so an idle consumer needs no second call to the store.
 
     Example:
         >>> Claim(None).more
@@ -295,6 +297,8 @@ class Claim:
     job: Job | None
     put_off: tuple[tuple[str, str, int], ...] = ()
     more: bool = False
+    next_due_ms: int | None = None
+    due_known: bool = False
 
 
 class PutOff(Mapping[str, int]):
@@ -696,7 +700,7 @@ class MemoryQueueStore:
                     continue
                 q.active[lane] = now_ms + lease_ms
                 return Claim(q.jobs[jobs[0]].job(jobs[0]), tuple(put))
-        return Claim(None, tuple(put))
+        return Claim(None, tuple(put), next_due_ms=q.delayed[0][0] if q.delayed else None, due_known=True)
 
     async def ack(self, queue: str, job: Job) -> None:
         """See :class:`QueueStore`."""

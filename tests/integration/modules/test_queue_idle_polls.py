@@ -9,16 +9,19 @@ refused (max_topics) until a restart.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from module_worker import ModuleWorker
+from redis.asyncio import Redis
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.queue.consumer import QueueConsumer
 from iii_engine.modules.queue.module import QueueModule
+from iii_engine.modules.queue.redis_store import RedisQueueStore
 from iii_engine.modules.queue.settings import QueueSettings
 from iii_engine.modules.queue.store import Claim, Job, MemoryQueueStore, now_ms
 from tests.polling import until
@@ -161,3 +164,43 @@ async def test_the_modules_idle_queues_and_topics_in_memory_are_not_polled(monke
         assert len(claims) - before <= 2  # was about 60 for the named queue and 6 for each topic
         assert await worker.result("enqueue", {"topic": "subscribed", "data": "second"}) is None
         assert await asyncio.wait_for(got.get(), 5) == "second"
+
+
+async def test_an_idle_poll_is_one_call_to_the_store() -> None:
+    """A claim that finds nothing ready says when the next delayed job is due: an idle poll of a shared store (Redis)
+    is one round trip, not two (1,000 idle topics on Redis: 1,561 commands a second with two)."""
+    reads: list[str] = []
+
+    class Store(CountingStore):
+        async def next_due_ms(self, queue: str) -> int | None:
+            reads.append(queue)
+            return await super().next_due_ms(queue)
+
+    store, ran = Store(), asyncio.Queue[Any]()
+    async with _consumer(store, QueueSettings(poll_interval_ms=10, idle_poll_max_ms=20), ran, shared=True):
+        await until(lambda: store.claims >= 10)
+    assert reads == []
+
+
+async def test_a_redis_claim_finding_nothing_ready_tells_the_next_due_time() -> None:
+    prefix = f"test-qidle-{uuid.uuid4()}:"
+    store = RedisQueueStore("redis://127.0.0.1:6379/0", key_prefix=prefix)
+    try:
+        empty = await store.claim_next("q", now_ms=now_ms(), lease_ms=60_000)
+        assert (empty.job, empty.due_known, empty.next_due_ms) == (None, True, None)
+        await store.push("q", Job.new("q", "fn", 1))
+        claimed = await store.claim("q", now_ms=now_ms(), lease_ms=60_000)
+        assert claimed is not None
+        due = now_ms() + 5000
+        await store.retry("q", claimed, due_ms=due)
+        later = await store.claim_next("q", now_ms=now_ms(), lease_ms=60_000)
+        assert later.job is None and later.due_known and later.next_due_ms is not None
+        assert abs(later.next_due_ms - due) < 100
+        assert abs(later.next_due_ms - (await store.next_due_ms("q") or 0)) < 100
+    finally:
+        client = Redis.from_url("redis://127.0.0.1:6379/0")
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        await store.close()
