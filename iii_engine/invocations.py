@@ -676,6 +676,8 @@ class Invocations:
             pending = self.pending.get(invocation_id)
             if pending is None:
                 continue  # a built-in call it made: its task drops the result
+            if worker is not pending.callee and worker is not pending.holder and worker is not pending.caller:
+                continue  # another worker's call under the id of a built-in call of this one's: not this one's to end
             why = self._callee_lost(pending)
             if pending.caller is worker or pending.holder is worker:
                 pending.caller = None  # nobody left to answer: the callee's late result finds no caller
@@ -704,7 +706,9 @@ class Invocations:
                 # ones only from the warning)
                 unreached = self.fired.unreached(charge, entry.id)
                 result, error = None, error_body(FIRE_LIMIT, unreached or "")
-            if invocation_id not in self.pending:  # (never a routed call's id: its place is the routed call's)
+            routed = self.pending.get(invocation_id)
+            if routed is None or (routed.holder is not caller and routed.callee is not caller):
+                # (kept only for a routed call of this worker's under the same id: its place is that call's)
                 caller.in_flight.discard(invocation_id)
             if type(result) is EncodedResult:
                 text = caller.session.result(invocation_id, entry.id, None, error, result_json=result.json)

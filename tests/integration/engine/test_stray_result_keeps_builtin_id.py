@@ -42,3 +42,28 @@ async def test_calls_under_a_reused_builtin_id_end_with_their_callers_disconnect
         assert {k: v for k, v in counters_left(engine).items() if k.startswith(sink.worker_id)} == {}
     finally:
         await sink.close()
+
+
+async def test_a_workers_disconnect_never_ends_another_workers_call_under_the_same_id(engine: Engine) -> None:
+    """Worker B's call to C and worker A's built-in call under one id (a client choosing ids): A's disconnect ends
+    nothing of B's (a first version of the mend above left the id in A's calls and ended B's call)."""
+    a, b, c = [await RawWorker.connect(engine.url) for _ in range(3)]
+    try:
+        await c.register("shared::work")
+        await c.sync()
+        x = str(uuid.uuid4())
+        await b.send({"type": "invokefunction", "invocation_id": x, "function_id": "shared::work", "data": {}})
+        await c.expect("invokefunction", invocation_id=x)
+        await a.send({"type": "invokefunction", "invocation_id": x, "function_id": "engine::functions::list",
+                      "data": {}})
+        await a.expect("invocationresult", invocation_id=x)
+        assert x not in engine.workers[a.worker_id].in_flight
+        await disconnect(engine, a)
+        assert x in engine.invocations.pending  # B's call goes on
+        await c.send({"type": "invocationresult", "invocation_id": x, "function_id": "shared::work",
+                      "result": {"ok": 1}})
+        answer = await b.expect("invocationresult", invocation_id=x)
+        assert answer.get("result") == {"ok": 1} and "error" not in answer
+    finally:
+        await b.close()
+        await c.close()
