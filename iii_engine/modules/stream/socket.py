@@ -93,6 +93,9 @@ _SLOW_CLIENT = 1013
 # is reset once it took nothing for between 1 and 1 + 1/_LOOKS times that limit
 _LOOKS = 4
 _STALL_FACTOR = 6
+#: A client whose write began (or that last took bytes, as the writer last looked) this recently is never taken
+#: for stalled when max_queued_bytes is passed (see _QueuedBytes.shed)
+_SHED_GRACE_S = 1.0
 """A writer that made no progress for this many ``slow_close_timeout_ms`` (60 s by default) is reset: a client
 that reads slowly with a full receive window is acknowledged only at the sender's zero-window probes, whose backoff
 doubles (~7 s apart after a few), so at 10-15 KiB/s it showed no progress for over 10 s while reading every byte."""
@@ -187,6 +190,8 @@ class _QueuedBytes:
         self.clients: set[_Client] = set() if clients is None else clients
         # no client to close was found at this total (see shed)
         self._quiet_until = 0
+        # a look again once clients that may have stalled are past their grace (see shed)
+        self._recheck: asyncio.TimerHandle | None = None
         # the latest sync frame of each subscription that still waits for some client (see same_sync), and back
         self._syncs: dict[Subscription, bytes] = {}
         self._sync_of: dict[int, Subscription] = {}
@@ -211,6 +216,11 @@ class _QueuedBytes:
             self._syncs[sub] = sync
             self._sync_of[key] = sub
 
+    def _look_again(self) -> None:
+        self._recheck = None
+        self._quiet_until = 0
+        self.shed()
+
     def add(self, frame: bytes) -> None:
         key = id(frame)
         count = self._waiting.get(key, 0)
@@ -232,22 +242,49 @@ class _QueuedBytes:
                 self._quiet_until = 0
 
     def shed(self) -> None:
-        """While more than :attr:`limit` bytes wait, close (1013) the client furthest behind (the most bytes
-        waiting behind its next frame) and let go of its frames.
+        """While more than :attr:`limit` bytes wait, close (1013) a client and let go of its frames: the one with
+        the most bytes waiting among those that took nothing since the writer last looked (stalled: its next frame
+        counts too), else the one furthest behind (the most bytes waiting behind its next frame).
 
-        A client's next frame never counts (its own size closes no client: a reader may get a sync bigger than the
-        limit), so the bytes may stay over the limit with nobody to close: the clients are looked through again
-        only once ``limit / 16`` more bytes wait, not at every frame."""
+        Why stalled ones first, next frame counted: silent clients each holding one next frame kept the bytes over
+        the limit uncounted, and an honest reader in the middle of a burst, the only one with frames behind its
+        next, was closed instead, freeing almost nothing. A client that reads keeps the old rule (its own next
+        frame never closes it: a reader may get a sync bigger than the limit), so the bytes may stay over the
+        limit with nobody to close: the clients are looked through again only once ``limit / 16`` more bytes
+        wait, not at every frame."""
         while self.total > self.limit and self.total > self._quiet_until:
-            behind = max(self.clients, key=_Client.behind_bytes, default=None)
-            if behind is None or behind.behind_bytes() <= 0:
-                self._quiet_until = self.total + self.limit // 16
-                return
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            stalled: list[_Client] = []
+            maybe: list[float] = []
+            for client in self.clients:
+                if client.waiting_bytes() > 0:
+                    look = client.stall_look(now)
+                    if look == "stalled":
+                        stalled.append(client)
+                    elif look == "maybe":
+                        maybe.append(client.grace_ends())
+            victim: _Client | None
+            if stalled:
+                victim = max(stalled, key=_Client.waiting_bytes)
+                size = victim.waiting_bytes()
+            else:
+                if maybe:  # (no reader closed for them: a look again once they can be told stalled)
+                    self._quiet_until = self.total + self.limit // 16
+                    if self._recheck is None:
+                        self._recheck = loop.call_at(min(maybe), self._look_again)
+                    return
+                victim = max(self.clients, key=_Client.behind_bytes, default=None)
+                if victim is None or victim.behind_bytes() <= 0:
+                    self._quiet_until = self.total + self.limit // 16
+                    return
+                size = victim.behind_bytes()
             log.warning("stream clients' queued frames passed max_queued_bytes (%d bytes waiting, limit %d); "
-                        "closing the client furthest behind, %s (%d bytes), with 1013", self.total, self.limit,
-                        behind.ws.remote_address, behind.behind_bytes())
-            behind.fall_behind(_TOO_MANY_BYTES)
-            behind.let_go()  # none of them is sent now (the writer's next send meets the close)
+                        "closing the client %s, %s (%d bytes waiting), with 1013", self.total, self.limit,
+                        "that stalled with the most" if stalled else "furthest behind", victim.ws.remote_address,
+                        size)
+            victim.fall_behind(_TOO_MANY_BYTES)
+            victim.let_go()  # none of them is sent now (the writer's next send meets the close)
 
 
 class _Client:
@@ -288,6 +325,8 @@ class _Client:
         self.writing = False
         self._seen = (0, 0)
         self._moved_at = 0.0
+        # (writes, unsent) at max_queued_bytes's first look that found them so, and when (see stall_look)
+        self._stall_seen: tuple[tuple[int, int], float] | None = None
         self._looking: asyncio.TimerHandle | None = None
 
     def watch_gone(self) -> bool:
@@ -365,6 +404,29 @@ class _Client:
     def groups(self) -> list[_GroupKey]:
         """The groups it has a subscription in."""
         return list(self._index)
+
+    def stall_look(self, now: float) -> str:
+        """``"stalled"``: its writer is writing and the client took no byte since a look at least
+        :data:`_SHED_GRACE_S` ago; ``"maybe"``: not since a look less than that ago (or this is the first look), so
+        it is ``"stalled"`` at :meth:`grace_ends` unless it takes bytes; ``"moving"``: it took bytes since the last
+        look, or its writer waits for frames, not for it."""
+        if not self.writing:
+            self._stall_seen = None
+            return "moving"
+        seen = (self.writes, _unsent(self.ws))
+        if self._stall_seen is None or self._stall_seen[0] != seen:
+            moved = self._stall_seen is not None
+            self._stall_seen = (seen, now)
+            return "moving" if moved else "maybe"
+        return "stalled" if now - self._stall_seen[1] >= _SHED_GRACE_S else "maybe"
+
+    def grace_ends(self) -> float:
+        """Loop time at which a ``"maybe"`` of :meth:`stall_look` becomes ``"stalled"``."""
+        return (self._stall_seen[1] if self._stall_seen is not None else 0.0) + _SHED_GRACE_S
+
+    def waiting_bytes(self) -> int:
+        """Bytes of frames waiting for it, the next one to write included (not the one being written)."""
+        return self.queued_bytes + self.held_bytes
 
     def behind_bytes(self) -> int:
         """Bytes of frames waiting for it behind the next one to write (queued or held; neither the frame being

@@ -123,8 +123,8 @@ async def test_silent_clients_past_the_bound_are_closed_and_a_reader_keeps_its_e
             most = max(most, _held(server))
         # each silent client's next frame is not counted (nor the one being written): the bound plus one each
         assert most <= BOUND + SILENT * 1100 * KiB, most  # before: every sync queued, ~28 MiB
-        closed = [c for c in clients if c.overflowed]
-        assert closed, "nobody closed past max_queued_bytes"
+        # (a client whose writer took nothing yet is given max_queued_bytes's grace, a second, before it is closed)
+        await until(lambda: any(c.overflowed for c in clients), within=10)
         reader_client = next(c for c in clients if "r" in c.subscriptions)
         assert not reader_client.overflowed
         await worker.result("stream::set", {"stream_name": "big", "group_id": "g", "item_id": "last",

@@ -115,3 +115,27 @@ async def test_a_repeated_sync_still_waiting_is_the_same_bytes() -> None:
     second.drop()
     assert pool.total == 0
     assert pool.same_sync(sub, _sync_frame("s", "g", items)) is not sync  # let go: not kept for later joins
+
+
+async def test_stalled_clients_are_closed_before_a_reader_in_a_burst(monkeypatch: Any) -> None:
+    """Silent clients whose writers wait on them, each holding only its next frame, kept the bytes over the limit
+    uncounted, and the one client with frames behind its next, an honest reader in a burst, was closed instead,
+    freeing almost nothing. Clients that took nothing for the grace go first now, their next frame counted."""
+    from polling import until
+
+    monkeypatch.setattr(stream_socket, "_SHED_GRACE_S", 0.05)
+    pool = _QueuedBytes(100 * KiB)
+    silent = _clients(pool, 4)
+    reader, = _clients(pool, 1)
+    for client in [*silent, reader]:
+        client.writing = True  # each writer waits on its socket, a frame being written
+    for n, client in enumerate(silent):
+        client.offer(bytes([n]) * 50 * KiB)  # its next frame: 200 KiB over 4 clients, none behind it
+    for n in range(3):
+        reader.offer(bytes([100 + n]) * 16 * KiB)
+        reader.writes += 1  # (it reads: its writer moves on between the frames)
+    assert not reader.overflowed  # no reader closed while the others may yet read
+    await until(lambda: pool.total <= pool.limit, within=5)
+    assert not reader.overflowed
+    assert sum(client.overflowed for client in silent) == 3  # until the bytes are back under the limit
+    await _settled([*silent, reader])
