@@ -87,6 +87,7 @@ class KeyedBatcher(Generic[K, R, T]):
         self._max_pending = max_pending
         self._pending: dict[K, deque[tuple[R, asyncio.Future[T]]]] = {}
         self._runners: set[asyncio.Task[None]] = set()
+        self._arrivals: dict[K, asyncio.Future[None]] = {}  # (:meth:`arrival`)
         self._closed = False
 
     def __len__(self) -> int:
@@ -121,6 +122,60 @@ class KeyedBatcher(Generic[K, R, T]):
         """
         return not self._pending
 
+    def take(self, key: K, pick: Callable[[R], bool], *, limit: int = 1024) -> list[tuple[R, asyncio.Future[T]]]:
+        """Remove and return, in order, the waiting requests of ``key`` that ``pick`` chooses, among its first
+        ``limit`` (their callers still waiting): a running batch may answer them itself, as when a lost race lets
+        the writes of other items go first. ``pick`` sees each in queue order (it may keep state).
+
+        Example:
+            >>> import asyncio
+            >>> async def demo():
+            ...     async def run(key, requests):
+            ...         return list(requests)
+            ...     batcher = KeyedBatcher(run, name="b")
+            ...     calls = [asyncio.ensure_future(batcher.submit("k", n)) for n in range(4)]
+            ...     await asyncio.sleep(0)  # all four queued, their runner not started yet
+            ...     taken = batcher.take("k", lambda n: n % 2 == 1)
+            ...     for _, future in taken:
+            ...         future.set_result(-1)  # answered by whoever took them
+            ...     return [n for n, _ in taken], await asyncio.gather(*calls)
+            >>> asyncio.run(demo())
+            ([1, 3], [0, -1, 2, -1])
+        """
+        queue = self._pending.get(key)
+        if not queue:
+            return []
+        taken: list[tuple[R, asyncio.Future[T]]] = []
+        kept: list[tuple[R, asyncio.Future[T]]] = []
+        for index, (request, future) in enumerate(queue):
+            if index >= limit:
+                kept.append((request, future))
+            elif not future.done():  # a caller that gave up is skipped, as a batch skips it
+                (taken if pick(request) else kept).append((request, future))
+        if taken:
+            queue.clear()
+            queue.extend(kept)
+        return taken
+
+    def arrival(self, key: K) -> asyncio.Future[None]:
+        """A future done when the next request is queued under ``key`` (a batch waiting out a backoff wakes to let
+        it pass, see :meth:`take`).
+
+        Example:
+            >>> import asyncio
+            >>> async def demo():
+            ...     batcher = KeyedBatcher(lambda key, requests: asyncio.sleep(0, list(requests)), name="b")
+            ...     arrived = batcher.arrival("k")
+            ...     await batcher.submit("k", 1)
+            ...     return arrived.done()
+            >>> asyncio.run(demo())
+            True
+        """
+        waiter = self._arrivals.get(key)
+        if waiter is None or waiter.done():
+            waiter = self._arrivals[key] = asyncio.get_running_loop().create_future()
+        return waiter
+
     async def submit(self, key: K, request: R) -> T:
         """Queue ``request`` under ``key`` and wait for its own result.
 
@@ -151,10 +206,15 @@ class KeyedBatcher(Generic[K, R, T]):
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
         elif bounded and len(queue) >= self._max_pending:
-            raise StreamBackendError(
-                f"{self._name}: {len(queue)} writes already wait in this queue (max_pending); try again later"
-            )
+            error = StreamBackendError(f"{self._name}: {len(queue)} requests already wait in this queue "
+                                       "(max_pending); this one was not queued and not applied; try again later")
+            error.applied = False  # refused before anything was queued or sent
+            raise error
         queue.append((request, future))
+        if self._arrivals:
+            waiter = self._arrivals.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _requeue(self, key: K, request: R, future: asyncio.Future[T]) -> None:
         """Hand a taken request on to ``key``'s queue (:class:`Requeue`). It was accepted already: neither
