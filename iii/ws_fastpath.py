@@ -1836,22 +1836,6 @@ def receiver(ws: Connection) -> Callable[[], Any]:
     return lambda: receive(ws)
 
 
-def reads_on_its_own(ws: Connection) -> bool:
-    """Whether ``ws``'s own flow control has it reading now: the fast receive path pauses it while its unread
-    messages pass its receive buffer or a Close waits behind a refused message, websockets while its frame queue is
-    full; each resumes it itself later, so a holder that paused it too resumes it only when this is true. Read from
-    the connection's state here, the one module that knows websockets' internals (``recv_messages.paused``: a
-    websockets without it reads as not paused).
-
-    Example:
-        >>> reads_on_its_own(object())  # type: ignore[arg-type]
-        True
-    """
-    if getattr(ws, "_paused", False) or getattr(ws, "_deferred", None) is not None:
-        return False
-    return not getattr(getattr(ws, "recv_messages", None), "paused", False)
-
-
 def guard_close(ws: Connection, guard: Callable[[deque[tuple[bool, bytes]]], bool]) -> None:
     """Let a peer's Close that arrives behind unread messages wait while ``guard(unread)`` says one of them will be
     refused (see :meth:`_FastReceive._feed`); no-op without the fast receive path."""

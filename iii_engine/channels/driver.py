@@ -23,7 +23,6 @@ from iii.waiters import Signal
 from iii.ws_fastpath import (
     bound_frame_queue,
     frame_queue_high,
-    reads_on_its_own,
     take_on_arrival,
     take_ready,
     wait_ready,
@@ -94,16 +93,6 @@ class LiveChannel:
         """Wake both loops (after a state change they must look at)."""
         self.data.set()
         self.space.set()
-        if self.socket_held:
-            self.read_writer_again()
-
-    def read_writer_again(self) -> None:
-        """Read the held writer socket again once the writer has room or must be stopped (its Close answer must be
-        read): the writer loop may be waiting on the socket, not on :attr:`space`, when a bound held it."""
-        end = self.writer_end
-        machine = self.machine
-        if self.socket_held and end is not None and (machine.stopped or machine.room() > 0):
-            _hold_socket(self, end, False)
 
     def end(self, side: Side) -> ChannelEnd | None:
         """The attached end of ``side``, if any."""
@@ -147,8 +136,6 @@ class LiveChannel:
         every free slot would cost a task switch per message while the reader is the slower side)."""
         if self.space.waiting and self.machine.half_empty:
             self.space.set()
-        if self.socket_held:  # past a held-bytes bound, a reader that reads still gets one message at a time
-            self.read_writer_again()
 
     def cancel_deadline(self) -> None:
         """Stop the attach deadline timer."""
@@ -174,23 +161,12 @@ def _size_frame_queue(ws: Connection, message_size: int, current: int) -> int:
 
 
 def _hold_socket(ch: LiveChannel, end: ChannelEnd, held: bool) -> None:
-    """Stop reading the writer socket while a held-bytes bound keeps its writer waiting, and read it again once the
-    writer has room.
-
-    Why the transport's reads stop, not only the socket's receive buffer: a buffer lowered to
-    :data:`HELD_BACK_SOCKET_BYTES` stops reading only once a message past it has come whole, so every waiting
-    writer socket held its next message (~1 MiB with the SDK's 960 KiB frames) besides the bound, uncounted: one
-    worker's 200 writers with no reader took the engine +279 MiB, 600 +685 MiB, with a 64 MiB share. The lowered
-    buffer stays for the reads the socket's own flow control lets through (a handover to websockets)."""
+    """Lower the writer socket's receive buffer while a held-bytes bound keeps its writer waiting (each waiting
+    writer held its socket's 4 MiB besides the bound), and raise it again once the writer has room."""
     if ch.socket_held is held or not isinstance(end, WebSocketEnd):
         return
     ch.socket_held = held
     end.set_receive_buffer(HELD_BACK_SOCKET_BYTES if held else SOCKET_QUEUE_BYTES)
-    transport = end.ws.transport
-    if held:
-        transport.pause_reading()
-    elif reads_on_its_own(end.ws):
-        transport.resume_reading()
 
 
 async def perform(end: ChannelEnd, action: Action) -> None:
@@ -257,7 +233,6 @@ class Driver:
         if refusal is None and side is Side.READER:
             # A writer waiting because held-bytes bounds are reached may go on now, one message at a time (room()).
             ch.space.set()
-            ch.read_writer_again()
         if refusal is None and ch.machine.both_attached:
             ch.cancel_deadline()
         return refusal
@@ -313,55 +288,12 @@ class Driver:
     async def _pump_writer(self, ch: LiveChannel, end: ChannelEnd) -> None:
         if isinstance(end, WebSocketEnd):
             end.guard_close(ch.machine.would_refuse)
-            bounds = ch.machine.held
-
-            def hold() -> None:
-                self._hold_for_bound(ch, end)
-
-            for bound in bounds:
-                bound.holds.add(hold)
-            hold()  # a writer attaching while a bound is reached is not read from its first message on
-            try:
-                await self._pump_socket_writer(ch, end)
-            finally:
-                for bound in bounds:
-                    bound.holds.discard(hold)
-            return
-        await self._pump_slow_writer(ch, end)
-
-    def _hold_for_bound(self, ch: LiveChannel, end: WebSocketEnd) -> None:
-        """A held-bytes bound of ``ch`` is reached (it just was, or the writer attaches while it is): stop reading
-        the writer socket now, unless :meth:`~.machine.ChannelMachine.room` still lets a message through (its
-        reader is attached and its queue empty); read it again once the bound has room. Why now and not when the
-        writer loop next looks: by then each socket had read its next message whole (~1 MiB each, uncounted)."""
-        machine = ch.machine
-        if ch.socket_held or ch.writer_end is not end or machine.stopped or not machine.held_back:
-            return
-        if machine.room() > 0:
-            return
-        _hold_socket(ch, end, True)
-        machine.wait_for_room(lambda: self._release_held(ch, end))
-        if ch.full_waiters and machine.full:  # the writer is not read any more (ChannelRelay.wait_full)
-            ch.notify_full()
-
-    def _release_held(self, ch: LiveChannel, end: WebSocketEnd) -> None:
-        """A bound ``ch``'s writer socket was held for is back under 7/8: read the socket again (the writer loop
-        holds it again if the queue has no room), or wait on for a bound still reached."""
-        machine = ch.machine
-        if not ch.socket_held or ch.writer_end is not end:
-            return
-        if machine.held_back and machine.room() <= 0 and not machine.stopped:
-            machine.wait_for_room(lambda: self._release_held(ch, end))
-            return
-        _hold_socket(ch, end, False)
-
-    async def _pump_socket_writer(self, ch: LiveChannel, end: WebSocketEnd) -> None:
-        if take_on_arrival(end.ws, lambda unread: self.take_arrived(ch, end, unread)):
-            try:
-                await self._pump_fast_writer(ch, end)
-            finally:
-                take_on_arrival(end.ws, None)
-            return
+            if take_on_arrival(end.ws, lambda unread: self.take_arrived(ch, end, unread)):
+                try:
+                    await self._pump_fast_writer(ch, end)
+                finally:
+                    take_on_arrival(end.ws, None)
+                return
         await self._pump_slow_writer(ch, end)
 
     def take_arrived(self, ch: LiveChannel, end: WebSocketEnd, unread: Iterable[Message]) -> bool:

@@ -49,9 +49,8 @@ ORPHAN_GRACE_S: Final = 30.0
 SOCKET_QUEUE_BYTES: Final = 4 * 1024 * 1024
 """Bytes a writer socket may hold in received-but-unread messages before the relay stops reading it."""
 HELD_BACK_SOCKET_BYTES: Final = 256 * 1024
-"""The receive buffer of a writer socket while a held-bytes bound keeps its writer waiting (instead of
-:data:`SOCKET_QUEUE_BYTES`): 40 such writers held 174 MiB in their sockets besides the bound's 64 MiB. The socket is
-not read at all meanwhile (``driver._hold_socket``); this bounds only what its own flow control still lets in."""
+"""Bytes a writer socket may hold unread while a held-bytes bound keeps its writer waiting (instead of
+:data:`SOCKET_QUEUE_BYTES`): 40 such writers held 174 MiB in their sockets besides the bound's 64 MiB."""
 DEFAULT_SOCKET_QUEUE: Final = 16
 CHANNEL_SOCKET_QUEUE: Final = (1, 0)
 """(high, low) of websockets' own frame queue on a freshly accepted channel socket, before its first message

@@ -89,7 +89,7 @@ class HeldBytes:
         ([1], 700, 900)
     """
 
-    __slots__ = ("armed", "held", "holds", "limit", "peak", "resume", "waiting")
+    __slots__ = ("held", "limit", "peak", "resume", "waiting")
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -99,12 +99,6 @@ class HeldBytes:
         self.held = 0
         self.peak = 0  # the most it ever held: lets tests prove the bound without timing
         self.waiting: set[Callable[[], None]] = set()
-        # Called when the bound becomes reached (:meth:`crossed`): the relay stops reading every writer socket of
-        # these channels then, before each reads its next message whole (see driver._hold_socket). Once per reach:
-        # armed again only back under ``resume``, so a transfer moving one message at a time past the bound does not
-        # call every writer's callback per message.
-        self.holds: set[Callable[[], None]] = set()
-        self.armed = True
 
     @property
     def reached(self) -> bool:
@@ -117,30 +111,10 @@ class HeldBytes:
         held = self.held = self.held + size
         if held > self.peak:
             self.peak = held
-        if held >= self.limit and self.armed and self.holds:
-            self.crossed()
-
-    def crossed(self) -> None:
-        """The bound was just reached: call every :attr:`holds` callback (not again until back under ``resume``).
-
-        Example:
-            >>> held = HeldBytes(100)
-            >>> calls = []
-            >>> held.holds.add(lambda: calls.append(held.held))
-            >>> held.take(60); held.take(60); held.take(10); held.give(30); held.take(30); calls
-            [120]
-            >>> held.give(60); held.take(60); calls
-            [120, 130]
-        """
-        self.armed = False
-        for hold in list(self.holds):
-            hold()
 
     def give(self, size: int) -> None:
         """``size`` bytes left a queue (taken by a reader, or dropped)."""
         held = self.held = self.held - size
-        if held <= self.resume:
-            self.armed = True
         if self.waiting and held <= self.resume:
             waiting, self.waiting = self.waiting, set()
             for wake in waiting:
@@ -343,8 +317,6 @@ class ChannelMachine:
             held = bound.held = bound.held + size
             if held > bound.peak:
                 bound.peak = held
-            if held >= bound.limit and bound.armed and bound.holds:
-                bound.crossed()
         if self.queued_bytes > self.peak_bytes:
             self.peak_bytes = self.queued_bytes
         if len(items) > self.peak_items:
@@ -437,7 +409,7 @@ class ChannelMachine:
             self.queued_bytes -= size
             for bound in self.held:  # HeldBytes.give, inline but for the wake-up: this runs for every message
                 held = bound.held = bound.held - size
-                if held <= bound.resume and (bound.waiting or not bound.armed):
+                if bound.waiting and held <= bound.resume:
                     bound.give(0)
             return message
         if self.eof or self.failure is not None:
