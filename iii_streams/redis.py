@@ -1144,6 +1144,58 @@ class _Write(WriteProgress):
         self.sent = False
 
 
+class _Publish(WriteProgress):
+    """One caller's ``publish`` waiting in the store's queue: withdrawn while not sent, as an :class:`_Update`."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.abandoned = False
+        self.sent = False
+
+
+# An event of more UTF-8 bytes than this is published alone: Redis's proto-max-bulk-len (512 MB by default, 1 MB
+# at least) refuses a longer one by closing the connection, and so every command pipelined with it.
+_LONE_PUBLISH_BYTES: Final = 1024 * 1024
+
+
+def _publish_chunks(publishes: Sequence[_Publish]) -> builtins.list[builtins.list[int]]:
+    """``publishes`` (their indices) in pipelines, in order: about ``_MAX_SCRIPT_BYTES`` each at most, and an
+    event over ``_LONE_PUBLISH_BYTES`` in one of its own.
+
+    Example:
+        >>> _publish_chunks([_Publish("a"), _Publish("x" * (_LONE_PUBLISH_BYTES + 1)), _Publish("b"), _Publish("c")])
+        [[0], [1], [2, 3]]
+    """
+    chunks: builtins.list[builtins.list[int]] = []
+    chunk: builtins.list[int] = []
+    size = 0
+    for index, publish in enumerate(publishes):
+        length = len(publish.text)
+        if length * 4 > _LONE_PUBLISH_BYTES:  # (a character is 4 UTF-8 bytes at most)
+            length = utf8_size(publish.text)
+        if length > _LONE_PUBLISH_BYTES or (chunk and size + length > _MAX_SCRIPT_BYTES):
+            if chunk:
+                chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(index)
+        size += length
+        if length > _LONE_PUBLISH_BYTES:
+            chunks.append(chunk)
+            chunk, size = [], 0
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def _refused_publish(reply: ResponseError) -> StreamBackendError:
+    """Redis's refusal of a command over its ``proto-max-bulk-len``: nothing was published."""
+    error = StreamBackendError(f"Redis refused the event as too large ({reply}; proto-max-bulk-len): not published")
+    error.applied = False
+    return error
+
+
 class RedisStream(FieldUpdates):
     """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
 
@@ -1224,7 +1276,7 @@ class RedisStream(FieldUpdates):
         self._passing: dict[str, Callable[[], Awaitable[None]]] = {}
         self._inline: dict[str, asyncio.Future[None]] = {}  # hashes whose lone write runs in its caller's task
         # publish() goes out through one queue, so events published in order reach Redis in order
-        self._publishes: KeyedBatcher[None, str, None] = KeyedBatcher(
+        self._publishes: KeyedBatcher[None, _Publish, None] = KeyedBatcher(
             self._publish_batch, name="RedisStream publishes", max_batch=_MAX_BATCH)
         self._reads: ReadCoalescer[tuple[str, str], Any] = ReadCoalescer(
             self._read_values, name="RedisStream reads", max_batch=_MAX_BATCH, size=stored_size)
@@ -1877,33 +1929,76 @@ class RedisStream(FieldUpdates):
             >>> asyncio.run(demo())
             {'type': 'update', 'data': {'n': 1}}
         """
-        text = json_text(event, "the event", room=0)
-        async with self._guard("publish", None):
-            await self._publishes.submit(None, text)
+        publish = _Publish(json_text(event, "the event", room=0))
+        try:
+            async with self._guard("publish", None):
+                await self._publishes.submit(None, publish)
+        except StreamTimeoutError as exc:  # still queued (never sent: withdrawn, applied False) or sent (None)
+            raise publish.timeout_error(exc) from exc
+        except (StreamUnavailableError, StreamClosedError) as exc:
+            raise exc.with_outcome(publish.sent) from exc.__cause__
+        except asyncio.CancelledError:
+            publish.give_up()
+            raise
 
-    async def _publish_batch(self, _key: None, texts: Sequence[str]) -> builtins.list[RedisError | None]:
+    async def _publish_batch(self, _key: None, publishes: Sequence[_Publish]) -> builtins.list[Any]:
         """The publishes waiting, in order, pipelined on one connection: Redis runs one connection's commands in
         the order sent, so events published in order arrive in order (each on a pooled connection of its own, a
         subscriber got them in another order: it ended on ``{'v': 1}`` while the item held ``{'v': 5}``, 4 of 6
-        runs). Each caller gets its own command's error; one batch at a time."""
+        runs). Each caller gets its own command's answer; one batch at a time. A pipeline carries about
+        ``_MAX_SCRIPT_BYTES`` at most, and an event over ``_LONE_PUBLISH_BYTES`` (Redis's least
+        ``proto-max-bulk-len``) goes alone: a server that refuses it closes the connection, which failed the
+        events pipelined with it too, even those already delivered (50 of 101, and their callers' retries
+        duplicated them)."""
         channel = self.channel or EVENTS_CHANNEL
+        results: builtins.list[Any] = [_WITHDRAWN] * len(publishes)
         async with self._store_deadline():  # a hung server must not keep the queue waiting forever
-            return await self._pipelined([("PUBLISH", channel, text) for text in texts])
+            for chunk in _publish_chunks(publishes):
+                live = [index for index in chunk if not publishes[index].abandoned]
+                if not live:
+                    continue
+                for index in live:
+                    publishes[index].sent = True  # no await since the check: a caller giving up cannot withdraw
+                progress = WriteProgress()
+                try:
+                    replies = await self._pipelined(
+                        [("PUBLISH", channel, publishes[index].text) for index in live], progress)
+                except Exception as exc:  # this pipeline's callers learn why; the next pipeline still goes out
+                    if not progress.sent:
+                        for index in live:
+                            publishes[index].sent = False
+                    replies = [exc] * len(live)
+                for index, reply in zip(live, replies, strict=True):
+                    if isinstance(reply, ResponseError) and "invalid bulk length" in str(reply):
+                        reply = _refused_publish(reply)
+                    results[index] = reply
+        return results
 
-    async def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> builtins.list[Any]:
+    async def _pipelined(self, commands: Sequence[tuple[Any, ...]],
+                         progress: WriteProgress | None = None) -> builtins.list[Any]:
         """The replies of ``commands`` sent at once on one pooled connection (an error reply as its exception),
         each sent at most once, as the write scripts are (:meth:`_run_once`: a client's retry would send them
-        all again)."""
+        all again). A connection lost after some replies were read answers those (their commands ran) and the
+        rest with the loss."""
         pool = self._client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await _send(conn, conn.pack_commands(commands), self.timeout is not None)
+            await _send(conn, conn.pack_commands(commands), self.timeout is not None, progress)
             replies: builtins.list[Any] = []
             for _ in commands:
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:  # its reply read whole: the next ones follow
                     replies.append(exc)
+                    if str(exc).startswith("Protocol error"):  # Redis closes the connection after this reply
+                        await conn.disconnect()
+                        replies += [exc] * (len(commands) - len(replies))
+                        break
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    if not replies:
+                        raise
+                    replies += [exc] * (len(commands) - len(replies))
+                    break
             return replies
         finally:
             await pool.release(conn)
