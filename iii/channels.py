@@ -458,10 +458,22 @@ async def _connect(url: str, channel_id: str, receives_data: bool = True,
                 f"channel {channel_id} not found (unknown id, wrong key or wrong direction)", channel_id=channel_id
             ) from exc
         raise ChannelConnectionError(
-            f"engine refused channel {channel_id} with HTTP {status}", channel_id=channel_id
+            f"engine refused channel {channel_id} with HTTP {status}{_refusal_detail(exc)}", channel_id=channel_id
         ) from exc
     except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
         raise ChannelConnectionError(f"cannot connect to channel {channel_id}: {exc}", channel_id=channel_id) from exc
+
+
+def _refusal_detail(exc: InvalidStatus) -> str:
+    """What a refused upgrade's answer says (its body's first line, its ``Retry-After``), for the error: a 503 of
+    the engine's socket bounds names the bound and is temporary, and the error said neither."""
+    response = exc.response
+    body = bytes(response.body or b"").decode("utf-8", "replace").strip().splitlines()
+    detail = f": {body[0][:300]}" if body else ""
+    retry = response.headers.get("Retry-After")
+    if retry is not None:
+        detail += f" (temporary: try again after {retry[:20]} s)"
+    return detail
 
 
 class _SharedConnect:

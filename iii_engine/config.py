@@ -139,7 +139,7 @@ class ChannelSettings(Settings):
     engine-wide bound, as a full one makes every worker's streams written ahead of their reader wait; a channel
     whose reader is attached still moves, one message at a time), ``max_held_bytes_per_worker`` the same for the
     channels one worker created (default 64 MiB). ``max_sockets``: channel sockets attached at once (default
-    ``None``: half the open-file limit), ``max_sockets_per_worker`` those of the channels one worker created
+    ``None``: a quarter of the open-file limit), ``max_sockets_per_worker`` those of the channels one worker created
     (``None``: a quarter of ``max_sockets``); an upgrade past either is answered HTTP 503.
 
     Example:

@@ -34,11 +34,12 @@ message at a time."""
 DEFAULT_MAX_HELD_BYTES_PER_WORKER: Final = 64 * 1024 * 1024
 """The same, for the channels one worker created (a quarter of the engine's: four channels' full queues), so one
 worker's parked streams cannot take every other worker's room (as ``max_call_bytes_per_worker``)."""
-SOCKETS_SHARE_DIVISOR: Final = 2
-"""Channel sockets attached at once engine-wide, by default: this part of the open-file limit (a half: each holds a
-descriptor; the rest stays for workers' control connections, upgrades under way, stores and files). One worker
-attaching both ends of idle channels took all 1,024 of an engine's descriptors before, and then no worker could
-connect (``accept()`` failed with EMFILE)."""
+SOCKETS_SHARE_DIVISOR: Final = 4
+"""Channel sockets attached at once engine-wide, by default: this part of the open-file limit (a quarter: each holds
+a descriptor; the REST API and the stream socket take shares of their own, and the rest stays for workers' control
+connections, upgrades under way, stores and files; a half, with the REST API's half, left none: a worker could not
+connect). One worker attaching both ends of idle channels took all 1,024 of an engine's descriptors before, and then
+no worker could connect (``accept()`` failed with EMFILE)."""
 SOCKETS_PER_WORKER_DIVISOR: Final = 4
 """The channel sockets of the channels one worker created, by default: this part of the engine-wide bound."""
 DEFAULT_ATTACH_TIMEOUT_S: Final = 300.0
@@ -58,7 +59,7 @@ tells the size (only used where the fast receive path is off)."""
 
 
 def default_max_sockets() -> int:
-    """The default ``ChannelRelay.max_sockets``: half the process's open-file limit (10,000 without one).
+    """The default ``ChannelRelay.max_sockets``: a quarter of the process's open-file limit (5,000 without one).
 
     Example:
         >>> default_max_sockets() >= 1

@@ -181,17 +181,18 @@ class SocketSlot:
         0
     """
 
-    __slots__ = ("_creator", "_relay")
+    __slots__ = ("_channel_id", "_creator", "_relay")
 
-    def __init__(self, relay: ChannelRelay, creator: str | None) -> None:
+    def __init__(self, relay: ChannelRelay, creator: str | None, channel_id: str) -> None:
         self._relay: ChannelRelay | None = relay
         self._creator = creator
+        self._channel_id = channel_id
 
     def release(self) -> None:
         """The socket is closed: its place is free."""
         relay, self._relay = self._relay, None
         if relay is not None:
-            relay._socket_gone(self._creator)
+            relay._socket_gone(self._creator, self._channel_id)
 
 
 class ChannelRelay:
@@ -272,6 +273,8 @@ class ChannelRelay:
         #: channel upgrades refused by ``max_sockets`` or ``max_sockets_per_worker``
         self.refused_sockets = 0
         self._sockets_warned = False
+        self._workers_warned: set[str] = set()  # creators refused at their bound, warned of once until under 7/8
+        self._sockets_of: dict[str, int] = {}  # channel id -> its sockets attached
         # Why bytes across channels: each queue is bounded (max_queued_bytes), their number too (max_open), but not
         # their product: one worker's 40 channels of 16 MiB, written and closed with no reader, held 640 MiB for
         # the attach deadline (300 s), and 20,000 of them could hold 320 GB.
@@ -461,31 +464,51 @@ class ChannelRelay:
             return self._refuse_socket(f"too many channel sockets attached to this engine "
                                        f"(ChannelRelay.max_sockets {self.max_sockets}); try again later")
         creator = self._creator.get(channel_id)
+        # The second end of a channel whose first is attached passes its creator's bound: it lets the channel's
+        # bytes move and both places go back (refused, channels half attached held every place and waited for the
+        # attach deadline: fan-out wider than half the bound stalled 5 minutes, then failed)
+        peer_attached = channel_id in self._sockets_of
         if creator is not None:
             held = self._sockets_by.get(creator, 0)
-            if held >= self.max_sockets_per_worker:
+            if held >= self.max_sockets_per_worker and not peer_attached:
                 return self._refuse_socket(f"too many channel sockets attached for the channels worker {creator} "
                                            f"created (ChannelRelay.max_sockets_per_worker "
-                                           f"{self.max_sockets_per_worker}); try again later")
+                                           f"{self.max_sockets_per_worker}); try again later", creator)
             self._sockets_by[creator] = held + 1
         self._sockets += 1
-        return SocketSlot(self, creator)
+        self._sockets_of[channel_id] = self._sockets_of.get(channel_id, 0) + 1
+        return SocketSlot(self, creator, channel_id)
 
-    def _refuse_socket(self, why: str) -> tuple[int, str]:
+    def _refuse_socket(self, why: str, creator: str | None = None) -> tuple[int, str]:
         self.refused_sockets += 1
-        if not self._sockets_warned:  # once until the sockets are back under 7/8 of the bound
+        # once per bound until its sockets are back under 7/8 of it (the engine's, and each worker's: one flag for
+        # both was armed again by any socket's close, a line per refusal of a worker at its bound)
+        if creator is None:
+            warn = not self._sockets_warned
             self._sockets_warned = True
+        else:
+            warn = creator not in self._workers_warned
+            self._workers_warned.add(creator)
+        if warn:
             log.warning("refusing channel upgrades with HTTP 503: %s (%d refused so far)", why, self.refused_sockets)
         return (503, why + "\n")
 
-    def _socket_gone(self, creator: str | None) -> None:
+    def _socket_gone(self, creator: str | None, channel_id: str) -> None:
         self._sockets -= 1
+        left_of = self._sockets_of[channel_id] - 1
+        if left_of:
+            self._sockets_of[channel_id] = left_of
+        else:
+            del self._sockets_of[channel_id]
         if creator is not None:
             left = self._sockets_by[creator] - 1
             if left:
                 self._sockets_by[creator] = left
             else:
                 del self._sockets_by[creator]
+            if (creator in self._workers_warned
+                    and left <= self.max_sockets_per_worker - self.max_sockets_per_worker // 8):
+                self._workers_warned.discard(creator)
         if self._sockets_warned and self._sockets <= self.max_sockets - self.max_sockets // 8:
             self._sockets_warned = False
 

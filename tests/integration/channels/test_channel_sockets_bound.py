@@ -3,7 +3,7 @@
 Before, one worker creating channels and attaching both ends of each, idle, took every descriptor of an engine
 limited to 1,024 (``max_open_per_worker`` allows 20,000 channels, 40,000 ends): attach #1016 timed out and a second
 worker's connect failed (the engine's ``accept()`` got EMFILE). Now an upgrade past ``ChannelRelay.max_sockets``
-(half the open-file limit) or ``max_sockets_per_worker`` (a quarter of that) is refused with HTTP 503 naming the
+(a quarter of the open-file limit) or ``max_sockets_per_worker`` (a quarter of that) is refused with HTTP 503 naming the
 bound, and other workers still connect and call.
 """
 
@@ -100,3 +100,42 @@ async def test_idle_channel_ends_past_the_bounds_are_refused_and_other_workers_s
             ws.transport.abort()
         for client in (hog, other, late):
             await client.shutdown_async()
+
+
+async def test_the_second_end_of_a_half_attached_channel_passes_its_workers_bound(bounded: Engine,
+                                                                                 caplog: pytest.LogCaptureFixture
+                                                                                 ) -> None:
+    """Four channels' writers took a worker's four places and their readers were refused until the attach
+    deadline (272 refusals, no byte moved): the second end of a channel whose first is attached always gets in.
+    A worker at its bound is warned of once (a line per refusal before), and the SDK's error names the bound."""
+    from iii.channels import ChannelConnectionError
+
+    engine = bounded
+    client = III(engine.url)
+    writers: list[ClientConnection] = []
+    try:
+        await client.connect_async()
+        channels = [await client.create_channel_async() for _ in range(4)]
+        for channel in channels:  # every place of the worker's taken by a first end
+            ref = channel.writer_ref
+            writers.append(await asyncio.wait_for(websockets.connect(
+                build_channel_url(engine.url, ref.channel_id, ref.access_key, "write")), 5))
+        for _ in range(3):
+            await _refused(engine, client)  # a new channel's first end: refused
+        assert caplog.text.count("refusing channel upgrades with HTTP 503") == 1
+        for channel, writer in zip(channels, writers, strict=True):
+            await writer.send(b"x" * 1000)
+            await writer.close()
+            assert await asyncio.wait_for(channel.reader.read_all(), 10) == b"x" * 1000  # its reader got in
+        await until(lambda: engine.channels.socket_stats()["sockets"] == 0)
+        # the SDK's own error says what the engine said
+        for _ in range(2):
+            writers.extend(await _attach(engine, client))
+        refused = await client.create_channel_async()
+        said = r"HTTP 503: too many channel sockets .*max_sockets_per_worker 4.*\(temporary: try again after 1 s\)"
+        with pytest.raises(ChannelConnectionError, match=said):
+            await refused.writer.write(b"x")
+    finally:
+        for writer in writers:
+            await writer.close()
+        await client.shutdown_async()
