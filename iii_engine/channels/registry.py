@@ -218,7 +218,7 @@ class ChannelRelay:
         max_held_bytes_per_worker: the same for the channels one ``owner`` created (its parked and queued bytes),
             so one worker cannot take every other worker's room.
         max_sockets: channel sockets attached at once (each holds a descriptor); an upgrade past it is refused with
-            HTTP 503 (:meth:`take_socket`). ``None``: half the process's open-file limit
+            HTTP 503 (:meth:`take_socket`). ``None``: a quarter of the process's open-file limit
             (:func:`~.limits.default_max_sockets`), so channel ends cannot take the descriptors workers need to
             connect. In-process ends (:meth:`open_local`) hold none and are not counted.
         max_sockets_per_worker: the same for the channels one worker created (whoever attaches their ends);
