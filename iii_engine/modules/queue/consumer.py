@@ -195,6 +195,10 @@ class StoreFailures:
 Runner = Callable[[Job], Awaitable[None]]
 
 
+def _monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
 class QueueConsumer:
     """Claims jobs of one store queue and runs them, at most ``concurrency`` at a time.
 
@@ -420,20 +424,24 @@ class QueueConsumer:
         return {task for task in tasks if not task.done()}
 
     async def _loop(self) -> None:
+        # On the monotonic clock: a step of the wall clock neither renews leases late (a step back of 120 s put the
+        # next renewal 120 s off, past a 60 s lease, and another engine ran the job again) nor recovers at once.
         maintenance_due = 0
         while not self._stopped:
             self._wake.clear()
             try:
-                if now_ms() >= maintenance_due:
+                if _monotonic_ms() >= maintenance_due:
                     await self._maintain()
                     # a random 50-100 % of a third of the lease: the consumers of many topics started together do
                     # not renew and recover in step (1,000 of them at once queued on Redis's connection pool)
-                    maintenance_due = now_ms() + max(round(self.settings.lease_ms / 3 * random.uniform(0.5, 1)), 1)
+                    maintenance_due = _monotonic_ms() + max(
+                        round(self.settings.lease_ms / 3 * random.uniform(0.5, 1)), 1)
                 self._expire_waiting(now_ms())
                 if self._look_due and self._waiting:
                     await self._bring_forward()
                 await self._fill()
-                timeout = await self._idle_timeout(maintenance_due)
+                # (the idle wait reads the wall clock, as the due times it compares with do)
+                timeout = await self._idle_timeout(now_ms() + maintenance_due - _monotonic_ms())
             except Exception as exc:
                 self._failures += 1
                 self._idle_polls = 0  # once the store answers again, polled at poll_interval_ms

@@ -165,8 +165,10 @@ class _Topic:
     pushes: int = 0
     #: a subscriber's queue_config asked past the module's max_topic_* caps, and that was logged
     capped_logged: bool = False
-    #: when the store was last asked whether the topic is FIFO (monotonic s; see QueueModule._kept_fifo)
+    #: when the store was last asked whether the topic is FIFO (monotonic s; see QueueModule._kept_fifo), and that
+    #: read while it is under way (the enqueues arriving meanwhile wait for its answer)
     fifo_read_at: float = float("-inf")
+    fifo_read: asyncio.Task[bool | None] | None = None
 
     def unused(self) -> bool:
         """No subscriber, no enqueue under way and no job running here (the store may still hold jobs)."""
@@ -1342,15 +1344,25 @@ class QueueModule(EngineModule):
 
     async def _kept_fifo(self, entry: _Topic) -> None:
         """A topic with no subscriber here takes the type its subscriber kept in the store (another engine's, or
-        this one's before a restart), read at most once a second per topic; a subscriber here sets the type."""
-        if entry.subscribers or entry.consumer.settings.fifo:
+        this one's before a restart), read at most once a second per topic, either way: a subscriber that changed
+        the type elsewhere changes it here (a topic once read FIFO kept one lane for good, its jobs waiting behind a
+        hung one after the subscriber went standard). Enqueues arriving while the read is under way wait for its
+        answer (they stamped their jobs standard before, and ran at once, out of order). A subscriber here sets
+        the type; a store that cannot tell (``None``: in memory) changes nothing."""
+        if entry.subscribers:
             return
-        now = time.monotonic()
-        if now - entry.fifo_read_at < FIFO_READ_INTERVAL_S:
+        read = entry.fifo_read
+        if read is None or read.done():
+            now = time.monotonic()
+            if now - entry.fifo_read_at < FIFO_READ_INTERVAL_S:
+                return
+            entry.fifo_read_at = now
+            read = entry.fifo_read = asyncio.get_running_loop().create_task(
+                self.store.topic_fifo(entry.consumer.queue))
+        fifo = await asyncio.shield(read)
+        if fifo is None or entry.subscribers or fifo == entry.consumer.settings.fifo:
             return
-        entry.fifo_read_at = now
-        if await self.store.topic_fifo(entry.consumer.queue) and not entry.subscribers:
-            entry.consumer.settings = self.settings.topic_settings({"type": "fifo"})
+        entry.consumer.settings = self.settings.topic_settings({"type": "fifo"} if fifo else None)
 
     async def _redrive_within(self, function_id: str, name: str, consumer: QueueConsumer,
                               message_id: str | None) -> int:

@@ -77,3 +77,40 @@ async def test_enqueues_before_the_fifo_subscriber_registers_use_the_fifo_lane(s
         if not shared:  # a restart, its producers back before the subscriber
             lanes = await _enqueue_three(prefix)
         assert lanes == 1  # was 3: one lane per job, run at once
+
+
+async def test_enqueues_made_together_all_wait_for_the_kept_type() -> None:
+    """Enqueues arriving while the first one read the kept type stamped their jobs standard before (6 lanes, run at
+    once, out of order)."""
+    async with _prefix() as prefix:
+        async with _engine(prefix) as first, ModuleWorker(first.url) as subscriber:
+            await subscriber.function("sub::h", _hang)
+            await subscriber.trigger("t", "queue", "sub::h",
+                                     {"topic": "orders", "queue_config": {"type": "fifo", "concurrency": 1}})
+        async with _engine(prefix) as second, ModuleWorker(second.url) as producer:
+            await asyncio.gather(*(producer.result("enqueue", {"topic": "orders", "data": n}) for n in range(6)))
+            assert await _lanes(prefix, "orders") == 1
+
+
+async def test_a_type_taken_back_in_the_store_is_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A topic once read FIFO kept one lane for good on an engine without its subscriber, its jobs waiting behind a
+    hung one after the subscriber went standard elsewhere."""
+    from iii_engine.modules.queue import module as queue_module
+
+    monkeypatch.setattr(queue_module, "FIFO_READ_INTERVAL_S", 0.0)  # (read at every enqueue, not once a second)
+    async with _prefix() as prefix:
+        async with _engine(prefix) as first, ModuleWorker(first.url) as subscriber:
+            await subscriber.function("sub::h", _hang)
+            await subscriber.trigger("t", "queue", "sub::h",
+                                     {"topic": "orders", "queue_config": {"type": "fifo", "concurrency": 1}})
+        async with _engine(prefix) as second, ModuleWorker(second.url) as producer:
+            assert await producer.result("enqueue", {"topic": "orders", "data": 0}) is None
+            assert await _lanes(prefix, "orders") == 1
+            client = Redis.from_url(REDIS_URL)
+            try:  # what a standard subscriber's registration does elsewhere
+                assert await client.delete(f"{prefix}queue:{escape_name(TOPIC_PREFIX + 'orders')}:fifo") == 1
+            finally:
+                await client.aclose()
+            for n in range(1, 4):
+                assert await producer.result("enqueue", {"topic": "orders", "data": n}) is None
+            assert await _lanes(prefix, "orders") == 4  # standard: a lane each (was 1: all behind the first)

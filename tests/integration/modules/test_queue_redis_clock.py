@@ -7,6 +7,7 @@ for A.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -79,3 +80,36 @@ async def test_a_retry_stored_by_an_engine_ahead_is_due_after_its_backoff_for_th
         assert await a.claim("q", now_ms=now_ms(), lease_ms=LEASE_MS) is None  # not due yet for anyone
         with _ahead(monkeypatch) as b_now:
             assert await b.claim("q", now_ms=b_now, lease_ms=LEASE_MS) is None  # nor for the engine that stored it
+
+
+async def test_a_step_of_the_engines_clock_after_the_read_is_followed_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The offset was kept for 10 s after a read: a step in between moved every time by its size until the next read,
+    and engine B, stepped 120 s ahead after reading, took A's running job for a lost engine's (5 of 5)."""
+    async with _stores() as (a, b):
+        await a.push("q", Job.new("q", "fn", "running on a"))
+        job = await a.claim("q", now_ms=now_ms(), lease_ms=LEASE_MS)
+        assert job is not None
+        await a.renew("q", [job.lane], deadline_ms=now_ms() + LEASE_MS)
+        assert await b.recover("q", now_ms=now_ms()) == 0  # B has read Redis's clock with its own on time
+        with _ahead(monkeypatch) as b_now:  # ... and then its clock steps 120 s ahead
+            assert await b.recover("q", now_ms=b_now) == 0  # was 1
+            assert await b.claim("q", now_ms=b_now, lease_ms=LEASE_MS) is None
+        await a.ack("q", job)
+
+
+async def test_callers_at_once_share_one_read_of_redis_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """5,000 claims at once read Redis's clock 5,000 times, the last (slowest) read winning: 602 ms off."""
+    async with _stores() as (a, _):
+        reads = 0
+        time_of = a._redis.time
+
+        async def counted() -> object:
+            nonlocal reads
+            reads += 1
+            return await time_of()
+
+        monkeypatch.setattr(a._redis, "time", counted)
+        shifts = await asyncio.gather(*(a._shift() for _ in range(200)))
+        assert reads == 1
+        assert max(shifts) - min(shifts) < 100  # (each read at its own moment of the wall clock)
