@@ -279,6 +279,10 @@ _MAX_BATCH: Final = 256  # writes per batch of a hash (one read and compare-and-
 # over client-query-buffer-limit (1 GiB), and 256 sets of 5 MB values in one command would be
 _MAX_SCRIPT_BYTES: Final = 8 * 1024 * 1024
 _WITHDRAWN: Final = StreamClosedError("the caller withdrew this write before it was sent")
+# an update left out of its run's compare-and-set, past about _MAX_SCRIPT_BYTES of texts and events: the next run
+# takes it first (before, 256 increments of a 2.2 MB item joined 563 MB of events into one argument, over Redis's
+# 512 MB proto-max-bulk-len: every one failed "unreachable", applied=None, the process at 3.3 GB)
+_LATER: Final = StreamClosedError("this update is left for the next run of its hash (not sent)")
 
 
 def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
@@ -1158,6 +1162,7 @@ class _Publish(WriteProgress):
 # An event of more UTF-8 bytes than this is published alone: Redis's proto-max-bulk-len (512 MB by default, 1 MB
 # at least) refuses a longer one by closing the connection, and so every command pipelined with it.
 _LONE_PUBLISH_BYTES: Final = 1024 * 1024
+_DEFAULT_MAX_BULK: Final = 512 * 1024 * 1024
 
 
 def _publish_chunks(publishes: Sequence[_Publish]) -> builtins.list[builtins.list[int]]:
@@ -1274,6 +1279,7 @@ class RedisStream(FieldUpdates):
             self._hash_batch, name="RedisStream writes", max_batch=_MAX_BATCH)
         # per hash whose update run waits out a lost race: let the writes of other items pass (_let_pass)
         self._passing: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._max_bulk: int | None = None  # the server's proto-max-bulk-len, read at the first text over 1 MiB
         self._inline: dict[str, asyncio.Future[None]] = {}  # hashes whose lone write runs in its caller's task
         # publish() goes out through one queue, so events published in order reach Redis in order
         self._publishes: KeyedBatcher[None, _Publish, None] = KeyedBatcher(
@@ -1440,6 +1446,8 @@ class RedisStream(FieldUpdates):
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         text = json_text(input.data, "data")
+        if len(text) > _LONE_PUBLISH_BYTES // 4:
+            await self._check_bulk(text, "RedisStream.set: the value")
         raw = await self._submit("set", timeout, key, _Write(input.stream_name, input.group_id, input.item_id, text))
         return SetResult(old_value=self._old_value(raw, key, input.item_id), new_value=input.data)
 
@@ -1628,8 +1636,13 @@ class RedisStream(FieldUpdates):
                         del self._passing[key]
             except Exception as exc:
                 answers = [exc] * count
+            later = []
             for index, answer in zip(run, answers, strict=True):
-                results[index] = answer
+                if answer is _LATER:
+                    later.append(index)  # before every other write left: each item's order holds
+                else:
+                    results[index] = answer
+            left[:0] = later
         return results
 
     async def _let_pass(self, key: str, updates: Sequence[_Update], batch: Sequence[_Update | _Write],
@@ -1786,7 +1799,7 @@ class RedisStream(FieldUpdates):
         results, texts, events = self._apply_batch(key, batch, read)
         if not texts:
             return results
-        applied = [u for u in batch if not u.abandoned]
+        applied = [u for u, result in zip(batch, results, strict=True) if not u.abandoned and result is not _LATER]
         for update in applied:
             update.sent = True  # no await since _apply_batch: a caller giving up from now on cannot withdraw
         args: builtins.list[Any] = [self.channel, len(texts), "".join("1" if read[f] is None else "0" for f in texts)]
@@ -1843,6 +1856,15 @@ class RedisStream(FieldUpdates):
                 script.sha = await _script_load(conn, script.script)
                 await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded, progress)
                 return await conn.read_response(disable_decoding=True)
+        except ResponseError as exc:
+            if not str(exc).startswith("Protocol error"):
+                raise
+            # an argument over proto-max-bulk-len: Redis ran nothing and closes the connection after this reply
+            await conn.disconnect()
+            refused = StreamBackendError(f"Redis refused the write as too large ({exc}; proto-max-bulk-len): "
+                                         "not applied")
+            refused.applied = False
+            raise refused from exc
         finally:
             await pool.release(conn)
 
@@ -1874,7 +1896,8 @@ class RedisStream(FieldUpdates):
         # one event head per item and batch (as the SQL stores do): its events are published together, in one
         # script, so they share one timestamp; building a head encodes JSON, which per update was a cost of its own
         heads: dict[tuple[str, str, str], tuple[str, str]] = {}
-        for update in batch:
+        size = 0  # characters of the texts and events so far (the script's arguments)
+        for taken, update in enumerate(batch):
             if update.abandoned:
                 results.append(_WITHDRAWN)  # nobody waits for it, and it is not written
                 continue
@@ -1890,14 +1913,21 @@ class RedisStream(FieldUpdates):
             except Exception as exc:  # this caller's own failure (a value dumps refuses)
                 results.append(exc)
                 continue
-            current[update.item_id] = texts[update.item_id] = text
+            event = ""
             if self.publish_events:
                 item = (update.stream_name, update.group_id, update.item_id)
                 parts = heads.get(item)
                 if parts is None:
                     parts = heads[item] = event_json_parts(*item)
                 head, tail = parts
-                events.append(f'{head}{"create" if old is None else "update"}","data":{text}{tail}')
+                event = f'{head}{"create" if old is None else "update"}","data":{text}{tail}'
+            size += len(text) + len(event)
+            if size > _MAX_SCRIPT_BYTES and texts:  # this one and the rest go in the next run (see _LATER)
+                results += [_LATER] * (len(batch) - taken)
+                break
+            current[update.item_id] = texts[update.item_id] = text
+            if event:
+                events.append(event)
             results.append(UpdateResult(old_value=old, new_value=new))
         return results, texts, events
 
@@ -1930,6 +1960,8 @@ class RedisStream(FieldUpdates):
             {'type': 'update', 'data': {'n': 1}}
         """
         publish = _Publish(json_text(event, "the event", room=0))
+        if len(publish.text) > _LONE_PUBLISH_BYTES // 4:
+            await self._check_bulk(publish.text, "RedisStream.publish: the event")
         try:
             async with self._guard("publish", None):
                 await self._publishes.submit(None, publish)
@@ -1940,6 +1972,27 @@ class RedisStream(FieldUpdates):
         except asyncio.CancelledError:
             publish.give_up()
             raise
+
+    async def _check_bulk(self, text: str, what: str) -> None:
+        """Refuse ``text`` before it is queued when it is over the server's ``proto-max-bulk-len`` (read once with
+        ``CONFIG GET``; 512 MB, the default, where that is not allowed): Redis would close the connection while
+        it is sent, an outcome the caller could not tell from a lost connection (applied unknown)."""
+        size = utf8_size(text)
+        if size <= _LONE_PUBLISH_BYTES:  # Redis's least proto-max-bulk-len
+            return
+        if self._max_bulk is None:
+            try:
+                async with self._guard("config", None):
+                    reply: Mapping[Any, Any] = await self._client.config_get("proto-max-bulk-len")
+                found = next(iter(reply.values()), None)
+                self._max_bulk = int(found) if found is not None else _DEFAULT_MAX_BULK
+            except (StreamError, ValueError):  # CONFIG refused (ACL, a managed service): assume the default
+                self._max_bulk = _DEFAULT_MAX_BULK
+        if size > self._max_bulk:
+            error = StreamBackendError(f"{what} is too large: {size} bytes of JSON, over the server's "
+                                       f"proto-max-bulk-len ({self._max_bulk}); not sent and not applied")
+            error.applied = False
+            raise error
 
     async def _publish_batch(self, _key: None, publishes: Sequence[_Publish]) -> builtins.list[Any]:
         """The publishes waiting, in order, pipelined on one connection: Redis runs one connection's commands in
