@@ -9,32 +9,21 @@ Before: every set of the hash queued behind the contended update (sets of a neig
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from iii.stream import StreamDeleteInput, StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams import RedisStream
-from iii_streams.redis import KeyLayout
-from tests.integration.streams.conftest import delete_redis_keys
 from tests.integration.streams.sent_commands import record_script_calls
+from tests.integration.streams.test_redis_write_order import store
 from tests.polling import until
-from tests.services import require_redis
 
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[RedisStream]:
-    tag = f"itemorder-{uuid.uuid4().hex[:8]}"
-    async with RedisStream.from_url(require_redis(), layout=KeyLayout(prefix=f"{tag}:stream"),
-                                    channel=f"{tag}::events") as opened:
-        try:
-            yield opened
-        finally:
-            await delete_redis_keys(f"{tag}:*")
+__all__ = ["store"]  # the fixture (a store on a key prefix and channel of its own), shared with the write-order tests
 
 
 def _item(item_id: str) -> dict[str, str]:
