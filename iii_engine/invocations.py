@@ -576,9 +576,8 @@ class Invocations:
         (no caller waits), so it is counted and logged at most once per interval. Before, nothing said so: 56 to 96 of
         2,000 void calls to a callee reconnecting 40 times ended unseen."""
         self.unsent_void_calls += 1
-        holder = pending.holder
-        self._unsent_void_log.lost("unsent", f"worker {holder.id if holder else '?'} called "
-                                             f"{clip_text(pending.function_id)!r}")
+        assert pending.holder is not None  # (a worker's call: _finish tells only those)
+        self._unsent_void_log.lost("unsent", f"worker {pending.holder.id} called {clip_text(pending.function_id)!r}")
 
     def _log_unsent_void(self, counts: Mapping[str, int], latest: str | None) -> None:
         log.warning("%d void call(s) not sent since the last warning: their callee's worker disconnected before they "

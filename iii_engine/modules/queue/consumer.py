@@ -22,7 +22,7 @@ from iii.protocol.worker_session import clip_text
 
 from ..base import CallUnwritable, EngineError
 from .settings import DEFAULT_STOP_TIMEOUT_MS, QueueSettings
-from .store import DeadLetter, Job, PutOff, QueueStore, now_ms
+from .store import DeadLetter, Job, PutOff, QueueStore, monotonic_ms, now_ms
 
 DLQ_ERROR_CHARS = 1000
 """Characters of the handler's error a dead letter keeps (a longer one is cut, saying how long it was)."""
@@ -193,10 +193,6 @@ class StoreFailures:
 
 
 Runner = Callable[[Job], Awaitable[None]]
-
-
-def _monotonic_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
 
 
 class QueueConsumer:
@@ -430,18 +426,18 @@ class QueueConsumer:
         while not self._stopped:
             self._wake.clear()
             try:
-                if _monotonic_ms() >= maintenance_due:
+                if monotonic_ms() >= maintenance_due:
                     await self._maintain()
                     # a random 50-100 % of a third of the lease: the consumers of many topics started together do
                     # not renew and recover in step (1,000 of them at once queued on Redis's connection pool)
-                    maintenance_due = _monotonic_ms() + max(
+                    maintenance_due = monotonic_ms() + max(
                         round(self.settings.lease_ms / 3 * random.uniform(0.5, 1)), 1)
                 self._expire_waiting(now_ms())
                 if self._look_due and self._waiting:
                     await self._bring_forward()
                 await self._fill()
                 # (the idle wait reads the wall clock, as the due times it compares with do)
-                timeout = await self._idle_timeout(now_ms() + maintenance_due - _monotonic_ms())
+                timeout = await self._idle_timeout(now_ms() + maintenance_due - monotonic_ms())
             except Exception as exc:
                 self._failures += 1
                 self._idle_polls = 0  # once the store answers again, polled at poll_interval_ms

@@ -64,7 +64,7 @@ from ..health import link_component, probe
 from ..trigger_set import check_trigger_config
 from .consumer import JobNotReady, QueueConsumer, Reported, StoreFailures
 from .settings import MISSING_FUNCTION_CHECK_MAX_MS, QueueModuleSettings, QueueSettings
-from .store import Job, MemoryQueueStore, NotSent, QueueFull, QueueStore, StoreFull, TopicShare, now_ms
+from .store import Job, MemoryQueueStore, NotSent, QueueFull, QueueStore, StoreFull, TopicShare, monotonic_ms, now_ms
 
 if TYPE_CHECKING:  # redis is an optional dependency: imported only with the Redis adapter
     from .redis_store import RedisQueueStore
@@ -242,10 +242,6 @@ worker: a refusal comes back at once), so the busy spell is not taken for a stuc
 
 BUSY_LOG_INTERVAL_S = 10.0
 """Jobs put off for a busy worker are one warning at first, then a count at most this often."""
-
-
-def _monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)
 
 
 class BusyFunctions:
@@ -1262,14 +1258,14 @@ class QueueModule(EngineModule):
         dead-lettered them (and a busy condition counted as "skip": the job was done, never run)."""
         key, token = (queue, function_id), next(self._call_tokens)
         calls = self._running.setdefault(key, {})
-        calls[token] = _monotonic_ms()
+        calls[token] = monotonic_ms()
         try:
             yield
         except EngineError as exc:
             if exc.code != WORKER_BUSY:
                 self._busy_since.ran(queue, function_id)
                 raise
-            now = _monotonic_ms()
+            now = monotonic_ms()
             # progress: another job of the function has been under way long enough to be running on the worker (a
             # refusal comes back at once; counting every call under way, overlapping refusals kept a worker that
             # ran nothing out of the dead-letter queue for good)

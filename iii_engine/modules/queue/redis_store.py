@@ -34,7 +34,19 @@ from iii.wire import dumps, loads
 from iii_streams.redis import check_reachable, escape_name, waiting_client
 from iii_streams.redis_internals import sent_nothing
 
-from .store import PUT_OFF_LOOK, Claim, DeadLetter, Job, NotSent, PutOff, QueueCounts, QueueFull, StoreFull, TopicShare
+from .store import (
+    PUT_OFF_LOOK,
+    Claim,
+    DeadLetter,
+    Job,
+    NotSent,
+    PutOff,
+    QueueCounts,
+    QueueFull,
+    StoreFull,
+    TopicShare,
+    monotonic_ms,
+)
 from .store import now_ms as _engine_now_ms
 
 log = logging.getLogger(__name__)
@@ -649,7 +661,7 @@ class RedisQueueStore:
         # The wall clock's lead on the monotonic one, as it was when the shift was worked out: a change of it past
         # CLOCK_STEP_MS is a step of the wall clock, followed now (within it, the shift stays what it was, exact
         # to the millisecond from call to call)
-        wall_less_mono = _engine_now_ms() - time.monotonic_ns() // 1_000_000
+        wall_less_mono = _engine_now_ms() - monotonic_ms()
         if self._clock_shift is None or abs(wall_less_mono - self._wall_less_mono) > CLOCK_STEP_MS:
             self._clock_shift = self._redis_less_mono - wall_less_mono
             self._wall_less_mono = wall_less_mono

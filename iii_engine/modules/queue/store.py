@@ -40,6 +40,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def monotonic_ms() -> int:
+    """Milliseconds of the monotonic clock (what the module's own timers use: a step of the wall clock moves none).
+
+    Example:
+        >>> monotonic_ms() <= monotonic_ms()
+        True
+    """
+    return time.monotonic_ns() // 1_000_000
+
+
 @dataclass(frozen=True)
 class Job:
     """One accepted message. ``id`` is also the ``messageReceiptId`` (docs/protocol.md#module-improvements M2).

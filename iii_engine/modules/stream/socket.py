@@ -93,12 +93,12 @@ _SLOW_CLIENT = 1013
 # is reset once it took nothing for between 1 and 1 + 1/_LOOKS times that limit
 _LOOKS = 4
 _STALL_FACTOR = 6
-#: A client whose write began (or that last took bytes, as the writer last looked) this recently is never taken
-#: for stalled when max_queued_bytes is passed (see _QueuedBytes.shed)
-_SHED_GRACE_S = 1.0
 """A writer that made no progress for this many ``slow_close_timeout_ms`` (60 s by default) is reset: a client
 that reads slowly with a full receive window is acknowledged only at the sender's zero-window probes, whose backoff
 doubles (~7 s apart after a few), so at 10-15 KiB/s it showed no progress for over 10 s while reading every byte."""
+_SHED_GRACE_S = 1.0
+"""A client that took no byte for less than this (s) since max_queued_bytes first looked at it is not yet taken for
+stalled (see :meth:`_QueuedBytes.shed`)."""
 _TOO_SLOW = "too slow: events were queued faster than read; reconnect and join"
 _TOO_MANY_BYTES = "too slow: the engine holds too many bytes for slow clients (max_queued_bytes); reconnect and join"
 _MISSED = "the engine missed the store's events; reconnect and join"
