@@ -53,6 +53,12 @@ _LOST_BY_PYTHON = "Failed checking if argv[0] is an import path entry"
 _LOST_IN_WEAKREF_CALLBACK = re.compile(
     r"^Exception ignored in: <function _get_module_lock\.<locals>\.cb at 0x[0-9a-f]+>\n(?:.*\n)*?KeyboardInterrupt",
     re.MULTILINE)
+# ... and so does pydantic-core while it builds a model's validator at import (a C call that reports an exception it
+# cannot raise as "unraisable"): the interrupt is printed and dropped under pydantic's frames, none of ours
+_LOST_IN_PYDANTIC_BUILD = re.compile(
+    r"^Exception ignored in: '\w+'\nTraceback \(most recent call last\):\n"
+    r"  File \"[^\"]*/pydantic/[^\"]+\", line \d+, in create_schema_validator\n(?:.*\n)*?KeyboardInterrupt",
+    re.MULTILINE)
 _FRAME = re.compile(r'^  File "([^"]+)", line \d+, in (\S+)$', re.MULTILINE)
 
 
@@ -140,10 +146,10 @@ def _check(name: str, status: int, stderr: str, again: bool, moment: str) -> Non
     where = f"{name}, SIGINT {moment}: status {status}, stderr:\n{stderr[-3000:]}"
     if again:
         # CPython 3.11 prints this traceback and goes on when the interrupt comes while it checks the script's
-        # path (before the script's first line), or in a weak reference's callback: the only places a Ctrl-C may
-        # be lost
-        assert _LOST_BY_PYTHON in stderr or _LOST_IN_WEAKREF_CALLBACK.search(stderr), \
-            f"the first SIGINT was lost: {where}"
+        # path (before the script's first line), in a weak reference's callback, or in pydantic-core's validator
+        # build at import: the only places a Ctrl-C may be lost
+        assert (_LOST_BY_PYTHON in stderr or _LOST_IN_WEAKREF_CALLBACK.search(stderr)
+                or _LOST_IN_PYDANTIC_BUILD.search(stderr)), f"the first SIGINT was lost: {where}"
         return
     if stderr.startswith("Fatal Python error: init_") or ("Traceback" in stderr and not _frames_of_ours(stderr)):
         return  # the interpreter's start-up or the wrapper's own imports: no code of ours that could catch runs yet
