@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Coroutine
@@ -106,7 +107,29 @@ or postgresql+asyncpg://USER@HOST/DB)
         make_url(normalized)  # (a port that is not a number, an unclosed [: found now, said in one line)
     except (ValueError, ArgumentError) as exc:
         raise ValueError(f"not a valid database URL: {mask_passwords(url)!r} ({exc})") from None
+    _check_not_directory(normalized, shown=url)
     return normalized
+
+
+def _check_not_directory(url: str, shown: str) -> None:
+    """Refuse a SQLite URL whose file is a directory: sqlite3 opened ``/srv/data/`` as a new file named ``data``
+    beside it (a migrate "succeeded" into that file), and an existing directory failed later with "unable to open
+    database file".
+
+    Example:
+        >>> _check_not_directory("sqlite+aiosqlite:////srv/data/", shown="sqlite:////srv/data/")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: database URL 'sqlite:////srv/data/' names a directory, not a file ...
+    """
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return
+    path = database.removeprefix("file:").partition("?")[0]
+    if path.endswith(("/", os.sep)) or (path and os.path.isdir(path)):
+        raise ValueError(f"database URL {mask_passwords(shown)!r} names a directory, not a file (end it with the "
+                         "database file's name, e.g. …/streams.db)")
 
 
 def _config(connection: Connection) -> Config:

@@ -52,6 +52,18 @@ def test_migrate_reports_what_it_did_and_an_up_to_date_database(tmp_path: Path) 
     assert (current.returncode, current.stdout) == (0, "0001_stream_items\n")
 
 
+@pytest.mark.parametrize("how", ["trailing slash", "existing directory", "uri"])
+def test_a_url_naming_a_directory_is_a_usage_error_and_creates_nothing(tmp_path: Path, how: str) -> None:
+    """Before, ``migrate sqlite:////srv/data/`` "migrated" a new file named ``data`` beside the directory meant."""
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    url = {"trailing slash": f"sqlite:///{tmp_path / 'data'}/", "existing directory": f"sqlite:///{existing}",
+           "uri": f"sqlite+aiosqlite:///file:{tmp_path / 'data'}/?uri=true"}[how]
+    line = one_error_line(streams_cli("migrate", url), 2)
+    assert line.startswith(f"iii-streams: database URL {url!r} names a directory, not a file"), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+
 def test_migrate_to_a_revision_below_the_applied_one_fails_instead_of_claiming_it_is_there(tmp_path: Path) -> None:
     """Before, ``--revision base`` on a migrated database printed "is already at 0001_stream_items", exit 0, and
     downgraded nothing: there is no downgrade, and it says so."""
