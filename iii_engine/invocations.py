@@ -190,10 +190,23 @@ class Pending:
     watch: Any = None  # the invocation observer's token, handed back when the result arrives
     holder: WorkerConnection | None = None  # the worker whose max_calls_per_worker count the call holds
     ended: bool = False  # set by _finish: a wait for room in the callee's queue stops at once
-    # set by the callee's outbox once it hands the frame to the socket (workers.Handover): from then on the callee
-    # may run it; a frame its queue dropped unwritten (the connection lost first) never has it set
-    handed: bool = False
     hook: Callable[[], object] | None = None  # called once the future is settled (Started.hook)
+    # a worker's void call: its message and frame size until the frame is handed over, so that a callee leaving
+    # before then does not lose it (:meth:`Invocations._void_unsent` routes it again); dropped at the handover, as
+    # the callee may have run it from then on
+    resend: tuple[dict[str, Any], int] | None = None
+    _handed: bool = False
+
+    @property
+    def handed(self) -> bool:
+        """Set by the callee's outbox once it hands the frame to the socket (workers.Handover): from then on the
+        callee may run it; a frame its queue dropped unwritten (the connection lost first) never has it set."""
+        return self._handed
+
+    @handed.setter
+    def handed(self, value: bool) -> None:
+        self._handed = value
+        self.resend = None
 
 
 class Invocations:
@@ -240,6 +253,8 @@ class Invocations:
         #: worker void calls whose callee left before they were written to it (:meth:`_void_unsent`)
         self.unsent_void_calls = 0
         self._unsent_void_log = LossLog(self._log_unsent_void, SKIP_LOG_INTERVAL_S)
+        # those routed again that wait for room in their new callee's queue (:meth:`_route_unsent`)
+        self._rerouted: set[asyncio.Task[None]] = set()
         #: trigger-fired calls not made because no worker serves their function (:meth:`_fired_missing`)
         self.missing_fired = 0
         # Every firing of a trigger whose function is gone (5,000 every-second cron triggers: 45,000 lines in 9 s)
@@ -346,7 +361,7 @@ class Invocations:
             self._id_in_use(caller, function_id, routed_id)
             return None
         pending = Pending(routed_id, function_id, callee, caller if invocation_id is not None else None,
-                          holder=caller)
+                          holder=caller, resend=None if invocation_id is not None else (msg, size))
         # A void call too: the caller's disconnect then stops it, so a caller that leaves and comes back cannot pile
         # up void calls a silent callee never ends (each new connection's count starts at 0).
         caller.in_flight.add(routed_id)
@@ -573,11 +588,43 @@ class Invocations:
 
     def _void_unsent(self, pending: Pending) -> None:
         """A worker's void call whose callee left before its frame was written: it did not run and nobody hears of it
-        (no caller waits), so it is counted and logged at most once per interval. Before, nothing said so: 56 to 96 of
-        2,000 void calls to a callee reconnecting 40 times ended unseen."""
+        (no caller waits), so it is routed again once the callee's disconnect is handled, as a new void call of its
+        caller (:meth:`_route_unsent`). Before, it was dropped: 56 to 96 of 2,000 void calls to a callee reconnecting
+        40 times ended without a word (then counted and logged, still lost)."""
+        holder = pending.holder
+        assert holder is not None  # (a worker's call: _finish tells only those)
+        if pending.resend is not None and not holder.outbox.closed:
+            msg, size = pending.resend
+            pending.resend = None
+            # not at once: the callee's disconnect may still list it as the function's worker (its connection closed
+            # before its clean-up ran), and routing into it again would only end the call the same way
+            asyncio.get_running_loop().call_soon(self._route_unsent, holder, msg, size)
+            return
+        self._unsent(holder.id, pending.function_id)
+
+    def _route_unsent(self, caller: WorkerConnection, msg: dict[str, Any], size: int) -> None:
+        """Route again a void call of ``caller`` whose callee left before it was written: to the function's worker if
+        a connected one serves it, else held for one to register it (``void_grace_ms``, as a void call of a function
+        nobody serves yet); dropped and counted only when neither can take it (its caller gone too, no grace, or the
+        held bounds full)."""
+        function_id: str = msg["function_id"]
+        if caller.outbox.closed or self.engine_stopping:
+            self._unsent(caller.id, function_id)
+        elif not self._served(function_id):
+            # (its worker's clean-up pending, or it left for good): a worker registering it releases the call
+            if not self.held_voids.hold(caller, msg, size):
+                self._unsent(caller.id, function_id)
+        else:
+            routed = self.start_invoke(caller, msg, size)
+            if routed is not None:  # waiting for room in the new callee's queue: not on the caller's reader here
+                task = asyncio.get_running_loop().create_task(routed)
+                self._rerouted.add(task)
+                task.add_done_callback(self._rerouted.discard)
+
+    def _unsent(self, caller_id: str, function_id: str) -> None:
+        """Count and log a void call lost because its callee left before it was written and nothing could take it."""
         self.unsent_void_calls += 1
-        assert pending.holder is not None  # (a worker's call: _finish tells only those)
-        self._unsent_void_log.lost("unsent", f"worker {pending.holder.id} called {clip_text(pending.function_id)!r}")
+        self._unsent_void_log.lost("unsent", f"worker {caller_id} called {clip_text(function_id)!r}")
 
     def _log_unsent_void(self, counts: Mapping[str, int], latest: str | None) -> None:
         log.warning("%d void call(s) not sent since the last warning: their callee's worker disconnected before they "
@@ -1047,6 +1094,10 @@ class Invocations:
         """Engine shutdown: stop pending calls and built-in tasks, drop held void calls."""
         for invocation_id, pending in list(self.pending.items()):
             self._finish(invocation_id, None, stopped(pending.function_id, ENGINE_STOPPING))
+        rerouted = list(self._rerouted)
+        for task in rerouted:
+            task.cancel()
+        await asyncio.gather(*rerouted, return_exceptions=True)
         await self.held_voids.close()
         self._unknown_void_log.close()
         self._unsent_void_log.close()
