@@ -1492,11 +1492,92 @@ def _inject(context: Any = None) -> dict[str, str]:
     return carrier
 
 
+#: How often, at most, a caller's baggage header that was not taken whole is said (after the first, said at once).
+BAGGAGE_WARNING_INTERVAL_S: Final = 60.0
+#: The W3C limit of a ``baggage`` header in bytes (OpenTelemetry's propagator drops a longer one whole).
+BAGGAGE_MAX_BYTES: Final = 8192
+
+
+class _BaggageWarnings(logging.Filter):
+    """Holds back what OpenTelemetry's W3C baggage propagator logs while a caller's header is extracted, and says
+    instead one warning at most every :data:`BAGGAGE_WARNING_INTERVAL_S`, naming sizes only.
+
+    Why: the propagator logs at WARNING, on every call, a whole header over :data:`BAGGAGE_MAX_BYTES` and each
+    list-member it drops with its text (50 calls with a 257 KB header logged 12.9 MB; 4,000 invalid members, 181
+    lines per call), so any caller could flood a callee's log and put its baggage (user ids, tokens) there. What is
+    extracted is unchanged: OpenTelemetry's propagator still decides, only its records are held back (those of this
+    thread, while it extracts for us; anyone else's extraction logs as before).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._local = threading.local()  # .held: records held back in this thread's extraction, None outside one
+        self._lock = threading.Lock()
+        self._told, self._untold = float("-inf"), 0
+        self._installed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        held: int | None = getattr(self._local, "held", None)
+        if held is None:
+            return True
+        self._local.held = held + 1
+        return False
+
+    def extract(self, extract: Callable[[Any, Any], Any], header: str, ctx: Any) -> Any:
+        """``extract({"baggage": header}, ctx)`` without its log records; a header over the W3C byte limit is
+        refused before it (OpenTelemetry drops it whole: the same context)."""
+        if len(header) > BAGGAGE_MAX_BYTES:  # (never fewer bytes than characters)
+            self.tell(header)
+            return ctx
+        return self.quietly(extract, {"baggage": header}, ctx)
+
+    def quietly(self, extract: Callable[..., Any], *args: Any) -> Any:
+        """``extract(*args)``, holding back what the baggage propagator logs meanwhile (and telling of it)."""
+        if not self._installed:
+            self._installed = True
+            logging.getLogger("opentelemetry.baggage.propagation").addFilter(self)
+        local = self._local
+        outer: int | None = getattr(local, "held", None)
+        local.held = 0
+        try:
+            result = extract(*args)
+        finally:
+            held, local.held = local.held, outer
+        if held:
+            carrier = args[0]
+            self.tell(carrier.get("baggage", "") if isinstance(carrier, Mapping) else "")
+        return result
+
+    def tell(self, header: str) -> None:
+        """Count a header not taken whole; warn, with its size only, when the last warning is old enough."""
+        with self._lock:
+            self._untold += 1
+            now = time.monotonic()
+            if now - self._told < BAGGAGE_WARNING_INTERVAL_S:
+                return
+            self._told, untold, self._untold = now, self._untold, 0
+        size = len(header.encode("utf-8", "surrogatepass"))
+        members = sum(1 for member in header.split(",") if member.strip(" \t"))
+        if size > BAGGAGE_MAX_BYTES:
+            what = f"over the W3C limit of {BAGGAGE_MAX_BYTES} bytes: ignored whole, the handler ran without baggage"
+        else:
+            what = ("some list-members are not W3C key=value pairs or are past the W3C limits (180 list-members, "
+                    "4096 bytes each): those were dropped, the rest kept")
+        log.warning("a call's baggage header (%d bytes, %d list-members) was not taken whole, %s; %d such header(s) "
+                    "counted since the previous such warning (at most one every %d s; contents are not logged)",
+                    size, members, what, untold, BAGGAGE_WARNING_INTERVAL_S)
+
+
+_baggage_warnings = _BaggageWarnings()
+
+
 def _extract(carrier: dict[str, str]) -> Any:
     try:
         from opentelemetry.propagate import extract
     except ImportError:
         return None
+    if "baggage" in carrier:
+        return _baggage_warnings.quietly(extract, carrier)
     return extract(carrier)
 
 
@@ -1597,7 +1678,7 @@ class _W3C:
                 return None
             ctx = self.trace.set_span_in_context(self.trace.NonRecordingSpan(span_context), ctx)
         if baggage:
-            ctx = self.baggage_propagator.extract({"baggage": baggage}, ctx)
+            ctx = _baggage_warnings.extract(self.baggage_propagator.extract, baggage, ctx)
         return ctx
 
     def remote_parent(self, traceparent: str) -> Any:
@@ -1632,11 +1713,11 @@ class _W3C:
         """The context a handler runs in: ``set_span_in_context(span, extract(traceparent, baggage))``, made
         without the parent's own context and non-recording span."""
         if not traceparent and baggage:  # the keys in the general path's order: the parent's span comes first
-            ctx = self.baggage_propagator.extract({"baggage": baggage}, self.context.Context())
+            ctx = _baggage_warnings.extract(self.baggage_propagator.extract, baggage, self.context.Context())
             return self.trace.set_span_in_context(span, ctx)
         ctx = self.context.Context({self._span_key: span})  # what set_span_in_context(span, Context()) makes
         if baggage:
-            ctx = self.baggage_propagator.extract({"baggage": baggage}, ctx)
+            ctx = _baggage_warnings.extract(self.baggage_propagator.extract, baggage, ctx)
         return ctx
 
     def baggage(self, ctx: Any) -> str | None:
