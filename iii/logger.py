@@ -115,7 +115,8 @@ _INT64: Final = (-(2**63), 2**63 - 1)
 
 
 def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = frozenset()) -> Any:
-    """``value`` as an OpenTelemetry attribute value: nested JSON-like data is kept, anything else stringified.
+    """``value`` as an OpenTelemetry attribute value: nested JSON-like data is kept (a set as a sorted list where
+    its members compare), anything else is its ``str()`` (a datetime, UUID, Decimal, Enum, bytes: its text, not JSON).
 
     What JSON or OTLP cannot carry is turned into text here, because the record would otherwise be lost whole (with
     the rest of its export batch): a non-finite float (not JSON), an integer beyond int64 (refused by the engine),
@@ -125,6 +126,9 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
     Example:
         >>> _attribute_value({"ratio": float("nan"), "big": 2**64, "ok": [1, "a"]})
         {'ratio': 'NaN', 'big': '18446744073709551616', 'ok': [1, 'a']}
+        >>> import datetime, decimal
+        >>> _attribute_value({"at": datetime.date(2026, 12, 6), "d": decimal.Decimal("1.50"), "s": {3, 1}})
+        {'at': '2026-12-06', 'd': '1.50', 's': [1, 3]}
         >>> _MAX_DEPTH
         29
     """
@@ -143,7 +147,7 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
         if math.isfinite(value):
             return value
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict | list | tuple):
+    if isinstance(value, dict | list | tuple | set | frozenset):
         if id(value) in ancestors:
             return "<cycle>"
         if depth >= _MAX_DEPTH:
@@ -151,10 +155,23 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
         inner = ancestors | {id(value)}
         if isinstance(value, dict):
             return {_body(key): _attribute_value(item, depth + 1, inner) for key, item in value.items()}
+        if isinstance(value, set | frozenset):
+            value = _in_order(value)
         return [_attribute_value(item, depth + 1, inner) for item in value]
-    from .utils import safe_stringify
+    # Any other value (datetime, UUID, Decimal, Enum, bytes, ...) as its str(), as OpenTelemetry's own attribute
+    # cleaning makes it: it was JSON text before, quotes included ('"2026-12-06 17:54:15"').
+    try:
+        return _text(str(value))
+    except Exception:  # (its own __str__ may raise anything, RecursionError included: never the caller's problem)
+        return "[unserializable]"
 
-    return safe_stringify(value)
+
+def _in_order(members: set[Any] | frozenset[Any]) -> list[Any]:
+    """A set's members sorted where they compare (a set has no order of its own), else as iterated."""
+    try:
+        return sorted(members)
+    except Exception:  # members of types that do not compare (or whose comparison raises)
+        return list(members)
 
 
 _text = escape_surrogates  # a record's text: its exporter cannot fail on it (a batch was lost for one before)
