@@ -62,7 +62,7 @@ def test_explicit_ids_win_over_the_active_span(frames: Frames) -> None:
     assert (record["traceId"], record["spanId"]) == (trace_id, span_id)
     values = _attrs(record)["log.data"]["arrayValue"]["values"]
     assert values[:2] == [{"intValue": 1}, {"stringValue": "two"}]
-    assert values[3]["stringValue"].startswith('"<class')  # non-JSON values are stringified, not dropped
+    assert values[3]["stringValue"].startswith("<class")  # non-JSON values are stringified, not dropped
 
 
 def test_falls_back_to_logging_when_not_initialised(caplog: pytest.LogCaptureFixture) -> None:
