@@ -8,20 +8,30 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from .settings import DEFAULT_LOCK_TTL_MS, CronSettings, RedisCronSettings
 
 __all__ = ["CronLock", "KvCronLock", "RedisCronLock", "open_cron_lock"]
 
 
-# Atomically: fire only if this tick is newer than the last fired one, and remember it.
+# Atomically, for each key: fire only if its tick (ARGV[i + 1]) is newer than the last fired one, and remember it
+# for ARGV[1] ms. One answer per key, in order; a key given twice is won once.
 _TRY_FIRE_LUA = """
-local last = redis.call('GET', KEYS[1])
-if last and tonumber(last) >= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+local won = {}
+for i, key in ipairs(KEYS) do
+  local tick = ARGV[i + 1]
+  local last = redis.call('GET', key)
+  if last and tonumber(last) >= tonumber(tick) then
+    won[i] = 0
+  else
+    redis.call('SET', key, tick, 'PX', ARGV[1])
+    won[i] = 1
+  end
+end
+return won
 """
 
 
@@ -34,6 +44,13 @@ _REDIS_TIMEOUT_S = 5.0
 # (1 ms) each engine that tried a tick a moment after another found no key and fired it too: every tick on every
 # engine. One integer per trigger id: a minute costs nothing and covers an engine's short stall.
 _MIN_MEMORY_MS = 60_000
+# Keys one lock script takes at most: a script blocks Redis while it runs (1,000 keys: about a millisecond).
+_KEYS_PER_SCRIPT = 1000
+# Lock scripts of one engine in flight at most; the ticks asked meanwhile go in the next ones. Why batches: one
+# round trip per trigger per tick through the 50-connection pool lost the ticks waiting for a connection (2,000
+# every-second triggers: 49 % of ticks never fired on one engine, 93 % on two, "PoolExhaustedError ... all 50
+# connections stayed busy for 5 s").
+_SCRIPTS_IN_FLIGHT = 8
 
 
 class CronLock(Protocol):
@@ -136,6 +153,10 @@ class RedisCronLock:
         self._key_ms = max(ttl_ms, _MIN_MEMORY_MS)
         self._prefix = key_prefix
         self._script = self._redis.register_script(_TRY_FIRE_LUA)
+        # ticks asked and not yet sent: (key, tick_ms, the asker's future)
+        self._asked: list[tuple[str, int, asyncio.Future[bool]]] = []
+        self._flush_due = False
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def prepare(self) -> None:
         """Check Redis answers (a ``PING`` within 5 s), so a module on a Redis that is down fails its start in one
@@ -160,9 +181,49 @@ class RedisCronLock:
 
     async def try_fire(self, job_id: str, tick_ms: int, *, lock_key: str | None = None) -> bool:
         """See :class:`CronLock`; raises (a ``redis`` error) when Redis did not answer within 5 s. A fired tick is
-        remembered ``max(lock_ttl_ms, 60 s)``: an engine later than that for it may fire it again."""
-        won = await self._script(keys=[self._key(job_id, lock_key)], args=[tick_ms, self._key_ms])
-        return bool(won)
+        remembered ``max(lock_ttl_ms, 60 s)``: an engine later than that for it may fire it again.
+
+        The ticks asked in one turn of the event loop (the schedules of one instant go on in batches of turns) are
+        locked together, up to 1,000 per round trip, at most 8 round trips in flight."""
+        asked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._asked.append((self._key(job_id, lock_key), tick_ms, asked))
+        if not self._flush_due and len(self._sending) < _SCRIPTS_IN_FLIGHT:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await asked
+
+    def _flush(self) -> None:
+        """Send the ticks asked, as many scripts as may be in flight; the rest wait for one of them to end."""
+        self._flush_due = False
+        while self._asked and len(self._sending) < _SCRIPTS_IN_FLIGHT:
+            batch = self._asked[:_KEYS_PER_SCRIPT]
+            del self._asked[:_KEYS_PER_SCRIPT]
+            task = asyncio.get_running_loop().create_task(self._send(batch), name="cron-lock")
+            self._sending.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if self._asked and not self._flush_due:
+            self._flush()
+
+    async def _send(self, batch: list[tuple[str, int, asyncio.Future[bool]]]) -> None:
+        try:
+            won: list[Any] = await self._script(keys=[key for key, _, _ in batch],
+                                                args=[self._key_ms, *(tick for _, tick, _ in batch)])
+        except BaseException as exc:
+            for _, _, asked in batch:
+                if not asked.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        asked.cancel()
+                    else:
+                        asked.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, asked), one in zip(batch, won, strict=True):
+            if not asked.done():  # its asker may have gone (its trigger unregistered)
+                asked.set_result(bool(one))
 
     async def fired(self, job_id: str, tick_ms: int, *, lock_key: str | None = None) -> bool:
         """See :class:`CronLock` (within the lock's memory of fired ticks); raises when Redis did not answer."""
@@ -173,7 +234,13 @@ class RedisCronLock:
         return f"{self._prefix}cron_lock:{job_id}" if lock_key is None else f"{self._prefix}cron_lock_key:{lock_key}"
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Cancel the ticks not yet answered and close the connection pool."""
+        asked, self._asked = self._asked, []
+        for _, _, future in asked:
+            future.cancel()
+        for task in list(self._sending):
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
         await self._redis.aclose()
 
 

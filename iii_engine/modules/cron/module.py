@@ -3,7 +3,8 @@
 Each tick is fired by exactly one engine among those sharing a lock store (:mod:`~iii_engine.modules.cron.locks`;
 settings: :class:`~iii_engine.modules.cron.settings.CronSettings`). A tick is a trigger-fired call: it holds a slot
 of the engine's ``max_fired_calls`` from the tick (lock and condition included) until the handler's outcome is in;
-with no room the tick is skipped, counted and logged (nobody waits for a tick, and a late one is worth little).
+with no room the tick is skipped, counted and logged (nobody waits for a tick, and a late one is worth little). A
+shared lock (Redis) is waited for without the slot, which is taken again once the tick is won.
 
 Example (engine configuration):
     >>> CronModule.class_names
@@ -247,6 +248,9 @@ class CronModule(EngineModule):
         self.left_unchecked = 0
         self._left_checks: set[asyncio.Task[None]] = set()
         self._lock_failure_log = LossLog(self._log_lock_failures, LOCK_FAILURE_LOG_INTERVAL_S)
+        # One line per trigger per stall before: 5,000 every-second triggers and one 3 s stop wrote 5,903 lines
+        # (1.2 MB), on the loop, which made the stall longer.
+        self._missed_log = LossLog(self._log_missed, LOCK_FAILURE_LOG_INTERVAL_S)
         self._lost_log = LossLog(self._log_lost, LOCK_FAILURE_LOG_INTERVAL_S)
         # its own: one log's `latest` names the latest tick of either kind, and each line must name one of its own
         self._unchecked_log = LossLog(self._log_unchecked, LOCK_FAILURE_LOG_INTERVAL_S)
@@ -283,6 +287,7 @@ class CronModule(EngineModule):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._lock_failure_log.close()
+        self._missed_log.close()
         self._lost_log.close()
         self._unchecked_log.close()
         if self._lock is not None:
@@ -402,15 +407,30 @@ class CronModule(EngineModule):
         """Count and log the ticks of ``expression`` after ``last`` up to ``now``, which a stall (``stalled``) or a
         wall clock set forward made late: exactly, by arithmetic (:meth:`CronExpression.count_between`), not by
         walking them (counted up to 1,000 before, so a long stall of an every-second schedule was reported as "at
-        least 1000"). ``late``: the tick the log names as late (default ``last``, the latest tick fired)."""
+        least 1000"). ``late``: the tick the log names as late (default ``last``, the latest tick fired). Logged
+        rate-limited (one stall makes every schedule skip): the first at once, then at most one line every
+        :data:`LOCK_FAILURE_LOG_INTERVAL_S` with the counts and the latest."""
         missed = expression.count_between(last, now)
         if missed:
             self.missed_ticks += missed
             late = last if late is None else late
             # The log says which: an operator chasing a stall that was a clock step looks for the wrong cause.
             cause = "the engine stalled" if stalled else "the wall clock went forward (the engine did not stall)"
-            log.warning("cron %s: %s: %.1f s late for tick %s; %d tick(s) up to %s skipped", trigger.id, cause,
-                        (now - late).total_seconds(), rfc3339(late), missed, rfc3339(now))
+            what = (f"cron {trigger.id}: {cause}: {(now - late).total_seconds():.1f} s late for tick "
+                    f"{rfc3339(late)}; {missed} tick(s) up to {rfc3339(now)} skipped")
+            self._missed_log.count("schedules")
+            self._missed_log.lost("stalled" if stalled else "clock", what, missed)
+
+    def _log_missed(self, counts: Mapping[str, int], latest: str | None) -> None:
+        causes = [f"{counts[kind]} because {cause}" for kind, cause in (
+            ("stalled", "the engine stalled"), ("clock", "the wall clock went forward")) if counts.get(kind)]
+        summary = (f"{sum(counts.get(kind, 0) for kind in ('stalled', 'clock'))} tick(s) of "
+                   f"{counts.get('schedules', 0)} trigger schedule(s) skipped since the last warning "
+                   f"({', '.join(causes)}; {self.missed_ticks} in all)")
+        if latest is None:
+            log.warning("cron: %s", summary)
+        else:  # the latest first: the cause and the ticks of one schedule, as a single skip was logged
+            log.warning("%s [%s]", latest, summary)
 
     def _log_lock_failures(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = latest_tail(latest)
@@ -462,16 +482,18 @@ class CronModule(EngineModule):
 
     async def _fire(self, trigger: TriggerInfo, tick: datetime, following: datetime | None,
                     schedule: asyncio.Task[Any] | None, slot: FiredSlots) -> None:
-        """Fire one tick, holding the slot taken for it until the call has it (or the tick is not fired)."""
+        """Fire one tick, holding the slot taken for it until the call has it (or the tick is not fired), but for
+        the wait for a shared lock."""
+        held = [slot]  # the slot this tick holds, if any: given back during a shared lock's round trip
         fired = False
         try:
-            fired = await self._fire_taken(trigger, tick, following, schedule, slot)
+            fired = await self._fire_taken(trigger, tick, following, schedule, held)
         finally:
-            if not fired:
-                slot.release()
+            if not fired and held:
+                held.pop().release()
 
     async def _fire_taken(self, trigger: TriggerInfo, tick: datetime, following: datetime | None,
-                          schedule: asyncio.Task[Any] | None, slot: FiredSlots) -> bool:
+                          schedule: asyncio.Task[Any] | None, held: list[FiredSlots]) -> bool:
         # A worker refusing the tick busy is asked again only until the following tick is due: held ticks ran
         # late, in a burst and out of order (5 within 1.4 s), where a missed tick is otherwise skipped.
         loop = asyncio.get_running_loop()
@@ -489,6 +511,11 @@ class CronModule(EngineModule):
             self.ticks_left += 1
             self._check_left(lock, trigger, tick, condition)
             return False
+        if lock.shared:
+            # Not held during the round trip: ticks waiting for Redis held max_fired_calls slots, and the other
+            # trigger types' fired calls were skipped meanwhile ("no room under max_fired_calls 10000: 843
+            # skipped"). The slot taken before showed there was room: with none, the tick was left to the others.
+            held.pop().release()
         try:
             if not await lock.try_fire(trigger.id, int(tick.timestamp() * 1000), lock_key=lock_key_of(trigger)):
                 return False
@@ -497,6 +524,13 @@ class CronModule(EngineModule):
             self._lock_failure_log.lost("lock", f"cron {trigger.id} tick {rfc3339(tick)}: {type(exc).__name__}: "
                                         f"{exc}"[:500])
             return False
+        if not held:
+            again = self.services.fired_calls.try_take()
+            if again is None:
+                self.services.fired_calls.skip(f"cron {trigger.id} tick {rfc3339(tick)}")
+                return False
+            held.append(again)
+        slot = held[0]
         payload = {
             "trigger": "cron",
             "job_id": trigger.id,
