@@ -29,6 +29,7 @@ import zlib
 from typing import Any, Final
 
 import aiohttp
+from aiohttp.client_middlewares import ClientHandlerType
 
 from iii.loss_log import LossLog
 
@@ -50,6 +51,67 @@ class BodyError(Exception):
 
 class StaleConnectionError(aiohttp.ClientConnectionError):
     """Every idle connection the pool offered held bytes nobody asked for (a server writing on idle connections)."""
+
+
+MAX_INTERIM_RESPONSES: Final = 16
+"""Interim (1xx) responses one request takes before its final one: past it, the request fails. aiohttp's client reads
+them in a loop with no end: an endpoint sending ``103 Early Hints`` for ever kept the engine's loop busy until the
+call's timeout (10 such calls took other calls from 2-4 ms to 1.5-2.4 s)."""
+
+
+class InterimResponsesError(aiohttp.ClientError):
+    """An endpoint sent more than :data:`MAX_INTERIM_RESPONSES` interim (1xx) responses to one request."""
+
+
+class BoundedResponse(aiohttp.ClientResponse):
+    """aiohttp's response, reading at most :data:`MAX_INTERIM_RESPONSES` interim responses before the final one
+    (the session's ``response_class``)."""
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        if protocol is None:
+            return await super().start(connection)
+        read = protocol.read
+        interim = 0
+
+        async def bounded_read() -> Any:
+            nonlocal interim
+            message, payload = await read()
+            if 100 <= message.code < 200 and message.code != 101:  # (101 is final: aiohttp's own test)
+                interim += 1
+                if interim > MAX_INTERIM_RESPONSES:
+                    raise InterimResponsesError(f"the endpoint sent more than {MAX_INTERIM_RESPONSES} interim (1xx) "
+                                                f"responses, the latest {message.code}, before a final one")
+            return message, payload
+
+        # The protocol outlives the request (a kept-alive connection): its own read is back once the head is read.
+        try:
+            setattr(protocol, "read", bounded_read)  # noqa: B010 - an instance attribute over the class's method
+        except AttributeError:  # a protocol class with slots (a later aiohttp): unbounded rather than no call at all
+            return await super().start(connection)
+        try:
+            return await super().start(connection)
+        finally:
+            delattr(protocol, "read")
+
+
+class ConnectionLostError(aiohttp.ClientConnectionError):
+    """The connection closed or failed once the request was on its way, before its answer (aiohttp would send an
+    idempotent one, GET, PUT or DELETE, again on a new connection)."""
+
+
+async def send_once(request: aiohttp.ClientRequest, handler: ClientHandlerType) -> aiohttp.ClientResponse:
+    """A client middleware: a request is sent at most once. aiohttp sends an idempotent request a second time when
+    its connection fails before the answer (RFC 9112 9.3.1), and an endpoint then ran one call twice, both under one
+    invocation id; here that failure is the call's, as it is for POST and PATCH. Connect failures (nothing sent) pass
+    as they are."""
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        raise ConnectionLostError(f"{exc or type(exc).__name__} before its answer (the request may have reached the "
+                                  "endpoint: it is not sent again)") from exc
 
 
 STRAY_BYTES_MEMORY_S: Final = 600.0

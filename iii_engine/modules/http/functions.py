@@ -48,7 +48,15 @@ from ...invocations import CALLER_LEFT, ENGINE_STOPPING, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, TOO_MANY_CALLS
 from ...settings import Field, Settings, UnknownKeys
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
-from .endpoint_client import ACCEPT_ENCODING, BodyDecoder, BodyError, FreshConnector
+from .endpoint_client import (
+    ACCEPT_ENCODING,
+    BodyDecoder,
+    BodyError,
+    BoundedResponse,
+    FreshConnector,
+    InterimResponsesError,
+    send_once,
+)
 from .security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
 
 # SSRF (issue #8): the URL rules look a name up once and the connection uses exactly the addresses that lookup
@@ -75,7 +83,17 @@ CALLER_SHARES: Final = 4
 that disconnected left running) fills at most a quarter of it."""
 # an error object's code and message, at most, as an endpoint's answer gives them (a 100 KB code was passed on)
 _ERROR_CODE_CHARS = 200
+# a URL quoted in an error message or a log line, at most (a 100 KB URL made errors of 100,174 characters)
+_URL_CHARS = 200
+_VOID_MESSAGE_CHARS = 500  # a failed void call's message in the warning
 _READ_CHUNK = 64 * 1024
+MIN_BODY_PIECES: Final = 65_536
+"""Pieces (HTTP chunks, or reads of an unchunked body) a response body may come in, at least: a body of 1-byte chunks
+cost about 10 s of the engine's CPU per call before it reached the 4 MiB bound. The bound is the larger of this and
+the body's byte limit / 64 (pieces averaging 64 bytes pass)."""
+# Control characters (C0, DEL, C1, and the Unicode line separators) in an endpoint's error message: escaped, so
+# that the message cannot start a line of its own in a log (CR LF and a forged record) or colour a terminal.
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -328,6 +346,34 @@ def _failure(code: str, message: str) -> EngineError:
     return EngineError(code, mask_passwords(message))
 
 
+def _url(function: HttpFunction) -> str:
+    """The endpoint's URL as errors and logs quote it: secrets masked, and clipped."""
+    return clip_text(function.shown_url, _URL_CHARS)
+
+
+def _visible(text: str) -> str:
+    r"""``text`` with its control characters escaped as Python writes them.
+
+    Example:
+        >>> _visible("a\r\nb\x1b[31m")
+        'a\\r\\nb\\x1b[31m'
+    """
+    return _CONTROL_CHARS.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+def _not_http(exc: BaseException) -> str | None:
+    """What the HTTP client's parser refused in an answer, if that is why ``exc`` was raised: aiohttp words it as an
+    HTTP status (``400, message='Bad status line …'``), which read as if the endpoint had answered 400."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, aiohttp.http_exceptions.HttpProcessingError):
+            return f"the endpoint's answer is not valid HTTP: {_chain(ValueError(seen.message))}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _rejected(exc: UrlRejected) -> EngineError:
     """``url_validation_failed`` with production's message first, then what exactly was wrong."""
     return _failure("url_validation_failed", f"{exc}: {exc.detail}" if exc.detail else str(exc))
@@ -368,6 +414,10 @@ def _stopped(function_id: str, why: str) -> EngineError:
     """The ``invocation_stopped`` error of a call the module stopped (as the engine's own for a routed call)."""
     body = stopped(function_id, why)
     return EngineError(body["code"], body["message"])
+
+
+class _Counted(EngineError):
+    """A call refused at a bound: counted and logged as such already (``refused``)."""
 
 
 class _Call:
@@ -451,6 +501,10 @@ class HttpFunctionsModule(EngineModule):
         #: calls refused at a bound, and calls whose wait for a connection outlasted their timeout_ms
         self.refused = 0
         self.connection_waits_timed_out = 0
+        self._void_log = LossLog(self._log_void_failed, SKIP_LOG_INTERVAL_S)
+        self._latest_void_failure = ""
+        #: workers' void calls that failed (their callers asked for no answer: logged, rate-limited)
+        self.void_failed = 0
 
     async def start(self) -> None:
         """Open the HTTP client: every name it connects to is resolved and vetted by :class:`VettingResolver`."""
@@ -464,7 +518,8 @@ class HttpFunctionsModule(EngineModule):
         connector = FreshConnector(resolver=VettingResolver(lambda: self.rules), use_dns_cache=False,
                                    limit=total, limit_per_host=per_host)
         # Bodies are decoded by _read_bounded (BodyDecoder): aiohttp's decoding took a cut-off gzip body for whole.
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False,
+                                              response_class=BoundedResponse, middlewares=(send_once,))
         self._stopping = False
         self.core.add_worker_listener(self._worker_event)
         self.services.serve_external_functions(self)
@@ -483,6 +538,7 @@ class HttpFunctionsModule(EngineModule):
             log.info("HTTP functions: %d call(s) in flight stopped by the engine's stop", len(tasks))
             await asyncio.wait(tasks, timeout=closing.CLOSE_TIMEOUT_S)
         self._refused_log.close()
+        self._void_log.close()
         if self._session is not None:
             connector = self._session.connector
             if isinstance(connector, FreshConnector):
@@ -493,16 +549,18 @@ class HttpFunctionsModule(EngineModule):
     def stats(self) -> dict[str, int]:
         """Counters: HTTP calls in flight, of them waiting for a connection, the most one worker has in flight, those
         workers that disconnected left running, calls refused at a bound (or dropped past the share of those left
-        running), and calls whose wait for a connection outlasted their ``timeout_ms``.
+        running), calls whose wait for a connection outlasted their ``timeout_ms``, and workers' void calls that
+        failed otherwise (an error from the endpoint, no connection, a timeout, ...).
 
         Example:
             >>> module.stats()  # doctest: +SKIP
             {'in_flight': 150, 'waiting_for_connection': 50, 'busiest_caller': 100, 'left_running': 0, 'refused': 0,
-             'connection_waits_timed_out': 0}
+             'connection_waits_timed_out': 0, 'void_failed': 0}
         """
         return {"in_flight": len(self._calls), "waiting_for_connection": sum(h.waiting for h in self._hosts.values()),
                 "busiest_caller": max(self._per_caller.values(), default=0), "left_running": self._left_running,
-                "refused": self.refused, "connection_waits_timed_out": self.connection_waits_timed_out}
+                "refused": self.refused, "connection_waits_timed_out": self.connection_waits_timed_out,
+                "void_failed": self.void_failed}
 
     async def register_external(self, function_id: str, invocation_config: Any,
                                 owner_worker_id: str | None) -> BuiltinFunction:
@@ -519,13 +577,21 @@ class HttpFunctionsModule(EngineModule):
         except UrlRejected as exc:
             raise _rejected(exc) from None
         self._endpoints[(function_id, owner_worker_id)] = function
-        log.info("HTTP-invoked function %s -> %s %s", function_id, function.method, function.shown_url)
+        log.info("HTTP-invoked function %s -> %s %s", function_id, function.method, _url(function))
 
         async def handler(data: Any, ctx: InvocationContext) -> Any:
-            # this registration's own endpoint, also once another owner's registration of the id came and went
-            if not self._registered(function):
-                raise EngineError("function_not_found", f"Function {function_id} not found")
-            return await self._run(function, data, ctx)
+            try:
+                # this registration's own endpoint, also once another owner's registration of the id came and went
+                if not self._registered(function):
+                    raise EngineError("function_not_found", f"Function {function_id} not found")
+                return await self._run(function, data, ctx)
+            except EngineError as exc:
+                # A worker's void call: the engine drops its outcome, so a failure's only trace is here (before,
+                # an endpoint's 500, a refused connection or a timeout left none). An engine-internal caller (a
+                # queue, a trigger) has the error itself.
+                if ctx.invocation_id is None and ctx.caller_worker_id is not None and not isinstance(exc, _Counted):
+                    self._count_void_failed(function, exc)
+                raise
 
         return BuiltinFunction(function_id, handler, description=f"HTTP {function.method} {function.shown_url}")
 
@@ -644,19 +710,29 @@ class HttpFunctionsModule(EngineModule):
                 why = (f"its worker {worker_id} disconnected and {self._left_running} HTTP calls are left running by "
                        f"workers that disconnected (max_calls_per_caller {self.per_caller})")
                 self._count_refused(call.function, why)
-                self._stop_call(call, EngineError(TOO_MANY_CALLS, f"HTTP function {call.function.function_id} "
-                                                                  f"dropped a void call: {why}"))
+                self._stop_call(call, _Counted(TOO_MANY_CALLS, f"HTTP function {call.function.function_id} "
+                                                               f"dropped a void call: {why}"))
                 call.left = False  # (its place is given back now, not when its task ends)
                 self._left_running -= 1
 
     def _refuse(self, function: HttpFunction, why: str) -> None:
         self._count_refused(function, why)
-        raise EngineError(TOO_MANY_CALLS, f"HTTP function {function.function_id} refused its call: {why}")
+        raise _Counted(TOO_MANY_CALLS, f"HTTP function {function.function_id} refused its call: {why}")
 
     def _count_refused(self, function: HttpFunction, why: str) -> None:
         self.refused += 1
         self._latest_refusal = f"{function.function_id}: {why}"
         self._refused_log.lost("refused", self._latest_refusal)
+
+    def _count_void_failed(self, function: HttpFunction, error: EngineError) -> None:
+        self.void_failed += 1
+        self._latest_void_failure = (f"{function.function_id} ({error.code}): "
+                                     f"{clip_text(_visible(error.message), _VOID_MESSAGE_CHARS)}")
+        self._void_log.lost("void_failed", self._latest_void_failure)
+
+    def _log_void_failed(self, counts: Mapping[str, int], _latest: str | None) -> None:
+        log.warning("HTTP functions: %d void call(s) failed since the last warning (%d in all; their callers asked "
+                    "for no answer), latest %s", counts["void_failed"], self.void_failed, self._latest_void_failure)
 
     def _log_refused(self, counts: Mapping[str, int], _latest: str | None) -> None:
         # void calls have nobody to tell: this is their only trace
@@ -687,7 +763,7 @@ class HttpFunctionsModule(EngineModule):
                 if not isinstance(exc, TimeoutError):
                     raise
                 self.connection_waits_timed_out += 1
-                raise _failure("http_request_failed", f"request to {function.url} not sent: no connection to "
+                raise _failure("http_request_failed", f"request to {_url(function)} not sent: no connection to "
                                                       f"{key[1]}:{key[2]} came free within {function.timeout_ms} ms "
                                                       f"({self.per_host} in use, "
                                                       f"max_connections_per_host)") from None
@@ -740,22 +816,25 @@ class HttpFunctionsModule(EngineModule):
                 try:
                     raw = await self._read_bounded(function, response)
                 except TimeoutError:
-                    raise _failure("http_response_failed", f"the response of {function.url} did not arrive whole "
+                    raise _failure("http_response_failed", f"the response of {_url(function)} did not arrive whole "
                                                            f"within {function.timeout_ms} ms") from None
                 except aiohttp.ClientError as exc:
-                    raise _failure("http_response_failed",
-                                   f"reading the response of {function.url} failed: {_chain(exc)}") from None
+                    raise _failure("http_response_failed", f"reading the response of {_url(function)} failed: "
+                                                           f"{_not_http(exc) or _chain(exc)}") from None
                 return self._result(function, response.status, response.reason, raw)
+        except InterimResponsesError as exc:
+            raise _failure("http_response_failed", f"the response of {_url(function)} was not read: {exc}") from None
         except TimeoutError:
             raise _failure("http_request_failed",
-                           f"request to {function.url} timed out after {function.timeout_ms} ms") from None
+                           f"request to {_url(function)} timed out after {function.timeout_ms} ms") from None
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, _Refused):
                 raise _rejected(exc.os_error.rejected) from None
-            raise _failure("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
+            raise _failure("http_request_failed", f"request to {_url(function)} failed: {_chain(exc)}") from None
         except (aiohttp.ClientError, ValueError) as exc:
             # ValueError: what the client raises for a request it refuses to send (a header it will not write)
-            raise _failure("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
+            raise _failure("http_request_failed", f"request to {_url(function)} failed: "
+                                                  f"{_not_http(exc) or _chain(exc)}") from None
 
     async def _read_bounded(self, function: HttpFunction, response: aiohttp.ClientResponse) -> bytes:
         """The whole body, or ``result_not_sent`` as soon as it is known to exceed the engine's
@@ -771,7 +850,7 @@ class HttpFunctionsModule(EngineModule):
                 return EngineError("http_error", f"HTTP {response.status} {_reason(response.status, response.reason)}"
                                                  f" (its body, larger than {limit} bytes, not read)")
             return _failure(RESULT_NOT_SENT,
-                            f"The result of '{function.function_id}' was not read: the response of {function.url} is "
+                            f"The result of '{function.function_id}' was not read: the response of {_url(function)} is "
                             f"larger than {limit} bytes, the engine's limit (max_message_size); return bulk data "
                             "through a channel (create_channel) and its ref instead")
 
@@ -787,7 +866,21 @@ class HttpFunctionsModule(EngineModule):
             # them for ever held a core until the call's timeout. No legitimate encoding of at most ``limit``
             # bytes takes much more than that on the wire.
             wire, wire_limit = 0, limit + limit // 8 + _READ_CHUNK
-            async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            # Each piece (an HTTP chunk, or what one read of the socket brought) costs the parser and this loop
+            # the same whatever its size: their number is bounded too, or 1-byte chunks cost 6 bytes on the wire and
+            # about 2 microseconds each, for 4 Mi of them.
+            pieces, pieces_limit = 0, max(MIN_BODY_PIECES, limit // 64)
+            content = response.content
+            while True:
+                # (not iter_chunks(): aiohttp's empty body is one object shared by every response, whose readchunk
+                # says "end" to its first reader only and "end of a chunk" to every later one, for ever)
+                chunk, _ = await content.readchunk()
+                if not chunk and content.at_eof():
+                    break
+                pieces += 1
+                if pieces > pieces_limit:
+                    raise BodyError(f"its body came in more than {pieces_limit} pieces (HTTP chunks or reads), "
+                                    f"{len(raw)} bytes so far: pieces that small are not read")
                 wire += len(chunk)
                 raw += decoder.feed(chunk, limit - len(raw))
                 if len(raw) > limit or wire > wire_limit:  # counted after decoding, so a compressed bomb stops too
@@ -798,7 +891,7 @@ class HttpFunctionsModule(EngineModule):
             raw += decoder.finish(empty_is_whole=not close_delimited or response.status in (204, 304))
         except BodyError as exc:
             raise _failure("http_response_failed",
-                           f"the response of {function.url} was not read whole: {exc}") from None
+                           f"the response of {_url(function)} was not read whole: {exc}") from None
         return bytes(raw)
 
     def _headers(self, function: HttpFunction, body: bytes) -> CIMultiDict[str]:
@@ -824,7 +917,7 @@ class HttpFunctionsModule(EngineModule):
                 return loads(raw)
             except ValueError as exc:
                 snippet = raw[:80].decode("utf-8", "replace")
-                raise _failure("invalid_response", f"response of {function.url} is not JSON the engine takes "
+                raise _failure("invalid_response", f"response of {_url(function)} is not JSON the engine takes "
                                                    f"({_chain(exc)}): {snippet!r}") from None
         try:
             parsed = loads(raw) if raw.strip() else None
@@ -834,8 +927,14 @@ class HttpFunctionsModule(EngineModule):
         if isinstance(error, dict):
             code = error.get("code")
             message = error.get("message")
-            # clipped, as other errors passed on are: an endpoint's code and message go to the caller and into logs
+            # An endpoint's code and message go to the caller and into logs: clipped, as other errors passed on are,
+            # a code only of a token's characters and control characters in a message escaped (before, CR LF in
+            # either wrote a line of the endpoint's choosing into the engine's log)
+            text = _visible(message) if isinstance(message, str) else "HTTP request failed"
+            if isinstance(code, str) and code and not _FIELD_NAME.fullmatch(code):
+                text = (f"{text} (the endpoint's error code {clip_text(code, _ERROR_CODE_CHARS)!r} is not a token: "
+                        "letters, digits and !#$%&'*+-.^_`|~ only)")
+                code = None
             raise EngineError(clip_text(code, _ERROR_CODE_CHARS) if isinstance(code, str) and code else "http_error",
-                              clip_text(message, REPLY_REASON_CLIP) if isinstance(message, str)
-                              else "HTTP request failed")
+                              clip_text(text, REPLY_REASON_CLIP))
         raise EngineError("http_error", f"HTTP {status} {_reason(status, reason)}".rstrip())
