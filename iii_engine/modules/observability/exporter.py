@@ -296,7 +296,13 @@ class OtlpForwarder:
                         else:
                             self.sent += 1
                             self.sent_records += records
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                except TimeoutError as exc:
+                    # The post's total timeout raises a TimeoutError with no message: the line ended at
+                    # "unreachable: TimeoutError: " for a collector that accepted the connection and never answered.
+                    detail = scrubbed(str(exc), url, self.endpoint)
+                    self._failure(f"gave no answer within {self._timeout:g} s (timeout) for {signal}"
+                                  + (f" ({type(exc).__name__}: {detail})" if detail else ""), records)
+                except aiohttp.ClientError as exc:
                     self._failure(f"unreachable: {type(exc).__name__}: {scrubbed(str(exc), url, self.endpoint)}",
                                   records)
                 except Exception as exc:

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextvars import ContextVar
@@ -58,7 +59,9 @@ from .otlp import (
 from .queries import (
     METRICS_KEYS,
     METRICS_ORDER,
+    TREE_SLICE_S,
     Paging,
+    adopted_roots,
     aggregate,
     answer_json,
     check_keys,
@@ -67,6 +70,7 @@ from .queries import (
     logs_query,
     page_of,
     percentile,
+    run_sliced,
     select,
     severity_of,
     severity_range,
@@ -149,6 +153,13 @@ def _object(data: Any, function_id: str) -> dict[str, Any]:
     return data
 
 
+def _no_fields(data: Any, function_id: str) -> None:
+    """Refuse a clear given any field: it clears everything, and before, ``{"trace_id": ...}`` or
+    ``{"older_than_ms": ...}`` looked like a filter and wiped the whole store."""
+    if data is not None:
+        check_keys(_object(data, function_id), (), function_id)
+
+
 def _check_query(function_id: str, start: Any, end: Any, name: Any) -> None:
     """Refuse a metrics query whose times are not numbers >= 0 or whose metric name is not a string (before, a
     number as metric_name silently matched nothing)."""
@@ -207,25 +218,35 @@ def _console_level(severity_number: int) -> int:
     return logging.INFO
 
 
+# The OpenTelemetry propagator's form (opentelemetry.trace.propagation.tracecontext), which the SDKs read the
+# traceparent the engine sends with a call by: the engine must parent its span to a context they take, or the trace
+# splits in two. Before, int(x, 16) took upper case, "_" and "+" in the ids, and version ff.
+_TRACEPARENT = re.compile("^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
+_TRACEPARENT_MAX_CHARS = 512
+
+
 def parse_traceparent(value: str | None) -> tuple[str, str] | None:
-    """``(trace_id, parent_span_id)`` of a W3C ``traceparent``, or ``None`` when absent or malformed.
+    """``(trace_id, parent_span_id)`` of a W3C ``traceparent``, or ``None`` when absent or malformed, as the
+    OpenTelemetry propagator reads it: lower-case hex, not version ``ff``, no field after the four of version ``00``,
+    ids not all zero.
 
     Example:
         >>> parse_traceparent("00-" + "a" * 32 + "-" + "b" * 16 + "-01")[1]
         'bbbbbbbbbbbbbbbb'
+        >>> [parse_traceparent(v) for v in ("ff-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        ...                                 "00-" + "A" * 32 + "-" + "b" * 16 + "-01",
+        ...                                 "00-" + "a" * 32 + "-" + "b" * 15 + "_-01")]
+        [None, None, None]
     """
-    if not value:
+    if not value or len(value) > _TRACEPARENT_MAX_CHARS:
         return None
-    parts = value.strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+    match = _TRACEPARENT.match(value)
+    if match is None:
         return None
-    try:
-        int(parts[1], 16), int(parts[2], 16)
-    except ValueError:
+    version, trace_id, span_id, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or trace_id == "0" * 32 or span_id == "0" * 16:
         return None
-    if parts[1] == "0" * 32 or parts[2] == "0" * 16:
-        return None
-    return parts[1].lower(), parts[2].lower()
+    return trace_id, span_id
 
 
 def parse_baggage(value: str | None) -> dict[str, str]:
@@ -912,6 +933,7 @@ class OtelModule(EngineModule):
                             **page.fields(encoded), "timestamp": _now_ms()})
 
     async def _logs_clear(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        _no_fields(data, "engine::logs::clear")
         self.logs.clear()
         return {"success": True}
 
@@ -922,7 +944,9 @@ class OtelModule(EngineModule):
 
     async def _traces_list(self, data: Any, ctx: InvocationContext) -> EncodedResult:
         snapshot = self._span_store().snapshot()
-        query = traces_query(snapshot.entries, _object(data, "engine::traces::list"))
+        data = _object(data, "engine::traces::list")
+        adopted = await run_sliced(adopted_roots(snapshot.entries, TREE_SLICE_S))
+        query = traces_query(snapshot.entries, data, adopted)
         page = await page_of(snapshot, query.keep, query)
         encoded = await encode_entries(page.entries, self._budget(ctx))
         # offset: where this page starts now (after a cursor as well)
@@ -941,6 +965,7 @@ class OtelModule(EngineModule):
         return answer_json({"roots": EncodedResult(encoded.json), "truncated": encoded.truncated or tree["depth_cut"]})
 
     async def _traces_clear(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        _no_fields(data, "engine::traces::clear")
         self._span_store().clear()
         return {"success": True}
 
@@ -1055,7 +1080,8 @@ class OtelModule(EngineModule):
                 "metrics": {"status": "healthy", "details": {"stored_metrics": len(self.metrics),
                                                              "stored_bytes": self.metrics.bytes,
                                                              "evicted": self.metrics.evicted,
-                                                             "refused_names": self.metrics.refused_names}},
+                                                             "refused_names": self.metrics.refused_names,
+                                                             "evicted_for_names": self.metrics.evicted_for_names}},
                 "logs": {"status": "healthy", "details": {"stored_logs": len(self.logs),
                                                           "stored_bytes": self.logs.bytes,
                                                           "evicted": self.logs.evicted}},

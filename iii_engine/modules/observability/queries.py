@@ -26,9 +26,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import compress, islice
+from itertools import chain, compress, islice
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -42,10 +42,10 @@ from .stores import Snapshot
 __all__ = ["DEFAULT_LIMIT", "DISTRIBUTIONS", "ENGINE_KEYS", "LEVEL_NAMES", "LOGS_KEYS", "LOGS_ORDER",
            "MAX_ATTRIBUTE_FILTERS", "MAX_LIMIT", "METRICS_KEYS", "METRICS_ORDER", "SEVERITY_LEVELS",
            "TRACES_DEFAULT_LIMIT", "TRACES_KEYS", "TREE_MAX_DEPTH", "TREE_SLICE_S", "Cursor", "Encoded", "LogsQuery",
-           "Order", "Page", "Paging", "TracesQuery", "aggregate", "answer_json", "building_tree", "check_keys",
-           "encode_entries", "encode_tree", "list_logs", "list_traces", "logs_query", "mean", "page_of", "paging",
-           "percentile", "point_value", "select", "select_indices", "severity_level", "severity_of", "severity_range",
-           "sorted_page", "total", "trace_tree", "trace_tree_async", "traces_query"]
+           "Order", "Page", "Paging", "TracesQuery", "adopted_roots", "aggregate", "answer_json", "building_tree",
+           "check_keys", "encode_entries", "encode_tree", "list_logs", "list_traces", "logs_query", "mean", "page_of",
+           "paging", "percentile", "point_value", "run_sliced", "select", "select_indices", "severity_level",
+           "severity_of", "severity_range", "sorted_page", "total", "trace_tree", "trace_tree_async", "traces_query"]
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def check_keys(data: dict[str, Any], known: Iterable[str], function_id: str) -> 
     if unknown:
         raise EngineError("deserialization_error",
                           f"Failed to deserialize input for {function_id}: unknown field `{unknown[0]!s:.100}`, "
-                          f"expected one of {', '.join(known)}")
+                          + (f"expected one of {', '.join(known)}" if known else "it takes no fields"))
 
 
 def paging(data: dict[str, Any], function_id: str, default_limit: int = DEFAULT_LIMIT) -> tuple[int, int]:
@@ -590,9 +590,13 @@ class TracesQuery(Paging):
     keep: Callable[[dict[str, Any]], bool]
 
 
-def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> TracesQuery:
-    """Parse an ``engine::traces::list`` request against the stored ``spans`` (``search_all_spans`` looks at them)."""
+def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any],
+                 adopted: Container[int] | None = None) -> TracesQuery:
+    """Parse an ``engine::traces::list`` request against the stored ``spans`` (``search_all_spans`` looks at them);
+    ``adopted`` is :func:`adopted_roots` of them (found here when not given)."""
     fid = "engine::traces::list"
+    if adopted is None:
+        adopted = _run(adopted_roots(spans, None))
     check_keys(data, TRACES_KEYS, fid)
     trace_id = _field(data, "trace_id", (str,), fid)
     include_internal = bool(_field(data, "include_internal", (bool,), fid))
@@ -620,7 +624,7 @@ def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> Trace
         traces_with_name = {s["trace_id"] for s in spans if name.lower() in s["name"].lower()}
 
     def keep(span: dict[str, Any]) -> bool:
-        if span["parent_span_id"] is not None:
+        if span["parent_span_id"] is not None and id(span) not in adopted:
             return False
         if trace_id is not None and span["trace_id"] != trace_id:
             return False
@@ -673,9 +677,10 @@ TREE_MAX_DEPTH = 256
 
 
 def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``{"roots": [...], "depth_cut": bool}`` for the spans of one trace; a span whose parent is not stored is
-    left out, and so is a span more than :data:`TREE_MAX_DEPTH` levels below its root (``depth_cut`` says so). Not
-    from a running event loop (there, :func:`trace_tree_async`).
+    """``{"roots": [...], "depth_cut": bool}`` for the spans of one trace; a span whose parent is not stored, that
+    is its own parent or that is in a parent cycle is a root too (after the spans with no parent); a span more than
+    :data:`TREE_MAX_DEPTH` levels below its root is left out (``depth_cut`` says so). Not from a running event loop
+    (there, :func:`trace_tree_async`).
 
     Example:
         >>> chain = [{"span_id": str(i), "parent_span_id": str(i - 1) if i else None} for i in range(300)]
@@ -715,6 +720,7 @@ def building_tree(spans: Sequence[dict[str, Any]], slice_s: float | None) -> Gen
     for span in spans:
         if span["parent_span_id"] is not None:
             children.setdefault(span["parent_span_id"], []).append(span)
+    stored = {span["span_id"] for span in spans}
     placed: set[int] = set()
     cut = False
     began = time.perf_counter()
@@ -726,13 +732,16 @@ def building_tree(spans: Sequence[dict[str, Any]], slice_s: float | None) -> Gen
         if depth >= TREE_MAX_DEPTH:
             # Before, these were dropped and the answer said "truncated": false (a 2,000-span chain: 257 spans)
             cut = cut or bool(kids)
-            kids = []
+            while kids:  # left out with their subtrees, not taken up again as roots by the later passes
+                kid = kids.pop()
+                placed.add(id(kid))
+                kids += [grandkid for grandkid in children.get(kid["span_id"], ()) if id(grandkid) not in placed]
         return {**span, "children": []}, iter(kids), depth
 
     roots: list[dict[str, Any]] = []
-    for span in spans:
-        if span["parent_span_id"] is not None:
-            continue
+
+    def grow(span: dict[str, Any]) -> Generator[None, None, None]:
+        nonlocal began
         top = enter(span, 0)
         roots.append(top[0])
         stack = [top]
@@ -749,7 +758,126 @@ def building_tree(spans: Sequence[dict[str, Any]], slice_s: float | None) -> Gen
             if slice_s is not None and time.perf_counter() - began >= slice_s:
                 yield
                 began = time.perf_counter()
+
+    # Spans without a parent first, then those whose parent is not stored, then the first stored span of each parent
+    # cycle (a span that is its own parent is one), as engine::traces::list lists them (adopted_roots): before, only
+    # the first were roots, and the others were stored and counted but in no answer.
+    for span in chain(_parentless(spans), _orphans(spans, stored)):
+        if id(span) not in placed:
+            yield from grow(span)
+    rest = [span for span in spans if id(span) not in placed]
+    if rest:
+        heads = yield from adopted_roots(rest, slice_s)
+        for span in chain((span for span in rest if id(span) in heads), rest):
+            if id(span) not in placed:
+                yield from grow(span)
     return {"roots": roots, "depth_cut": cut}
+
+
+def _parentless(spans: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    return (span for span in spans if span["parent_span_id"] is None)
+
+
+def _orphans(spans: Iterable[dict[str, Any]], stored: Container[str]) -> Iterator[dict[str, Any]]:
+    return (span for span in spans if span["parent_span_id"] is not None and span["parent_span_id"] not in stored)
+
+
+_ORPHAN: Any = object()
+
+
+def _trace_and_span(span: dict[str, Any]) -> tuple[Any, str]:
+    return span.get("trace_id"), span["span_id"]
+
+
+def adopted_roots(spans: Sequence[dict[str, Any]], slice_s: float | None) -> Generator[None, None, set[int]]:
+    """The ``id()`` of each span :func:`trace_tree` takes as a root though it names a parent (its parent not stored,
+    or the first stored span of a parent cycle, a span that is its own parent being one), over the spans of every
+    trace, pausing (a ``yield``) each time ``slice_s`` seconds passed: ``engine::traces::list`` lists them with the
+    spans that have no parent.
+
+    Example:
+        >>> spans = [{"trace_id": "t", "span_id": s, "parent_span_id": p}
+        ...          for s, p in (("r", None), ("k", "r"), ("a", "b"), ("b", "a"), ("o", "gone"), ("z", "z"))]
+        >>> sorted(span["span_id"] for span in spans if id(span) in _run(adopted_roots(spans, None)))
+        ['a', 'o', 'z']
+    """
+    # Up each span's parent chain once (what a chain ends in is remembered for every span on it), not a walk down
+    # from the roots: 100,000 spans took ~1 s that way and ~0.1 s this one, on every list. Spans are known by their
+    # span id alone (str keys, several times cheaper than (trace, span) tuples) unless two share one.
+    trace_of = {span["span_id"]: span.get("trace_id") for span in spans}  # (trace_tree's doctests have none)
+    parent_of: dict[Any, Any]  # span -> its parent's key, None (no parent) or _ORPHAN (parent not stored)
+    key_of: Callable[[dict[str, Any]], Any]
+    unique = len(trace_of) == len(spans)
+    if unique:
+        key_of = itemgetter("span_id")
+        parent_of = {span["span_id"]: None if (parent := span["parent_span_id"]) is None
+                     else parent if trace_of.get(parent, _ORPHAN) == span.get("trace_id") else _ORPHAN
+                     for span in spans}
+    else:
+        key_of = _trace_and_span
+        keys = set(map(key_of, spans))
+        parent_of = {}
+        for span in spans:
+            key, parent = key_of(span), span["parent_span_id"]
+            if key not in parent_of:  # a span id stored twice in a trace: the first one's parent
+                parent_of[key] = (None if parent is None else (key[0], parent) if (key[0], parent) in keys
+                                  else _ORPHAN)
+    in_cycle: set[Any] = set()
+    done: set[Any] = set()
+    began = time.perf_counter()
+    for start, first in parent_of.items():
+        # no cycle through a span whose parent is none, not stored or already walked
+        if first is None or first is _ORPHAN or first in done or start in done:
+            continue
+        path: dict[Any, None] = {}
+        at = start
+        while at is not None and at is not _ORPHAN and at not in done:
+            if at in path:
+                in_cycle.update(islice(path, list(path).index(at), None))
+                break
+            path[at] = None
+            at = parent_of[at]
+        done.update(path)
+        if slice_s is not None and time.perf_counter() - began >= slice_s:
+            yield
+            began = time.perf_counter()
+    adopted: set[int] = set()
+    heads: set[Any] = set()  # keys of the cycles given a root
+    for span in spans:
+        parent = span["parent_span_id"]
+        if parent is None:
+            continue
+        if (trace_of.get(parent, _ORPHAN) != span.get("trace_id") if unique
+                else (span.get("trace_id"), parent) not in parent_of):
+            adopted.add(id(span))
+        elif in_cycle and (key := key_of(span)) in in_cycle and key not in heads:
+            adopted.add(id(span))
+            at = key  # the first stored span of its cycle: the whole cycle is below it
+            while at not in heads:
+                heads.add(at)
+                at = parent_of[at]
+    return adopted
+
+
+def _run(building: Generator[None, None, _T]) -> _T:
+    """What a builder pausing with ``yield`` returns, run in one go."""
+    while True:
+        try:
+            next(building)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
+
+
+async def run_sliced(building: Generator[None, None, _T]) -> _T:
+    """What a builder pausing with ``yield`` returns, the event loop running other work at each pause."""
+    while True:
+        try:
+            next(building)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
+        await asyncio.sleep(0)
 
 
 @dataclass

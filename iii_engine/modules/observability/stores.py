@@ -15,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +28,12 @@ from typing import Any
 
 __all__ = ["DEFAULT_MAX_BYTES", "Counters", "LogStore", "MetricStore", "Snapshot", "SpanStore", "value_bytes"]
 
+log = logging.getLogger(__name__)
+
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# At most one line per this many seconds about metric entries evicted to make room for new names.
+NAMES_LOG_INTERVAL_S = 10.0
 # What a store holds per entry besides the entry: its pointer in two deques and its size (an int).
 _SLOT_BYTES = 48
 # An entry's two timestamps (ints past the cached small ones).
@@ -320,13 +326,14 @@ class SpanStore(_Ring):
 
 class MetricStore:
     """StoredMetric entries keyed by ingestion time: at most ``max_entries`` entries and ``max_names`` names,
-    none older than ``retention_s`` after :meth:`prune`.
+    none older than ``retention_s`` after :meth:`prune`. A new name past ``max_names`` evicts the oldest entries
+    until a name is gone, as the entry bound does.
 
     Example:
         >>> store = MetricStore(max_entries=10, max_names=1)
         >>> store.add([{"name": "a", "timestamp_unix_nano": 1}, {"name": "b", "timestamp_unix_nano": 1}])
-        >>> len(store), store.refused_names
-        (1, 1)
+        >>> [m["name"] for m in store.entries()], store.evicted_for_names
+        (['b'], 1)
     """
 
     def __init__(self, *, max_entries: int = 10_000, max_names: int = 10_000, retention_s: float = 3600.0,
@@ -341,7 +348,10 @@ class MetricStore:
         self._names: OrderedDict[str, int] = OrderedDict()  # name -> entries held
         self._last: list[Any] = [None] * len(_SHARED_FIELDS)  # as _Ring's
         self.evicted = 0
-        self.refused_names = 0
+        self.refused_names = 0  # only with max_names 0: any name past the bound evicts the oldest
+        self.evicted_for_names = 0
+        self._names_logged_at = -NAMES_LOG_INTERVAL_S
+        self._names_logged = 0  # evicted_for_names at the last line
         #: the ingest sequence number the next stored entry gets (as :attr:`_Ring.next_seq`)
         self.next_seq = 0
         self.epoch = secrets.token_hex(4)  # (as _Ring.epoch)
@@ -351,13 +361,21 @@ class MetricStore:
 
     def add(self, metrics: Iterable[dict[str, Any]], size_each: int | None = None) -> None:
         """Store metrics (``size_each`` bytes each; by default what each costs in memory, see :meth:`size`),
-        evicting the oldest entries beyond ``max_entries`` or ``max_bytes``; new names past ``max_names`` are
-        refused (counted)."""
+        evicting the oldest entries beyond ``max_entries`` or ``max_bytes``, and for a new name past ``max_names``
+        the oldest entries until a name is gone (counted in ``evicted_for_names``, logged at most every
+        :data:`NAMES_LOG_INTERVAL_S`)."""
         for metric in metrics:
             name = metric["name"]
             if name not in self._names and len(self._names) >= self.max_names:
-                self.refused_names += 1
-                continue
+                # Evicted, not refused: refusing let one frame of 10,000 made-up names keep every other worker's
+                # new metric out until the squatter's entries aged out of the retention (an hour).
+                while self._entries and len(self._names) >= self.max_names:
+                    self._pop_oldest()
+                    self.evicted += 1
+                    self.evicted_for_names += 1
+                if len(self._names) >= self.max_names:
+                    self.refused_names += 1
+                    continue
             size = self.size(metric, self._last) if size_each is None else size_each
             self._names[name] = self._names.get(name, 0) + 1
             self._entries.append(metric)
@@ -367,6 +385,14 @@ class MetricStore:
             while len(self._entries) > self.max_entries or (self.bytes > self.max_bytes and len(self._entries) > 1):
                 self._pop_oldest()
                 self.evicted += 1
+        if self.evicted_for_names != self._names_logged:
+            now = time.monotonic()
+            if now - self._names_logged_at >= NAMES_LOG_INTERVAL_S:
+                log.warning("metrics: %d entries of the oldest names evicted to store new names past max_names (%d) "
+                            "since the last such line; %d so far", self.evicted_for_names - self._names_logged,
+                            self.max_names, self.evicted_for_names)
+                self._names_logged_at = now
+                self._names_logged = self.evicted_for_names
 
     @staticmethod
     def size(metric: dict[str, Any], last: list[Any] | None = None) -> int:
