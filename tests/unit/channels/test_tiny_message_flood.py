@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +23,10 @@ from iii_engine.channels import ChannelRelay
 from .relay_server import relay_server
 
 FRAMES = 200_000
+SMALL_MARK = 64 * 1024
+"""The writer socket's mark where a flood is read: 512 messages' charge instead of the engine's 32,768, so that a
+tenth of the messages (each read in Python, one at a time) goes through as many splits."""
+READ_LATER_FRAMES = 20_000
 
 
 def frames(payloads: list[bytes]) -> bytes:
@@ -50,10 +54,37 @@ def watch_connections(monkeypatch: pytest.MonkeyPatch) -> list[_FastReceive]:
     return seen
 
 
+def small_mark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Channel writer sockets accepted from now on stop being read at :data:`SMALL_MARK` (the relay's
+    ``SOCKET_QUEUE_BYTES``, where the test server and the relay's driver use it)."""
+    monkeypatch.setattr(f"{relay_server.__module__}.SOCKET_QUEUE_BYTES", SMALL_MARK)
+    monkeypatch.setattr("iii_engine.channels.driver.SOCKET_QUEUE_BYTES", SMALL_MARK)
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[object]:
+    """The instances of ``cls`` whose method ``name`` is called from now on, one entry per call."""
+    calls: list[object] = []
+    method = getattr(cls, name)
+
+    def counted(self: object, *args: Any) -> Any:
+        calls.append(self)
+        return method(self, *args)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+async def read_messages(recv: Callable[[], Awaitable[str | bytes]], count: int) -> list[str | bytes]:
+    """The next ``count`` messages ``recv`` returns."""
+    return [await recv() for _ in range(count)]
+
+
 @asynccontextmanager
-async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes) -> AsyncIterator[tuple[_FastReceive, str, Any]]:
-    """A channel whose writer sent ``flood`` with no reader attached, once the engine's side of the writer's socket
-    stopped reading (or, before, held every message): ``(that connection, the relay's base URL, the reader's ref)``."""
+async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes,
+                  messages: int = FRAMES) -> AsyncIterator[tuple[_FastReceive, str, Any]]:
+    """A channel whose writer sent ``flood`` (``messages`` messages) with no reader attached, once the engine's side of
+    the writer's socket stopped reading (or, before, held every message): ``(that connection, the relay's base URL,
+    the reader's ref)``."""
     seen = watch_connections(monkeypatch)
     # No reader attaches (its deadline is far off): the channel's queue fills, then the writer's socket holds the rest
     async with relay_server(ChannelRelay(attach_timeout_s=60.0)) as (base, relay):
@@ -64,7 +95,7 @@ async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes) -> AsyncIterato
             writer.transport.write(flood)
 
             def settled() -> bool:  # paused, or every frame read and held (before)
-                return any(conn._paused or len(conn._inbox) >= FRAMES - 10 for conn in seen)
+                return any(conn._paused or len(conn._inbox) >= messages - 10 for conn in seen)
 
             for _ in range(2000):  # the engine reads what arrives; at most 20 s
                 if settled():
@@ -89,14 +120,20 @@ async def test_a_flood_of_tiny_messages_pauses_the_writer_socket(monkeypatch: py
 
 
 async def test_a_flood_read_later_arrives_whole_in_order_then_its_close(monkeypatch: pytest.MonkeyPatch) -> None:
-    payloads = [bytes([i % 251]) for i in range(FRAMES)]
+    # A smaller mark: a tenth of the flood crosses more splits than the whole did under the engine's (38 against 3),
+    # and the reader's 200,000 recv() calls took 12-15 s
+    small_mark(monkeypatch)
+    payloads = [bytes([i % 251]) for i in range(READ_LATER_FRAMES)]
     close = b"\x88\x82\0\0\0\0" + struct.pack("!H", 1000)  # the writer's Close right behind its messages
-    async with flooded(monkeypatch, frames(payloads) + close) as (conn, base, ref):
+    async with flooded(monkeypatch, frames(payloads) + close, len(payloads)) as (conn, base, ref):
+        assert conn._high == SMALL_MARK
         assert conn._paused and conn._frames is not None and conn._frames.backlog > 0, "nothing left unsplit"
+        splits = count_calls(monkeypatch, _FastReceive, "_split_backlog")
         reader = await connect_end(base, ref, max_queue=None)
         try:
-            got = [await asyncio.wait_for(reader.recv(), 10) for _ in range(FRAMES)]
+            got = await asyncio.wait_for(read_messages(reader.recv, len(payloads)), 20)
             assert got == payloads  # none lost, none reordered across the splits
+            assert len(splits) >= 20, f"the rest of a read was split {len(splits)} times: too few to test"
             with pytest.raises(websockets.ConnectionClosedOK):
                 await asyncio.wait_for(reader.recv(), 10)
             assert reader.close_code == 1000
@@ -108,8 +145,11 @@ async def test_a_deferred_close_keeps_the_writer_socket_unread(monkeypatch: pyte
     # Behind a flood: a text message that is not UTF-8 (the relay will refuse it), then the writer's Close. The Close
     # waits until the messages before it are read, and the socket must not be read meanwhile: the reader's reads
     # resumed it, and what the writer sent after its Close piled up in memory without bound (86 MB in 8 s).
+    # A smaller mark (as the flood read later): a tenth of the messages, and the 100 left unread (64 of them in the
+    # channel's queue) are under a quarter of the mark, where the reader's reads resumed the socket
+    small_mark(monkeypatch)
     seen = watch_connections(monkeypatch)
-    flood, read = 221_000, 218_000
+    flood, read = 22_100, 22_000
     bad = b"\x81\x86\0\0\0\0\xff\xfe bad"
     close = b"\x88\x82\0\0\0\0" + struct.pack("!H", 1000)
     async with relay_server(ChannelRelay(attach_timeout_s=60.0)) as (base, relay):
@@ -119,9 +159,10 @@ async def test_a_deferred_close_keeps_the_writer_socket_unread(monkeypatch: pyte
         reader = relay.open_local(refs["reader"]["channel_id"], refs["reader"]["access_key"], "read")
         try:
             writer.transport.write(frames([b"x"] * flood) + bad + close)
-            for _ in range(read):  # not up to the refused message: its Close stays deferred
-                assert await asyncio.wait_for(reader.recv(), 10) == b"x"
+            # not up to the refused message: its Close stays deferred
+            assert await asyncio.wait_for(read_messages(reader.recv, read), 20) == [b"x"] * read
             (conn,) = seen
+            assert conn._high == SMALL_MARK
             assert conn._deferred is not None, "the Close was not deferred: nothing tested"
             assert not conn.transport.is_reading(), "the writer's socket is read while its Close is deferred"
         finally:
