@@ -18,6 +18,13 @@ later connection; ``bridge_error`` "not sent" when the link dropped before it we
 The link reconnects every 2 s forever and never delays the engine start (see
 :mod:`iii_engine.modules.bridge.link`).
 
+Engines bridged in a loop (A forwards ``x`` to B, B forwards it back to A) are not refused at the start (neither
+sees the other's settings): each forwarded call and ``bridge.invoke`` carries how many bridges it passed, as the
+member ``iii-bridge-hops`` of its W3C ``baggage`` (other members travel unchanged), and a call that passed
+:data:`MAX_BRIDGE_HOPS` is answered ``bridge_error`` "bridge loop: …" (logged once a minute per function). Before,
+one call to such a loop made new calls for ever after its caller had given up (each hop a new call with the
+forward's whole timeout), both engines busy and growing about 1 MB a second.
+
 Settings are checked by :class:`~iii_engine.modules.bridge.settings.BridgeClientSettings`.
 
 Example:
@@ -27,8 +34,10 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from iii._cli import mask_passwords
 
@@ -38,7 +47,43 @@ from ..health import link_component
 from .link import DEFAULT_TIMEOUT_MS, BridgeCallError, BridgeLink
 from .settings import MAX_TIMEOUT_MS, BridgeClientSettings, Forwarded
 
-__all__ = ["BridgeClientModule"]
+__all__ = ["HOPS_KEY", "MAX_BRIDGE_HOPS", "BridgeClientModule"]
+
+log = logging.getLogger(__name__)
+
+HOPS_KEY: Final = "iii-bridge-hops"
+# a chain of bridges this long is a loop; no deployment bridges a call through 16 engines
+MAX_BRIDGE_HOPS: Final = 16
+_LOOP_LOG_INTERVAL_S: Final = 60.0
+_LOOP_LOG_KEYS: Final = 1000  # functions remembered for the log's rate limit (bridge.invoke names any)
+
+
+def _hops(baggage: str | None) -> int:
+    """Bridges a call passed, per its ``baggage`` (0 without the member, or with one not a small number).
+
+    Example:
+        >>> _hops("a=1, iii-bridge-hops = 3;p, b=2"), _hops(None), _hops("iii-bridge-hops=x")
+        (3, 0, 0)
+    """
+    count = 0
+    for member in (baggage or "").split(","):
+        key, _, value = member.partition("=")
+        value = value.partition(";")[0].strip()
+        if key.strip() == HOPS_KEY and value.isdigit() and len(value) <= 6:
+            count = max(count, int(value))
+    return count
+
+
+def _with_hops(baggage: str | None, hops: int) -> str:
+    """``baggage`` with its hop count set to ``hops``, its other members kept as they came.
+
+    Example:
+        >>> _with_hops("a=1, iii-bridge-hops=3", 4), _with_hops(None, 1)
+        ('a=1,iii-bridge-hops=4', 'iii-bridge-hops=1')
+    """
+    kept = [member.strip() for member in (baggage or "").split(",")
+            if member.strip() and member.partition("=")[0].strip() != HOPS_KEY]
+    return ",".join([*kept, f"{HOPS_KEY}={hops}"])
 
 
 def _invoke_input(data: Any) -> tuple[str, Any, int]:
@@ -76,6 +121,7 @@ class BridgeClientModule(EngineModule):
         super().__init__(services, config)
         self.settings = BridgeClientSettings.from_config(self.config)
         self.link = BridgeLink(self.settings.url, role="Bridge Client")
+        self._loop_logged: dict[str, float] = {}  # function id -> when a loop of its calls was last logged
 
     async def start(self) -> None:
         """Register the functions here and the exposed ones on the remote; start connecting (never waits).
@@ -116,19 +162,38 @@ class BridgeClientModule(EngineModule):
 
     def _forward_handler(self, forwarded: Forwarded) -> Any:
         async def handle(data: Any, ctx: InvocationContext) -> Any:
-            try:
-                return await self.link.call(forwarded.remote_function, data, timeout_ms=forwarded.timeout_ms)
-            except BridgeCallError as exc:
-                raise EngineError("bridge_error", str(exc)) from None
+            return await self._call(forwarded.local_function, forwarded.remote_function, data, forwarded.timeout_ms,
+                                    ctx)
 
         return handle
 
     async def _invoke(self, data: Any, ctx: InvocationContext) -> Any:
         function_id, payload, timeout = _invoke_input(data)
+        return await self._call(f"bridge.invoke of {function_id:.200}", function_id, payload, timeout, ctx)
+
+    async def _call(self, local: str, remote: str, data: Any, timeout_ms: int, ctx: InvocationContext) -> Any:
+        """Call ``remote`` over the link for the call of ``local``, one more bridge counted in its baggage."""
+        hops = _hops(ctx.baggage)
+        if hops >= MAX_BRIDGE_HOPS:
+            text = (f"bridge loop: the call of {local} passed {hops} bridges (at most {MAX_BRIDGE_HOPS}); engines "
+                    f"forward it to each other (this one to {remote} on {self.link.shown})")
+            self._log_loop(local, text)
+            raise EngineError("bridge_error", text)
         try:
-            return await self.link.call(function_id, payload, timeout_ms=timeout)
+            return await self.link.call(remote, data, timeout_ms=timeout_ms,
+                                        baggage=_with_hops(ctx.baggage, hops + 1))
         except BridgeCallError as exc:
             raise EngineError("bridge_error", str(exc)) from None
+
+    def _log_loop(self, local: str, text: str) -> None:
+        """One warning per function a minute: a loop called in a busy loop must not flood the log."""
+        now = time.monotonic()
+        if now - self._loop_logged.get(local, float("-inf")) < _LOOP_LOG_INTERVAL_S:
+            return
+        if len(self._loop_logged) >= _LOOP_LOG_KEYS:
+            self._loop_logged.clear()
+        self._loop_logged[local] = now
+        log.warning("%s (logged once a minute per function)", text)
 
     async def _invoke_async(self, data: Any, ctx: InvocationContext) -> None:
         function_id, payload, _ = _invoke_input(data)

@@ -181,8 +181,9 @@ class BridgeLink:
         return "" if self.silence is None else f" ({self.silence})"
 
     async def call(self, function_id: str, data: Any, *, timeout_ms: int | None = None,
-                   action: TriggerActionEnqueue | None = None) -> Any:
-        """Invoke ``function_id`` on the remote and return its result (``None`` when it has none).
+                   action: TriggerActionEnqueue | None = None, baggage: str | None = None) -> Any:
+        """Invoke ``function_id`` on the remote and return its result (``None`` when it has none); ``baggage`` (a
+        W3C ``baggage`` header) travels with the call, for the remote's built-ins to read.
 
         Raises :class:`BridgeCallError` when the remote is unreachable, the call times out (default 30 s), the
         connection drops during the call (a remote that answers no ping within ``ping_timeout_s`` has its
@@ -193,8 +194,9 @@ class BridgeLink:
         client = await self._up()
         wait_ms = timeout_ms or DEFAULT_TIMEOUT_MS
         try:
-            return await self._unless_lost(client, client.trigger_async(
-                {"function_id": function_id, "payload": data, "timeout_ms": wait_ms, "action": action}), function_id)
+            return await self._unless_lost(client, _trigger(
+                client, {"function_id": function_id, "payload": data, "timeout_ms": wait_ms, "action": action},
+                baggage), function_id)
         except TimeoutError:
             # (a call still queued unwritten at its timeout is dropped unsent; which one it was is not known here)
             raise BridgeCallError(f"invocation timed out after {wait_ms} ms (remote engine {self.shown}, "
@@ -231,6 +233,9 @@ class BridgeLink:
             watch.pending -= 1
             if not call.done():
                 call.cancel()
+            elif not call.cancelled():
+                # (an outcome come with the outage, or with this wait's cancel, is read: not "never retrieved")
+                call.exception()
 
     @property
     def _pending_calls(self) -> int:
@@ -462,6 +467,30 @@ class BridgeLink:
             forget()
         if client is not None:
             await client.shutdown_async()  # its loop thread joined too, this loop never blocked on it
+
+
+def _trigger(client: III, request: dict[str, Any], baggage: str | None) -> Coroutine[Any, Any, Any]:
+    """``client.trigger_async(request)``, with ``baggage`` on the call's frame when given.
+
+    Why not ``trigger_async`` then: the SDK puts on a call only the baggage of the calling thread's OpenTelemetry
+    context, which is empty here (and OpenTelemetry is optional); its ``_call``, on its own loop, takes the headers
+    given. A cancelled wait cancels that call there, which forgets it as ``trigger_async`` does (its frame, still
+    queued, is never sent). A client without those insides (a stand-in of the unit tests) gets the plain call."""
+    loop = _sdk_loop(client)
+    if baggage is None or not isinstance(client, III) or loop is None:
+        return client.trigger_async(request)
+    return _on_loop(client._call(request["function_id"], request["payload"], request["action"],
+                                 request["timeout_ms"], (None, baggage)), loop, client, request)
+
+
+async def _on_loop(call: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop, client: III,
+                   request: dict[str, Any]) -> Any:
+    try:
+        running = asyncio.run_coroutine_threadsafe(call, loop)
+    except RuntimeError:  # the client's loop is closed: its plain call says why (shut down)
+        call.close()
+        return await client.trigger_async(request)
+    return await asyncio.wrap_future(running)
 
 
 def _sdk_loop(client: III) -> asyncio.AbstractEventLoop | None:
