@@ -89,6 +89,7 @@ import re
 import socket
 import ssl
 import sys
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import import_module
@@ -253,6 +254,12 @@ an engine that accepted and closed at once had every worker reconnect (and repla
 second for ever, the delay starting over at each handshake. Short: a connection a proxy's idle timeout cuts every few
 seconds, or an engine restarted twice in a row, must not wait longer each time. ``max_retries`` still counts failed
 connects only."""
+
+FAILURES_LOGGED_IN_FULL: Final = 3
+"""Failed connection attempts of one outage (since the last connection, or the start) warned of each in full; later
+ones are summed up in one line every :data:`OUTAGE_SUMMARY_INTERVAL_S`, and a line says when it connects again: a
+bridge to an unreachable host, retrying every 2 s for ever, wrote the same warning 1,800 times an hour."""
+OUTAGE_SUMMARY_INTERVAL_S = 60.0
 
 _MADE_WAY: Final = "made way"  # kinds of calls lost at a full queue (Connection._log_calls_lost)
 _REFUSED: Final = "refused"
@@ -656,6 +663,12 @@ class Connection:
         self._failures = 0
         self._last_error: str | None = None
         self._last_lost: str | None = None
+        # The outage's logging (_log_failure): when its first attempt failed (wall clock, as shown), its failures
+        # warned of in full, when its last warning was logged (monotonic), whether some were only counted.
+        self._outage_since = 0.0
+        self._outage_lines = 0
+        self._outage_logged = 0.0
+        self._outage_quiet = False
         #: best-effort frames (telemetry, pongs) dropped because the queue was full
         self.dropped = 0
         self._drops = LossLog(self._log_dropped, DROP_LOG_INTERVAL_S)
@@ -773,6 +786,8 @@ class Connection:
         self._gave_up = False
         self._attempt = self._backoff = 0
         self._failures = 0
+        self._outage_lines = 0
+        self._outage_quiet = False
         self._ever_connected = False
         self._not_engine_in_a_row = 0
         self._not_an_engine = None
@@ -1430,8 +1445,8 @@ class Connection:
                 why = not_an_engine(exc)
                 if why is None:
                     self._not_engine_in_a_row = 0
-                    log.warning("Connection to %s failed: %s", self._shown_url,
-                                f"{str(exc) or type(exc).__name__}{hint}")
+                    self._log_failure(logging.WARNING, f"{str(exc) or type(exc).__name__}{hint}",
+                                      "Connection to %s failed: %s")
                 else:
                     self._not_engine_in_a_row += 1
                     self._last_error = why
@@ -1446,9 +1461,8 @@ class Connection:
                         return
                     # Before the first connection these tries lead to the one error above: a warning each told the
                     # same failure up to three times. Once connected, each is a failure of its own.
-                    log.log(logging.WARNING if self._ever_connected else logging.DEBUG,
-                            "Connection to %s failed: the server is not an iii engine, or not one now: %s",
-                            self._shown_url, why)
+                    self._log_failure(logging.WARNING if self._ever_connected else logging.DEBUG, why,
+                                      "Connection to %s failed: the server is not an iii engine, or not one now: %s")
                 if not await self._wait_before_retry():
                     return
                 continue
@@ -1465,6 +1479,26 @@ class Connection:
                 ws.transport.abort()
             if self._running and not await self._wait_before_retry():
                 return
+
+    def _log_failure(self, level: int, why: str, line: str) -> None:
+        """A failed attempt (counted in ``_failures`` already): ``line % (url, why)`` for the outage's first
+        :data:`FAILURES_LOGGED_IN_FULL` warnings (and any below WARNING), then one summary a minute."""
+        now = time.monotonic()
+        if self._failures == 1:
+            self._outage_since = time.time()
+        if level < logging.WARNING:
+            log.log(level, line, self._shown_url, why)
+            return
+        if self._outage_lines < FAILURES_LOGGED_IN_FULL:
+            self._outage_lines += 1
+            self._outage_logged = now
+            log.warning(line, self._shown_url, why)
+            return
+        self._outage_quiet = True
+        if now - self._outage_logged >= OUTAGE_SUMMARY_INTERVAL_S:
+            self._outage_logged = now
+            log.warning("Connection to %s still failing: %d attempts since %s, latest error: %s", self._shown_url,
+                        self._failures, time.strftime("%H:%M:%S", time.localtime(self._outage_since)), why)
 
     async def _wait_before_retry(self) -> bool:
         config = self._config
@@ -1492,11 +1526,17 @@ class Connection:
         self._ws = ws
         self._attempt = 0
         connected_at = asyncio.get_running_loop().time()
+        if self._outage_quiet:  # (its warnings stopped a while ago: say it is over, at their level)
+            log.warning("Connected to %s again after %d failed attempts since %s", self._shown_url, self._failures,
+                        time.strftime("%H:%M:%S", time.localtime(self._outage_since)))
+        else:
+            log.info("Connected to %s", self._shown_url)
         self._failures = 0
+        self._outage_lines = 0
+        self._outage_quiet = False
         self._ever_connected = True
         self._not_engine_in_a_row = 0
         self.closed_too_big = False
-        log.info("Connected to %s", self._shown_url)
         # (what last_lost says when the server ends the connection cleanly: the iteration below just stops)
         lost = "the server closed the connection"
         self._set_state("connected")
