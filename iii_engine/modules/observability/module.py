@@ -111,6 +111,8 @@ ECHO_LOG_INTERVAL_S = 1.0
 ``SKIP_LOG_INTERVAL_S``."""
 ECHO_SERVICE_CHARS = 200
 ECHO_BODY_CHARS = 1000
+#: seconds a connection that sent a telemetry frame counts as sending, for the shares of the ingest queue
+SOURCE_ACTIVE_S = 1.0
 """An echo line holds at most this much of a record's ``service.name`` and of its body (or an ``engine::log::*``
 message): a line bound, not only a count, bounds what the echo writes (with the service name unclipped, one worker's
 1 MB ``service.name`` made 100 echo lines a second 100 MB a second on stderr)."""
@@ -310,7 +312,11 @@ class OtelModule(EngineModule):
         self.counters = Counters()
         self.workers = WorkerCounts()
         self.alerts: AlertManager | None = AlertManager(self.rules) if self.rules else None
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(self.settings.ingest_queue_frames)
+        self._queue: asyncio.Queue[tuple[str, bytes, str | None]] = asyncio.Queue(self.settings.ingest_queue_frames)
+        # Per connection: frames and bytes it has queued, and when it last sent (see ingest)
+        self._source_queued: dict[str, list[int]] = {}
+        self._source_seen: dict[str, float] = {}
+        self._sources_pruned_at = 0.0
         # Each log trigger's severity numbers (first, last), None for every entry.
         self._log_triggers: dict[str, tuple[int, int] | None] = {}
         self._trigger_targets: dict[str, str] = {}
@@ -466,10 +472,11 @@ class OtelModule(EngineModule):
         """Count the frames the stop did not ingest (still queued, or cut mid-way) as dropped, in one line."""
         frames, size = self._cut_at_stop
         while not self._queue.empty():
-            _, body = self._queue.get_nowait()
+            _, body, _ = self._queue.get_nowait()
             self._queue.task_done()
             frames, size = frames + 1, size + len(body)
         self._queued_bytes = 0
+        self._source_queued.clear()
         self._cut_at_stop = (0, 0)
         if frames:
             self.dropped_frames += frames
@@ -482,25 +489,56 @@ class OtelModule(EngineModule):
 
     # -- ingestion -------------------------------------------------------------------------------------------
 
-    def ingest(self, kind: str, body: bytes) -> None:
-        """A telemetry frame from a worker (``OTLP``, ``MTRC`` or ``LOGS`` prefix stripped); never blocks."""
+    def ingest(self, kind: str, body: bytes, source: str | None = None) -> None:
+        """A telemetry frame from a worker (``OTLP``, ``MTRC`` or ``LOGS`` prefix stripped; ``source``: the id of
+        the worker's connection, when the engine says); never blocks.
+
+        While several connections send (each within the last :data:`SOURCE_ACTIVE_S`), each may hold at most its
+        share of the queue (``ingest_queue_frames`` and ``ingest_queue_bytes`` over their number; a connection with
+        nothing queued always one frame): before, one worker's flood filled the queue and the frames of every other
+        worker were dropped with its own (a well-behaved worker's 100 log records: 36 stored)."""
         s = self.settings
+        size = len(body)
+        held: list[int] | None = None
+        over_share = False
+        if source is not None:
+            now = time.monotonic()
+            seen = self._source_seen
+            seen[source] = now
+            if now - self._sources_pruned_at >= SOURCE_ACTIVE_S:
+                self._sources_pruned_at = now
+                for gone in [other for other, at in seen.items() if now - at > SOURCE_ACTIVE_S]:
+                    del seen[gone]
+            held = self._source_queued.get(source)
+            sending = len(seen)
+            over_share = sending > 1 and held is not None and (
+                held[0] + 1 > s.ingest_queue_frames // sending or held[1] + size > s.ingest_queue_bytes // sending)
         # Bytes as well as frames: ingest_queue_frames x max_frame_bytes alone allowed 8 GiB to wait.
-        if (self._closed or len(body) > s.max_frame_bytes
-                or self._queued_bytes + len(body) > s.ingest_queue_bytes or self._queue.full()):
+        if (self._closed or over_share or size > s.max_frame_bytes
+                or self._queued_bytes + size > s.ingest_queue_bytes or self._queue.full()):
             self.dropped_frames += 1
             now = time.monotonic()
             if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:  # one line per interval, not one per frame
                 self._drop_logged_at = now
-                log.warning("telemetry frame of %d bytes dropped (queue: %d frames, %d bytes); %d dropped so far",
-                            len(body), self._queue.qsize(), self._queued_bytes, self.dropped_frames)
+                whose = "" if source is None else f" from worker {source}"
+                why = (f"past its share of the ingest queue ({held[0] if held else 0} frames, "
+                       f"{held[1] if held else 0} bytes queued; {len(self._source_seen)} workers sending)"
+                       if over_share else f"queue: {self._queue.qsize()} frames, {self._queued_bytes} bytes")
+                log.warning("telemetry frame of %d bytes%s dropped (%s); %d dropped so far", size, whose, why,
+                            self.dropped_frames)
             return
-        self._queue.put_nowait((kind, body))
-        self._queued_bytes += len(body)
+        self._queue.put_nowait((kind, body, source))
+        self._queued_bytes += size
+        if source is not None:
+            if held is None:
+                self._source_queued[source] = [1, size]
+            else:
+                held[0] += 1
+                held[1] += size
 
     async def _ingest_loop(self) -> None:
         while True:
-            kind, body = await self._queue.get()
+            kind, body, source = await self._queue.get()
             ingested = self.ingested_frames
             try:
                 await self._ingest_frame(kind, body)
@@ -514,6 +552,12 @@ class OtelModule(EngineModule):
                 # a local of _ingest_frame) before the next frame is awaited: held until the next one was parsed,
                 # two parsed frames were alive at once (2 x 37 MB for 3.7 MB of log records of 200 attributes).
                 self._queued_bytes -= len(body)
+                held = self._source_queued.get(source) if source is not None else None
+                if held is not None:
+                    held[0] -= 1
+                    held[1] -= len(body)
+                    if not held[0]:
+                        del self._source_queued[source]  # type: ignore[arg-type]  # held: source is not None
                 del body
             # one frame at a time, then let calls run: a flood of frames cannot hold the loop
             await asyncio.sleep(0)

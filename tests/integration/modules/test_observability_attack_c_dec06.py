@@ -152,3 +152,31 @@ async def test_a_stalled_collector_is_logged_as_no_answer_within_the_timeout(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("OTLP collector at")]
     assert lines == [f"OTLP collector at http://127.0.0.1:{port} gave no answer within 0.3 s (timeout) for logs "
                      "(1 failed so far, 3 records in them lost)"], lines
+
+
+def _logs_frame(service: str, body: str) -> bytes:
+    return json.dumps({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+        "scopeLogs": [{"logRecords": [{"severityNumber": 9, "body": {"stringValue": body}}]}]}]}).encode()
+
+
+async def test_a_flooding_connection_gets_its_share_of_the_ingest_queue_not_the_others(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Before: one queue for every connection: a flood filled it and the frames of every other worker were dropped
+    # with the flood's (here 0 of the victim's 100; an SDK worker's 100 log records kept 36 in the attack).
+    caplog.set_level(logging.WARNING, _LOGGER)
+    async with engine_with({"ingest_queue_frames": 200, "logs_max_count": 10_000}) as engine, \
+            ModuleWorker(engine.url) as worker:
+        module: Any = engine.module("observability")
+        for i in range(100):  # no await: nothing is taken off the queue meanwhile
+            for j in range(20):
+                module.ingest("LOGS", _logs_frame("flooder", f"f{i}.{j}"), "w-flooder")
+            module.ingest("LOGS", _logs_frame("victim", f"v{i}"), "w-victim")
+        await until(lambda: not module._queue.qsize() and not module._source_queued)
+        kept = [entry["service_name"] for entry in module.logs.entries()]
+        assert kept.count("victim") == 100
+        assert kept.count("flooder") == 100  # ingest_queue_frames over the two connections sending
+        assert (await worker.result("engine::health::check", {}))["components"]["telemetry"]["details"][
+            "dropped_frames"] == 2000 - 100
+    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert lines and "from worker w-flooder dropped (past its share of the ingest queue (100 frames" in lines[0], lines
