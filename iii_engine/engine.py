@@ -1622,7 +1622,7 @@ class Engine:
             worker.post(worker.session.pong())
         elif isinstance(event, TelemetryReceived):
             for listener in self._telemetry_listeners:
-                listener(event.kind, event.body)
+                listener(event.kind, event.body, worker.id)
         elif isinstance(event, Rejected):
             # The reason may quote the sender's input: capped, and the warnings rate-limited
             self._undecodable(worker, event.reason, event.reply is not None)

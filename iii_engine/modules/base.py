@@ -227,7 +227,7 @@ class InvocationObserver(Protocol):
         """The ``traceparent`` to send with the routed call, so the callee's spans nest inside this call's."""
 
 
-TelemetryListener = Callable[[str, bytes], None]
+TelemetryListener = Callable[[str, bytes, str], None]
 
 
 class StartedCall(Protocol):
@@ -443,8 +443,9 @@ class EngineServices(Protocol):
         """Route HTTP-invoked function registrations to ``host`` (``None``: they are refused, logged)."""
 
     def add_telemetry_listener(self, listener: TelemetryListener) -> None:
-        """Receive every telemetry frame workers send, as ``listener(kind, body)`` (``OTLP``/``MTRC``/``LOGS``;
-        must not block)."""
+        """Receive every telemetry frame workers send, as ``listener(kind, body, worker_id)`` (``OTLP``/``MTRC``/
+        ``LOGS``; ``worker_id``: the sending connection's, so a listener can share its room fairly; must not
+        block)."""
 
     def set_invocation_observer(self, observer: InvocationObserver | None) -> None:
         """Watch every function execution (one observer at a time)."""
