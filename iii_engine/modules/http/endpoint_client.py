@@ -29,7 +29,6 @@ import zlib
 from typing import Any, Final
 
 import aiohttp
-from aiohttp.client_middlewares import ClientHandlerType
 
 from iii.loss_log import LossLog
 
@@ -93,25 +92,6 @@ class BoundedResponse(aiohttp.ClientResponse):
             return await super().start(connection)
         finally:
             delattr(protocol, "read")
-
-
-class ConnectionLostError(aiohttp.ClientConnectionError):
-    """The connection closed or failed once the request was on its way, before its answer (aiohttp would send an
-    idempotent one, GET, PUT or DELETE, again on a new connection)."""
-
-
-async def send_once(request: aiohttp.ClientRequest, handler: ClientHandlerType) -> aiohttp.ClientResponse:
-    """A client middleware: a request is sent at most once. aiohttp sends an idempotent request a second time when
-    its connection fails before the answer (RFC 9112 9.3.1), and an endpoint then ran one call twice, both under one
-    invocation id; here that failure is the call's, as it is for POST and PATCH. Connect failures (nothing sent) pass
-    as they are."""
-    try:
-        return await handler(request)
-    except aiohttp.ClientConnectorError:
-        raise
-    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-        raise ConnectionLostError(f"{exc or type(exc).__name__} before its answer (the request may have reached the "
-                                  "endpoint: it is not sent again)") from exc
 
 
 STRAY_BYTES_MEMORY_S: Final = 600.0

@@ -55,7 +55,6 @@ from .endpoint_client import (
     BoundedResponse,
     FreshConnector,
     InterimResponsesError,
-    send_once,
 )
 from .security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
 
@@ -87,13 +86,16 @@ _ERROR_CODE_CHARS = 200
 _URL_CHARS = 200
 _VOID_MESSAGE_CHARS = 500  # a failed void call's message in the warning
 _READ_CHUNK = 64 * 1024
-MIN_BODY_PIECES: Final = 65_536
-"""Pieces (HTTP chunks, or reads of an unchunked body) a response body may come in, at least: a body of 1-byte chunks
-cost about 10 s of the engine's CPU per call before it reached the 4 MiB bound. The bound is the larger of this and
-the body's byte limit / 64 (pieces averaging 64 bytes pass)."""
-# Control characters (C0, DEL, C1, and the Unicode line separators) in an endpoint's error message: escaped, so
-# that the message cannot start a line of its own in a log (CR LF and a forged record) or colour a terminal.
-_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+PIECE_BYTES: Final = 16
+"""What each piece of a response body (an HTTP chunk, or what one read of an unchunked body brought) counts against
+the body's bound on the wire, at least: each costs the parser and the read loop the same whatever its size, and a body
+of 1-byte chunks cost about 10 s of the engine's CPU per call before it reached the 4 MiB bound (0.6 s now). A count
+of pieces instead refused streamed JSON of one element per chunk (80,001 chunks of 207 KB) and slow writers'
+bodies."""
+# Control characters (C0, DEL, C1, the Unicode line separators, and the format characters that reorder or hide
+# text: bidi overrides and isolates, zero-width ones, the BOM) in an endpoint's text: escaped, so that it cannot start
+# a line of its own in a log (CR LF and a forged record), colour a terminal or turn a log line around.
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -404,10 +406,16 @@ def _chain(exc: BaseException) -> str:
 
 
 def _reason(status: int, fallback: str | None) -> str:
+    r"""A status's phrase: the standard one, else the endpoint's own (escaped, clipped: it reaches callers and logs).
+
+    Example:
+        >>> _reason(404, "Whatever"), _reason(599, "\x1b[2JFAKE")
+        ('Not Found', '\\x1b[2JFAKE')
+    """
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:
-        return fallback or ""
+        return clip_text(_visible(fallback or ""), _ERROR_CODE_CHARS)
 
 
 def _stopped(function_id: str, why: str) -> EngineError:
@@ -519,7 +527,7 @@ class HttpFunctionsModule(EngineModule):
                                    limit=total, limit_per_host=per_host)
         # Bodies are decoded by _read_bounded (BodyDecoder): aiohttp's decoding took a cut-off gzip body for whole.
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False,
-                                              response_class=BoundedResponse, middlewares=(send_once,))
+                                              response_class=BoundedResponse)
         self._stopping = False
         self.core.add_worker_listener(self._worker_event)
         self.services.serve_external_functions(self)
@@ -589,7 +597,8 @@ class HttpFunctionsModule(EngineModule):
                 # A worker's void call: the engine drops its outcome, so a failure's only trace is here (before,
                 # an endpoint's 500, a refused connection or a timeout left none). An engine-internal caller (a
                 # queue, a trigger) has the error itself.
-                if ctx.invocation_id is None and ctx.caller_worker_id is not None and not isinstance(exc, _Counted):
+                if (ctx.invocation_id is None and ctx.caller_worker_id is not None and not isinstance(exc, _Counted)
+                        and exc.code != "invocation_stopped"):  # (the engine stopped it, or its caller left)
                     self._count_void_failed(function, exc)
                 raise
 
@@ -866,10 +875,9 @@ class HttpFunctionsModule(EngineModule):
             # them for ever held a core until the call's timeout. No legitimate encoding of at most ``limit``
             # bytes takes much more than that on the wire.
             wire, wire_limit = 0, limit + limit // 8 + _READ_CHUNK
-            # Each piece (an HTTP chunk, or what one read of the socket brought) costs the parser and this loop
-            # the same whatever its size: their number is bounded too, or 1-byte chunks cost 6 bytes on the wire and
-            # about 2 microseconds each, for 4 Mi of them.
-            pieces, pieces_limit = 0, max(MIN_BODY_PIECES, limit // 64)
+            # Each piece (an HTTP chunk, or what one read of the socket brought) counts at least PIECE_BYTES
+            # against that bound: it costs the parser and this loop the same whatever its size.
+            pieces = charged = 0
             content = response.content
             while True:
                 # (not iter_chunks(): aiohttp's empty body is one object shared by every response, whose readchunk
@@ -878,10 +886,12 @@ class HttpFunctionsModule(EngineModule):
                 if not chunk and content.at_eof():
                     break
                 pieces += 1
-                if pieces > pieces_limit:
-                    raise BodyError(f"its body came in more than {pieces_limit} pieces (HTTP chunks or reads), "
-                                    f"{len(raw)} bytes so far: pieces that small are not read")
                 wire += len(chunk)
+                charged += max(len(chunk), PIECE_BYTES)
+                if charged > wire_limit and wire <= wire_limit:
+                    raise BodyError(f"its body came in pieces too small to read: {pieces} pieces (HTTP chunks or "
+                                    f"reads) brought {wire} bytes, each counting as {PIECE_BYTES} bytes at least "
+                                    f"against its bound of {wire_limit}")
                 raw += decoder.feed(chunk, limit - len(raw))
                 if len(raw) > limit or wire > wire_limit:  # counted after decoding, so a compressed bomb stops too
                     raise too_big()
