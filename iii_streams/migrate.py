@@ -17,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import parse_qsl, unquote
 
 from alembic import command
 from alembic.config import Config
@@ -126,7 +127,12 @@ def _check_not_directory(url: str, shown: str) -> None:
     database = parsed.database or ""
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
         return
-    path = database.removeprefix("file:").partition("?")[0]
+    path, _, inner = database.partition("?")
+    options = {**dict(parse_qsl(inner)), **{key: str(value) for key, value in parsed.query.items()}}
+    if options.get("mode") == "memory" or options.get("vfs") == "memdb":
+        return  # (a named in-memory database: no file at all)
+    if options.get("uri", "").lower() in ("true", "1") and path.startswith("file:"):
+        path = unquote(path.removeprefix("file:"))  # without uri=true, sqlite opens a file named "file:…" as it is
     if path.endswith(("/", os.sep)) or (path and os.path.isdir(path)):
         raise ValueError(f"database URL {mask_passwords(shown)!r} names a directory, not a file (end it with the "
                          "database file's name, e.g. …/streams.db)")

@@ -64,6 +64,17 @@ def test_a_url_naming_a_directory_is_a_usage_error_and_creates_nothing(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
 
 
+@pytest.mark.parametrize("url", ["sqlite:///file:streams?mode=memory&cache=shared&uri=true", "sqlite:///file:streams"])
+def test_urls_that_name_no_directory_pass_beside_one_of_that_name(tmp_path: Path, url: str) -> None:
+    """A named in-memory database, and ``file:`` without ``uri=true`` (a file named ``file:streams``), are no
+    directory even where one named ``streams`` exists: the first version of the check refused both."""
+    (tmp_path / "streams").mkdir()
+    done = subprocess.run([sys.executable, "-m", "iii_streams", "migrate", url], capture_output=True, text=True,
+                          timeout=25, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout == f"migrated {url} from none to 0001_stream_items\n"
+
+
 def test_migrate_to_a_revision_below_the_applied_one_fails_instead_of_claiming_it_is_there(tmp_path: Path) -> None:
     """Before, ``--revision base`` on a migrated database printed "is already at 0001_stream_items", exit 0, and
     downgraded nothing: there is no downgrade, and it says so."""
