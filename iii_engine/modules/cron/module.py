@@ -41,11 +41,6 @@ LOCK_FAILURE_LOG_INTERVAL_S = 10.0
 LEFT_CHECK_S = 2.0
 """How long after a tick it left to the engines sharing a lock an engine looks whether one of them fired it."""
 MAX_LEFT_CHECKS = 16_384
-UNANSWERED_LEAVE_S = 5.0
-"""With a shared lock, a tick this engine fired still unanswered this long (or a full period of its trigger, if
-longer) after it is due: the trigger's ticks are left to the other engines until it is answered. Not one period
-alone: 2,000 every-second triggers on one engine whose worker answered a second late, under load, lost a whole tick
-of every trigger (nobody else to take it)."""
 """Ticks left to the others waiting to be looked at, at most (past it they are counted in ``left_unchecked``)."""
 
 #: longest ``lock_key`` a cron trigger config may name (it is part of a Redis key, sent with every tick)
@@ -173,23 +168,22 @@ class _Instant:
 
 class _Answering:
     """The slot of a tick fired under a shared lock, as its call holds it: the call's release (its outcome in)
-    marks the tick answered, which the trigger's next ticks look at (see ``CronModule._hung``). ``due``: when the
-    tick counts as hung if still unanswered.
+    marks the tick answered, which the trigger's next ticks look at (see ``CronModule._hung``).
 
     Example:
         >>> from iii_engine.limits import FiredCalls
         >>> fired = FiredCalls(2)
-        >>> day = datetime(2026, 1, 1, tzinfo=UTC)
-        >>> answering = _Answering(fired.try_take(), day, day + timedelta(days=1))
+        >>> answering = _Answering(fired.try_take(), datetime(2026, 1, 1, tzinfo=UTC), None)
         >>> answering.release(); answering.answered, fired.in_flight
         (True, 0)
     """
 
     __slots__ = ("answered", "due", "slot", "tick")
 
-    def __init__(self, slot: FiredSlots, tick: datetime, due: datetime) -> None:
+    def __init__(self, slot: FiredSlots, tick: datetime, due: datetime | None) -> None:
         self.slot = slot
         self.tick = tick
+        #: the trigger's following tick: still unanswered then, the tick has been for a full period
         self.due = due
         self.answered = False
 
@@ -502,17 +496,17 @@ class CronModule(EngineModule):
         latest_text = latest_tail(latest)
         if counts.get("unanswered"):
             log.warning("cron: %d tick(s) left to the other engines sharing the lock store since the last warning: "
-                        "this engine's earlier tick of the trigger was still unanswered a period (at least %g s) later "
-                        "(its handler hung or slower than the schedule) (%d in all)%s", counts["unanswered"],
-                        UNANSWERED_LEAVE_S, self.ticks_left_unanswered, latest_text)
+                        "this engine's previous tick of the trigger was still unanswered a full period later (its "
+                        "handler hung or slower than the schedule) (%d in all)%s", counts["unanswered"],
+                        self.ticks_left_unanswered, latest_text)
 
     def _hung(self, trigger: TriggerInfo, tick: datetime) -> bool:
-        """Whether the oldest unanswered tick of ``trigger`` this engine fired under the shared lock is still
-        unanswered at ``tick``, a period of it or :data:`UNANSWERED_LEAVE_S` (the longer) after it. Why: the lock is
-        taken before the callee is known, so a replica whose handler hung won about half of the shared ticks for
-        ever (17 of 36, no warning) where another engine's worker answered at once."""
+        """Whether this engine's previous tick of ``trigger`` fired under the shared lock is still unanswered at
+        ``tick``, a full period or more after it. Why: the lock is taken before the callee is known, so a replica
+        whose handler hung won about half of the shared ticks for ever (17 of 36, no warning) where another
+        engine's worker answered at once."""
         previous = self._answering.get(trigger.id)
-        if previous is None or previous.answered or tick < previous.due:
+        if previous is None or previous.answered or previous.due is None or tick < previous.due:
             return False
         self.ticks_left_unanswered += 1
         self._unanswered_log.lost("unanswered", f"cron {trigger.id} tick {rfc3339(tick)}: tick "
@@ -611,9 +605,7 @@ class CronModule(EngineModule):
         if self._schedules.get(trigger.id) is not schedule:
             return False  # unregistered (or replaced) while its lock or condition was awaited: its unregister returned
         if lock.shared:
-            answering = _Answering(slot, tick, max(following or tick, tick + timedelta(seconds=UNANSWERED_LEAVE_S)))
-            previous = self._answering.get(trigger.id)
-            if previous is None or previous.answered:  # the oldest unanswered one is looked at: a hung handler's
-                self._answering[trigger.id] = answering  # later ticks would each look answered a moment
+            answering = _Answering(slot, tick, following)
+            self._answering[trigger.id] = answering
             slot = answering
         return self.services.fire(trigger.function_id, payload, taken=slot, busy_until=busy_until)
