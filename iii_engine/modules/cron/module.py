@@ -166,35 +166,6 @@ class _Instant:
         self.followers: dict[asyncio.Future[Any], None] = {}
 
 
-class _Answering:
-    """The slot of a tick fired under a shared lock, as its call holds it: the call's release (its outcome in)
-    marks the tick answered, which the trigger's next ticks look at (see ``CronModule._hung``).
-
-    Example:
-        >>> from iii_engine.limits import FiredCalls
-        >>> fired = FiredCalls(2)
-        >>> answering = _Answering(fired.try_take(), datetime(2026, 1, 1, tzinfo=UTC), None)
-        >>> answering.release(); answering.answered, fired.in_flight
-        (True, 0)
-    """
-
-    __slots__ = ("answered", "due", "slot", "tick")
-
-    def __init__(self, slot: FiredSlots, tick: datetime, due: datetime | None) -> None:
-        self.slot = slot
-        self.tick = tick
-        #: the trigger's following tick: still unanswered then, the tick has been for a full period
-        self.due = due
-        self.answered = False
-
-    def release(self, n: int | None = None) -> None:
-        self.answered = True
-        self.slot.release(n)
-
-    def one(self) -> _Answering:
-        return self
-
-
 def parse_trigger_expression(config: Any) -> CronExpression:
     """The schedule of a ``cron`` trigger config; :class:`EngineError` ``invalid_cron_expression`` if bad.
 
@@ -275,11 +246,6 @@ class CronModule(EngineModule):
         #: at (more than :data:`MAX_LEFT_CHECKS` waiting to be)
         self.ticks_lost = 0
         self.left_unchecked = 0
-        #: ticks a shared lock's engine left to the others because its previous tick of the trigger was still
-        #: unanswered a full period later (logged rate-limited)
-        self.ticks_left_unanswered = 0
-        # trigger id -> its latest tick fired under a shared lock, to see whether it was answered
-        self._answering: dict[str, _Answering] = {}
         self._left_checks: set[asyncio.Task[None]] = set()
         self._lock_failure_log = LossLog(self._log_lock_failures, LOCK_FAILURE_LOG_INTERVAL_S)
         # One line per trigger per stall before: 5,000 every-second triggers and one 3 s stop wrote 5,903 lines
@@ -288,7 +254,6 @@ class CronModule(EngineModule):
         self._lost_log = LossLog(self._log_lost, LOCK_FAILURE_LOG_INTERVAL_S)
         # its own: one log's `latest` names the latest tick of either kind, and each line must name one of its own
         self._unchecked_log = LossLog(self._log_unchecked, LOCK_FAILURE_LOG_INTERVAL_S)
-        self._unanswered_log = LossLog(self._log_unanswered, LOCK_FAILURE_LOG_INTERVAL_S)
 
     async def start(self) -> None:
         """Open the lock store and register the trigger type."""
@@ -325,8 +290,6 @@ class CronModule(EngineModule):
         self._missed_log.close()
         self._lost_log.close()
         self._unchecked_log.close()
-        self._unanswered_log.close()
-        self._answering.clear()
         if self._lock is not None:
             await self._lock.close()
             self._lock = None
@@ -340,7 +303,6 @@ class CronModule(EngineModule):
         # Replaced before waiting for the old schedule to end: a register of the same id arriving meanwhile
         # stored its schedule, which this one then overwrote and nothing could cancel (it fired for good).
         old = self._schedules.pop(trigger.id, None)
-        self._answering.pop(trigger.id, None)
         self._schedules[trigger.id] = asyncio.create_task(
             self._schedule(trigger, expression), name=f"cron:{trigger.id}"
         )
@@ -351,7 +313,6 @@ class CronModule(EngineModule):
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         """Stop the schedule of ``trigger.id`` (no-op if none)."""
-        self._answering.pop(trigger.id, None)
         task = self._schedules.pop(trigger.id, None)
         if task is not None:
             task.cancel()
@@ -481,9 +442,9 @@ class CronModule(EngineModule):
         latest_text = latest_tail(latest)
         if counts.get("left"):
             log.warning("cron: %d tick(s) fired by no engine since the last warning: this engine left them to the "
-                        "others sharing the lock store (no worker connected here serves their function or condition, "
-                        "or its previous tick here was still unanswered) and none fired them within %g s (%d in all)%s",
-                        counts["left"], LEFT_CHECK_S, self.ticks_lost, latest_text)
+                        "others sharing the lock store (no worker connected here serves their function or condition) "
+                        "and none fired them within %g s (%d in all)%s", counts["left"], LEFT_CHECK_S,
+                        self.ticks_lost, latest_text)
 
     def _log_unchecked(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = latest_tail(latest)
@@ -491,27 +452,6 @@ class CronModule(EngineModule):
             log.warning("cron: %d tick(s) left to the other engines sharing the lock store were not looked at (more "
                         "than %d waiting to be): whether an engine fired them is not known (%d in all)%s",
                         counts["unchecked"], MAX_LEFT_CHECKS, self.left_unchecked, latest_text)
-
-    def _log_unanswered(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = latest_tail(latest)
-        if counts.get("unanswered"):
-            log.warning("cron: %d tick(s) left to the other engines sharing the lock store since the last warning: "
-                        "this engine's previous tick of the trigger was still unanswered a full period later (its "
-                        "handler hung or slower than the schedule) (%d in all)%s", counts["unanswered"],
-                        self.ticks_left_unanswered, latest_text)
-
-    def _hung(self, trigger: TriggerInfo, tick: datetime) -> bool:
-        """Whether this engine's previous tick of ``trigger`` fired under the shared lock is still unanswered at
-        ``tick``, a full period or more after it. Why: the lock is taken before the callee is known, so a replica
-        whose handler hung won about half of the shared ticks for ever (17 of 36, no warning) where another
-        engine's worker answered at once."""
-        previous = self._answering.get(trigger.id)
-        if previous is None or previous.answered or previous.due is None or tick < previous.due:
-            return False
-        self.ticks_left_unanswered += 1
-        self._unanswered_log.lost("unanswered", f"cron {trigger.id} tick {rfc3339(tick)}: tick "
-                                  f"{rfc3339(previous.tick)} of function {trigger.function_id} still unanswered"[:500])
-        return True
 
     def _check_left(self, lock: CronLock, trigger: TriggerInfo, tick: datetime, condition: object) -> None:
         """Look, :data:`LEFT_CHECK_S` after a tick this engine left to the others, whether one of them fired it:
@@ -571,9 +511,6 @@ class CronModule(EngineModule):
             self.ticks_left += 1
             self._check_left(lock, trigger, tick, condition)
             return False
-        if lock.shared and self._hung(trigger, tick):
-            self._check_left(lock, trigger, tick, condition)
-            return False
         if lock.shared:
             # Not held during the round trip: ticks waiting for Redis held max_fired_calls slots, and the other
             # trigger types' fired calls were skipped meanwhile ("no room under max_fired_calls 10000: 843
@@ -604,8 +541,4 @@ class CronModule(EngineModule):
             return False
         if self._schedules.get(trigger.id) is not schedule:
             return False  # unregistered (or replaced) while its lock or condition was awaited: its unregister returned
-        if lock.shared:
-            answering = _Answering(slot, tick, following)
-            self._answering[trigger.id] = answering
-            slot = answering
         return self.services.fire(trigger.function_id, payload, taken=slot, busy_until=busy_until)
