@@ -64,12 +64,14 @@ def _hops(baggage: str | None) -> int:
     Example:
         >>> _hops("a=1, iii-bridge-hops = 3;p, b=2"), _hops(None), _hops("iii-bridge-hops=x")
         (3, 0, 0)
+        >>> _hops("iii-bridge-hops=²")  # a digit to str.isdigit, not to int(): it failed every forwarded call
+        0
     """
     count = 0
     for member in (baggage or "").split(","):
         key, _, value = member.partition("=")
         value = value.partition(";")[0].strip()
-        if key.strip() == HOPS_KEY and value.isdigit() and len(value) <= 6:
+        if key.strip() == HOPS_KEY and value.isascii() and value.isdigit() and len(value) <= 6:
             count = max(count, int(value))
     return count
 
