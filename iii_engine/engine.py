@@ -72,6 +72,7 @@ from .limits import (
 )
 from .modules.base import (
     UNDECIDED_CODES,
+    AnyTelemetryListener,
     BuiltinFunction,
     CallNotSent,
     EngineError,
@@ -86,6 +87,7 @@ from .modules.base import (
     NamedQueues,
     TelemetryListener,
     TriggerTypeHandler,
+    telemetry_listener,
 )
 from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
 from .own_listener import PortOwners
@@ -512,10 +514,10 @@ class _ModuleServices:
         """Be told about worker events (until the module's stop)."""
         self._admit("worker listener").append(self._engine._add_listener(self._engine._worker_listeners, listener))
 
-    def add_telemetry_listener(self, listener: TelemetryListener) -> None:
+    def add_telemetry_listener(self, listener: AnyTelemetryListener) -> None:
         """Receive the workers' telemetry frames (until the module's stop)."""
         self._admit("telemetry listener").append(self._engine._add_listener(self._engine._telemetry_listeners,
-                                                                           listener))
+                                                                           telemetry_listener(listener)))
 
     def set_invocation_observer(self, observer: InvocationObserver | None) -> None:
         """Watch every function execution (until the module's stop)."""
@@ -1374,9 +1376,9 @@ class Engine:
         self._external = host
 
 
-    def add_telemetry_listener(self, listener: TelemetryListener) -> None:
-        """Hand every telemetry frame to ``listener(kind, body)``."""
-        self._add_listener(self._telemetry_listeners, listener)
+    def add_telemetry_listener(self, listener: AnyTelemetryListener) -> None:
+        """Hand every telemetry frame to ``listener(kind, body, worker_id)`` (or ``listener(kind, body)``)."""
+        self._add_listener(self._telemetry_listeners, telemetry_listener(listener))
 
     def set_invocation_observer(self, observer: InvocationObserver | None) -> None:
         """Watch every function execution (the observability module)."""

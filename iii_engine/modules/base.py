@@ -17,10 +17,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, NamedTuple, Protocol
+from typing import Any, ClassVar, Final, NamedTuple, Protocol, cast
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
@@ -228,6 +229,27 @@ class InvocationObserver(Protocol):
 
 
 TelemetryListener = Callable[[str, bytes, str], None]
+"""``listener(kind, body, worker_id)``: a telemetry frame and the id of the worker connection that sent it."""
+AnyTelemetryListener = TelemetryListener | Callable[[str, bytes], None]
+
+
+def telemetry_listener(listener: AnyTelemetryListener) -> TelemetryListener:
+    """``listener`` as a :data:`TelemetryListener`: one written for ``(kind, body)``, as listeners were before the
+    worker's id was passed, is wrapped to take it (given three arguments, it failed on every frame).
+
+    Example:
+        >>> got = []
+        >>> telemetry_listener(lambda kind, body: got.append(kind))("LOGS", b"{}", "w1"); got
+        ['LOGS']
+    """
+    try:
+        inspect.signature(listener).bind("", b"", "")
+    except TypeError:
+        two = cast(Callable[[str, bytes], None], listener)
+        return lambda kind, body, _worker_id: two(kind, body)
+    except ValueError:  # (no signature to read: taken as it is)
+        pass
+    return cast(TelemetryListener, listener)
 
 
 class StartedCall(Protocol):
@@ -442,10 +464,10 @@ class EngineServices(Protocol):
     def serve_external_functions(self, host: ExternalFunctions | None) -> None:
         """Route HTTP-invoked function registrations to ``host`` (``None``: they are refused, logged)."""
 
-    def add_telemetry_listener(self, listener: TelemetryListener) -> None:
+    def add_telemetry_listener(self, listener: AnyTelemetryListener) -> None:
         """Receive every telemetry frame workers send, as ``listener(kind, body, worker_id)`` (``OTLP``/``MTRC``/
-        ``LOGS``; ``worker_id``: the sending connection's, so a listener can share its room fairly; must not
-        block)."""
+        ``LOGS``; ``worker_id``: the sending connection's, so a listener can share its room fairly; a listener of
+        ``(kind, body)`` is called so; must not block)."""
 
     def set_invocation_observer(self, observer: InvocationObserver | None) -> None:
         """Watch every function execution (one observer at a time)."""

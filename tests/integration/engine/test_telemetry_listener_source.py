@@ -27,3 +27,17 @@ async def test_each_frame_comes_with_its_worker_id(engine: Engine) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_listener_of_kind_and_body_is_called_so(engine: Engine) -> None:
+    """As listeners were written before the worker's id was passed: given three arguments, one failed on every
+    frame (a TypeError logged with its traceback per frame)."""
+    got: list[tuple[str, bytes]] = []
+    engine.add_telemetry_listener(lambda kind, body: got.append((kind, body)))
+    worker = await RawWorker.connect(engine.url)
+    try:
+        await worker.ws.send(b"LOGS" + b'{"resourceLogs": []}')
+        await until(lambda: len(got) == 1)
+        assert got == [("LOGS", b'{"resourceLogs": []}')]
+    finally:
+        await worker.close()

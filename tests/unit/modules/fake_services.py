@@ -61,7 +61,7 @@ class FakeServices:
         self.handlers: dict[str, Handler] = {}
         self.trigger_types: dict[str, TriggerTypeHandler] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.telemetry_listeners: list[Callable[[str, bytes], None]] = []
+        self.telemetry_listeners: list[Callable[[str, bytes, str], None]] = []
         self.observer: Any = None
         self.channels = ChannelRelay()  # a real relay: modules that open channels get real ones
         self.function_listeners: list[Callable[[], None]] = []
@@ -170,7 +170,7 @@ class FakeServices:
     def module(self, name: str) -> EngineModule | None:
         return None
 
-    def add_telemetry_listener(self, listener: Callable[[str, bytes], None]) -> None:
+    def add_telemetry_listener(self, listener: Callable[[str, bytes, str], None]) -> None:
         self.telemetry_listeners.append(listener)
 
     def set_invocation_observer(self, observer: Any) -> None:
