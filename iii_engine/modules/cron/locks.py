@@ -195,6 +195,9 @@ class RedisCronLock:
     def _flush(self) -> None:
         """Send the ticks asked, as many scripts as may be in flight; the rest wait for one of them to end."""
         self._flush_due = False
+        # an asker gone meanwhile (its trigger unregistered or replaced) must not take the tick in Redis: another
+        # engine sharing the lock would lose it, fired by nobody and counted nowhere
+        self._asked = [entry for entry in self._asked if not entry[2].done()]
         while self._asked and len(self._sending) < _SCRIPTS_IN_FLIGHT:
             batch = self._asked[:_KEYS_PER_SCRIPT]
             del self._asked[:_KEYS_PER_SCRIPT]

@@ -123,3 +123,26 @@ async def test_a_tick_waiting_for_the_redis_lock_holds_no_fired_call_slot(
         assert engine.fired_calls.stats()["in_flight"] == 0
         gate.set()
         await until(lambda: len(fired) == 50)
+
+
+async def test_a_tick_whose_asker_left_before_its_batch_went_is_not_taken() -> None:
+    """A trigger unregistered while its lock request waited for its batch: the tick stays free for another engine
+    sharing the lock (before, the batch took it anyway, and the other engine lost it: 100 of 100)."""
+    prefix = f"test-cron-batches-{uuid.uuid4().hex[:8]}:"
+    mine = RedisCronLock(require_redis(), ttl_ms=60_000, key_prefix=prefix)
+    other = RedisCronLock(require_redis(), ttl_ms=60_000, key_prefix=prefix)
+    try:
+        asking = asyncio.create_task(mine.try_fire("job", 1_000, lock_key="shared"))
+        await asyncio.sleep(0)  # (one turn: it has asked, and its batch is due at the next turn)
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        assert await other.try_fire("job", 1_000, lock_key="shared") is True
+    finally:
+        await mine.close()
+        await other.close()
+        admin = aioredis.Redis.from_url(require_redis())
+        keys = [key async for key in admin.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await admin.delete(*keys)
+        await admin.aclose()
