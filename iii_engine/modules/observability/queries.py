@@ -374,7 +374,7 @@ async def page_of(snapshot: Snapshot, keep: Callable[[dict[str, Any]], bool], pa
         Traceback (most recent call last):
         iii_engine.modules.base.EngineError: cursor_expired: this cursor is of another run of the store (the engine ...
     """
-    entries, first, order = snapshot.entries, snapshot.first_seq, paging.order
+    entries, order, seq = snapshot.entries, paging.order, snapshot.seq
     matched = await select_indices(entries, keep)
     if order.ties_newest_first:
         matched.reverse()  # a stable sort keeps it for entries of one key
@@ -388,7 +388,7 @@ async def page_of(snapshot: Snapshot, keep: Callable[[dict[str, Any]], bool], pa
 
     before = paging.cursor
     if before is not None:
-        if before.epoch != snapshot.epoch or before.seq >= first + len(entries):
+        if before.epoch != snapshot.epoch or before.seq >= snapshot.end_seq:
             # a cursor of an earlier run (the engine restarted, its numbers start again) named entries that are not
             # these: its walk ended silently, 0 entries and no next_cursor, with 500 stored
             raise EngineError(CURSOR_EXPIRED, "this cursor is of another run of the store (the engine restarted since "
@@ -400,7 +400,7 @@ async def page_of(snapshot: Snapshot, keep: Callable[[dict[str, Any]], bool], pa
                 value = index_key(i)
                 if value != mark.key:
                     return bool(value < mark.key if order.descending else value > mark.key)
-            return first + i < mark.seq if order.ties_newest_first else first + i > mark.seq
+            return seq(i) < mark.seq if order.ties_newest_first else seq(i) > mark.seq
 
         rest = await select(matched, past)
         start = len(matched) - len(rest)
@@ -410,9 +410,9 @@ async def page_of(snapshot: Snapshot, keep: Callable[[dict[str, Any]], bool], pa
         # with the entry just before the page: an empty page's cursor is after it
         index = await sort(matched, start - 1, paging.limit + 1) if start else await sort(matched, 0, paging.limit)
         if start and index:
-            before = order.cursor(entries[index[0]], first + index[0], snapshot.epoch)
+            before = order.cursor(entries[index[0]], seq(index[0]), snapshot.epoch)
             index = index[1:]
-    return Page(order, [entries[i] for i in index], [first + i for i in index], start, len(matched), before,
+    return Page(order, [entries[i] for i in index], [seq(i) for i in index], start, len(matched), before,
                 snapshot.epoch)
 
 

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import heapq
 import logging
 import secrets
 import time
@@ -69,6 +70,18 @@ class Snapshot:
     #: which run of the store the numbers are of (a store made again, by a restart, numbers from 0 again): a cursor
     #: of another run would name entries these are not
     epoch: str = ""
+    #: each entry's number, when they do not follow each other (a metric store evicted some for names from the
+    #: middle); ``None``: entry ``i`` is number ``first_seq + i``
+    seqs: list[int] | None = None
+
+    def seq(self, i: int) -> int:
+        """The ingest number of entry ``i``."""
+        return self.first_seq + i if self.seqs is None else self.seqs[i]
+
+    @property
+    def end_seq(self) -> int:
+        """One past the number of the newest entry (``first_seq`` when there is none)."""
+        return self.first_seq + len(self.entries) if self.seqs is None or not self.seqs else self.seqs[-1] + 1
 
 
 def value_bytes(value: Any, keys: bool = True) -> int:
@@ -324,16 +337,30 @@ class SpanStore(_Ring):
         return [span for span in self._items if span["trace_id"] == trace_id]
 
 
+class _Held:
+    """A stored metric with its size and ingest number; ``alive`` turns false when a new name evicts it from the
+    middle of the store (the store drops it once it is the oldest)."""
+
+    __slots__ = ("alive", "metric", "seq", "size")
+
+    def __init__(self, metric: dict[str, Any], size: int, seq: int) -> None:
+        self.metric, self.size, self.seq, self.alive = metric, size, seq, True
+
+
 class MetricStore:
     """StoredMetric entries keyed by ingestion time: at most ``max_entries`` entries and ``max_names`` names,
-    none older than ``retention_s`` after :meth:`prune`. A new name past ``max_names`` evicts the oldest entries
-    until a name is gone, as the entry bound does.
+    none older than ``retention_s`` after :meth:`prune`. A new name past ``max_names`` evicts the oldest entries of
+    the service (``service_name``) holding the most names until a name is gone.
 
     Example:
-        >>> store = MetricStore(max_entries=10, max_names=1)
-        >>> store.add([{"name": "a", "timestamp_unix_nano": 1}, {"name": "b", "timestamp_unix_nano": 1}])
+        >>> store = MetricStore(max_entries=10, max_names=2)
+        >>> store.add([{"name": n, "service_name": "flood", "timestamp_unix_nano": 1} for n in ("a", "b")])
+        >>> store.add([{"name": "jobs", "service_name": "app", "timestamp_unix_nano": 1}])
         >>> [m["name"] for m in store.entries()], store.evicted_for_names
-        (['b'], 1)
+        (['b', 'jobs'], 1)
+        >>> store.add([{"name": "c", "service_name": "flood", "timestamp_unix_nano": 1}])
+        >>> [m["name"] for m in store.entries()], store.snapshot().seqs
+        (['jobs', 'c'], None)
     """
 
     def __init__(self, *, max_entries: int = 10_000, max_names: int = 10_000, retention_s: float = 3600.0,
@@ -342,10 +369,19 @@ class MetricStore:
         self.max_names = max_names
         self.max_bytes = max_bytes
         self.retention_ns = int(retention_s * 1e9)
-        self._entries: deque[dict[str, Any]] = deque()
-        self._sizes: deque[int] = deque()
+        # oldest first; the oldest is always alive, evicted ones behind it wait there until it goes
+        self._held: deque[_Held] = deque()
+        self._alive = 0
+        self._dead = 0
         self.bytes = 0
         self._names: OrderedDict[str, int] = OrderedDict()  # name -> entries held
+        # Before, a new name evicted the oldest entries whoever sent them: 3 frames of 10,000 made-up names from one
+        # worker evicted every other worker's metrics. Each service's own entries (oldest first) and names, and a
+        # heap of (-names held, its oldest entry's number, service) to find the service holding the most (of those,
+        # the one with the oldest entry), stale items skipped when on top.
+        self._service_held: dict[str, deque[_Held]] = {}
+        self._service_names: dict[str, dict[str, int]] = {}
+        self._most: list[tuple[int, int, str]] = []
         self._last: list[Any] = [None] * len(_SHARED_FIELDS)  # as _Ring's
         self.evicted = 0
         self.refused_names = 0  # only with max_names 0: any name past the bound evicts the oldest
@@ -357,40 +393,47 @@ class MetricStore:
         self.epoch = secrets.token_hex(4)  # (as _Ring.epoch)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._alive
 
     def add(self, metrics: Iterable[dict[str, Any]], size_each: int | None = None) -> None:
         """Store metrics (``size_each`` bytes each; by default what each costs in memory, see :meth:`size`),
         evicting the oldest entries beyond ``max_entries`` or ``max_bytes``, and for a new name past ``max_names``
-        the oldest entries until a name is gone (counted in ``evicted_for_names``, logged at most every
-        :data:`NAMES_LOG_INTERVAL_S`)."""
+        the oldest entries of the service holding the most names until a name is gone (counted in
+        ``evicted_for_names``, logged at most every :data:`NAMES_LOG_INTERVAL_S`)."""
         for metric in metrics:
             name = metric["name"]
             if name not in self._names and len(self._names) >= self.max_names:
                 # Evicted, not refused: refusing let one frame of 10,000 made-up names keep every other worker's
                 # new metric out until the squatter's entries aged out of the retention (an hour).
-                while self._entries and len(self._names) >= self.max_names:
-                    self._pop_oldest()
+                while self._alive and len(self._names) >= self.max_names:
+                    self._evict_of(self._holding_most())
                     self.evicted += 1
                     self.evicted_for_names += 1
                 if len(self._names) >= self.max_names:
                     self.refused_names += 1
                     continue
             size = self.size(metric, self._last) if size_each is None else size_each
+            held = _Held(metric, size, self.next_seq)
             self._names[name] = self._names.get(name, 0) + 1
-            self._entries.append(metric)
-            self._sizes.append(size)
+            service = str(metric.get("service_name"))
+            self._service_held.setdefault(service, deque()).append(held)
+            names = self._service_names.setdefault(service, {})
+            names[name] = names.get(name, 0) + 1
+            if names[name] == 1:
+                self._push_most(service)  # one name more; a new service's oldest entry too
+            self._held.append(held)
+            self._alive += 1
             self.bytes += size
             self.next_seq += 1
-            while len(self._entries) > self.max_entries or (self.bytes > self.max_bytes and len(self._entries) > 1):
+            while self._alive > self.max_entries or (self.bytes > self.max_bytes and self._alive > 1):
                 self._pop_oldest()
                 self.evicted += 1
         if self.evicted_for_names != self._names_logged:
             now = time.monotonic()
             if now - self._names_logged_at >= NAMES_LOG_INTERVAL_S:
-                log.warning("metrics: %d entries of the oldest names evicted to store new names past max_names (%d) "
-                            "since the last such line; %d so far", self.evicted_for_names - self._names_logged,
-                            self.max_names, self.evicted_for_names)
+                log.warning("metrics: %d entries of the services holding the most names evicted to store new names "
+                            "past max_names (%d) since the last such line; %d so far",
+                            self.evicted_for_names - self._names_logged, self.max_names, self.evicted_for_names)
                 self._names_logged_at = now
                 self._names_logged = self.evicted_for_names
 
@@ -409,34 +452,91 @@ class MetricStore:
                 + value_bytes(metric.get("data_points"), keys=False)
                 + _shared_bytes(metric, [None] * len(_SHARED_FIELDS) if last is None else last))
 
-    def _pop_oldest(self) -> None:
-        self._forget(self._entries.popleft())
-        self.bytes -= self._sizes.popleft()
+    def _push_most(self, service: str) -> None:
+        held = self._service_held.get(service)
+        if held:
+            heapq.heappush(self._most, (-len(self._service_names[service]), held[0].seq, service))
+        if len(self._most) > 4 * len(self._service_held) + 64:  # stale items: rebuilt, amortised over the pushes
+            self._most = [(-len(self._service_names[svc]), kept[0].seq, svc)
+                          for svc, kept in self._service_held.items()]
+            heapq.heapify(self._most)
 
-    def _forget(self, metric: dict[str, Any]) -> None:
-        left = self._names[metric["name"]] - 1
-        if left:
-            self._names[metric["name"]] = left
+    def _holding_most(self) -> str:
+        while True:
+            count, oldest, service = self._most[0]
+            held = self._service_held.get(service)
+            if held and held[0].seq == oldest and len(self._service_names[service]) == -count:
+                return service
+            heapq.heappop(self._most)
+
+    def _evict_of(self, service: str) -> None:
+        held = self._service_held[service][0]
+        held.alive = False
+        self._dead += 1
+        self._forget(held)
+        while self._held and not self._held[0].alive:
+            self._held.popleft()
+            self._dead -= 1
+        if self._dead > self._alive + 64:  # behind an old entry of another service they would pile up unbounded
+            self._held = deque(kept for kept in self._held if kept.alive)
+            self._dead = 0
+
+    def _pop_oldest(self) -> None:
+        self._forget(self._held.popleft())
+        while self._held and not self._held[0].alive:
+            self._held.popleft()
+            self._dead -= 1
+
+    def _forget(self, held: _Held) -> None:
+        """Takes ``held`` (its service's oldest entry) off the counts; the caller takes it off :attr:`_held`."""
+        metric, name = held.metric, held.metric["name"]
+        service = str(metric.get("service_name"))
+        self._service_held[service].popleft()
+        if not self._service_held[service]:
+            del self._service_held[service]
+        names = self._service_names[service]
+        if names[name] > 1:
+            names[name] -= 1
         else:
-            del self._names[metric["name"]]
+            del names[name]
+            if not names:
+                del self._service_names[service]
+        self._push_most(service)  # its oldest entry is another now
+        left = self._names[name] - 1
+        if left:
+            self._names[name] = left
+        else:
+            del self._names[name]
+        self._alive -= 1
+        self.bytes -= held.size
 
     def prune(self, now_ns: int) -> None:
         """Drop entries older than the retention."""
-        while self._entries and self._entries[0]["timestamp_unix_nano"] < now_ns - self.retention_ns:
+        while self._held and self._held[0].metric["timestamp_unix_nano"] < now_ns - self.retention_ns:
             self._pop_oldest()
 
     def entries(self) -> list[dict[str, Any]]:
         """Oldest ingestion first."""
-        return list(self._entries)
+        if not self._dead:
+            return [held.metric for held in self._held]
+        return [held.metric for held in self._held if held.alive]
 
     def snapshot(self) -> Snapshot:
-        """:meth:`entries` with the ingest sequence number of the first."""
-        return Snapshot(list(self._entries), self.next_seq - len(self._entries), self.epoch)
+        """:meth:`entries` with the ingest sequence number of the first (and of each, when some were evicted from
+        the middle for names)."""
+        if not self._dead:
+            return Snapshot(self.entries(), self.next_seq - self._alive, self.epoch)
+        alive = [held for held in self._held if held.alive]
+        return Snapshot([held.metric for held in alive], alive[0].seq if alive else self.next_seq, self.epoch,
+                        [held.seq for held in alive])
 
     def clear(self) -> None:
         """Drop everything."""
-        self._entries.clear()
-        self._sizes.clear()
+        self._held.clear()
+        self._alive = self._dead = 0
+        self._service_held.clear()
+        self._service_names.clear()
+        self._most.clear()
         self._names.clear()
         self.bytes = 0
         self._last[:] = [None] * len(_SHARED_FIELDS)

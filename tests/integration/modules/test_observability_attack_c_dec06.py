@@ -48,7 +48,7 @@ async def test_a_frame_of_made_up_metric_names_does_not_keep_other_names_out(
         squat = await worker.result("engine::metrics::list", {"metric_name": "squat.0"})
         assert squat["sdk_metrics"] == []  # the oldest name went
     lines = [r.getMessage() for r in caplog.records if "max_names" in r.getMessage()]
-    assert lines and "1 entries of the oldest names evicted" in lines[0], lines
+    assert lines and "1 entries of the services holding the most names evicted" in lines[0], lines
 
 
 async def test_a_clear_given_a_field_is_refused_and_clears_nothing() -> None:

@@ -1,8 +1,10 @@
 """Mends of a re-attack on the observability module (/tmp/atkE): a trace tree of spans sharing one span id that
-took 32 s of CPU, and the per-worker ingest share that dropped an SDK's flushed batch into an idle queue."""
+took 32 s of CPU, the per-worker ingest share that dropped an SDK's flushed batch into an idle queue, and metric
+names past max_names that evicted other services' metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -10,7 +12,9 @@ import pytest
 from module_worker import ModuleWorker
 
 from iii_engine.modules.observability import queries
+from iii_engine.modules.observability.stores import MetricStore
 from tests.integration.modules.test_observability import engine_with
+from tests.integration.modules.test_observability_attack_c_dec06 import gauges_frame
 from tests.polling import until
 
 pytestmark = pytest.mark.our_engine("configures the observability module")
@@ -73,3 +77,53 @@ async def test_a_burst_into_an_idle_ingest_queue_is_kept_though_many_workers_sen
         assert kept.count("batch") == 60 and kept.count("ticker") == 20
         assert (await worker.result("engine::health::check", {}))["components"]["telemetry"]["details"][
             "dropped_frames"] == 0
+
+
+def _metrics(names: list[str], service: str) -> list[dict[str, Any]]:
+    return [{"name": name, "service_name": service, "timestamp_unix_nano": 1} for name in names]
+
+
+async def test_made_up_metric_names_evict_the_flooders_own_entries_not_another_services() -> None:
+    # Before: a new name past max_names evicted the oldest entries whoever sent them: 3 frames of 10,000 made-up
+    # names evicted the one entry of victim.jobs (1 -> 0) and 20,001 in all.
+    async with engine_with({}) as engine, ModuleWorker(engine.url) as worker:
+        module: Any = engine.module("observability")
+        module.ingest("MTRC", gauges_frame(["victim.jobs"], "victim"))
+        for r in range(3):
+            module.ingest("MTRC", gauges_frame([f"squat.{r}.{i}" for i in range(10_000)], "squatter"))
+        await until(lambda: module.ingested_frames == 4, within=20)
+        listed = await worker.result("engine::metrics::list", {"metric_name": "victim.jobs"})
+        assert len(listed["sdk_metrics"]) == 1
+        details = (await worker.result("engine::health::check", {}))["components"]["metrics"]["details"]
+        assert details["evicted_for_names"] == 20_001 and details["stored_metrics"] == 10_000
+        kept = await worker.result("engine::metrics::list", {"metric_name": "squat.2.9998"})
+        assert len(kept["sdk_metrics"]) == 1
+        gone = await worker.result("engine::metrics::list", {"metric_name": "squat.1.9998"})
+        assert gone["sdk_metrics"] == []  # the squatter's oldest went
+
+
+def test_a_lone_service_past_max_names_evicts_its_own_oldest() -> None:
+    store = MetricStore(max_entries=100, max_names=3)
+    store.add(_metrics(["a", "b", "a", "c", "d"], "only"))
+    assert [m["name"] for m in store.entries()] == ["a", "c", "d"]  # the oldest two went for "d"
+    assert store.evicted_for_names == 2 and len(store) == 3
+
+
+def test_a_cursor_walks_past_entries_evicted_from_the_middle_for_names() -> None:
+    # The entries kept no longer follow each other in number: a cursor must neither skip nor repeat one.
+    store = MetricStore(max_entries=100, max_names=4)
+    store.add(_metrics(["victim.jobs"], "victim"))
+    store.add(_metrics(["f0", "f1", "f2", "f3", "f4"], "flood"))
+    snapshot = store.snapshot()
+    assert [m["name"] for m in snapshot.entries] == ["victim.jobs", "f2", "f3", "f4"]
+    assert snapshot.seqs == [0, 3, 4, 5] and snapshot.end_seq == 6
+    walked: list[str] = []
+    cursor = None
+    for _ in range(5):
+        page = asyncio.run(queries.page_of(store.snapshot(), lambda e: True,
+                                           queries.Paging(0, 2, queries.METRICS_ORDER, cursor)))
+        walked += [m["name"] for m in page.entries]
+        if not page.entries:
+            break
+        cursor = queries.Cursor(None, page.seqs[-1], snapshot.epoch)
+    assert walked == ["victim.jobs", "f2", "f3", "f4"]
