@@ -167,6 +167,16 @@ class Bits(int):
     def __len__(self) -> int:
         return self.bit_count()
 
+    def next_from(self, value: int) -> int | None:
+        """Its least value of at least ``value`` (``None``: none).
+
+        Example:
+            >>> Bits.of({9, 13, 17}).next_from(10), Bits.of({9}).next_from(10)
+            (13, None)
+        """
+        mask = int(self) >> max(value, 0)
+        return None if not mask else max(value, 0) + (mask & -mask).bit_length() - 1
+
     def below(self, value: int) -> int:
         """How many of its values are less than ``value`` (``bisect_left`` on them sorted)."""
         return (int(self) & ((1 << max(value, 0)) - 1)).bit_count()
@@ -248,12 +258,12 @@ class CronExpression:
 
     def _next_day(self, moment: datetime) -> datetime:
         """Midnight of the next day of this month listed in ``days``, else the first of the next month: one step
-        per candidate day, not per day (a day no month has, "31 2,4,6,9,11", walked every day of 76 years,
-        16-55 ms of the engine's loop per registration of a trigger refused in the end)."""
-        last = calendar.monthrange(moment.year, moment.month)[1]
-        for day in range(moment.day + 1, last + 1):
-            if day in self.days:
-                return datetime(moment.year, moment.month, day, tzinfo=UTC)
+        per month at most, read from the bits (a day no month has, "31 2,4,6,9,11", walked every day of 76 years,
+        16-55 ms of the engine's loop per registration of a trigger refused in the end; then every day of each month
+        it stepped through, 7-11 ms)."""
+        day = self.days.next_from(moment.day + 1)
+        if day is not None and day <= calendar.monthrange(moment.year, moment.month)[1]:
+            return datetime(moment.year, moment.month, day, tzinfo=UTC)
         return _start_of_next_month(moment)
 
     def next_after(self, instant: datetime) -> datetime | None:
