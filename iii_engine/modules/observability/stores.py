@@ -524,9 +524,12 @@ class MetricStore:
     def snapshot(self) -> Snapshot:
         """:meth:`entries` with the ingest sequence number of the first (and of each, when some were evicted from
         the middle for names)."""
-        if not self._dead:
+        held = self._held
+        # numbered without gaps only while no entry left from the middle (a compaction drops the dead ones, not
+        # their gaps: read as gapless, the entries after one were numbered too high and a cursor skipped them)
+        if not self._dead and (not held or held[-1].seq - held[0].seq + 1 == len(held)):
             return Snapshot(self.entries(), self.next_seq - self._alive, self.epoch)
-        alive = [held for held in self._held if held.alive]
+        alive = [entry for entry in held if entry.alive]
         return Snapshot([held.metric for held in alive], alive[0].seq if alive else self.next_seq, self.epoch,
                         [held.seq for held in alive])
 

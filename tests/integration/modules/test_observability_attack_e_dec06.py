@@ -127,3 +127,24 @@ def test_a_cursor_walks_past_entries_evicted_from_the_middle_for_names() -> None
             break
         cursor = queries.Cursor(None, page.seqs[-1], snapshot.epoch)
     assert walked == ["victim.jobs", "f2", "f3", "f4"]
+
+
+def test_entries_keep_their_numbers_after_the_dead_ones_are_compacted() -> None:
+    # A compaction drops the entries evicted from the middle, not the gaps they leave: read as gapless, the entries
+    # after a gap were numbered too high, and a cursor walk skipped them (one stored metric never listed).
+    store = MetricStore(max_entries=100_000, max_names=10)
+    numbers: dict[str, int] = {}
+
+    def add(name: str, service: str) -> None:
+        numbers[name] = store.next_seq
+        store.add(_metrics([name], service))
+
+    add("jobs", "app")
+    for i in range(30):
+        add(f"f{i}", "flood")
+    add("queue_depth", "app2")
+    for i in range(30, 300):
+        add(f"f{i}", "flood")
+        snapshot = store.snapshot()
+        assert [snapshot.seq(at) for at in range(len(snapshot.entries))] == [
+            numbers[entry["name"]] for entry in snapshot.entries], i
