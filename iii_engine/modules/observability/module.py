@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -546,7 +547,7 @@ class OtelModule(EngineModule):
             kind, body, source = await self._queue.get()
             ingested = self.ingested_frames
             try:
-                await self._ingest_frame(kind, body)
+                await self._ingest_frame(kind, body, source)
             except asyncio.CancelledError:
                 if self.ingested_frames == ingested:  # the stop's bound ended it unstored: counted as dropped
                     self._cut_at_stop = (1, len(body))
@@ -567,7 +568,7 @@ class OtelModule(EngineModule):
             # one frame at a time, then let calls run: a flood of frames cannot hold the loop
             await asyncio.sleep(0)
 
-    async def _ingest_frame(self, kind: str, body: bytes) -> None:
+    async def _ingest_frame(self, kind: str, body: bytes, source: str | None = None) -> None:
         try:
             # A big frame is parsed in a thread: the parse (orjson plus the one JSON policy's depth and digit
             # scans) of a few MiB held the engine's loop for a second or more. The thread does not free the loop
@@ -579,7 +580,7 @@ class OtelModule(EngineModule):
             # converted a slice at a time, the loop free between slices: one 3.5 MiB frame of 10,000 metrics
             # was converted in one go, ~420 ms during which no call was answered
             self._storing_entries = False
-            storing = self._storing(kind, body, frame, CONVERT_SLICE_S)
+            storing = self._storing(kind, body, frame, CONVERT_SLICE_S, source)
             try:
                 for _ in storing:
                     await asyncio.sleep(0)
@@ -623,12 +624,14 @@ class OtelModule(EngineModule):
         for _ in self._storing(kind, body, frame, None):
             pass
 
-    def _storing(self, kind: str, body: bytes, frame: Any, slice_s: float | None) -> Generator[None, None, None]:
-        """Convert and store a parsed frame, pausing (a ``yield``) each time ``slice_s`` of converting passed; its
-        entries are stored at the end, so a frame refused midway stores nothing, as before."""
+    def _storing(self, kind: str, body: bytes, frame: Any, slice_s: float | None,
+                 source: str | None = None) -> Generator[None, None, None]:
+        """Convert and store a parsed frame (``source``: the sending connection's id, when known), pausing (a
+        ``yield``) each time ``slice_s`` of converting passed; its entries are stored at the end, so a frame refused
+        midway stores nothing, as before."""
         with item_budget(self.settings.max_frame_items) as counts:
             # the budget is a context variable of the ingest task: its pauses leave other tasks' contexts alone
-            yield from self._convert(kind, body, frame, slice_s, counts)
+            yield from self._convert(kind, body, frame, slice_s, counts, source)
         if counts[1]:
             self.dropped_items += counts[1]
             self._warn_cut("a %s telemetry frame held more than max_frame_items (%d): %d items (attributes, events, "
@@ -642,7 +645,7 @@ class OtelModule(EngineModule):
         self.ingested_frames += 1
 
     def _convert(self, kind: str, body: bytes, frame: Any, slice_s: float | None,
-                 counts: list[int]) -> Iterator[None]:
+                 counts: list[int], source: str | None = None) -> Iterator[None]:
         """Convert the entries of a frame (``counts``: its :func:`~.otlp.item_budget`), export it, then store them
         (:attr:`_storing_entries` set from the export on)."""
         # The stores charge each entry what it holds in memory: a share of the frame's JSON bytes was a third to a
@@ -668,7 +671,9 @@ class OtelModule(EngineModule):
             self._count_cut(frame, kind, len(metrics) + counts[2])
             self._storing_entries = True
             self._forward(kind, body, frame)
-            yield from _in_slices(metrics, self.metrics.add, slice_s)
+            # names charged to the sending connection, which the sender cannot choose (a resource's service name
+            # it can: made-up names spread over made-up services made a real service the one evicted first)
+            yield from _in_slices(metrics, functools.partial(self.metrics.add, owner=source), slice_s)
         elif kind == "LOGS":
             entries: list[dict[str, Any]] = []
             for part in iter_logs(frame, limit, slice_s):

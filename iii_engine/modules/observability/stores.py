@@ -341,10 +341,10 @@ class _Held:
     """A stored metric with its size and ingest number; ``alive`` turns false when a new name evicts it from the
     middle of the store (the store drops it once it is the oldest)."""
 
-    __slots__ = ("alive", "metric", "seq", "size")
+    __slots__ = ("alive", "metric", "owner", "seq", "size")
 
-    def __init__(self, metric: dict[str, Any], size: int, seq: int) -> None:
-        self.metric, self.size, self.seq, self.alive = metric, size, seq, True
+    def __init__(self, metric: dict[str, Any], size: int, seq: int, owner: str) -> None:
+        self.metric, self.size, self.seq, self.alive, self.owner = metric, size, seq, True, owner
 
 
 class MetricStore:
@@ -395,11 +395,12 @@ class MetricStore:
     def __len__(self) -> int:
         return self._alive
 
-    def add(self, metrics: Iterable[dict[str, Any]], size_each: int | None = None) -> None:
+    def add(self, metrics: Iterable[dict[str, Any]], size_each: int | None = None, owner: str | None = None) -> None:
         """Store metrics (``size_each`` bytes each; by default what each costs in memory, see :meth:`size`),
         evicting the oldest entries beyond ``max_entries`` or ``max_bytes``, and for a new name past ``max_names``
-        the oldest entries of the service holding the most names until a name is gone (counted in
-        ``evicted_for_names``, logged at most every :data:`NAMES_LOG_INTERVAL_S`)."""
+        the oldest entries of the owner holding the most names until a name is gone (counted in
+        ``evicted_for_names``, logged at most every :data:`NAMES_LOG_INTERVAL_S`). The owner is ``owner`` (the
+        sending worker connection), else each entry's ``service_name``."""
         for metric in metrics:
             name = metric["name"]
             if name not in self._names and len(self._names) >= self.max_names:
@@ -413,9 +414,11 @@ class MetricStore:
                     self.refused_names += 1
                     continue
             size = self.size(metric, self._last) if size_each is None else size_each
-            held = _Held(metric, size, self.next_seq)
+            # whose names these are: the sending connection's when known (``owner``), else the service's the entry
+            # names (the engine's own metrics; and a store used alone)
+            service = f"\0{owner}" if owner is not None else str(metric.get("service_name"))
+            held = _Held(metric, size, self.next_seq, service)
             self._names[name] = self._names.get(name, 0) + 1
-            service = str(metric.get("service_name"))
             self._service_held.setdefault(service, deque()).append(held)
             names = self._service_names.setdefault(service, {})
             names[name] = names.get(name, 0) + 1
@@ -489,8 +492,7 @@ class MetricStore:
 
     def _forget(self, held: _Held) -> None:
         """Takes ``held`` (its service's oldest entry) off the counts; the caller takes it off :attr:`_held`."""
-        metric, name = held.metric, held.metric["name"]
-        service = str(metric.get("service_name"))
+        name, service = held.metric["name"], held.owner
         self._service_held[service].popleft()
         if not self._service_held[service]:
             del self._service_held[service]

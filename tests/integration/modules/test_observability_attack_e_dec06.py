@@ -148,3 +148,28 @@ def test_entries_keep_their_numbers_after_the_dead_ones_are_compacted() -> None:
         snapshot = store.snapshot()
         assert [snapshot.seq(at) for at in range(len(snapshot.entries))] == [
             numbers[entry["name"]] for entry in snapshot.entries], i
+
+
+def test_names_are_charged_to_their_sender_not_to_the_service_it_names() -> None:
+    # A service name is the sender's to choose: made-up names spread over as many made-up services made the real
+    # service, holding the most names, the one evicted first (5 of 5 of its metrics gone). Charged to the sending
+    # connection, the flooder's own go.
+    store = MetricStore(max_entries=100_000, max_names=1_000)
+    for name in ("a", "b", "c", "d", "e"):
+        store.add(_metrics([f"app.{name}"], "app"), owner="w-app")
+    for i in range(3_000):
+        store.add(_metrics([f"made-up.{i}"], f"svc{i}"), owner="w-flood")
+    assert [m["name"] for m in store.entries()][:5] == ["app.a", "app.b", "app.c", "app.d", "app.e"]
+    assert store.evicted_for_names == 2_005  # all of them the flooder's own
+
+
+async def test_the_engine_charges_metric_names_to_the_sending_worker() -> None:
+    # the victim even claims the flooder's service name: its entries are still its own
+    async with engine_with({}) as engine, ModuleWorker(engine.url) as worker:
+        module: Any = engine.module("observability")
+        module.ingest("MTRC", gauges_frame(["victim.jobs"], "squatter"), "w-victim")
+        for r in range(2):
+            module.ingest("MTRC", gauges_frame([f"squat.{r}.{i}" for i in range(10_000)], "squatter"), "w-flood")
+        await until(lambda: module.ingested_frames == 3, within=20)
+        listed = await worker.result("engine::metrics::list", {"metric_name": "victim.jobs"})
+        assert len(listed["sdk_metrics"]) == 1

@@ -62,9 +62,9 @@ async def test_a_frame_is_converted_with_the_loop_free_between_slices(monkeypatc
         seen["parsed"] = ticks.count
         return parse(raw)
 
-    def adding(metrics: list[dict[str, Any]]) -> None:
+    def adding(metrics: list[dict[str, Any]], **how: Any) -> None:
         seen["stored"] = ticks.count
-        add(metrics)
+        add(metrics, **how)
 
     monkeypatch.setattr(module, "_parse", parsing)
     monkeypatch.setattr(module.metrics, "add", adding)
@@ -101,9 +101,9 @@ async def test_a_frames_entries_are_stored_with_the_loop_free_between_slices(
     calls: list[tuple[int, int]] = []  # (ticks when called, entries given)
     store = getattr(target, name)
 
-    def storing(entries: list[dict[str, Any]], *rest: Any) -> None:
+    def storing(entries: list[dict[str, Any]], *rest: Any, **how: Any) -> None:
         calls.append((ticks.count, len(entries)))
-        store(entries, *rest)
+        store(entries, *rest, **how)
 
     monkeypatch.setattr(target, name, storing)
     async with ticks.running(module):

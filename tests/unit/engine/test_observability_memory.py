@@ -196,8 +196,9 @@ def _stored(module: OtelModule, monkeypatch: pytest.MonkeyPatch) -> asyncio.Even
     stored = asyncio.Event()
     store_frame = module._storing  # the ingest task stores a frame through it, in slices
 
-    def storing(kind: str, body: bytes, frame: Any, slice_s: float | None) -> Generator[None, None, None]:
-        yield from store_frame(kind, body, frame, slice_s)
+    def storing(kind: str, body: bytes, frame: Any, slice_s: float | None,
+                source: str | None = None) -> Generator[None, None, None]:
+        yield from store_frame(kind, body, frame, slice_s, source)
         stored.set()
 
     monkeypatch.setattr(module, "_storing", storing)
