@@ -122,9 +122,9 @@ def test_a_user_name_beside_a_password_stays(user: str) -> None:
     "https://AKIA" + "A" * 200_000 + ":***@h",
 ])
 def test_masking_time_is_linear(text: str) -> None:
-    begin = time.perf_counter()
+    begin = time.process_time()  # (CPU time: a loaded machine's wall clock failed it, at 0.33 s of CPU)
     mask_passwords(text)
-    assert time.perf_counter() - begin < 1.0, text[:20]
+    assert time.process_time() - begin < 1.0, text[:20]
 
 
 def test_a_resolved_auth_never_shows_its_secret_in_its_repr() -> None:

@@ -141,6 +141,6 @@ def test_masking_time_is_linear() -> None:
     letters took quadratic time (200 000 letters: about 20 s)."""
     for text in ("?" + "a" * 200_000, "a1" * 100_000, "x://a:" * 30_000, "https://h/?token=" + "a" * 200_000,
                  "https://" + "a@" * 100_000, "?token=" + "'" * 200_000 + "x", "?" + "%" * 200_000 + "="):
-        begin = time.perf_counter()
+        begin = time.process_time()  # (CPU time: a loaded machine's wall clock failed it, at 0.33 s of CPU)
         mask_passwords(text)
-        assert time.perf_counter() - begin < 1.0, text[:20]
+        assert time.process_time() - begin < 1.0, text[:20]
