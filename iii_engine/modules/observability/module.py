@@ -112,11 +112,11 @@ ECHO_LOG_INTERVAL_S = 1.0
 ``SKIP_LOG_INTERVAL_S``."""
 ECHO_SERVICE_CHARS = 200
 ECHO_BODY_CHARS = 1000
-#: seconds a connection that sent a telemetry frame counts as sending, for the shares of the ingest queue
-SOURCE_ACTIVE_S = 1.0
 """An echo line holds at most this much of a record's ``service.name`` and of its body (or an ``engine::log::*``
 message): a line bound, not only a count, bounds what the echo writes (with the service name unclipped, one worker's
 1 MB ``service.name`` made 100 echo lines a second 100 MB a second on stderr)."""
+#: seconds a connection that sent a telemetry frame counts as sending, for the shares of the ingest queue
+SOURCE_ACTIVE_S = 1.0
 CONVERT_SLICE_S = 0.005
 """The ingest task converts (then stores) a frame's entries this long at most before it lets the event loop run
 other work."""
