@@ -737,12 +737,46 @@ def _close_pipes(proc: asyncio.subprocess.Process) -> None:
 
     asyncio's ``Process`` has no public close; its private transport's ``close`` is the one that does this
     (:func:`~iii_channels.asyncio_internals.process_transport`). Where that cannot be had, the public part is done
-    (stdin closed) and the read ends close when the last process holding them exits."""
+    (stdin closed) and the read ends are read to their end and dropped (:func:`_drain`), so they close when the
+    last process holding them exits."""
     transport = process_transport(proc)
     if transport is not None:
         transport.close()
-    elif proc.stdin is not None:
+        return
+    if proc.stdin is not None:
         proc.stdin.close()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None and not stream.at_eof():
+            task = asyncio.ensure_future(_drain(stream))
+            _DRAINING.add(task)
+            task.add_done_callback(_DRAINING.discard)
+
+
+_DRAINING: set[asyncio.Future[None]] = set()
+"""The :func:`_drain` tasks running (the loop keeps only weak references to tasks)."""
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    """Read ``stream`` to its end and drop what comes.
+
+    A reader nobody reads pauses its pipe once asyncio's buffer holds two of its limits, and a paused pipe never
+    sees its end: our fd of it stayed open after every process holding the other end had gone (until the garbage
+    collector came by). Reading on keeps at most one chunk in memory.
+
+    Example:
+        >>> async def demo() -> bool:
+        ...     stream = asyncio.StreamReader()
+        ...     stream.feed_data(b"x" * 10)
+        ...     stream.feed_eof()
+        ...     await _drain(stream)
+        ...     return stream.at_eof()
+        >>> asyncio.run(demo())
+        True
+    """
+    await asyncio.sleep(0)  # a reader cancelled just before lets go of the stream on its next step
+    with contextlib.suppress(Exception):
+        while await stream.read(PIPE_CHUNK):
+            pass
 
 
 async def from_process(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
@@ -163,12 +164,35 @@ def test_who_owns_the_group(popen: dict[str, object], owned: bool) -> None:
     assert popen.get("start_new_session", False) is (owned and "process_group" not in popen)
 
 
+@pytest.mark.parametrize("late_kill", [False, True], ids=["prompt kill", "kill after the stderr buffer filled"])
 async def test_without_asyncios_private_transport_the_group_kill_still_frees_the_pipes(
-        relay: tuple[str, ChannelRelay], started: Started, monkeypatch: pytest.MonkeyPatch) -> None:
+        relay: tuple[str, ChannelRelay], started: Started, monkeypatch: pytest.MonkeyPatch, late_kill: bool) -> None:
     """The fallback of _close_pipes (asyncio's Process without the private transport this was written against):
     only the public stdin close is done, and the group kill ends the background child holding our pipes, so
-    the run still ends promptly and holds no fd afterwards."""
+    the run still ends promptly and holds no fd afterwards.
+
+    (before: with the kill late enough for the child to fill asyncio's stderr buffer, as a loaded machine made it
+    in a CI run, the unread stderr pipe was paused, never saw its end, and its fd stayed ours until the garbage
+    collector came by; here the collector is off, so only our own closing counts.)"""
     monkeypatch.setattr(asyncio_internals, "MISSING", ("asyncio.subprocess.Process._transport",))
+    if late_kill:
+        kill = pipes._kill
+
+        async def late(proc: asyncio.subprocess.Process, group: bool = False) -> None:
+            await asyncio.sleep(0.3)  # `yes` writes well over asyncio's 128 KiB in that time
+            await kill(proc, group)
+
+        monkeypatch.setattr(pipes, "_kill", late)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        await _group_kill_frees_the_pipes(relay, started)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+async def _group_kill_frees_the_pipes(relay: tuple[str, ChannelRelay], started: Started) -> None:
     writer, reader = ends(*relay)
     baseline = _open_fds()
     script = f"exec >&-; yes >&2 & echo $! > {started.pidfile}; exit 3"
