@@ -116,7 +116,8 @@ _INT64: Final = (-(2**63), 2**63 - 1)
 
 def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = frozenset()) -> Any:
     """``value`` as an OpenTelemetry attribute value: nested JSON-like data is kept (a set as a sorted list where
-    its members compare), anything else is its ``str()`` (a datetime, UUID, Decimal, Enum, bytes: its text, not JSON).
+    its members compare), bytes stay bytes (OTLP's ``bytesValue``), anything else is its ``str()`` (a datetime,
+    UUID, Decimal, Enum: its text, not JSON).
 
     What JSON or OTLP cannot carry is turned into text here, because the record would otherwise be lost whole (with
     the rest of its export batch): a non-finite float (not JSON), an integer beyond int64 (refused by the engine),
@@ -129,6 +130,8 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
         >>> import datetime, decimal
         >>> _attribute_value({"at": datetime.date(2026, 12, 6), "d": decimal.Decimal("1.50"), "s": {3, 1}})
         {'at': '2026-12-06', 'd': '1.50', 's': [1, 3]}
+        >>> _attribute_value([bytearray(b"ab"), memoryview(b"c")])
+        [b'ab', b'c']
         >>> _MAX_DEPTH
         29
     """
@@ -147,6 +150,11 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
         if math.isfinite(value):
             return value
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value)  # sent as OTLP's bytesValue, in hex, as the reference SDK sends it
+        except (TypeError, ValueError):  # a released view
+            return f"<{type(value).__name__} that could not be read>"
     if isinstance(value, dict | list | tuple | set | frozenset):
         if id(value) in ancestors:
             return "<cycle>"
@@ -158,7 +166,7 @@ def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = fro
         if isinstance(value, set | frozenset):
             value = _in_order(value)
         return [_attribute_value(item, depth + 1, inner) for item in value]
-    # Any other value (datetime, UUID, Decimal, Enum, bytes, ...) as its str(), as OpenTelemetry's own attribute
+    # Any other value (datetime, UUID, Decimal, Enum, ...) as its str(), as OpenTelemetry's own attribute
     # cleaning makes it: it was JSON text before, quotes included ('"2026-12-06 17:54:15"').
     try:
         return _text(str(value))

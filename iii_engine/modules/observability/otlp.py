@@ -307,6 +307,8 @@ def any_value_text(value: Any) -> str:
     Example:
         >>> any_value_text({"doubleValue": 1.0}), any_value_text({"kvlistValue": {"values": []}})
         ('1', '{}')
+        >>> any_value_text({"bytesValue": "00ff"})
+        '00ff'
     """
     if not isinstance(value, dict):
         return ""
@@ -321,7 +323,20 @@ def any_value_text(value: Any) -> str:
         return "true" if value["boolValue"] else "false"
     if "kvlistValue" in value or "arrayValue" in value:
         return dumps(any_value_json(value))
+    if "bytesValue" in value:
+        return _bytes_text(value["bytesValue"])
     return ""
+
+
+def _bytes_text(raw: Any) -> str:
+    """An ``AnyValue``'s ``bytesValue`` as text: the string the SDKs send (hex from the Python SDK, base64 from
+    OTLP's own JSON encoding), kept as sent; any other JSON value is not bytes, and is nothing.
+
+    Example:
+        >>> _bytes_text("6162"), _bytes_text(12)
+        ('6162', '')
+    """
+    return raw if isinstance(raw, str) else ""
 
 
 def any_value_json(value: Any) -> Any:
@@ -349,6 +364,8 @@ def any_value_json(value: Any) -> Any:
     if "arrayValue" in value:
         items = (value["arrayValue"] or {}).get("values") or []
         return [any_value_json(item) for item in _capped(items)] if isinstance(items, list) else []
+    if "bytesValue" in value:
+        return _bytes_text(value["bytesValue"])
     return None
 
 
