@@ -58,7 +58,7 @@ from .loop_bridge import LoopStoppedError
 CANCELLED_CALLBACK_WAIT_S: Final = 1.0
 """How long a shutdown waits for an async callback it cancelled to run its cleanup and end."""
 
-__all__ = ["CallbackSet"]
+__all__ = ["CallbackSet", "callback_name"]
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class CallbackSet(Generic[P]):
         running = self._running
         if idle.done() or running is None:
             return None
-        name = _name(running[1])
+        name = callback_name(running[1])
         task = self._running_task
         if task is not None and not task.done():
             # An async one can be stopped: cancelled, so its finally blocks run (it was left to be destroyed pending
@@ -281,12 +281,12 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _name(callback: Callable[..., Any]) -> str:
+def callback_name(callback: Callable[..., Any]) -> str:
     """``callback`` as a warning names it: ``module.qualname`` (``__main__.on_change``), else its repr, cut short.
 
     Example:
-        >>> _name(_name)
-        'iii.callback_set._name'
+        >>> callback_name(callback_name)
+        'iii.callback_set.callback_name'
     """
     qualname = getattr(callback, "__qualname__", None)
     if isinstance(qualname, str):

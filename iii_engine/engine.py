@@ -28,8 +28,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from iii import ws_fastpath
+from iii.callback_set import callback_name
 from iii.iii_types import TriggerInfo
-from iii.loss_log import BurstLog, LossLog, latest_tail
+from iii.loss_log import BurstLog, LossLog, counts_text, latest_tail
 from iii.protocol.client import WORKER_BUSY
 from iii.protocol.codec import MAX_LISTED_DEPTH, fits_within
 from iii.protocol.worker_session import (
@@ -648,6 +649,10 @@ class Engine:
         # rate-limited (an owner refusing everything, re-registering its type, logged a line per trigger each time)
         self._trigger_info = BurstLog(UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, log.info,
                                       LossLog(self._log_trigger_info, SKIP_LOG_INTERVAL_S))
+        # listeners (modules' code) that raised: with their tracebacks up to a burst per interval, then counted (one
+        # failing on every telemetry frame would write a traceback per frame)
+        self._listener_failures = BurstLog(UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, log.error,
+                                           LossLog(self._log_listener_failures, SKIP_LOG_INTERVAL_S))
         self._seen_version = 0
         self._started = False
         self._stopping: asyncio.Event | None = None
@@ -1101,6 +1106,11 @@ class Engine:
                  latest_text)
 
     @staticmethod
+    def _log_listener_failures(counts: Mapping[str, int], latest: str | None) -> None:
+        log.error("listener failures past the %d logged per %g s: %s (each frame or event still went to the other "
+                  "listeners)%s", UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, counts_text(counts), latest_tail(latest))
+
+    @staticmethod
     def _log_condition_failures(counts: Mapping[str, int], latest: str | None) -> None:
         log.warning("%d more trigger condition(s) failed, their triggers skipped (past %d logged per %g s)%s",
                     counts.get("failed", 0), UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, latest_tail(latest))
@@ -1406,14 +1416,25 @@ class Engine:
 
     def emit_worker_event(self, event: str, worker_id: str) -> None:
         """Tell listeners about a worker event (``worker_connected`` …)."""
-        for listener in self._worker_listeners:
-            listener(event, worker_id)
+        self._tell("worker", self._worker_listeners, event, worker_id)
 
     def _functions_maybe_changed(self) -> None:
         if self.registry.version != self._seen_version:
             self._seen_version = self.registry.version
-            for listener in self._function_listeners:
-                listener()
+            self._tell("functions", self._function_listeners)
+
+    def _tell(self, kind: str, listeners: list[Any], *args: Any) -> None:
+        """Call each of ``listeners`` (the ``kind`` ones) with ``args``; one that raises is logged (rate-limited)
+        and the rest are still told. Before, the first to raise ended the loop: a functions listener failing in a
+        worker's cleanup left the rest of that cleanup undone, and one failing on telemetry frames wrote a
+        traceback per frame and kept the frames from the listeners after it."""
+        for listener in tuple(listeners):  # (one may remove itself)
+            try:
+                listener(*args)
+            except Exception:
+                what = f"a {kind} listener ({callback_name(listener)}) failed"
+                if self._listener_failures.take(kind, what):
+                    log.exception("%s", what)
 
     # -- control socket --------------------------------------------------------------------------------------
 
@@ -1623,8 +1644,7 @@ class Engine:
         elif isinstance(event, PingReceived):
             worker.post(worker.session.pong())
         elif isinstance(event, TelemetryReceived):
-            for listener in self._telemetry_listeners:
-                listener(event.kind, event.body, worker.id)
+            self._tell("telemetry", self._telemetry_listeners, event.kind, event.body, worker.id)
         elif isinstance(event, Rejected):
             # The reason may quote the sender's input: capped, and the warnings rate-limited
             self._undecodable(worker, event.reason, event.reply is not None)

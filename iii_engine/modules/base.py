@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NamedTuple, Protocol, cast
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
+from iii.callback_set import callback_name
 from iii.errors import PicklesByState
 from iii.iii_types import TriggerInfo
 from iii.protocol.client import RESULT_NOT_SENT, WORKER_BUSY
@@ -235,20 +236,38 @@ AnyTelemetryListener = TelemetryListener | Callable[[str, bytes], None]
 
 def telemetry_listener(listener: AnyTelemetryListener) -> TelemetryListener:
     """``listener`` as a :data:`TelemetryListener`: one written for ``(kind, body)``, as listeners were before the
-    worker's id was passed, is wrapped to take it (given three arguments, it failed on every frame).
+    worker's id was passed, is wrapped to take it (given three arguments, it failed on every frame). One that takes
+    neither, or is async (its coroutine would never run: listeners are called inside the frame's handling), is
+    refused here, with a ``TypeError`` naming it; it was accepted and failed on every frame.
 
     Example:
         >>> got = []
         >>> telemetry_listener(lambda kind, body: got.append(kind))("LOGS", b"{}", "w1"); got
         ['LOGS']
+        >>> telemetry_listener(lambda body: None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: telemetry listener ...<lambda> takes neither (kind, body, worker_id) nor (kind, body)
     """
+    name = callback_name(listener)
+    call = type(listener).__call__ if not inspect.isroutine(listener) else listener  # (an object with async __call__)
+    if inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(call):
+        raise TypeError(f"telemetry listener {name} is async; it must return at once (start a task of its own "
+                        f"for slow work)")
     try:
-        inspect.signature(listener).bind("", b"", "")
+        signature = inspect.signature(listener)
+    except (TypeError, ValueError):  # (no signature to read: taken as it is)
+        return cast(TelemetryListener, listener)
+    try:
+        signature.bind("", b"", "")
     except TypeError:
+        try:
+            signature.bind("", b"")
+        except TypeError:
+            raise TypeError(f"telemetry listener {name} takes neither (kind, body, worker_id) nor (kind, body)"
+                            ) from None
         two = cast(Callable[[str, bytes], None], listener)
         return lambda kind, body, _worker_id: two(kind, body)
-    except ValueError:  # (no signature to read: taken as it is)
-        pass
     return cast(TelemetryListener, listener)
 
 
