@@ -221,6 +221,12 @@ class _QueuedBytes:
         self._quiet_until = 0
         self.shed()
 
+    def close(self) -> None:
+        """Cancel a look again still to come (the socket is closing: its clients are gone)."""
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+
     def add(self, frame: bytes) -> None:
         key = id(frame)
         count = self._waiting.get(key, 0)
@@ -877,6 +883,8 @@ class StreamSocketServer:
         await self._close_feed(force=True)
         if self._unsubscribing:
             await asyncio.wait(tuple(self._unsubscribing))  # each bounded by _WATCH_CLOSE_TIMEOUT_S
+        if self._queued is not None:
+            self._queued.close()
         self._failed_joins_log.close()
         self._ignored_log.close()
         self._refused_log.close()

@@ -139,3 +139,19 @@ async def test_stalled_clients_are_closed_before_a_reader_in_a_burst(monkeypatch
     assert not reader.overflowed
     assert sum(client.overflowed for client in silent) == 3  # until the bytes are back under the limit
     await _settled([*silent, reader])
+
+
+async def test_a_look_again_still_to_come_is_cancelled_at_close(monkeypatch: Any) -> None:
+    """Clients that may yet read leave a look again scheduled for when their grace ends; the socket's close cancels
+    it (before: it stayed on the loop past the module's stop, and ran over a closed socket's bookkeeping)."""
+    monkeypatch.setattr(stream_socket, "_SHED_GRACE_S", 30.0)
+    pool = _QueuedBytes(100 * KiB)
+    silent = _clients(pool, 3)
+    for n, client in enumerate(silent):
+        client.writing = True
+        client.offer(bytes([n]) * 50 * KiB)  # over the limit, none of them stalled yet
+    recheck = pool._recheck
+    assert recheck is not None and not recheck.cancelled()
+    pool.close()
+    assert recheck.cancelled() and pool._recheck is None
+    assert not any(client.overflowed for client in silent)
