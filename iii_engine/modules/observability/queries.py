@@ -679,8 +679,8 @@ TREE_MAX_DEPTH = 256
 def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``{"roots": [...], "depth_cut": bool}`` for the spans of one trace; a span whose parent is not stored, that
     is its own parent or that is in a parent cycle is a root too (after the spans with no parent); a span more than
-    :data:`TREE_MAX_DEPTH` levels below its root is left out (``depth_cut`` says so). Not from a running event loop
-    (there, :func:`trace_tree_async`).
+    :data:`TREE_MAX_DEPTH` levels below its root is left out (``depth_cut`` says so). Built in one go (on an event
+    loop, :func:`trace_tree_async` lets other work run while it builds).
 
     Example:
         >>> chain = [{"span_id": str(i), "parent_span_id": str(i - 1) if i else None} for i in range(300)]
@@ -688,7 +688,7 @@ def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
         >>> tree["depth_cut"], len(trace_tree(chain[:10])["roots"]), trace_tree(chain[:10])["depth_cut"]
         (True, 1, False)
     """
-    return asyncio.run(trace_tree_async(spans))  # as list_traces: one builder, driven by the async form
+    return _run(building_tree(spans, None))  # the builder trace_tree_async drives, in one go
 
 
 async def trace_tree_async(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
