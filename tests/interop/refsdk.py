@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from tests.services import reference_python
 
 __all__ = ["RefChild", "Script", "our_python", "reference_child", "reference_python", "run_scenario", "sdk_env",
-           "stderr_tail"]
+           "stderr_tail", "telemetry_worker"]
 
 T = TypeVar("T")
 
@@ -177,3 +177,31 @@ async def reference_child(script: str, *args: str) -> AsyncIterator[RefChild]:
             drain.cancel()
             with suppress(asyncio.CancelledError):
                 await drain
+
+
+@asynccontextmanager
+async def telemetry_worker(sdk: str, script: str, *args: str, ready: bytes,
+                           wait_s: float = 20.0) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run ``script`` (``python -P -c script *args``) under ``sdk``'s SDK (``"ours"`` or ``"reference"``) with
+    telemetry on and logs exported every 20 ms; entered once its first line of stdout is ``ready``, killed on exit.
+
+    Example::
+
+        async with telemetry_worker("reference", WORKER, engine.url, ready=b"ready") as proc:
+            ...
+    """
+    python = our_python() if sdk == "ours" else reference_python()
+    env = {**sdk_env(), "OTEL_ENABLED": "true", "OTEL_BLRP_SCHEDULE_DELAY": "20"}
+    if sdk == "ours":
+        env["PYTHONPATH"] = str(ROOT)
+    proc = await asyncio.create_subprocess_exec(python, "-P", "-c", script, *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, cwd=os.getcwd())
+    try:
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), wait_s)).strip() == ready
+        yield proc
+    finally:
+        if proc.returncode is None:
+            with suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()

@@ -18,25 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import textwrap
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 from module_worker import ModuleWorker
 
 from tests.integration.modules.test_observability import engine_with, eventually
-from tests.interop.refsdk import sdk_env
+from tests.interop.refsdk import telemetry_worker
 from tests.polling import until
-from tests.services import reference_python
 
 pytestmark = pytest.mark.our_engine("configures the observability module")
 
-ROOT = Path(__file__).resolve().parents[3]
 
 # Two log triggers on every entry: one handler logs with the SDK's Logger, the other through engine::log::info.
 # Without the rule each handler's record fires both handlers again (a feedback loop, and an A<->B ping-pong).
@@ -69,33 +64,22 @@ _WORKER = textwrap.dedent("""
 
 @pytest.mark.parametrize("sdk", ["ours", pytest.param("reference", marks=pytest.mark.interop)])
 async def test_a_log_triggers_handler_that_logs_does_not_fire_log_triggers_again(sdk: str) -> None:
-    python = sys.executable if sdk == "ours" else reference_python()
     tag = f"fb{uuid.uuid4().hex[:6]}"
     settings = {"enabled": True, "exporter": "memory", "logs_console_output": False, "logs_max_count": 10_000}
     async with engine_with(settings) as engine, ModuleWorker(engine.url) as probe:
         module: Any = engine.module("observability")
-        env = {**sdk_env(), "OTEL_ENABLED": "true", "OTEL_BLRP_SCHEDULE_DELAY": "20"}
-        if sdk == "ours":
-            env["PYTHONPATH"] = str(ROOT)
-        proc = await asyncio.create_subprocess_exec(python, "-P", "-c", _WORKER, engine.url, tag, env=env,
-                                                    stdout=asyncio.subprocess.PIPE, cwd=os.getcwd())
-        try:
-            assert proc.stdout is not None
-            assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+
+        def bodies() -> list[str]:
+            return [e["body"] for e in module.logs.entries() if e["body"].startswith("handled")]
+
+        async with telemetry_worker(sdk, _WORKER, engine.url, tag, ready=b"ready"):
             await eventually(lambda: _async(len(engine.triggers_of_type("log")) == 2))
-
-            def bodies() -> list[str]:
-                return [e["body"] for e in module.logs.entries() if e["body"].startswith("handled")]
-
             for seed in ("seed-1", "seed-2"):
                 await probe.result("engine::log::info", {"message": seed})
                 # both handlers ran for this seed and their records are stored (the Logger's come as telemetry)
                 await eventually(lambda seed=seed: _async(  # type: ignore[misc]
                     {f"handled-l {seed}", f"handled-e {seed}"} <= set(bodies())), within=15)
             health = await probe.result("engine::health::check", {})
-        finally:
-            proc.kill()
-            await proc.wait()
         # before: 'handled-l handled-e seed-1', 'handled-e handled-l seed-1', ... (the handlers' records fired them
         # again: hundreds within the time the second seed took)
         assert sorted(bodies()) == ["handled-e seed-1", "handled-e seed-2", "handled-l seed-1", "handled-l seed-2"]
@@ -148,17 +132,12 @@ async def test_a_reference_sync_handler_whose_log_calls_carry_no_trace_does_not_
     settings = {"enabled": True, "exporter": "memory", "logs_console_output": False, "logs_max_count": 10_000}
     async with engine_with(settings) as engine, ModuleWorker(engine.url) as probe:
         module: Any = engine.module("observability")
-        env = {**sdk_env(), "OTEL_ENABLED": "true", "OTEL_BLRP_SCHEDULE_DELAY": "20"}
-        proc = await asyncio.create_subprocess_exec(reference_python(), "-P", "-c", _SYNC_WORKER, engine.url, tag,
-                                                    env=env, stdout=asyncio.subprocess.PIPE, cwd=os.getcwd())
-        try:
-            assert proc.stdout is not None
-            assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+
+        def bodies() -> list[str]:
+            return [e["body"] for e in module.logs.entries() if e["body"].startswith("handled")]
+
+        async with telemetry_worker("reference", _SYNC_WORKER, engine.url, tag, ready=b"ready"):
             await until(lambda: len(engine.triggers_of_type("log")) == 1)
-
-            def bodies() -> list[str]:
-                return [e["body"] for e in module.logs.entries() if e["body"].startswith("handled")]
-
             for seed in ("seed-1", "seed-2"):
                 await probe.result("engine::log::info", {"message": seed})
                 await until(lambda seed=seed: f"handled {seed}" in bodies(), within=15)  # type: ignore[misc]
@@ -170,9 +149,6 @@ async def test_a_reference_sync_handler_whose_log_calls_carry_no_trace_does_not_
             await probe.result(f"{tag}::plain", {})
             await until(lambda: "handled plain" in bodies(), within=15)
             health = await probe.result("engine::health::check", {})
-        finally:
-            proc.kill()
-            await proc.wait()
         assert sorted(bodies()) == ["handled plain", "handled seed-1", "handled seed-2"]
         assert module.counters.as_dict()["by_function"][f"{tag}::h"] == 3
         details = health["components"]["telemetry"]["details"]
