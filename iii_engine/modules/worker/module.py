@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
@@ -30,6 +30,7 @@ from ...config import EngineConfig
 from ...limits import CalleeCall, FiredCalls, retained_estimate
 from ...registry import Registry, TriggerEntry
 from ...workers import WorkerConnection
+from ..answers import AnswerBound, AnswerSpec
 from ..base import (
     BuiltinFunction,
     CallUnwritable,
@@ -45,6 +46,11 @@ FUNCTIONS_AVAILABLE = "engine::functions-available"
 # A worker's telemetry (language, framework, project) is kept while it is connected and counted nowhere else: an
 # SDK sends a few hundred bytes; a 3.9 MB list of empty objects kept ~97 MB per connected worker.
 MAX_WORKER_TELEMETRY_BYTES = 64 * 1024
+# A worker's name, runtime, version and os are kept while it is connected and put in every engine::workers::list
+# answer: an SDK sends a few dozen characters each ("<hostname>:<pid>", "Linux 6.1.0 (x86_64)"); unbounded, 40
+# workers with four 1 MB strings took an engine from ~60 to ~216 MB and one list answer was 160 MB.
+MAX_WORKER_METADATA_CHARS = 1024
+_METADATA_STRINGS = ("runtime", "version", "name", "os")
 WORKERS_AVAILABLE = "engine::workers-available"
 
 T = TypeVar("T")
@@ -146,6 +152,14 @@ def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
 
 
 _OWED_RETRY_S = 1.0
+_REGISTER = "engine::workers::register"
+_REFUSED_LOG_INTERVAL_S = 10.0
+_LIST_WORKERS: Final = AnswerSpec("engine::workers::list", "serialization_error",
+                                  "ask for one worker with 'worker_id', or raise max_message_size")
+# a lower bound on an encoded WorkerInfo's characters beyond its strings and function ids: its keys, quotes, colons
+_WORKER_INFO_AT_LEAST = len(dumps({"id": "", "name": "", "runtime": "", "version": "", "os": "", "ip_address": "",
+                                   "status": "", "connected_at_ms": 0, "function_count": 0, "functions": [],
+                                   "active_invocations": 0, "latest_metrics": None}))
 # the errors a push ends with that are the engine's, not an answer of the listener's: it did not get the set
 _UNANSWERED = frozenset({"invocation_timeout", "invocation_stopped", "function_not_found"})
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -167,6 +181,60 @@ _CHANNEL_REF = {"type": "object", "properties": {
     "channel_id": {"type": "string"}, "access_key": {"type": "string"},
     "direction": {"type": "string", "enum": ["read", "write"]}},
     "required": ["channel_id", "access_key", "direction"]}
+
+
+def _worker_metadata(data: Any) -> tuple[dict[str, str | None], dict[str, Any] | None, int | None]:
+    """The strings, telemetry and pid of an ``engine::workers::register`` payload, checked against their bounds.
+
+    Example:
+        >>> _worker_metadata({"name": "w" * 1025})
+        Traceback (most recent call last):
+        ...
+        iii_engine.modules.base.EngineError: deserialization_error: Failed to deserialize input for \
+engine::workers::register: 'name' is 1025 characters, at most 1024 (kept for as long as the worker is connected and \
+put in every engine::workers::list answer)
+    """
+    fid = _REGISTER
+    args = _object(data, fid)
+    strings = {key: _optional(args, fid, key, str) for key in _METADATA_STRINGS}
+    for key, value in strings.items():
+        if value is not None and len(value) > MAX_WORKER_METADATA_CHARS:
+            raise EngineError("deserialization_error",
+                              f"Failed to deserialize input for {fid}: '{key}' is {len(value)} characters, at most "
+                              f"{MAX_WORKER_METADATA_CHARS} (kept for as long as the worker is connected and put in "
+                              f"every engine::workers::list answer)")
+    telemetry = _optional(args, fid, "telemetry", dict)
+    if telemetry is not None:
+        kept = retained_estimate(dumps(telemetry))
+        if kept > MAX_WORKER_TELEMETRY_BYTES:
+            raise EngineError("deserialization_error",
+                              f"Failed to deserialize input for {fid}: 'telemetry' would keep ~{kept} bytes for "
+                              f"as long as the worker is connected (at most {MAX_WORKER_TELEMETRY_BYTES})")
+    pid = _optional(args, fid, "pid", int)
+    if pid is not None and not 0 <= pid <= 0xFFFFFFFF:
+        raise EngineError("deserialization_error",
+                          f"Failed to deserialize input for {fid}: 'pid' must be an unsigned 32-bit integer")
+    return strings, telemetry, pid
+
+
+class _RefusedLog:
+    """Warnings for refused void ``engine::workers::register`` calls (an SDK's, whose worker then shows no name):
+    the first, then at most one per :data:`_REFUSED_LOG_INTERVAL_S` with the count of those not logged."""
+
+    def __init__(self) -> None:
+        self.refusals = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def refused(self, worker_id: str, error: EngineError) -> None:
+        self.refusals += 1
+        now = time.monotonic()
+        if self._logged_at is not None and now - self._logged_at < _REFUSED_LOG_INTERVAL_S:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more refused since the last warning)" if self._unlogged else ""
+        self._logged_at, self._unlogged = now, 0
+        log.warning("metadata of worker %s not recorded: %s%s", worker_id, error.message, more)
 
 
 @dataclass(eq=False)
@@ -220,6 +288,9 @@ class WorkerModule(EngineModule):
         # registered and unregistered around an answer was left listed for good)
         self._payload: dict[str, Any] | None = None
         self._retrying = False  # _check is the retry of owed pushes, not a change's debounce
+        # engine::workers::list answers, bounded by the engine's max_message_size
+        self.answers = AnswerBound(services.config.max_message_size)
+        self._refused_log = _RefusedLog()
 
     async def start(self) -> None:
         """Register the built-ins and trigger types."""
@@ -238,7 +309,7 @@ class WorkerModule(EngineModule):
             _schema(_INCLUDE_INTERNAL),
             _schema({"triggers": {"type": "array", "items": _TRIGGER_INFO}}, ("triggers",))))
         s.register_function(BuiltinFunction(
-            "engine::workers::register", self._register_worker, "Record metadata about the calling worker",
+            _REGISTER, self._register_worker, "Record metadata about the calling worker",
             _schema({"_caller_worker_id": {"type": "string"}, "runtime": _NULLABLE_STR, "version": _NULLABLE_STR,
                      "name": _NULLABLE_STR, "os": _NULLABLE_STR,
                      "telemetry": {"type": ["object", "null"], "properties": {
@@ -405,11 +476,20 @@ class WorkerModule(EngineModule):
         return {"functions": _for_caller(self.core.registry.function_infos(include), ctx)}
 
     async def _list_workers(self, data: Any, ctx: InvocationContext) -> Any:
+        """Every connected worker's ``WorkerInfo`` (or only ``worker_id``'s), as one answer bounded by
+        ``max_message_size``: 10,000 workers with 1 KiB names are ~10 MB, refused with ``serialization_error``
+        before it is encoded (an in-process caller gets the whole list, as for the other bounded lists)."""
         args = _object(data, "engine::workers::list")
         wanted = _optional(args, "engine::workers::list", "worker_id", str)
         workers = sorted(self.core.workers.values(), key=lambda w: (w.connected_at_ms, w.id))
-        return {"workers": [w.info() for w in workers if wanted is None or w.id == wanted],
-                "timestamp": int(time.time() * 1000)}
+        infos = [w.info() for w in workers if wanted is None or w.id == wanted]
+        at_least = 0
+        for info in infos:  # what each info cannot be under once encoded: its strings, its function ids
+            functions = info["functions"]  # each quoted, a comma between two
+            at_least += _WORKER_INFO_AT_LEAST + sum(len(info[key] or "") for key in (*_METADATA_STRINGS, "id")) \
+                + (sum(map(len, functions)) + 3 * len(functions) - 1 if functions else 0)
+        answer = {"workers": infos, "timestamp": int(time.time() * 1000)}
+        return self.answers.json(lambda: answer, at_least, ctx, _LIST_WORKERS, f"the list of {len(infos)} workers")
 
     async def _list_triggers(self, data: Any, ctx: InvocationContext) -> Any:
         args = _object(data, "engine::triggers::list")
@@ -420,36 +500,31 @@ class WorkerModule(EngineModule):
         return {"triggers": _for_caller(self.core.registry.trigger_infos(include), ctx)}
 
     async def _register_worker(self, data: Any, ctx: InvocationContext) -> Any:
-        fid = "engine::workers::register"
-        args = _object(data, fid)
-        worker_id = args.get("_caller_worker_id")
-        if not isinstance(worker_id, str):
+        """Record the calling worker's metadata. The worker is the call's caller (``ctx``), never a payload key: the
+        engine sets ``_caller_worker_id`` only on a worker's direct call, so a trigger of any worker's that fired this
+        function with ``{"_caller_worker_id": <another worker>}`` (a ``subscribe`` trigger and a publish) rewrote
+        that worker's metadata. A call with no calling worker (trigger-fired, in-process) is refused. A refused void
+        call (as the SDKs send theirs) is logged, rate-limited: its error reaches nobody."""
+        worker_id = ctx.caller_worker_id
+        if worker_id is None:
             raise EngineError("deserialization_error",
-                              f"Failed to deserialize input for {fid}: missing field `_caller_worker_id`")
-        runtime = _optional(args, fid, "runtime", str)
-        version = _optional(args, fid, "version", str)
-        name = _optional(args, fid, "name", str)
-        os_name = _optional(args, fid, "os", str)
-        telemetry = _optional(args, fid, "telemetry", dict)
-        if telemetry is not None:
-            kept = retained_estimate(dumps(telemetry))
-            if kept > MAX_WORKER_TELEMETRY_BYTES:
-                raise EngineError("deserialization_error",
-                                  f"Failed to deserialize input for {fid}: 'telemetry' would keep ~{kept} bytes for "
-                                  f"as long as the worker is connected (at most {MAX_WORKER_TELEMETRY_BYTES})")
-        pid = _optional(args, fid, "pid", int)
-        if pid is not None and not 0 <= pid <= 0xFFFFFFFF:
-            raise EngineError("deserialization_error",
-                              f"Failed to deserialize input for {fid}: 'pid' must be an unsigned 32-bit integer")
+                              f"{_REGISTER} records the calling worker's own metadata; call it directly from that "
+                              f"worker (this call has no calling worker: it was fired by a trigger or made in-process)")
+        try:
+            strings, telemetry, pid = _worker_metadata(data)
+        except EngineError as exc:
+            if ctx.invocation_id is None:
+                self._refused_log.refused(worker_id, exc)
+            raise
         worker = self.core.workers.get(worker_id)
         if worker is not None:
-            worker.runtime = runtime or "unknown"
-            worker.version = version
+            worker.runtime = strings["runtime"] or "unknown"
+            worker.version = strings["version"]
             worker.telemetry = telemetry
-            if name is not None:
-                worker.name = name
-            if os_name is not None:
-                worker.os = os_name
+            if strings["name"] is not None:
+                worker.name = strings["name"]
+            if strings["os"] is not None:
+                worker.os = strings["os"]
             if pid is not None:
                 worker.pid = pid
             self.core.emit_worker_event("worker_metadata_updated", worker_id)
