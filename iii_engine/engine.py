@@ -93,7 +93,7 @@ from .modules.base import (
 from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
 from .own_listener import PortOwners
 from .registry import MAX_EARLIER_OWNERS, FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
-from .server import Listener
+from .server import Listener, url_host
 from .settings import ConfigError
 from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection, frame_bytes
 
@@ -701,10 +701,7 @@ class Engine:
     @property
     def url(self) -> str:
         """``ws://host:port`` to connect workers to (wildcard binds are reached through loopback)."""
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(self.config.host, self.config.host)
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"ws://{host}:{self.port}"
+        return f"ws://{url_host(self.config.host)}:{self.port}"
 
     async def start(self) -> None:
         """Bind the worker port, start the worker module and every configured module, then accept workers.

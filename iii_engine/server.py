@@ -100,6 +100,18 @@ def route_request(target: str) -> Route:
     return (404, "Not Found\n")
 
 
+def url_host(host: str) -> str:
+    """``host`` (a listener's bind address) as the host part of a URL that reaches it: a wildcard bind is reached
+    through loopback, and an IPv6 address goes in brackets (``http://::1:8080`` has no port a URL parser can read).
+
+    Example:
+        >>> url_host("0.0.0.0"), url_host(""), url_host("::"), url_host("::1"), url_host("[::1]"), url_host("h.example")
+        ('127.0.0.1', '127.0.0.1', '[::1]', '[::1]', '[::1]', 'h.example')
+    """
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, host)
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 class BoundPort:
     """The port a websockets server bound, from its start on and kept after its stop: the server's socket list
     empties once it closes, and a url built from the port must still name where it listened.

@@ -84,6 +84,7 @@ from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, Slots
 from ...send_queue import unsent
+from ...server import url_host
 from ..base import UNDECIDED_CODES, CallNotSent, EngineError, EngineModule, EngineServices, StartedCall, UnwritableBody
 from .channels import (
     CHUNK_SIZE,
@@ -1019,8 +1020,7 @@ class RestApiModule(EngineModule):
     @property
     def base_url(self) -> str:
         """``http://host:port`` to send requests to (wildcard binds are reached through loopback)."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.settings.host, self.settings.host)
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(self.settings.host)}:{self.port}"
 
     def listen_address(self) -> tuple[str, int] | None:
         """Where the REST API is to listen (see :meth:`EngineModule.listen_address`)."""

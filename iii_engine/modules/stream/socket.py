@@ -70,7 +70,7 @@ from ...closing import CLOSE_TIMEOUT_S, close_within
 from ...handshakes import BAD_TARGET, NotUpgraded, Silent, quiet_logger, request_target
 from ...limits import SKIP_LOG_INTERVAL_S
 from ...send_queue import unsent
-from ...server import BoundPort
+from ...server import BoundPort, url_host
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
 from .settings import DEFAULT_CLIENT_QUEUE_BYTES, DEFAULT_SLOW_CLOSE_TIMEOUT_MS, SocketSettings
@@ -827,8 +827,7 @@ class StreamSocketServer:
     @property
     def url(self) -> str:
         """``ws://host:port/`` for clients (wildcard binds are reached through loopback)."""
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(self.settings.host, self.settings.host)
-        return f"ws://{host}:{self.port}/"
+        return f"ws://{url_host(self.settings.host)}:{self.port}/"
 
     async def start(self) -> None:
         """Check the store answers, then listen; its events are followed from the first client on
