@@ -162,7 +162,10 @@ class III:
         # refused with an error line of its own.
         self._runner = HandlerRunner(self._address, on_exit=self._interpreter_exiting)
         # (a trigger a reconnect's sweep finds gone gets no unregistertrigger: the session forgets it then)
-        self._trigger_host = TriggerTypeHost(on_gone=self._session.forget_owned_trigger)
+        # (each bind or unbind hook waited for at most the invocation timeout: a hung one held its trigger's turn and a
+        # max_invocations slot for good)
+        self._trigger_host = TriggerTypeHost(on_gone=self._session.forget_owned_trigger,
+                                             hook_deadline=self._timeout_ms / 1000 or None)
         self._telemetry = TelemetryWiring()
         # Run on a daemon thread of their own (not the handler threads, which the exit waits for: one callback
         # blocked for good kept the process up after shutdown), only the newest list waiting: see iii.callback_set.
@@ -601,6 +604,7 @@ class III:
             await self._bridge.cancel_tasks(spare=caller)
             self._stale.close()  # results dropped since the last warning (the handlers' last ones among them)
             self._skipped.losses.close()
+            self._trigger_host.cancel_hooks()
             self._trigger_host.close_logs()
             self._set_connection_state("disconnected")
         finally:

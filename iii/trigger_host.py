@@ -18,6 +18,18 @@ once) is unbound by that bind, first. Before, the release's unbinds ran later, o
 trigger ran before the release's unbind of it, which then undid it (the handler held nothing while the engine listed
 the trigger), or, with another handler, the trigger was bound at both for a while.
 
+A hook that does not finish holds nothing for good. Each bind or unbind has a deadline (the client's
+``InitOptions.invocation_timeout_ms``; none when 0): past it the hook's coroutine is cancelled, logged once with the
+handler's name and the deadline, and a bind is answered to the engine as refused (``trigger_registration_failed``:
+the trigger waits, pending, for the type's next registration). Letting the type go (:meth:`TriggerTypeHost.release`)
+stops the wait for its hooks running then: their trigger's turn (and the worker's ``max_invocations`` slot) is free at
+once, a bind is answered as the type released; the hook runs on in the background until its deadline, and a bind that
+ends there is unbound by the same handler in its turn, unless the trigger's next bind or unbind came first (that
+cancels it). Work a hook runs in a thread cannot be stopped: it runs on; only the wait for it ends. Before, a
+``register_trigger`` that never returned held its trigger's turn for good, even after the type was let go and owned
+again (the new handler never bound the trigger the engine listed as active), and ``max_invocations`` of them held
+every slot, so no trigger of any type was bound any more.
+
 Example:
     >>> import asyncio
     >>> class Hooks:
@@ -46,6 +58,7 @@ import threading
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, NamedTuple
 
+from .callback_set import callback_name
 from .handler_runner import describe_base_exception, handler_raised
 from .loss_log import BurstLog, LossLog, latest_tail
 from .triggers import TriggerConfig, TriggerHandler
@@ -61,6 +74,11 @@ def _log_refusals(counts: Mapping[str, int], latest: str | None) -> None:
     log.error("%d more trigger registration(s) refused by their type's handler (it raised) since the last line%s",
               counts["refused"], latest_tail(latest))
 
+
+def _log_abandoned(counts: Mapping[str, int], latest: str | None) -> None:
+    log.error("%d more trigger hook(s) abandoned past their deadline since the last line%s", counts["abandoned"],
+              latest_tail(latest))
+
 _Key = tuple[str, str]  # (trigger type, trigger id)
 
 # Stale triggers a sweep unbinds at once: one after the other, 200 with a 0.2 s unbind took 40 s to converge; more
@@ -75,6 +93,23 @@ class _Binding(NamedTuple):
     handler: TriggerHandler[Any]
 
 
+class _HookStopped(Exception):
+    """A hook no longer waited for: past its deadline (``released`` False; cancelled) or its type let go
+    (``released`` True; it runs on in the background)."""
+
+    def __init__(self, released: bool) -> None:
+        super().__init__("released" if released else "deadline")
+        self.released = released
+
+
+class _Hook(NamedTuple):
+    """A bind or unbind of a trigger running now: its task, and what :meth:`TriggerTypeHost.release` sets to stop
+    the wait for it."""
+
+    task: asyncio.Task[BaseException | None]
+    detach: asyncio.Future[None]
+
+
 class TriggerTypeHost:
     """Trigger type id → handler.
 
@@ -83,7 +118,15 @@ class TriggerTypeHost:
     for it to do so; a provider whose 500 triggers went with each engine restart kept 500 more entries per restart).
     """
 
-    def __init__(self, on_gone: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, on_gone: Callable[[str, str], None] | None = None,
+                 hook_deadline: float | None = None) -> None:
+        # how long a bind or unbind hook is waited for (seconds; None or 0: for ever)
+        self._deadline = hook_deadline or None
+        # the hook running for each trigger now (one at a time: the trigger's turn), and the hooks of types let go
+        # that run on in the background (cancelled by the trigger's next turn or their deadline)
+        self._hooks: dict[_Key, _Hook] = {}
+        self._detached: dict[_Key, set[asyncio.Task[BaseException | None]]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
         self._handlers: dict[str, TriggerHandler[Any]] = {}
         # what was bound here and not unbound, with the handler that bound it: told to unbind it when the type is let
         # go, when the engine unbinds it, or when the engine sends it again after the type changed handlers
@@ -112,10 +155,23 @@ class TriggerTypeHost:
         # bindings the handler refused (it raised): a traceback each up to a burst, the rest counted (loop thread)
         self._refusals = BurstLog(10, _REFUSAL_LOG_INTERVAL_S, log.error, LossLog(_log_refusals,
                                                                                   _REFUSAL_LOG_INTERVAL_S))
+        # hooks abandoned past their deadline: a line each up to a burst, the rest counted (loop thread)
+        self._abandoned = BurstLog(10, _REFUSAL_LOG_INTERVAL_S, log.error, LossLog(_log_abandoned,
+                                                                                   _REFUSAL_LOG_INTERVAL_S))
 
     def close_logs(self) -> None:
         """The client's shutdown: refusals counted since the last line are told now (their timer is the loop's)."""
         self._refusals.losses.close()
+        self._abandoned.losses.close()
+
+    def cancel_hooks(self) -> None:
+        """The client's shutdown: hooks of types let go still running in the background are cancelled (loop
+        thread)."""
+        for tasks in list(self._detached.values()):
+            for task in list(tasks):
+                task.cancel()
+        for task in list(self._background):
+            task.cancel()
 
     def add(self, type_id: str, handler: TriggerHandler[Any]) -> None:
         """Own ``type_id`` with ``handler``. Over another handler, the triggers it bound stay with it until the engine
@@ -184,6 +240,14 @@ class TriggerTypeHost:
             for trigger_id, binding in bound.items():
                 self._releasing[(type_id, trigger_id)] = binding
             self.remove(type_id)
+            # its binds and unbinds running now are no longer waited for: their turns (and the worker's slots) are
+            # free at once; a hung one held them for good, the type owned again or not
+            running = [hook.detach for key, hook in self._hooks.items() if key[0] == type_id]
+        for detach in running:
+            try:
+                detach.get_loop().call_soon_threadsafe(_settle, detach)
+            except RuntimeError:  # (the loop is closed: nothing waits for it any more)
+                pass
         if not bound:
             return None
         return self._unbind_released([(type_id, trigger_id) for trigger_id in bound])
@@ -210,7 +274,7 @@ class TriggerTypeHost:
         with self._lock:
             released = self._releasing.pop(key, None)
         if released is not None:
-            await _unbind(released.handler, released.trigger)
+            await self._unbind(key, released.handler, released.trigger)
 
     def register(self, type_id: str, trigger_id: str, function_id: str, config: Any,
                  generation: int = 0) -> Coroutine[Any, Any, dict[str, str] | None]:
@@ -260,9 +324,15 @@ class TriggerTypeHost:
                     # (gone if the type was released meanwhile: then the release, or the next bind, unbinds it)
                     held_still = self._bound.get(type_id, {}).pop(trigger.id, None) is held
                 if held_still:
-                    await _unbind(held.handler, held.trigger)
+                    await self._unbind(key, held.handler, held.trigger)
             try:
-                await _settled(handler.register_trigger(trigger))
+                await self._run_hook(key, handler, trigger, binds=True)
+            except _HookStopped as stopped:
+                if stopped.released:  # (its handler unbinds it if it binds it after all: see _detach)
+                    return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
+                self._refused(key, send)
+                return {"code": "trigger_registration_failed",
+                        "message": f"register_trigger did not finish within {self._deadline:g} s"}
             except Exception as exc:
                 # an ERROR with its traceback each up to a burst, the rest counted: an engine sending thousands of
                 # configs the handler refuses wrote thousands of tracebacks
@@ -286,12 +356,12 @@ class TriggerTypeHost:
             if released:
                 # the type was let go while the handler bound it: release() saw nothing to unbind, and the engine's
                 # unregistertrigger skips a type no longer owned here, so the binding would stay for good
-                await _unbind(handler, trigger)
+                await self._unbind(key, handler, trigger)
                 return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
             if gone:
                 # unregistered (or found gone after a reconnect) while the handler bound it: that unbind found
                 # nothing bound, so it is done here
-                await _unbind(handler, trigger)
+                await self._unbind(key, handler, trigger)
             return None
         finally:
             self._end_turn(key, turn)
@@ -323,7 +393,7 @@ class TriggerTypeHost:
                     self._bound.setdefault(key[0], {})[key[1]] = held
                     held = None
             if held is not None:
-                await _unbind(held.handler, held.trigger)
+                await self._unbind(key, held.handler, held.trigger)
         finally:
             self._end_turn(key, turn)
 
@@ -370,12 +440,15 @@ class TriggerTypeHost:
                 del self._bound[key[0]][key[1]]
             log.info("Trigger %s (type %s, function %s) unbound: the engine no longer has it after the reconnect",
                      key[1], key[0], held.trigger.function_id)
-            await _unbind(held.handler, held.trigger)
+            await self._unbind(key, held.handler, held.trigger)
         finally:
             self._end_turn(key, turn)
 
     async def _turn(self, key: _Key) -> asyncio.Future[None]:
-        """Wait until no bind or unbind of ``key`` runs; the future that says this one's end."""
+        """Wait until no bind or unbind of ``key`` runs; the future that says this one's end. A hook of ``key`` left
+        running in the background by a release is cancelled first (this one comes after it)."""
+        for task in self._detached.pop(key, ()):
+            task.cancel()
         while (busy := self._busy.get(key)) is not None:
             await asyncio.shield(busy)  # (a cancelled waiter must not cancel the runner's future)
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -387,21 +460,109 @@ class TriggerTypeHost:
             del self._busy[key]
         turn.set_result(None)
 
+    async def _unbind(self, key: _Key, handler: TriggerHandler[Any], trigger: TriggerConfig[Any]) -> None:
+        """``handler.unregister_trigger(trigger)`` (in ``key``'s turn), a failure logged, never raised; past its
+        deadline, or its type let go, no longer waited for."""
+        try:
+            await self._run_hook(key, handler, trigger, binds=False)
+        except _HookStopped:
+            pass  # (logged by _run_hook)
+        except Exception:
+            log.exception("Error unregistering trigger %s", trigger.id)
+        except BaseException as exc:
+            if not handler_raised(exc):
+                raise
+            log.exception("Error unregistering trigger %s", trigger.id)
 
-async def _unbind(handler: TriggerHandler[Any], trigger: TriggerConfig[Any]) -> None:
-    """``handler.unregister_trigger(trigger)``, a failure logged, never raised."""
+    async def _run_hook(self, key: _Key, handler: TriggerHandler[Any], trigger: TriggerConfig[Any],
+                        binds: bool) -> None:
+        """(In ``key``'s turn.) Run ``handler``'s bind (``binds``) or unbind hook of ``trigger``, raising what it
+        raises; :class:`_HookStopped` when it is past the deadline (cancelled, logged) or its type was let go
+        meanwhile (run on in the background: :meth:`_detach`). A hook that is a plain method (its ``None`` not
+        awaitable) is served as well."""
+        hook = handler.register_trigger if binds else handler.unregister_trigger
+        outcome = hook(trigger)
+        if not inspect.isawaitable(outcome):  # (a plain method: done)
+            return
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(_guarded(outcome))
+        running = _Hook(task, loop.create_future())
+        with self._lock:  # (release() looks from the user's thread)
+            self._hooks[key] = running
+        started = loop.time()
+        try:
+            await asyncio.wait((task, running.detach), timeout=self._deadline,
+                               return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this bind or unbind itself cancelled (the client's shutdown): its hook with it
+            task.cancel()
+            raise
+        finally:
+            with self._lock:
+                if self._hooks.get(key) is running:
+                    del self._hooks[key]
+        if task.done():
+            raised = task.result()  # (a cancellation of the hook's task from outside is raised as one)
+            if raised is not None:
+                raise raised
+            return
+        if running.detach.done():
+            self._detach(key, task, handler, trigger, binds, started)
+            log.info("Trigger %s (type %s): %s no longer waited for, its type let go; it runs on until its "
+                     "deadline", trigger.id, key[0], callback_name(hook))
+            raise _HookStopped(released=True)
+        task.cancel()
+        if self._abandoned.take("abandoned", f"trigger {trigger.id:.200}: {callback_name(hook)}"):
+            log.error("Trigger %s (type %s): %s did not finish within %g s (InitOptions.invocation_timeout_ms): "
+                      "abandoned, its coroutine cancelled (work it runs in a thread cannot be stopped and runs on); "
+                      "%s", trigger.id, key[0], callback_name(hook), self._deadline,
+                      "the registration is answered to the engine as refused (trigger_registration_failed)"
+                      if binds else "the trigger counts as unbound")
+        raise _HookStopped(released=False)
+
+    def _detach(self, key: _Key, task: asyncio.Task[BaseException | None], handler: TriggerHandler[Any],
+                trigger: TriggerConfig[Any], binds: bool, started: float) -> None:
+        """``task``, a hook of ``key`` whose type was let go, runs on in the background: cancelled by ``key``'s
+        next turn or at its deadline; a bind that ends there is undone by its handler, in ``key``'s turn."""
+        loop = task.get_loop()
+        self._detached.setdefault(key, set()).add(task)
+        timer = loop.call_at(started + self._deadline, task.cancel) if self._deadline is not None else None
+
+        def ended(done: asyncio.Task[BaseException | None]) -> None:
+            tasks = self._detached.get(key)
+            if tasks is not None:
+                tasks.discard(done)
+                if not tasks:
+                    del self._detached[key]
+            if timer is not None:
+                timer.cancel()
+            if binds and not done.cancelled() and done.result() is None:
+                undo = loop.create_task(self._undo_detached(key, handler, trigger))
+                self._background.add(undo)
+                undo.add_done_callback(self._background.discard)
+
+        task.add_done_callback(ended)
+
+    async def _undo_detached(self, key: _Key, handler: TriggerHandler[Any], trigger: TriggerConfig[Any]) -> None:
+        """A bind of a type let go ended after the wait for it: ``handler`` unbinds it, in ``key``'s turn."""
+        turn = await self._turn(key)
+        try:
+            await self._unbind(key, handler, trigger)
+        finally:
+            self._end_turn(key, turn)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _guarded(outcome: Any) -> BaseException | None:
+    """Await a hook's ``outcome`` (in a task of its own): what it raised, returned (a KeyboardInterrupt raised out
+    of a task ends the client's loop), or ``None``; a cancellation of this task is raised."""
     try:
-        await _settled(handler.unregister_trigger(trigger))
-    except Exception:
-        log.exception("Error unregistering trigger %s", trigger.id)
+        await outcome
     except BaseException as exc:
         if not handler_raised(exc):
             raise
-        log.exception("Error unregistering trigger %s", trigger.id)
-
-
-async def _settled(outcome: Any) -> None:
-    """Await ``outcome`` when it is awaitable: a handler whose hooks are plain methods is served as well (awaiting
-    their ``None`` refused every trigger with "object NoneType can't be used in 'await' expression")."""
-    if inspect.isawaitable(outcome):
-        await outcome
+        return exc
+    return None
