@@ -8,7 +8,9 @@ select a payload (:meth:`TriggerSet.matches`) and, if it must, refuses configs i
 Every handler a dispatch calls is a trigger-fired call: it holds a slot of the engine's ``max_fired_calls`` from
 the dispatch until its outcome is in. :meth:`TriggerSet.deliver` (a producer that is itself a call, e.g.
 ``state::set``) waits for the slots and fails with ``fire_limit`` when they do not come in time;
-:meth:`TriggerSet.dispatch` (nobody to wait) skips and counts the calls when the slots are not free.
+:meth:`TriggerSet.dispatch` (nobody to wait) skips and counts the calls when the slots are not free. Neither takes
+slots for calls past their callee worker's ``max_fired_calls_per_worker`` (:func:`within_callee_shares`, shared
+with pub/sub's fan-out).
 
 Example:
     >>> class Everything(TriggerSet):
@@ -43,7 +45,7 @@ second)."""
 FAILURE_LOG_INTERVAL_S: Final = 10.0
 _FAILURES_NAMED: Final = 5  # triggers named in a count of failures; the rest summed
 
-__all__ = ["TriggerRunner", "TriggerSet", "check_trigger_config", "trigger_config"]
+__all__ = ["TriggerRunner", "TriggerSet", "check_trigger_config", "trigger_config", "within_callee_shares"]
 
 
 def trigger_config(trigger: TriggerInfo) -> Mapping[str, Any]:
@@ -84,6 +86,84 @@ got int 0
             raise EngineError("invalid_trigger_config", f"{kind} {trigger.id}: {field!r} must be a string, got "
                               f"{type(value).__name__} {value!r:.100}")
     return config
+
+
+class _NoSlot:
+    """A :class:`~.base.FiredSlots` of no slot: handed to ``to_callee``, the call it returns holds a place in its
+    callee worker's ``max_fired_calls_per_worker`` and nothing of ``max_fired_calls``."""
+
+    def release(self, n: int | None = None) -> None:
+        """Nothing to give back."""
+
+    def one(self) -> _NoSlot:
+        """Itself."""
+        return self
+
+
+_NO_SLOT: Final = _NoSlot()
+
+
+def within_callee_shares(services: EngineServices, triggers: list[TriggerInfo], *,
+                         tell_producer: bool) -> list[TriggerInfo]:
+    """Of ``triggers`` (one fan-out, each to be called once), those that may take a ``max_fired_calls`` slot, in
+    their order: per callee worker, only as many as it has room for in its ``max_fired_calls_per_worker`` now
+    (what it holds counts). Each of the others is not made: counted in ``skipped`` and ``skipped_callee_share``
+    and logged (rate-limited, naming the worker), by ``to_callee`` as for any call past its worker's share, and
+    noted for the answer of the worker's call that set the fan-out off when ``tell_producer``. A built-in's
+    trigger, or one of a function nobody serves, is kept. The share is counted again as each kept call is made,
+    as before.
+
+    When the share is all of ``max_fired_calls`` (no share of its own: a worker with all of it in flight holds the
+    engine's whole room), only the calls past the share within this fan-out are left out: the others wait for the
+    engine's room as before, and may be made at its end.
+
+    Why: the take was for every trigger, those whose calls were then not made too: one worker's 10,001 catch-all
+    state triggers made every ``state::set`` of any worker fail at once with ``fire_limit`` (more than
+    ``max_fired_calls`` 10,000 at once), none of its triggers reached; 8,000 whose worker never answered made
+    every later write wait the 10 s of ``fire_wait_timeout_ms`` and fail (the victim's own trigger got 1 of 3
+    writes): it asked for 8,001 slots with 2,500 held, when one call could be made.
+
+    Example:
+        >>> within_callee_shares(EngineServices.__new__(EngineServices), [], tell_producer=False)
+        []
+    """
+    if len(triggers) < 2:
+        return triggers  # (nothing to leave out: the call takes its one slot, and to_callee decides as it is made)
+    fired = services.fired_calls
+    stats = fired.stats()
+    share = stats["max_fired_calls_per_worker"]
+    whole = share >= stats["max_fired_calls"]
+    owner_of = services.function_owner
+    kept: list[TriggerInfo] = []
+    # Calls are left out by to_callee itself refusing them (counted, logged, told): each call kept holds a place
+    # in its worker's share meanwhile, so a worker's share is full once this fan-out's kept calls fill what it
+    # has left; the places go back before the take.
+    places: list[FiredSlots] = []
+    seen: dict[str, int] = {}
+    try:
+        for trigger in triggers:
+            owner = owner_of(trigger.function_id)
+            if owner is None:
+                kept.append(trigger)
+                continue
+            if whole:
+                n = seen[owner] = seen.get(owner, 0) + 1
+                if n <= share:
+                    kept.append(trigger)
+                    continue
+                # past the share within this fan-out: filled with places first (what the worker holds counts)
+                while (place := fired.to_callee(_NO_SLOT, owner, trigger.function_id,
+                                                tell_producer=tell_producer)) is not None:
+                    places.append(place)
+                continue
+            place = fired.to_callee(_NO_SLOT, owner, trigger.function_id, tell_producer=tell_producer)
+            if place is not None:
+                places.append(place)
+                kept.append(trigger)
+    finally:
+        for place in places:
+            place.release()
+    return kept
 
 
 class TriggerRunner:
@@ -188,8 +268,9 @@ class TriggerSet(TriggerRunner):
     def dispatch(self, payload: Mapping[str, Any]) -> None:
         """Spawn a task for each matching handler (not awaited by the caller), for a producer with nobody to wait:
         when ``max_fired_calls`` has no room for all of them, none is called and they are counted as skipped
-        (logged)."""
-        matching = self.matching(payload)
+        (logged). Calls past their callee worker's ``max_fired_calls_per_worker`` take no slot: not made, counted
+        (:func:`within_callee_shares`)."""
+        matching = within_callee_shares(self.services, self.matching(payload), tell_producer=False)
         if matching:
             fired = self.services.fired_calls
             slots = fired.try_take(len(matching))
@@ -200,13 +281,15 @@ class TriggerSet(TriggerRunner):
 
     async def deliver(self, payload: Mapping[str, Any], what: str) -> None:
         """:meth:`dispatch` for a producer that is itself a call (``what`` names it): waits for room for every
-        matching handler at once, in turn with other producers.
+        matching handler at once, in turn with other producers; not for those past their callee worker's
+        ``max_fired_calls_per_worker``: they are not called (counted and logged, :func:`within_callee_shares`), and
+        the producer is not failed for them (a write is made whatever its triggers do).
 
         Raises:
             EngineError: ``fire_limit`` when the room did not come within ``fire_wait_timeout_ms``; no handler
                 was called then.
         """
-        matching = self.matching(payload)
+        matching = within_callee_shares(self.services, self.matching(payload), tell_producer=False)
         if matching:
             fired = self.services.fired_calls
             slots = fired.try_take(len(matching))

@@ -30,7 +30,7 @@ from iii.iii_types import TriggerInfo
 
 from ...limits import HeldTasks
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, FiredSlots, InvocationContext
-from ..trigger_set import check_trigger_config
+from ..trigger_set import check_trigger_config, within_callee_shares
 from .bus import LocalBus, PubSubBus, open_bus
 from .settings import PubSubSettings
 
@@ -194,13 +194,20 @@ class PubSubModule(EngineModule):
     async def _deliver(self, topic: str, data: Any) -> None:
         """Fire every subscriber of ``topic``, once the engine has room for all of them (see the module).
 
+        Not for subscribers past their worker's ``max_fired_calls_per_worker``: they are not called and take no
+        room (counted, logged, and told to the publisher: :func:`~..trigger_set.within_callee_shares`). Before, the
+        take was for every subscriber, and one worker's 10,001 subscriptions to a topic made every publish to it
+        fail at once with ``fire_limit``, the other subscribers reached by none.
+
         Raises:
             EngineError: ``fire_limit``: no room in time; no subscriber was reached.
         """
         subscribers = self._subscribers.get(topic)
         if not subscribers:
             return
-        triggers = list(subscribers.values())
+        triggers = within_callee_shares(self.services, list(subscribers.values()), tell_producer=True)
+        if not triggers:
+            return
         fired = self.services.fired_calls
         hold = fired.try_take(len(triggers))
         if hold is None:
