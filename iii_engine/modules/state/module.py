@@ -18,6 +18,12 @@ the setting, found before the answer is built (:meth:`iii_streams.Backend.list_t
 a scope of 150 items of 1 MB was answered with one 150 MB frame built in 4-8.6 s of the event loop, and 8 callers
 that did not read took the engine from 203 MB to 4,973 MB. An answer that fits is the same list as production's.
 
+Ours: a value is at most half of ``max_message_size`` less a frame (:class:`~iii_engine.modules.stream.api.ValueBound`):
+a set or an update that would store more fails with ``SET_ERROR`` / ``UPDATE_ERROR`` and changes nothing, as the
+answers and trigger calls carry the old value and the new one. Before, three updates of 3 MB built a 9 MB value and
+two concurrent ``state::get`` of it closed the reader with 1008. And ``state::set`` refuses ``null``: a stored null
+could not be told from a missing key (its delete answered ``None`` and fired no ``state:deleted``).
+
 ``state`` triggers fire for writes made through this engine only: a write through another engine sharing the
 store (Redis) fires that engine's triggers, not these (the store's change feed carries no ``old_value``).
 
@@ -41,11 +47,13 @@ from iii.stream import (
     StreamSetInput,
 )
 from iii_streams import Backend
+from iii_streams.errors import json_text, utf8_size
 
 from ...closing import close_store
 from .. import stream as _stream  # noqa: F401 - the package before its modules (CPython gh-83065)
 from ..answers import AnswerBound, AnswerSpec, ConfiguredServices
 from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, InvocationContext
+from ..stream.api import ValueBound, too_large_value
 from ..stream.inputs import Fields
 from ..stream.locks import KeyedLocks
 from ..stream.settings import StateSettings
@@ -130,6 +138,8 @@ class StateModule(EngineModule):
         self.core = services
         #: the largest list answer, in bytes of its frame (the engine's max_message_size, read at start)
         self.answers = AnswerBound()
+        #: the bound of a stored value (set or updated), half of max_message_size less a frame (read at start)
+        self.values = ValueBound(self.answers.max_message_size)
         self.settings = StateSettings.parse(self.config)
         self.store: Backend | None = None
         self.triggers = StateTriggers(services)
@@ -143,6 +153,7 @@ class StateModule(EngineModule):
     async def start(self) -> None:
         """Open the store and register the functions and the trigger type."""
         self.answers = AnswerBound(self.core.config.max_message_size)
+        self.values = ValueBound(self.core.config.max_message_size)
         self.store = await prepare_module_store("state", open_module_store("state", self.settings))
         scope_key = {"type": "object", "properties": {"scope": {"type": "string"}, "key": {"type": "string"}},
                      "required": ["scope", "key"]}
@@ -172,11 +183,19 @@ class StateModule(EngineModule):
     async def _set(self, data: Any, ctx: InvocationContext) -> Any:
         f = Fields("state::set", data)
         scope, key, value = f.text("scope"), f.text("key"), f.value("value", alias="data")
+        field = "value" if "value" in f.data else "data"
+        if value is None:
+            raise EngineError("SET_ERROR", f"{field} is null: a null value cannot be told from a missing key "
+                                           "(state::get answers null for both); remove the key with state::delete")
         try:
-            result = await self._store().set(
-                StreamSetInput(stream_name=STATE_STREAM, group_id=scope, item_id=key, data=value))
+            size = utf8_size(json_text(value, "data"))
+            if size > self.values.limit:
+                raise ValueError(too_large_value("data", size, self.values.limit))
+            async with self._locks.join((STATE_STREAM, scope, key)):  # not between an update's read and its write
+                result = await self._store().set(
+                    StreamSetInput(stream_name=STATE_STREAM, group_id=scope, item_id=key, data=value))
         except Exception as exc:
-            raise EngineError("SET_ERROR", _as_field(str(exc), "value" if "value" in f.data else "data")) from None
+            raise EngineError("SET_ERROR", _as_field(str(exc), field)) from None
         old = None if result is None else result.old_value
         if self.triggers.has_triggers():  # no trigger: no payload to build
             await self.triggers.deliver(state_event(_changed(old), scope, key, old, value),
@@ -211,7 +230,7 @@ class StateModule(EngineModule):
         f = Fields("state::update", data)
         scope, key, ops = f.text("scope"), f.text("key"), f.ops()
         try:
-            result = await self._locks.update_parsed(self._store(), STATE_STREAM, scope, key, ops)
+            result = await self.values.update(self._locks, self._store(), STATE_STREAM, scope, key, ops)
         except Exception as exc:
             raise EngineError("UPDATE_ERROR", str(exc)) from None
         if result is None:

@@ -47,18 +47,106 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update, op_to_wire
 from iii.wire import dumps
 from iii_streams import Backend
-from iii_streams.errors import SEND_ROOM, json_text
+from iii_streams.errors import SEND_ROOM, json_text, utf8_size
 from iii_streams.events import StreamEvent, custom_event, make_event
 
-from ..answers import AnswerBound, AnswerSpec
+from ..answers import FRAME_BYTES, AnswerBound, AnswerSpec
 from ..base import BuiltinFunction, EncodedResult, EngineError, EngineServices, InvocationContext
 from .inputs import Fields, describe
-from .locks import KeyedLocks
+from .locks import KeyedLocks, store_updates_atomically
 from .triggers import StreamTriggers
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StreamFunctions"]
+
+def value_limit(max_message_size: int) -> int:
+    """The largest value, in UTF-8 bytes of JSON, an update may leave in the store: half of ``max_message_size``
+    less the frame around an answer (:data:`~iii_engine.modules.answers.FRAME_BYTES`), as an update's answer and
+    the trigger calls of its change carry the old value and the new one in one frame.
+
+    Example:
+        >>> value_limit(4 * 1024 * 1024)
+        2095104
+    """
+    return (max_message_size - FRAME_BYTES) // 2
+
+
+def too_large_value(what: str, size: int, limit: int) -> str:
+    """The message of a write refused for its value's size.
+
+    Example:
+        >>> too_large_value("the updated value", 10, 4)[:64]
+        'the updated value is 10 bytes of JSON, over the 4 bytes a value '
+    """
+    return (f"{what} is {size} bytes of JSON, over the {limit} bytes a value may take (half of the engine's "
+            "max_message_size less its frame: an answer or trigger call carries the old value and the new one); "
+            "nothing was changed")
+
+
+class ValueBound:
+    """Updates refused, with a ``ValueError`` and nothing written (no event, no trigger call), when the value they
+    would leave in the store is over :attr:`limit` bytes of JSON (:func:`value_limit` of ``max_message_size``).
+
+    Each update reads the item, applies its ops to it and measures the result before the store's own update runs
+    (behind the engine's per-item lock for a store that needs it, else at once, so an atomic store still gets one
+    item's concurrent updates together). While updates of one item are in flight, each adds the growth it was
+    measured with (new size less old, when positive) to what later ones of that item must fit beside: concurrent
+    updates that each fit cannot together leave more than the limit (the ops only touch top-level keys, so their
+    growths add up at most). A write through another engine sharing the store is not counted.
+
+    Why: values grown by updates each under ``max_message_size`` (3 x 3 MB: a 9 MB value) were stored, and the
+    answers and trigger calls carrying them (old and new) closed the connection of workers that read them with
+    1008 (``max_outbox_bytes``: two concurrent ``state::get`` of the 9 MB value queued 18,000,288 bytes).
+
+    Example:
+        >>> import asyncio
+        >>> from iii.stream_ops import parse_ops
+        >>> from iii_streams import MemoryStream
+        >>> ops = parse_ops([{"type": "set", "path": "a", "value": "x" * 20}])
+        >>> bound = ValueBound(4096 + 20)
+        >>> bound.limit
+        10
+        >>> asyncio.run(bound.update(KeyedLocks(), MemoryStream(), "s", "g", "i", ops))
+        Traceback (most recent call last):
+        ...
+        ValueError: the updated value is 28 bytes of JSON, over the 10 bytes a value may take (half of the engine's \
+max_message_size less its frame: an answer or trigger call carries the old value and the new one); nothing was changed
+    """
+
+    def __init__(self, max_message_size: int) -> None:
+        self.limit = value_limit(max_message_size)
+        # per item: (growth in bytes, count) of its updates that passed their check and are still in the store
+        self._pending: dict[tuple[str, str, str], tuple[int, int]] = {}
+
+    async def update(self, locks: KeyedLocks, store: Backend, stream_name: str, group_id: str, item_id: str,
+                     ops: list[Op]) -> Any:
+        """``store.update_parsed(...)`` of one item, refused over :attr:`limit` (see the class)."""
+        if store_updates_atomically(store):
+            return await self._update(store, stream_name, group_id, item_id, ops)
+        async with locks.hold((stream_name, group_id, item_id)):
+            return await self._update(store, stream_name, group_id, item_id, ops)
+
+    async def _update(self, store: Backend, stream_name: str, group_id: str, item_id: str, ops: list[Op]) -> Any:
+        key = (stream_name, group_id, item_id)
+        old = await store.get(StreamGetInput(stream_name=stream_name, group_id=group_id, item_id=item_id))
+        size = utf8_size(json_text(apply_update(old, ops)[1], "the updated value"))
+        others, count = self._pending.get(key, (0, 0))
+        if size + others > self.limit:
+            what = f"the updated value, with what {count} concurrent update(s) of it in flight add," if others else \
+                "the updated value"
+            raise ValueError(too_large_value(what, size + others, self.limit))
+        growth = max(0, size - (0 if old is None else utf8_size(dumps(old))))
+        self._pending[key] = (others + growth, count + 1)
+        try:
+            return await store.update_parsed(stream_name, group_id, item_id, ops)
+        finally:
+            others, count = self._pending[key]
+            if count == 1:
+                del self._pending[key]
+            else:
+                self._pending[key] = (others - growth, count - 1)
+
+__all__ = ["StreamFunctions", "ValueBound", "too_large_value", "value_limit"]
 
 _ITEM = {"stream_name": {"type": "string"}, "group_id": {"type": "string"}, "item_id": {"type": "string"}}
 CUSTOM_OPS: Final = ("get", "set", "delete", "list", "list_groups", "update")
@@ -109,6 +197,8 @@ class StreamFunctions:
         self._served: set[str] = set(served)  # streams a worker served: never silently the engine's store
         self._seen_stream_functions = -1
         self._locks = KeyedLocks()
+        #: the bound of a value an update leaves in the engine's store (:func:`value_limit` of max_message_size)
+        self.values = ValueBound(self.answers.max_message_size)
         self._following = False  # follow_registrations was called: _maybe_served may answer False
 
     def follow_registrations(self) -> None:
@@ -221,13 +311,16 @@ class StreamFunctions:
         return result
 
     @staticmethod
-    def _storable(value: Any, what: str, code: str) -> None:
+    def _storable(value: Any, what: str, code: str, *, limit: int | None = None) -> None:
         """Refuse, before a worker's custom stream is asked to write it, a value the stores refuse (nested past
-        :data:`~iii_streams.errors.MAX_VALUE_DEPTH`): its change event could not be written for any subscriber."""
+        :data:`~iii_streams.errors.MAX_VALUE_DEPTH`): its change event could not be written for any subscriber;
+        and one over ``limit`` bytes of JSON (a composed update's result, :func:`value_limit`)."""
         try:
-            json_text(value, what)
+            text = json_text(value, what)
         except (ValueError, TypeError) as exc:  # (TypeError: an in-process caller's value with no JSON form)
             raise EngineError(code, str(exc)) from None
+        if limit is not None and (size := utf8_size(text)) > limit:
+            raise EngineError(code, too_large_value(what, size, limit))
 
     @classmethod
     def _sendable(cls, function_id: str, value: Any, what: str, code: str) -> None:
@@ -440,7 +533,7 @@ class StreamFunctions:
                 return await self._compose(s, g, i, ops, get_id, set_id)
             self._no_fallback(s)
         try:  # the ops are already validated: the store takes them with the fields, no input model built
-            result = await self._locks.update_parsed(self.store, s, g, i, ops)
+            result = await self.values.update(self._locks, self.store, s, g, i, ops)
         except Exception as exc:
             raise EngineError("STREAM_UPDATE_ERROR", str(exc)) from None
         if result is None:
@@ -454,7 +547,8 @@ class StreamFunctions:
             # the answer holds the old value: one its caller could not be sent is refused before anything changes
             self._storable(old, "the item's current value", "STREAM_UPDATE_ERROR")
             old, new = apply_update(old, ops)
-            self._storable(new, "the updated value", "STREAM_UPDATE_ERROR")
+            self._storable(new, "the updated value", "STREAM_UPDATE_ERROR",
+                           limit=self.values.limit)
             # the custom set function itself, not the stream::set built-in, so only one event goes out
             await self._invoke(set_id, {**key, "data": new}, "STREAM_UPDATE_ERROR", "update")
         return await self._changed("stream::update", s, g, i, old, new)
