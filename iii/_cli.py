@@ -232,11 +232,27 @@ def milliseconds(text: str) -> int:
         argparse.ArgumentTypeError: must be a whole number of milliseconds from 1 to 86400000, got '-5'
     """
     most = int(MAX_SECONDS * 1000)
+    return whole_number(text, 1, most, f"must be a whole number of milliseconds from 1 to {most}")
+
+
+def whole_number(text: str, low: int, high: int, rule: str) -> int:
+    """``text`` as an integer from ``low`` (0 or more) to ``high`` written in ASCII digits (``+`` allowed), else the
+    usage error ``rule``: ``int`` also takes ``5_000``, blanks around it and other scripts' digits (``٤٧٢٠٥``), which
+    no other number the commands read takes.
+
+    Example:
+        >>> whole_number("8080", 0, 65535, "must be a port")
+        8080
+        >>> whole_number("1_0", 0, 65535, "must be a port")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be a port, got '1_0'
+    """
     # at most as many digits as the bound has (leading zeros aside): int() of a long text is never tried
     digits = text.lstrip("+").lstrip("0") or "0"
-    if _DIGITS.fullmatch(text) and len(digits) <= len(str(most)) and 1 <= int(digits) <= most:
+    if _DIGITS.fullmatch(text) and len(digits) <= len(str(high)) and low <= int(digits) <= high:
         return int(digits)
-    raise _refused(f"must be a whole number of milliseconds from 1 to {most}", text)
+    raise _refused(rule, text)
 
 
 def joined_timeouts(argv: Sequence[str] | None) -> list[str]:

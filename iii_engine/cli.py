@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from logging.handlers import MemoryHandler
 
-from iii._cli import exit_interrupted
+from iii._cli import exit_interrupted, whole_number
 from iii_streams.messages import OneLineParser, mask_passwords
 from iii_streams.urls import check_scheme
 
@@ -73,14 +73,16 @@ commands that read a running engine (each has its own --help):
 _log = logging.getLogger(__name__)
 
 
+def _config_path(text: str) -> str:
+    """``--config``'s file name: an empty one is refused (it started the engine on the default configuration, where
+    a script's unset variable was meant to name a file)."""
+    if not text:
+        raise argparse.ArgumentTypeError("the file name is empty")
+    return text
+
+
 def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= MAX_PORT:
-        raise argparse.ArgumentTypeError(f"must be an integer between 0 and {MAX_PORT}, got {text!r}")
-    return port
+    return whole_number(text, 0, MAX_PORT, f"must be an integer between 0 and {MAX_PORT}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -90,7 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help=f"interface to bind (default {DEFAULT_HOST}; "
                                                       "use 0.0.0.0 for all interfaces)")
     parser.add_argument("--port", type=_port, default=None, help=f"worker port (default {DEFAULT_PORT}; 0 = any)")
-    parser.add_argument("--config", default=None, help="production-format YAML configuration file")
+    parser.add_argument("--config", default=None, type=_config_path, help="production-format YAML configuration file")
     parser.add_argument("--stream-store", default=None, metavar="URL", type=_stream_url,
                         help="the stream module's own store: memory://, redis://…, sqlite+aiosqlite:///…, "
                              "postgresql+asyncpg://… (default: the configured adapter, in memory)")
@@ -339,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     log = _StartupLog(args.log_level, args.log_format)  # before the file is read: its warnings are start-up records
     try:
-        config = load_config(args.config) if args.config else EngineConfig()
+        config = load_config(args.config) if args.config is not None else EngineConfig()
         # flags are checked as the file is: a bad one (``--host ""``) is a usage error, not a traceback
         config = config.with_overrides(host=args.host, port=args.port, allow_degraded=args.allow_degraded,
                                        event_loop=args.event_loop)

@@ -52,7 +52,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from iii import InitOptions, ReconnectionConfig
-from iii._cli import MAX_SECONDS, MIN_SECONDS, joined_timeouts, seconds
+from iii._cli import MAX_SECONDS, MIN_SECONDS, joined_timeouts, seconds, whole_number
 from iii.connection import check_url, shown_url
 from iii.errors import InvocationError
 from iii.iii import III
@@ -103,13 +103,7 @@ def severity_min(level: str) -> int:
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+    return whole_number(text, 1, 2**63 - 1, "must be a positive integer")  # (at most an int64: the wire's integers)
 
 
 def _engine_url(text: str) -> str:

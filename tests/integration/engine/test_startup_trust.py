@@ -174,6 +174,13 @@ def test_taken_worker_port_fails_before_any_module_port_is_bound(tmp_path: Path)
     (["--log-level", "FOO"], "argument --log-level: invalid choice: 'FOO'"),
     (["--port", "99999"], "argument --port: must be an integer between 0 and 65535, got '99999'"),
     (["--port", "-1"], "argument --port: must be an integer between 0 and 65535, got '-1'"),
+    # int() takes these; no other number the commands read does (they listened on 47205, 10000 and 47206)
+    (["--port", "٤٧٢٠٥"], "argument --port: must be an integer between 0 and 65535, got '٤٧٢٠٥'"),
+    (["--port", "1_0_0_0_0"], "argument --port: must be an integer between 0 and 65535, got '1_0_0_0_0'"),
+    (["--port", " 47206 "], "argument --port: must be an integer between 0 and 65535, got ' 47206 '"),
+    # (before: the default configuration was started, as if no --config had been given)
+    (["--config", ""], "argument --config: the file name is empty"),
+    (["logs", "--limit", "1_0"], "argument --limit: must be a positive integer, got '1_0'"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_usage_errors_are_one_line_with_status_2(args: list[str], expected: str) -> None:
