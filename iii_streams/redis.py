@@ -58,7 +58,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qs, unquote, unquote_plus, urlparse
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -145,6 +145,7 @@ __all__ = [
     "StreamTooLargeError",
     "UpdateConflictError",
     "check_reachable",
+    "check_redis_url",
     "redis_address",
     "store_url_options",
     "waiting_client",
@@ -486,6 +487,63 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
                 "them)")
 
 
+_DB_NUMBER: Final = re.compile(r"[0-9]+")
+
+
+def check_redis_url(url: str) -> int:
+    """The database number of a ``redis://``, ``rediss://`` or ``unix://`` URL, or a :class:`ValueError` naming the
+    URL (its password masked) when that number is not plainly written. Every client this package makes from a URL
+    (:func:`waiting_client`: the stream and state stores, and the engine's queue, pub/sub and cron lock) is checked
+    by it before anything connects.
+
+    redis-py reads a URL's path as ``int(path.replace("/", ""))`` and, when that fails, uses database 0 without a
+    word: ``redis://cache:6379/l`` (a typo of ``/1``) wrote to database 0 and ``redis://cache:6379/1/5`` to
+    database 15. Here the path must be empty, ``/`` (database 0) or ``/`` and ASCII digits; a ``?db=`` (the only
+    way for a ``unix://`` socket) must be ASCII digits too, and given both ways they must agree (redis-py would let
+    the query win, whatever the path says).
+
+    Example:
+        >>> check_redis_url("redis://cache:6379"), check_redis_url("rediss://cache/"), check_redis_url("redis://cache/12")
+        (0, 0, 12)
+        >>> check_redis_url("unix:///run/redis.sock?db=3"), check_redis_url("redis://cache/3?db=3")
+        (3, 3)
+        >>> check_redis_url("redis://:hunter2@cache:6379/l")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: the database of Redis URL 'redis://:***@cache:6379/l' must be a number ..., got '/l' ...
+        >>> check_redis_url("redis://cache/1?db=2")
+        Traceback (most recent call last):
+        ...
+        ValueError: Redis URL 'redis://cache/1?db=2' names database 1 in its path and 2 in ?db=: keep one of them
+    """
+    shown = mask_passwords(url)
+    parsed = urlparse(url)
+    db: int | None = None
+    if parsed.scheme in ("redis", "rediss"):
+        path = unquote(parsed.path)
+        if path not in ("", "/"):
+            if not path.startswith("/") or not _DB_NUMBER.fullmatch(path[1:]):
+                try:  # what redis-py makes of it
+                    read = f"would read it as database {int(path.replace('/', ''))}"
+                except ValueError:
+                    read = "would silently use database 0 for it"
+                raise ValueError(f"the database of Redis URL {shown!r} must be a number after one '/' (such as /0 "
+                                 f"or /1), got {path!r} (redis-py {read})")
+            db = int(path[1:])
+    in_query = parse_qs(parsed.query, keep_blank_values=True).get("db", [])
+    for value in in_query:
+        if not _DB_NUMBER.fullmatch(value):
+            raise ValueError(f"the ?db= of Redis URL {shown!r} must be a database number (0, 1, ...), got {value!r}")
+    if len(set(map(int, in_query))) > 1:
+        raise ValueError(f"Redis URL {shown!r} gives ?db= more than once, with different numbers: keep one")
+    if in_query:
+        if db is not None and db != int(in_query[0]):
+            raise ValueError(f"Redis URL {shown!r} names database {db} in its path and {int(in_query[0])} in ?db=: "
+                             "keep one of them")
+        db = int(in_query[0])
+    return 0 if db is None else db
+
+
 def waiting_client(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                    pool_timeout: float = DEFAULT_POOL_TIMEOUT, **options: Any) -> aioredis.Redis:
     """A ``redis.asyncio`` client for ``url`` on a blocking pool: at most ``max_connections`` connections, and a
@@ -507,6 +565,7 @@ def waiting_client(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
         ...
         ValueError: the Redis pool's max_connections must be a positive integer, got 0
     """
+    check_redis_url(url)  # redis-py takes a database it cannot read for 0
     in_url = parse_url(url)  # checked here: redis-py takes a max_connections of 0 for no limit at all
     size, wait = in_url.get("max_connections", max_connections), in_url.get("timeout", pool_timeout)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -1310,6 +1369,7 @@ class RedisStream(FieldUpdates):
         """
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"RedisStream needs a redis://, rediss:// or unix:// URL, got {mask_passwords(url)!r}")
+        check_redis_url(url)  # named as written (waiting_client checks it again without the store's options)
         connection_url, in_url = store_url_options(url)
         own: dict[str, Any] = {k: options.pop(k) for k in _OWN_OPTIONS if k in options}
         _merge_url_options(own, in_url, url)
