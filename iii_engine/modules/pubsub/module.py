@@ -8,7 +8,8 @@ it receives to its own subscribers, so publishers and subscribers may sit on dif
 
 Each delivery to a subscriber is a trigger-fired call, counted against the engine's ``max_fired_calls`` from the
 publish until the subscriber's outcome (or its condition's ``false``) is in. A publish takes the room for every
-subscriber of the topic at once, waiting its turn when there is none: a publisher faster than its subscribers is
+subscriber of the topic at once (less those past their worker's share of it, which are left out, counted and told
+to the publisher), waiting its turn when there is none: a publisher faster than its subscribers is
 slowed to their pace instead of growing the engine, and a publish whose wait runs out (``fire_wait_timeout_ms``)
 fails with ``fire_limit``, having reached none of them. Messages from Redis (published on another engine) wait the
 same way and, when the wait runs out, are dropped, counted and logged.
