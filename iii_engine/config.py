@@ -66,6 +66,7 @@ from .event_loop import DEFAULT_EVENT_LOOP, EventLoopName
 from .modules.base import ModuleSpec
 from .settings import (
     MAX_TIMEOUT_MS,
+    MAX_TIMEOUT_S,
     ConfigError,
     Field,
     Settings,
@@ -176,7 +177,9 @@ class ChannelSettings(Settings):
         if "attach_timeout_ms" in data:
             raise ConfigError("give attach_timeout_ms or attach_timeout_s, not both", "attach_timeout_s")
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-            raise ConfigError(f"must be a number > 0, got {seconds!r}", "attach_timeout_s")
+            raise ConfigError(f"must be a number > 0, got {seconds!r:.80}", "attach_timeout_s")
+        if not seconds <= MAX_TIMEOUT_S:  # .inf raised OverflowError from round(); 10**400 made a 403-digit ms value
+            raise ConfigError(f"must be <= {MAX_TIMEOUT_S}, got {seconds!r:.80}", "attach_timeout_s")
         rest = {key: value for key, value in data.items() if key != "attach_timeout_s"}
         return {**rest, "attach_timeout_ms": max(1, round(seconds * 1000))}
 

@@ -783,8 +783,9 @@ class Engine:
     async def _start_modules(self) -> None:
         from .modules.worker.module import WorkerModule
 
-        worker_module = WorkerModule(self._services_for(WorkerModule))
         try:
+            # built inside: a failure there is one line (ModuleStartError), not a traceback out of Engine.start()
+            worker_module = WorkerModule(self._services_for(WorkerModule))
             await self._start_module(worker_module, in_config=False)
         except Exception as exc:
             raise ModuleStartError(WORKER_MODULE, exc) from exc
@@ -931,7 +932,16 @@ class Engine:
         waited (a stop that hung held the engine's stop, and the other modules' stops and store closes, for good).
         Either way what the module added to the engine is taken away. A failure of the module is logged."""
         try:
-            await closing.stop_within(module.stop(), module.stop_timeout_s(), f"module {module.name}'s stop", log)
+            # the bound before the stop coroutine, and the default bound when it cannot be had: a bound that raised
+            # (OverflowError of a 401-digit stop_timeout_ms) left module.stop() created and never run, and the queue
+            # module's consumers ran on after Engine.stop()
+            try:
+                bound_s = module.stop_timeout_s()
+            except Exception as exc:
+                bound_s = closing.MODULE_STOP_TIMEOUT_S
+                log.warning("module %s: no stop bound (%s); stopping it within %s s", module.name, error_line(exc),
+                            bound_s)
+            await closing.stop_within(module.stop(), bound_s, f"module {module.name}'s stop", log)
         except BaseException as exc:
             if not _module_failure(exc):
                 raise

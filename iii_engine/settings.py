@@ -35,19 +35,39 @@ from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.connection import check_url
 
-__all__ = ["MAX_TIMEOUT_MS", "AdapterSpec", "ConfigError", "EngineUrl", "EnvFloat", "EnvInt", "EnvText", "Field",
-           "Names", "NoSettings", "NonEmpty", "Port", "RedisAdapterSettings", "Settings", "UnknownKeys", "YamlFlag",
-           "YamlFloat", "YamlInt", "closest_key", "env_text", "from_env", "join_path", "pick_adapter"]
+__all__ = ["MAX_TIMEOUT_MS", "MAX_TIMEOUT_S", "AdapterSpec", "ConfigError", "EngineUrl", "EnvFloat", "EnvInt",
+           "EnvText", "Field", "Names", "NoSettings", "NonEmpty", "Port", "RedisAdapterSettings", "Settings",
+           "UnknownKeys", "YamlFlag", "YamlFloat", "YamlInt", "closest_key", "duration_bound", "env_text", "from_env",
+           "join_path", "pick_adapter"]
 
 MAX_TIMEOUT_MS = 10**12
 """The longest duration in milliseconds a setting takes (about 31 years): each becomes seconds as a float where
-used, and a larger integer (10**400) raised OverflowError there, at start, on every call or per connection."""
+used, and a larger integer (10**400) raised OverflowError there, at start, on every call or per connection.
+Every settings model applies it to each of its duration fields (see :func:`duration_bound`); a field may set a
+lower bound of its own."""
+MAX_TIMEOUT_S = MAX_TIMEOUT_MS // 1000
+"""The same bound for a duration given in seconds."""
+
+# A numeric field whose name (or key in the file) says it is a duration: in seconds when the name ends so, else in
+# milliseconds (``default_timeout``, ``header_timeout`` of the REST API module are milliseconds).
+_SECONDS_NAME = re.compile(r"_(?:s|sec|secs|seconds)$")
+_DURATION_NAME = re.compile(r"_(?:ms|s|sec|secs|seconds)$|timeout|interval|debounce|backoff|delay|_ttl|grace")
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +326,26 @@ def _scalar(value: Any, text: str, arms: list[Any]) -> Any:
     return text
 
 
+def duration_bound(*names: str | None) -> int | None:
+    """The largest value a numeric setting called ``names`` (its attribute, its key in the file) takes when the
+    name says it is a duration (:data:`MAX_TIMEOUT_S` in seconds, else :data:`MAX_TIMEOUT_MS`), ``None`` otherwise.
+
+    Why: a duration becomes seconds as a float where it is used; 15 fields without an upper bound passed the
+    configuration check with 10**400 and raised OverflowError later (a traceback at start, a 500 on every request,
+    a queue job delayed for good, a module stop never run).
+
+    Example:
+        >>> duration_bound("lease_ms"), duration_bound("attach_timeout_s"), duration_bound("max_retries")
+        (1000000000000, 1000000000, None)
+        >>> duration_bound("header_timeout_ms", "header_timeout")
+        1000000000000
+    """
+    for name in names:
+        if name and _DURATION_NAME.search(name):
+            return MAX_TIMEOUT_S if _SECONDS_NAME.search(name) else MAX_TIMEOUT_MS
+    return None
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}…"
@@ -435,6 +475,22 @@ class Settings(BaseModel):
             raise (error.under(at) if at else error) from None
         finally:
             _validating.reset(token)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_duration(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every duration field at most :func:`duration_bound` (and finite), whether or not it says so itself."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or info.field_name is None:
+            return value
+        field = cls.model_fields.get(info.field_name)
+        bound = duration_bound(info.field_name, field.alias if field is not None else None)
+        if bound is None:
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {_shown(value)}")
+        if value > bound:
+            raise ValueError(f"must be <= {bound}, got {_shown(value)}")
+        return value
 
     @classmethod
     def allowed_keys(cls) -> list[str]:
