@@ -45,7 +45,7 @@ from ...settings import ConfigError
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from ..health import link_component
 from .link import DEFAULT_TIMEOUT_MS, BridgeCallError, BridgeLink
-from .settings import MAX_TIMEOUT_MS, BridgeClientSettings, Forwarded
+from .settings import MAX_TIMEOUT_MS, BridgeClientSettings, Forwarded, per_connection_refusal
 
 __all__ = ["HOPS_KEY", "MAX_BRIDGE_HOPS", "BridgeClientModule"]
 
@@ -99,6 +99,8 @@ def _invoke_input(data: Any) -> tuple[str, Any, int]:
     function_id = data.get("function_id")
     if not isinstance(function_id, str) or not function_id:
         raise bad("missing or non-string field `function_id`")
+    if (refusal := per_connection_refusal(function_id)) is not None:
+        raise EngineError("bridge_error", refusal)
     timeout = data.get("timeout_ms", DEFAULT_TIMEOUT_MS)
     if timeout is None:
         timeout = DEFAULT_TIMEOUT_MS

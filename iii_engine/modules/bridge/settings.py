@@ -32,13 +32,32 @@ from ...settings import ConfigError, EngineUrl, Field, NonEmpty, Settings, Unkno
 from .link import DEFAULT_TIMEOUT_MS
 
 __all__ = ["DEFAULT_BRIDGE_URL", "MAX_TIMEOUT_MS", "BridgeAdapterSettings", "BridgeClientSettings", "Exposed",
-           "Forwarded"]
+           "Forwarded", "per_connection_refusal"]
 
 DEFAULT_BRIDGE_URL: Final = "ws://localhost:49134"
 DEFAULT_CLIENT_URL: Final = "ws://0.0.0.0:49134"
 MAX_TIMEOUT_MS: Final = 24 * 3600 * 1000
 # the functions the bridge client module registers itself: a forward of the same id replaced them silently
 OWN_FUNCTIONS: Final = ("bridge.invoke", "bridge.invoke_async")
+# remote functions that act on the calling connection itself, which over a link is the link every worker of this
+# engine shares: forwarding them let any one worker rename the link on the other engine (engine::workers::register
+# records the metadata of the connection that called it)
+PER_CONNECTION_FUNCTIONS: Final = ("engine::workers::register",)
+
+
+def per_connection_refusal(function_id: str) -> str | None:
+    """Why ``function_id`` may not be called over a link (:data:`PER_CONNECTION_FUNCTIONS`), else ``None``.
+
+    Example:
+        >>> per_connection_refusal("engine::workers::register")[:60]  # doctest: +ELLIPSIS
+        'engine::workers::register records the metadata of the callin'
+        >>> per_connection_refusal("orders::get") is None
+        True
+    """
+    if function_id in PER_CONNECTION_FUNCTIONS:
+        return (f"{function_id} records the metadata of the calling connection, which over a bridge is the link "
+                f"every worker of this engine shares: it is not called over a bridge")
+    return None
 
 
 class BridgeAdapterSettings(Settings):
@@ -112,6 +131,8 @@ class BridgeClientSettings(Settings):
     def _one_function_per_id(self) -> Self:
         forwarded: dict[str, int] = {}
         for index, forward in enumerate(self.forward):
+            if (refusal := per_connection_refusal(forward.remote_function)) is not None:
+                raise ConfigError(refusal, f"forward[{index}].remote_function")
             where = f"forward[{index}].local_function"
             if forward.local_function in OWN_FUNCTIONS:
                 raise ConfigError(f"{forward.local_function!r} is a function of the bridge client module itself", where)
