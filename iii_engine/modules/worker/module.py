@@ -183,38 +183,38 @@ _CHANNEL_REF = {"type": "object", "properties": {
     "required": ["channel_id", "access_key", "direction"]}
 
 
-def _worker_metadata(data: Any) -> tuple[dict[str, str | None], dict[str, Any] | None, int | None]:
-    """The strings, telemetry and pid of an ``engine::workers::register`` payload, checked against their bounds.
+def _worker_metadata(data: Any) -> tuple[dict[str, str | None], dict[str, Any] | None, int | None, list[str]]:
+    """The strings, telemetry and pid of an ``engine::workers::register`` payload, and what of them is over its
+    bound: each such value is left out (``None``) and named in the last item, the others kept. A value of the wrong
+    type refuses the whole call.
+
+    Why left out one by one: a name one character over the bound lost the worker its runtime, version, os and pid
+    too (the SDKs send their metadata as a void call: nobody but the log heard of it).
 
     Example:
-        >>> _worker_metadata({"name": "w" * 1025})
-        Traceback (most recent call last):
-        ...
-        iii_engine.modules.base.EngineError: deserialization_error: Failed to deserialize input for \
-engine::workers::register: 'name' is 1025 characters, at most 1024 (kept for as long as the worker is connected and \
-put in every engine::workers::list answer)
+        >>> strings, telemetry, pid, over = _worker_metadata({"name": "w" * 1025, "runtime": "python", "pid": 7})
+        >>> strings["name"], strings["runtime"], pid, over
+        (None, 'python', 7, ["'name' is 1025 characters, at most 1024"])
     """
     fid = _REGISTER
     args = _object(data, fid)
     strings = {key: _optional(args, fid, key, str) for key in _METADATA_STRINGS}
+    telemetry = _optional(args, fid, "telemetry", dict)
+    pid = _optional(args, fid, "pid", int)
+    over: list[str] = []
     for key, value in strings.items():
         if value is not None and len(value) > MAX_WORKER_METADATA_CHARS:
-            raise EngineError("deserialization_error",
-                              f"Failed to deserialize input for {fid}: '{key}' is {len(value)} characters, at most "
-                              f"{MAX_WORKER_METADATA_CHARS} (kept for as long as the worker is connected and put in "
-                              f"every engine::workers::list answer)")
-    telemetry = _optional(args, fid, "telemetry", dict)
+            over.append(f"'{key}' is {len(value)} characters, at most {MAX_WORKER_METADATA_CHARS}")
+            strings[key] = None
     if telemetry is not None:
         kept = retained_estimate(dumps(telemetry))
         if kept > MAX_WORKER_TELEMETRY_BYTES:
-            raise EngineError("deserialization_error",
-                              f"Failed to deserialize input for {fid}: 'telemetry' would keep ~{kept} bytes for "
-                              f"as long as the worker is connected (at most {MAX_WORKER_TELEMETRY_BYTES})")
-    pid = _optional(args, fid, "pid", int)
+            over.append(f"'telemetry' would keep ~{kept} bytes (at most {MAX_WORKER_TELEMETRY_BYTES})")
+            telemetry = None
     if pid is not None and not 0 <= pid <= 0xFFFFFFFF:
-        raise EngineError("deserialization_error",
-                          f"Failed to deserialize input for {fid}: 'pid' must be an unsigned 32-bit integer")
-    return strings, telemetry, pid
+        over.append("'pid' must be an unsigned 32-bit integer")
+        pid = None
+    return strings, telemetry, pid, over
 
 
 class _RefusedLog:
@@ -503,19 +503,27 @@ class WorkerModule(EngineModule):
         """Record the calling worker's metadata. The worker is the call's caller (``ctx``), never a payload key: the
         engine sets ``_caller_worker_id`` only on a worker's direct call, so a trigger of any worker's that fired this
         function with ``{"_caller_worker_id": <another worker>}`` (a ``subscribe`` trigger and a publish) rewrote
-        that worker's metadata. A call with no calling worker (trigger-fired, in-process) is refused. A refused void
-        call (as the SDKs send theirs) is logged, rate-limited: its error reaches nobody."""
+        that worker's metadata. A call with no calling worker (trigger-fired, in-process) is refused. A value over its
+        bound is left out, the others recorded, and the call then fails naming it; a void call's failure (the SDKs
+        send theirs so) is logged, rate-limited: its error reaches nobody."""
         worker_id = ctx.caller_worker_id
         if worker_id is None:
             raise EngineError("deserialization_error",
                               f"{_REGISTER} records the calling worker's own metadata; call it directly from that "
                               f"worker (this call has no calling worker: it was fired by a trigger or made in-process)")
         try:
-            strings, telemetry, pid = _worker_metadata(data)
+            strings, telemetry, pid, over = _worker_metadata(data)
         except EngineError as exc:
             if ctx.invocation_id is None:
                 self._refused_log.refused(worker_id, exc)
             raise
+        refused: EngineError | None = None
+        if over:
+            refused = EngineError("deserialization_error", (
+                f"Failed to deserialize input for {_REGISTER}: {'; '.join(over)} (kept for as long as the worker is "
+                f"connected and put in every engine::workers::list answer): not recorded, the other fields were"))
+            if ctx.invocation_id is None:
+                self._refused_log.refused(worker_id, refused)
         worker = self.core.workers.get(worker_id)
         if worker is not None:
             worker.runtime = strings["runtime"] or "unknown"
@@ -528,6 +536,8 @@ class WorkerModule(EngineModule):
             if pid is not None:
                 worker.pid = pid
             self.core.emit_worker_event("worker_metadata_updated", worker_id)
+        if refused is not None:
+            raise refused
         return {"success": True}
 
     async def _create_channel(self, data: Any, ctx: InvocationContext) -> Any:

@@ -107,16 +107,25 @@ async def test_metadata_strings_are_bounded_by_field(pubsub_engine: Engine) -> N
         {"success": True}
     kept = _info(engine, worker)
     assert kept == (fits, "r", "v", "o", None)
-    for field in ("name", "runtime", "version", "os"):
-        frame = await worker.call(REGISTER, {field: "x" * (MAX_WORKER_METADATA_CHARS + 1), "pid": 7})
+    fields = ("name", "runtime", "version", "os")
+    for field in fields:
+        given = {key: "x" * (MAX_WORKER_METADATA_CHARS + 1) if key == field else f"{key}2" for key in fields}
+        frame = await worker.call(REGISTER, {**given, "pid": 7})
         assert frame["error"]["code"] == "deserialization_error", frame
         message = frame["error"]["message"]
         assert f"'{field}' is {MAX_WORKER_METADATA_CHARS + 1} characters, at most {MAX_WORKER_METADATA_CHARS}" \
             in message, message
-        assert _info(engine, worker) == kept  # refused whole: nothing of it kept, not truncated
+        assert "not recorded, the other fields were" in message, message
+        # the value over the bound left out, never truncated; the others recorded (a name one character over lost
+        # the worker its runtime, version, os and pid too)
+        info = dict(zip((*fields, "pid"), _info(engine, worker), strict=True))
+        assert "x" * 10 not in str(info[field])
+        assert {key: info[key] for key in fields if key != field} == {
+            key: f"{key}2" for key in fields if key != field}
+        assert info["pid"] == 7
     big = await worker.call(REGISTER, {"name": "x" * 1_000_000})
     assert big["error"]["code"] == "deserialization_error"
-    assert _info(engine, worker) == kept
+    assert "x" * 10 not in str(_info(engine, worker))
     await worker.close()
 
 
@@ -164,5 +173,6 @@ async def test_a_refused_void_registration_is_logged_rate_limited(pubsub_engine:
     [record] = [r for r in caplog.records if "not recorded" in r.getMessage()]
     assert worker.worker_id in record.getMessage()
     assert "'name' is 5000 characters, at most 1024" in record.getMessage()
-    assert engine.workers[worker.worker_id].runtime is None  # nothing of the refused call kept
+    assert engine.workers[worker.worker_id].runtime == "python"  # what was within its bound is recorded
+    assert engine.workers[worker.worker_id].name != "x" * 5000
     await worker.close()
