@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         StreamTimeoutError,
         StreamTooLargeError,
         StreamUnavailableError,
+        StreamValueTooLargeError,
         UpdateConflictError,
     )
     from .events import EventFilter, StreamEvent, StreamGapError, StreamLagError, Watch
@@ -65,6 +66,7 @@ __all__ = [
     "StreamTimeoutError",
     "StreamTooLargeError",
     "StreamUnavailableError",
+    "StreamValueTooLargeError",
     "UpdateConflictError",
     "Watch",
     "apply_ops",
@@ -76,7 +78,8 @@ _FROM = {"__version__": "iii._version", "DEFAULT_TIMEOUT": ".base", "Backend": "
          "SchemaMissingError": ".errors", "StreamBackendError": ".errors", "StreamClosedError": ".errors",
          "StreamDataError": ".errors", "StreamError": ".errors", "StreamFileLostError": ".errors",
          "StreamTimeoutError": ".errors",
-         "StreamTooLargeError": ".errors", "StreamUnavailableError": ".errors", "UpdateConflictError": ".errors",
+         "StreamTooLargeError": ".errors", "StreamUnavailableError": ".errors",
+         "StreamValueTooLargeError": ".errors", "UpdateConflictError": ".errors",
          "EventFilter": ".events",
          "StreamEvent": ".events", "StreamGapError": ".events", "StreamLagError": ".events", "Watch": ".events",
          "MemoryStream": ".memory", "missing_extra": ".messages", "apply_ops": ".ops", "apply_update": ".ops",

@@ -36,7 +36,7 @@ from iii.stream import (
     StreamUpdateInput,
     StreamUpdateResult,
 )
-from iii.stream_ops import Op, parse_ops
+from iii.stream_ops import Op, apply_update, parse_ops
 from iii.wire import dumps
 
 from .close_once import CloseOnce
@@ -45,9 +45,11 @@ from .errors import (
     StreamError,
     StreamTimeoutError,
     StreamUnavailableError,
+    StreamValueTooLargeError,
     check_list_bytes,
     check_timeout,
     closed_unapplied,
+    json_text,
     utf8_size,
 )
 from .events import EventFilter, StreamEvent, Watch
@@ -215,6 +217,18 @@ class WriteProgress:
         return error
 
 
+class _Flight:
+    """The bounded default-path updates of one item under way on one store object (:meth:`Backend.update_parsed`):
+    how many (``users``), the growth in bytes of those that passed their check and are being written
+    (``pending_*``), and of those written since the first of them began (``done_*``: an update measured on a read
+    made before one of them completed counts it)."""
+
+    __slots__ = ("done_bytes", "done_count", "pending_bytes", "pending_count", "users")
+
+    def __init__(self) -> None:
+        self.users = self.pending_bytes = self.pending_count = self.done_bytes = self.done_count = 0
+
+
 class Backend(IStream[Any]):
     """Base class of the stream stores (open one by URL with :func:`iii_streams.open_stream`).
 
@@ -248,11 +262,21 @@ class Backend(IStream[Any]):
 
     # -- extras ----------------------------------------------------------------------------------------------
 
-    async def update_parsed(self, stream_name: str, group_id: str, item_id: str,
-                            ops: builtins.list[Op]) -> StreamUpdateResult[Any] | None:
+    async def update_parsed(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op], *,
+                            max_bytes: int | None = None) -> StreamUpdateResult[Any] | None:
         """:meth:`update` of ops that :func:`iii.stream_ops.parse_ops` returned, with no input model to build (an
         engine's per-update path). The stores of this package run their update on the fields; by default, and
         for a subclass overriding ``update`` alone, it is ``update`` itself.
+
+        ``max_bytes``: an update whose new value is more UTF-8 bytes of JSON than that is refused with
+        :class:`~iii_streams.errors.StreamValueTooLargeError`, nothing written and no event published. The stores
+        of this package check the text they write, in the same step as the write (atomic: in Redis's
+        compare-and-set, in the SQL transaction; the other updates of the same batch go through). By default (an
+        ``update`` of a subclass's own) the item is read, the ops applied to it and the result measured before
+        ``update`` runs; one item's concurrent updates still reach ``update`` together (an atomic store may commit
+        them as one), each measured beside what the others under way on this object add (and one byte each for a
+        separator), so together they cannot pass the bound either: a little cautious, it may refuse an update
+        that would just have fitted beside them. A write made meanwhile by another process is not counted.
 
         Example:
             >>> import asyncio
@@ -261,11 +285,45 @@ class Backend(IStream[Any]):
             >>> ops = parse_ops([{"type": "increment", "path": "n", "by": 2}])
             >>> asyncio.run(MemoryStream().update_parsed("s", "g", "i", ops)).new_value
             {'n': 2}
+            >>> asyncio.run(MemoryStream().update_parsed("s", "g", "i", ops, max_bytes=6))
+            Traceback (most recent call last):
+            ...
+            iii_streams.errors.StreamValueTooLargeError: the updated value is 7 bytes of JSON, over the update's \
+max_bytes (6); nothing was written
         """
         request = StreamUpdateInput.model_construct(stream_name=stream_name, group_id=group_id, item_id=item_id,
                                                     ops=ops)  # type: ignore[arg-type]
-        return await self.update(request)
-
+        if max_bytes is None:
+            return await self.update(request)
+        key = (stream_name, group_id, item_id)
+        flights: dict[tuple[str, str, str], _Flight] = self.__dict__.setdefault("_bounded_flights", {})
+        flight = flights.get(key) or flights.setdefault(key, _Flight())
+        flight.users += 1
+        done_bytes, done_count = flight.done_bytes, flight.done_count  # what completes from now on: not read
+        try:
+            old = await self.get(StreamGetInput(stream_name=stream_name, group_id=group_id, item_id=item_id))
+            size = utf8_size(json_text(apply_update(old, ops)[1], "the updated value"))
+            count = flight.pending_count + flight.done_count - done_count
+            others = flight.pending_bytes + flight.done_bytes - done_bytes + count
+            if size + others > max_bytes:
+                what = f"the updated value, with what {count} concurrent update(s) of it add," if count else \
+                    "the updated value"
+                raise StreamValueTooLargeError(what, size + others, max_bytes)
+            growth = max(0, size - (0 if old is None else utf8_size(dumps(old))))
+            flight.pending_bytes += growth
+            flight.pending_count += 1
+            try:
+                result = await self.update(request)
+            finally:
+                flight.pending_bytes -= growth
+                flight.pending_count -= 1
+            flight.done_bytes += growth
+            flight.done_count += 1
+            return result
+        finally:
+            flight.users -= 1
+            if not flight.users:
+                del flights[key]
 
     async def list_text(self, input: StreamListInput, *, max_bytes: int | None = None) -> str:
         """What :meth:`list` returns, as one JSON array text. A store that keeps each item as JSON text (memory,
@@ -445,8 +503,11 @@ class FieldUpdates(Backend):
         True
     """
 
-    async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
+    async def update(self, input: StreamUpdateInput, *, timeout: float | None = None,
+                     max_bytes: int | None = None) -> StreamUpdateResult[Any]:
         """Apply ``input.ops`` in order to one item (created as ``{}`` when missing), within ``timeout`` seconds.
+        ``max_bytes``: refuse (:class:`~iii_streams.errors.StreamValueTooLargeError`, nothing written) a new value
+        of more UTF-8 bytes of JSON, checked in the same atomic step as the write (see :meth:`update_parsed`).
 
         Example:
             >>> import asyncio
@@ -458,11 +519,13 @@ class FieldUpdates(Backend):
             {'n': 3}
         """
         ops = parse_ops(input.ops)  # invalid ops fail before the store is touched
-        return await self._update(input.stream_name, input.group_id, input.item_id, ops, timeout)
+        return await self._update(input.stream_name, input.group_id, input.item_id, ops, timeout,
+                                  max_bytes=max_bytes)
 
-    async def update_parsed(self, stream_name: str, group_id: str, item_id: str,
-                            ops: builtins.list[Op]) -> StreamUpdateResult[Any]:
-        """:meth:`update` with ops already parsed (no validation on the way, no time limit of its own).
+    async def update_parsed(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op], *,
+                            max_bytes: int | None = None) -> StreamUpdateResult[Any]:
+        """:meth:`update` with ops already parsed (no validation on the way, no time limit of its own);
+        ``max_bytes`` as :meth:`Backend.update_parsed` says, checked on the text the store writes.
 
         Example:
             >>> import asyncio
@@ -473,10 +536,13 @@ class FieldUpdates(Backend):
             True
         """
         if "update" in self.__dict__:  # an update() set on this very object (a wrapper, a test double) sees it all
-            return await Backend.update_parsed(self, stream_name, group_id, item_id, ops)  # type: ignore[return-value]
-        return await self._update(stream_name, group_id, item_id, ops, None)
+            return await Backend.update_parsed(  # type: ignore[return-value]
+                self, stream_name, group_id, item_id, ops, max_bytes=max_bytes)
+        return await self._update(stream_name, group_id, item_id, ops, None, max_bytes=max_bytes)
 
     @abstractmethod
     async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
-                      timeout: float | None) -> StreamUpdateResult[Any]:
-        """Apply parsed ``ops`` to one item, within ``timeout``."""
+                      timeout: float | None, *, max_bytes: int | None = None) -> StreamUpdateResult[Any]:
+        """Apply parsed ``ops`` to one item, within ``timeout``; a new value over ``max_bytes`` UTF-8 bytes of
+        JSON refused (:func:`~iii_streams.errors.check_value_bytes` of the text the store writes), nothing
+        written."""

@@ -15,6 +15,7 @@ the matching :class:`StreamError` subclass ``from`` it, so ``exc.__cause__`` is 
   under the open store
 - ``StreamDataError``: a stored value is not JSON (written by something else)
 - ``StreamTooLargeError``: a group's items are more bytes of JSON than a read's ``max_bytes`` (``list_text``)
+- ``StreamValueTooLargeError``: an update's new value is more bytes of JSON than its ``max_bytes`` (nothing written)
 - ``UpdateConflictError``: an optimistic update lost the race too many times in a row
 - ``SchemaMissingError``: the SQL database has no stream table yet
 - ``StreamClosedError``: the store was closed (``applied`` tells a write's outcome)
@@ -55,11 +56,13 @@ __all__ = [
     "StreamTimeoutError",
     "StreamTooLargeError",
     "StreamUnavailableError",
+    "StreamValueTooLargeError",
     "UpdateConflictError",
     "check_list_bytes",
     "check_names",
     "check_text",
     "check_timeout",
+    "check_value_bytes",
     "closed_unapplied",
     "unreadable_value",
     "utf8_size",
@@ -279,6 +282,43 @@ class StreamTooLargeError(PicklesByState, StreamError, ValueError):
                          f"JSON, over the read's max_bytes ({max_bytes})")
         self.size = size
         self.max_bytes = max_bytes
+
+
+class StreamValueTooLargeError(PicklesByState, StreamError, ValueError):
+    """An update refused because the value it would leave is more UTF-8 bytes of JSON than its ``max_bytes``
+    (``update(..., max_bytes=)`` / ``update_parsed(..., max_bytes=)``): nothing was written for it and no event was
+    published (``applied`` is ``False``). ``size``: the new value's bytes, ``max_bytes``: the bound.
+
+    Example:
+        >>> exc = StreamValueTooLargeError("the updated value", 10, 4)
+        >>> str(exc), exc.size, exc.max_bytes, exc.applied
+        ("the updated value is 10 bytes of JSON, over the update's max_bytes (4); nothing was written", 10, 4, False)
+    """
+
+    applied: bool | None = False
+
+    def __init__(self, what: str, size: int, max_bytes: int) -> None:
+        super().__init__(f"{what} is {size} bytes of JSON, over the update's max_bytes ({max_bytes}); "
+                         "nothing was written")
+        self.what = what
+        self.size = size
+        self.max_bytes = max_bytes
+
+
+def check_value_bytes(text: str, max_bytes: int | None, what: str = "the updated value") -> None:
+    """Raise :class:`StreamValueTooLargeError` when ``text`` (a new value's JSON, as the store encoded it) is over
+    ``max_bytes`` UTF-8 bytes (``None``: no bound). ASCII text is measured without encoding it.
+
+    Example:
+        >>> check_value_bytes('"ab"', 4)
+        >>> try:
+        ...     check_value_bytes('"é"', 3)
+        ... except StreamValueTooLargeError as exc:
+        ...     print(exc.size, exc.max_bytes)
+        4 3
+    """
+    if max_bytes is not None and len(text) > max_bytes // 4 and (size := utf8_size(text)) > max_bytes:
+        raise StreamValueTooLargeError(what, size, max_bytes)
 
 
 class UpdateConflictError(StreamError, RuntimeError):

@@ -38,7 +38,15 @@ from iii.stream_ops import Op, apply_update
 from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
-from .errors import SEND_ROOM, check_list_bytes, check_names, check_timeout, json_text, utf8_size
+from .errors import (
+    SEND_ROOM,
+    check_list_bytes,
+    check_names,
+    check_timeout,
+    check_value_bytes,
+    json_text,
+    utf8_size,
+)
 from .events import EventHub, StreamEvent, Subscription, Watch, check_queue_size, custom_event, make_event
 
 __all__ = ["MemoryStream"]
@@ -203,13 +211,14 @@ class MemoryStream(FieldUpdates):
         return builtins.list(self._streams.get(input.stream_name, {}))
 
     async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
-                      timeout: float | None) -> StreamUpdateResult[Any]:
+                      timeout: float | None, *, max_bytes: int | None = None) -> StreamUpdateResult[Any]:
         self._limit(timeout)  # checked only: a memory operation never waits
         check_names(stream_name, group_id, item_id)
         group = self._streams.get(stream_name, {}).get(group_id, {})
         old_text = group.get(item_id)
         old, new = apply_update(None if old_text is None else loads(old_text), ops)
         text = json_text(new, "the updated value")
+        check_value_bytes(text, max_bytes)  # (no await since the read: nothing else wrote the item meanwhile)
         # the group is looked up again: apply_update may raise, and a failed update must not create a group
         self._streams.setdefault(stream_name, {}).setdefault(group_id, {})[item_id] = text
         self._emit(stream_name, group_id, item_id, "create" if old is None else "update", text)

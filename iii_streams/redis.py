@@ -112,6 +112,7 @@ from .errors import (
     check_list_bytes,
     check_names,
     check_timeout,
+    check_value_bytes,
     closed_unapplied,
     json_text,
     utf8_size,
@@ -1180,13 +1181,15 @@ class _Update(WriteProgress):
     """One caller's update waiting for its hash's next transaction. A batch leaves it out once its caller
     abandoned it, and marks it sent before the script that writes it (``WriteProgress``)."""
 
-    __slots__ = ("group_id", "item_id", "ops", "stream_name")
+    __slots__ = ("group_id", "item_id", "max_bytes", "ops", "stream_name")
 
-    def __init__(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op]) -> None:
+    def __init__(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
+                 max_bytes: int | None = None) -> None:
         self.stream_name = stream_name
         self.group_id = group_id
         self.item_id = item_id
         self.ops = ops
+        self.max_bytes = max_bytes  # its new value's bound, in UTF-8 bytes of JSON (None: none)
         self.abandoned = False
         self.sent = False
 
@@ -1625,12 +1628,14 @@ class RedisStream(FieldUpdates):
         return builtins.list(seen)
 
     async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
-                      timeout: float | None) -> StreamUpdateResult[Any]:
+                      timeout: float | None, *, max_bytes: int | None = None) -> StreamUpdateResult[Any]:
         # refused before queuing: a name Redis cannot be sent would fail every update of the hash's batch
         check_names(stream_name, group_id, item_id)
         key = self.layout.key(stream_name, group_id)
+        # max_bytes is checked on the text the batch's compare-and-set writes (_apply_batch): against the value
+        # it replaces, so no write of another process or caller can slip between the check and the write
         result: StreamUpdateResult[Any] = await self._submit("update", timeout, key,
-                                                             _Update(stream_name, group_id, item_id, ops))
+                                                             _Update(stream_name, group_id, item_id, ops, max_bytes))
         return result
 
     async def _write_inline(self, key: str, write: _Write) -> Any:
@@ -1967,6 +1972,7 @@ class RedisStream(FieldUpdates):
                 old = None if old_text is None else self._parse(old_text, key, update.item_id)
                 _, new = apply_update(old, update.ops)
                 text = json_text(new, "the updated value")  # else it would fail the whole script
+                check_value_bytes(text, update.max_bytes)  # refused alone: the item keeps its text for the rest
             except StreamDataError as exc:  # stored non-JSON: nothing of this caller's is written
                 results.append(exc.for_write(applied=False))
                 continue

@@ -164,6 +164,7 @@ from .errors import (
     check_list_bytes,
     check_names,
     check_timeout,
+    check_value_bytes,
     closed_unapplied,
     json_text,
     unreadable_value,
@@ -2989,11 +2990,14 @@ class SQLStream(FieldUpdates):
         return SetResult(old_value=old, new_value=input.data)
 
     async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
-                      timeout: float | None) -> StreamUpdateResult[Any]:
+                      timeout: float | None, *, max_bytes: int | None = None) -> StreamUpdateResult[Any]:
         def compute(old: Any) -> tuple[Any, str]:
             new = apply_update(old, ops)[1]
-            # refused here, inside the batch, fails this caller alone (the plan catches it per write)
-            return new, json_text(new, "the updated value")
+            # refused here, inside the batch, fails this caller alone (the plan catches it per write): measured
+            # on the value the transaction read, so concurrent updates of the item cannot pass max_bytes together
+            text = json_text(new, "the updated value")
+            check_value_bytes(text, max_bytes)
+            return new, text
 
         old, new = await self._write("update", timeout, stream_name, group_id, item_id, compute)
         return UpdateResult(old_value=old, new_value=new)

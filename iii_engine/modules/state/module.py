@@ -20,9 +20,10 @@ that did not read took the engine from 203 MB to 4,973 MB. An answer that fits i
 
 Ours: a value is at most half of ``max_message_size`` less a frame (:class:`~iii_engine.modules.stream.api.ValueBound`):
 a set or an update that would store more fails with ``SET_ERROR`` / ``UPDATE_ERROR`` and changes nothing, as the
-answers and trigger calls carry the old value and the new one. Before, three updates of 3 MB built a 9 MB value and
-two concurrent ``state::get`` of it closed the reader with 1008. And ``state::set`` refuses ``null``: a stored null
-could not be told from a missing key (its delete answered ``None`` and fired no ``state:deleted``).
+answers and trigger calls carry the old value and the new one (an update's bound is checked by the store, in the
+same atomic step as its write). Before, three updates of 3 MB built a 9 MB value and two concurrent ``state::get``
+of it closed the reader with 1008. A ``null`` value is stored, as production does; it reads as a missing key (see
+docs/reference/payloads.md).
 
 ``state`` triggers fire for writes made through this engine only: a write through another engine sharing the
 store (Redis) fires that engine's triggers, not these (the store's change feed carries no ``old_value``).
@@ -184,14 +185,12 @@ class StateModule(EngineModule):
         f = Fields("state::set", data)
         scope, key, value = f.text("scope"), f.text("key"), f.value("value", alias="data")
         field = "value" if "value" in f.data else "data"
-        if value is None:
-            raise EngineError("SET_ERROR", f"{field} is null: a null value cannot be told from a missing key "
-                                           "(state::get answers null for both); remove the key with state::delete")
         try:
             size = utf8_size(json_text(value, "data"))
             if size > self.values.limit:
                 raise ValueError(too_large_value("data", size, self.values.limit))
-            async with self._locks.join((STATE_STREAM, scope, key)):  # not between an update's read and its write
+            # not between the read and the write of an update a store's own update_parsed left to ValueBound
+            async with self._locks.join((STATE_STREAM, scope, key)):
                 result = await self._store().set(
                     StreamSetInput(stream_name=STATE_STREAM, group_id=scope, item_id=key, data=value))
         except Exception as exc:

@@ -32,7 +32,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -47,7 +50,7 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update, op_to_wire
 from iii.wire import dumps
 from iii_streams import Backend
-from iii_streams.errors import SEND_ROOM, json_text, utf8_size
+from iii_streams.errors import SEND_ROOM, StreamValueTooLargeError, check_value_bytes, json_text, utf8_size
 from iii_streams.events import StreamEvent, custom_event, make_event
 
 from ..answers import FRAME_BYTES, AnswerBound, AnswerSpec
@@ -87,12 +90,14 @@ class ValueBound:
     """Updates refused, with a ``ValueError`` and nothing written (no event, no trigger call), when the value they
     would leave in the store is over :attr:`limit` bytes of JSON (:func:`value_limit` of ``max_message_size``).
 
-    Each update reads the item, applies its ops to it and measures the result before the store's own update runs
-    (behind the engine's per-item lock for a store that needs it, else at once, so an atomic store still gets one
-    item's concurrent updates together). While updates of one item are in flight, each adds the growth it was
-    measured with (new size less old, when positive) to what later ones of that item must fit beside: concurrent
-    updates that each fit cannot together leave more than the limit (the ops only touch top-level keys, so their
-    growths add up at most). A write through another engine sharing the store is not counted.
+    The store checks it: :meth:`update` passes ``max_bytes=limit`` to ``store.update_parsed``, and the stores of
+    ``iii_streams`` measure the text they write in the same atomic step as the write (memory: no await between
+    read and write; Redis: the batch's compare-and-set; SQL: the transaction), against the value they replace. So
+    concurrent updates of one item, through this engine or another sharing the store, can never together leave
+    more than the limit, no read is added per update, and an atomic store's updates of one item still share one
+    transaction (group commit). A store whose own ``update_parsed`` takes no ``max_bytes`` (a subclass's override)
+    is checked here instead: the item read, the ops applied to it and the result measured, under the engine's
+    item lock, before its ``update_parsed`` runs (not counting a write made meanwhile through another engine).
 
     Why: values grown by updates each under ``max_message_size`` (3 x 3 MB: a 9 MB value) were stored, and the
     answers and trigger calls carrying them (old and new) closed the connection of workers that read them with
@@ -115,38 +120,60 @@ max_message_size less its frame: an answer or trigger call carries the old value
 
     def __init__(self, max_message_size: int) -> None:
         self.limit = value_limit(max_message_size)
-        # per item: (growth in bytes, count) of its updates that passed their check and are still in the store
-        self._pending: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self._store: object = None  # the store last seen: does its update_parsed take max_bytes, is it atomic
+        self._native = self._atomic = False
 
     async def update(self, locks: KeyedLocks, store: Backend, stream_name: str, group_id: str, item_id: str,
                      ops: list[Op]) -> Any:
         """``store.update_parsed(...)`` of one item, refused over :attr:`limit` (see the class)."""
-        if store_updates_atomically(store):
-            return await self._update(store, stream_name, group_id, item_id, ops)
-        async with locks.hold((stream_name, group_id, item_id)):
-            return await self._update(store, stream_name, group_id, item_id, ops)
-
-    async def _update(self, store: Backend, stream_name: str, group_id: str, item_id: str, ops: list[Op]) -> Any:
-        key = (stream_name, group_id, item_id)
-        old = await store.get(StreamGetInput(stream_name=stream_name, group_id=group_id, item_id=item_id))
-        size = utf8_size(json_text(apply_update(old, ops)[1], "the updated value"))
-        others, count = self._pending.get(key, (0, 0))
-        if size + others > self.limit:
-            what = f"the updated value, with what {count} concurrent update(s) of it in flight add," if others else \
-                "the updated value"
-            raise ValueError(too_large_value(what, size + others, self.limit))
-        growth = max(0, size - (0 if old is None else utf8_size(dumps(old))))
-        self._pending[key] = (others + growth, count + 1)
+        if store is not self._store:  # (a module keeps one store: looked up once)
+            self._native = takes_max_bytes(store.update_parsed)
+            self._atomic = store_updates_atomically(store)
+            self._store = store
         try:
-            return await store.update_parsed(stream_name, group_id, item_id, ops)
-        finally:
-            others, count = self._pending[key]
-            if count == 1:
-                del self._pending[key]
-            else:
-                self._pending[key] = (others - growth, count - 1)
+            if self._native and self._atomic:  # the common case, no lock: KeyedLocks.update_parsed's first branch
+                return await store.update_parsed(stream_name, group_id, item_id, ops, max_bytes=self.limit)
+            if self._native:
+                return await locks.update_parsed(store, stream_name, group_id, item_id, ops, max_bytes=self.limit)
+            async with locks.hold((stream_name, group_id, item_id)):
+                old = await store.get(StreamGetInput(stream_name=stream_name, group_id=group_id, item_id=item_id))
+                check_value_bytes(json_text(apply_update(old, ops)[1], "the updated value"), self.limit)
+                return await store.update_parsed(stream_name, group_id, item_id, ops)
+        except StreamValueTooLargeError as exc:  # the store's words restated with the engine's setting
+            raise ValueError(too_large_value(exc.what, exc.size, self.limit)) from None
 
-__all__ = ["StreamFunctions", "ValueBound", "too_large_value", "value_limit"]
+
+_TAKES_MAX_BYTES: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def takes_max_bytes(update_parsed: Any) -> bool:
+    """Whether a store's ``update_parsed`` (a bound method) takes the keyword ``max_bytes`` (or any keyword, to
+    pass on): a subclass's own override written before the keyword existed does not. Looked up once per function.
+
+    Example:
+        >>> from iii_streams import MemoryStream
+        >>> class Own(MemoryStream):
+        ...     async def update_parsed(self, stream_name, group_id, item_id, ops): ...
+        >>> takes_max_bytes(MemoryStream().update_parsed), takes_max_bytes(Own().update_parsed)
+        (True, False)
+    """
+    function = getattr(update_parsed, "__func__", update_parsed)
+    try:
+        return _TAKES_MAX_BYTES[function]
+    except (KeyError, TypeError):  # (TypeError: an object that takes no weak reference, looked up each time)
+        pass
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        parameters = ()  # type: ignore[assignment]
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    takes = any(p.kind is p.VAR_KEYWORD or (p.name == "max_bytes" and p.kind in named) for p in parameters)
+    with contextlib.suppress(TypeError):
+        _TAKES_MAX_BYTES[function] = takes
+    return takes
+
+
+__all__ = ["StreamFunctions", "ValueBound", "takes_max_bytes", "too_large_value", "value_limit"]
 
 _ITEM = {"stream_name": {"type": "string"}, "group_id": {"type": "string"}, "item_id": {"type": "string"}}
 CUSTOM_OPS: Final = ("get", "set", "delete", "list", "list_groups", "update")

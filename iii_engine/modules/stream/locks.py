@@ -79,10 +79,12 @@ class KeyedLocks:
         async with self.hold(key):
             yield
 
-    async def update_parsed(self, store: Any, stream_name: str, group_id: str, item_id: str, ops: list[Op]) -> Any:
+    async def update_parsed(self, store: Any, stream_name: str, group_id: str, item_id: str, ops: list[Op], *,
+                            max_bytes: int | None = None) -> Any:
         """``store.update_parsed(...)`` of one item under that item's lock, unless the store applies updates
         atomically itself (then one item's concurrent updates may share a transaction, group commit, instead of
-        queueing here one by one; and no lock or context manager is made per update).
+        queueing here one by one; and no lock or context manager is made per update). ``max_bytes``, when given,
+        is passed on (the store refuses a new value over it: ``iii_streams.Backend.update_parsed``).
 
         Example:
             >>> from iii.stream_ops import parse_ops
@@ -93,10 +95,11 @@ class KeyedLocks:
             >>> asyncio.run(demo())
             {'n': 1}
         """
+        options = {} if max_bytes is None else {"max_bytes": max_bytes}  # (a store's own override may not take it)
         if store_updates_atomically(store):
-            return await store.update_parsed(stream_name, group_id, item_id, ops)
+            return await store.update_parsed(stream_name, group_id, item_id, ops, **options)
         async with self.hold((stream_name, group_id, item_id)):
-            return await store.update_parsed(stream_name, group_id, item_id, ops)
+            return await store.update_parsed(stream_name, group_id, item_id, ops, **options)
 
 
 def store_updates_atomically(store: object) -> bool:

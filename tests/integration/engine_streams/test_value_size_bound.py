@@ -1,13 +1,12 @@
 """A value a write would leave in the store is at most half of ``max_message_size`` less the answer frame
 (``value_limit``): ``state::update`` / ``stream::update`` / ``state::set`` over it fail with the module's error, and
-nothing changes (no write, no trigger call). And ``state::set`` refuses ``null``, which no read could tell from a
-missing key.
+nothing changes (no write, no trigger call). An update's bound is the store's own (``update_parsed(max_bytes=)``).
+And ``state::set`` stores ``null`` as production does (it reads as a missing key).
 
 Before: three ``state::update`` of 3 MB each (each under the 4 MiB ``max_message_size``) stored a 9 MB value, and
 two concurrent ``state::get`` of it closed the reader's connection with 1008 (18,000,288 bytes queued, over
 ``max_outbox_bytes`` 16 MiB); a worker updating a key its own state trigger watches was closed once the value
-reached ~15 MB. And ``state::set value=null`` stored a key that ``state::delete`` then removed with no
-``state:deleted`` and ``null`` as its old value, while the next set reported ``state:created``.
+reached ~15 MB.
 """
 
 from __future__ import annotations
@@ -112,7 +111,9 @@ async def test_state_set_past_the_value_limit_is_refused(worker: Worker) -> None
     assert (await worker.result("state::set", {**key, "data": fits}))["new_value"] == fits
 
 
-async def test_state_set_null_is_refused_and_stores_nothing(engine: Engine, worker: Worker) -> None:
+async def test_state_set_null_is_stored_and_reads_as_missing(engine: Engine, worker: Worker) -> None:
+    """As production (its input accepts any JSON value): a null is stored; docs/reference/payloads.md says how it
+    then reads (as a missing key), is deleted (answer null, no ``state:deleted``) and overwritten (``created``)."""
     scope = f"null-{uuid.uuid4().hex}"
     recorder = Recorder()
     await worker.register("t::nulls", recorder)
@@ -120,13 +121,15 @@ async def test_state_set_null_is_refused_and_stores_nothing(engine: Engine, work
     await registered(engine, "t::nulls")
     key = {"scope": scope, "key": "k"}
     for field in ("value", "data"):
-        error = await worker.error("state::set", {**key, field: None})
-        assert error["code"] == "SET_ERROR" and error["message"].startswith(f"{field} is null"), error
-        assert "state::delete" in error["message"], error
+        assert await worker.result("state::set", {**key, field: None}) == {"old_value": None, "new_value": None}
+    assert await worker.result("state::get", key) is None
+    assert await worker.result("state::list", {"scope": scope}) == [None]
+    assert await worker.result("state::delete", key) is None  # the old value: null, as for a missing key
     assert await worker.result("state::list", {"scope": scope}) == []
-    assert scope not in (await worker.result("state::list_groups", {}))["groups"]
-    await worker.result("state::set", {**key, "value": 1})
+    await worker.result("state::set", {**key, "value": None})
+    await worker.result("state::set", {**key, "value": 1})  # over a stored null: reported as created
     assert await worker.result("state::delete", key) == 1
-    payloads = await recorder.wait_for(2)
+    payloads = await recorder.wait_for(5)
     assert [(p["event_type"], p["old_value"], p["new_value"]) for p in payloads] == [
+        ("state:created", None, None), ("state:created", None, None), ("state:created", None, None),
         ("state:created", None, 1), ("state:deleted", 1, None)]
