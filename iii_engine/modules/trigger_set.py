@@ -9,8 +9,8 @@ Every handler a dispatch calls is a trigger-fired call: it holds a slot of the e
 the dispatch until its outcome is in. :meth:`TriggerSet.deliver` (a producer that is itself a call, e.g.
 ``state::set``) waits for the slots and fails with ``fire_limit`` when they do not come in time;
 :meth:`TriggerSet.dispatch` (nobody to wait) skips and counts the calls when the slots are not free. Neither takes
-slots for calls past their callee worker's ``max_fired_calls_per_worker`` (:func:`within_callee_shares`, shared
-with pub/sub's fan-out).
+slots for calls past their callee worker's ``max_fired_calls_per_worker``, for calls of a function nobody serves, nor
+for built-in calls past one such share per fan-out (:func:`within_callee_shares`, shared with pub/sub's fan-out).
 
 Example:
     >>> class Everything(TriggerSet):
@@ -45,7 +45,8 @@ second)."""
 FAILURE_LOG_INTERVAL_S: Final = 10.0
 _FAILURES_NAMED: Final = 5  # triggers named in a count of failures; the rest summed
 
-__all__ = ["TriggerRunner", "TriggerSet", "check_trigger_config", "trigger_config", "within_callee_shares"]
+__all__ = ["BUILTIN_CALLEE", "TriggerRunner", "TriggerSet", "check_trigger_config", "trigger_config",
+           "within_callee_shares"]
 
 
 def trigger_config(trigger: TriggerInfo) -> Mapping[str, Any]:
@@ -103,15 +104,36 @@ class _NoSlot:
 _NO_SLOT: Final = _NoSlot()
 
 
+BUILTIN_CALLEE: Final = "(the engine's built-in functions)"
+"""The callee a fan-out's calls of built-in functions count on (:func:`within_callee_shares`): one worker's share,
+for all of them together, in each fan-out."""
+
+
+def _not_served(services: EngineServices, trigger: TriggerInfo) -> None:
+    """Count ``trigger``'s call, of a function nobody serves, as a trigger-fired call of such a function is counted
+    (``missing_fired``, logged rate-limited naming the function and its triggers), without taking a slot: handed
+    :data:`_NO_SLOT`, ``fire`` finds nobody serving the function (just checked, with no await since) and gives
+    back nothing."""
+    services.fire(trigger.function_id, None, taken=_NO_SLOT)
+
+
 def within_callee_shares(services: EngineServices, triggers: list[TriggerInfo], *,
                          tell_producer: bool) -> list[TriggerInfo]:
     """Of ``triggers`` (one fan-out, each to be called once), those that may take a ``max_fired_calls`` slot, in
     their order: per callee worker, only as many as it has room for in its ``max_fired_calls_per_worker`` now
     (what it holds counts). Each of the others is not made: counted in ``skipped`` and ``skipped_callee_share``
     and logged (rate-limited, naming the worker), by ``to_callee`` as for any call past its worker's share, and
-    noted for the answer of the worker's call that set the fan-out off when ``tell_producer``. A built-in's
-    trigger, or one of a function nobody serves, is kept. The share is counted again as each kept call is made,
-    as before.
+    noted for the answer of the worker's call that set the fan-out off when ``tell_producer``. The share is
+    counted again as each kept call is made, as before.
+
+    A trigger of a function nobody serves takes no slot: its call is not made (it would only fail with
+    ``function_not_found``), and is counted and logged as such a trigger-fired call is (``missing_fired``, a
+    warning naming the function and its triggers), its condition not asked. Whether it is served is read once,
+    here: a function registered after this (while a producer waits for room) is not called by this fan-out.
+
+    The calls of built-in functions (run in the engine) count together on one share of their own
+    (:data:`BUILTIN_CALLEE`), within this fan-out only: at most ``max_fired_calls_per_worker`` of them are kept,
+    the others not made, counted, logged and told as above.
 
     When the share is all of ``max_fired_calls`` (no share of its own: a worker with all of it in flight holds the
     engine's whole room), only the calls past the share within this fan-out are left out: the others wait for the
@@ -121,19 +143,29 @@ def within_callee_shares(services: EngineServices, triggers: list[TriggerInfo], 
     state triggers made every ``state::set`` of any worker fail at once with ``fire_limit`` (more than
     ``max_fired_calls`` 10,000 at once), none of its triggers reached; 8,000 whose worker never answered made
     every later write wait the 10 s of ``fire_wait_timeout_ms`` and fail (the victim's own trigger got 1 of 3
-    writes): it asked for 8,001 slots with 2,500 held, when one call could be made.
+    writes): it asked for 8,001 slots with 2,500 held, when one call could be made. A first version kept every
+    trigger of a built-in or of a function nobody serves: 41 catch-all triggers of ``ghost::nobody`` (or of
+    ``engine::functions::list``) under ``max_fired_calls`` 40 made 3 of 3 writes (and publishes) fail at once
+    with ``fire_limit``, the writer's own trigger getting 0 of 3.
 
     Example:
         >>> within_callee_shares(EngineServices.__new__(EngineServices), [], tell_producer=False)
         []
     """
-    if len(triggers) < 2:
-        return triggers  # (nothing to leave out: the call takes its one slot, and to_callee decides as it is made)
+    if not triggers:
+        return triggers
+    owner_of = services.function_owner
+    if len(triggers) == 1:
+        # nothing to leave out for a share: the call takes its one slot, and to_callee decides as it is made
+        only = triggers[0]
+        if owner_of(only.function_id) is None and not services.has_function(only.function_id):
+            _not_served(services, only)
+            return []
+        return triggers
     fired = services.fired_calls
     stats = fired.stats()
     share = stats["max_fired_calls_per_worker"]
     whole = share >= stats["max_fired_calls"]
-    owner_of = services.function_owner
     kept: list[TriggerInfo] = []
     # Calls are left out by to_callee itself refusing them (counted, logged, told): each call kept holds a place
     # in its worker's share meanwhile, so a worker's share is full once this fan-out's kept calls fill what it
@@ -144,8 +176,10 @@ def within_callee_shares(services: EngineServices, triggers: list[TriggerInfo], 
         for trigger in triggers:
             owner = owner_of(trigger.function_id)
             if owner is None:
-                kept.append(trigger)
-                continue
+                if not services.has_function(trigger.function_id):
+                    _not_served(services, trigger)
+                    continue
+                owner = BUILTIN_CALLEE  # (no place of it is held outside this loop: its share is per fan-out)
             if whole:
                 n = seen[owner] = seen.get(owner, 0) + 1
                 if n <= share:

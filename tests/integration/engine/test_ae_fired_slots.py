@@ -67,9 +67,11 @@ def _recorder(engine: Engine, function_id: str) -> list[Any]:
 
 
 async def test_pubsub_condition_checks_cancelled_at_stop_before_they_ran_give_their_slots_back() -> None:
-    async with _engine("modules::pubsub::PubSubModule") as engine:
+    # 12: a share (3) for the three subscribers' calls of a built-in (a fan-out keeps one share of those)
+    async with _engine("modules::pubsub::PubSubModule", 12) as engine:
         pubsub = _module(engine, PubSubModule)
         checked = _recorder(engine, "sub::cond")
+        _recorder(engine, "sub::f")  # served: a subscriber of a function nobody serves takes no slot
         for n in range(3):
             await pubsub.register(TriggerInfo(id=f"t{n}", trigger_type="subscribe", function_id="sub::f",
                                               config={"topic": "news", "condition_function_id": "sub::cond"}))
@@ -82,7 +84,8 @@ async def test_pubsub_condition_checks_cancelled_at_stop_before_they_ran_give_th
 
 
 async def test_state_trigger_dispatch_cancelled_at_stop_before_it_ran_gives_every_slot_back() -> None:
-    async with _engine("modules::state::StateModule") as engine:
+    # 16: a share (4) for the four triggers' calls of a built-in (a fan-out keeps one share of those)
+    async with _engine("modules::state::StateModule", 16) as engine:
         state = _module(engine, StateModule)
         handled = _recorder(engine, "on::change")
         for n in range(4):
