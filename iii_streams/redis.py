@@ -491,6 +491,21 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
 _DB_NUMBER: Final = re.compile(r"[0-9]+")
 
 
+def _quoted_part(part: str) -> str:
+    """A part of a Redis URL (its path, a ``?db=`` value) as an error quotes it; not shown where it may hold part of
+    a password: a password with an unencoded ``/``, ``?`` or ``#`` ends the URL's host there, and what follows, the
+    rest of the password and the ``@``, is read as the path or the query (an error quoted it beside the masked URL).
+
+    Example:
+        >>> _quoted_part("/l"), _quoted_part("/SECRETtail9+w=@127.0.0.1:6379/0")[:52]
+        ("'/l'", 'a part holding an @ (not shown: a password with an u')
+    """
+    if "@" in part:
+        return ("a part holding an @ (not shown: a password with an unencoded '/', '?' or '#' ends the host there; "
+                "percent-encode them in a password: %2F, %3F, %23)")
+    return repr(part[:40]) + ("…" if len(part) > 40 else "")
+
+
 def check_redis_url(url: str) -> int:
     """The database number of a ``redis://``, ``rediss://`` or ``unix://`` URL, or a :class:`ValueError` naming the
     URL (its password masked) when that number is not plainly written. Every client this package makes from a URL
@@ -519,6 +534,10 @@ def check_redis_url(url: str) -> int:
     """
     shown = mask_passwords(url)
     parsed = urlparse(url)
+    if "@" in parsed.fragment:  # (redis-py would connect to the host before the '#', or to localhost)
+        # (not shown: what comes before the '#' may be the start of the password, with no '@' to mask it by)
+        raise ValueError(f"a {parsed.scheme}:// Redis URL cannot be read: after its '#', "
+                         f"{_quoted_part(parsed.fragment)}")
     db: int | None = None
     if parsed.scheme in ("redis", "rediss"):
         path = unquote(parsed.path)
@@ -529,12 +548,13 @@ def check_redis_url(url: str) -> int:
                 except ValueError:
                     read = "would silently use database 0 for it"
                 raise ValueError(f"the database of Redis URL {shown!r} must be a number after one '/' (such as /0 "
-                                 f"or /1), got {path!r} (redis-py {read})")
+                                 f"or /1), got {_quoted_part(path)} (redis-py {read})")
             db = int(path[1:])
     in_query = parse_qs(parsed.query, keep_blank_values=True).get("db", [])
     for value in in_query:
         if not _DB_NUMBER.fullmatch(value):
-            raise ValueError(f"the ?db= of Redis URL {shown!r} must be a database number (0, 1, ...), got {value!r}")
+            raise ValueError(f"the ?db= of Redis URL {shown!r} must be a database number (0, 1, ...), got "
+                             f"{_quoted_part(value)}")
     if len(set(map(int, in_query))) > 1:
         raise ValueError(f"Redis URL {shown!r} gives ?db= more than once, with different numbers: keep one")
     if in_query:

@@ -54,3 +54,19 @@ def test_the_password_is_masked() -> None:
 def test_plain_databases_are_taken_as_redis_py_takes_them(url: str, db: int) -> None:
     assert check_redis_url(url) == db
     assert waiting_client(url.split("?key_prefix")[0]).connection_pool.connection_kwargs.get("db", 0) == db
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:Xk3q/SECRETtail9+w=@127.0.0.1:6379/0",  # an unencoded '/' in the password: the rest read as the path
+    "redis://user:pa?db=SECRET@127.0.0.1:6379/0",  # a '?': the rest read as the query
+    "redis://user:pa/SECRET@127.0.0.1:6379",
+    "redis://:pw#SECRET@h/0",  # a '#': the rest read as the fragment (redis-py then connected to localhost)
+])
+def test_no_part_of_a_password_the_url_cuts_short_is_quoted(url: str) -> None:
+    """(before: the error quoted the path or the ?db= value as read, which held the rest of such a password, beside
+    a URL that looked masked: "got '/SECRETtail9+w=@127.0.0.1:6379/0'".)"""
+    with pytest.raises(ValueError) as refused:
+        check_redis_url(url)
+    message = str(refused.value)
+    assert "SECRET" not in message and "pw#" not in message, message
+    assert "percent-encode" in message
