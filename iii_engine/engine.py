@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 import os
 import types
@@ -1437,11 +1438,26 @@ class Engine:
         traceback per frame and kept the frames from the listeners after it."""
         for listener in tuple(listeners):  # (one may remove itself)
             try:
-                listener(*args)
-            except Exception:
+                returned = listener(*args)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                    raise  # this task is being cancelled: not the listener's failure
+                # (a CancelledError of the listener's own, from a cancelled future it read, cut a leaving worker's
+                # cleanup short as any other exception did)
                 what = f"a {kind} listener ({callback_name(listener)}) failed"
                 if self._listener_failures.take(kind, what):
                     log.exception("%s", what)
+                continue
+            if inspect.isawaitable(returned):
+                # an async function behind a sync wrapper: what it returned would never run (dropped silently)
+                if inspect.iscoroutine(returned):
+                    returned.close()
+                what = f"a {kind} listener ({callback_name(listener)}) returned an awaitable, which is not awaited"
+                if self._listener_failures.take(kind, what):
+                    log.error("%s: a listener must do its work before it returns (start a task of its own)", what)
 
     # -- control socket --------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ a shape the engine cannot call is refused when added."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -95,3 +96,36 @@ def test_a_listener_of_another_shape_is_refused_when_added(engine: Engine, liste
             return None
     with pytest.raises(TypeError, match=r"telemetry listener .*(takes neither|is async)"):
         engine.add_telemetry_listener(listener)
+
+
+async def test_a_listener_raising_cancelled_error_of_its_own_does_not_cut_a_cleanup_short(engine: Engine) -> None:
+    """A listener reading a cancelled future raises CancelledError, a BaseException: the guard let it through, and
+    a leaving worker stayed listed for good (no worker_disconnected, nothing logged)."""
+    cancelled = asyncio.get_running_loop().create_future()
+    cancelled.cancel()
+    worker = await RawWorker.connect(engine.url)
+    await worker.register("leaving::fn")
+    await worker.sync()
+    engine.add_functions_listener(lambda: cancelled.result())
+    await disconnect(engine, worker)
+    assert worker.worker_id not in engine.workers
+    assert "leaving::fn" not in engine.registry.functions
+
+
+async def test_a_listener_returning_a_coroutine_is_told_of(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """An async function behind a sync wrapper passes the check when added; what it returns never ran, silently
+    (Python's "never awaited" warning shows once per place)."""
+    ran: list[str] = []
+
+    async def body(kind: str, source: str) -> None:
+        ran.append(kind)
+
+    engine.add_telemetry_listener(lambda kind, body_, source: body(kind, source))
+    worker = await RawWorker.connect(engine.url)
+    try:
+        await worker.ws.send(b"LOGS" + b'{"resourceLogs": []}')
+        await worker.sync()
+        await until(lambda: any("returned an awaitable" in r.getMessage() for r in caplog.records))
+    finally:
+        await worker.close()
+    assert ran == []
