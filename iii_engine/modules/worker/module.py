@@ -183,10 +183,10 @@ _CHANNEL_REF = {"type": "object", "properties": {
     "required": ["channel_id", "access_key", "direction"]}
 
 
-def _worker_metadata(data: Any) -> tuple[dict[str, str | None], dict[str, Any] | None, int | None, list[str]]:
+def _worker_metadata(data: Any) -> tuple[dict[str, str | None], dict[str, Any] | None, int | None, dict[str, str]]:
     """The strings, telemetry and pid of an ``engine::workers::register`` payload, and what of them is over its
-    bound: each such value is left out (``None``) and named in the last item, the others kept. A value of the wrong
-    type refuses the whole call.
+    bound: each such value is left out (``None``) and named in the last item (key: why), the others kept. A value of
+    the wrong type refuses the whole call.
 
     Why left out one by one: a name one character over the bound lost the worker its runtime, version, os and pid
     too (the SDKs send their metadata as a void call: nobody but the log heard of it).
@@ -194,25 +194,25 @@ def _worker_metadata(data: Any) -> tuple[dict[str, str | None], dict[str, Any] |
     Example:
         >>> strings, telemetry, pid, over = _worker_metadata({"name": "w" * 1025, "runtime": "python", "pid": 7})
         >>> strings["name"], strings["runtime"], pid, over
-        (None, 'python', 7, ["'name' is 1025 characters, at most 1024"])
+        (None, 'python', 7, {'name': "'name' is 1025 characters, at most 1024"})
     """
     fid = _REGISTER
     args = _object(data, fid)
     strings = {key: _optional(args, fid, key, str) for key in _METADATA_STRINGS}
     telemetry = _optional(args, fid, "telemetry", dict)
     pid = _optional(args, fid, "pid", int)
-    over: list[str] = []
+    over: dict[str, str] = {}
     for key, value in strings.items():
         if value is not None and len(value) > MAX_WORKER_METADATA_CHARS:
-            over.append(f"'{key}' is {len(value)} characters, at most {MAX_WORKER_METADATA_CHARS}")
+            over[key] = f"'{key}' is {len(value)} characters, at most {MAX_WORKER_METADATA_CHARS}"
             strings[key] = None
     if telemetry is not None:
         kept = retained_estimate(dumps(telemetry))
         if kept > MAX_WORKER_TELEMETRY_BYTES:
-            over.append(f"'telemetry' would keep ~{kept} bytes (at most {MAX_WORKER_TELEMETRY_BYTES})")
+            over["telemetry"] = f"'telemetry' would keep ~{kept} bytes (at most {MAX_WORKER_TELEMETRY_BYTES})"
             telemetry = None
     if pid is not None and not 0 <= pid <= 0xFFFFFFFF:
-        over.append("'pid' must be an unsigned 32-bit integer")
+        over["pid"] = "'pid' must be an unsigned 32-bit integer"
         pid = None
     return strings, telemetry, pid, over
 
@@ -520,15 +520,20 @@ class WorkerModule(EngineModule):
         refused: EngineError | None = None
         if over:
             refused = EngineError("deserialization_error", (
-                f"Failed to deserialize input for {_REGISTER}: {'; '.join(over)} (kept for as long as the worker is "
-                f"connected and put in every engine::workers::list answer): not recorded, the other fields were"))
+                f"Failed to deserialize input for {_REGISTER}: {'; '.join(over.values())} (kept for as long as the "
+                f"worker is connected and put in every engine::workers::list answer): not recorded (what was recorded "
+                f"before stays), the other fields were"))
             if ctx.invocation_id is None:
                 self._refused_log.refused(worker_id, refused)
         worker = self.core.workers.get(worker_id)
         if worker is not None:
-            worker.runtime = strings["runtime"] or "unknown"
-            worker.version = strings["version"]
-            worker.telemetry = telemetry
+            # a value left out keeps what was recorded before, as name, os and pid always did
+            if "runtime" not in over:
+                worker.runtime = strings["runtime"] or "unknown"
+            if "version" not in over:
+                worker.version = strings["version"]
+            if "telemetry" not in over:
+                worker.telemetry = telemetry
             if strings["name"] is not None:
                 worker.name = strings["name"]
             if strings["os"] is not None:
