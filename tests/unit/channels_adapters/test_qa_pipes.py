@@ -13,8 +13,10 @@ import gc
 import json
 import os
 import re
+import resource
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -204,6 +206,32 @@ async def _group_kill_frees_the_pipes(relay: tuple[str, ChannelRelay], started: 
     await until(lambda: not _alive(child), 5)
     await until(lambda: _open_fds() <= baseline, 5)
 
+
+
+async def test_without_asyncios_private_transport_a_daemon_writing_for_ever_costs_a_bounded_drain(
+        relay: tuple[str, ChannelRelay], started: Started, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process the command left outside its group (``setsid``) that writes to stderr for ever: the fallback's
+    drain reads it for DRAIN_S only, then lets the pipe pause (the daemon blocks), as before the drain. (before:
+    read on without end, 0.9 core for as long as the daemon ran; uvloop, whose transport is not asyncio's, always
+    takes this path.)"""
+    monkeypatch.setattr(asyncio_internals, "MISSING", ("asyncio.subprocess.Process._transport",))
+    monkeypatch.setattr(pipes, "DRAIN_S", 0.3)
+    writer, reader = ends(*relay)
+    script = f"setsid sh -c 'echo $$ > {started.pidfile}; exec yes spam >&2' & echo hi"
+    await asyncio.wait_for(asyncio.gather(
+        iii_channels.from_process(writer, ["sh", "-c", script], exit_timeout=0.2), ChannelSource(reader).read_all(),
+        return_exceptions=True), 10)
+    await until(lambda: bool(started.pids()), 5)
+    await until(lambda: not pipes._DRAINING, 5)  # each drain ended at its deadline
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    began = time.monotonic()
+    await asyncio.sleep(1.0)  # (a window to measure in, not a wait for something)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert _alive(started.pids()[0])  # the daemon still runs (blocked on its full pipe)
+    assert used < 0.25 * (time.monotonic() - began), f"{used:.2f} s of CPU while the daemon wrote"
+    started.reap()
+    gc.collect()  # the paused pipe's transport goes while the loop runs (its __del__ needs the loop)
 
 
 # A process that copies its stdin into a channel with from_fd, stops the copy after the first bytes (as `send -`
