@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from .telemetry_exporters import FrameSink, SharedEngineConnection
-from .telemetry_types import OtelConfig
+from .telemetry_types import LOG_QUEUE_RECORDS_DEFAULT, MAX_INTERVAL_MS, OtelConfig, env_int
 
 __all__ = [
     "OtelConfig",
@@ -94,20 +94,31 @@ def _enabled(config: OtelConfig) -> bool:
     return os.environ.get("OTEL_ENABLED", "").strip().lower() not in _DISABLED_VALUES
 
 
-def _int_setting(explicit: int | None, env_var: str, default: int, minimum: int = 0) -> int:
-    """Explicit config, else a valid environment value, else the default (the reference's order)."""
+def _int_setting(explicit: int | None, env_var: str, default: int, minimum: int = 1,
+                 maximum: int = sys.maxsize) -> int:
+    """Explicit config (checked by :class:`OtelConfig`), else a valid environment value, else the default (the
+    reference's order); an environment value outside ``minimum..maximum`` or not a whole number is ignored with a
+    warning (:func:`iii.telemetry_types.env_int`)."""
     if explicit is not None:
         return explicit
-    raw = os.environ.get(env_var)
-    if raw is not None:
-        try:
-            value = int(raw)
-        except ValueError:
-            log.warning("%s=%r is not an integer; using %d", env_var, raw, default)
-        else:
-            if value >= minimum:
-                return value
-    return default
+    return env_int(env_var, default, minimum, maximum)
+
+
+def _log_flush_ms(cfg: OtelConfig) -> int:
+    """The log processor's flush interval: ``cfg.logs_flush_interval_ms``, else ``OTEL_LOGS_FLUSH_INTERVAL_MS``
+    (1..10**12; 0 made OpenTelemetry refuse it, and the worker never connected), else 100."""
+    return _int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100, maximum=MAX_INTERVAL_MS)
+
+
+def _log_queue_records() -> int:
+    """OpenTelemetry's log queue size in records: ``OTEL_BLRP_MAX_QUEUE_SIZE``, else 2048."""
+    return _int_setting(None, "OTEL_BLRP_MAX_QUEUE_SIZE", LOG_QUEUE_MAX_RECORDS)
+
+
+def _log_batch_size(cfg: OtelConfig) -> int:
+    """Log records per export: ``cfg.logs_batch_size``, else ``OTEL_LOGS_BATCH_SIZE`` (at most the queue's size,
+    which OpenTelemetry requires), else 1."""
+    return _int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, maximum=_log_queue_records())
 
 
 def init_otel(
@@ -221,7 +232,7 @@ LOG_QUEUE_MAX_BYTES: Final = 16 * 1024 * 1024
 """Default bytes of log records (as :func:`log_record_bytes` estimates them) waiting for export at once
 (``OtelConfig.logs_max_queue_bytes`` / ``OTEL_LOGS_MAX_QUEUE_BYTES`` change it)."""
 
-LOG_QUEUE_MAX_RECORDS: Final = 2048
+LOG_QUEUE_MAX_RECORDS: Final = LOG_QUEUE_RECORDS_DEFAULT
 """OpenTelemetry's own default size of its log queue, in records (``OTEL_BLRP_MAX_QUEUE_SIZE``)."""
 
 # What log_record_bytes counts besides a record's texts: the record's own objects, a number, a container's slot.
@@ -581,8 +592,8 @@ def _pipeline_key(cfg: OtelConfig) -> tuple[Any, ...]:
         cfg.metrics_enabled,
         cfg.metrics_export_interval_ms if cfg.metrics_enabled else None,
         logs,
-        _int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100) if logs else None,
-        _int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1) if logs else None,
+        _log_flush_ms(cfg) if logs else None,
+        _log_batch_size(cfg) if logs else None,
         _log_queue_bytes(cfg) if logs else None,
         tuple(sorted((name, value) for name, value in os.environ.items() if name.startswith("OTEL_"))),
     )
@@ -995,10 +1006,10 @@ class TelemetryRuntime:
         exporter = EngineLogExporter(connection)
         processor = _counting_log_processor(BatchLogRecordProcessor)(
             exporter,
-            schedule_delay_millis=_int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100),
-            max_export_batch_size=_int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1),
+            schedule_delay_millis=_log_flush_ms(cfg),
+            max_export_batch_size=_log_batch_size(cfg),
             # named here, not left to the SDK: where its queue cannot be watched the budget bounds the records to it
-            max_queue_size=_int_setting(None, "OTEL_BLRP_MAX_QUEUE_SIZE", LOG_QUEUE_MAX_RECORDS, minimum=1),
+            max_queue_size=_log_queue_records(),
             budget=LogQueueBudget(_log_queue_bytes(cfg), record_limit=EngineLogExporter.max_frame_bytes),
         )
         exporter.on_export_end = processor.release_exported

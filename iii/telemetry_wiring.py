@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .telemetry_types import OtelConfig
+from .telemetry_types import checked_otel_config
 from .trace_scope import TraceScope, load_telemetry
 
-__all__ = ["TelemetryWiring"]
+__all__ = ["TelemetryWiring", "checked_otel_config"]
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,22 @@ class TelemetryWiring:
         if tel is None:
             return
         try:
-            config = otel if isinstance(otel, OtelConfig) or otel is None else OtelConfig(**otel)
+            config = checked_otel_config(otel)
+        except (TypeError, ValueError) as exc:
+            # (made with a config that was changed after its check) This runs in the client's start, on its loop:
+            # raised here, the start ended before connecting and register_worker waited 30 s to say "cannot reach
+            # the engine", naming neither telemetry nor the setting. The worker runs, without telemetry, and says so.
+            log.error("Telemetry is off for this worker: %s", exc)
+            return
+        try:
             # Telemetry is process-wide: counted per client so one client's shutdown keeps it on for others.
             tel.start_client(client, config, loop, sink)
         except ImportError:
             log.debug("OpenTelemetry not available")
+            return
+        except Exception:
+            # (as above: a failure of OpenTelemetry's own must not keep the worker from connecting, unsaid)
+            log.exception("OpenTelemetry could not start: this worker runs without telemetry")
             return
         self.trace = TraceScope(tel)
 
