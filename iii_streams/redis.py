@@ -1831,8 +1831,9 @@ class RedisStream(FieldUpdates):
         self, key: str, batch: Sequence[_Update]
     ) -> builtins.list[StreamUpdateResult[Any] | BaseException]:
         """One read and one compare-and-set script for every waiting update of hash ``key`` (no read when this
-        process knows every item's text), retried after a fresh read with jittered backoff on a lost race; during
-        the backoff the hash's other writes may pass (:meth:`_let_pass`)."""
+        process knows every item's text, unless an update fails on those texts: it is decided on a fresh read),
+        retried after a fresh read with jittered backoff on a lost race; during the backoff the hash's other writes
+        may pass (:meth:`_let_pass`)."""
         let_pass = self._passing.get(key)
         fields = builtins.list(dict.fromkeys(u.item_id for u in batch))
         ceiling = _BACKOFF_FIRST
@@ -1840,10 +1841,16 @@ class RedisStream(FieldUpdates):
         async with self._store_deadline():  # asyncio.timeout(self.timeout) on the store's shared timer
             known = self._known_texts(key, fields)
             if known is not None:
-                results = await self._write_batch(key, batch, known)
-                if results is not None:
-                    return results
-                self.known_misses += 1  # another process wrote one of them: read them as they are now
+                planned = self._apply_batch(key, batch, known)
+                # an update refused against a text this process wrote last (over its max_bytes, an op that does
+                # not fit the value) is decided on a value read now instead: another process may have changed the
+                # item since, and a refusal writes nothing, so no compare-and-set would ever tell (before, an update
+                # that fitted the item another process had shrunk was refused for good)
+                if not self._refused_on_known(key, batch, planned[0]):
+                    results = await self._write_batch(key, batch, known, planned)
+                    if results is not None:
+                        return results
+                    self.known_misses += 1  # another process wrote one of them: read them as they are now
             for _ in range(self.max_update_attempts):
                 # as bytes: one stored value that is not UTF-8 failed a decoding client's whole reply
                 raws: builtins.list[bytes | str | None] = await raw_reply(
@@ -1876,12 +1883,26 @@ class RedisStream(FieldUpdates):
             arrived = self._updates.arrival(key)
             await asyncio.wait((arrived,), timeout=remaining)
 
+    def _refused_on_known(self, key: str, batch: Sequence[_Update],
+                          results: Sequence[StreamUpdateResult[Any] | BaseException]) -> bool:
+        """Whether an update of ``batch`` failed (``results``: :meth:`_apply_batch`'s on the texts this process
+        knows); the items of those failures are forgotten, so they are read first from now on."""
+        refused = False
+        for update, result in zip(batch, results, strict=False):
+            if isinstance(result, BaseException) and result is not _WITHDRAWN and result is not _LATER:
+                self._known.forget((key, update.item_id))
+                refused = True
+        return refused
+
     async def _write_batch(
-        self, key: str, batch: Sequence[_Update], read: dict[str, bytes | str | None]
+        self, key: str, batch: Sequence[_Update], read: dict[str, bytes | str | None],
+        planned: tuple[builtins.list[StreamUpdateResult[Any] | BaseException], dict[Any, str],
+                       builtins.list[str]] | None = None,
     ) -> builtins.list[StreamUpdateResult[Any] | BaseException] | None:
-        """Apply ``batch`` to the texts ``read`` and write the results if every item still holds its text read
-        (compare-and-set, atomic with the events): each caller's result, or ``None`` when another process won."""
-        results, texts, events = self._apply_batch(key, batch, read)
+        """Apply ``batch`` to the texts ``read`` (``planned``: :meth:`_apply_batch` of them, already run) and write
+        the results if every item still holds its text read (compare-and-set, atomic with the events): each
+        caller's result, or ``None`` when another process won."""
+        results, texts, events = planned if planned is not None else self._apply_batch(key, batch, read)
         if not texts:
             return results
         applied = [u for u, result in zip(batch, results, strict=True) if not u.abandoned and result is not _LATER]

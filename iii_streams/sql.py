@@ -37,7 +37,9 @@ write; at most 1024 items of up to 8192 characters) runs as ONE autocommitted co
 ``UPDATE … WHERE value = <remembered>`` (on PostgreSQL with the batch's ``NOTIFY`` in the same statement, sent
 only if it wrote): one round trip instead of four or five. If another process changed the item, nothing is
 written or sent, ``swap_misses`` grows, and the batch (and the item's batches for the next second) take the
-locking transaction.
+locking transaction. A batch with a write refused against the remembered value (an update over its ``max_bytes``,
+ops that do not fit the value) takes the locking transaction too, the item forgotten: a refusal writes nothing, so
+only a read of the row can tell it is decided on the value as it is.
 
 A batch the database refuses for one write's data (a constraint, a trigger, the column's type: SQLSTATE classes 22,
 23 and P0 on PostgreSQL, ``IntegrityError`` and ``DataError`` on SQLite) before its commit runs again one write at a
@@ -2844,10 +2846,16 @@ class SQLStream(FieldUpdates):
             # planned once connected (no await from here to the statement): a caller that gave up while the
             # connection was awaited is left out, and every write planned is marked sent
             plan = self._plan(writes, {key: old_text})
+            if any(isinstance(result, BaseException) for result in plan.results):
+                # a write refused against the value this process wrote last (an update over its max_bytes, an op
+                # that does not fit the value, a text that is not JSON) is decided on the row the locking
+                # transaction reads instead: another process may have changed it since, and a refusal writes
+                # nothing, so no compare-and-set would tell (before, an update that fitted the row another process
+                # had shrunk was refused for good)
+                self._known.forget(key)
+                return None
             if not plan.applied:
-                if plan.refused:
-                    self._known.forget(key)  # (see _apply_writes)
-                results.extend(plan.results)
+                results.extend(plan.results)  # (only writes whose callers gave up: nothing to write)
                 return len(plan.results)
             new_text = plan.current[key]
             if new_text is None:  # pragma: no cover - only a delete removes a row, and deletes took the other path

@@ -126,3 +126,67 @@ async def test_concurrent_updates_of_one_item_past_max_bytes_are_refused_atomica
     assert await _get(store, name, "j") == {"n": 16}
     # one event per update applied, none for a refused one
     assert sorted(e["id"] for e in seen) == ["i"] * FIT + ["j"] * 16 + ["marker"]
+
+
+@pytest.fixture
+async def two_stores(store_url: str) -> AsyncIterator[tuple[Backend, Backend]]:
+    """Two stores on one database (two processes or engines): a write of one is another process's to the other."""
+    if store_url == "memory://":
+        pytest.skip("two memory stores share nothing")
+    options: dict[str, Any] = {"create": True} if store_url.startswith("sqlite") else {}
+    async with open_stream(store_url, **options) as a, open_stream(store_url, **options) as b:
+        yield a, b
+
+
+async def test_a_refusal_is_decided_on_the_value_another_store_left(two_stores: tuple[Backend, Backend]) -> None:
+    """Store A remembers the text it wrote last of an item (one compare-and-set, no read); store B shrinks the
+    item. A's update that fits the item as it is now must not be refused against A's remembered text. Before: it
+    was refused every time (Redis, SQLite, PostgreSQL: 100 of 100 over 10 s), as a refusal wrote nothing and so no
+    compare-and-set ever found the text changed."""
+    a, b = two_stores
+    name = f"stale-{uuid.uuid4().hex[:8]}"
+    inc = parse_ops([{"type": "increment", "path": "n", "by": 1}])
+    big = "x" * 250
+    await a.update_parsed(name, "g", "i", parse_ops([{"type": "set", "path": "big", "value": big}]), max_bytes=300)
+    for _ in range(3):  # written with A's remembered text
+        await a.update_parsed(name, "g", "i", inc, max_bytes=300)
+    assert await _get(b, name, "i") == {"big": big, "n": 3}
+    await b.update_parsed(name, "g", "i", parse_ops([{"type": "remove", "path": "big"}]))  # now {"n": 3}
+    fits = parse_ops([{"type": "set", "path": "k", "value": "y" * 100}])
+    result = await a.update_parsed(name, "g", "i", fits, max_bytes=300)  # 115 bytes; 373 on A's old text
+    assert result is not None and (result.old_value, result.new_value) == ({"n": 3}, {"n": 3, "k": "y" * 100})
+    assert await _get(b, name, "i") == {"n": 3, "k": "y" * 100}
+    # still refused when it is over the bound on the value as it is (read now)
+    with pytest.raises(StreamValueTooLargeError) as refused:
+        await a.update_parsed(name, "g", "i", parse_ops([{"type": "set", "path": "z", "value": big}]), max_bytes=300)
+    assert refused.value.size == len(dumps({"n": 3, "k": "y" * 100, "z": big}))
+    # an op that fails on A's remembered text but not on the value as it is: decided on the value too
+    await a.update_parsed(name, "g", "j", parse_ops([{"type": "set", "path": "n", "value": "text"}]))
+    await a.update_parsed(name, "g", "j", parse_ops([{"type": "set", "path": "m", "value": 1}]))  # remembered
+    await b.update_parsed(name, "g", "j", parse_ops([{"type": "set", "path": "n", "value": 1}]))
+    counted = await a.update_parsed(name, "g", "j", inc)
+    assert counted is not None and counted.new_value == {"n": 2, "m": 1}
+
+
+async def test_a_refusal_beside_written_updates_is_decided_on_the_value_another_store_left(
+        two_stores: tuple[Backend, Backend]) -> None:
+    """As above, with the refused item's update in one batch with updates of another item that are written (Redis:
+    one compare-and-set of the hash, which checked only the items it wrote)."""
+    a, b = two_stores
+    name = f"stale-batch-{uuid.uuid4().hex[:8]}"
+    inc = parse_ops([{"type": "increment", "path": "n", "by": 1}])
+    big = "x" * 250
+    for item in ("i", "j"):
+        await a.update_parsed(name, "g", item, parse_ops([{"type": "set", "path": "big", "value": big}]),
+                              max_bytes=300)
+        await a.update_parsed(name, "g", item, inc, max_bytes=300)
+    await b.update_parsed(name, "g", "i", parse_ops([{"type": "remove", "path": "big"}]))  # i is {"n": 1} now
+    fits = parse_ops([{"type": "set", "path": "k", "value": "y" * 100}])
+    answers = await asyncio.wait_for(asyncio.gather(
+        *(a.update_parsed(name, "g", "j", inc, max_bytes=300) for _ in range(3)),
+        a.update_parsed(name, "g", "i", fits, max_bytes=300),
+        *(a.update_parsed(name, "g", "j", inc, max_bytes=300) for _ in range(3)),
+        return_exceptions=True), 20)
+    assert not any(isinstance(answer, BaseException) for answer in answers), answers
+    assert await _get(b, name, "i") == {"n": 1, "k": "y" * 100}
+    assert await _get(b, name, "j") == {"big": big, "n": 7}
