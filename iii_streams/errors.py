@@ -42,6 +42,11 @@ from iii.errors import PicklesByState
 from iii.protocol.codec import TOO_DEEP, UnpairedSurrogateError, dumps_within
 from iii.wire import MAX_JSON_DEPTH
 
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; iii.wire works without it
+    _orjson = None  # type: ignore[assignment]
+
 __all__ = [
     "MAX_VALUE_DEPTH",
     "SEND_ROOM",
@@ -64,6 +69,7 @@ __all__ = [
     "check_timeout",
     "check_value_bytes",
     "closed_unapplied",
+    "json_size",
     "unreadable_value",
     "utf8_size",
     "why_unreadable",
@@ -471,6 +477,27 @@ def json_text(value: Any, what: str, *, room: int = VALUE_ROOM) -> str:
         if str(exc) == TOO_DEEP:  # (a NaN's error is raised as it is)
             raise ValueError(_too_deep(what, room)) from None
         raise
+
+
+def json_size(value: Any, what: str) -> int:
+    """The UTF-8 bytes of ``value``'s JSON text (:func:`json_text`), measured on orjson's bytes when it writes
+    ``value`` (the text :func:`iii.wire.dumps` makes of JSON's own kinds): no ``str`` made and none encoded again
+    (a 1 MB non-ASCII value: ~40 us instead of ~0.8 ms). Else ``json_text``'s, which raises what it raises. A
+    value orjson writes and ``json_text`` refuses (NaN, nesting past :data:`MAX_VALUE_DEPTH`) is measured, not
+    refused: the store's own encode refuses it.
+
+    Example:
+        >>> json_size({"a": "é"}, "data"), utf8_size(json_text({"a": "é"}, "data"))
+        (10, 10)
+        >>> json_size({"n": 2**70}, "data")  # orjson writes no big integer: json_text's
+        28
+    """
+    if _orjson is not None:
+        try:
+            return len(_orjson.dumps(value))
+        except TypeError:  # (big integers, keys that are not text, unpaired surrogates, 255+ levels)
+            pass
+    return utf8_size(json_text(value, what))
 
 
 def check_names(stream_name: str, group_id: str, item_id: str | None = None, *, nul: bool = True) -> None:

@@ -48,7 +48,7 @@ from iii.stream import (
     StreamSetInput,
 )
 from iii_streams import Backend
-from iii_streams.errors import json_text, utf8_size
+from iii_streams.errors import json_size
 
 from ...closing import close_store
 from .. import stream as _stream  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -186,13 +186,18 @@ class StateModule(EngineModule):
         scope, key, value = f.text("scope"), f.text("key"), f.value("value", alias="data")
         field = "value" if "value" in f.data else "data"
         try:
-            size = utf8_size(json_text(value, "data"))
+            # measured on orjson's bytes (no text made): the store encodes the value again to write it
+            size = json_size(value, "data")
             if size > self.values.limit:
                 raise ValueError(too_large_value("data", size, self.values.limit))
-            # not between the read and the write of an update a store's own update_parsed left to ValueBound
-            async with self._locks.join((STATE_STREAM, scope, key)):
-                result = await self._store().set(
-                    StreamSetInput(stream_name=STATE_STREAM, group_id=scope, item_id=key, data=value))
+            store = self._store()
+            request = StreamSetInput(stream_name=STATE_STREAM, group_id=scope, item_id=key, data=value)
+            if self.values.direct(store):  # no update reads and then writes in the engine: no lock to join
+                result = await store.set(request)
+            else:
+                # not between the read and the write of an update a store's own update_parsed left to ValueBound
+                async with self._locks.join((STATE_STREAM, scope, key)):
+                    result = await store.set(request)
         except Exception as exc:
             raise EngineError("SET_ERROR", _as_field(str(exc), field)) from None
         old = None if result is None else result.old_value

@@ -123,13 +123,26 @@ max_message_size less its frame: an answer or trigger call carries the old value
         self._store: object = None  # the store last seen: does its update_parsed take max_bytes, is it atomic
         self._native = self._atomic = False
 
-    async def update(self, locks: KeyedLocks, store: Backend, stream_name: str, group_id: str, item_id: str,
-                     ops: list[Op]) -> Any:
-        """``store.update_parsed(...)`` of one item, refused over :attr:`limit` (see the class)."""
+    def direct(self, store: Backend) -> bool:
+        """Whether :meth:`update` of ``store`` takes no engine lock (the store checks ``max_bytes`` itself and
+        applies updates atomically): then no update of the engine's runs between a read and a write of its own, and
+        a set or delete need not join the item's lock (``KeyedLocks.join``) either.
+
+        Example:
+            >>> from iii_streams import MemoryStream
+            >>> ValueBound(1 << 20).direct(MemoryStream())
+            True
+        """
         if store is not self._store:  # (a module keeps one store: looked up once)
             self._native = takes_max_bytes(store.update_parsed)
             self._atomic = store_updates_atomically(store)
             self._store = store
+        return self._native and self._atomic
+
+    async def update(self, locks: KeyedLocks, store: Backend, stream_name: str, group_id: str, item_id: str,
+                     ops: list[Op]) -> Any:
+        """``store.update_parsed(...)`` of one item, refused over :attr:`limit` (see the class)."""
+        self.direct(store)
         try:
             if self._native and self._atomic:  # the common case, no lock: KeyedLocks.update_parsed's first branch
                 return await store.update_parsed(stream_name, group_id, item_id, ops, max_bytes=self.limit)
