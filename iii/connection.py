@@ -287,6 +287,10 @@ def backoff_delay_ms(config: ReconnectionConfig, attempt: int, rand: Callable[[]
     return float(max(0.0, capped + jitter))
 
 
+_MAX_DELAY_MS: Final = 10**12
+"""The longest reconnection delay, in milliseconds (about 31 years)."""
+
+
 def check_reconnection(config: ReconnectionConfig | None) -> ReconnectionConfig:
     """``config`` (the default when ``None``) if its backoff can work, else a ``ValueError`` naming the field: a zero
     or NaN delay, or a multiplier below 1, made a reconnection loop with no pause against an engine that was down,
@@ -302,15 +306,19 @@ def check_reconnection(config: ReconnectionConfig | None) -> ReconnectionConfig:
     """
     config = config or DEFAULT_RECONNECTION_CONFIG
     rules: tuple[tuple[str, Callable[[float], bool], str], ...] = (
-        ("initial_delay_ms", lambda v: v > 0, "> 0"),
-        ("max_delay_ms", lambda v: v > 0, "> 0"),
+        ("initial_delay_ms", lambda v: 0 < v <= _MAX_DELAY_MS, "> 0 and <= 10**12"),
+        ("max_delay_ms", lambda v: 0 < v <= _MAX_DELAY_MS, "> 0 and <= 10**12"),
         ("backoff_multiplier", lambda v: v >= 1, ">= 1"),
         ("jitter_factor", lambda v: 0 <= v <= 1, "between 0 and 1"),
     )
     for name, ok, wanted in rules:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
-            raise ValueError(f"reconnection_config.{name} must be a finite number {wanted}, got {value!r}")
+        try:  # (an int with no float, 10**400, made math.isfinite raise a bare OverflowError naming no field)
+            number = math.nan if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number) or not ok(number):
+            raise ValueError(f"reconnection_config.{name} must be a finite number {wanted}, got {value!r:.100}")
     retries = config.max_retries
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < -1:
         raise ValueError(f"reconnection_config.max_retries must be an int >= -1 (-1: for ever), got {retries!r}")

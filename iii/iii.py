@@ -83,7 +83,7 @@ from .protocol.codec import MAX_JSON_DEPTH, MAX_LISTED_DEPTH, fits_within
 from .reconnect_retry import NotFoundRetry, settling_window
 from .stream import IStream
 from .stream_glue import stream_functions
-from .telemetry_wiring import TelemetryWiring
+from .telemetry_wiring import TelemetryWiring, checked_otel_config
 from .trigger_host import TriggerTypeHost
 from .triggers import Trigger, TriggerHandler
 from .types import Channel, RemoteFunctionHandler
@@ -149,6 +149,9 @@ class III:
         self._address = check_url(address)
         self._options = options or InitOptions()
         check_reconnection(self._options.reconnection_config)
+        # OpenTelemetry numbers that cannot work fail here, naming the field (before: OpenTelemetry's ValueError ended
+        # the start on the client's loop, and register_worker waited 30 s to say it could not reach the engine).
+        checked_otel_config(self._options.otel)
         # The timeout of calls that give none, checked like theirs (a NaN or negative default broke every call).
         self._timeout_ms = _checked_timeout_ms(self._options.invocation_timeout_ms, "invocation_timeout_ms")
         send_timeout_ms = _checked_timeout_ms(self._options.send_timeout_ms, "send_timeout_ms")
