@@ -18,17 +18,20 @@ once) is unbound by that bind, first. Before, the release's unbinds ran later, o
 trigger ran before the release's unbind of it, which then undid it (the handler held nothing while the engine listed
 the trigger), or, with another handler, the trigger was bound at both for a while.
 
-A hook that does not finish holds nothing for good. Each bind or unbind has a deadline (the client's
-``InitOptions.invocation_timeout_ms``; none when 0): past it the hook's coroutine is cancelled, logged once with the
-handler's name and the deadline, and a bind is answered to the engine as refused (``trigger_registration_failed``:
-the trigger waits, pending, for the type's next registration). Letting the type go (:meth:`TriggerTypeHost.release`)
-stops the wait for its hooks running then: their trigger's turn (and the worker's ``max_invocations`` slot) is free at
-once, a bind is answered as the type released; the hook runs on in the background until its deadline, and a bind that
-ends there is unbound by the same handler in its turn, unless the trigger's next bind or unbind came first (that
-cancels it). Work a hook runs in a thread cannot be stopped: it runs on; only the wait for it ends. Before, a
-``register_trigger`` that never returned held its trigger's turn for good, even after the type was let go and owned
-again (the new handler never bound the trigger the engine listed as active), and ``max_invocations`` of them held
-every slot, so no trigger of any type was bound any more.
+A hook that does not finish holds nothing for good, and no hook is cancelled (but at the client's shutdown). Each
+bind or unbind has a deadline (the client's ``InitOptions.invocation_timeout_ms``; none when 0): past it the wait for
+it ends (logged once with the handler's name and the deadline) and a bind is answered to the engine as refused
+(``trigger_registration_failed``: the trigger waits, pending, for the type's next registration). Letting the type go
+(:meth:`TriggerTypeHost.release`) ends the wait for its hooks running then, a bind answered as the type released.
+Either way the trigger's turn (and the worker's ``max_invocations`` slot) is free at once, and the hook runs on in the
+background: a bind that ends there is unbound by the same handler, in the trigger's turn (the engine was told it was
+not bound); an unbind runs to its end. The same handler's next bind or unbind of that trigger waits for it first (at
+most the deadline, 30 s when none, counted from when it was left to run on; then it goes ahead, logged), so its hooks
+of one trigger still run one after the other. Before, a ``register_trigger`` that never returned held its trigger's
+turn for good, even after the type was let go and owned again, and ``max_invocations`` of them held every slot, so no
+trigger of any type was bound any more; and hooks cancelled at the deadline, or by the trigger's next turn, left
+bindings nobody unbound (a bind finishing just past it; an unbind cut short) or one trigger bound twice (a release's
+unbind cancelled by a bind of the type owned again).
 
 Example:
     >>> import asyncio
@@ -81,6 +84,10 @@ def _log_abandoned(counts: Mapping[str, int], latest: str | None) -> None:
 
 _Key = tuple[str, str]  # (trigger type, trigger id)
 
+# How long the next hook of a trigger waits for its handler's hook of it left running in the background, when the
+# client has no deadline (invocation_timeout_ms 0): not for good (a hung one would hold the trigger).
+_DETACHED_WAIT_S = 30.0
+
 # Stale triggers a sweep unbinds at once: one after the other, 200 with a 0.2 s unbind took 40 s to converge; more
 # than this many tasks for a huge sweep would only pile up on the handler.
 _SWEEP_CONCURRENCY = 64
@@ -94,20 +101,28 @@ class _Binding(NamedTuple):
 
 
 class _HookStopped(Exception):
-    """A hook no longer waited for: past its deadline (``released`` False; cancelled) or its type let go
-    (``released`` True; it runs on in the background)."""
+    """A hook no longer waited for, running on in the background: past its deadline (``released`` False) or its
+    type let go (``released`` True)."""
 
     def __init__(self, released: bool) -> None:
         super().__init__("released" if released else "deadline")
         self.released = released
 
 
-class _Hook(NamedTuple):
-    """A bind or unbind of a trigger running now: its task, and what :meth:`TriggerTypeHost.release` sets to stop
-    the wait for it."""
+class _Detached:
+    """A hook no longer waited for (past its deadline, or its type let go) that runs on in the background; ``due``:
+    until when (loop time) the same handler's next hook of its trigger waits for it."""
 
-    task: asyncio.Task[BaseException | None]
-    detach: asyncio.Future[None]
+    __slots__ = ("binds", "due", "handler", "logged", "task", "trigger")
+
+    def __init__(self, task: asyncio.Task[BaseException | None], handler: TriggerHandler[Any],
+                 trigger: TriggerConfig[Any], binds: bool, due: float) -> None:
+        self.task = task
+        self.handler = handler
+        self.trigger = trigger
+        self.binds = binds
+        self.due = due
+        self.logged = False
 
 
 class TriggerTypeHost:
@@ -122,10 +137,14 @@ class TriggerTypeHost:
                  hook_deadline: float | None = None) -> None:
         # how long a bind or unbind hook is waited for (seconds; None or 0: for ever)
         self._deadline = hook_deadline or None
-        # the hook running for each trigger now (one at a time: the trigger's turn), and the hooks of types let go
-        # that run on in the background (cancelled by the trigger's next turn or their deadline)
-        self._hooks: dict[_Key, _Hook] = {}
-        self._detached: dict[_Key, set[asyncio.Task[BaseException | None]]] = {}
+        # for the hook running for each trigger now (one at a time: the trigger's turn), what release() sets to stop
+        # the wait for it (a set: an undo runs within a hook's wait for the hooks before it)
+        self._waits: dict[_Key, set[asyncio.Future[None]]] = {}
+        # the hooks no longer waited for (past their deadline, or their type let go) that run on in the background:
+        # never cancelled but at the client's shutdown (cancelled, a bind may have bound already in a thread, an
+        # unbind left the binding), a bind that ends undone by its handler in its trigger's turn, and each waited for
+        # by the same handler's next hook of the trigger
+        self._detached: dict[_Key, list[_Detached]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._handlers: dict[str, TriggerHandler[Any]] = {}
         # what was bound here and not unbound, with the handler that bound it: told to unbind it when the type is let
@@ -165,11 +184,11 @@ class TriggerTypeHost:
         self._abandoned.losses.close()
 
     def cancel_hooks(self) -> None:
-        """The client's shutdown: hooks of types let go still running in the background are cancelled (loop
-        thread)."""
-        for tasks in list(self._detached.values()):
-            for task in list(tasks):
-                task.cancel()
+        """The client's shutdown: hooks still running in the background are cancelled (loop thread); the only
+        place a hook is."""
+        for entries in list(self._detached.values()):
+            for entry in list(entries):
+                entry.task.cancel()
         for task in list(self._background):
             task.cancel()
 
@@ -242,7 +261,7 @@ class TriggerTypeHost:
             self.remove(type_id)
             # its binds and unbinds running now are no longer waited for: their turns (and the worker's slots) are
             # free at once; a hung one held them for good, the type owned again or not
-            running = [hook.detach for key, hook in self._hooks.items() if key[0] == type_id]
+            running = [detach for key, waits in self._waits.items() if key[0] == type_id for detach in waits]
         for detach in running:
             try:
                 detach.get_loop().call_soon_threadsafe(_settle, detach)
@@ -445,10 +464,7 @@ class TriggerTypeHost:
             self._end_turn(key, turn)
 
     async def _turn(self, key: _Key) -> asyncio.Future[None]:
-        """Wait until no bind or unbind of ``key`` runs; the future that says this one's end. A hook of ``key`` left
-        running in the background by a release is cancelled first (this one comes after it)."""
-        for task in self._detached.pop(key, ()):
-            task.cancel()
+        """Wait until no bind or unbind of ``key`` runs; the future that says this one's end."""
         while (busy := self._busy.get(key)) is not None:
             await asyncio.shield(busy)  # (a cancelled waiter must not cancel the runner's future)
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -477,76 +493,140 @@ class TriggerTypeHost:
     async def _run_hook(self, key: _Key, handler: TriggerHandler[Any], trigger: TriggerConfig[Any],
                         binds: bool) -> None:
         """(In ``key``'s turn.) Run ``handler``'s bind (``binds``) or unbind hook of ``trigger``, raising what it
-        raises; :class:`_HookStopped` when it is past the deadline (cancelled, logged) or its type was let go
-        meanwhile (run on in the background: :meth:`_detach`). A hook that is a plain method (its ``None`` not
-        awaitable) is served as well."""
-        hook = handler.register_trigger if binds else handler.unregister_trigger
-        outcome = hook(trigger)
-        if not inspect.isawaitable(outcome):  # (a plain method: done)
-            return
+        raises; :class:`_HookStopped` when it is past the deadline (logged) or its type was let go meanwhile: it runs
+        on in the background (:meth:`_detach`). ``handler``'s hooks of ``trigger`` left running in the background are
+        waited for first (:meth:`_settle_detached`; the type let go meanwhile, this hook runs after them in the
+        background). A hook that is a plain method (its ``None`` not awaitable) is served as well."""
         loop = asyncio.get_running_loop()
-        task = loop.create_task(_guarded(outcome))
-        running = _Hook(task, loop.create_future())
+        detach: asyncio.Future[None] = loop.create_future()
         with self._lock:  # (release() looks from the user's thread)
-            self._hooks[key] = running
-        started = loop.time()
+            self._waits.setdefault(key, set()).add(detach)
+        hook = handler.register_trigger if binds else handler.unregister_trigger
         try:
-            await asyncio.wait((task, running.detach), timeout=self._deadline,
-                               return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # this bind or unbind itself cancelled (the client's shutdown): its hook with it
-            task.cancel()
-            raise
+            if not await self._settle_detached(key, handler, detach):
+                # The type let go while this waited for the handler's hooks of the trigger before it: a bind is not
+                # made (answered as the type released); an unbind runs in the background after them.
+                if not binds:
+                    before = [entry for entry in self._detached.get(key, ()) if entry.handler is handler]
+                    task = loop.create_task(_guarded(self._unbind_later(before, handler, trigger)))
+                    self._detach(key, _Detached(task, handler, trigger, binds,
+                                                loop.time() + (self._deadline or _DETACHED_WAIT_S)))
+                    log.info("Trigger %s (type %s): %s runs in the background, its type let go while it waited for "
+                             "the handler's hook of the trigger before it", trigger.id, key[0], callback_name(hook))
+                raise _HookStopped(released=True)
+            outcome = hook(trigger)
+            if not inspect.isawaitable(outcome):  # (a plain method: done)
+                return
+            task = loop.create_task(_guarded(outcome))
+            try:
+                await asyncio.wait((task, detach), timeout=self._deadline, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:  # this bind or unbind itself cancelled (the client's shutdown): its hook with it
+                task.cancel()
+                raise
         finally:
             with self._lock:
-                if self._hooks.get(key) is running:
-                    del self._hooks[key]
+                waits = self._waits.get(key)
+                if waits is not None:
+                    waits.discard(detach)
+                    if not waits:
+                        del self._waits[key]
         if task.done():
             raised = task.result()  # (a cancellation of the hook's task from outside is raised as one)
             if raised is not None:
                 raise raised
             return
-        if running.detach.done():
-            self._detach(key, task, handler, trigger, binds, started)
-            log.info("Trigger %s (type %s): %s no longer waited for, its type let go; it runs on until its "
-                     "deadline", trigger.id, key[0], callback_name(hook))
+        self._detach(key, _Detached(task, handler, trigger, binds, loop.time() + (self._deadline or _DETACHED_WAIT_S)))
+        if detach.done():
+            log.info("Trigger %s (type %s): %s no longer waited for, its type let go; it runs on in the background%s",
+                     trigger.id, key[0], callback_name(hook),
+                     " (should it bind the trigger, its handler unbinds it)" if binds else "")
             raise _HookStopped(released=True)
-        task.cancel()
         if self._abandoned.take("abandoned", f"trigger {trigger.id:.200}: {callback_name(hook)}"):
-            log.error("Trigger %s (type %s): %s did not finish within %g s (InitOptions.invocation_timeout_ms): "
-                      "abandoned, its coroutine cancelled (work it runs in a thread cannot be stopped and runs on); "
-                      "%s", trigger.id, key[0], callback_name(hook), self._deadline,
-                      "the registration is answered to the engine as refused (trigger_registration_failed)"
-                      if binds else "the trigger counts as unbound")
+            log.error("Trigger %s (type %s): %s did not finish within %g s (InitOptions.invocation_timeout_ms): no "
+                      "longer waited for, it runs on in the background; %s", trigger.id, key[0], callback_name(hook),
+                      self._deadline,
+                      "the registration is answered to the engine as refused (trigger_registration_failed), and "
+                      "should the hook still bind the trigger, its handler unbinds it" if binds
+                      else "the trigger's next bind or unbind by this handler waits for it (at most as long again)")
         raise _HookStopped(released=False)
 
-    def _detach(self, key: _Key, task: asyncio.Task[BaseException | None], handler: TriggerHandler[Any],
-                trigger: TriggerConfig[Any], binds: bool, started: float) -> None:
-        """``task``, a hook of ``key`` whose type was let go, runs on in the background: cancelled by ``key``'s
-        next turn or at its deadline; a bind that ends there is undone by its handler, in ``key``'s turn."""
-        loop = task.get_loop()
-        self._detached.setdefault(key, set()).add(task)
-        timer = loop.call_at(started + self._deadline, task.cancel) if self._deadline is not None else None
+    @staticmethod
+    async def _unbind_later(before: list[_Detached], handler: TriggerHandler[Any], trigger: TriggerConfig[Any]) -> None:
+        """(In the background.) ``handler`` unbinds ``trigger`` once its hooks of it ``before`` have ended (each
+        waited for until its ``due``)."""
+        loop = asyncio.get_running_loop()
+        for entry in before:
+            if not entry.task.done() and (left := entry.due - loop.time()) > 0:
+                await asyncio.wait((entry.task,), timeout=left)
+        outcome = handler.unregister_trigger(trigger)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+    def _detach(self, key: _Key, entry: _Detached) -> None:
+        """``entry``'s hook of ``key`` runs on in the background. An unbind (or a bind that failed) that ends is
+        forgotten; a bind that ends is undone by its handler in ``key``'s turn (:meth:`_settle_detached`)."""
+        self._detached.setdefault(key, []).append(entry)
+        loop = entry.task.get_loop()
 
         def ended(done: asyncio.Task[BaseException | None]) -> None:
-            tasks = self._detached.get(key)
-            if tasks is not None:
-                tasks.discard(done)
-                if not tasks:
-                    del self._detached[key]
-            if timer is not None:
-                timer.cancel()
-            if binds and not done.cancelled() and done.result() is None:
-                undo = loop.create_task(self._undo_detached(key, handler, trigger))
+            if entry.binds and not done.cancelled() and done.result() is None:
+                log.info("Trigger %s (type %s): %s finished after the wait for it ended: unbound by its handler "
+                         "(the engine was told it was not bound)", entry.trigger.id, key[0],
+                         callback_name(entry.handler.register_trigger))
+                undo = loop.create_task(self._undo_detached(key))
                 self._background.add(undo)
                 undo.add_done_callback(self._background.discard)
+                return
+            self._forget_detached(key, entry)
 
-        task.add_done_callback(ended)
+        entry.task.add_done_callback(ended)
 
-    async def _undo_detached(self, key: _Key, handler: TriggerHandler[Any], trigger: TriggerConfig[Any]) -> None:
-        """A bind of a type let go ended after the wait for it: ``handler`` unbinds it, in ``key``'s turn."""
+    def _forget_detached(self, key: _Key, entry: _Detached) -> None:
+        entries = self._detached.get(key)
+        if entries is not None and entry in entries:
+            entries.remove(entry)
+            if not entries:
+                del self._detached[key]
+
+    async def _settle_detached(self, key: _Key, handler: TriggerHandler[Any] | None,
+                               detach: asyncio.Future[None] | None = None) -> bool:
+        """(In ``key``'s turn.) Each bind of ``key`` left running in the background that has ended is unbound by
+        its handler, once; ``handler``'s hooks of ``key`` still running there are waited for, each until its ``due``
+        (then this goes ahead, logged once: the handler's hooks of the trigger may overlap). False when ``detach``
+        (the type let go) ended the wait."""
+        loop = asyncio.get_running_loop()
+        while True:
+            entries = self._detached.get(key, [])
+            finished = next((entry for entry in entries if entry.task.done()), None)
+            if finished is not None:
+                self._forget_detached(key, finished)
+                if finished.binds and not finished.task.cancelled() and finished.task.result() is None:
+                    await self._unbind(key, finished.handler, finished.trigger)
+                continue
+            if handler is None:
+                return True
+            if detach is not None and detach.done():
+                return False
+            pending = next((entry for entry in entries if entry.handler is handler and not entry.logged), None)
+            if pending is None:
+                return True
+            left = pending.due - loop.time()
+            if left > 0:
+                await asyncio.wait((pending.task, detach) if detach is not None else (pending.task,), timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            if not pending.task.done() and loop.time() >= pending.due:
+                pending.logged = True
+                name = callback_name(handler.register_trigger if pending.binds else handler.unregister_trigger)
+                if self._abandoned.take("abandoned", f"trigger {key[1]:.200}: {name}"):
+                    log.error("Trigger %s (type %s): %s, no longer waited for, still runs; the handler's next hook "
+                              "of the trigger goes ahead", key[1], key[0], name)
+
+    async def _undo_detached(self, key: _Key) -> None:
+        """A bind left running in the background ended: its handler unbinds it, in ``key``'s turn (unless a turn of
+        ``key`` did already)."""
         turn = await self._turn(key)
         try:
-            await self._unbind(key, handler, trigger)
+            await self._settle_detached(key, None)
         finally:
             self._end_turn(key, turn)
 
