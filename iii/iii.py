@@ -150,7 +150,9 @@ class III:
         self._options = options or InitOptions()
         check_reconnection(self._options.reconnection_config)
         # OpenTelemetry numbers that cannot work fail here, naming the field (before: OpenTelemetry's ValueError ended
-        # the start on the client's loop, and register_worker waited 30 s to say it could not reach the engine).
+        # the start on the client's loop, and register_worker waited 30 s to say it could not reach the engine); one
+        # of a part of telemetry that is off (telemetry, by enabled=False or OTEL_ENABLED=false; logs; metrics) is
+        # never used: taken with a warning, as the reference connects with it.
         checked_otel_config(self._options.otel)
         # The timeout of calls that give none, checked like theirs (a NaN or negative default broke every call).
         self._timeout_ms = _checked_timeout_ms(self._options.invocation_timeout_ms, "invocation_timeout_ms")

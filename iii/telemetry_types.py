@@ -1,20 +1,25 @@
 """OpenTelemetry options of a worker, and the checks of its numbers.
 
 A value that cannot work (a zero or negative interval, a NaN, a number with no float, a batch bigger than the log
-queue) is refused with a ``ValueError`` naming the field when the config is made (and again when a worker starts
-with it): before, OpenTelemetry's own ``ValueError`` ended the worker's start on its thread, and ``register_worker``
-waited 30 s to say it could not reach the engine. ``OTEL_*`` environment values that cannot work are ignored with a
-warning, OpenTelemetry's own convention for its variables (see :func:`env_int`).
+queue) in a part of telemetry that is on is refused with a ``ValueError`` naming the field when a worker is made
+with it (:func:`checked_otel_config`): before, OpenTelemetry's own ``ValueError`` ended the worker's start on its
+thread, and ``register_worker`` waited 30 s to say it could not reach the engine. ``OtelConfig`` itself takes
+anything, as the reference's does, and a value of a part that is off (telemetry off, by ``enabled=False`` or
+``OTEL_ENABLED=false``; logs off; metrics off) is never used, so it is not refused: one warning names it.
+``OTEL_*`` environment values that cannot work are ignored with a warning, OpenTelemetry's own convention for its
+variables (see :func:`env_int`).
 
 Example:
     >>> OtelConfig(enabled=False).metrics_export_interval_ms
     60000
     >>> OtelConfig(logs_max_queue_bytes=1 << 20).logs_max_queue_bytes
     1048576
-    >>> OtelConfig(logs_flush_interval_ms=0)
+    >>> checked_otel_config(OtelConfig(enabled=True, logs_flush_interval_ms=0))
     Traceback (most recent call last):
     ...
     ValueError: otel.logs_flush_interval_ms must be a number of milliseconds > 0 and <= 10**12, got 0
+    >>> checked_otel_config(OtelConfig(enabled=True, logs_enabled=False, logs_flush_interval_ms=0)) is not None
+    True
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from typing import Any, Final
 
 from .warn_once import WarnOnce
 
-__all__ = ["LOG_QUEUE_RECORDS_DEFAULT", "MAX_INTERVAL_MS", "OtelConfig", "checked_otel_config", "env_int"]
+__all__ = ["LOG_QUEUE_RECORDS_DEFAULT", "MAX_INTERVAL_MS", "OtelConfig", "checked_otel_config", "env_int",
+           "otel_enabled"]
 
 log = logging.getLogger(__name__)
 _warn_once = WarnOnce(log)  # a bad variable is read at every pipeline built: said once per variable and value
@@ -42,14 +48,18 @@ MAX_INTERVAL_MS: Final = 10**12
 LOG_QUEUE_RECORDS_DEFAULT: Final = 2048
 """OpenTelemetry's own default size of its log queue, in records (``OTEL_BLRP_MAX_QUEUE_SIZE`` changes it)."""
 
+_DISABLED_VALUES: Final = frozenset({"false", "0", "no", "off"})
+"""``OTEL_ENABLED`` values that turn telemetry off (as ``iii.telemetry`` reads them)."""
+
 
 @dataclass
 class OtelConfig:
     """OpenTelemetry settings; unset values fall back to the ``OTEL_*`` environment.
 
-    Numbers are checked when it is made (``ValueError`` naming the field): intervals are milliseconds > 0 and
-    <= 10**12 (``metrics_export_interval_ms`` may also be ``math.inf``: no periodic export, as OpenTelemetry
-    defines it), ``logs_batch_size`` and ``logs_max_queue_bytes`` whole numbers > 0.
+    Any value is taken when it is made (as the reference's); ``register_worker`` refuses one that cannot work in a
+    part of telemetry that is on (:func:`checked_otel_config`, ``ValueError`` naming the field): intervals are
+    milliseconds > 0 and <= 10**12 (``metrics_export_interval_ms`` may also be ``math.inf``: no periodic export, as
+    OpenTelemetry defines it), ``logs_batch_size`` and ``logs_max_queue_bytes`` whole numbers > 0.
     """
 
     enabled: bool | None = None
@@ -67,9 +77,6 @@ class OtelConfig:
     #: Ours: bytes of log records (estimated, as held in memory) that may wait for export; records past it are
     #: dropped and counted (``OTEL_LOGS_MAX_QUEUE_BYTES`` when unset, else 16 MiB). See docs/guides/observability.md.
     logs_max_queue_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_fields(self)
 
 
 def _interval_error(name: str, value: Any, *, inf_ok: bool = False) -> str | None:
@@ -98,21 +105,38 @@ def _count_error(name: str, value: Any) -> str | None:
     return None
 
 
-def _check_fields(config: OtelConfig) -> None:
-    """``ValueError`` naming the first numeric field of ``config`` that cannot work (each alone)."""
-    errors = (
-        None if config.logs_flush_interval_ms is None
-        else _interval_error("logs_flush_interval_ms", config.logs_flush_interval_ms),
+def otel_enabled(config: OtelConfig) -> bool:
+    """Whether telemetry is on for ``config``: its ``enabled`` when set, else unless ``OTEL_ENABLED`` is
+    ``false|0|no|off`` (the decision ``iii.telemetry`` makes before it starts anything).
+
+    Example:
+        >>> otel_enabled(OtelConfig(enabled=False)), otel_enabled(OtelConfig(enabled=True))
+        (False, True)
+    """
+    if config.enabled is not None:
+        return bool(config.enabled)
+    return os.environ.get("OTEL_ENABLED", "").strip().lower() not in _DISABLED_VALUES
+
+
+def _field_errors(config: OtelConfig) -> tuple[list[str], list[str]]:
+    """Why numeric fields of ``config`` cannot work (each alone): those telemetry would use, and those it would
+    not (its part is off: telemetry, logs or metrics), each a message naming the field."""
+    on = otel_enabled(config)
+    logs_on = on and (config.logs_enabled is None or bool(config.logs_enabled))
+    metrics_on = on and bool(config.metrics_enabled)
+    checks = (
+        (logs_on, None if config.logs_flush_interval_ms is None
+         else _interval_error("logs_flush_interval_ms", config.logs_flush_interval_ms)),
         # (None: OpenTelemetry's own default, OTEL_METRIC_EXPORT_INTERVAL else 60 s, as with the reference)
-        None if config.metrics_export_interval_ms is None
-        else _interval_error("metrics_export_interval_ms", config.metrics_export_interval_ms, inf_ok=True),
-        None if config.logs_batch_size is None else _count_error("logs_batch_size", config.logs_batch_size),
-        None if config.logs_max_queue_bytes is None
-        else _count_error("logs_max_queue_bytes", config.logs_max_queue_bytes),
+        (metrics_on, None if config.metrics_export_interval_ms is None
+         else _interval_error("metrics_export_interval_ms", config.metrics_export_interval_ms, inf_ok=True)),
+        (logs_on, None if config.logs_batch_size is None else _count_error("logs_batch_size", config.logs_batch_size)),
+        (logs_on, None if config.logs_max_queue_bytes is None
+         else _count_error("logs_max_queue_bytes", config.logs_max_queue_bytes)),
     )
-    for error in errors:
-        if error is not None:
-            raise ValueError(error)
+    used = [error for in_use, error in checks if in_use and error is not None]
+    unused = [error for in_use, error in checks if not in_use and error is not None]
+    return used, unused
 
 
 def env_int(env_var: str, default: int, minimum: int = 1, maximum: int = sys.maxsize) -> int:
@@ -145,16 +169,21 @@ def env_int(env_var: str, default: int, minimum: int = 1, maximum: int = sys.max
 
 def checked_otel_config(otel: OtelConfig | dict[str, Any] | None) -> OtelConfig | None:
     """``otel`` (``InitOptions.otel``) as an :class:`OtelConfig`, checked: ``ValueError`` naming the field for a
-    number that cannot work (also one set after the config was made, and a ``logs_batch_size`` over the log queue's
-    size, ``OTEL_BLRP_MAX_QUEUE_SIZE`` or 2048), ``TypeError`` for a dict with a key that is not a field.
+    number that cannot work in a part of telemetry that is on (also one set after the config was made, and a
+    ``logs_batch_size`` over the log queue's size, ``OTEL_BLRP_MAX_QUEUE_SIZE`` or 2048), ``TypeError`` for a dict
+    with a key that is not a field. A value of a part that is off (``enabled=False`` or, unset, ``OTEL_ENABLED=false``;
+    ``logs_enabled=False``; ``metrics_enabled=False``) is never used: it is not refused (the reference connects with
+    it), and is named in one warning.
 
     Example:
         >>> checked_otel_config({"logs_flush_interval_ms": 250}).logs_flush_interval_ms
         250
-        >>> checked_otel_config({"logs_batch_size": -1})
+        >>> checked_otel_config({"enabled": True, "logs_batch_size": -1})
         Traceback (most recent call last):
         ...
         ValueError: otel.logs_batch_size must be a whole number > 0, got -1
+        >>> checked_otel_config({"enabled": False, "logs_batch_size": -1}).logs_batch_size  # warns once: unused
+        -1
     """
     if otel is None:
         return None
@@ -167,13 +196,23 @@ def checked_otel_config(otel: OtelConfig | dict[str, Any] | None) -> OtelConfig 
         config = OtelConfig(**otel)
     elif isinstance(otel, OtelConfig):
         config = otel
-        _check_fields(config)
     else:
         raise TypeError(f"otel must be an OtelConfig, a dict of its settings or None, got {type(otel).__name__}")
+    used, unused = _field_errors(config)
+    if used:
+        raise ValueError(used[0])
     batch = config.logs_batch_size
-    if batch is not None and config.logs_enabled is not False:
+    if batch is not None and _count_error("logs_batch_size", batch) is None:
+        logs_on = otel_enabled(config) and (config.logs_enabled is None or bool(config.logs_enabled))
         queue = env_int("OTEL_BLRP_MAX_QUEUE_SIZE", LOG_QUEUE_RECORDS_DEFAULT)
         if batch > queue:
-            raise ValueError(f"otel.logs_batch_size must be <= the log queue's size in records ({queue:,}: "
-                             f"OTEL_BLRP_MAX_QUEUE_SIZE, else 2048), got {batch!r}")
+            error = (f"otel.logs_batch_size must be <= the log queue's size in records ({queue:,}: "
+                     f"OTEL_BLRP_MAX_QUEUE_SIZE, else 2048), got {batch!r}")
+            if logs_on:
+                raise ValueError(error)
+            unused.append(error)
+    if unused:
+        # (said once per process and message: the check runs when the client is made and again at its start)
+        message = "; ".join(unused)
+        _warn_once(f"otel-unused:{message}", "Unused telemetry setting (its part of telemetry is off): %s", message)
     return config

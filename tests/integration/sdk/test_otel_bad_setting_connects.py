@@ -4,7 +4,9 @@
 logged: OpenTelemetry's ``ValueError`` had ended the client's start, on its loop, before it connected. (A config
 changed after the client was made, so that its start meets it, leaves the worker running without telemetry and an
 error logged naming the field.) ``OTEL_LOGS_FLUSH_INTERVAL_MS=0`` stopped the start the same way; it is now ignored
-with a warning and telemetry runs with the default."""
+with a warning and telemetry runs with the default. A setting of a part of telemetry that is off (``enabled=False``,
+``OTEL_ENABLED=false``, ``logs_enabled=False``, ``metrics_enabled=False``) is never used and does not stop the worker
+(the reference SDK connects with it; ours raised ``ValueError`` in ``register_worker``)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from iii import InitOptions, telemetry, telemetry_types
+from iii import InitOptions, OtelConfig, telemetry, telemetry_types
 from iii.iii import register_worker
 from iii.warn_once import WarnOnce
 from iii_engine import Engine
@@ -77,3 +79,25 @@ async def test_a_bad_flush_interval_in_the_environment_is_ignored_with_a_warning
     assert delays == [100]
     assert took < 2.0
     assert any("OTEL_LOGS_FLUSH_INTERVAL_MS='0'" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(("settings", "env"), [
+    ({"enabled": False, "logs_flush_interval_ms": 0}, None), ({"enabled": False, "logs_batch_size": 0}, None),
+    ({"enabled": False, "metrics_export_interval_ms": 0}, None), ({"enabled": False, "logs_batch_size": 5000}, None),
+    ({"enabled": True, "logs_enabled": False, "logs_flush_interval_ms": 0}, None),
+    ({"enabled": True, "logs_enabled": False, "logs_batch_size": -3}, None),
+    ({"enabled": True, "metrics_enabled": False, "metrics_export_interval_ms": 0}, None),
+    ({"enabled": True, "metrics_enabled": False, "metrics_export_interval_ms": -1}, None),
+    ({"logs_flush_interval_ms": 0}, "false"), ({"logs_batch_size": 4096}, "false"),
+])
+@pytest.mark.parametrize("as_config", [False, True])
+async def test_a_bad_setting_of_a_part_that_is_off_connects(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any], env: str | None,
+        as_config: bool) -> None:
+    if env is None:
+        monkeypatch.delenv("OTEL_ENABLED", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_ENABLED", env)
+    otel: Any = OtelConfig(**settings) if as_config else dict(settings)
+    took = await _connect(engine.url, InitOptions(otel=otel))
+    assert took < 2.0

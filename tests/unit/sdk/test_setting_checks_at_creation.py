@@ -9,10 +9,15 @@ from typing import Any
 
 import pytest
 
-from iii import InitOptions, ReconnectionConfig
+from iii import InitOptions, OtelConfig, ReconnectionConfig
 from iii.iii import III, register_worker
 
 pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.fixture(autouse=True)
+def _telemetry_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_ENABLED", raising=False)
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -25,6 +30,25 @@ def test_an_otel_number_that_cannot_work_fails_register_worker_at_once(field: st
     with pytest.raises(ValueError, match=rf"otel\.{field} must be"):
         register_worker("ws://127.0.0.1:1", InitOptions(otel={field: value}))
     assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize(("settings", "env"), [
+    ({"enabled": False, "logs_flush_interval_ms": 0}, None), ({"enabled": False, "logs_batch_size": 0}, None),
+    ({"enabled": False, "metrics_export_interval_ms": 0}, None), ({"enabled": False, "logs_batch_size": 5000}, None),
+    ({"logs_enabled": False, "logs_flush_interval_ms": 0}, None),
+    ({"logs_enabled": False, "logs_batch_size": -3}, None),
+    ({"metrics_enabled": False, "metrics_export_interval_ms": 0}, None),
+    ({"metrics_enabled": False, "metrics_export_interval_ms": -1}, None),
+    ({"logs_flush_interval_ms": 0}, "false"), ({"logs_batch_size": 4096}, "false"),
+])
+@pytest.mark.parametrize("as_config", [False, True])
+def test_an_otel_number_of_a_part_that_is_off_is_taken_when_the_client_is_made(
+        monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any], env: str | None, as_config: bool) -> None:
+    """A setting that is switched off is never used: the reference connects with it; ours raised ValueError."""
+    if env is not None:
+        monkeypatch.setenv("OTEL_ENABLED", env)
+    otel: Any = OtelConfig(**settings) if as_config else dict(settings)
+    III("ws://127.0.0.1:1", InitOptions(otel=otel)).shutdown()
 
 
 @pytest.mark.parametrize(("field", "value"), [
