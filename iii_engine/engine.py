@@ -445,6 +445,15 @@ class _ModuleServices:
         entry = self._engine.registry.functions.get(function_id)
         return entry.owner if entry is not None and entry.builtin is None and not entry.gone else None
 
+    def fired_callee(self, function_id: str) -> str | None:
+        """The worker whose ``max_fired_calls_per_worker`` share a fan-out counts a call of ``function_id`` on: the
+        worker serving it, or, for an HTTP-invoked (external) function, the worker that registered it (``None``: a
+        built-in run in the engine, or nobody serves it)."""
+        entry = self._engine.registry.functions.get(function_id)
+        if entry is None or entry.gone or (entry.builtin is not None and not entry.external):
+            return None
+        return entry.owner
+
     def service_functions(self, service_id: str) -> Collection[str]:
         """The worker functions registered under a service (live)."""
         return self._engine.service_functions(service_id)

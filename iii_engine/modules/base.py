@@ -418,6 +418,11 @@ class EngineServices(Protocol):
     def function_owner(self, function_id: str) -> str | None:
         """The id of the worker serving ``function_id`` (``None``: a built-in, or nobody serves it)."""
 
+    def fired_callee(self, function_id: str) -> str | None:
+        """The worker whose ``max_fired_calls_per_worker`` share a fan-out counts a call of ``function_id`` on: the
+        worker serving it, or the worker that registered it for an HTTP-invoked function (``None``: a built-in, or
+        nobody serves it)."""
+
     def service_functions(self, service_id: str) -> Collection[str]:
         """Ids (within the service) of the worker functions registered under ``service_id`` (e.g. ``"stream"``
         → ``get(todos)``); the collection is live, so its length tells whether it grew."""

@@ -133,7 +133,10 @@ def within_callee_shares(services: EngineServices, triggers: list[TriggerInfo], 
 
     The calls of built-in functions (run in the engine) count together on one share of their own
     (:data:`BUILTIN_CALLEE`), within this fan-out only: at most ``max_fired_calls_per_worker`` of them are kept,
-    the others not made, counted, logged and told as above.
+    the others not made, counted, logged and told as above. An HTTP-invoked function (run by the engine,
+    registered by a worker) counts on the share of the worker that registered it (``services.fired_callee``),
+    with what that worker's functions have in flight; its calls hold no place in that share once made (the call
+    itself is not counted on it), so none kept here is refused later, and every place taken here goes back.
 
     When the share is all of ``max_fired_calls`` (no share of its own: a worker with all of it in flight holds the
     engine's whole room), only the calls past the share within this fan-out are left out: the others wait for the
@@ -146,7 +149,10 @@ def within_callee_shares(services: EngineServices, triggers: list[TriggerInfo], 
     writes): it asked for 8,001 slots with 2,500 held, when one call could be made. A first version kept every
     trigger of a built-in or of a function nobody serves: 41 catch-all triggers of ``ghost::nobody`` (or of
     ``engine::functions::list``) under ``max_fired_calls`` 40 made 3 of 3 writes (and publishes) fail at once
-    with ``fire_limit``, the writer's own trigger getting 0 of 3.
+    with ``fire_limit``, the writer's own trigger getting 0 of 3. A second counted HTTP-invoked functions on that
+    built-in share: another worker's 10 catch-all triggers of ``engine::functions::list`` left a worker's HTTP
+    function 0 of 3 writes, and 11 workers' HTTP subscribers of one topic (``max_fired_calls`` 40) got 30 of 33
+    publishes (the 11th none).
 
     Example:
         >>> within_callee_shares(EngineServices.__new__(EngineServices), [], tell_producer=False)
@@ -154,7 +160,7 @@ def within_callee_shares(services: EngineServices, triggers: list[TriggerInfo], 
     """
     if not triggers:
         return triggers
-    owner_of = services.function_owner
+    owner_of = services.fired_callee
     if len(triggers) == 1:
         # nothing to leave out for a share: the call takes its one slot, and to_callee decides as it is made
         only = triggers[0]

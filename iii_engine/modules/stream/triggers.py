@@ -2,12 +2,13 @@
 
 ``stream`` triggers need a ``stream_name`` (a config without one is rejected, docs/protocol.md#stream-improvements
 ST8) and may filter on
-``group_id`` / ``item_id`` (empty = any) and a ``condition_function_id``. Each change event gets one task that
-calls the matching handlers one after another; results are ignored and errors only logged.
+``group_id`` / ``item_id`` (empty = any) and a ``condition_function_id``. Each matching handler of a change event
+is called in a task of its own; results are ignored and errors only logged.
 
 ``stream:join`` / ``stream:leave`` fire for every join/leave unless their config names a ``stream_name``,
 ``group_id`` or ``condition_function_id`` (ST7, ours). Join handlers are awaited in order and any answer with
-``"unauthorized": true`` refuses the join.
+``"unauthorized": true`` refuses the join (a join trigger of a function nobody serves refuses every join: fail
+closed). Leave handlers (nobody waits for them) each run in a task of their own, as state triggers do.
 
 Example:
     >>> matches_stream_trigger({"stream_name": "s", "group_id": ""}, {"streamName": "s", "groupId": "g", "id": None})
@@ -23,8 +24,8 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.protocol.worker_session import clip_text
 
-from ..base import EngineError, FiredSlots
-from ..trigger_set import TriggerRunner, TriggerSet, check_trigger_config, trigger_config
+from ..base import EngineError
+from ..trigger_set import TriggerRunner, TriggerSet, check_trigger_config, trigger_config, within_callee_shares
 
 __all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stream_trigger"]
 
@@ -78,7 +79,8 @@ class JoinFailed(Exception):
 
 
 class JoinLeaveTriggers(TriggerSet):
-    """Registrator of ``stream:join`` or ``stream:leave``; :meth:`run` awaits the matching handlers in order.
+    """Registrator of ``stream:join`` or ``stream:leave``; :meth:`authorize` awaits a join's matching handlers in
+    order, :meth:`run_detached` runs a leave's each in a task of its own.
 
     Example:
         >>> JoinLeaveTriggers.refuses({"unauthorized": True}), JoinLeaveTriggers.refuses({"unauthorized": "yes"})
@@ -136,27 +138,29 @@ class JoinLeaveTriggers(TriggerSet):
         return True
 
     def run_detached(self, payload: Mapping[str, Any]) -> None:
-        """:meth:`run` in a task of its own (leave on disconnect: nobody waits for it); its handlers hold slots of
-        ``max_fired_calls`` until it ends. With no room now it waits for some, in turn, at most
+        """Call the matching handlers of a leave (on disconnect: nobody waits for it), each in a task of its own
+        holding one slot of ``max_fired_calls`` and a place in its callee worker's ``max_fired_calls_per_worker``
+        (:meth:`TriggerSet._run_each`). With no room now it waits for some, in turn, at most
         ``fire_wait_timeout_ms`` (then it is refused, counted and logged): skipping it at once broke "every join
-        heard gets exactly one leave" whenever the engine was merely busy."""
-        count = len(self.matching(payload))
-        if count:
-            slots = self.services.fired_calls.try_take(count)
-            if slots is not None:
-                self.spawn(self._run_holding(slots, payload), slots)
-            else:
-                self.spawn(self._run_when_room(count, payload))
+        heard gets exactly one leave" whenever the engine was merely busy. Calls past their callee's share, of a
+        function nobody serves, or of built-ins past one share are left out before the take, counted and logged
+        (:func:`~..trigger_set.within_callee_shares`).
 
-    async def _run_when_room(self, count: int, payload: Mapping[str, Any]) -> None:
+        Why: one task called the handlers in turn, holding a slot for every matching trigger: 40 catch-all leave
+        triggers of ``ghost::nobody`` (``max_fired_calls`` 40) made every leave wait for 41 slots and be refused,
+        another worker's leave handler hearing 0 of 3 leaves; and one leave handler that never answered held up
+        every handler after it (another worker's heard its leave only once the hung worker left)."""
+        matching = within_callee_shares(self.services, self.matching(payload), tell_producer=False)
+        if matching:
+            slots = self.services.fired_calls.try_take(len(matching))
+            if slots is not None:
+                self._run_each(matching, payload, slots)
+            else:
+                self.spawn(self._run_when_room(matching, payload))
+
+    async def _run_when_room(self, matching: list[TriggerInfo], payload: Mapping[str, Any]) -> None:
         try:
-            slots = await self.services.fired_calls.take(count, f"{self.kind} handlers", "handlers")
+            slots = await self.services.fired_calls.take(len(matching), f"{self.kind} handlers", "handlers")
         except EngineError:
             return  # refused: FiredCalls counted and logged it
-        await self._run_holding(slots, payload)  # at once: no await between taking the slots and holding them
-
-    async def _run_holding(self, slots: FiredSlots, payload: Mapping[str, Any]) -> None:
-        try:
-            await self.run(payload)
-        finally:
-            slots.release()  # exactly what was taken, whatever the handlers run inline took themselves
+        self._run_each(matching, payload, slots)  # at once: no await between taking the slots and handing them

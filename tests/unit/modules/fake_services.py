@@ -112,6 +112,9 @@ class FakeServices:
     def function_owner(self, function_id: str) -> str | None:
         return None  # every function here is the engine's own
 
+    def fired_callee(self, function_id: str) -> str | None:
+        return None  # every function here is the engine's own
+
     async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
         if function_id in self.builtins:
             return await self.call(function_id, data)
