@@ -11,6 +11,7 @@ compare outcomes, and exits 0. Roles:
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 import sys
@@ -79,6 +80,7 @@ class HookHandler(TriggerHandler[Any]):
     def __init__(self) -> None:
         self.events: list[list[Any]] = []
         self.lock = threading.Lock()
+        self.unregistered = threading.Event()
 
     async def register_trigger(self, config: TriggerConfig[Any]) -> None:
         with self.lock:
@@ -87,6 +89,7 @@ class HookHandler(TriggerHandler[Any]):
     async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
         with self.lock:
             self.events.append(["unregister", config.id, config.function_id])
+        self.unregistered.set()
 
 
 def register_engine_side(iii: Any) -> None:
@@ -110,6 +113,13 @@ def register_engine_side(iii: Any) -> None:
         return ApiResponse(status_code=201, body={"ok": True})
 
     async def serve_hooks(data: Any) -> Any:
+        # The unregistertrigger frame comes just before this call, and the SDK runs the hook in a task of its own
+        # (it may outlive its deadline), so the hook may end a loop turn after this call starts: waited for, a
+        # moment at most (the reference SDK ignores the frame: it never comes there).
+        for _ in range(100):
+            if hooks.unregistered.is_set():
+                break
+            await asyncio.sleep(0.005)
         with hooks.lock:
             return list(hooks.events)
 
