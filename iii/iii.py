@@ -108,6 +108,7 @@ M = TypeVar("M", bound=BaseModel)
 _REFERENCE_CONNECT_WAIT_S = 30.0
 # After a reconnect, how long to wait for the engine to forget the old worker before checking registrations.
 _RECOVERY_WINDOW_S = 30.0
+_OWN_CALLS_TIMEOUT_MS: Final = 30_000.0  # the client's own calls when its invocation_timeout_ms is 0
 _RECOVERY_POLL_S = 0.25
 _WORKER_ID_WAIT_S = 2.0
 # A server that accepts the upgrade and never names the connection (``workerregistered``): the engine's stream socket
@@ -761,7 +762,8 @@ class III:
         deadline = self._loop.time() + _RECOVERY_WINDOW_S
         while True:
             try:
-                listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
+                listed = await self._call("engine::triggers::list", {"include_internal": True}, None,
+                                          self._own_timeout_ms)
             except (InvocationError, TimeoutError, ShuttingDownError) as exc:
                 # (the connection went: the next one checks again; an engine that lists none: nothing is unbound)
                 log.debug("The check of owned triggers after a reconnect stopped: %s", exc)
@@ -774,6 +776,13 @@ class III:
             if not on_the_way or self._loop.time() >= deadline or self._session.generation != generation:
                 return
             await asyncio.sleep(_RECOVERY_POLL_S)
+
+    @property
+    def _own_timeout_ms(self) -> float:
+        """The timeout of the client's own calls (its recovery checks after a reconnect): the client's
+        ``invocation_timeout_ms``, or :data:`_OWN_CALLS_TIMEOUT_MS` where that is 0, which times a call out at once
+        (the checks then stopped at once and a trigger gone from the engine stayed bound at its handler)."""
+        return self._timeout_ms or _OWN_CALLS_TIMEOUT_MS
 
     async def _round_trip(self) -> None:
         """:meth:`_handled_so_far`, a failure logged, not raised (the connection may be gone: a newer one runs its
@@ -788,7 +797,7 @@ class III:
         frames in order, docs/protocol.md#framing): the cheapest call it answers, a worker list filtered on an id
         no worker has. Unfiltered, the answer listed every worker with its functions (tens of KB on a busy
         engine), once per connection of every worker with a registrations-ready callback."""
-        await self._call("engine::workers::list", {"worker_id": _NO_WORKER}, None)
+        await self._call("engine::workers::list", {"worker_id": _NO_WORKER}, None, self._own_timeout_ms)
 
     def _on_call_dropped(self, invocation_id: str) -> None:
         code = "connection_lost"
@@ -861,7 +870,8 @@ class III:
                 # Asked one id at a time, filtered: an unfiltered list grows with every worker on the engine, and
                 # this polls every _RECOVERY_POLL_S after each reconnect.
                 for worker_id in list(waiting):
-                    workers = await self._call("engine::workers::list", {"worker_id": worker_id}, None)
+                    workers = await self._call("engine::workers::list", {"worker_id": worker_id}, None,
+                                               self._own_timeout_ms)
                     if not any(w.get("id") == worker_id for w in workers.get("workers", [])):
                         waiting.remove(worker_id)
                 if not waiting:
@@ -872,14 +882,14 @@ class III:
                 return
             # Each send may wait (a socket backed up): a frame is re-checked against the book just before it goes,
             # or one unregistered meanwhile came back (its unregister had already left).
-            listed = await self._call("engine::functions::list", {"include_internal": True}, None)
+            listed = await self._call("engine::functions::list", {"include_internal": True}, None, self._own_timeout_ms)
             for frame in self._session.missing_functions(f.get("function_id") for f in listed.get("functions", [])):
                 if self._session.holds(frame) and self._fits(frame):
                     # (what it registers, not the frame: an HTTP function's frame holds its URL and headers)
                     log.info("Re-registering a function lost in the old connection's cleanup: %s",
                              describe_registration(frame))
                     await self._conn.send(_RegistrationFrame(frame), own=True)
-            listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
+            listed = await self._call("engine::triggers::list", {"include_internal": True}, None, self._own_timeout_ms)
             resent = False
             for frame in self._session.missing_triggers(t.get("id") for t in listed.get("triggers", [])):
                 if self._session.holds(frame) and self._fits(frame):
@@ -1677,7 +1687,7 @@ class III:
         that comes meanwhile is as new or newer (the engine's frames come in order) and wins."""
         pushes = self._functions_available_pushes
         try:
-            listed = await self._call("engine::functions::list", {"include_internal": True}, None)
+            listed = await self._call("engine::functions::list", {"include_internal": True}, None, self._own_timeout_ms)
         except (InvocationError, TimeoutError, ShuttingDownError) as exc:
             log.debug("Reading the function list after a reconnect stopped: %s", exc)
             return
