@@ -105,15 +105,9 @@ class JoinLeaveTriggers(TriggerSet):
         check_trigger_config(trigger, self.kind, ("stream_name", "group_id", "condition_function_id"))
         await super().register(trigger)
 
-    async def run(self, payload: Mapping[str, Any]) -> bool:
-        """Call the matching handlers in order; ``False`` as soon as one refuses (join), else ``True``."""
-        for trigger in self.matching(payload):
-            if self.refuses(await self.call(trigger, payload)):
-                return False
-        return True
-
     async def authorize(self, payload: Mapping[str, Any]) -> bool:
-        """:meth:`run` for a join, failing closed: a handler (or its condition) that fails, is refused busy or
+        """Call a join's matching handlers in order: ``False`` as soon as one refuses, else ``True``; failing
+        closed: a handler (or its condition) that fails, is refused busy or
         is gone raises :class:`JoinFailed` naming it, rather than counting as "allowed" (a failed handler let
         clients join and sync groups it would have refused: a ``ctx["user"]`` on a missing context gave any client
         another user's data). A condition's literal ``false`` still means the handler does not apply."""
