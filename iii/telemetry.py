@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from .telemetry_exporters import FrameSink, SharedEngineConnection
-from .telemetry_types import LOG_QUEUE_RECORDS_DEFAULT, MAX_INTERVAL_MS, OtelConfig, env_int
+from .telemetry_types import LOG_QUEUE_RECORDS_DEFAULT, MAX_INTERVAL_MS, OtelConfig, env_int, otel_enabled
 
 __all__ = [
     "OtelConfig",
@@ -85,13 +85,7 @@ T = TypeVar("T")
 
 _DEFAULT_SERVICE_NAME: Final = "iii-python-sdk"
 _SCOPE: Final = "iii-python-sdk"
-_DISABLED_VALUES: Final = frozenset({"false", "0", "no", "off"})
-
-
-def _enabled(config: OtelConfig) -> bool:
-    if config.enabled is not None:
-        return config.enabled
-    return os.environ.get("OTEL_ENABLED", "").strip().lower() not in _DISABLED_VALUES
+_enabled = otel_enabled  # (the one decision, shared with the settings check of iii.telemetry_types)
 
 
 def _int_setting(explicit: int | None, env_var: str, default: int, minimum: int = 1,

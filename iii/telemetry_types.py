@@ -107,7 +107,7 @@ def _count_error(name: str, value: Any) -> str | None:
 
 def otel_enabled(config: OtelConfig) -> bool:
     """Whether telemetry is on for ``config``: its ``enabled`` when set, else unless ``OTEL_ENABLED`` is
-    ``false|0|no|off`` (the decision ``iii.telemetry`` makes before it starts anything).
+    ``false|0|no|off`` (the decision ``iii.telemetry`` makes before it starts anything, with this function).
 
     Example:
         >>> otel_enabled(OtelConfig(enabled=False)), otel_enabled(OtelConfig(enabled=True))
