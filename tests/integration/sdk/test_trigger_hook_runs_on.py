@@ -260,7 +260,11 @@ def test_releasing_a_type_twice_while_its_unbind_runs_leaves_the_trigger_bound_o
     # before: the second re-registration's bind cancelled the release's unbind: ['bind', 'unbind-start',
     # 'unbind-CANCELLED', 'bind'], two bindings held for the one trigger listed
     real.run(until(lambda: handler.log[-1:] == ["bind"] and handler.running == 0 and _idle(owner)))
-    assert handler.log == ["bind", "unbind-start", "unbind-done", "bind"]
+    # Each unbind ran to its end, between two binds: ["bind", "unbind-start", "unbind-done", "bind"], or, when the
+    # first re-registration's bind ended before the second release came, that unbind and bind once more (a CI run)
+    log = handler.log
+    assert log[:4] == ["bind", "unbind-start", "unbind-done", "bind"], log
+    assert log[4:] in ([], ["unbind-start", "unbind-done", "bind"]), log
     listed = _listed(user, "hook")
     assert len(listed) == 1 and handler.held() == {listed[0]: 1}
 
