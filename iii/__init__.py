@@ -170,33 +170,18 @@ _FROM = {"__version__": "._version", "ChannelReader": ".channels", "ChannelWrite
 if not TYPE_CHECKING:  # a type checker reads the imports above; a __getattr__ would tell it that every name exists
 
     def __getattr__(name: str) -> object:
-        module = _FROM.get(name)
-        if module is None:
-            if name.startswith("_"):
-                raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-            module = "." + name  # a submodule, as an attribute: importing the package used to import them all
-        from importlib import import_module  # here: it imports warnings, time in which a CLI cannot catch a Ctrl-C
+        from ._lazy import attribute, submodule  # here, not above: see iii._lazy
 
-        # First, so a mix with the published iii-sdk that the quick look above missed (metadata in a zip, a finder of
-        # its own) fails with its own clear ImportError at the first name used. No lock of our own around the
-        # imports: the import system's locks detect deadlocks, one of ours would not.
-        import_module(".errors", __name__)
-        try:
-            loaded = import_module(module, __name__)
-        except ModuleNotFoundError as exc:
-            if name in _FROM or exc.name != f"{__name__}.{name}":
-                raise  # (a missing dependency of a module that exists is named as it is)
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-        if name not in _FROM:
-            return loaded
-        value = globals()[name] = getattr(loaded, name)
-        return value
+        if name in _FROM or not name.startswith("_"):
+            # First, so a mix with the published iii-sdk that the quick look above missed (metadata in a zip, a finder
+            # of its own) fails with its own clear ImportError at the first name used.
+            submodule(".errors", __name__)
+        return attribute(globals(), _FROM, name)
 
     def __dir__() -> list[str]:
-        from pkgutil import iter_modules
+        from ._lazy import names
 
-        submodules = {info.name for info in iter_modules(__path__) if not info.name.startswith("_")}
-        return sorted({*(n for n in globals() if not n.startswith("_") or n.startswith("__")), *_FROM, *submodules})
+        return names(globals(), _FROM)
 
 
 del TYPE_CHECKING

@@ -5,6 +5,7 @@ once their submodules are imported."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -146,3 +147,28 @@ def test_a_thread_importing_a_submodule_and_one_using_the_package_never_wait_for
         done = subprocess.run([sys.executable, "-c", script, delay], cwd=ROOT, capture_output=True, text=True,
                               timeout=25, check=False)
         assert done.stdout.strip() == "ok", (delay, done.stdout, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("package", ["iii", "iii_engine", "iii_streams", "iii_channels"])
+def test_a_name_looked_up_on_the_package_is_never_the_first_import_of_importlib(package: str) -> None:
+    # On CPython 3.11 a thread importing importlib for the first time while another imports importlib.machinery (as
+    # inspect does) left importlib with a bootstrap module never set up: both threads of the test above then failed
+    # with "NameError: name 'sys' is not defined" (its CI run, 1 in 450 runs of it on a loaded machine). The package
+    # lookups are a process's usual first lazy import, so they must not be the ones that import importlib.
+    script = textwrap.dedent("""
+        import json, sys, traceback
+        first = []
+        def hook(event, args):
+            if event == "import" and args[0] == "importlib" and not first:
+                first.append(traceback.extract_stack()[-2].filename)
+        sys.addaudithook(hook)
+        package = __import__(sys.argv[1])
+        package.__version__
+        dir(package)
+        print(json.dumps(first))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, package], cwd=ROOT, capture_output=True, text=True,
+                          timeout=25, check=True)
+    (importer,) = json.loads(done.stdout)
+    assert importer.replace("\\", "/").rsplit("/", 2)[-2:] not in (
+        [package, "__init__.py"], ["iii", "_lazy.py"]), importer
