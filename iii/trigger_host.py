@@ -31,12 +31,14 @@ left to run on). Still running then (logged once): a bind after a bind is refuse
 "its previous register_trigger is still running": a retry, the type registered again or a reconnect's replay, no
 longer calls a hung bind again; 201 calls ran after 200 re-registrations), an unbind waits in the background until it
 has ended, and a bind after an unbind goes ahead (the one overlap left: the unbind of one binding must not keep the
-trigger from being bound again). A release's unbinds run a few at once (64), not one after the other (one hung unbind
-held the others). Before, a ``register_trigger`` that never returned held its trigger's turn for good, even after the
-type was let go and owned again, and ``max_invocations`` of them held every slot, so no trigger of any type was bound
-any more; and hooks cancelled at the deadline, or by the trigger's next turn, left bindings nobody unbound (a bind
-finishing just past it; an unbind cut short) or one trigger bound twice (a release's unbind cancelled by a bind of the
-type owned again).
+trigger from being bound again). A release's unbinds (and a sweep's) run a few at once (64), not one after the other
+(one hung unbind held the others), and one past its deadline (30 s when none) gives its place to the next as it runs
+on: each trigger's unbind starts within about n / 64 deadlines (with no deadline, 64 unbinds that never returned kept
+the release's other triggers bound for good). Before, a ``register_trigger`` that never returned held its trigger's
+turn for good, even after the type was let go and owned again, and ``max_invocations`` of them held every slot, so no
+trigger of any type was bound any more; and hooks cancelled at the deadline, or by the trigger's next turn, left
+bindings nobody unbound (a bind finishing just past it; an unbind cut short) or one trigger bound twice (a release's
+unbind cancelled by a bind of the type owned again).
 
 Example:
     >>> import asyncio
@@ -63,8 +65,8 @@ import inspect
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Collection, Coroutine, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 from .callback_set import callback_name
 from .handler_runner import describe_base_exception, handler_raised
@@ -88,13 +90,15 @@ def _log_abandoned(counts: Mapping[str, int], latest: str | None) -> None:
               latest_tail(latest))
 
 _Key = tuple[str, str]  # (trigger type, trigger id)
+_T = TypeVar("_T")
 
 # How long the next hook of a trigger waits for its handler's hook of it left running in the background, when the
 # client has no deadline (invocation_timeout_ms 0): not for good (a hung one would hold the trigger).
 _DETACHED_WAIT_S = 30.0
 
-# Stale triggers a sweep unbinds at once: one after the other, 200 with a 0.2 s unbind took 40 s to converge; more
-# than this many tasks for a huge sweep would only pile up on the handler.
+# Stale (or released) triggers a sweep (or a release) unbinds at once: one after the other, 200 with a 0.2 s unbind
+# took 40 s to converge; more than this many at once would only pile up on the handler. One past its deadline no
+# longer counts (see _each_at_most).
 _SWEEP_CONCURRENCY = 64
 
 
@@ -289,6 +293,12 @@ class TriggerTypeHost:
         return self._unbind_released([(type_id, trigger_id) for trigger_id in bound])
 
     @property
+    def _slot_s(self) -> float:
+        """How long one trigger's run holds a place among a release's or sweep's few at once: the hook's deadline
+        (past it the hook runs on in the background anyway), :data:`_DETACHED_WAIT_S` when there is none."""
+        return self._deadline or _DETACHED_WAIT_S
+
+    @property
     def holds(self) -> bool:
         """Whether the engine sent any trigger still noted here (bound or being bound): a new connection then
         has something to check."""
@@ -298,19 +308,17 @@ class TriggerTypeHost:
         """Unbind the released bindings of ``keys``, each in its trigger's turn (but those a bind took first), a few
         at once (as :meth:`sweep` does): one after the other, one hung unbind held the others (1 of 5 called 6 s
         after the release), and 40 unbinds of 0.2 s took 8 s."""
-        pending = iter(keys)
+        await _each_at_most(_SWEEP_CONCURRENCY, [key for key in keys if key in self._releasing],
+                            self._unbind_released_in_turn, self._slot_s)
 
-        async def drain() -> None:
-            for key in pending:
-                if key not in self._releasing:  # (a bind of it took it, without waiting for the turn)
-                    continue
-                turn = await self._turn(key)
-                try:
-                    await self._unbind_released_one(key)
-                finally:
-                    self._end_turn(key, turn)
-
-        await asyncio.gather(*(drain() for _ in range(min(_SWEEP_CONCURRENCY, len(keys)))))
+    async def _unbind_released_in_turn(self, key: _Key) -> None:
+        if key not in self._releasing:  # (a bind of it took it, without waiting for the turn)
+            return
+        turn = await self._turn(key)
+        try:
+            await self._unbind_released_one(key)
+        finally:
+            self._end_turn(key, turn)
 
     async def _unbind_released_one(self, key: _Key) -> None:
         """(In ``key``'s turn.) Unbind the released binding of ``key``, if still waiting for its unbind."""
@@ -458,15 +466,8 @@ class TriggerTypeHost:
                 on_the_way += 1
                 continue
             stale.append(key)
-        # Each stale trigger is a different key (their unbinds need no order among them), so a few run at once;
-        # shared between a bounded number of drains rather than a task per key, so a huge sweep spawns no more.
-        keys = iter(stale)
-
-        async def drain() -> None:
-            for key in keys:
-                await self._drop_stale(key, generation)
-
-        await asyncio.gather(*(drain() for _ in range(min(_SWEEP_CONCURRENCY, len(stale)))))
+        # Each stale trigger is a different key (their unbinds need no order among them), so a few run at once.
+        await _each_at_most(_SWEEP_CONCURRENCY, stale, lambda key: self._drop_stale(key, generation), self._slot_s)
         return on_the_way
 
     async def _drop_stale(self, key: _Key, generation: int) -> None:
@@ -682,6 +683,76 @@ class TriggerTypeHost:
             await self._settle_detached(key, None)
         finally:
             self._end_turn(key, turn)
+
+
+async def _each_at_most(limit: int, items: Iterable[_T], run: Callable[[_T], Coroutine[Any, Any, None]],
+                        hold_s: float) -> None:
+    """``run(item)`` for each of ``items``, each in a task of its own started in order, at most ``limit`` of them
+    holding a place at once; one still running ``hold_s`` seconds after its start gives its place to the next item
+    and runs on. Returns once every run has ended (the first error raised by one is raised then); cancelled, it
+    cancels the runs still going.
+
+    A run past ``hold_s`` no longer holds a place: 64 unbinds that never returned (no deadline) held every place,
+    and the release's other triggers were never unbound. How many run on past ``hold_s`` at once is bounded by the
+    number of items only: a cap on them would stall the rest again once that many hang.
+
+    Example:
+        >>> import asyncio
+        >>> async def demo() -> None:
+        ...     gate = asyncio.Event()
+        ...     async def run(item: str) -> None:
+        ...         if item == "hung":
+        ...             await gate.wait()  # runs past hold_s: "b" starts in its place
+        ...         else:
+        ...             print("ran", item)
+        ...             gate.set()
+        ...     await _each_at_most(1, ["hung", "b"], run, hold_s=0.01)
+        >>> asyncio.run(demo())
+        ran b
+    """
+    loop = asyncio.get_running_loop()
+    places = asyncio.Semaphore(limit)
+    running: set[asyncio.Task[None]] = set()
+    ended: list[asyncio.Task[None]] = []
+
+    def hold_place(task: asyncio.Task[None]) -> None:
+        held = True
+
+        def give_back(_: object = None) -> None:
+            nonlocal held
+            if held:
+                held = False
+                places.release()
+
+        timer = loop.call_later(hold_s, give_back)
+
+        def done(_: object) -> None:
+            timer.cancel()
+            give_back()
+            running.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                ended.append(task)
+
+        task.add_done_callback(done)
+
+    try:
+        for item in items:
+            await places.acquire()
+            task = loop.create_task(run(item))
+            running.add(task)
+            hold_place(task)
+        while running:
+            await asyncio.wait(set(running))
+    except BaseException:
+        for task in running:
+            task.cancel()
+        if running:  # (each ends at its next step: a run's hook is cancelled with it, as its own wait is)
+            await asyncio.wait(set(running))
+        raise
+    if ended:
+        error = ended[0].exception()
+        assert error is not None
+        raise error
 
 
 def _settle(future: asyncio.Future[None]) -> None:
