@@ -18,7 +18,8 @@ once) is unbound by that bind, first. Before, the release's unbinds ran later, o
 trigger ran before the release's unbind of it, which then undid it (the handler held nothing while the engine listed
 the trigger), or, with another handler, the trigger was bound at both for a while.
 
-A hook that does not finish holds nothing for good, and no hook is cancelled (but at the client's shutdown). Each bind
+A hook that does not finish holds nothing for good, and no hook is cancelled (but at the client's shutdown, past the
+wait for the releases' unbinds: see :class:`TriggerTypeHost`). Each bind
 or unbind has a deadline (the client's ``InitOptions.invocation_timeout_ms``; none when 0): past it the wait for it
 ends (logged once with the handler's name and the deadline) and a bind is answered to the engine as refused
 (``trigger_registration_failed``: the trigger waits, pending, for the type's next registration). Letting the type go
@@ -109,6 +110,17 @@ class _Binding(NamedTuple):
     handler: TriggerHandler[Any]
 
 
+class _ReleaseRun:
+    """The unbinds one release owes (``keys``), and the task running them (``None``: not started yet: its coroutine
+    not run, or cancelled, or closed, before its first step)."""
+
+    __slots__ = ("keys", "task")
+
+    def __init__(self, keys: list[_Key]) -> None:
+        self.keys = keys
+        self.task: asyncio.Task[None] | None = None
+
+
 class _HookStopped(Exception):
     """A hook no longer waited for, running on in the background: past its deadline (``released`` False) or its
     type let go (``released`` True)."""
@@ -152,6 +164,16 @@ class TriggerTypeHost:
     ``on_gone(type_id, trigger_id)`` is called (on the loop, as the sweep decides it) for each trigger a sweep finds
     the engine no longer has: the client's session forgets what it kept of it (no ``unregistertrigger`` will come
     for it to do so; a provider whose 500 triggers went with each engine restart kept 500 more entries per restart).
+
+    At the client's shutdown, the unbinds the types let go before it owe (:meth:`release`: ``unregister_trigger_type``
+    called before ``shutdown()``) run to their end first, those not started yet started then, ``CANCEL_WAIT_S``
+    (3 s) at most in all and each hook at most its deadline, as ever (:meth:`finish_releases`); what still runs then
+    is named in one line and cancelled with the client, as its hooks running in the background are
+    (:meth:`cancel_hooks`: the client's loop ends next, and with it any task left on it). Before, the release's
+    unbinds were cancelled with the handlers' tasks: 0 of 5 ran. The triggers of the types still owned are left as
+    they are: no ``unregister_trigger`` is called for them (as the reference SDK does; the engine drops a worker's
+    trigger types as it leaves, and parks their triggers for the type's next owner). Let a type go first to have its
+    triggers unbound.
     """
 
     def __init__(self, on_gone: Callable[[str, str], None] | None = None,
@@ -177,6 +199,14 @@ class TriggerTypeHost:
         # Bindings of a type let go (release()) whose unbind has not run yet: taken, and unbound, by whichever comes
         # first in the trigger's turn, the release's unbinds or a new bind of the same trigger.
         self._releasing: dict[_Key, _Binding] = {}
+        # the releases whose unbinds have not all ended (added on the user's thread, under _lock): each runs in a task
+        # of the host's own, which the client's shutdown waits for (bounded) rather than cancelling the release's
+        # caller's task with its hooks: unregister_trigger_type then shutdown() ran 0 of 5 unbinds
+        self._release_runs: set[_ReleaseRun] = set()
+        # the tasks running the unbinds the releases owe (loop thread): each release's run (None), and each binding's
+        # unbind (its key), whoever runs it (the release, or a bind of the trigger that came first, or a bind that
+        # ended after its type was let go): not cancelled with the task that started it, waited for at shutdown
+        self._owed: dict[asyncio.Task[None], _Key | None] = {}
         # release() runs on the user's thread, the binds on the loop's: what release() moves from _bound to
         # _releasing, and a bind's look at (and entry into) both, are made under this lock (never held over an await)
         self._lock = threading.Lock()
@@ -204,13 +234,55 @@ class TriggerTypeHost:
         self._refusals.losses.close()
         self._abandoned.losses.close()
 
+    async def finish_releases(self, within: float) -> None:
+        """The client's shutdown (loop thread, before :meth:`cancel_hooks`): the unbinds owed by the types let go
+        (:meth:`release`) are run, those not started yet started now, and waited for, ``within`` seconds in all
+        (each hook at most its deadline, as ever: one past it runs on in the background and is not waited for);
+        those still running then are named in one line (:meth:`cancel_hooks` cancels them). Nothing is done to
+        the triggers of the types still owned.
+
+        Example:
+            >>> import asyncio
+            >>> class Hooks:
+            ...     async def register_trigger(self, config): pass
+            ...     async def unregister_trigger(self, config): print("unbound", config.id)
+            >>> host = TriggerTypeHost()
+            >>> host.add("hook", Hooks())
+            >>> async def demo() -> None:
+            ...     await host.register("hook", "t1", "f", {}, generation=1)
+            ...     host.release("hook").close()  # its run never started (its task cancelled first, say)
+            ...     await host.finish_releases(3.0)
+            >>> asyncio.run(demo())
+            unbound t1
+        """
+        with self._lock:
+            runs = list(self._release_runs)
+        for run in runs:
+            self._start_release(run)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        # (a run may hand a binding's unbind to a task of its own while this waits: waited for as well)
+        while self._owed and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._owed), timeout=left)
+        if not self._owed:
+            return
+        running = sorted(key for task, key in self._owed.items() if key is not None and not task.done())
+        with self._lock:
+            owed = sorted(self._releasing)
+        log.error("%d unbind(s) of released trigger types still running (%d more not started) %g s into the "
+                  "client's shutdown: no longer waited for, cancelled with the client: %s", len(running), len(owed),
+                  within, ", ".join(f"{type_id}/{trigger_id}" for type_id, trigger_id in running + owed)[:500])
+
     def cancel_hooks(self) -> None:
-        """The client's shutdown: hooks still running in the background are cancelled (loop thread); the only
-        place a hook is."""
+        """The client's shutdown (after :meth:`finish_releases`): hooks still running in the background, and the
+        releases' unbinds still running, are cancelled (loop thread); the only place a hook is (the client's loop
+        ends next, and with it every task left on it)."""
         for entries in list(self._detached.values()):
             for entry in list(entries):
                 entry.task.cancel()
         for task in list(self._background):
+            task.cancel()
+        for task in list(self._owed):
             task.cancel()
 
     def add(self, type_id: str, handler: TriggerHandler[Any]) -> None:
@@ -283,14 +355,15 @@ class TriggerTypeHost:
             # its binds and unbinds running now are no longer waited for: their turns (and the worker's slots) are
             # free at once; a hung one held them for good, the type owned again or not
             running = [detach for key, waits in self._waits.items() if key[0] == type_id for detach in waits]
+            run = _ReleaseRun([(type_id, trigger_id) for trigger_id in bound]) if bound else None
+            if run is not None:  # (owed from now on: the client's shutdown runs it if nothing else has)
+                self._release_runs.add(run)
         for detach in running:
             try:
                 detach.get_loop().call_soon_threadsafe(_settle, detach)
             except RuntimeError:  # (the loop is closed: nothing waits for it any more)
                 pass
-        if not bound:
-            return None
-        return self._unbind_released([(type_id, trigger_id) for trigger_id in bound])
+        return None if run is None else self._unbind_released(run)
 
     @property
     def _slot_s(self) -> float:
@@ -304,7 +377,38 @@ class TriggerTypeHost:
         has something to check."""
         return bool(self._sent)
 
-    async def _unbind_released(self, keys: list[_Key]) -> None:
+    async def _unbind_released(self, run: _ReleaseRun) -> None:
+        """Run ``run`` (:meth:`_start_release`) and wait for its end. Cancelled (the client's shutdown cancels the
+        task this runs in), the run goes on: the shutdown waits for it (:meth:`finish_releases`)."""
+        await asyncio.shield(self._start_release(run))
+
+    def _start_release(self, run: _ReleaseRun) -> asyncio.Task[None]:
+        """(Loop thread.) The task unbinding ``run``'s released bindings, started now if it was not."""
+        if run.task is None:
+            run.task = self._owe(self._unbind_keys_released(run.keys), None)
+
+            def ended(_: object) -> None:
+                with self._lock:
+                    self._release_runs.discard(run)
+
+            run.task.add_done_callback(ended)
+        return run.task
+
+    def _owe(self, unbinds: Coroutine[Any, Any, None], key: _Key | None) -> asyncio.Task[None]:
+        """(Loop thread.) ``unbinds`` (a release's run, or ``key``'s unbind) in a task of the host's own, which
+        the client's shutdown waits for (:meth:`finish_releases`)."""
+        task = asyncio.get_running_loop().create_task(unbinds)
+        self._owed[task] = key
+        task.add_done_callback(self._owed.pop)
+        return task
+
+    async def _owed_unbind(self, key: _Key, handler: TriggerHandler[Any], trigger: TriggerConfig[Any]) -> None:
+        """(In ``key``'s turn.) :meth:`_unbind` of a binding a release owes the unbind of, in a task of its own:
+        cancelled (the client's shutdown cancels the task of a bind that runs it), it runs on, and the shutdown
+        waits for it."""
+        await asyncio.shield(self._owe(self._unbind(key, handler, trigger), key))
+
+    async def _unbind_keys_released(self, keys: list[_Key]) -> None:
         """Unbind the released bindings of ``keys``, each in its trigger's turn (but those a bind took first), a few
         at once (as :meth:`sweep` does): one after the other, one hung unbind held the others (1 of 5 called 6 s
         after the release), and 40 unbinds of 0.2 s took 8 s."""
@@ -325,7 +429,7 @@ class TriggerTypeHost:
         with self._lock:
             released = self._releasing.pop(key, None)
         if released is not None:
-            await self._unbind(key, released.handler, released.trigger)
+            await self._owed_unbind(key, released.handler, released.trigger)
 
     def register(self, type_id: str, trigger_id: str, function_id: str, config: Any,
                  generation: int = 0) -> Coroutine[Any, Any, dict[str, str] | None]:
@@ -409,8 +513,9 @@ class TriggerTypeHost:
                     self._bound.setdefault(type_id, {})[trigger.id] = _Binding(trigger, handler)
             if released:
                 # the type was let go while the handler bound it: release() saw nothing to unbind, and the engine's
-                # unregistertrigger skips a type no longer owned here, so the binding would stay for good
-                await self._unbind(key, handler, trigger)
+                # unregistertrigger skips a type no longer owned here, so the binding would stay for good (an
+                # unbind the release owes: the client's shutdown waits for it)
+                await self._owed_unbind(key, handler, trigger)
                 return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
             if gone:
                 # unregistered (or found gone after a reconnect) while the handler bound it: that unbind found
