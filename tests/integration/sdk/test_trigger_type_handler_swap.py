@@ -66,7 +66,8 @@ def test_a_new_handler_gets_the_types_triggers_and_the_old_one_unbinds_them(
     first.unregister()
     assert journal.wait(lambda: len(journal.entries) == 5), journal.entries
     owner.list_functions()  # a round trip: every frame the engine sent the owner so far is handled
-    assert journal.entries[3:] == [("h2", "bind", {"a": 2}), ("h2", "unbind", {"a": 1})]
+    # two triggers, each hook in its own task: their order is not one the engine or the SDK promises
+    assert sorted(journal.entries[3:], key=str) == [("h2", "bind", {"a": 2}), ("h2", "unbind", {"a": 1})]
     held = {name: {str(c) for n, op, c in journal.entries if n == name and op == "bind"}
             - {str(c) for n, op, c in journal.entries if n == name and op == "unbind"} for name in ("h1", "h2")}
     assert held == {"h1": set(), "h2": {str({"a": 2})}}  # no handler holds what nobody will unbind
