@@ -8,16 +8,12 @@ of the event loop; 8 callers that did not read took the engine from 203 MB to 4,
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from tests.integration.streams.conftest import delete_redis_keys
-from tests.services import require_redis
 
 from .helpers import Worker
 
@@ -25,21 +21,6 @@ pytestmark = pytest.mark.our_engine("starts our engine with a small max_message_
 
 MAX_MESSAGE_SIZE = 64 * 1024
 ITEM = "y" * 8000
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The state module's ``store_url`` for each kind of store (Redis: a key prefix of the test's own)."""
-    if request.param == "memory":
-        yield "memory://"
-    elif request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
-    elif request.param == "postgres":
-        yield str(request.getfixturevalue("pg_url"))
-    else:
-        prefix = f"iii-state-bound-{uuid.uuid4().hex}"
-        yield f"{require_redis()}?key_prefix={prefix}"
-        asyncio.run(delete_redis_keys(f"{prefix}:*"))
 
 
 @pytest.fixture

@@ -8,25 +8,14 @@ saw 801 of 1,601 changes, and nothing said so.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from tests.integration.streams.conftest import delete_redis_keys
 from tests.services import require_redis
 
 from .helpers import Recorder, Worker, trigger_active
 
 pytestmark = [pytest.mark.redis, pytest.mark.our_engine("starts two of our engines on one Redis")]
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = f"iii-state-scope-{uuid.uuid4().hex}"
-    yield name
-    await delete_redis_keys(f"{name}:*")
 
 
 def _config(prefix: str) -> EngineConfig:
@@ -35,8 +24,8 @@ def _config(prefix: str) -> EngineConfig:
                         modules=[ModuleSpec("modules::state::StateModule", {"store_url": url})])
 
 
-async def test_state_trigger_fires_for_its_own_engines_writes_only(prefix: str) -> None:
-    async with Engine(config=_config(prefix)) as a, Engine(config=_config(prefix)) as b:
+async def test_state_trigger_fires_for_its_own_engines_writes_only(redis_key_prefix: str) -> None:
+    async with Engine(config=_config(redis_key_prefix)) as a, Engine(config=_config(redis_key_prefix)) as b:
         on_a, via_a, via_b = await Worker.connect(a.url), await Worker.connect(a.url), await Worker.connect(b.url)
         try:
             seen = Recorder()

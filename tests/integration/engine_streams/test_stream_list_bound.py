@@ -19,7 +19,6 @@ from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.answers import FRAME_BYTES
 
 from .helpers import SocketClient, Worker, stream_module
-from .test_state_list_bound import store_url  # noqa: F401 - the same four stores (Redis: a key prefix of its own)
 
 pytestmark = [pytest.mark.our_engine("starts our engine with a small max_message_size"), pytest.mark.timeout(30)]
 
@@ -30,7 +29,7 @@ CHARS = ["a", "é", "😀"]  # 1, 2 and 4 bytes of UTF-8
 
 
 @pytest.fixture
-async def engine(store_url: str) -> AsyncIterator[Engine]:  # noqa: F811 - the imported fixture
+async def engine(store_url: str) -> AsyncIterator[Engine]:
     config = EngineConfig(host="127.0.0.1", port=0, max_message_size=MAX_MESSAGE_SIZE,
                           modules=[ModuleSpec("modules::stream::StreamModule",
                                               {"store_url": store_url, "host": "127.0.0.1", "port": 0})])

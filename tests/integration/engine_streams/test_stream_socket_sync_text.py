@@ -7,8 +7,6 @@ held up every other worker's calls (``stream::get`` p50 1 ms -> 104 ms with one 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +14,6 @@ import pytest
 import iii_streams.memory
 import iii_streams.sql
 from iii_engine import Engine
-from tests.services import require_redis
 
 from .helpers import SocketClient, Worker, engine_config
 
@@ -25,21 +22,6 @@ pytestmark = pytest.mark.our_engine("builds the stream socket's sync frames")
 ITEMS = 200
 # what only exact JSON keeps: big integers, key order, escapes, text outside ASCII
 DATA = {"z": 2**70, "a": [1.5, None, True], "s": "é\"\\\n\u2028", "n": {"b": 1, "a": 2}}
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The engine store's URL (Redis: its own key prefix and channel)."""
-    kind = request.param
-    if kind == "memory":
-        yield "memory://"
-    elif kind == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'streams.sqlite3'}"
-    elif kind == "postgres":
-        yield request.getfixturevalue("pg_url")
-    else:
-        prefix = f"synctext-{tmp_path.name}"
-        yield f"{require_redis()}?key_prefix={prefix}&channel={prefix}-events"
 
 
 class _CountedLoads:

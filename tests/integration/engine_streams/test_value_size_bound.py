@@ -11,17 +11,13 @@ reached ~15 MB.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.stream.api import value_limit
-from tests.integration.streams.conftest import delete_redis_keys
-from tests.services import require_redis
 
 from .helpers import Recorder, Worker, registered
 
@@ -33,15 +29,9 @@ PART = "x" * 12_000  # two fit under LIMIT, three do not
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "memory":
-        yield "memory://"
-    elif request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'values.db'}"
-    else:
-        prefix = f"iii-value-bound-{uuid.uuid4().hex}"
-        yield f"{require_redis()}?key_prefix={prefix}"
-        asyncio.run(delete_redis_keys(f"{prefix}:*"))
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Memory, SQLite and Redis (the conftest's ``store_url`` of each)."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -37,16 +36,14 @@ async def _value(store: Store, stream: str, item: str) -> int:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'as.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """SQLite and PostgreSQL (the conftest's ``store_url`` of each)."""
+    return str(request.param)
 
 
 @pytest.fixture
-async def sql_store(sql_url: str) -> AsyncIterator[SQLStream]:
-    async with SQLStream.from_url(sql_url, create=True) as store:
+async def sql_store(store_url: str) -> AsyncIterator[SQLStream]:
+    async with SQLStream.from_url(store_url, create=True) as store:
         yield store
 
 
@@ -255,11 +252,11 @@ async def _close_while_queued(store: Store, stream: str) -> int:
     return len(applied)
 
 
-async def test_sql_close_while_writes_are_queued_answers_every_caller(sql_url: str) -> None:
+async def test_sql_close_while_writes_are_queued_answers_every_caller(store_url: str) -> None:
     stream = f"close-{uuid.uuid4().hex[:8]}"
-    store = SQLStream.from_url(sql_url, create=True)
+    store = SQLStream.from_url(store_url, create=True)
     applied = await _close_while_queued(store, stream)
-    async with SQLStream.from_url(sql_url) as reader:
+    async with SQLStream.from_url(store_url) as reader:
         assert await _value(reader, stream, "i") == applied  # the refused ones never ran
 
 
@@ -362,10 +359,10 @@ async def test_the_store_timeout_ending_a_batch_is_named_in_the_callers_error(pg
 
 
 @pytest.mark.parametrize("known", [False, True], ids=["read", "known"])
-async def test_two_stores_racing_with_tiny_timeouts_and_cancels_sql(sql_url: str, known: bool) -> None:
+async def test_two_stores_racing_with_tiny_timeouts_and_cancels_sql(store_url: str, known: bool) -> None:
     """The race from two stores on one database (two processes): each one's known values go stale, its single
     statements miss and its writes go through the locking transaction, withdrawn or not as their callers go."""
-    async with SQLStream.from_url(sql_url, create=True) as first, SQLStream.from_url(sql_url) as second:
+    async with SQLStream.from_url(store_url, create=True) as first, SQLStream.from_url(store_url) as second:
         ends: collections.Counter[str] = collections.Counter()
         for seed in range(3):
             # SQLite stores publish events in their own process only: the watcher would see half of them

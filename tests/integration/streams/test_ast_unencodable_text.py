@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,37 +23,13 @@ from iii.stream import (
     UpdateIncrement,
     UpdateSet,
 )
-from iii_streams import MemoryStream, RedisStream, SQLStream
+from iii_streams import RedisStream, SQLStream
 from iii_streams.base import Backend
 from iii_streams.redis import KeyLayout
 from tests.json_values import nested
 from tests.services import require_redis
 
 SURROGATE = "\ud800"
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
-def kind(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """The backend and its URL (the scratch PostgreSQL database is made here: its fixture runs its own loop)."""
-    url = {"memory": "", "sqlite": "sqlite+aiosqlite://"}.get(request.param)
-    if url is None:
-        url = request.getfixturevalue("pg_url") if request.param == "postgres" else require_redis()
-    return request.param, url
-
-
-@pytest.fixture
-async def store(kind: tuple[str, str]) -> AsyncIterator[Backend]:
-    backend: Backend
-    name, url = kind
-    if name == "memory":
-        backend = MemoryStream()
-    elif name in ("sqlite", "postgres"):
-        backend = SQLStream.from_url(url)
-    else:
-        client = aioredis.Redis.from_url(url)
-        backend = RedisStream(client, layout=KeyLayout(f"ast{uuid.uuid4().hex[:10]}"), owns_client=True)
-    async with backend:
-        yield backend
 
 
 async def _outcome(call: Any) -> str:
@@ -106,7 +81,7 @@ async def test_a_nul_in_a_postgresql_name_is_refused_naming_it(pg_url: str) -> N
         ok = StreamSetInput(stream_name="s", group_id="g", item_id="ok", data=1)
         nul = StreamSetInput(stream_name="s", group_id="g", item_id="a\x00b", data=2)
         outcomes = await asyncio.gather(_outcome(store.set(ok)), _outcome(store.set(nul)))
-        assert outcomes == ["ok", "item_id 'a\\x00b' holds a NUL character, which PostgreSQL text cannot store"]
+        assert list(outcomes) == ["ok", "item_id 'a\\x00b' holds a NUL character, which PostgreSQL text cannot store"]
         with pytest.raises(ValueError, match="stream_name 's\\\\x00' holds a NUL"):
             await store.list(StreamListInput(stream_name="s\x00", group_id="g"))
 

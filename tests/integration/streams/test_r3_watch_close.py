@@ -9,8 +9,6 @@ again: a LISTEN connection nobody would close, held for the store's life, and ev
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,30 +16,20 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from iii.stream import StreamSetInput
-from iii_streams import MemoryStream, RedisStream, SQLStream, StreamLagError
+from iii_streams import MemoryStream, SQLStream, StreamLagError
 from iii_streams.events import Watch
-from iii_streams.redis import KeyLayout
 from tests.integration.streams.pg_database import admin
 from tests.integration.streams.test_ast_pg_killed_connections import _terminate
 from tests.polling import until
-from tests.services import require_postgres, require_redis
+from tests.services import require_postgres
 
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql", "redis"])
-async def store(request: pytest.FixtureRequest, pg_url: str) -> AsyncIterator[Any]:
-    if request.param == "memory":
-        backend: Any = MemoryStream()
-    elif request.param == "sqlite":
-        backend = SQLStream.from_url("sqlite+aiosqlite://")
-    elif request.param == "postgresql":
-        backend = SQLStream.from_url(pg_url)
-    else:
-        backend = RedisStream.from_url(require_redis(), layout=KeyLayout(f"r3watch{uuid.uuid4().hex[:10]}"),
-                                       channel=f"r3watch{uuid.uuid4().hex[:10]}")
-    async with backend:
-        yield backend
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", id="postgresql"), "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """The four stores; PostgreSQL's test id is postgresql, as in ``test_a_watch_that_lagged_keeps_saying_so``."""
+    return str(request.param)
 
 
 async def _waiting(watch: Watch) -> asyncio.Task[Any]:

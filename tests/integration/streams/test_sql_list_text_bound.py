@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -26,16 +24,9 @@ ITEM_CHARS = 1_000_000
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'bound.db'}"
-    return str(request.getfixturevalue("pg_url"))  # (a sync fixture: it runs asyncio.run)
-
-
-@pytest.fixture
-async def store(url: str) -> AsyncIterator[SQLStream]:
-    async with SQLStream.from_url(url, create=True) as sql_store:
-        yield sql_store
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """SQLite and PostgreSQL (the conftest's ``store`` of each, an ``SQLStream``)."""
+    return str(request.param)
 
 
 async def _fill(store: SQLStream, values: list[str]) -> StreamListInput:

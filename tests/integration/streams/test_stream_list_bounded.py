@@ -5,7 +5,6 @@ answer refused as over the limit."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,9 +13,6 @@ import pytest
 from iii.stream import StreamListInput, StreamSetInput
 from iii.stream_glue import StreamFunctions
 from iii_streams import MemoryStream, RedisStream
-from iii_streams.redis import KeyLayout
-from tests.integration.streams.conftest import delete_redis_keys
-from tests.services import require_redis
 
 ITEMS = 40
 ITEM = "x" * 10_000  # 40 items of ~10 KB: ~400 KB of JSON
@@ -40,16 +36,19 @@ class CountingRedis(RedisStream):
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    if request.param == "memory":
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Memory and Redis (the conftest's ``store_url`` of each)."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Any]:
+    """The store of ``store_url``, counting its ``list`` calls."""
+    if store_url == "memory://":
         yield CountingMemory()
         return
-    layout = KeyLayout(f"sgl{uuid.uuid4().hex[:10]}")  # a private namespace on the shared Redis
-    try:
-        async with CountingRedis.from_url(require_redis(), layout=layout, channel=layout.prefix) as redis_store:
-            yield redis_store
-    finally:
-        await delete_redis_keys(f"{layout.prefix}:*")
+    async with CountingRedis.from_url(store_url) as redis_store:
+        yield redis_store
 
 
 async def _fill(store: Any, group: str, items: int) -> None:

@@ -6,44 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iii.stream import StreamGetInput, StreamUpdateInput
 from iii.stream_ops import parse_ops
-from iii_streams import Backend, MemoryStream, open_stream
-from tests.services import require_redis
+from iii_streams import Backend, MemoryStream
 
 OPS: list[dict[str, Any]] = [
     {"type": "increment", "path": "n", "by": 2}, {"type": "set", "path": "big", "value": 2**70},
     {"type": "merge", "path": "", "value": {"m": [1, {"x": None}]}}, {"type": "decrement", "path": "d", "by": 1}]
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    kind = request.param
-    if kind == "memory":
-        return "memory://"
-    if kind == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'parsed.sqlite3'}"
-    if kind == "redis":
-        return require_redis()
-    url: str = request.getfixturevalue("pg_url")  # a sync fixture: the scratch database is made off the loop
-    return url
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Backend]:
-    options: dict[str, Any] = {}
-    if store_url.startswith("sqlite"):
-        options["create"] = True
-    elif store_url.startswith("redis"):
-        options["channel"] = f"test-parsed-{uuid.uuid4().hex}"  # ours alone: other tests share this Redis
-    async with open_stream(store_url, **options) as opened:
-        yield opened
 
 
 def _no_model(*args: Any, **kwargs: Any) -> Any:
@@ -81,7 +54,7 @@ async def test_a_subclass_overriding_update_sees_update_parsed() -> None:
             return await super().update(input, **options)
 
     class Both(Audited):
-        async def update_parsed(self, *args: Any) -> Any:
+        async def update_parsed(self, *args: Any, **kwargs: Any) -> Any:
             return "own"
 
     store = Audited()

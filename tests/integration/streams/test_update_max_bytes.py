@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,40 +21,12 @@ from iii.stream import StreamGetInput, StreamUpdateInput
 from iii.stream_ops import parse_ops
 from iii.wire import dumps
 from iii_streams import Backend, StreamValueTooLargeError, open_stream
-from tests.integration.streams.conftest import delete_redis_keys
-from tests.services import require_redis
+from iii_streams.base import FieldUpdates
 
 WIDTH = 50
 ENTRY = 5 + 1 + WIDTH + 2  # "f07":"xxx…": 58 bytes, and a comma before every entry but the first
 FIT = 20
 MAX_BYTES = 2 + ENTRY + (ENTRY + 1) * (FIT - 1)  # {…} with exactly FIT entries
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    kind = request.param
-    if kind == "memory":
-        yield "memory://"
-    elif kind == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'bounded.sqlite3'}"
-    elif kind == "redis":
-        prefix = f"iii-max-bytes-{uuid.uuid4().hex}"
-        yield f"{require_redis()}?key_prefix={prefix}"
-        asyncio.run(delete_redis_keys(f"{prefix}:*"))
-    else:
-        url: str = request.getfixturevalue("pg_url")  # a sync fixture: the scratch database is made off the loop
-        yield url
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Backend]:
-    options: dict[str, Any] = {}
-    if store_url.startswith("sqlite"):
-        options["create"] = True
-    elif store_url.startswith("redis"):
-        options["channel"] = f"test-max-bytes-{uuid.uuid4().hex}"  # ours alone: other tests share this Redis
-    async with open_stream(store_url, **options) as opened:
-        yield opened
 
 
 def _grow(i: int) -> list[Any]:
@@ -78,6 +49,7 @@ async def test_an_update_over_max_bytes_is_refused_and_writes_nothing(store: Bac
         assert isinstance(refused.value, ValueError)
         assert f"is {2 + 2 * ENTRY + 1} bytes of JSON, over the update's max_bytes ({2 + ENTRY})" in str(refused.value)
         ops = [{"type": "set", "path": "big", "value": "é" * 10}]  # 20 bytes of UTF-8 in 10 characters
+        assert isinstance(store, FieldUpdates)  # the stores of this package: their update takes max_bytes
         with pytest.raises(StreamValueTooLargeError):  # the public update takes it too, measured in bytes
             await store.update(StreamUpdateInput(stream_name=name, group_id="g", item_id="i", ops=ops),
                                max_bytes=2 + ENTRY + 1 + 8 + 15)
