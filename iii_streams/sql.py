@@ -6,7 +6,8 @@ automatically for SQLite). Writes (set, update, delete) are group-committed
 (at most 256), each caller getting its own old and new value once the transaction has committed. One
 transaction reads every row it touches with one ``SELECT … IN``, applies the writes in Python (JSON stays exact)
 and writes the final rows with one statement per kind; on PostgreSQL it also sends the ``NOTIFY`` of every
-write (delivered at commit). Atomicity per item:
+write (delivered at commit). A store takes at most ``max_pending`` writes at once (:data:`MAX_PENDING`, queued or
+running): one more is refused at once, ``applied`` False. Atomicity per item:
 
 - PostgreSQL: ``SELECT … FOR UPDATE`` locks the rows across processes, in key order; a missing row is created
   with ``INSERT … ON CONFLICT DO NOTHING`` (all of a transaction's new rows in one statement, in key order too) and
@@ -192,7 +193,7 @@ from .migrate import SQLITE_BUSY_S, current_revision, head_revision, migrate_wit
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
 from .sqlite_threads import guard_aiosqlite
 
-__all__ = ["NOTIFY_CHANNEL", "SQLStream", "SchemaMissingError"]
+__all__ = ["MAX_PENDING", "NOTIFY_CHANNEL", "SQLStream", "SchemaMissingError"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -214,6 +215,13 @@ _MAX_READ_BATCH: Final = 256  # gets read in one statement (SQLite before 3.32 t
 # waits, at 1.4 times the rate; 2 MiB 0.1-0.18 s at 1.6; 0.5 MiB 0.05-0.07 s at 1.4. Values under 4 KB never reach
 # it (256 writes at most).
 _MAX_SHARED_CHARS: Final = 1024 * 1024
+MAX_PENDING: Final = 100_000
+"""The writes a store takes at once by default (``SQLStream(max_pending=...)``): queued or running, over all its
+queues. Past it a write is refused at once (``StreamBackendError``, ``applied`` False). Why one bound for the whole
+store: on PostgreSQL, writes past the shared queue's bound went each to its own item's queue, whose batches each took a
+pooled connection: 110,000 concurrent sets of distinct items (default pool) left the shared batch waiting behind
+tens of thousands of them for a connection, and 37,793 writes under the bound failed (timeouts, "pool exhausted");
+150,000: 147,822 failed."""
 _WITHDRAWAL_RERUNS: Final = 2  # re-runs of one batch to leave out writes whose callers gave up meanwhile
 # the batcher key of the one queue SQLite's writes share, and of PostgreSQL's shared queue (an item's own queue is
 # keyed by its 16-byte key)
@@ -1636,7 +1644,10 @@ class SQLStream(FieldUpdates):
     """An ``IStream`` in a SQL database; build it with :meth:`from_url` or from an ``AsyncEngine``.
 
     ``create`` applies the migrations on first use (default: yes for SQLite, no for PostgreSQL, where
-    ``iii-streams migrate URL`` is the deliberate step).
+    ``iii-streams migrate URL`` is the deliberate step). ``max_pending`` (default 100,000) bounds the writes the
+    store takes at once, queued or running: one more is refused at once with
+    :class:`~iii_streams.errors.StreamBackendError` (``applied`` False), so a burst past it never slows the writes
+    taken.
 
     Example:
         >>> SQLStream.from_url("sqlite:///streams.db").dialect
@@ -1653,8 +1664,15 @@ class SQLStream(FieldUpdates):
         watch_queue_size: int = 10_000,
         timeout: float | None = DEFAULT_TIMEOUT,
         report_watch_gaps: bool = False,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.timeout = check_timeout(timeout)
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"SQLStream: max_pending must be a positive integer, got {max_pending!r}")
+        #: writes the store takes at once (queued or running, over all its queues); past it a write is refused at
+        #: once (see :meth:`_write`)
+        self.max_pending = max_pending
+        self._in_flight = 0
         if not isinstance(report_watch_gaps, bool):
             raise ValueError(f"SQLStream: report_watch_gaps must be True or False, got {report_watch_gaps!r}")
         #: PostgreSQL: a watch whose LISTEN connection was replaced raises StreamGapError once (else only a warning)
@@ -1727,7 +1745,7 @@ class SQLStream(FieldUpdates):
         self._shared: dict[bytes, int] = {}
         self._slow: dict[bytes, float] = {}  # item key -> loop time until which its writes skip the shared queue
         self._writes: KeyedBatcher[bytes, _Write, tuple[Any, Any]] = KeyedBatcher(
-            self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH)
+            self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH, max_pending=max_pending)
         self._reads: ReadCoalescer[bytes, bytes | str | None] = ReadCoalescer(
             self._read_values, name="SQLStream reads", max_batch=_MAX_READ_BATCH, size=stored_size)
         self._close_once: CloseOnce = CloseOnce()
@@ -1735,8 +1753,9 @@ class SQLStream(FieldUpdates):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStream:
         """Open ``sqlite+aiosqlite:///path.db`` (``sqlite://`` works too; no path = in memory) or
-        ``postgresql+asyncpg://user@host/db``. ``create``, ``publish_events``, ``watch_queue_size``, ``timeout`` and
-        ``report_watch_gaps`` are for this class; other options go to ``create_async_engine`` (e.g. ``pool_size``).
+        ``postgresql+asyncpg://user@host/db``. ``create``, ``publish_events``, ``watch_queue_size``, ``timeout``,
+        ``report_watch_gaps`` and ``max_pending`` are for this class; other options go to ``create_async_engine``
+        (e.g. ``pool_size``).
 
         asyncpg connects with TLS whenever the server offers it (``sslmode=prefer``), on 127.0.0.1 too. For a
         server on the same host or a trusted private network, ``?ssl=disable`` in the URL turns it off (measured
@@ -1747,7 +1766,7 @@ class SQLStream(FieldUpdates):
             'postgresql'
         """
         own = {k: options.pop(k) for k in ("create", "publish_events", "watch_queue_size", "timeout",
-                                           "report_watch_gaps") if k in options}
+                                           "report_watch_gaps", "max_pending") if k in options}
         sa_url = make_url(normalize_url(url))
         if sa_url.get_driver_name() == "asyncpg":
             _check_asyncpg_query(sa_url)
@@ -2354,8 +2373,11 @@ class SQLStream(FieldUpdates):
         """
         # refused before queuing: a name the driver cannot encode would fail the whole batch it joined
         check_names(stream_name, group_id, item_id, nul=not self._pg)
+        if self._in_flight >= self.max_pending:
+            raise self._refused_full(operation)
         key = item_key(stream_name, group_id, item_id)
         write = _Write(stream_name, group_id, item_id, key, compute, size)
+        self._in_flight += 1
         try:
             async with self._guard(operation, timeout):
                 # the queue chosen and joined with no await between: the next write of the item sees this one
@@ -2382,22 +2404,37 @@ class SQLStream(FieldUpdates):
             write.give_up()
             raise
         finally:
+            self._in_flight -= 1
             if not (write.sent or write.pinned):  # withdrawn, refused, or done: it no longer holds its item's
                 # later writes back
                 self._leave_shared(write)
 
+    def _refused_full(self, operation: str) -> StreamBackendError:
+        """The error of a write refused because the store already holds :attr:`max_pending` writes.
+
+        Example:
+            >>> error = SQLStream.from_url("sqlite://", max_pending=1)._refused_full("set")
+            >>> error.applied, str(error)  # doctest: +ELLIPSIS
+            (False, 'SQLStream.set: 0 writes already wait or run in this store (max_pending=1); this one was not ...')
+        """
+        error = StreamBackendError(
+            f"SQLStream.{operation}: {self._in_flight} writes already wait or run in this store (max_pending="
+            f"{self.max_pending}); this one was not queued and not applied; try again later")
+        error.applied = False  # refused before anything was queued or sent
+        return error
+
     def _queue_of(self, w: _Write, timeout: float | None) -> bytes:
         """The batcher queue ``w`` joins. SQLite: the one queue. PostgreSQL: the shared queue while writes of its
         item wait there (behind them: the shared batch hands them on in order); else its item's own queue when
-        that has writes (behind them), when the item's row was found locked elsewhere lately, when no write at
-        all is under way (a lone caller keeps its one-statement path with no hand-over), or when the shared queue is
-        full (``max_pending`` counts per queue); else the shared queue, noting when its caller (``timeout``: its
-        own limit, ``None`` for the store's) stops waiting."""
+        that has writes (behind them), when the item's row was found locked elsewhere lately, or when no write at
+        all is under way (a lone caller keeps its one-statement path with no hand-over); else the shared queue,
+        noting when its caller (``timeout``: its own limit, ``None`` for the store's) stops waiting. A full shared
+        queue refuses the write (``max_pending``): sent each to its own item's queue instead, a burst's writes
+        past the bound ran a batch and took a pooled connection each, and the shared batch waited behind them all."""
         if not self._pg:
             return _ONE_QUEUE
         key = w.key
-        if key not in self._shared and (self._writes.idle() or self._writes.active(key) or self._is_slow(key)
-                                         or not self._writes.has_room(_ONE_QUEUE)):
+        if key not in self._shared and (self._writes.idle() or self._writes.active(key) or self._is_slow(key)):
             return key
         self._shared[key] = self._shared.get(key, 0) + 1
         w.shared = True
