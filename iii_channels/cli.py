@@ -31,8 +31,10 @@ at once, so two senders never both hear "verified" for one path that holds only 
 
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
--``) or the final JSON receipt (``send``). A first connection refused is said at once where progress would be
-(``iii-channel: waiting up to 10 s for the engine at URL (why)``); ``serve`` says ``serving FUNCTION again`` once its
+-``) or the final JSON receipt (``send``). What stderr says is printed with its unprintable characters escaped
+(``\\x1b``, ``\\u202e``): it quotes what peers chose (file names, abort reasons, answers). A first connection
+refused is said at once where progress would be (``iii-channel: waiting up to 10 s for the engine at URL (why)``);
+``serve`` says ``serving FUNCTION again`` once its
 function is back on an engine that was away. ``serve`` of a function another worker serves refuses to start
 (``iii-channel: error: function F is served by worker ID (NAME); stop it, or pass --replace to take it over``, status
 1): the engine keeps one worker per function id, the last to register it, so a second ``serve`` would take every
@@ -46,7 +48,9 @@ line ``iii-channel: send: interrupted``; run as a command, the process then ends
 stops), 143 for ``send`` stopped by SIGTERM (handled as SIGINT is: the upload aborted,
 so a reader hears ``ChannelAbortedError`` on our engine, and the client shut down; one line ``iii-channel: send:
 terminated``; a second SIGTERM ends it at once), 1 on a failed transfer (an unconfirmed one included) or an engine that
-cannot be reached within ``--connect-timeout`` (one line ``iii-channel: error: cannot reach the engine at URL …``), 2 on
+cannot be reached within ``--connect-timeout`` (one line ``iii-channel: error: cannot reach the engine at URL …``; an
+address that accepts the WebSocket upgrade and never names the connection, as an engine's stream socket does, is
+``… accepted the WebSocket upgrade but is not an iii engine …``, within the same bound), 2 on
 bad usage (a closed stream too: ``send -`` with stdin closed, ``send`` or ``serve --out -`` with stdout closed).
 Paths are checked before connecting: ``send`` of a directory or a missing file and ``serve --out`` into a missing
 directory fail at once. A ``send`` whose receipt cannot be written to stdout exits 1 with one line saying the transfer
@@ -92,7 +96,7 @@ from .files import (
     send_file,
 )
 from .pipes import from_fd, to_fd
-from .progress import Progress, ProgressBar, human_bytes
+from .progress import Progress, ProgressBar, human_bytes, printable
 from .source import ChannelSource, _release_writer
 
 DEFAULT_ENGINE = "ws://localhost:49134"
@@ -124,6 +128,11 @@ _RESULT_FLUSH_S = 5.0
 _OWNER_CHECK_S = 2.0
 _CHECK_TIMEOUT_MS = 5000
 DEFAULT_IDLE_TIMEOUT_S = 300.0
+# An engine names a connection (workerregistered) as soon as it upgrades it. Connected this close to the end of
+# --connect-timeout, a connection still gets this long to be named before it counts as "not an engine".
+_NAMING_GRACE_S = 1.0
+# The SDK's warning about a connection never named: the CLI says it itself, as its one error line.
+_UNNAMED_WARNING = "has not named this connection"
 
 
 class _Refused(Exception):
@@ -264,17 +273,39 @@ def _check_out(out: str) -> Path | None:
         raise _Refused(f"--out {out}: {exc}") from None
 
 
+def _not_unnamed(record: logging.LogRecord) -> bool:
+    """Whether a record of the SDK's client is other than its warning that a connection was never named (which
+    :func:`_connect` turns into the CLI's one error line)."""
+    return _UNNAMED_WARNING not in str(record.msg)
+
+
 async def _connect(client: III, args: argparse.Namespace) -> None:
-    """Wait for the first connection; ``ConnectionError`` "cannot reach the engine at …" after the timeout."""
-    sdk_log = logging.getLogger("iii.connection")
+    """Wait for the first connection, named by the engine; ``ConnectionError`` "cannot reach the engine at …" after
+    the timeout, or "… is not an iii engine" when a WebSocket server accepted the upgrade and never named it."""
+    sdk_log, client_log = logging.getLogger("iii.connection"), logging.getLogger("iii.iii")
     # Said where progress would be drawn (a terminal, or --progress always): a script's stderr keeps its one line.
     url = mask_passwords(_engine(args))
-    waiting = f"iii-channel: waiting up to {_connect_timeout(args):g} s for the engine at {url}" if _progress(args) \
-        else None
+    timeout = _connect_timeout(args)
+    waiting = f"iii-channel: waiting up to {timeout:g} s for the engine at {url}" if _progress(args) else None
     quiet = _QuietUntilConnected(waiting)
     sdk_log.addFilter(quiet)
+    client_log.addFilter(_not_unnamed)
+    deadline = time.monotonic() + timeout
     try:
-        await client.wait_until_connected_async(_connect_timeout(args))
+        await client.wait_until_connected_async(timeout)
+        # Another WebSocket server (the engine's stream socket, 3112 by default) accepts the upgrade and never names
+        # the connection: every call then waited its own timeout (30 s for the channel's creation) and failed as
+        # "timed out", the SDK's warning before it without the command's prefix.
+        named_by = max(deadline, time.monotonic() + _NAMING_GRACE_S)
+        while client.worker_id is None:
+            left = named_by - time.monotonic()
+            if left <= 0:
+                raise ConnectionError(
+                    f"{url} accepted the WebSocket upgrade but is not an iii engine: it did not name the connection "
+                    f"(no workerregistered) within {timeout:g} s. Is it the engine's worker port? Its stream socket "
+                    "(3112 by default) accepts the upgrade too")
+            # (returns once named, once the connection is lost, or after at most 2 s; raises if none comes back)
+            await client.wait_until_connected_async(left)
     except BaseException:
         # Its reconnection attempts go on until it is shut down: stop them while their messages are still hidden,
         # or one that fails just after the filter goes adds a second line to the CLI's one-line error.
@@ -282,6 +313,7 @@ async def _connect(client: III, args: argparse.Namespace) -> None:
         raise
     finally:
         sdk_log.removeFilter(quiet)
+        client_log.removeFilter(_not_unnamed)
 
 
 def _progress(args: argparse.Namespace) -> Progress:
@@ -350,22 +382,48 @@ def _why(exc: BaseException | None) -> str:
 
 
 def _say(line: str) -> None:
-    """Print ``line`` on stderr, flushed; a stderr that cannot be written (``/dev/full``, a pipe whose reader left)
-    drops it: what stderr says is a courtesy, and a failed write there stopped a serve or failed a transfer.
+    r"""Print ``line`` on stderr, flushed, its unprintable characters escaped (:func:`~iii_channels.progress.printable`:
+    lines quote what peers chose, file names and errors, and a terminal must not run their escape sequences); a
+    stderr that cannot be written (``/dev/full``, a pipe whose reader left) drops it: what stderr says is a courtesy,
+    and a failed write there stopped a serve or failed a transfer.
 
     Example:
         >>> import io
-        >>> gone = io.StringIO()
+        >>> said, gone = io.StringIO(), io.StringIO()
         >>> gone.close()
         >>> with contextlib.redirect_stderr(gone):
         ...     _say("serving f on ws://…")
-        >>> gone.closed
-        True
+        >>> with contextlib.redirect_stderr(said):
+        ...     _say("the writer aborted: \x1b]0;title\x07")
+        >>> gone.closed, said.getvalue()
+        (True, 'the writer aborted: \\x1b]0;title\\x07\n')
     """
     if sys.stderr is None:  # print(file=None) would write it to stdout
         return
     with contextlib.suppress(OSError, ValueError):
-        print(line, file=sys.stderr, flush=True)
+        print(printable(line), file=sys.stderr, flush=True)
+
+
+class _PrintableLog(logging.Formatter):
+    r"""The format of the SDK's log lines that reach stderr (Python's last-resort handler: the CLI configures no
+    logging), with their unprintable characters escaped as :func:`_say` escapes its own: "Error in handler F: …"
+    quotes the handler's error, and that quotes a sender's abort reason. A traceback keeps its lines.
+
+    Example:
+        >>> record = logging.LogRecord("iii.handler_runner", logging.ERROR, __file__, 1, "Error in handler %s: %s",
+        ...                            ("f", "aborted: \x1b[2J"), None)
+        >>> _PrintableLog().format(record)
+        'Error in handler f: aborted: \\x1b[2J'
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(map(printable, super().formatException(ei).split("\n")))
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join(map(printable, super().formatStack(stack_info).split("\n")))
 
 
 def _stderr_to_null() -> None:
@@ -1100,6 +1158,8 @@ def main(argv: list[str] | None = None) -> int:
         _freeze_imports()
     if _closed(sys.stderr):
         _stderr_to_null()
+    if logging.lastResort is not None:
+        logging.lastResort.setFormatter(_PrintableLog())
     parser = build_parser()
     args = parse_args(parser, argv)
     option, function_id = ("--to", args.to) if args.command == "send" else ("--function", args.function)

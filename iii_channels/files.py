@@ -54,7 +54,7 @@ from iii.channels import ChannelReader, ChannelWriter
 
 from .errors import FileChangedError, IntegrityError
 from .integrity import Digest
-from .progress import Progress, check_progress
+from .progress import Progress, check_progress, printable
 from .sink import ChannelSink
 from .source import ChannelSource, _release_writer
 
@@ -536,18 +536,32 @@ NAME_MAX = 255
 rename, after the whole file had been received."""
 
 
+# What name_part_problem refuses in a name: the control characters (Unicode category Cc: C0, DEL, C1 such as NEL
+# U+0085 and CSI U+009B), the line and paragraph separators (Zl, Zp: str.splitlines splits at them as at a newline),
+# and the bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069: "\u202egpj.exe" shows as
+# "exe.jpg"): the nine of the Trojan Source attack (CVE-2021-42574), which Rust's text_direction_codepoint lints refuse
+# too. The bidi marks (U+200E, U+200F, U+061C) are accepted: alone they reorder no letters (the spoof needs an
+# override or an embedding), and right-to-left names use them; where a name is shown, they are escaped (printable).
+_UNSAFE_IN_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def name_part_problem(part: str) -> str | None:
     """Why ``part`` cannot be one name (a file's, or a part of a tree entry's path) that a receiver creates, or
     ``None`` when it can. Refused: empty, ``.``, ``..``; a backslash (a path separator on Windows: the same tree
-    must not mean other paths there); a control character (a newline, a tab, NUL: they break every line-based
-    listing of the files); a ``.iii-part-*`` name (kept for partial transfers); more than :data:`NAME_MAX` bytes.
+    must not mean other paths there); a control character (a newline, a tab, NUL, ESC, the C1 controls such as NEL
+    and CSI: they break every line-based listing of the files, or drive a terminal that shows the name); a line or
+    paragraph separator (U+2028, U+2029); a bidi embedding, override or isolate (U+202A-U+202E, U+2066-U+2069: they
+    show the name's characters in another order); a ``.iii-part-*`` name (kept for partial transfers); more than
+    :data:`NAME_MAX` bytes. The character refused is named, escaped, with its place (1 for the first).
     (``/`` is the caller's to judge: it separates the parts of a tree entry.)
 
     Example:
         >>> name_part_problem("a.txt"), name_part_problem("a\\\\b")
         (None, 'it contains a path separator (a backslash, one on Windows)')
         >>> name_part_problem("a\\nb")
-        'it contains a control character (such as a newline)'
+        'it contains a control character: \\\\n at character 2'
+        >>> print(name_part_problem("photo\\u202egpj.exe"))
+        it contains a bidi control (it shows the name's characters out of order): \\u202e at character 6
         >>> name_part_problem("x" * 300)
         'a name of 300 bytes, more than the 255 a file name may have'
     """
@@ -555,8 +569,13 @@ def name_part_problem(part: str) -> str | None:
         return "it is empty, '.' or '..'"
     if "\\" in part:
         return "it contains a path separator (a backslash, one on Windows)"
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in part):
-        return "it contains a control character (such as a newline)"
+    # A name of printable ASCII (most names) has none of them: one C-level scan each, no regular expression.
+    unsafe = None if part.isascii() and part.isprintable() else _UNSAFE_IN_NAME.search(part)
+    if unsafe is not None:
+        char = unsafe.group()
+        kind = ("a control character" if char <= "\x9f" else "a line or paragraph separator" if char in "\u2028\u2029"
+                else "a bidi control (it shows the name's characters out of order)")
+        return f"it contains {kind}: {printable(char)} at character {unsafe.start() + 1}"
     if part.startswith(PART_PREFIX):
         # such a file would look like a partial transfer to reclaim_stale_parts
         return f"{PART_PREFIX}* names are kept for partial transfers"

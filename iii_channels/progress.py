@@ -23,6 +23,21 @@ ProgressCallback = Callable[[int, int | None], None]
 Progress = bool | ProgressCallback | None
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that ``str.isprintable`` refuses written as its ``repr`` escape (``\\x1b``,
+    ``\\n``, ``\\u202e``): for text a peer chose (a sender's file name, an abort reason) on its way to a terminal,
+    where an escape sequence would set the window title, clear the screen or print a fake status line, and a bidi
+    override would show ``gpj.exe`` as ``exe.jpg``. Printable text is returned as it is (one C-level scan).
+
+    Example:
+        >>> print(printable("a\\x1b[2Jb\\u202egpj.exe"), printable("été.txt"))
+        a\\x1b[2Jb\\u202egpj.exe été.txt
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def human_bytes(n: float) -> str:
     """``1536`` → ``'1.5 KiB'``.
 
@@ -38,7 +53,8 @@ def human_bytes(n: float) -> str:
 
 
 class ProgressBar:
-    """A one-line terminal bar: bytes done, percentage, rate and ETA, redrawn at most every ``interval`` s.
+    """A one-line terminal bar: bytes done, percentage, rate and ETA, redrawn at most every ``interval`` s. The
+    label is drawn with its unprintable characters escaped (:func:`printable`): it may be a sender's file name.
 
     Example:
         >>> import io
@@ -83,7 +99,8 @@ class ProgressBar:
             return
         elapsed = max(now - self._start, 1e-9)
         rate = self._done / elapsed
-        parts = [self.label] if self.label else []
+        # the label is often a peer's file name: never a terminal escape sequence (printable)
+        parts = [printable(self.label)] if self.label else []
         if self._total:
             frac = min(self._done / self._total, 1.0)
             filled = int(frac * self.width)
