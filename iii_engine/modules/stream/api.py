@@ -25,6 +25,11 @@ naming the group or the counts, the size and the setting, found before the answe
 A worker's answer for a custom stream came within ``max_message_size`` already and is passed on as it is. A socket
 join's sync is not bounded so: the socket's own bounds hold a client that does not read.
 
+Ours: a stream name starting with ``__iii_`` (:data:`~.inputs.RESERVED_PREFIX`) is the engine's own: every op on
+one fails with its op's code (``STREAM_GET_ERROR``, ``STREAM_SET_ERROR``, ...) naming it, and ``stream::list_all``
+leaves such names out. Before, with one SQL ``store_url`` for the state and stream modules, ``stream::get`` /
+``stream::set`` of ``__iii_state`` read and changed the state module's items.
+
 Example:
     >>> sorted(f.id for f in StreamFunctions.__new__(StreamFunctions).builtins())[:3]
     ['stream::delete', 'stream::get', 'stream::list']
@@ -55,8 +60,9 @@ from iii_streams.events import StreamEvent, custom_event, make_event
 
 from ..answers import FRAME_BYTES, AnswerBound, AnswerSpec
 from ..base import BuiltinFunction, EncodedResult, EngineError, EngineServices, InvocationContext
-from .inputs import Fields, describe
+from .inputs import Fields, check_stream_name, describe, reserved_name
 from .locks import KeyedLocks, store_updates_atomically
+from .store import HEALTH_ITEM
 from .triggers import StreamTriggers
 
 log = logging.getLogger(__name__)
@@ -196,6 +202,9 @@ _LIST: Final = AnswerSpec("stream::list", "STREAM_GET_GROUP_ERROR",
 _LIST_GROUPS: Final = AnswerSpec("stream::list_groups", "STREAM_LIST_GROUPS_ERROR", "raise max_message_size")
 _LIST_ALL: Final = AnswerSpec("stream::list_all", "STREAM_LIST_ALL_ERROR",
                               "list one stream's groups (stream::list_groups) or raise max_message_size")
+# the item the stream module's health probe reads (store_health): through a Bridge it is the remote's stream::get,
+# which answers it although its name is reserved; nothing can be written there
+_HEALTH_KEY: Final = (HEALTH_ITEM, HEALTH_ITEM, HEALTH_ITEM)
 
 
 def _schema(required: list[str], **extra: Any) -> dict[str, Any]:
@@ -463,19 +472,22 @@ class StreamFunctions:
     async def get(self, data: Any, ctx: InvocationContext) -> Any:
         """``stream::get``."""
         f = Fields("stream::get", data)
-        return await self.read_item(f.text("stream_name"), f.text("group_id"), f.text("item_id"))
+        s, g, i = f.text("stream_name"), f.text("group_id"), f.text("item_id")
+        if (s, g, i) != _HEALTH_KEY:  # a Bridge's health probe reads it; nothing can write it
+            check_stream_name(s, "STREAM_GET_ERROR")
+        return await self.read_item(s, g, i)
 
     async def list_items(self, data: Any, ctx: InvocationContext) -> Any:
         """``stream::list``: a worker's answer, else the engine's store's bounded by :attr:`answers`."""
         f = Fields("stream::list", data)
-        stream_name, group_id = f.text("stream_name"), f.text("group_id")
+        stream_name, group_id = check_stream_name(f.text("stream_name"), "STREAM_GET_GROUP_ERROR"), f.text("group_id")
         if self._custom("list", stream_name) is not None:
             return await self.read_group(stream_name, group_id)
         return await self._group_text(stream_name, group_id, ctx, _LIST)
 
     async def list_groups(self, data: Any, ctx: InvocationContext) -> Any:
         """``stream::list_groups``: a worker's answer, else the engine's store's bounded by :attr:`answers`."""
-        name = Fields("stream::list_groups", data).text("stream_name")
+        name = check_stream_name(Fields("stream::list_groups", data).text("stream_name"), "STREAM_LIST_GROUPS_ERROR")
         custom = self._custom("list_groups", name)
         if custom is not None:
             return await self._call(custom, {"stream_name": name})
@@ -487,10 +499,10 @@ class StreamFunctions:
         return self.answers.names(groups, ctx, _LIST_GROUPS, f"the list of {len(groups)} groups of stream {name!r}")
 
     async def list_all(self, data: Any, ctx: InvocationContext) -> Any:
-        """``stream::list_all``: the store only; custom streams are invisible (as in production). Bounded by
-        :attr:`answers`."""
+        """``stream::list_all``: the store only; custom streams are invisible (as in production), and so are the
+        engine's own (:func:`~.inputs.reserved_name`). Bounded by :attr:`answers`."""
         try:
-            streams = await self.store.list_all()
+            streams = [(name, groups) for name, groups in await self.store.list_all() if reserved_name(name) is None]
         except Exception as exc:
             raise EngineError("STREAM_LIST_ALL_ERROR", str(exc)) from None
 
@@ -510,6 +522,7 @@ class StreamFunctions:
         """``stream::set``."""
         f = Fields("stream::set", data)
         s, g, i, value = f.text("stream_name"), f.text("group_id"), f.text("item_id"), f.value("data")
+        check_stream_name(s, "STREAM_SET_ERROR")
         custom = self._custom("set", s)
         if custom is not None:
             self._storable(value, "data", "STREAM_SET_ERROR")
@@ -531,6 +544,7 @@ class StreamFunctions:
         """``stream::delete``; a delete event only when something was removed."""
         f = Fields("stream::delete", data)
         s, g, i = f.text("stream_name"), f.text("group_id"), f.text("item_id")
+        check_stream_name(s, "STREAM_DELETE_ERROR")
         custom = self._custom("delete", s)
         if custom is not None:
             async with self._locks.join((s, g, i)):  # after a composed update in flight, not inside it
@@ -558,6 +572,7 @@ class StreamFunctions:
         f = Fields("stream::update", data)
         s, g, i = f.text("stream_name"), f.text("group_id"), f.text("item_id")
         ops = f.ops()
+        check_stream_name(s, "STREAM_UPDATE_ERROR")
         if self._maybe_served(s):
             custom = self._custom("update", s)
             if custom is not None:
@@ -598,6 +613,7 @@ class StreamFunctions:
         f = Fields("stream::send", data)
         s, g, item = f.text("stream_name"), f.text("group_id"), f.optional_text("id")
         value = f.value("data", required=False)
+        check_stream_name(s, "STREAM_SEND_ERROR")
         try:  # before its triggers are called: the store's own check comes after them
             json_text(value, "data", room=SEND_ROOM)
         except ValueError as exc:

@@ -5,6 +5,8 @@ the message ``Failed to deserialize input for <function id>: <detail>``, where t
 the production engine's JSON decoder (``missing field `data```, ``invalid type: integer `1`, expected a
 string``). Unknown keys (``_caller_worker_id`` above all) are ignored.
 
+Stream names starting with :data:`RESERVED_PREFIX` are the engine's own (:func:`check_stream_name`).
+
 Example:
     >>> Fields("stream::get", {"stream_name": "s", "group_id": "g", "item_id": "i"}).text("item_id")
     'i'
@@ -18,14 +20,19 @@ missing field `group_id`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.stream_ops import Op, parse_op, parse_ops
 
 from ..base import EngineError
 
-__all__ = ["Fields", "describe"]
+__all__ = ["RESERVED_PREFIX", "Fields", "check_stream_name", "describe", "reserved_name"]
+
+RESERVED_PREFIX: Final = "__iii_"
+"""Stream names starting with this are the engine's own: the state module keeps its items under ``__iii_state`` in
+a store it may share with the stream module (one SQL ``store_url``), so no stream function, stream trigger or
+stream socket join may name one (:func:`check_stream_name`), and ``stream::list_all`` leaves them out."""
 
 
 def describe(value: Any) -> str:
@@ -48,6 +55,42 @@ def describe(value: Any) -> str:
     if isinstance(value, list):
         return "sequence"
     return "map"
+
+
+def reserved_name(name: str) -> str | None:
+    """Why ``name`` is refused as a stream name (it starts with :data:`RESERVED_PREFIX`), or ``None``.
+
+    Example:
+        >>> reserved_name("todos") is None
+        True
+        >>> reserved_name("__iii_state")[:60]
+        "stream name '__iii_state' is reserved: names starting with '"
+    """
+    if not name.startswith(RESERVED_PREFIX):
+        return None
+    return (f"stream name {name!r:.200} is reserved: names starting with {RESERVED_PREFIX!r} hold the engine's own "
+            "data (the state module's store among them) and are not reachable through streams")
+
+
+def check_stream_name(name: str, code: str) -> str:
+    """``name``, or an ``EngineError`` with ``code`` when it is reserved (:func:`reserved_name`).
+
+    Why: with one SQL ``store_url`` for both modules, ``stream::get`` of ``__iii_state`` read every ``state::set``
+    value, ``stream::set`` changed what ``state::get`` answered, and any stream socket client joining
+    ``__iii_state`` was sent the state's values in its sync.
+
+    Example:
+        >>> check_stream_name("todos", "STREAM_GET_ERROR")
+        'todos'
+        >>> check_stream_name("__iii_state", "STREAM_GET_ERROR")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iii_engine.modules.base.EngineError: STREAM_GET_ERROR: stream name '__iii_state' is reserved: ...
+    """
+    refusal = reserved_name(name)
+    if refusal is not None:
+        raise EngineError(code, refusal)
+    return name
 
 
 class Fields:

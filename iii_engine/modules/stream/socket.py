@@ -6,7 +6,8 @@ Clients send ``{"type": "join" | "leave", "data": {"subscriptionId", "streamName
 sends event wrappers (docs/reference/payloads.md#stream-events): one ``sync`` after each accepted join (the
 custom-aware get or list result), then ``create``/``update``/``delete``/``event`` frames, or ``unauthorized``
 for a refused join. Ours: a message that is no well-formed join or leave gets an ``error`` event naming what is wrong
-(``invalid_message``, ``invalid_join``, ``invalid_leave``) where production answers nothing.
+(``invalid_message``, ``invalid_join``, ``invalid_leave``) where production answers nothing; a join of a stream name
+the engine keeps for its own data (starting with ``__iii_``) gets ``invalid_join`` too, its join handlers not called.
 
 Our improvements (docs/protocol.md#stream-improvements): each event goes **once per socket** when any of its
 subscriptions matches (ST6), encoded once for all of them and looked up by its group, so a change costs the
@@ -73,6 +74,7 @@ from ...send_queue import unsent
 from ...server import BoundPort, url_host
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
+from .inputs import reserved_name
 from .settings import DEFAULT_CLIENT_QUEUE_BYTES, DEFAULT_SLOW_CLOSE_TIMEOUT_MS, SocketSettings
 from .triggers import JoinFailed, JoinLeaveTriggers
 
@@ -1229,6 +1231,14 @@ class StreamSocketServer:
                                None if sub.item_id is None else sub.item_id[:MAX_JOIN_NAME])
             client.offer(_error(cut, "name_too_long", f"subscriptionId, streamName, groupId and id are at most "
                                 f"{MAX_JOIN_NAME} characters each (got {longest}); join refused"))
+            return
+        refusal = reserved_name(sub.stream_name)
+        if refusal is not None:
+            # the engine's own data (the state module's, in a store shared with this one): no join handler hears
+            # of it and no sync is read
+            self._ignored("reserved name", f"stream client {client.ws.remote_address} joined the reserved stream "
+                                           f"{sub.stream_name!r:.200}")
+            client.offer(_error(sub, "invalid_join", f"{refusal}; join refused"))
             return
         limit = self.settings.max_subscriptions_per_client
         if sub_id not in client.subscriptions and len(client.subscriptions) >= limit:

@@ -26,8 +26,9 @@ from iii.protocol.worker_session import clip_text
 
 from ..base import EngineError
 from ..trigger_set import TriggerRunner, TriggerSet, check_trigger_config, trigger_config, within_callee_shares
+from .inputs import reserved_name
 
-__all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stream_trigger"]
+__all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stream_trigger", "refuse_reserved"]
 
 
 def matches_stream_trigger(config: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
@@ -45,6 +46,23 @@ def matches_stream_trigger(config: Mapping[str, Any], event: Mapping[str, Any]) 
         return False
     item = config.get("item_id")
     return not item or item == event.get("id")
+
+
+def refuse_reserved(trigger: TriggerInfo, kind: str, stream_name: str) -> None:
+    """``invalid_trigger_config`` for a trigger naming a stream name the engine keeps for its own data
+    (:func:`~.inputs.reserved_name`): its changes and joins never reach a stream trigger.
+
+    Example:
+        >>> refuse_reserved(TriggerInfo(id="t", trigger_type="stream", function_id="f"), "stream trigger",
+        ...                 "__iii_state")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iii_engine.modules.base.EngineError: invalid_trigger_config: stream trigger t: stream name '__iii_state' is \
+reserved: ...
+    """
+    refusal = reserved_name(stream_name)
+    if refusal is not None:
+        raise EngineError("invalid_trigger_config", f"{kind} {trigger.id}: {refusal}")
 
 
 class StreamTriggers(TriggerSet):
@@ -71,6 +89,7 @@ class StreamTriggers(TriggerSet):
         if not isinstance(name, str) or not name:
             raise EngineError("invalid_trigger_config",
                               f"stream trigger {trigger.id} needs a non-empty string 'stream_name' in its config")
+        refuse_reserved(trigger, self.kind, name)
         await super().register(trigger)
 
 
@@ -101,8 +120,10 @@ class JoinLeaveTriggers(TriggerSet):
         return (not name or name == payload.get("stream_name")) and (not group or group == payload.get("group_id"))
 
     async def register(self, trigger: TriggerInfo) -> None:
-        """Store ``trigger``; a filter that is not a string is refused, naming it."""
-        check_trigger_config(trigger, self.kind, ("stream_name", "group_id", "condition_function_id"))
+        """Store ``trigger``; a filter that is not a string is refused, naming it, and so is a reserved
+        ``stream_name`` (no join of one is let through)."""
+        config = check_trigger_config(trigger, self.kind, ("stream_name", "group_id", "condition_function_id"))
+        refuse_reserved(trigger, self.kind, config.get("stream_name") or "")
         await super().register(trigger)
 
     async def authorize(self, payload: Mapping[str, Any]) -> bool:
