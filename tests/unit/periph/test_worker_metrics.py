@@ -53,7 +53,8 @@ async def test_lag_monitor_sees_a_blocked_loop() -> None:
             if monitor.samples:
                 break
             await asyncio.sleep(0.005)
-        assert monitor.lag_ms >= 100
+        # max_lag_ms, not lag_ms: on a loaded machine the next sample (10 ms on) may run before this task resumes
+        assert monitor.max_lag_ms >= 100
         assert WorkerMetricsCollector(monitor).collect().event_loop_lag_ms == monitor.lag_ms
         assert monitor.take_max() >= 100 and monitor.max_lag_ms == 0.0
     finally:
