@@ -16,12 +16,17 @@ trailer (the default) requires the tree record too; senders before it sent none 
 such a stream, checking the tree record only if one comes, and the trailer still), and receivers before it ignore
 it.
 
-Memory stays constant (one file open at a time, bounded chunks). ``receive_dir`` writes into a hidden staging
-directory next to the destination, checks every file against its end record and the whole stream against the
-trailer, and renames the staging directory to the destination only when all of it verified: on any failure
-nothing appears under the final name and the staging directory is removed. The staging directory is named
-``.iii-part-<pid>-…`` and locked while in use, so one left by a killed receiver is removed by the next
-``receive_dir`` / ``receive_file`` next to it (:func:`iii_channels.files.reclaim_stale_parts`).
+Memory stays bounded (one file open at a time, bounded chunks; the entries' names up to ``max_entries`` and
+``max_name_bytes``). ``receive_dir`` writes into a hidden staging directory, checks every file against its end
+record and the whole stream against the trailer, and puts the tree in place only when all of it verified: on any
+failure nothing appears under the final name and the staging directory is removed. A destination that does not
+exist is staged next to it and the staging directory renamed to it. An existing empty directory (a mount point,
+``.``, one made with its own mode, group or ACLs) is kept as it is: the staging directory is made inside it and
+its top-level entries moved into it at the end (if something else adds an entry to it meanwhile, or a move
+fails, those moved are moved back and the receive fails; only a receiver killed during those last renames
+leaves part of the tree in it). The staging directory is named ``.iii-part-<pid>-…`` and locked while in use, so
+one left by a killed receiver is removed by the next ``receive_dir`` / ``receive_file`` in the directory that
+holds it (:func:`iii_channels.files.reclaim_stale_parts`).
 
 Example (the staging directory is gone once the destination appears):
     >>> import asyncio, tempfile
@@ -68,6 +73,7 @@ from .files import (
     FileReceipt,
     _abort_writer,
     _file_kind,
+    _is_part_name,
     _lock_part_dir,
     _new_dir_mode,
     _send_file_bytes,
@@ -88,6 +94,9 @@ END_KEY = "iii_channels_entry_end"
 TREE_KEY = "iii_channels_tree"
 # Each entry costs the receiver its name in memory and an inode on disk: a peer may not ask for unlimited ones.
 DEFAULT_MAX_ENTRIES = 1_000_000
+# The entries' names are held until the receipt is returned: 1,000,000 entries of 3.7 KB names (14 levels of 250
+# characters, within every other limit) cost the receiver ~4 GB. Their UTF-8 bytes are bounded, together.
+DEFAULT_MAX_NAME_BYTES = 64 * 1024 * 1024
 # Most levels (path components) an entry of a tree may have, sent or received: a peer's "d/d/d/…" thousands deep
 # would otherwise break whatever recurses per level (Path.mkdir(parents=True), os.walk, shutil.rmtree on 3.11).
 MAX_TREE_DEPTH = 256
@@ -406,7 +415,8 @@ async def send_files(
 class _Receiver:
     """Writes the entries of one stream into a staging directory, one file at a time."""
 
-    def __init__(self, staging: Path, channel_id: str, max_entries: int | None, require_tree: bool = True) -> None:
+    def __init__(self, staging: Path, channel_id: str, max_entries: int | None, require_tree: bool = True,
+                 max_name_bytes: int | None = DEFAULT_MAX_NAME_BYTES) -> None:
         self.staging = staging
         self.require_tree = require_tree
         # The entry and end records as they came, and whether the sender's count and hash of them did.
@@ -415,6 +425,8 @@ class _Receiver:
         self._tree_checked = False
         self.channel_id = channel_id
         self.max_entries = max_entries
+        self.max_name_bytes = max_name_bytes
+        self._name_bytes = 0  # the UTF-8 bytes of the names claimed so far, each held until the receipt
         self.files: list[tuple[str, int, str]] = []
         self.dirs: list[str] = []
         self._seen: set[str] = set()
@@ -438,6 +450,11 @@ class _Receiver:
             raise self._error(f"{_shown(key)} appears twice in the stream")
         if self.max_entries is not None and len(self._seen) >= self.max_entries:
             raise LimitExceededError(self.max_entries, f"channel {self.channel_id}: the tree", "entries")
+        name_bytes = self._name_bytes + len(key.encode("utf-8", "surrogatepass"))
+        if self.max_name_bytes is not None and name_bytes > self.max_name_bytes:
+            raise LimitExceededError(self.max_name_bytes, f"channel {self.channel_id}: the tree's entry names, "
+                                     f"{name_bytes} bytes with {_shown(key)},", "bytes (max_name_bytes)")
+        self._name_bytes = name_bytes
         self._seen.add(key)
         return key, self.staging.joinpath(*rel.parts)
 
@@ -534,8 +551,13 @@ class _Receiver:
                               "dropped on the way; require_tree=False accepts such a stream)")
 
     def close(self) -> None:
+        """After a failure: the file being written closed, and the names let go (up to ``max_name_bytes``: the
+        error's traceback holds this receiver for as long as the caller keeps the error)."""
         if self._fh is not None:
             self._fh.close()
+        self._seen.clear()
+        self.dirs.clear()
+        self.files.clear()
 
 
 def _bytes(count: object) -> str:
@@ -554,13 +576,36 @@ def _create(target: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _prepare(destination: Path) -> tuple[Path, int]:
-    """The locked staging directory next to ``destination``: ``(path, lock fd)``."""
+@dataclass(frozen=True)
+class _Staging:
+    """Where a tree is received: ``path``, the staging directory, locked through ``lock`` (its descriptor);
+    ``into``, the descriptor of the existing empty destination it was made in (its entries are moved into it at
+    the end), or ``None``: it was made next to the destination, and is renamed to it."""
+
+    path: Path
+    lock: int
+    into: int | None = None
+
+    def close(self) -> None:
+        os.close(self.lock)
+        if self.into is not None:
+            os.close(self.into)
+
+
+def _prepare(destination: Path) -> _Staging:
+    """The locked staging directory for ``destination``: inside it when it is an existing empty directory,
+    next to it when it does not exist."""
     if destination.is_symlink():
-        # the tree is renamed into place at the end, which a symlink (dangling, or to an empty directory) refuses
+        # what it points to could change while the tree is received: the tree goes where it was named
         raise FileExistsError(f"receive_dir: {destination} is a symlink: name the directory itself (or a new one)")
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+    if destination.is_dir():
+        return _prepare_inside(destination)
+    if destination.exists():
         raise FileExistsError(f"receive_dir: {destination} exists and is not an empty directory")
+    if destination.name in ("", ".", ".."):
+        # "missing/..": staged in "missing", whose rename to "missing/.." can only fail, after the whole transfer
+        raise FileNotFoundError(errno.ENOENT, f"receive_dir: {destination} does not exist, and no directory can be "
+                                "made under a name ending in '..': name the new directory itself")
     destination.parent.mkdir(parents=True, exist_ok=True)
     reclaim_stale_parts(destination.parent)
     # mkdtemp's 0700 until the tree is in place (see _place): a group member who may write in the destination's
@@ -568,37 +613,111 @@ def _prepare(destination: Path) -> tuple[Path, int]:
     # entry made the next entry be written through it, outside the destination)
     staging = Path(tempfile.mkdtemp(prefix=f"{PART_PREFIX}{os.getpid()}-", dir=destination.parent))
     try:
-        lock = _lock_part_dir(staging)
+        return _Staging(staging, _lock_part_dir(staging))
     except BaseException:
         with contextlib.suppress(OSError):
             remove_tree(staging)
         raise
-    return staging, lock
 
 
-def _place(staging: Path, final: Path, lock: int) -> None:
-    """Rename the received ``staging`` tree to ``final``, then give it the mode a plain ``mkdir`` would (through
-    ``lock``, its own descriptor: whatever is at ``final`` by then, only our directory is changed)."""
-    os.rename(staging, final)
-    os.fchmod(lock, _new_dir_mode())
+def _prepare_inside(destination: Path) -> _Staging:
+    """Staging inside the existing directory ``destination``, which must be empty (once parts no live receiver
+    owns are removed from it). Why not next to it, renamed over it at the end as a new directory is: the rename put
+    a new directory in its place (the umask's mode instead of its own, its group, setgid bit, ACLs and inode lost),
+    and failed with EBUSY after the whole transfer when it was a mount point or the current directory (``.``)."""
+    into = os.open(destination, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        reclaim_stale_parts(destination)  # one a killed receive into it left
+        held = sorted(os.listdir(into))
+        if held:
+            busy = " (a receive into it in progress)" if all(_is_part_name(name) for name in held) else ""
+            raise FileExistsError(f"receive_dir: {destination} exists and is not an empty directory: it holds "
+                                  f"{_shown(held[0])}{busy}{f' and {len(held) - 1} more' if len(held) > 1 else ''}")
+        staging = Path(tempfile.mkdtemp(prefix=f"{PART_PREFIX}{os.getpid()}-", dir=destination))
+        try:
+            lock = _lock_part_dir(staging)
+            try:
+                made, locked = os.stat(staging.name, dir_fd=into, follow_symlinks=False), os.fstat(lock)
+                if (made.st_dev, made.st_ino) != (locked.st_dev, locked.st_ino):
+                    # the entries are moved into the directory first checked, by descriptor: not into another
+                    raise FileExistsError(f"receive_dir: {destination} was replaced while it was prepared")
+            except BaseException:
+                os.close(lock)
+                raise
+        except BaseException:
+            with contextlib.suppress(OSError):
+                remove_tree(staging)
+            raise
+    except BaseException:
+        os.close(into)
+        raise
+    return _Staging(staging, lock, into)
+
+
+def _place(staging: _Staging, final: Path) -> None:
+    """Put the received tree in place as ``final``: rename ``staging`` to it, then give it the mode a plain
+    ``mkdir`` would (through its own descriptor: whatever is at ``final`` by then, only our directory is changed);
+    or, staged inside the existing ``final``, move the staging directory's entries into it."""
+    if staging.into is None:
+        try:
+            os.rename(staging.path, final)
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"receive_dir: the tree was received but cannot be put in place as {final} "
+                            f"({exc.strerror or exc}); nothing was left") from exc
+        os.fchmod(staging.lock, _new_dir_mode())
+        return
+    into, mine = staging.into, staging.path.name
+    # Another receive's staging directory is no clash: no entry of a tree is named .iii-part-*.
+    added = sorted(name for name in os.listdir(into) if name != mine and not _is_part_name(name))
+    if added:
+        raise FileExistsError(errno.EEXIST, f"receive_dir: {final} gained {_shown(added[0])} while the tree was "
+                              "received: nothing was moved into it")
+    moved: list[str] = []
+    for name in os.listdir(staging.lock):
+        try:
+            os.rename(name, name, src_dir_fd=staging.lock, dst_dir_fd=into)
+        except OSError as exc:
+            stuck = [back for back in reversed(moved) if not _moved_back(staging, back)]
+            left = (f"{len(stuck)} entries moved in could not be moved back, such as {_shown(stuck[0])}" if stuck
+                    else "nothing was left in it")
+            raise type(exc)(exc.errno, f"receive_dir: cannot move the entry {_shown(name)} into {final} "
+                            f"({exc.strerror or exc}); {left}") from exc
+        moved.append(name)
+    with contextlib.suppress(OSError):
+        # empty by now, and unlocked once the receive returns: a failure here leaves no data, only a part the next
+        # receive in that directory removes, so it does not fail a tree already in place
+        os.rmdir(mine, dir_fd=into)
+
+
+def _moved_back(staging: _Staging, name: str) -> bool:
+    assert staging.into is not None
+    try:
+        os.rename(name, name, src_dir_fd=staging.into, dst_dir_fd=staging.lock)
+    except OSError:
+        return False
+    return True
 
 
 async def receive_dir(
     reader: ChannelReader, destination: str | os.PathLike[str], *, progress: Progress = None,
     require_trailer: bool = True, max_entries: int | None = DEFAULT_MAX_ENTRIES, require_tree: bool | None = None,
-    idle_timeout: float | None = None,
+    idle_timeout: float | None = None, max_name_bytes: int | None = DEFAULT_MAX_NAME_BYTES,
 ) -> TreeReceipt:
     """Store a ``send_dir`` / ``send_files`` stream as the directory ``destination`` (which must not exist, or
-    be empty). Everything is verified before the directory appears; on failure nothing is left behind.
-    ``require_trailer`` (default) requires the stream's trailer, over the file bytes; ``require_tree`` its tree
-    record, over the entry records (names, types, sizes); ``None`` (default): as ``require_trailer``. Without
-    either the receive fails (:class:`IntegrityError`). ``require_trailer=True, require_tree=False`` accepts a
-    sender from before the tree record and still requires the trailer (a tree record that comes is checked).
+    be empty). Everything is verified before the tree appears; on failure nothing is left behind. An existing
+    empty directory (``.`` too, or a mount point) is kept as it is (its mode, owner, group, ACLs): the tree's
+    entries are put in it. ``require_trailer`` (default) requires the stream's trailer, over the file bytes;
+    ``require_tree`` its tree record, over the entry records (names, types, sizes); ``None`` (default): as
+    ``require_trailer``. Without either the receive fails (:class:`IntegrityError`). ``require_trailer=True,
+    require_tree=False`` accepts a sender from before the tree record and still requires the trailer (a tree
+    record that comes is checked).
 
-    A stream of more than ``max_entries`` files and directories raises :class:`LimitExceededError` (``None``: no
-    limit); only entries of type ``file`` and ``dir`` are accepted. Each name is held to ``receive_file``'s rules,
-    part by part (:func:`check_entry_path`). ``destination`` may not be a symlink. ``idle_timeout``: most seconds
-    to wait for the sender's next message (``None``, the default: no limit), then
+    A stream of more than ``max_entries`` files and directories, or whose entries' names (their UTF-8 bytes, all
+    together: each is held until the receipt is returned) come to more than ``max_name_bytes``, raises
+    :class:`LimitExceededError` (``None``: no limit); only entries of type ``file`` and ``dir`` are accepted. Each
+    name is held to ``receive_file``'s rules, part by part (:func:`check_entry_path`). ``destination`` may not be
+    a symlink, nor an empty path (``ValueError``, before anything is read). ``idle_timeout``: most seconds to wait
+    for the sender's next message (``None``, the default: no limit), then
     :class:`~iii_channels.errors.ChannelIdleError` (nothing is left behind, as for any failure).
 
     Example:
@@ -617,19 +736,25 @@ async def receive_dir(
         >>> asyncio.run(demo())
         (['a.txt', 'b.txt'], 7, True)
     """
-    final = Path(destination)
     try:
-        if max_entries is not None and max_entries < 1:
-            raise ValueError(f"max_entries must be at least 1 (or None), got {max_entries}")
-        source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=final.name,
-                               idle_timeout=idle_timeout)
-        staging, lock = await asyncio.to_thread(_prepare, final)
+        if os.fspath(destination) == "":
+            # Path("") is ".": the whole tree was received, then its rename to "." failed (EBUSY)
+            raise ValueError("receive_dir: the destination is an empty path: name a directory ('.' for the current "
+                             "one)")
+        final = Path(destination)
+        for limit, value in (("max_entries", max_entries), ("max_name_bytes", max_name_bytes)):
+            if value is not None and value < 1:
+                raise ValueError(f"{limit} must be at least 1 (or None), got {value}")
+        source = ChannelSource(reader, require_trailer=require_trailer, progress=progress,
+                               label=final.name or os.fspath(final), idle_timeout=idle_timeout)
+        staging = await asyncio.to_thread(_prepare, final)
     except BaseException:
         # Refused before reading: release the writer now instead of leaving it blocked on backpressure.
         await asyncio.shield(_release_writer(reader))
         raise
-    receiver = _Receiver(staging, reader.ref.channel_id, max_entries,
-                         require_tree=require_trailer if require_tree is None else require_tree)
+    receiver = _Receiver(staging.path, reader.ref.channel_id, max_entries,
+                         require_tree=require_trailer if require_tree is None else require_tree,
+                         max_name_bytes=max_name_bytes)
     try:
         async for item in source.items():
             if isinstance(item, str):
@@ -637,7 +762,7 @@ async def receive_dir(
             else:
                 await receiver.on_data(item)
         receiver.finish()
-        await asyncio.to_thread(_place, staging, final, lock)
+        await asyncio.to_thread(_place, staging, final)
     except BaseException:
         receiver.close()
         # Tell the writer at once (our engine: 4002 "reader gone") instead of leaving it blocked on backpressure.
@@ -645,11 +770,11 @@ async def receive_dir(
             await reader.close_async()
         # Not recursive (shutil.rmtree is, on 3.11): no depth of tree replaces the error the caller is given.
         with contextlib.suppress(OSError):
-            await asyncio.shield(asyncio.to_thread(remove_tree, staging))
+            await asyncio.shield(asyncio.to_thread(remove_tree, staging.path))
         raise
     finally:
         # Released only now: renamed or removed, the staging directory never looks abandoned while in use.
-        os.close(lock)
+        staging.close()
     files = [FileReceipt(final.joinpath(*PurePosixPath(name).parts), size, sha, True, name)
              for name, size, sha in receiver.files]
     return TreeReceipt(final, files, receiver.dirs)
