@@ -24,7 +24,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -36,8 +36,8 @@ from .schema import TABLE_NAME, VERSION_TABLE
 from .sqlite_threads import guard_aiosqlite
 
 __all__ = ["HEAD", "MIGRATE_TIMEOUT_S", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision",
-           "migrate", "normalize_url", "revision_of", "schema_behind", "shipped_revisions", "upgrade",
-           "upgrade_connection"]
+           "migrate", "normalize_url", "revision_of", "schema_behind", "schema_problem", "schema_state",
+           "shipped_revisions", "upgrade", "upgrade_connection"]
 
 HEAD: Final = "head"
 # PostgreSQL advisory lock key ("iiistr") held by each migration transaction: concurrent migrations (replicas
@@ -198,12 +198,15 @@ def upgrade_connection(connection: Connection, revision: str = HEAD) -> str | No
     """
     _serialize(connection)
     try:
-        if revision == HEAD:
-            applied = current_revision(connection)
-            if applied is not None and not _known(applied):
-                # written by a later version (see schema_behind): nothing of ours to apply, and Alembic would fail
-                # with "Can't locate revision", so a store with create (every SQLite one) could not open in a rollout
-                return applied
+        # the version table alone is not trusted: its revision with the stream table dropped made a migration that
+        # did nothing ("already at"), and a store whose every operation failed
+        applied, problem = schema_state(connection)
+        if problem is not None:
+            raise StreamBackendError(problem)
+        if revision == HEAD and applied is not None and not _known(applied):
+            # written by a later version (see schema_behind): nothing of ours to apply, and Alembic would fail
+            # with "Can't locate revision", so a store with create (every SQLite one) could not open in a rollout
+            return applied
         command.upgrade(_config(connection), revision)
         return current_revision(connection)
     except CommandError as exc:
@@ -221,8 +224,17 @@ def upgrade_connection(connection: Connection, revision: str = HEAD) -> str | No
         raise
 
 
+_MIGRATE_AGAIN: Final = "run `iii-streams migrate URL` (a store opened with create=True migrates as it opens)"
+
+
+class _SeveralRevisions(StreamBackendError):
+    """The version table holds more than one row (:func:`current_revision`)."""
+
+
 def current_revision(connection: Connection) -> str | None:
-    """The applied revision, or ``None`` for a database never migrated.
+    """The applied revision, or ``None`` for a database never migrated; a version table of several rows is a
+    :class:`~iii_streams.errors.StreamBackendError` naming them and how to mend it (Alembic said only "more than one
+    head present; please use get_current_heads()").
 
     Example:
         >>> import asyncio
@@ -238,7 +250,132 @@ def current_revision(connection: Connection) -> str | None:
         >>> asyncio.run(demo())
         (None, '0001_stream_items')
     """
-    return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    try:
+        return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    except CommandError as exc:
+        rows = [str(row) for row in connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()]
+        if len(rows) < 2:
+            raise
+        raise _SeveralRevisions(_several_revisions(rows)) from exc
+
+
+def _several_revisions(rows: list[str]) -> str:
+    """What a version table holding ``rows`` (more than one) is, and how to mend it.
+
+    Example:
+        >>> _several_revisions(["0001_stream_items", "0002_x"])  # doctest: +NORMALIZE_WHITESPACE
+        "the version table iii_streams_alembic_version holds 2 rows (0001_stream_items, 0002_x): it must hold one
+        row, the schema's revision; if the table iii_stream_items is this version's, delete the others:
+        DELETE FROM iii_streams_alembic_version WHERE version_num <> '0001_stream_items'"
+    """
+    head = head_revision()
+    mend = (f"DELETE FROM {VERSION_TABLE} WHERE version_num <> '{head}'" if head in rows else
+            f"DELETE FROM {VERSION_TABLE}; INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{head}')")
+    return (f"the version table {VERSION_TABLE} holds {len(rows)} rows ({', '.join(rows)}): it must hold one row, "
+            f"the schema's revision; if the table {TABLE_NAME} is this version's, delete the others: {mend}")
+
+
+def schema_state(connection: Connection, migrate_again: str = _MIGRATE_AGAIN) -> tuple[str | None, str | None]:
+    """``(the applied revision, what is wrong)``: what keeps the database from the schema its version table names,
+    with the fix, in one line (``migrate_again``: how to migrate, for the fixes that end so), else ``None`` (see
+    :func:`schema_problem`; a version table of several rows is one such problem, with no revision).
+
+    Example:
+        >>> from sqlalchemy import create_engine
+        >>> engine = create_engine("sqlite://")
+        >>> with engine.begin() as connection:
+        ...     fresh = schema_state(connection)
+        ...     _ = upgrade_connection(connection)
+        ...     _ = connection.exec_driver_sql("DROP TABLE iii_stream_items")
+        ...     dropped = schema_state(connection)
+        >>> engine.dispose()
+        >>> fresh, dropped[0], dropped[1].split(" (")[0]  # doctest: +NORMALIZE_WHITESPACE
+        ((None, None), '0001_stream_items', 'the version table iii_streams_alembic_version names revision
+        0001_stream_items but the table iii_stream_items does not exist')
+    """
+    try:
+        revision = current_revision(connection)
+    except _SeveralRevisions as exc:
+        return None, str(exc)
+    return revision, schema_problem(connection, revision, migrate_again)
+
+
+def schema_problem(connection: Connection, revision: str | None,
+                   migrate_again: str = _MIGRATE_AGAIN) -> str | None:
+    """What keeps the database behind ``connection``, whose version table names ``revision`` (``None``: none), from
+    being that schema, with the fix, in one line; ``None`` when nothing does. Checked: the stream table is there for
+    this version's revision (and its unique key on ``item_key``, which PostgreSQL's ``INSERT … ON CONFLICT`` needs),
+    and absent when no revision is named. A revision of another version is not checked (its schema is its own).
+
+    Why: trusting the version row alone, a database whose stream table was dropped (or renamed) opened, every
+    operation then failing with advice to migrate that did nothing ("already at 0001_stream_items"); one without its
+    unique key opened and every write failed; a table with its version row deleted was said to have no schema.
+
+    Example:
+        >>> from sqlalchemy import create_engine
+        >>> engine = create_engine("sqlite://")
+        >>> with engine.begin() as connection:
+        ...     _ = upgrade_connection(connection)
+        ...     _ = connection.exec_driver_sql("DELETE FROM iii_streams_alembic_version")
+        ...     problem = schema_problem(connection, None)
+        >>> engine.dispose()
+        >>> print(problem.split(" (")[0])
+        the table iii_stream_items is there but the version table iii_streams_alembic_version names no revision
+    """
+    inspector = inspect(connection)
+    if revision is None:
+        if not inspector.has_table(TABLE_NAME):
+            return None  # never migrated
+        head = head_revision()
+        version_table = "" if inspector.has_table(VERSION_TABLE) else (
+            f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, CONSTRAINT {VERSION_TABLE}_pkc "
+            "PRIMARY KEY (version_num)); ")
+        return (f"the table {TABLE_NAME} is there but the version table {VERSION_TABLE} names no revision (its row "
+                f"deleted, or the table made by other means): if the table is this version's, put the row back: "
+                f"{version_table}INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{head}'); else drop the table, "
+                f"then migrate: {migrate_again}")
+    if revision != head_revision():
+        return None
+    if not inspector.has_table(TABLE_NAME):
+        missing = (f"the version table {VERSION_TABLE} names revision {revision} but the table {TABLE_NAME} does "
+                   "not exist")
+        renamed = _renamed_to(connection)
+        if renamed is not None:
+            # (its indexes went with it: a new table's would clash with them)
+            return (f"{missing} (renamed: its index {_GROUP_INDEX} is on the table {renamed}): rename it back: "
+                    f"ALTER TABLE {renamed} RENAME TO {TABLE_NAME}")
+        return (f"{missing} (dropped or renamed): delete the version row (DELETE FROM {VERSION_TABLE}), then "
+                f"migrate to create it empty: {migrate_again}")
+    if not _unique_item_key(connection, inspector):
+        return (f"the table {TABLE_NAME} has no unique key on item_key (its constraint dropped?), which its writes "
+                f"need: put it back: CREATE UNIQUE INDEX uq_{TABLE_NAME}_item_key ON {TABLE_NAME} (item_key)")
+    return None
+
+
+_GROUP_INDEX: Final = "ix_iii_stream_items_group"  # an index of the stream table, made with it (0001)
+_INDEX_TABLE: Final = {
+    "sqlite": text("SELECT tbl_name FROM sqlite_master WHERE type = 'index' AND name = :index"),
+    "postgresql": text("SELECT tablename FROM pg_indexes WHERE indexname = :index AND schemaname = current_schema()"),
+}
+
+
+def _renamed_to(connection: Connection) -> str | None:
+    """The table the stream table's index is on, when the stream table is missing (it was renamed to that)."""
+    query = _INDEX_TABLE.get(connection.dialect.name)
+    if query is None:
+        return None
+    found = connection.execute(query, {"index": _GROUP_INDEX}).scalar()
+    return None if found is None else str(found)
+
+
+def _unique_item_key(connection: Connection, inspector: Any) -> bool:
+    """Whether the stream table has a unique constraint or index on ``item_key`` alone (SQLite's made by a
+    ``UNIQUE`` constraint included)."""
+    if any(unique["column_names"] == ["item_key"] for unique in inspector.get_unique_constraints(TABLE_NAME)):
+        return True
+    extra = {"include_auto_indexes": True} if connection.dialect.name == "sqlite" else {}
+    return any(index.get("unique") and index["column_names"] == ["item_key"]
+               for index in inspector.get_indexes(TABLE_NAME, **extra))
 
 
 @functools.cache

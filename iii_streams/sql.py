@@ -197,7 +197,7 @@ from .events import (
 )
 from .known_texts import KnownTexts
 from .messages import error_line, mask_passwords
-from .migrate import SQLITE_BUSY_S, current_revision, head_revision, migrate_with, normalize_url, schema_behind
+from .migrate import SQLITE_BUSY_S, head_revision, migrate_with, normalize_url, schema_behind, schema_state
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
 from .sqlite_threads import guard_aiosqlite
 
@@ -1951,8 +1951,11 @@ class SQLStream(FieldUpdates):
         Each failure is one line naming the database (a SQLite path, a PostgreSQL URL with its password masked):
         :class:`~iii_streams.errors.StreamUnavailableError` when it cannot be reached or does not exist (with a
         hint for a relative SQLite path whose directory is missing), :class:`SchemaMissingError` when the schema
-        is missing or older (``iii-streams migrate URL`` names the URL), :class:`StreamTimeoutError` past
-        ``timeout`` (default: the store's).
+        is missing or older (``iii-streams migrate URL`` names the URL) or not what its version table says (the
+        stream table or its unique key on ``item_key`` gone, the version row gone from under the table, several
+        version rows: :func:`~iii_streams.migrate.schema_problem`, its fix in the message),
+        :class:`StreamTimeoutError` past ``timeout`` (default: the store's). With ``create`` the migration checks
+        the same, failing with :class:`~iii_streams.errors.StreamBackendError`.
 
         Example:
             >>> import asyncio
@@ -1977,7 +1980,7 @@ class SQLStream(FieldUpdates):
                     if self._create:
                         return  # migrated just now (or earlier by this store): at the head revision
                     async with self._read() as conn:
-                        revision = await conn.run_sync(current_revision)
+                        revision, problem = await conn.run_sync(schema_state, self._migrate_hint())
         except (StreamClosedError, SchemaMissingError):
             raise
         except Exception as exc:
@@ -1999,6 +2002,8 @@ class SQLStream(FieldUpdates):
         if locked is not None:
             raise StreamUnavailableError(f"cannot open {self._database()}: locked by another process or writer, "
                                          f"no answer within {locked:g} s (database is locked)")
+        if problem is not None:
+            raise SchemaMissingError(f"{self._database()}: {problem}")
         if schema_behind(revision):
             state = "has no stream schema" if revision is None else (
                 f"has the stream schema at revision {revision}, older than this version's {head_revision()}")

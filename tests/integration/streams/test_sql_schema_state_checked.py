@@ -1,0 +1,181 @@
+"""A SQL store's schema check (``prepare``, the migration of a store with ``create``, ``iii-streams migrate``) looks
+at the stream table too, not at the version row alone, and each damaged state fails in one line naming it and the fix
+that works; applying that fix makes the store work.
+
+Before (attack on the SQL store): with the version row kept and ``iii_stream_items`` dropped or renamed, ``prepare``
+succeeded (an engine started) and every operation failed with "run `iii-streams migrate URL` or open the store with
+create=True", both of which did nothing ("already at 0001_stream_items"); the unique key on ``item_key`` dropped,
+``prepare`` passed and every PostgreSQL write failed; the version row deleted under an intact table was "has no stream
+schema"; two version rows without ``create`` gave Alembic's "more than one head present" text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from iii.stream import StreamGetInput, StreamSetInput
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.base import ModuleStartError
+from iii_streams import SchemaMissingError, SQLStream, StreamBackendError
+from iii_streams.cli import main as cli_main
+from tests.integration.streams.pg_database import admin, scratch_database
+from tests.integration.streams.test_pg_group_commit import _plain
+from tests.services import require_postgres
+
+pytestmark = pytest.mark.timeout(30)
+
+ITEM = StreamSetInput(stream_name="s", group_id="g", item_id="i", data={"n": 1})
+READ = StreamGetInput(stream_name="s", group_id="g", item_id="i")
+VERSION = "iii_streams_alembic_version"
+HEAD = "0001_stream_items"
+MISSING = f"names revision {HEAD} but the table iii_stream_items does not exist"
+DROPPED = f"{MISSING} (dropped or renamed): delete the version row (DELETE FROM {VERSION}), then migrate"
+RENAMED = f"{MISSING} (renamed: its index ix_iii_stream_items_group is on the table old_items): rename it back"
+
+
+def _sqlite(path: Path, *statements: str) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        for statement in statements:
+            db.execute(statement)
+        db.commit()
+
+
+async def _written(url: str) -> None:
+    async with SQLStream.from_url(url, create=True) as store:
+        await store.set(ITEM)
+
+
+async def _prepare_error(url: str, *, create: bool) -> Exception:
+    async with SQLStream.from_url(url, create=create) as store:
+        with pytest.raises((SchemaMissingError, StreamBackendError)) as failure:
+            await store.prepare(timeout=10)
+    return failure.value
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+
+
+@pytest.fixture
+def fresh_pg() -> Iterator[str]:
+    """A migrated PostgreSQL database of the test's own (its schema is damaged on purpose)."""
+    with scratch_database(require_postgres()) as url:
+        yield url
+
+
+@pytest.mark.parametrize(("damage", "said", "fix"), [
+    ("DROP TABLE iii_stream_items", DROPPED, f"DELETE FROM {VERSION}"),
+    ("ALTER TABLE iii_stream_items RENAME TO old_items", RENAMED, "ALTER TABLE old_items RENAME TO iii_stream_items"),
+])
+async def test_a_version_row_without_its_table_fails_the_open_naming_the_fix(
+        sqlite_url: str, tmp_path: Path, damage: str, said: str, fix: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    await _written(sqlite_url)
+    _sqlite(tmp_path / "s.db", damage)
+    for create in (False, True):
+        error = await _prepare_error(sqlite_url, create=create)
+        assert isinstance(error, SchemaMissingError if not create else StreamBackendError), repr(error)
+        message = str(error)
+        assert said in message and fix in message and "\n" not in message, message
+    # the migrate command says the same, and no longer "already at"
+    assert await asyncio.to_thread(cli_main, ["migrate", sqlite_url]) == 1
+    assert said in capsys.readouterr().err
+    # an engine does not start on it
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(
+        "modules::stream::StreamModule", {"store_url": sqlite_url, "host": "127.0.0.1", "port": 0})]))
+    with pytest.raises(ModuleStartError) as start:
+        await engine.start()
+    assert said in start.value.reason, start.value.reason
+    # the fix it names works
+    _sqlite(tmp_path / "s.db", fix)
+    assert await asyncio.to_thread(cli_main, ["migrate", sqlite_url]) == 0
+    async with SQLStream.from_url(sqlite_url, create=False) as store:
+        await store.prepare()
+        assert (await store.set(ITEM)).new_value == {"n": 1}
+
+
+async def test_a_table_whose_version_row_was_deleted_is_named_so_with_the_sql_that_restores_it(
+        sqlite_url: str, tmp_path: Path) -> None:
+    await _written(sqlite_url)
+    _sqlite(tmp_path / "s.db", f"DELETE FROM {VERSION}")
+    message = str(await _prepare_error(sqlite_url, create=False))
+    assert "has no stream schema" not in message, message
+    assert f"the table iii_stream_items is there but the version table {VERSION} names no revision" in message
+    restore = f"INSERT INTO {VERSION} (version_num) VALUES ('{HEAD}')"
+    assert restore in message, message
+    _sqlite(tmp_path / "s.db", restore)
+    async with SQLStream.from_url(sqlite_url, create=False) as store:
+        await store.prepare()
+        assert await store.get(READ) == {"n": 1}  # the items were kept
+
+
+async def test_a_dropped_version_table_is_restored_by_the_sql_named(sqlite_url: str, tmp_path: Path) -> None:
+    await _written(sqlite_url)
+    _sqlite(tmp_path / "s.db", f"DROP TABLE {VERSION}")
+    message = str(await _prepare_error(sqlite_url, create=False))
+    fix = message.split("put the row back: ")[1].split("; else")[0]
+    assert fix.startswith(f"CREATE TABLE {VERSION}"), message
+    _sqlite(tmp_path / "s.db", *fix.split("; "))
+    async with SQLStream.from_url(sqlite_url, create=False) as store:
+        await store.prepare()
+        assert await store.get(READ) == {"n": 1}
+
+
+async def test_two_version_rows_without_create_give_the_guidance_of_the_create_path(
+        sqlite_url: str, tmp_path: Path) -> None:
+    await _written(sqlite_url)
+    _sqlite(tmp_path / "s.db", f"INSERT INTO {VERSION} VALUES ('0002_x')")
+    messages = [str(await _prepare_error(sqlite_url, create=create)) for create in (False, True)]
+    for message in messages:
+        assert "more than one head" not in message, message
+        assert f"the version table {VERSION} holds 2 rows ({HEAD}, 0002_x): it must hold one row" in message
+    fix = f"DELETE FROM {VERSION} WHERE version_num <> '{HEAD}'"
+    assert all(fix in message for message in messages), messages
+    _sqlite(tmp_path / "s.db", fix)
+    async with SQLStream.from_url(sqlite_url, create=False) as store:
+        await store.prepare()
+        assert await store.get(READ) == {"n": 1}
+
+
+@pytest.mark.postgres
+async def test_postgres_without_its_unique_key_fails_the_open_and_the_named_index_mends_it(fresh_pg: str) -> None:
+    await _written(fresh_pg)
+    plain = _plain(fresh_pg)
+    await admin(plain, "ALTER TABLE iii_stream_items DROP CONSTRAINT uq_iii_stream_items_item_key")
+    for create in (False, True):
+        message = str(await _prepare_error(fresh_pg, create=create))
+        assert "has no unique key on item_key" in message, message
+    fix = "CREATE UNIQUE INDEX uq_iii_stream_items_item_key ON iii_stream_items (item_key)"
+    assert fix in message, message
+    await admin(plain, fix)
+    async with SQLStream.from_url(fresh_pg) as store:
+        await store.prepare()
+        writes = await asyncio.gather(*(store.set(StreamSetInput(stream_name="s", group_id="g", item_id=str(n),
+                                                                 data=n)) for n in range(10)))
+        assert [w.new_value for w in writes] == list(range(10))
+
+
+@pytest.mark.postgres
+async def test_postgres_with_its_table_renamed_or_dropped_fails_the_open(fresh_pg: str) -> None:
+    await _written(fresh_pg)
+    plain = _plain(fresh_pg)
+    await admin(plain, "ALTER TABLE iii_stream_items RENAME TO old_items")
+    for create in (False, True):
+        message = str(await _prepare_error(fresh_pg, create=create))
+        assert RENAMED in message, message
+    await admin(plain, "DROP TABLE old_items")
+    for create in (False, True):
+        message = str(await _prepare_error(fresh_pg, create=create))
+        assert DROPPED in message, message
+    await admin(plain, f"DELETE FROM {VERSION}")
+    assert await asyncio.to_thread(cli_main, ["migrate", fresh_pg]) == 0
+    async with SQLStream.from_url(fresh_pg) as store:
+        await store.prepare()
+        assert (await store.set(ITEM)).new_value == {"n": 1}
