@@ -332,8 +332,8 @@ class _Write(WriteProgress):
     withdrawn), though nothing of it was sent yet; ``sent`` stays for the commit (or statement) sent. ``landed``: its
     result once that commit or statement is known to have landed, for a caller whose wait was cut after it."""
 
-    __slots__ = ("compute", "deadline", "group_id", "item_id", "key", "landed", "pinned", "shared", "size",
-                 "stream_name")
+    __slots__ = ("compute", "deadline", "group_id", "item_id", "key", "landed", "pinned", "rolled_back", "shared",
+                 "size", "stream_name")
 
     def __init__(self, stream_name: str, group_id: str, item_id: str, key: bytes, compute: Compute | None,
                  size: int = -1) -> None:
@@ -349,6 +349,9 @@ class _Write(WriteProgress):
         self.shared = False  # PostgreSQL: counted in the store's writes of its item in the shared queue
         self.deadline = math.inf  # PostgreSQL, in the shared queue: the loop time its caller stops waiting at
         self.landed: tuple[Any, Any] | None = None
+        # SQLite: the commit (or single statement) that carried it failed in a way that is certain to have rolled
+        # it back (:func:`_sqlite_commit_failed`): not applied, though sent
+        self.rolled_back = False
 
     def give_up(self) -> bool:
         """:meth:`WriteProgress.give_up`, which a pinned write refuses too (``False``: it will still run).
@@ -460,6 +463,27 @@ def _sqlite_refused_write(exc: BaseException) -> bool:
     """
     code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF in _SQLITE_WRITE_REFUSALS
+
+
+def _sqlite_commit_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (SQLAlchemy's, or the driver's own), raised by a SQLite ``COMMIT`` or an autocommitted
+    statement, is certain to mean the transaction was not committed: a write of the file failed for room
+    (``SQLITE_FULL``: the disk full, a short write) or otherwise (``SQLITE_IOERR_WRITE``: ``RLIMIT_FSIZE``, a failing
+    disk). SQLite rolls back a transaction whose commit failed (any code but ``SQLITE_BUSY``), and the commit point
+    (a WAL frame marked as a commit, a rollback journal's deletion) comes after every write of the commit, so a
+    failed write leaves nothing committed. Not every I/O error is so: one of a sync (``SQLITE_IOERR_FSYNC``) may
+    come after a complete commit frame, which WAL recovery would later apply.
+
+    Example:
+        >>> error = sqlite3.OperationalError("disk I/O error")
+        >>> error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
+        >>> synced = sqlite3.OperationalError("disk I/O error")
+        >>> synced.sqlite_errorcode = sqlite3.SQLITE_IOERR_FSYNC
+        >>> _sqlite_commit_failed(error), _sqlite_commit_failed(synced)
+        (True, False)
+    """
+    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_WRITE)
 
 
 _SCHEMA_MISMATCHES: Final = ("no such column", "has no column named")
@@ -2504,7 +2528,9 @@ class SQLStream(FieldUpdates):
         ``StreamTimeoutError`` says which (``applied``). A batch runs again for withdrawals at most twice
         (``_WITHDRAWAL_RERUNS``); then its writes are pinned from the start of the next run (a caller giving up no
         longer withdraws its write), so callers that keep giving up cannot keep the others from being served; a
-        pinned write whose transaction failed before its commit was sent was not applied (``applied`` False).
+        pinned write whose transaction failed before its commit was sent was not applied (``applied`` False); so is
+        a SQLite write whose commit (or autocommitted statement) failed writing the file, disk full or a file size
+        limit (:func:`_sqlite_commit_failed`: SQLite rolled it back).
         """
         # refused before queuing: a name the driver cannot encode would fail the whole batch it joined
         check_names(stream_name, group_id, item_id, nul=not self._pg)
@@ -2537,8 +2563,14 @@ class SQLStream(FieldUpdates):
             # the batch is done with it: applied only if the commit (or statement) that held it was sent; a write
             # pinned by withdrawal re-runs whose transaction failed before its commit was not; a batch the database
             # refused before its commit (disk full, a column of another type) applied nothing (before: "may have
-            # been applied", 1,088 of 1,088 such writes on a full SQLite file, none of them in it)
+            # been applied", 1,088 of 1,088 such writes on a full SQLite file, none of them in it); nor did a SQLite
+            # commit that failed writing the file (rolled_back; before: "may have been applied", 256 of 256 under a
+            # file size limit, none of them in the file)
             write.give_up()
+            if write.rolled_back:
+                refused = type(exc)(f"{exc}; its commit failed and SQLite rolled it back: the write was not applied")
+                refused.applied = False
+                raise refused from exc
             raise exc.with_outcome(sent=write.sent) from exc
         except asyncio.CancelledError:
             write.give_up()
@@ -2724,7 +2756,11 @@ class SQLStream(FieldUpdates):
             if not self._pg:
                 # (PostgreSQL's events are NOTIFYs in the transaction: they are sent if it commits, cut short or not)
                 commit = self._sqlite(conn, "COMMIT", ())
-                await _outlasting_cuts(commit, lambda _: self._landed(committed))
+                try:
+                    await _outlasting_cuts(commit, lambda _: self._landed(committed))
+                except Exception as exc:
+                    self._note_rolled_back(exc, applied)
+                    raise
                 # at once, still under the write lock: a cut during the connection's end (its close can await) lost
                 # the events and results of a commit that had landed (1 in 8 runs of an attack, 7 events)
                 self._landed(committed)
@@ -3072,6 +3108,8 @@ class SQLStream(FieldUpdates):
                     # the database refused the statement, which it ran as its own transaction; or it never left
                     for w in plan.applied:
                         w.sent = False
+                elif isinstance(exc, Exception):
+                    self._note_rolled_back(exc, plan.applied)
                 raise
             if written != 1:
                 for w in plan.applied:
@@ -3086,6 +3124,15 @@ class SQLStream(FieldUpdates):
             self._known.distrust(key)
             return None
         return len(plan.results)
+
+    def _note_rolled_back(self, exc: Exception, writes: Sequence[_Write]) -> None:
+        """Mark ``writes`` not applied when ``exc``, the failure of the SQLite commit (or autocommitted statement) that
+        carried them, is certain to have rolled them back (:func:`_sqlite_commit_failed`; a file database only: its
+        journal or WAL is what makes a failed commit roll back). Why: they had been sent, so their callers were told
+        "may have been applied" though nothing was (a disk full, a file size limit: none of them in the file)."""
+        if not self._pg and self._file is not None and _sqlite_commit_failed(exc):
+            for w in writes:
+                w.rolled_back = True
 
     def _landed(self, apply: Callable[[], None]) -> None:
         """``apply`` the bookkeeping of a statement or commit that landed (known values, results, change events), its
