@@ -2598,15 +2598,16 @@ class SQLStream(FieldUpdates):
     def _queue_of(self, w: _Write, timeout: float | None) -> bytes:
         """The batcher queue ``w`` joins. SQLite: the one queue. PostgreSQL: the shared queue while writes of its
         item wait there (behind them: the shared batch hands them on in order); else its item's own queue when
-        that has writes (behind them), when the item's row was found locked elsewhere lately, or when no write at
-        all is under way (a lone caller keeps its one-statement path with no hand-over); else the shared queue,
-        noting when its caller (``timeout``: its own limit, ``None`` for the store's) stops waiting. A full shared
-        queue refuses the write (``max_pending``): sent each to its own item's queue instead, a burst's writes
-        past the bound ran a batch and took a pooled connection each, and the shared batch waited behind them all."""
+        that has writes (behind them), when the item's row was found locked elsewhere lately, when no write at
+        all is under way (a lone caller keeps its one-statement path with no hand-over), or when the shared queue is
+        full (it holds writes whose callers left, not yet skipped: the store's own bound, ``max_pending`` writes in
+        flight, is checked before, by :meth:`_write`, so such writes are few); else the shared queue, noting when its
+        caller (``timeout``: its own limit, ``None`` for the store's) stops waiting."""
         if not self._pg:
             return _ONE_QUEUE
         key = w.key
-        if key not in self._shared and (self._writes.idle() or self._writes.active(key) or self._is_slow(key)):
+        if key not in self._shared and (self._writes.idle() or self._writes.active(key) or self._is_slow(key)
+                                         or not self._writes.has_room(_ONE_QUEUE)):
             return key
         self._shared[key] = self._shared.get(key, 0) + 1
         w.shared = True
