@@ -60,7 +60,7 @@ from iii_streams.events import StreamEvent, custom_event, make_event
 
 from ..answers import FRAME_BYTES, AnswerBound, AnswerSpec
 from ..base import BuiltinFunction, EncodedResult, EngineError, EngineServices, InvocationContext
-from .inputs import Fields, check_stream_name, describe, reserved_name
+from .inputs import RESERVED_PREFIX, Fields, check_stream_name, describe, reserved_name
 from .locks import KeyedLocks, store_updates_atomically
 from .store import HEALTH_ITEM
 from .triggers import StreamTriggers
@@ -267,7 +267,7 @@ class StreamFunctions:
         self._seen_stream_functions = len(names)
         for rest in names:
             name = served_stream(rest)
-            if name is not None:
+            if name is not None and not name.startswith(RESERVED_PREFIX):
                 self._served.add(name)
 
     def _no_fallback(self, stream_name: str) -> None:
@@ -327,7 +327,10 @@ class StreamFunctions:
 
     def _custom(self, op: str, stream_name: str) -> str | None:
         function_id = _custom_id(op, stream_name)
-        if not self.services.has_function(function_id):
+        # A worker's stream::<op>(__iii_...) is never called: the engine's own reads of such a name (a Bridge's
+        # health probe) stay on its store. Before, a worker serving stream::get(__iii_health) answered the probe,
+        # and once it left every probe failed as "served by a worker that is gone".
+        if not self.services.has_function(function_id) or stream_name.startswith(RESERVED_PREFIX):
             return None
         self._served.add(stream_name)  # also for engines without a registration listener
         return function_id

@@ -21,7 +21,7 @@ from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.bridge.stores import BridgeStreamStore
 from tests.polling import until
 
-from .helpers import Recorder, SocketClient, Worker, stream_module, trigger_active
+from .helpers import Recorder, SocketClient, Worker, registered, stream_module, trigger_active
 
 pytestmark = [pytest.mark.our_engine("the stream module refuses the engine's reserved stream names"),
               pytest.mark.timeout(30)]
@@ -178,3 +178,24 @@ async def test_a_bridge_streams_health_probe_still_reaches_the_remote() -> None:
                          "STREAM_GET_ERROR", "__iii_health")
             finally:
                 await back_worker.close()
+
+
+async def test_a_workers_functions_for_a_reserved_stream_are_never_called(engine: Engine, worker: Worker) -> None:
+    """A worker may register ``stream::get(__iii_health)`` (registrations are not refused), but the engine never
+    calls it: the health probe's read stays on the store. Before, the worker answered the probe ({"pwned": true}),
+    and once it left every later probe failed: "served by a worker (create_stream) and its serving worker is gone"
+    (a Bridge front's stream health unhealthy for good)."""
+    health_key = {"stream_name": "__iii_health", "group_id": "__iii_health", "item_id": "__iii_health"}
+    squatter = await Worker.connect(engine.url)
+    recorder = Recorder({"pwned": True})
+    try:
+        for op in ("get", "set", "list", "list_groups"):
+            await squatter.register(f"stream::{op}(__iii_health)", recorder)
+        await registered(engine, "stream::list_groups(__iii_health)")
+        assert await worker.result("stream::get", health_key) is None
+    finally:
+        await squatter.close()
+    await until(lambda: not engine.has_function("stream::get(__iii_health)"))
+    assert await worker.result("stream::get", health_key) is None  # before: stream_unavailable
+    assert recorder.payloads == []
+    assert (await stream_module(engine).health())["stream"]["status"] == "healthy"
