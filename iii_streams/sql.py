@@ -2424,7 +2424,7 @@ class SQLStream(FieldUpdates):
         """:meth:`Backend._guard <iii_streams.base.Backend._guard>` (the same checks and limits), whose timeout says
         when the operation waited for a pooled connection (:class:`PoolWaitTimeoutError`)."""
         if self._close_once.closing:
-            raise closed_unapplied(f"SQLStream.{operation}")
+            raise closed_unapplied(f"{type(self).__name__}.{operation}")
         if timeout is None and self.timeout is not None:
             return _Guard(self, operation, self.timeout, self._shared_deadlines(self.timeout))
         return _Guard(self, operation, self._limit(timeout))
