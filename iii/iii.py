@@ -612,9 +612,11 @@ class III:
             self._skipped.losses.close()
             # The unbinds owed by the trigger types let go (unregister_trigger_type) run to their end, CANCEL_WAIT_S at
             # most (each hook its deadline): cancelled with the tasks above, 0 of 5 ran. Those of types still owned are
-            # left (as the reference SDK does): the engine drops the types with the connection.
-            await self._trigger_host.finish_releases(CANCEL_WAIT_S)
-            self._trigger_host.cancel_hooks()
+            # left (as the reference SDK does): the engine drops the types with the connection. A hook shutting its
+            # client down (the caller) is neither waited for (it waits for this: it held it 3 s, then was cancelled) nor
+            # cancelled.
+            await self._trigger_host.finish_releases(CANCEL_WAIT_S, spare=caller)
+            self._trigger_host.cancel_hooks(spare=caller)
             self._trigger_host.close_logs()
             self._set_connection_state("disconnected")
         finally:

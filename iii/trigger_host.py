@@ -62,6 +62,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
@@ -144,17 +145,22 @@ _GO, _RELEASED, _BUSY = "go", "released", "busy"
 
 class _Detached:
     """A hook no longer waited for (past its deadline, or its type let go) that runs on in the background; ``due``:
-    until when (loop time) the same handler's next hook of its trigger waits for it."""
+    until when (loop time) the same handler's next hook of its trigger waits for it. ``owed``: an unbind a release
+    owes (or a bind whose binding it would owe the unbind of), which the client's shutdown waits for; ``overdue``:
+    left past its own deadline (logged then), which the shutdown names but does not wait for."""
 
-    __slots__ = ("binds", "due", "handler", "logged", "task", "trigger")
+    __slots__ = ("binds", "due", "handler", "logged", "overdue", "owed", "task", "trigger")
 
     def __init__(self, task: asyncio.Task[BaseException | None], handler: TriggerHandler[Any],
-                 trigger: TriggerConfig[Any], binds: bool, due: float) -> None:
+                 trigger: TriggerConfig[Any], binds: bool, due: float, owed: bool = False,
+                 overdue: bool = False) -> None:
         self.task = task
         self.handler = handler
         self.trigger = trigger
         self.binds = binds
         self.due = due
+        self.owed = owed
+        self.overdue = overdue
         self.logged = False
 
 
@@ -170,10 +176,16 @@ class TriggerTypeHost:
     (3 s) at most in all and each hook at most its deadline, as ever (:meth:`finish_releases`); what still runs then
     is named in one line and cancelled with the client, as its hooks running in the background are
     (:meth:`cancel_hooks`: the client's loop ends next, and with it any task left on it). Before, the release's
-    unbinds were cancelled with the handlers' tasks: 0 of 5 ran. The triggers of the types still owned are left as
-    they are: no ``unregister_trigger`` is called for them (as the reference SDK does; the engine drops a worker's
-    trigger types as it leaves, and parks their triggers for the type's next owner). Let a type go first to have its
-    triggers unbound.
+    unbinds were cancelled with the handlers' tasks: 0 of 5 ran. Owed by any path: a hook of the type running as it
+    is let go (no longer waited for by its caller: an unbind, the engine's or a release's, or a bind, which its
+    handler then unbinds) is waited for as well, and named if it still runs (before, cancelled at once without a
+    word: 5 of 5 runs). A hook shutting its client down (the shutdown's caller) is neither waited for nor cancelled
+    (waited for, it held the shutdown 3 s, then was cancelled in its own ``shutdown_async``). A type let go while
+    the shutdown waits is unbound too; let go once the wait is over (the client's loop ends next), its triggers are
+    not unbound, and a warning names them (before, nothing was run or said). The triggers of the types still owned
+    are left as they are: no ``unregister_trigger`` is called for them (as the reference SDK does; the engine drops a
+    worker's trigger types as it leaves, and parks their triggers for the type's next owner). Let a type go first to
+    have its triggers unbound.
     """
 
     def __init__(self, on_gone: Callable[[str, str], None] | None = None,
@@ -207,6 +219,15 @@ class TriggerTypeHost:
         # unbind (its key), whoever runs it (the release, or a bind of the trigger that came first, or a bind that
         # ended after its type was let go): not cancelled with the task that started it, waited for at shutdown
         self._owed: dict[asyncio.Task[None], _Key | None] = {}
+        # each hook task a bind or unbind waits for now, and what ends that wait (loop thread): the client's
+        # shutdown called from a hook (its caller) ends the wait for it, or the release owing it held the shutdown
+        self._hook_waits: dict[asyncio.Future[Any], asyncio.Future[None]] = {}
+        # the client's shutdown (finish_releases): the loop while it waits for the releases' unbinds, a release
+        # meanwhile started at once there (under _lock); _finished once that wait is over: a release after it
+        # cannot be run any more, and says so; _spare: the shutdown's caller, neither waited for nor cancelled
+        self._finishing: asyncio.AbstractEventLoop | None = None
+        self._finished = False
+        self._spare: asyncio.Future[Any] | None = None
         # release() runs on the user's thread, the binds on the loop's: what release() moves from _bound to
         # _releasing, and a bind's look at (and entry into) both, are made under this lock (never held over an await)
         self._lock = threading.Lock()
@@ -234,12 +255,16 @@ class TriggerTypeHost:
         self._refusals.losses.close()
         self._abandoned.losses.close()
 
-    async def finish_releases(self, within: float) -> None:
+    async def finish_releases(self, within: float, spare: asyncio.Future[Any] | None = None) -> None:
         """The client's shutdown (loop thread, before :meth:`cancel_hooks`): the unbinds owed by the types let go
-        (:meth:`release`) are run, those not started yet started now, and waited for, ``within`` seconds in all
-        (each hook at most its deadline, as ever: one past it runs on in the background and is not waited for);
-        those still running then are named in one line (:meth:`cancel_hooks` cancels them). Nothing is done to
-        the triggers of the types still owned.
+        (:meth:`release`) are run, those not started yet started now (and those of a type let go while this waits),
+        and waited for, ``within`` seconds in all (each hook at most its deadline, as ever: one past it runs on in the
+        background and is not waited for); those still running then are named in one line (:meth:`cancel_hooks`
+        cancels them). Owed by any path: a release's own unbinds, a hook of the type running when it was let go (left
+        to run on: an unbind, or a bind whose binding is then unbound), the unbind of such a bind. ``spare``: the
+        shutdown's caller (a hook shutting its client down): neither waited for (it waits for the shutdown) nor
+        named. Nothing is done to the triggers of the types still owned. A release after this returned is not run,
+        and says so (:meth:`release`).
 
         Example:
             >>> import asyncio
@@ -255,35 +280,68 @@ class TriggerTypeHost:
             >>> asyncio.run(demo())
             unbound t1
         """
-        with self._lock:
-            runs = list(self._release_runs)
-        for run in runs:
-            self._start_release(run)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        # (a run may hand a binding's unbind to a task of its own while this waits: waited for as well)
-        while self._owed and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(set(self._owed), timeout=left)
-        if not self._owed:
-            return
-        running = sorted(key for task, key in self._owed.items() if key is not None and not task.done())
+        started = loop.time()
+        deadline = started + within
+        self._spare = spare
+        caller_wait = self._hook_waits.get(spare) if spare is not None else None
+        if caller_wait is not None:  # (the hook shutting its client down: its unbind, waited for, held the shutdown)
+            _settle(caller_wait)
+        with self._lock:
+            self._finishing = loop
+        while True:
+            with self._lock:
+                fresh = [run for run in self._release_runs if run.task is None]
+                waited = self._owed_waited()
+                if loop.time() >= deadline or not (fresh or waited):
+                    # (under the lock: a release before this is run, or named below; one after says it is too late)
+                    self._finishing = None
+                    self._finished = True
+                    break
+            for run in fresh:
+                self._start_release(run)
+            if not fresh:  # (a run may hand a binding's unbind to a task of its own meanwhile: the next round's)
+                await asyncio.wait(waited, timeout=deadline - loop.time())
+        hooks = self._owed_hooks()
+        running = sorted([key for task, key in self._owed.items() if key is not None and not task.done()]
+                         + [key for key, entry in hooks if not entry.binds])
+        binding = sorted(key for key, entry in hooks if entry.binds)
         with self._lock:
             owed = sorted(self._releasing)
-        log.error("%d unbind(s) of released trigger types still running (%d more not started) %g s into the "
-                  "client's shutdown: no longer waited for, cancelled with the client: %s", len(running), len(owed),
-                  within, ", ".join(f"{type_id}/{trigger_id}" for type_id, trigger_id in running + owed)[:500])
+        if not (running or binding or owed):
+            return
+        log.error("%d unbind(s) of released trigger types still running (%d more not started%s) %g s into the "
+                  "client's shutdown's wait for them: no longer waited for, cancelled with the client: %s",
+                  len(running), len(owed),
+                  f"; {len(binding)} bind(s) of them still running, each to be unbound should it bind" if binding
+                  else "", round(loop.time() - started, 1),
+                  _listed([f"{type_id}/{trigger_id}" for type_id, trigger_id in running + owed]
+                          + [f"{type_id}/{trigger_id} (bind)" for type_id, trigger_id in binding]))
 
-    def cancel_hooks(self) -> None:
+    def _owed_hooks(self) -> list[tuple[_Key, _Detached]]:
+        """(Loop thread.) The hooks running in the background that a release owes (:class:`_Detached`, or of a type
+        no longer owned), the shutdown's caller excepted."""
+        return [(key, entry) for key, entries in self._detached.items() for entry in entries
+                if (entry.owed or key[0] not in self._handlers) and not entry.task.done()
+                and entry.task is not self._spare]
+
+    def _owed_waited(self) -> set[asyncio.Future[Any]]:
+        """(Loop thread.) What the client's shutdown waits for: the releases' runs and owed unbinds, and the hooks
+        a release owes but those past their own deadline (not waited for: logged as such then)."""
+        waited: set[asyncio.Future[Any]] = {task for task in self._owed if not task.done()}
+        waited.update(entry.task for _, entry in self._owed_hooks() if not entry.overdue)
+        return waited
+
+    def cancel_hooks(self, spare: asyncio.Future[Any] | None = None) -> None:
         """The client's shutdown (after :meth:`finish_releases`): hooks still running in the background, and the
-        releases' unbinds still running, are cancelled (loop thread); the only place a hook is (the client's loop
-        ends next, and with it every task left on it)."""
-        for entries in list(self._detached.values()):
-            for entry in list(entries):
-                entry.task.cancel()
-        for task in list(self._background):
-            task.cancel()
-        for task in list(self._owed):
-            task.cancel()
+        releases' unbinds still running, are cancelled (loop thread), but ``spare`` (the shutdown's caller); the
+        only place a hook is (the client's loop ends next, and with it every task left on it)."""
+        tasks: list[asyncio.Future[Any]] = [entry.task for entries in self._detached.values() for entry in entries]
+        tasks += self._background
+        tasks += self._owed
+        for task in tasks:
+            if task is not spare:
+                task.cancel()
 
     def add(self, type_id: str, handler: TriggerHandler[Any]) -> None:
         """Own ``type_id`` with ``handler``. Over another handler, the triggers it bound stay with it until the engine
@@ -356,13 +414,24 @@ class TriggerTypeHost:
             # free at once; a hung one held them for good, the type owned again or not
             running = [detach for key, waits in self._waits.items() if key[0] == type_id for detach in waits]
             run = _ReleaseRun([(type_id, trigger_id) for trigger_id in bound]) if bound else None
-            if run is not None:  # (owed from now on: the client's shutdown runs it if nothing else has)
+            late = self._finished
+            if run is not None and not late:  # (owed from now on: the client's shutdown runs it if nothing else has)
                 self._release_runs.add(run)
+                if self._finishing is not None:  # (the shutdown waits for the releases now: started there at once)
+                    with contextlib.suppress(RuntimeError):  # (closed: the shutdown is over, and names it)
+                        self._finishing.call_soon_threadsafe(self._start_release_in_shutdown, run)
         for detach in running:
             try:
                 detach.get_loop().call_soon_threadsafe(_settle, detach)
             except RuntimeError:  # (the loop is closed: nothing waits for it any more)
                 pass
+        if run is not None and late:
+            # The client's shutdown has run the releases' unbinds already (its loop ends next): closed without a
+            # word, these were never unbound and nothing said so.
+            log.warning("Trigger type %s let go after the client's shutdown ran the releases' unbinds: its %d "
+                        "trigger(s) are not unbound (unregister_trigger not called): %s", type_id, len(run.keys),
+                        _listed([trigger_id for _, trigger_id in run.keys]))
+            return None
         return None if run is None else self._unbind_released(run)
 
     @property
@@ -394,10 +463,21 @@ class TriggerTypeHost:
             run.task.add_done_callback(ended)
         return run.task
 
+    def _start_release_in_shutdown(self, run: _ReleaseRun) -> None:
+        """(Loop thread.) :meth:`_start_release`, while the client's shutdown still waits for the releases (past
+        it, ``run`` is named as not started, and cancelled with the client)."""
+        if not self._finished:
+            self._start_release(run)
+
     def _owe(self, unbinds: Coroutine[Any, Any, None], key: _Key | None) -> asyncio.Task[None]:
         """(Loop thread.) ``unbinds`` (a release's run, or ``key``'s unbind) in a task of the host's own, which
         the client's shutdown waits for (:meth:`finish_releases`)."""
         task = asyncio.get_running_loop().create_task(unbinds)
+        if self._finished:
+            # Past the shutdown's wait (named there as not started): cancelled before its first step. Started, a
+            # release's run whose place freed just then started its next hook as the client ended, unwaited for.
+            task.cancel()
+            return task
         self._owed[task] = key
         task.add_done_callback(self._owed.pop)
         return task
@@ -406,7 +486,7 @@ class TriggerTypeHost:
         """(In ``key``'s turn.) :meth:`_unbind` of a binding a release owes the unbind of, in a task of its own:
         cancelled (the client's shutdown cancels the task of a bind that runs it), it runs on, and the shutdown
         waits for it."""
-        await asyncio.shield(self._owe(self._unbind(key, handler, trigger), key))
+        await asyncio.shield(self._owe(self._unbind(key, handler, trigger, owed=True), key))
 
     async def _unbind_keys_released(self, keys: list[_Key]) -> None:
         """Unbind the released bindings of ``keys``, each in its trigger's turn (but those a bind took first), a few
@@ -609,11 +689,12 @@ class TriggerTypeHost:
             del self._busy[key]
         turn.set_result(None)
 
-    async def _unbind(self, key: _Key, handler: TriggerHandler[Any], trigger: TriggerConfig[Any]) -> None:
+    async def _unbind(self, key: _Key, handler: TriggerHandler[Any], trigger: TriggerConfig[Any],
+                      owed: bool = False) -> None:
         """``handler.unregister_trigger(trigger)`` (in ``key``'s turn), a failure logged, never raised; past its
-        deadline, or its type let go, no longer waited for."""
+        deadline, or its type let go, no longer waited for (``owed``: a release owes it, see :meth:`_run_hook`)."""
         try:
-            await self._run_hook(key, handler, trigger, binds=False)
+            await self._run_hook(key, handler, trigger, binds=False, owed=owed)
         except _HookStopped:
             pass  # (logged by _run_hook)
         except Exception:
@@ -624,12 +705,14 @@ class TriggerTypeHost:
             log.exception("Error unregistering trigger %s", trigger.id)
 
     async def _run_hook(self, key: _Key, handler: TriggerHandler[Any], trigger: TriggerConfig[Any],
-                        binds: bool) -> None:
+                        binds: bool, owed: bool = False) -> None:
         """(In ``key``'s turn.) Run ``handler``'s bind (``binds``) or unbind hook of ``trigger``, raising what it
         raises; :class:`_HookStopped` when it is past the deadline (logged) or its type was let go meanwhile: it runs
         on in the background (:meth:`_detach`). ``handler``'s hooks of ``trigger`` left running in the background are
         waited for first (:meth:`_settle_detached`; the type let go meanwhile, this hook runs after them in the
-        background). A hook that is a plain method (its ``None`` not awaitable) is served as well."""
+        background). A hook that is a plain method (its ``None`` not awaitable) is served as well. Left running in
+        the background, an unbind a release owes (``owed``), or a hook whose type was let go, is waited for by the
+        client's shutdown (:meth:`finish_releases`)."""
         loop = asyncio.get_running_loop()
         detach: asyncio.Future[None] = loop.create_future()
         with self._lock:  # (release() looks from the user's thread)
@@ -646,7 +729,8 @@ class TriggerTypeHost:
                 if not binds:
                     task = loop.create_task(_guarded(self._unbind_later(before, handler, trigger)))
                     self._detach(key, _Detached(task, handler, trigger, binds,
-                                                loop.time() + (self._deadline or _DETACHED_WAIT_S)))
+                                                loop.time() + (self._deadline or _DETACHED_WAIT_S),
+                                                owed=owed or settled == _RELEASED))
                     log.info("Trigger %s (type %s): %s runs in the background once the handler's hook of the trigger "
                              "before it ends (%s)", trigger.id, key[0], callback_name(hook),
                              "its type let go while it waited" if settled == _RELEASED else "it still runs")
@@ -659,11 +743,14 @@ class TriggerTypeHost:
             if not inspect.isawaitable(outcome):  # (a plain method: done)
                 return
             task = loop.create_task(_guarded(outcome))
+            self._hook_waits[task] = detach
             try:
                 await asyncio.wait((task, detach), timeout=self._deadline, return_when=asyncio.FIRST_COMPLETED)
             except BaseException:  # this bind or unbind itself cancelled (the client's shutdown): its hook with it
                 task.cancel()
                 raise
+            finally:
+                del self._hook_waits[task]
         finally:
             with self._lock:
                 waits = self._waits.get(key)
@@ -676,10 +763,12 @@ class TriggerTypeHost:
             if raised is not None:
                 raise raised
             return
-        self._detach(key, _Detached(task, handler, trigger, binds, loop.time() + (self._deadline or _DETACHED_WAIT_S)))
+        self._detach(key, _Detached(task, handler, trigger, binds, loop.time() + (self._deadline or _DETACHED_WAIT_S),
+                                    owed=owed or detach.done(), overdue=not detach.done()))
         if detach.done():
-            log.info("Trigger %s (type %s): %s no longer waited for, its type let go; it runs on in the background%s",
-                     trigger.id, key[0], callback_name(hook),
+            log.info("Trigger %s (type %s): %s no longer waited for, %s; it runs on in the background%s", trigger.id,
+                     key[0], callback_name(hook),
+                     "it shuts its client down" if task is self._spare else "its type let go",
                      " (should it bind the trigger, its handler unbinds it)" if binds else "")
             raise _HookStopped(released=True)
         if self._abandoned.take("abandoned", f"trigger {trigger.id:.200}: {callback_name(hook)}"):
@@ -713,6 +802,9 @@ class TriggerTypeHost:
                 log.info("Trigger %s (type %s): %s finished after the wait for it ended: unbound by its handler "
                          "(the engine was told it was not bound)", entry.trigger.id, key[0],
                          callback_name(entry.handler.register_trigger))
+                if entry.owed or key[0] not in self._handlers:  # (a release owes it: the shutdown waits for it)
+                    self._owe(self._undo_detached(key), key)
+                    return
                 undo = loop.create_task(self._undo_detached(key))
                 self._background.add(undo)
                 undo.add_done_callback(self._background.discard)
@@ -752,7 +844,11 @@ class TriggerTypeHost:
             if finished is not None:
                 self._forget_detached(key, finished)
                 if finished.binds and not finished.task.cancelled() and finished.task.result() is None:
-                    await self._unbind(key, finished.handler, finished.trigger)
+                    if finished.owed or key[0] not in self._handlers:
+                        # (a release owes it: run to its end even when the turn's task is cancelled at shutdown)
+                        await self._owed_unbind(key, finished.handler, finished.trigger)
+                    else:
+                        await self._unbind(key, finished.handler, finished.trigger)
                 continue
             if handler is None:
                 return _GO
@@ -794,8 +890,8 @@ async def _each_at_most(limit: int, items: Iterable[_T], run: Callable[[_T], Cor
                         hold_s: float) -> None:
     """``run(item)`` for each of ``items``, each in a task of its own started in order, at most ``limit`` of them
     holding a place at once; one still running ``hold_s`` seconds after its start gives its place to the next item
-    and runs on. Returns once every run has ended (the first error raised by one is raised then); cancelled, it
-    cancels the runs still going.
+    and runs on. Returns once every run has ended (the first error raised by one is raised then, each further one
+    logged: it was dropped); cancelled, it cancels the runs still going.
 
     A run past ``hold_s`` no longer holds a place: 64 unbinds that never returned (no deadline) held every place,
     and the release's other triggers were never unbound. How many run on past ``hold_s`` at once is bounded by the
@@ -854,10 +950,35 @@ async def _each_at_most(limit: int, items: Iterable[_T], run: Callable[[_T], Cor
         if running:  # (each ends at its next step: a run's hook is cancelled with it, as its own wait is)
             await asyncio.wait(set(running))
         raise
-    if ended:
-        error = ended[0].exception()
-        assert error is not None
-        raise error
+    errors = [error for task in ended if (error := task.exception()) is not None]
+    for error in errors[1:]:
+        log.error("A further run of the same batch raised (the first is raised): %s: %.200s", type(error).__name__,
+                  error, exc_info=(type(error), error, error.__traceback__))
+    if errors:
+        raise errors[0]
+
+
+def _listed(names: list[str], limit: int = 500) -> str:
+    """``names`` for a log line: joined, each cut at 200 characters, whole ones only as long as the line stays
+    within about ``limit`` characters, then how many more (cut at ``limit``, the last name was cut mid-way and the
+    rest not counted: 11 of 464 shown).
+
+    Example:
+        >>> _listed(["gone/a", "gone/b", "gone/c"], limit=14)
+        'gone/a, gone/b, and 1 more'
+        >>> _listed(["x" * 300])[-5:], _listed([])
+        ('xxxx…', '')
+    """
+    shown: list[str] = []
+    length = 0
+    for name in names:
+        name = name if len(name) <= 200 else name[:200] + "…"
+        if shown and length + 2 + len(name) > limit:
+            break
+        shown.append(name)
+        length += len(name) + (2 if len(shown) > 1 else 0)
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f", and {more} more" if more else "")
 
 
 def _settle(future: asyncio.Future[None]) -> None:

@@ -33,10 +33,13 @@ def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
 
 
 class _Hooks(TriggerHandler[Any]):
-    """Binds at once; each unbind works ``unbind_s`` seconds (for ever when ``None``) before it is done."""
+    """Each bind works ``bind_s`` seconds; each unbind ``unbind_s`` seconds (for ever when ``None``) before it is
+    done."""
 
-    def __init__(self, unbind_s: float | None = 0.05) -> None:
+    def __init__(self, unbind_s: float | None = 0.05, bind_s: float = 0.0) -> None:
         self.unbind_s = unbind_s
+        self.bind_s = bind_s
+        self.binding: list[str] = []
         self.bound: list[str] = []
         self.started: list[str] = []
         self.unbound: list[str] = []
@@ -44,6 +47,15 @@ class _Hooks(TriggerHandler[Any]):
         self.lock = threading.Lock()
 
     async def register_trigger(self, config: TriggerConfig[Any]) -> None:
+        with self.lock:
+            self.binding.append(config.id)
+        try:
+            if self.bind_s:
+                await asyncio.sleep(self.bind_s)  # (the hook's own work: setting the trigger up)
+        except asyncio.CancelledError:
+            with self.lock:
+                self.cancelled.append(config.id)
+            raise
         with self.lock:
             self.bound.append(config.id)
 
@@ -67,8 +79,17 @@ def _owner(real: RealEngineThread, make_real_worker: MakeWorker, triggers: int, 
            **options: Any) -> tuple[III, _Hooks, _Hooks]:
     """A worker (``options``) owning types ``gone`` (to be released; its unbinds take ``unbind_s``) and ``kept``,
     each bound ``triggers`` triggers (another worker's); their handlers."""
+    owner, _, gone, kept = _owner_and_user(real, make_real_worker, triggers, unbind_s, **options)
+    return owner, gone, kept
+
+
+def _owner_and_user(real: RealEngineThread, make_real_worker: MakeWorker, triggers: int,
+                    unbind_s: float | None = 0.05, gone: _Hooks | None = None,
+                    **options: Any) -> tuple[III, III, _Hooks, _Hooks]:
+    """:func:`_owner`, with the worker whose triggers it binds (``gone``: the released type's handler, when not
+    one of ``unbind_s``)."""
     owner, user = make_real_worker("owner", **options), make_real_worker("user")
-    gone, kept = _Hooks(unbind_s), _Hooks()
+    gone, kept = gone or _Hooks(unbind_s), _Hooks()
     owner.register_trigger_type({"id": "gone", "description": "d"}, gone)
     owner.register_trigger_type({"id": "kept", "description": "d"}, kept)
     real.wait_for(lambda: {"gone", "kept"} <= real.worker_trigger_types())
@@ -76,7 +97,7 @@ def _owner(real: RealEngineThread, make_real_worker: MakeWorker, triggers: int, 
         user.register_trigger({"type": "gone", "function_id": "u::f", "config": {"i": i}})
         user.register_trigger({"type": "kept", "function_id": "u::f", "config": {"i": i}})
     real.run(until(lambda: len(gone.bound) == len(kept.bound) == triggers))
-    return owner, gone, kept
+    return owner, user, gone, kept
 
 
 @pytest.mark.parametrize("triggers", [5, 100])
@@ -174,3 +195,114 @@ async def test_a_bind_that_ends_after_its_type_was_let_go_is_unbound_even_when_i
     await asyncio.wait_for(host.finish_releases(CANCEL_WAIT_S), CANCEL_WAIT_S + 2)
     # before: the unbind was cancelled with the bind's task (the handler kept the trigger bound)
     assert (unbinds, cancelled) == (["t1"], [])
+
+
+def _released_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "released trigger types" in r.getMessage()]
+
+
+@pytest.mark.parametrize("how", ["engine_unbind", "released_again", "bind_running", "bind_ended"])
+def test_a_hook_under_way_as_its_type_is_let_go_is_waited_for_at_shutdown(
+        real: RealEngineThread, make_real_worker: MakeWorker, caplog: pytest.LogCaptureFixture, how: str) -> None:
+    """A hook of the type running as it is let go is no longer waited for by its caller (it runs on in the
+    background): an unbind (the engine's, or a release's run before), or a bind whose binding its handler then
+    unbinds. Each is an unbind the release owes, and the shutdown waits for it as for the release's own."""
+    owner, user, gone, _ = _owner_and_user(real, make_real_worker, 1 if how in ("engine_unbind", "released_again")
+                                           else 0, unbind_s=1.0, invocation_timeout_ms=30_000)
+    if how == "engine_unbind":  # the engine's unregistertrigger of X runs (2 s) as the type is let go
+        trigger = user.register_trigger({"type": "gone", "function_id": "u::f", "config": {"i": "x"}})
+        real.run(until(lambda: len(gone.bound) == 2))
+        gone.unbind_s = 2.0
+        trigger.unregister()
+        real.run(until(lambda: len(gone.started) == 1))
+        gone.unbind_s = 0.2  # (the release's own, waited for before as well, ends first)
+        owner.unregister_trigger_type({"id": "gone"})
+        real.run(until(lambda: len(gone.started) == 2))  # (and the release's unbind of the other)
+    elif how == "released_again":  # the release's unbind runs (1 s) as the type, owned again, is let go again
+        owner.unregister_trigger_type({"id": "gone"})
+        real.run(until(lambda: len(gone.started) == 1))
+        owner.register_trigger_type({"id": "gone", "description": "d"}, gone)
+        owner.unregister_trigger_type({"id": "gone"})
+    else:  # a bind (0.5 s) runs as the type is let go; it binds after all, and its handler unbinds it (1 s)
+        gone.bind_s = 0.5
+        user.register_trigger({"type": "gone", "function_id": "u::f", "config": {"i": "x"}})
+        real.run(until(lambda: len(gone.binding) == 1))
+        owner.unregister_trigger_type({"id": "gone"})
+        if how == "bind_ended":
+            real.run(until(lambda: len(gone.started) == 1))
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="iii.trigger_host"):
+        owner.shutdown()
+    took = time.monotonic() - started
+    # before: cancelled at once (0.00 s), nothing said: the handler kept the binding
+    assert (gone.cancelled, len(gone.unbound)) == ([], len(gone.bound)), (gone.cancelled, gone.started, took)
+    assert sorted(gone.unbound) == sorted(gone.bound) != []
+    assert _released_lines(caplog) == []
+    assert took < CANCEL_WAIT_S, took
+
+
+def test_an_unbind_under_way_as_its_type_is_let_go_is_named_when_it_outlasts_the_wait(
+        real: RealEngineThread, make_real_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
+    owner, gone, _ = _owner(real, make_real_worker, 1, unbind_s=None, invocation_timeout_ms=0)
+    owner.unregister_trigger_type({"id": "gone"})
+    real.run(until(lambda: len(gone.started) == 1))
+    owner.unregister_trigger_type({"id": "gone"})  # let go again: its run no longer waits for the unbind
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="iii.trigger_host"):
+        owner.shutdown()
+    took = time.monotonic() - started
+    assert CANCEL_WAIT_S - 0.5 < took < CANCEL_WAIT_S + 3, took  # before: 0.00 s
+    assert gone.cancelled == gone.bound
+    lines = _released_lines(caplog)
+    # before: none (cancelled without a word)
+    assert len(lines) == 1 and lines[0].startswith("1 unbind(s) of released trigger types still running"), lines
+    assert lines[0].endswith(f": gone/{gone.bound[0]}"), lines
+
+
+def test_an_unbind_hook_shutting_its_client_down_is_neither_waited_for_nor_cancelled(
+        real: RealEngineThread, make_real_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
+    outcome: list[tuple[str, float]] = []
+    ended = threading.Event()
+    client: list[III] = []
+
+    class ShutsItsClientDown(_Hooks):
+        async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+            started = time.monotonic()
+            try:
+                await client[0].shutdown_async()
+            except BaseException as exc:
+                outcome.append((type(exc).__name__, time.monotonic() - started))
+                raise
+            else:
+                outcome.append(("returned", time.monotonic() - started))
+            finally:
+                ended.set()
+
+    owner, *_ = _owner_and_user(real, make_real_worker, 1, gone=ShutsItsClientDown(),
+                                invocation_timeout_ms=30_000)
+    client.append(owner)
+    with caplog.at_level(logging.ERROR, logger="iii.trigger_host"):
+        owner.unregister_trigger_type({"id": "gone"})
+        assert ended.wait(15)
+    # before: the shutdown waited for the release's unbind, which waited for the shutdown: 3 s (its bound), then an
+    # ERROR naming the hook itself, and CancelledError raised in it
+    assert outcome[0][0] == "returned" and outcome[0][1] < CANCEL_WAIT_S - 1, outcome
+    assert _released_lines(caplog) == []
+    assert owner.get_connection_state() == "disconnected"
+    owner._bridge.thread.join(5)  # (the loop ends once the hook has: the client is done)
+    assert not owner._bridge.alive
+
+
+def test_a_type_let_go_after_the_shutdown_says_its_triggers_are_not_unbound(
+        real: RealEngineThread, make_real_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
+    owner, _, kept = _owner(real, make_real_worker, 3)
+    owner.shutdown()
+    with caplog.at_level(logging.WARNING, logger="iii.trigger_host"):
+        owner.unregister_trigger_type({"id": "kept"})
+    lines = [r.getMessage() for r in caplog.records if "after the client's shutdown" in r.getMessage()]
+    # before: nothing said (the release's run was closed, never run)
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("Trigger type kept let go after the client's shutdown ran the releases' unbinds: "
+                               "its 3 trigger(s) are not unbound"), lines
+    assert all(trigger_id in lines[0] for trigger_id in kept.bound), lines
+    assert kept.started == []
