@@ -52,7 +52,6 @@ __all__ = [
     "SEND_ROOM",
     "VALUE_ROOM",
     "PoolExhaustedError",
-    "PoolWaitTimeoutError",
     "SchemaMissingError",
     "StreamBackendError",
     "StreamClosedError",
@@ -144,25 +143,6 @@ class StreamTimeoutError(StreamError, TimeoutError):
     """
 
     applied: bool | None = None
-
-
-class PoolWaitTimeoutError(PoolExhaustedError, StreamTimeoutError):
-    """An operation's own time limit passed while it (or the batch holding its write, or its read) waited for a
-    connection of the store's pool, every one of them in use: its message names how many and the options that size
-    the pool. Both the operation's timeout (:class:`StreamTimeoutError`, ``applied`` as for any write that timed
-    out: ``False`` when it was withdrawn unsent) and :class:`PoolExhaustedError`. Raised by ``SQLStream`` and
-    ``RedisStream``.
-
-    A pool that runs out makes callers wait, never fail: the pool's own wait (``pool_timeout``, 30 s by default) no
-    longer ends an operation, which waits for a connection as long as its own time limit allows (the wait is part
-    of its time). Before, it failed at ``pool_timeout`` with time left: 1,922 of 8,000 mixed operations on the
-    default SQL pool (5 + 10) got PoolExhaustedError after 30 s, their limit being 60 s.
-
-    Example:
-        >>> error = PoolWaitTimeoutError("SQLStream.get did not finish within 1 s: ...")
-        >>> isinstance(error, StreamTimeoutError), isinstance(error, PoolExhaustedError)
-        (True, True)
-    """
 
 
 class StreamBackendError(_WriteOutcome):

@@ -23,12 +23,8 @@ here, so ``list_groups("a")`` is exact (production's ``stream:a:b:<group>`` hash
 SCAN patterns escape the glob characters of names.
 
 :meth:`RedisStream.from_url` opens a blocking pool (``max_connections``, default 50; ``pool_timeout`` seconds,
-default 30): more callers than connections wait for one. A pool that runs out makes callers wait, never fail: an
-operation of the store waits past ``pool_timeout`` for as long as its own time limit allows (``timeout``, 60 s by
-default; ``None``: for good), then fails with its timeout, :class:`~iii_streams.errors.PoolWaitTimeoutError` (also a
-:class:`~iii_streams.errors.PoolExhaustedError`, ``applied=False`` for a write never sent); a command of the client
-itself still fails at ``pool_timeout`` with :class:`~iii_streams.errors.PoolExhaustedError`, as do the engine's
-queue, pub/sub and cron lock. ``max_connections`` bounds the command connections alone: a
+default 30): more callers than connections wait for one, and only a wait longer than ``pool_timeout`` fails, with
+:class:`~iii_streams.errors.PoolExhaustedError`. ``max_connections`` bounds the command connections alone: a
 store's watches share one pub/sub connection made outside that pool (a pool of its own, same URL and options,
 made by the first watch and closed with the store), held while any of them is open, read by one task into each
 watcher's bounded queue. A store on a client you pass makes it the same way, like that client's connections, never
@@ -54,17 +50,14 @@ import asyncio
 import builtins
 import codecs
 import contextlib
-import contextvars
 import dataclasses
 import functools
 import logging
 import random
 import re
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 from urllib.parse import parse_qs, unquote, unquote_plus, urlparse
 
 import redis.asyncio as aioredis
@@ -100,7 +93,7 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update
 from iii.wire import dumps, loads
 
-from .base import DEFAULT_TIMEOUT, FieldUpdates, OperationGuard, SetResult, UpdateResult, WriteProgress
+from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher, fail_futures
 from .close_once import CloseOnce
 from .coalescing import ReadCoalescer, stored_size
@@ -108,7 +101,6 @@ from .deadlines import finish_within
 from .errors import (
     SEND_ROOM,
     PoolExhaustedError,
-    PoolWaitTimeoutError,
     StreamBackendError,
     StreamClosedError,
     StreamDataError,
@@ -148,7 +140,6 @@ __all__ = [
     "STREAM_LAYOUT",
     "KeyLayout",
     "PoolExhaustedError",
-    "PoolWaitTimeoutError",
     "RedisStream",
     "StreamDataError",
     "StreamGapError",
@@ -425,45 +416,9 @@ def _unescape_name(text: str) -> str:
     return _ESCAPED.sub(lambda m: "%" if m.group(1) == "25" else ":", text) if "%" in text else text
 
 
-class _PoolWaits:
-    """How the operations of one :class:`RedisStream` wait for a pooled connection: put in their context
-    (:data:`_POOL_WAITS`) by the store's guard and batches, it makes a :class:`_WaitingPool` whose own wait
-    (``pool_timeout``) ran out wait again, for as long as the operation's time limit, which cancels the wait,
-    allows (``timeout=None``: for good). A pool that runs out makes callers wait, never fail.
-
-    Example:
-        >>> waits = _PoolWaits()
-        >>> waits.rewaits, len(waits.cut)
-        (0, 0)
-    """
-
-    __slots__ = ("cut", "rewaits")
-
-    def __init__(self) -> None:
-        #: waits that outlasted the pool's own wait and went on (``RedisStream.pool_rewaits``)
-        self.rewaits = 0
-        # the tasks whose wait was cut (a timeout or a cancel) with the pool full: how long they had waited, and the
-        # pool; taken by the operation's timeout for its words (RedisStream._pool_wait_words)
-        self.cut: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[float, _WaitingPool]] = (
-            weakref.WeakKeyDictionary())
-
-
-_POOL_WAITS: Final[contextvars.ContextVar[_PoolWaits | None]] = contextvars.ContextVar(
-    "iii_streams.redis pool waits", default=None)
-"""The waits of the store operation running in this context (``None``: a caller of the client itself, a module of
-the engine: the pool's own wait ends it with :class:`~iii_streams.errors.PoolExhaustedError`)."""
-
-_POOL_RETRY_PAUSE_S: Final = 0.05  # a wait for a pooled connection tried again at most this often (a tiny pool_timeout)
-
-
 class _WaitingPool(aioredis.BlockingConnectionPool):
     """A blocking pool whose timeout says what happened (redis-py reports "No connection available."), and whose
     connections are taken and given back plainly while nothing contends for them.
-
-    A store's operation (:data:`_POOL_WAITS` set) whose wait outlasts the pool's own (``timeout``, the
-    ``pool_timeout``) waits again, as long as its own time limit allows: before, it failed at ``pool_timeout`` with
-    time left. Other callers (the client used directly, the engine's queue, pub/sub and cron lock) still get
-    :class:`~iii_streams.errors.PoolExhaustedError` once the pool's wait is over.
 
     Why: redis-py 8's blocking pool takes its condition, a timer and its lock, records four pool metrics (even
     when they are off) and dispatches a release event for every command; about 11 µs per take and give-back, 12 %
@@ -474,9 +429,6 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
     more (:func:`~iii_streams.redis_internals.plain_give_back`: not marked to reconnect, no re-auth waiting, no
     other release listener). Anything else goes redis-py's way: a new connection, a wait, a waiter to wake.
     """
-
-    #: whether a store's operation waits on past the pool's own wait (not for the watch pool: see _WatchPool)
-    rewaits: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -512,57 +464,14 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
                     raise
                 return connection
         self._taking += 1
-        waits = _POOL_WAITS.get() if self.rewaits else None
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        outlasted = False  # the pool's own wait ran out at least once
         try:
-            while True:
-                attempt = loop.time()
-                try:
-                    return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-                except RedisConnectionError as exc:
-                    if not isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
-                        raise
-                    if waits is None:
-                        raise PoolExhaustedError(self._exhausted()) from None
-                # a store's operation: its own time limit (which cancels this wait) decides, not the pool's wait
-                outlasted = True
-                waits.rewaits += 1
-                pause = _POOL_RETRY_PAUSE_S - (loop.time() - attempt)
-                if pause > 0:  # (a tiny pool_timeout would spin)
-                    await asyncio.sleep(pause)
-        except asyncio.CancelledError:
-            if waits is not None and (outlasted or self.full()):
-                task = asyncio.current_task()
-                if task is not None:
-                    waits.cut[task] = (loop.time() - started, self)
-            raise
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if not isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
+                raise
+            raise PoolExhaustedError(self._exhausted()) from None
         finally:
             self._taking -= 1
-
-    def full(self) -> bool:
-        """Whether every connection of the pool is in use (``max_connections`` of them): a taker would wait.
-
-        Example:
-            >>> _WaitingPool(max_connections=1).full()
-            False
-        """
-        return not self.can_get_connection()
-
-    def waited_words(self, how: str) -> str:
-        """For an operation whose time limit passed while it (``how``: "it waited 1.2 s") or its batch waited for
-        one of this pool's connections, every one in use: what it waited for and what sizes the pool.
-
-        Example:
-            >>> _WaitingPool(max_connections=3, timeout=2).waited_words("it waited 4 s")  # doctest: +ELLIPSIS
-            "it waited 4 s for a Redis connection, all 3 of the pool's in use (max_connections=3, pool_timeout=2 s, ..."
-        """
-        wait = "none" if self.timeout is None else f"{self.timeout:g} s"
-        return (f"{how} for a Redis connection, all {self.max_connections} of the pool's in use "
-                f"(max_connections={self.max_connections}, pool_timeout={wait}, the pool's own wait, past which an "
-                "operation with time left waits on: raise max_connections, the URL option ?max_connections=N or the "
-                "keyword argument; or give the operation more time; or find what holds them)")
 
     async def release(self, connection: Any) -> None:
         # a take under way through redis-py may be waiting on the pool's condition (which it unlocks while it
@@ -660,8 +569,7 @@ def waiting_client(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                    pool_timeout: float = DEFAULT_POOL_TIMEOUT, **options: Any) -> aioredis.Redis:
     """A ``redis.asyncio`` client for ``url`` on a blocking pool: at most ``max_connections`` connections, and a
     caller finding them all busy waits for one, up to ``pool_timeout`` seconds, then gets
-    :class:`~iii_streams.errors.PoolExhaustedError` (a :class:`RedisStream`'s operation waits on, within its own
-    time limit: :class:`_WaitingPool`). A client of ``Redis.from_url`` fails at once past its pool's
+    :class:`~iii_streams.errors.PoolExhaustedError`. A client of ``Redis.from_url`` fails at once past its pool's
     size instead ("Too many connections": 1,900 of 2,000 concurrent publishes failed, though Redis was fine).
 
     The URL's ``?max_connections=`` and ``?timeout=`` (the wait) win over the arguments, as redis-py's URL options
@@ -758,17 +666,13 @@ class _WatchPool(_WaitingPool):
     its own, a URL's ``timeout`` (the blocking pool's wait) went to every connection, and each watch failed with a
     TypeError. At most :data:`_WATCH_CONNECTIONS`; one more caller waits up to :data:`_WATCH_POOL_TIMEOUT` s, then
     gets :class:`~iii_streams.errors.PoolExhaustedError` (a plain pool of 1 failed a watch opened while the last
-    one closed at once: "Too many connections"). That bound stays a watch's whatever its store's time limit
-    (:attr:`rewaits` off): a third caller means a watch reader that never ended holds one, and a longer wait would
-    not free it.
+    one closed at once: "Too many connections").
 
     Example:
         >>> pool = _WatchPool.from_url("redis://localhost:6379/0?max_connections=7&timeout=3", client_name="w")
         >>> pool.max_connections, pool.timeout, pool.connection_kwargs["client_name"]
         (2, 30.0, 'w')
     """
-
-    rewaits: ClassVar[bool] = False
 
     def __init__(self, *, max_connections: int | None = None, timeout: float | None = None,
                  **connection_kwargs: Any) -> None:
@@ -1379,76 +1283,6 @@ def _refused_publish(reply: ResponseError) -> StreamBackendError:
     return error
 
 
-class _Guard(OperationGuard):
-    """The operation guard of a :class:`RedisStream`: within it the store's waits for a pooled connection go on past
-    the pool's own wait (:data:`_POOL_WAITS`), and past the limit it raises :class:`PoolWaitTimeoutError` when the
-    operation (or its batch) was waiting for a connection (:meth:`RedisStream._pool_wait_words`), else the usual
-    timeout."""
-
-    __slots__ = ("_token",)
-
-    _store: RedisStream
-
-    async def __aenter__(self) -> None:
-        waits = self._store._pool_waits
-        if waits.cut:  # an earlier wait's note that no timeout took (a cancel, an inner bound)
-            task = asyncio.current_task()
-            if task is not None:
-                waits.cut.pop(task, None)
-        self._token = _POOL_WAITS.set(waits)
-        try:
-            await super().__aenter__()
-        except BaseException:
-            _POOL_WAITS.reset(self._token)
-            raise
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        _POOL_WAITS.reset(self._token)
-        await super().__aexit__(exc_type, exc, tb)
-
-    def _timed_out(self, expired: TimeoutError) -> BaseException:
-        error = super()._timed_out(expired)
-        words = self._store._pool_wait_words()
-        if words is None:
-            return error
-        waited = PoolWaitTimeoutError(f"{error}: {words}")
-        waited.__cause__ = expired
-        return waited
-
-
-def _timeout_error(progress: WriteProgress, exc: StreamTimeoutError) -> StreamTimeoutError:
-    """``progress.timeout_error(exc)`` (a write's timeout restated with its outcome), a
-    :class:`PoolWaitTimeoutError` still when ``exc`` was one.
-
-    Example:
-        >>> error = _timeout_error(WriteProgress(), PoolWaitTimeoutError("RedisStream.set did not finish within 1 s"))
-        >>> type(error).__name__, error.applied
-        ('PoolWaitTimeoutError', False)
-    """
-    error = progress.timeout_error(exc)
-    if not isinstance(exc, PoolWaitTimeoutError):
-        return error
-    waited = PoolWaitTimeoutError(str(error))
-    waited.applied = error.applied
-    return waited
-
-
-class _OnConnection(WriteProgress):
-    """A send's progress (:class:`~iii_streams.base.WriteProgress`) on ``conn``, the pooled connection its batch
-    took before choosing what to send (:meth:`RedisStream._run_once` and :meth:`RedisStream._pipelined` use it):
-    so a caller giving up while the batch waits for a connection withdraws its write (``applied=False``). Marked
-    sent before that wait, such a write was "outcome unknown", and sent once a connection came."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self, conn: Any) -> None:
-        self.abandoned = False
-        self.sent = False
-        self.conn = conn
-
-
 class RedisStream(FieldUpdates):
     """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
 
@@ -1512,7 +1346,6 @@ class RedisStream(FieldUpdates):
         cost a fresh read and a retry of the whole batch)."""
         self.known_misses = 0
         """Batches whose remembered text of an item was stale (another process wrote it): each cost a read."""
-        self._pool_waits = _PoolWaits()  # the waits of this store's operations for a pooled connection
         # Items whose last written text this process knows skip the read: the compare-and-set script checks that
         # text (one round trip per batch instead of two), as the SQL stores' swap does.
         self._known: KnownTexts[tuple[str, str]] = KnownTexts()
@@ -1547,9 +1380,8 @@ class RedisStream(FieldUpdates):
         ``staging:stream:…``, and events then go to ``staging::stream::events`` unless ``channel`` says where),
         so that an engine configured by URL alone can
         keep its data apart from another's on one Redis (:func:`store_url_options`). The pool blocks: at most
-        ``max_connections`` (default 50) command connections; an operation beyond that waits for one past
-        ``pool_timeout`` (default 30 s, the pool's own wait) for as long as its time limit allows, then fails with
-        its timeout, :class:`~iii_streams.errors.PoolWaitTimeoutError` (also a ``PoolExhaustedError``). The
+        ``max_connections`` (default 50) command connections, callers beyond that wait up to ``pool_timeout``
+        seconds (default 30) for one and then fail with :class:`~iii_streams.errors.PoolExhaustedError`. The
         watches' one pub/sub connection is not one of them: it comes from the store's watch pool (same URL and
         options, see the class), closed by :meth:`aclose` too. The other options go to the connections (e.g.
         ``socket_timeout``, ``client_name``).
@@ -1593,42 +1425,6 @@ class RedisStream(FieldUpdates):
             watch_client = self._client if pool is None else aioredis.Redis.from_pool(pool)
             self._watch_pool_client = watch_client
         return watch_client
-
-    @property
-    def pool_rewaits(self) -> int:
-        """Waits of this store's operations for a pooled connection that outlasted the pool's own wait
-        (``pool_timeout``) and went on, within the operation's time limit.
-
-        Example:
-            >>> RedisStream.from_url("redis://127.0.0.1:6379/0").pool_rewaits
-            0
-        """
-        return self._pool_waits.rewaits
-
-    def _guard(self, operation: str, timeout: float | None) -> OperationGuard:
-        """:meth:`Backend._guard <iii_streams.base.Backend._guard>` (the same checks and limits), under which the
-        operation's waits for a pooled connection go on past ``pool_timeout``, and whose timeout says when the
-        operation waited for one (:class:`PoolWaitTimeoutError`)."""
-        if self._close_once.closing:
-            raise closed_unapplied(f"{type(self).__name__}.{operation}")
-        if timeout is None and self.timeout is not None:
-            return _Guard(self, operation, self.timeout, self._shared_deadlines(self.timeout))
-        return _Guard(self, operation, self._limit(timeout))
-
-    def _pool_wait_words(self) -> str | None:
-        """For an operation whose time limit just passed: how it waited for a pooled connection, naming the pool's
-        use and options, when its own wait was cut with the pool full, or while its batch (or another) waits for
-        one of the command pool with the pool full; else ``None``."""
-        waits = self._pool_waits
-        task = asyncio.current_task()
-        cut = waits.cut.pop(task, None) if waits.cut and task is not None else None
-        if cut is not None:
-            waited, pool = cut
-            return pool.waited_words(f"it waited {waited:.3g} s")
-        commands = getattr(self._client, "connection_pool", None)
-        if isinstance(commands, _WaitingPool) and commands._taking and commands.full():
-            return commands.waited_words("it waited")
-        return None
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         if isinstance(exc, RedisTimeoutError):
@@ -1708,19 +1504,14 @@ class RedisStream(FieldUpdates):
         """The replies of ``HGET``s of ``(key, item id)`` requests: the reads of concurrent gets
         (:class:`~iii_streams.coalescing.ReadCoalescer`), several sent in one pipeline (one connection, one round
         trip), each command's error its own get's. Why: 64 gets in flight took a pooled connection and a round trip
-        each (77 us of CPU a get). Its wait for a connection goes on as long as its callers wait (their limits
-        cancel it: :data:`_POOL_WAITS`), in a batch's task too."""
-        token = _POOL_WAITS.set(self._pool_waits)
-        try:
-            if len(requests) == 1:
-                return [await raw_reply(self._client, "HGET", *requests[0])]
-            pipe = self._client.pipeline(transaction=False)
-            for key, item_id in requests:
-                pipe.execute_command("HGET", key, item_id, **RAW_REPLY)
-            replies: builtins.list[Any] = await pipe.execute(raise_on_error=False)
-            return replies
-        finally:
-            _POOL_WAITS.reset(token)
+        each (77 us of CPU a get)."""
+        if len(requests) == 1:
+            return [await raw_reply(self._client, "HGET", *requests[0])]
+        pipe = self._client.pipeline(transaction=False)
+        for key, item_id in requests:
+            pipe.execute_command("HGET", key, item_id, **RAW_REPLY)
+        replies: builtins.list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
         """Write the item and publish its event in one script; returns the old and the new value.
@@ -1773,7 +1564,7 @@ class RedisStream(FieldUpdates):
                     return await self._write_inline(key, write)
                 return await self._updates.submit(key, write)
         except StreamTimeoutError as exc:
-            raise _timeout_error(write, exc) from exc
+            raise write.timeout_error(exc) from exc
         except (StreamUnavailableError, StreamClosedError) as exc:  # the connection was lost or cut by the close:
             raise exc.with_outcome(write.sent) from exc.__cause__  # was the script sent (applied None) or not?
         except asyncio.CancelledError:
@@ -1894,55 +1685,50 @@ class RedisStream(FieldUpdates):
         queued) go out meanwhile (:meth:`_let_pass`): behind another process's contended item, the sets of its
         neighbour took 0.7-3.6 s at worst. A run that fails answers its own callers with that failure; the others
         still go out (each write is its own caller's, as when they ran side by side)."""
-        # its waits for a connection go on past pool_timeout, within the store's timeout (_writes_batch, _update_batch)
-        token = _POOL_WAITS.set(self._pool_waits)
-        try:
-            inline = self._inline.get(key)
-            if inline is not None:  # a lone write made before these runs in its caller's task: it goes out first
-                await asyncio.shield(inline)
-            results: builtins.list[Any] = [None] * len(batch)
-            left = builtins.list(range(len(batch)))  # the writes not yet run, in order
-            while left:
-                kind = type(batch[left[0]])
-                run: builtins.list[int] = []
-                rest: builtins.list[int] = []
-                blocked: set[str] = set()  # items with an earlier write left for a later run
-                size = 0
-                for index in left:
-                    write = batch[index]
-                    if write.item_id not in blocked and type(write) is kind:
-                        if kind is _Write:
-                            size += len(write.text or "")  # type: ignore[union-attr]
-                        if not run or size <= _MAX_SCRIPT_BYTES:
-                            run.append(index)
-                            continue
-                    blocked.add(write.item_id)
-                    rest.append(index)
-                left[:] = rest  # (_let_pass takes from it while the run waits)
-                count = len(run)
-                try:
+        inline = self._inline.get(key)
+        if inline is not None:  # a lone write made before these runs in its caller's task: it goes out first
+            await asyncio.shield(inline)
+        results: builtins.list[Any] = [None] * len(batch)
+        left = builtins.list(range(len(batch)))  # the writes not yet run, in order
+        while left:
+            kind = type(batch[left[0]])
+            run: builtins.list[int] = []
+            rest: builtins.list[int] = []
+            blocked: set[str] = set()  # items with an earlier write left for a later run
+            size = 0
+            for index in left:
+                write = batch[index]
+                if write.item_id not in blocked and type(write) is kind:
                     if kind is _Write:
-                        answers = await self._writes_batch(key, [batch[i] for i in run])  # type: ignore[misc]
-                    else:
-                        updates: builtins.list[_Update] = [batch[i] for i in run]  # type: ignore[misc]
-                        # (looked up by _update_batch, whose signature tests wrap)
-                        self._passing[key] = functools.partial(self._let_pass, key, updates, batch, left, results)
-                        try:
-                            answers = await self._update_batch(key, updates)
-                        finally:
-                            del self._passing[key]
-                except Exception as exc:
-                    answers = [exc] * count
-                later = []
-                for index, answer in zip(run, answers, strict=True):
-                    if answer is _LATER:
-                        later.append(index)  # before every other write left: each item's order holds
-                    else:
-                        results[index] = answer
-                left[:0] = later
-            return results
-        finally:
-            _POOL_WAITS.reset(token)
+                        size += len(write.text or "")  # type: ignore[union-attr]
+                    if not run or size <= _MAX_SCRIPT_BYTES:
+                        run.append(index)
+                        continue
+                blocked.add(write.item_id)
+                rest.append(index)
+            left[:] = rest  # (_let_pass takes from it while the run waits)
+            count = len(run)
+            try:
+                if kind is _Write:
+                    answers = await self._writes_batch(key, [batch[i] for i in run])  # type: ignore[misc]
+                else:
+                    updates: builtins.list[_Update] = [batch[i] for i in run]  # type: ignore[misc]
+                    # (looked up by _update_batch, whose signature tests wrap)
+                    self._passing[key] = functools.partial(self._let_pass, key, updates, batch, left, results)
+                    try:
+                        answers = await self._update_batch(key, updates)
+                    finally:
+                        del self._passing[key]
+            except Exception as exc:
+                answers = [exc] * count
+            later = []
+            for index, answer in zip(run, answers, strict=True):
+                if answer is _LATER:
+                    later.append(index)  # before every other write left: each item's order holds
+                else:
+                    results[index] = answer
+            left[:0] = later
+        return results
 
     async def _let_pass(self, key: str, updates: Sequence[_Update], batch: Sequence[_Update | _Write],
                         left: builtins.list[int], results: builtins.list[Any]) -> None:
@@ -1995,37 +1781,31 @@ class RedisStream(FieldUpdates):
 
     async def _send_writes(self, key: str, batch: Sequence[_Write]) -> builtins.list[Any]:
         """Sets and deletes of hash ``key`` in one script, in order (a lone one in its own smaller script): each
-        caller's old text (``None``: absent), or ``_WITHDRAWN`` for a write its caller gave up before it was sent.
-        The connection is taken first (:class:`_OnConnection`): a caller giving up while it is awaited withdraws."""
+        caller's old text (``None``: absent), or ``_WITHDRAWN`` for a write its caller gave up before it was sent."""
         for write in batch:
             # read first by the next update: a set here ran as the stores' plain writes always did, blind
             self._known.forget((key, write.item_id))
-        if all(write.abandoned for write in batch):
+        sent = [w for w in batch if not w.abandoned]
+        for write in sent:
+            write.sent = True  # no await since the check: a caller giving up from now on cannot withdraw it
+        if not sent:
             return [_WITHDRAWN] * len(batch)
-        pool = self._client.connection_pool
-        progress = _OnConnection(await pool.get_connection())  # type: ignore[no-untyped-call]
+        progress = WriteProgress()
         try:
-            sent = [w for w in batch if not w.abandoned]
-            for write in sent:
-                write.sent = True  # no await since the check: a caller giving up from now on cannot withdraw it
-            if not sent:
-                return [_WITHDRAWN] * len(batch)
-            try:
-                if len(sent) > 1:
-                    olds = await self._run_once(self._writes_script, key, self._writes_args(sent), progress)
+            if len(sent) > 1:
+                olds = await self._run_once(self._writes_script, key, self._writes_args(sent), progress)
+            else:
+                one = sent[0]
+                channel = self._channel_args(one.stream_name, one.group_id, one.item_id)
+                if one.text is None:
+                    olds = [await self._run_once(self._delete_script, key, [one.item_id, *channel], progress)]
                 else:
-                    one = sent[0]
-                    channel = self._channel_args(one.stream_name, one.group_id, one.item_id)
-                    args = [one.item_id, *channel] if one.text is None else [one.item_id, one.text, *channel]
-                    script = self._delete_script if one.text is None else self._set_script
-                    olds = [await self._run_once(script, key, args, progress)]
-            except BaseException:
-                if not progress.sent:  # the connection failed before the script was written: nothing was applied
-                    for write in sent:
-                        write.sent = False
-                raise
-        finally:
-            await pool.release(progress.conn)
+                    olds = [await self._run_once(self._set_script, key, [one.item_id, one.text, *channel], progress)]
+        except BaseException:
+            if not progress.sent:  # the connection failed before the script was written: nothing was applied
+                for write in sent:
+                    write.sent = False
+            raise
         if len(sent) == len(batch):
             return builtins.list(olds)
         answers = iter(olds)  # nobody waits for a withdrawn one, and it was not written
@@ -2125,32 +1905,21 @@ class RedisStream(FieldUpdates):
         results, texts, events = planned if planned is not None else self._apply_batch(key, batch, read)
         if not texts:
             return results
-        # the connection first (_OnConnection): a caller giving up while it is awaited withdraws its update
-        pool = self._client.connection_pool
-        progress = _OnConnection(await pool.get_connection())  # type: ignore[no-untyped-call]
+        applied = [u for u, result in zip(batch, results, strict=True) if not u.abandoned and result is not _LATER]
+        for update in applied:
+            update.sent = True  # no await since _apply_batch: a caller giving up from now on cannot withdraw
+        args: builtins.list[Any] = [self.channel, len(texts), "".join("1" if read[f] is None else "0" for f in texts)]
+        for field, text in texts.items():
+            args += (field, read[field] or b"", text)
+        args.append("\n".join(events))
+        progress = WriteProgress()
         try:
-            if any(u.abandoned and result is not _WITHDRAWN for u, result in zip(batch, results, strict=True)):
-                results, texts, events = self._apply_batch(key, batch, read)  # without those withdrawn meanwhile
-                if not texts:
-                    return results
-            applied = [u for u, result in zip(batch, results, strict=True)
-                       if not u.abandoned and result is not _LATER]
-            for update in applied:
-                update.sent = True  # no await since _apply_batch: a caller giving up from now on cannot withdraw
-            args: builtins.list[Any] = [self.channel, len(texts),
-                                        "".join("1" if read[f] is None else "0" for f in texts)]
-            for field, text in texts.items():
-                args += (field, read[field] or b"", text)
-            args.append("\n".join(events))
-            try:
-                written = await self._run_once(self._write_script, key, args, progress)
-            except BaseException:
-                if not progress.sent:  # the connection failed before the script was written: nothing was applied
-                    for update in applied:
-                        update.sent = False
-                raise
-        finally:
-            await pool.release(progress.conn)
+            written = await self._run_once(self._write_script, key, args, progress)
+        except BaseException:
+            if not progress.sent:  # the connection failed before the script was written: nothing was applied
+                for update in applied:
+                    update.sent = False
+            raise
         for field, text in texts.items():
             if written:
                 self._known.wrote((key, field), text)
@@ -2172,20 +1941,17 @@ class RedisStream(FieldUpdates):
         Here a dropped connection is the caller's error (the outcome is unknown), as with the default client.
         ``progress`` is marked sent just before the script is written to the connection (not while the
         connection is taken, reconnected or health-checked), and unmarked when Redis answers ``NOSCRIPT`` (it ran
-        nothing) until the script is sent again. An :class:`_OnConnection` brings the connection to use (its
-        batch's, given back by the batch); else one is taken here.
+        nothing) until the script is sent again.
         """
+        if script.sha not in self._loaded:
+            # Loaded before the first EVALSHA rather than on a NOSCRIPT reply: servers that word that reply
+            # otherwise (fakeredis 2.30, our floor: no NOSCRIPT prefix, so no NoScriptError) still run the script.
+            script.sha = await self._client.script_load(script.script)
+            self._loaded.add(script.sha)
         bounded = self.timeout is not None  # else only the socket timeout ends a send Redis does not read
         pool = self._client.connection_pool
-        held = progress.conn if isinstance(progress, _OnConnection) else None
-        conn = held if held is not None else await pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            if script.sha not in self._loaded:
-                # Loaded before the first EVALSHA rather than on a NOSCRIPT reply: servers that word that reply
-                # otherwise (fakeredis 2.30, our floor: no NOSCRIPT prefix, so no NoScriptError) still run the
-                # script. On this connection: a second one of the pool is waited for while this one is held.
-                script.sha = await _script_load(conn, script.script)
-                self._loaded.add(script.sha)
             try:
                 await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded, progress)
                 # as bytes: a decoding client failed on an old value that is not UTF-8 after the write was applied
@@ -2206,8 +1972,7 @@ class RedisStream(FieldUpdates):
             refused.applied = False
             raise refused from exc
         finally:
-            if held is None:
-                await pool.release(conn)
+            await pool.release(conn)
 
     def _known_texts(self, key: str, fields: Sequence[str]) -> dict[str, bytes | str | None] | None:
         """The texts of ``fields`` this process wrote last, or ``None`` unless it knows every one of them."""
@@ -2308,7 +2073,7 @@ class RedisStream(FieldUpdates):
             async with self._guard("publish", None):
                 await self._publishes.submit(None, publish)
         except StreamTimeoutError as exc:  # still queued (never sent: withdrawn, applied False) or sent (None)
-            raise _timeout_error(publish, exc) from exc
+            raise publish.timeout_error(exc) from exc
         except (StreamUnavailableError, StreamClosedError) as exc:
             raise exc.with_outcome(publish.sent) from exc.__cause__
         except asyncio.CancelledError:
@@ -2347,59 +2112,36 @@ class RedisStream(FieldUpdates):
         duplicated them)."""
         channel = self.channel or EVENTS_CHANNEL
         results: builtins.list[Any] = [_WITHDRAWN] * len(publishes)
-        pool = self._client.connection_pool
-        token = _POOL_WAITS.set(self._pool_waits)  # its waits for a connection go on, within the store's timeout
-        try:
-            async with self._store_deadline():  # a hung server must not keep the queue waiting forever
-                for chunk in _publish_chunks(publishes):
-                    if all(publishes[index].abandoned for index in chunk):
-                        continue
-                    # the connection first (_OnConnection): a caller giving up while it is awaited withdraws
-                    try:
-                        progress = _OnConnection(await pool.get_connection())  # type: ignore[no-untyped-call]
-                    except Exception as exc:  # nothing of this pipeline was sent; the next one still tries
-                        for index in chunk:
-                            if not publishes[index].abandoned:
-                                results[index] = exc
-                        continue
-                    try:
-                        await self._publish_chunk(channel, publishes, chunk, results, progress)
-                    finally:
-                        await pool.release(progress.conn)
-        finally:
-            _POOL_WAITS.reset(token)
-        return results
-
-    async def _publish_chunk(self, channel: str, publishes: Sequence[_Publish], chunk: Sequence[int],
-                             results: builtins.list[Any], progress: _OnConnection) -> None:
-        """The publishes of ``chunk`` whose callers still wait, pipelined on ``progress``'s connection; each
-        caller's reply (or error) into ``results``."""
-        live = [index for index in chunk if not publishes[index].abandoned]
-        if not live:
-            return
-        for index in live:
-            publishes[index].sent = True  # no await since the check: a caller giving up cannot withdraw
-        try:
-            replies = await self._pipelined([("PUBLISH", channel, publishes[index].text) for index in live], progress)
-        except Exception as exc:  # this pipeline's callers learn why; the next pipeline still goes out
-            if not progress.sent:
+        async with self._store_deadline():  # a hung server must not keep the queue waiting forever
+            for chunk in _publish_chunks(publishes):
+                live = [index for index in chunk if not publishes[index].abandoned]
+                if not live:
+                    continue
                 for index in live:
-                    publishes[index].sent = False
-            replies = [exc] * len(live)
-        for index, reply in zip(live, replies, strict=True):
-            if isinstance(reply, ResponseError) and "invalid bulk length" in str(reply):
-                reply = _refused_publish(reply)
-            results[index] = reply
+                    publishes[index].sent = True  # no await since the check: a caller giving up cannot withdraw
+                progress = WriteProgress()
+                try:
+                    replies = await self._pipelined(
+                        [("PUBLISH", channel, publishes[index].text) for index in live], progress)
+                except Exception as exc:  # this pipeline's callers learn why; the next pipeline still goes out
+                    if not progress.sent:
+                        for index in live:
+                            publishes[index].sent = False
+                    replies = [exc] * len(live)
+                for index, reply in zip(live, replies, strict=True):
+                    if isinstance(reply, ResponseError) and "invalid bulk length" in str(reply):
+                        reply = _refused_publish(reply)
+                    results[index] = reply
+        return results
 
     async def _pipelined(self, commands: Sequence[tuple[Any, ...]],
                          progress: WriteProgress | None = None) -> builtins.list[Any]:
         """The replies of ``commands`` sent at once on one pooled connection (an error reply as its exception),
         each sent at most once, as the write scripts are (:meth:`_run_once`: a client's retry would send them
         all again). A connection lost after some replies were read answers those (their commands ran) and the
-        rest with the loss. An :class:`_OnConnection` brings the connection to use (given back by its batch)."""
+        rest with the loss."""
         pool = self._client.connection_pool
-        held = progress.conn if isinstance(progress, _OnConnection) else None
-        conn = held if held is not None else await pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await _send(conn, conn.pack_commands(commands), self.timeout is not None, progress)
             replies: builtins.list[Any] = []
@@ -2419,8 +2161,7 @@ class RedisStream(FieldUpdates):
                     break
             return replies
         finally:
-            if held is None:
-                await pool.release(conn)
+            await pool.release(conn)
 
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
