@@ -146,15 +146,7 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update
 from iii.wire import loads
 
-from .base import (
-    DEFAULT_TIMEOUT,
-    DRIVER_TIMEOUT,
-    FieldUpdates,
-    OperationGuard,
-    SetResult,
-    UpdateResult,
-    WriteProgress,
-)
+from .base import DEFAULT_TIMEOUT, DRIVER_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher, Requeue
 from .close_once import CloseOnce
 from .coalescing import ReadCoalescer, stored_size
@@ -201,7 +193,7 @@ from .migrate import SQLITE_BUSY_S, head_revision, migrate_with, normalize_url, 
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
 from .sqlite_threads import guard_aiosqlite
 
-__all__ = ["MAX_PENDING", "NOTIFY_CHANNEL", "PoolWaitTimeoutError", "SQLStream", "SchemaMissingError"]
+__all__ = ["MAX_PENDING", "NOTIFY_CHANNEL", "SQLStream", "SchemaMissingError"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -381,44 +373,6 @@ class _Plan:
     deleted: set[bytes] = field(default_factory=set)
     applied: builtins.list[_Write] = field(default_factory=builtins.list)  # writes in the prefix not abandoned
     refused: set[bytes] = field(default_factory=set)  # items whose stored value is not JSON (or not UTF-8)
-
-
-class PoolWaitTimeoutError(PoolExhaustedError, StreamTimeoutError):
-    """An operation's own time limit passed while it (or the batch holding its write, or its read) waited for a
-    connection of the store's pool, every one of them in use: its message names how many and the options that size
-    the pool. Both the operation's timeout (:class:`~iii_streams.errors.StreamTimeoutError`, ``applied`` as for any
-    write that timed out: ``False`` when it was withdrawn unsent) and :class:`~iii_streams.errors.PoolExhaustedError`.
-
-    A pool that runs out makes callers wait, never fail: the pool's own wait (``pool_timeout``, 30 s by default) no
-    longer ends an operation, which waits for a connection as long as its own time limit allows (the wait is part
-    of its time). Before, it failed at ``pool_timeout`` with time left: 1,922 of 8,000 mixed operations on the
-    default pool (5 + 10) got PoolExhaustedError after 30 s, their limit being 60 s.
-
-    Example:
-        >>> error = PoolWaitTimeoutError("SQLStream.get did not finish within 1 s: ...")
-        >>> isinstance(error, StreamTimeoutError), isinstance(error, PoolExhaustedError)
-        (True, True)
-    """
-
-
-class _Guard(OperationGuard):
-    """The operation guard of a :class:`SQLStream`: past the limit, a :class:`PoolWaitTimeoutError` when the
-    operation was waiting for a pooled connection (:meth:`SQLStream._pool_wait_words`), else the usual timeout."""
-
-    __slots__ = ()
-
-    def _timed_out(self, expired: TimeoutError) -> BaseException:
-        error = super()._timed_out(expired)
-        store = self._store
-        words = store._pool_wait_words() if isinstance(store, SQLStream) else None
-        if words is None:
-            return error
-        waited = PoolWaitTimeoutError(f"{error}: {words}")
-        waited.__cause__ = expired
-        return waited
-
-
-_POOL_RETRY_PAUSE_S: Final = 0.05  # a wait for a pooled connection tried again at most this often (pool_timeout=0)
 
 
 class _ConnectFailed(Exception):
@@ -1743,12 +1697,6 @@ class SQLStream(FieldUpdates):
         #: once (see :meth:`_write`)
         self.max_pending = max_pending
         self._in_flight = 0
-        # operations waiting for a connection of the pool now, and the tasks whose wait (the pool full) was cut, with
-        # how long they had waited: read by _pool_wait_words, for the timeout that cut them
-        self._pool_waiting = 0
-        self._pool_cut: weakref.WeakKeyDictionary[asyncio.Task[Any], float] = weakref.WeakKeyDictionary()
-        #: waits for a pooled connection that outlasted the pool's own wait (``pool_timeout``) and went on waiting
-        self.pool_rewaits = 0
         if not isinstance(report_watch_gaps, bool):
             raise ValueError(f"SQLStream: report_watch_gaps must be True or False, got {report_watch_gaps!r}")
         #: PostgreSQL: a watch whose LISTEN connection was replaced raises StreamGapError once (else only a warning)
@@ -2330,7 +2278,7 @@ class SQLStream(FieldUpdates):
                 await self._check_file_now(locked=locked)
                 pool = self.engine.sync_engine.pool
                 try:
-                    async with self._pooled(open_connection) as conn:
+                    async with open_connection() as conn:
                         yield conn
                     if locked:
                         await self._check_file_now(locked=True, committed=True)  # (its outcome per write: _write)
@@ -2350,84 +2298,6 @@ class SQLStream(FieldUpdates):
             ended = self._operations_ended
             if not self._operations and ended is not None and not ended.done():
                 ended.set_result(None)
-
-    @contextlib.asynccontextmanager
-    async def _pooled(
-        self, open_connection: Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]],
-    ) -> AsyncIterator[AsyncConnection]:
-        """``open_connection()``, its wait for a pooled connection going on past the pool's own wait
-        (``pool_timeout``) for as long as the operation's time limit, which cancels it, allows (``None``: for good).
-        A wait cut while the pool was full is noted for the timeout's words (:meth:`_pool_wait_words`)."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        if self._pool_cut and task is not None:
-            self._pool_cut.pop(task, None)  # an earlier wait's note that no timeout took (a cancel, an inner bound)
-        started = loop.time()
-        outlasted = False  # the pool's own wait ran out at least once
-        waiting = True
-        self._pool_waiting += 1
-        try:
-            while True:
-                attempt = loop.time()
-                try:
-                    async with open_connection() as conn:
-                        waiting = False
-                        self._pool_waiting -= 1
-                        yield conn
-                    return
-                except PoolTimeoutError:
-                    if not waiting:
-                        raise  # the operation's own
-                    outlasted = True
-                    self.pool_rewaits += 1
-                    pause = _POOL_RETRY_PAUSE_S - (loop.time() - attempt)
-                    if pause > 0:  # (a pool_timeout of 0 would spin)
-                        await asyncio.sleep(pause)
-                except asyncio.CancelledError:
-                    if waiting and task is not None and (outlasted or self._pool_use(full=True) is not None):
-                        self._pool_cut[task] = loop.time() - started
-                    raise
-        finally:
-            if waiting:
-                self._pool_waiting -= 1
-
-    def _pool_use(self, *, full: bool = False) -> tuple[int, int, int] | None:
-        """``(connections in use, pool_size, max_overflow)`` of the engine's pool (``None`` for a pool without
-        them, or with ``full`` when some connection is still to be had)."""
-        pool = self.engine.sync_engine.pool
-        size, checked_out = getattr(pool, "size", None), getattr(pool, "checkedout", None)
-        overflow = getattr(pool, "_max_overflow", None)
-        if not (callable(size) and callable(checked_out) and isinstance(overflow, int)):
-            return None
-        use: tuple[int, int, int] = (checked_out(), size(), overflow)
-        if full and (overflow < 0 or use[0] < use[1] + overflow):
-            return None
-        return use
-
-    def _pool_wait_words(self) -> str | None:
-        """For an operation whose time limit just passed: how it waited for a pooled connection, naming the pool's
-        use and options, when its own wait for one was cut with the pool full or while others of the store (the batch
-        holding its write, its read) wait for one with the pool full; else ``None``."""
-        task = asyncio.current_task()
-        waited = self._pool_cut.pop(task, None) if self._pool_cut and task is not None else None
-        use = self._pool_use(full=waited is None)
-        if use is None or (waited is None and not self._pool_waiting):
-            return None
-        in_use, size, overflow = use
-        how = f"it waited {waited:.3g} s for a database connection" if waited is not None else (
-            "it waited for a database connection")
-        return (f"{how}, all {in_use} of the pool's in use (pool_size={size}, max_overflow={overflow}: raise them, "
-                "keyword arguments of SQLStream.from_url or create_async_engine, not URL options; or give the "
-                "operation more time)")
-
-    def _guard(self, operation: str, timeout: float | None) -> OperationGuard:
-        """:meth:`Backend._guard <iii_streams.base.Backend._guard>` (the same checks and limits), whose timeout says
-        when the operation waited for a pooled connection (:class:`PoolWaitTimeoutError`)."""
-        if self._close_once.closing:
-            raise closed_unapplied(f"{type(self).__name__}.{operation}")
-        if timeout is None and self.timeout is not None:
-            return _Guard(self, operation, self.timeout, self._shared_deadlines(self.timeout))
-        return _Guard(self, operation, self._limit(timeout))
 
     def _explain_missing_table(self, exc: Exception) -> None:
         text = str(exc)
@@ -2546,12 +2416,7 @@ class SQLStream(FieldUpdates):
         except StreamTimeoutError as exc:
             if write.landed is not None:
                 return write.landed  # (see below)
-            error = write.timeout_error(exc)
-            if isinstance(exc, PoolWaitTimeoutError):
-                waited = PoolWaitTimeoutError(str(error))
-                waited.applied = error.applied
-                error = waited
-            raise error from exc
+            raise write.timeout_error(exc) from exc
         except StreamFileLostError as exc:
             # the batch is done with it: applied (committed before the check found the file gone) only if sent
             raise exc.for_write(write.sent) from exc
