@@ -50,7 +50,9 @@ so a reader hears ``ChannelAbortedError`` on our engine, and the client shut dow
 terminated``; a second SIGTERM ends it at once), 1 on a failed transfer (an unconfirmed one included) or an engine that
 cannot be reached within ``--connect-timeout`` (one line ``iii-channel: error: cannot reach the engine at URL …``; an
 address that accepts the WebSocket upgrade and never names the connection, as an engine's stream socket does, is
-``… accepted the WebSocket upgrade but is not an iii engine …``, within the same bound), 2 on
+``… accepted the WebSocket upgrade but is not an iii engine …``, within the same bound or 5 s after the upgrade,
+whichever is later: ``--connect-timeout`` bounds reaching the engine, and a loaded engine may name a connection
+late), 2 on
 bad usage (a closed stream too: ``send -`` with stdin closed, ``send`` or ``serve --out -`` with stdout closed).
 Paths are checked before connecting: ``send`` of a directory or a missing file and ``serve --out`` into a missing
 directory fail at once. A ``send`` whose receipt cannot be written to stdout exits 1 with one line saying the transfer
@@ -71,9 +73,11 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
@@ -83,7 +87,7 @@ from typing import Any
 from iii._cli import OneLineParser, exit_interrupted, joined_timeouts, mask_passwords, milliseconds, seconds
 from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
-from iii.iii import III
+from iii.iii import _UNNAMED_WARN_S, III
 from iii.iii_types import WorkerInfo
 
 from .errors import ChannelError
@@ -128,11 +132,18 @@ _RESULT_FLUSH_S = 5.0
 _OWNER_CHECK_S = 2.0
 _CHECK_TIMEOUT_MS = 5000
 DEFAULT_IDLE_TIMEOUT_S = 300.0
-# An engine names a connection (workerregistered) as soon as it upgrades it. Connected this close to the end of
-# --connect-timeout, a connection still gets this long to be named before it counts as "not an engine".
-_NAMING_GRACE_S = 1.0
+# An engine names a connection (workerregistered) as soon as it upgrades it, but a loaded one (or one behind a slow
+# proxy) may take seconds. --connect-timeout bounds reaching the engine; an upgraded connection gets at least the
+# time after which the SDK itself warns that a connection was never named (5 s) before it counts as "not an engine"
+# (with 1 s, an engine naming it 1.5 s after the upgrade failed every send made with --connect-timeout 0.5).
+_NAMING_S = _UNNAMED_WARN_S
 # The SDK's warning about a connection never named: the CLI says it itself, as its one error line.
 _UNNAMED_WARNING = "has not named this connection"
+# The most characters of one line of stderr: what peers chose (an answer, an abort reason) is quoted there, and a
+# longer line is cut in the middle before its characters are escaped (printable).
+_SAID_CHARS = 4096
+# What str.split() splits at (str.isspace): _fail makes a message one line.
+_BLANKS = re.compile(r"\s+")
 
 
 class _Refused(Exception):
@@ -281,7 +292,8 @@ def _not_unnamed(record: logging.LogRecord) -> bool:
 
 async def _connect(client: III, args: argparse.Namespace) -> None:
     """Wait for the first connection, named by the engine; ``ConnectionError`` "cannot reach the engine at …" after
-    the timeout, or "… is not an iii engine" when a WebSocket server accepted the upgrade and never named it."""
+    the timeout, or "… is not an iii engine" when a WebSocket server accepted the upgrade and did not name it within
+    the timeout nor within :data:`_NAMING_S` of the upgrade (whichever ends later)."""
     sdk_log, client_log = logging.getLogger("iii.connection"), logging.getLogger("iii.iii")
     # Said where progress would be drawn (a terminal, or --progress always): a script's stderr keeps its one line.
     url = mask_passwords(_engine(args))
@@ -296,13 +308,16 @@ async def _connect(client: III, args: argparse.Namespace) -> None:
         # Another WebSocket server (the engine's stream socket, 3112 by default) accepts the upgrade and never names
         # the connection: every call then waited its own timeout (30 s for the channel's creation) and failed as
         # "timed out", the SDK's warning before it without the command's prefix.
-        named_by = max(deadline, time.monotonic() + _NAMING_GRACE_S)
+        upgraded = time.monotonic()
+        named_by = max(deadline, upgraded + _NAMING_S)
+        # the line states the wait that was allowed: the whole --connect-timeout, or the floor after the upgrade
+        allowed = f"{timeout:g} s" if named_by == deadline else f"{_NAMING_S:g} s of the upgrade"
         while client.worker_id is None:
             left = named_by - time.monotonic()
             if left <= 0:
                 raise ConnectionError(
                     f"{url} accepted the WebSocket upgrade but is not an iii engine: it did not name the connection "
-                    f"(no workerregistered) within {timeout:g} s. Is it the engine's worker port? Its stream socket "
+                    f"(no workerregistered) within {allowed}. Is it the engine's worker port? Its stream socket "
                     "(3112 by default) accepts the upgrade too")
             # (returns once named, once the connection is lost, or after at most 2 s; raises if none comes back)
             await client.wait_until_connected_async(left)
@@ -383,7 +398,8 @@ def _why(exc: BaseException | None) -> str:
 
 def _say(line: str) -> None:
     r"""Print ``line`` on stderr, flushed, its unprintable characters escaped (:func:`~iii_channels.progress.printable`:
-    lines quote what peers chose, file names and errors, and a terminal must not run their escape sequences); a
+    lines quote what peers chose, file names and errors, and a terminal must not run their escape sequences), cut
+    in the middle past :data:`_SAID_CHARS` characters (a peer's answer of megabytes was one line of megabytes); a
     stderr that cannot be written (``/dev/full``, a pipe whose reader left) drops it: what stderr says is a courtesy,
     and a failed write there stopped a serve or failed a transfer.
 
@@ -401,13 +417,13 @@ def _say(line: str) -> None:
     if sys.stderr is None:  # print(file=None) would write it to stdout
         return
     with contextlib.suppress(OSError, ValueError):
-        print(printable(line), file=sys.stderr, flush=True)
+        print(printable(line, _SAID_CHARS), file=sys.stderr, flush=True)
 
 
 class _PrintableLog(logging.Formatter):
     r"""The format of the SDK's log lines that reach stderr (Python's last-resort handler: the CLI configures no
-    logging), with their unprintable characters escaped as :func:`_say` escapes its own: "Error in handler F: …"
-    quotes the handler's error, and that quotes a sender's abort reason. A traceback keeps its lines.
+    logging), with their unprintable characters escaped and long lines cut as :func:`_say` does its own: "Error in
+    handler F: …" quotes the handler's error, and that quotes a sender's abort reason. A traceback keeps its lines.
 
     Example:
         >>> record = logging.LogRecord("iii.handler_runner", logging.ERROR, __file__, 1, "Error in handler %s: %s",
@@ -417,13 +433,58 @@ class _PrintableLog(logging.Formatter):
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return printable(super().formatMessage(record))
+        return printable(super().formatMessage(record), _SAID_CHARS)
 
     def formatException(self, ei: Any) -> str:
-        return "\n".join(map(printable, super().formatException(ei).split("\n")))
+        return "\n".join(printable(line, _SAID_CHARS) for line in super().formatException(ei).split("\n"))
 
     def formatStack(self, stack_info: str) -> str:
-        return "\n".join(map(printable, super().formatStack(stack_info).split("\n")))
+        return "\n".join(printable(line, _SAID_CHARS) for line in super().formatStack(stack_info).split("\n"))
+
+
+_PRINTABLE_LOG = _PrintableLog()
+
+
+_last_resort_lock = threading.Lock()
+_last_resort_users = 0  # the main() calls under way (threads of a program that embeds the command)
+_last_resort_before: logging.Formatter | None = None
+
+
+@contextlib.contextmanager
+def _printable_last_resort() -> Iterator[None]:
+    """Python's last-resort handler (where the SDK's log lines go: the CLI configures no logging) formats with
+    :class:`_PrintableLog` while a :func:`main` call runs, and as before once the last one ends.
+
+    Why not for good: ``main()`` also runs inside other programs (tests, a tool that embeds the command), whose own
+    last-resort lines after it were escaped and flattened to one line each. The console script loses nothing: the
+    SDK's client is shut down before ``main`` returns. A formatter set by someone else meanwhile is left as it is.
+
+    Example:
+        >>> assert logging.lastResort is not None
+        >>> before = logging.lastResort.formatter
+        >>> with _printable_last_resort():
+        ...     isinstance(logging.lastResort.formatter, _PrintableLog)
+        True
+        >>> logging.lastResort.formatter is before
+        True
+    """
+    global _last_resort_users, _last_resort_before
+    handler = logging.lastResort
+    if handler is None:  # a program that silenced it: nothing to format
+        yield
+        return
+    with _last_resort_lock:
+        if _last_resort_users == 0:
+            _last_resort_before = handler.formatter
+            handler.setFormatter(_PRINTABLE_LOG)
+        _last_resort_users += 1
+    try:
+        yield
+    finally:
+        with _last_resort_lock:
+            _last_resort_users -= 1
+            if _last_resort_users == 0 and handler.formatter is _PRINTABLE_LOG:
+                handler.setFormatter(_last_resort_before)
 
 
 def _stderr_to_null() -> None:
@@ -445,8 +506,9 @@ def _stderr_to_null() -> None:
 
 
 def _fail(message: str, status: int = 1) -> int:
-    # One line, whatever the message: a multi-line exception text must not break scripts reading stderr.
-    _say(f"iii-channel: error: {' '.join(message.split())}")
+    # One line, whatever the message: a multi-line exception text must not break scripts reading stderr. (One
+    # substitution, not split() and join(): a peer's message of megabytes was a string a word.)
+    _say(f"iii-channel: error: {_BLANKS.sub(' ', message).strip()}")
     return status
 
 
@@ -1158,8 +1220,12 @@ def main(argv: list[str] | None = None) -> int:
         _freeze_imports()
     if _closed(sys.stderr):
         _stderr_to_null()
-    if logging.lastResort is not None:
-        logging.lastResort.setFormatter(_PrintableLog())
+    with _printable_last_resort():
+        return _command(argv)
+
+
+def _command(argv: list[str] | None) -> int:
+    """:func:`main` once its process is set up: the arguments checked, then the command run; its exit status."""
     parser = build_parser()
     args = parse_args(parser, argv)
     option, function_id = ("--to", args.to) if args.command == "send" else ("--function", args.function)

@@ -542,14 +542,18 @@ rename, after the whole file had been received."""
 # "exe.jpg"): the nine of the Trojan Source attack (CVE-2021-42574), which Rust's text_direction_codepoint lints refuse
 # too. The bidi marks (U+200E, U+200F, U+061C) are accepted: alone they reorder no letters (the spoof needs an
 # override or an embedding), and right-to-left names use them; where a name is shown, they are escaped (printable).
-_UNSAFE_IN_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# So are the C1 controls as raw bytes: a name that is not UTF-8 comes as Python's surrogateescape writes it, a byte
+# 0x80-0xFF as U+DC80-U+DCFF, and os.fsencode("\udc9b") is the byte 0x9b, CSI to a terminal that reads Latin-1 (it
+# stored b"\x9b2J\x9b31mOK"). The other bytes (U+DCA0-U+DCFF: "\udce9", an é from a Latin-1 sender) stay accepted.
+_UNSAFE_IN_NAME = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\udc80-\udc9f]")
 
 
 def name_part_problem(part: str) -> str | None:
     """Why ``part`` cannot be one name (a file's, or a part of a tree entry's path) that a receiver creates, or
     ``None`` when it can. Refused: empty, ``.``, ``..``; a backslash (a path separator on Windows: the same tree
     must not mean other paths there); a control character (a newline, a tab, NUL, ESC, the C1 controls such as NEL
-    and CSI: they break every line-based listing of the files, or drive a terminal that shows the name); a line or
+    and CSI, as characters or as raw bytes of a name that is not UTF-8, ``"\\udc9b"``: they break every line-based
+    listing of the files, or drive a terminal that shows the name); a line or
     paragraph separator (U+2028, U+2029); a bidi embedding, override or isolate (U+202A-U+202E, U+2066-U+2069: they
     show the name's characters in another order); a ``.iii-part-*`` name (kept for partial transfers); more than
     :data:`NAME_MAX` bytes. The character refused is named, escaped, with its place (1 for the first).
@@ -562,6 +566,10 @@ def name_part_problem(part: str) -> str | None:
         'it contains a control character: \\\\n at character 2'
         >>> print(name_part_problem("photo\\u202egpj.exe"))
         it contains a bidi control (it shows the name's characters out of order): \\u202e at character 6
+        >>> print(name_part_problem(b"\\x9b2J".decode(errors="surrogateescape")))
+        it contains a control character as a raw byte (0x9b, not UTF-8): \\udc9b at character 1
+        >>> name_part_problem(b"caf\\xe9".decode(errors="surrogateescape")) is None  # Latin-1, not a control
+        True
         >>> name_part_problem("x" * 300)
         'a name of 300 bytes, more than the 255 a file name may have'
     """
@@ -574,6 +582,7 @@ def name_part_problem(part: str) -> str | None:
     if unsafe is not None:
         char = unsafe.group()
         kind = ("a control character" if char <= "\x9f" else "a line or paragraph separator" if char in "\u2028\u2029"
+                else f"a control character as a raw byte (0x{ord(char) - 0xDC00:02x}, not UTF-8)" if char >= "\udc80"
                 else "a bidi control (it shows the name's characters out of order)")
         return f"it contains {kind}: {printable(char)} at character {unsafe.start() + 1}"
     if part.startswith(PART_PREFIX):

@@ -1,5 +1,6 @@
 """``iii-channel`` given the address of a WebSocket server that is not an engine (here the engine's own stream socket,
-which accepts the upgrade and never names the connection) fails within about ``--connect-timeout``, in one line.
+which accepts the upgrade and never names the connection) fails in one line within about ``--connect-timeout``, or 5 s
+after the upgrade when that is later (the SDK's own warning time: a loaded engine may name a connection late).
 
 Before: ``send --connect-timeout 3`` took 33.5 s and ``serve`` 38.5 s; the useful line was the SDK's warning without
 the command's prefix, and the error line said ``Invocation of 'engine::channels::create' timed out after 30000ms``
@@ -33,26 +34,29 @@ async def _run(*args: str, within: float) -> tuple[int, str, float]:
     return proc.returncode, err.decode(errors="replace"), time.monotonic() - began
 
 
-def _the_one_line(stderr: str, url: str, timeout: str) -> None:
+def _the_one_line(stderr: str, url: str, within: str) -> None:
     assert stderr == (f"iii-channel: error: {url} accepted the WebSocket upgrade but is not an iii engine: it did not "
-                      f"name the connection (no workerregistered) within {timeout} s. Is it the engine's worker port? "
+                      f"name the connection (no workerregistered) within {within}. Is it the engine's worker port? "
                       "Its stream socket (3112 by default) accepts the upgrade too\n"), stderr
 
 
-async def test_send_to_a_stream_socket_fails_within_the_connect_timeout(streams_url: str, tmp_path: Path) -> None:
+async def test_send_to_a_stream_socket_fails_5_s_after_the_upgrade(streams_url: str, tmp_path: Path) -> None:
+    """A small --connect-timeout bounds reaching the server; the naming gets the SDK's own 5 s after the upgrade (an
+    engine that names it late is one: test_cli_slow_naming.py), and the line states that wait."""
     source = tmp_path / "a.bin"
     source.write_bytes(b"a")
     rc, stderr, took = await _run("send", str(source), "--to", "files::x", "--engine", streams_url,
-                                  "--connect-timeout", "2", "--progress", "always", within=15)
+                                  "--connect-timeout", "0.5", "--progress", "always", within=20)
     assert rc == 1
-    _the_one_line(stderr, streams_url, "2")
-    assert took < 2 + 6, took  # the process's start and end included (on a loaded machine)
+    _the_one_line(stderr, streams_url, "5 s of the upgrade")
+    assert 5 <= took < 5 + 6, took  # the process's start and end included (on a loaded machine)
 
 
 async def test_serve_on_a_stream_socket_fails_in_one_line_past_the_sdks_warning(streams_url: str) -> None:
-    """6 s: the SDK warns of a connection never named after 5 s; the command's one line says it instead."""
+    """8 s: past the SDK's warning of a connection never named (5 s after the upgrade), the command's one line says
+    it instead; the wait allowed is the whole --connect-timeout, later than 5 s after the upgrade."""
     rc, stderr, took = await _run("serve", "--function", "files::x", "--out", "-", "--engine", streams_url,
-                                  "--connect-timeout", "6", within=20)
+                                  "--connect-timeout", "8", within=25)
     assert rc == 1
-    _the_one_line(stderr, streams_url, "6")
-    assert took < 6 + 6, took
+    _the_one_line(stderr, streams_url, "8 s")
+    assert 8 <= took < 8 + 6, took

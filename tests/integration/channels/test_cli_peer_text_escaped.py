@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,31 @@ async def test_send_prints_a_functions_answer_escaped(engine_url: str, tmp_path:
     assert not any(char in failed.stderr for char in "\x1b\u202e\x9b"), failed.stderr
     # (JSON writes ESC as \\u001b already; the rest is escaped as every line of stderr is)
     assert '"note": "\\u001b[2J\\u202eok\\x9b"' in failed.stderr, failed.stderr
+
+
+
+async def test_send_cuts_a_functions_long_error_before_escaping_it(engine_url: str, tmp_path: Path) -> None:
+    """A function's error of right-to-left overrides is quoted in send's error line cut to its first and last
+    characters (4096 in all), then escaped. Before: the ~10,000 characters the message arrives with, each escaped
+    (``\\u202e``), made one line of ~60,000 characters; a peer whose errors are not cut on their way sends more."""
+    def refuse(data: object) -> object:
+        raise ValueError("\u202e" * 1_000_000 + " the end")
+
+    client = III(engine_url)
+    await client.connect_async()
+    try:
+        client.register_function("esc::long", refuse)
+        await client.list_functions_async()  # a round trip: the registration is live once it answers
+        source = tmp_path / "a.bin"
+        source.write_bytes(b"a")
+        failed = await _finish(await _start("send", str(source), "--to", "esc::long", "--engine", engine_url,
+                                            "--no-progress"))
+    finally:
+        await client.shutdown_async()
+    assert failed.rc == 1
+    assert "\u202e" not in failed.stderr
+    lines = failed.stderr.splitlines()
+    assert len(lines) == 1 and len(lines[0]) < 4096 * 6 + 100, (len(lines), len(failed.stderr))
+    head, cut, tail = re.split(r"…\((\d+) more characters\)…", lines[0])
+    assert head == "iii-channel: error: esc::long failed: " + "\\u202e" * (4096 - 1365 - 38), head[:200]
+    assert int(cut) > 0 and len(tail) >= 1365, (cut, tail[-200:])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
 import re
 import sys
 import unicodedata
@@ -18,10 +20,12 @@ from pathlib import Path
 import pytest
 
 from iii.channels import ChannelWriter
+from iii_channels import receive_dir
 from iii_channels.files import checked_file_name, file_header, name_part_problem, receive_file, send_file
+from iii_channels.integrity import Digest
 from iii_channels.progress import ProgressBar, _make_progress, printable
 from iii_channels.sink import ChannelSink
-from iii_channels.trees import check_entry_path
+from iii_channels.trees import END_KEY, ENTRY_KEY, TREE_KEY, check_entry_path
 from iii_engine.testing import local_channel
 
 BIDI_CONTROLS = [*map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))]
@@ -40,6 +44,9 @@ BIDI = "a bidi control (it shows the name's characters out of order)"
     ("a\u2029b", "\\u2029", "a line or paragraph separator"),
     ("a\u202eb", "\\u202e", BIDI),
     ("a\u2066b", "\\u2066", BIDI),
+    # the byte 0x9b of a name that is not UTF-8 (surrogateescape): CSI to a Latin-1 terminal
+    ("a\udc9b2Jb", "\\udc9b", "a control character as a raw byte (0x9b, not UTF-8)"),
+    ("a\udc85b", "\\udc85", "a control character as a raw byte (0x85, not UTF-8)"),
 ])
 def test_the_character_refused_is_named_with_its_place(name: str, shown: str, kind: str) -> None:
     problem = f"it contains {kind}: {shown} at character 2"
@@ -50,16 +57,17 @@ def test_the_character_refused_is_named_with_its_place(name: str, shown: str, ki
         check_entry_path(f"dir/{name}")
 
 
-def test_the_refused_set_is_cc_zl_zp_and_the_nine_bidi_controls() -> None:
+def test_the_refused_set_is_cc_zl_zp_the_nine_bidi_controls_and_c1_bytes() -> None:
     """Refused (as a character, with its place) exactly when it is one of them: over the planes that hold any
-    assigned character but private use (the Cc set is fixed for good, Zl and Zp are one character each)."""
+    assigned character but private use (the Cc set is fixed for good, Zl and Zp are one character each), and the
+    C1 controls as the raw bytes of a name that is not UTF-8 (U+DC80-U+DC9F, surrogateescape's 0x80-0x9F)."""
     bidi = set(BIDI_CONTROLS)
     wrong = []
     for point in [*range(0x30000), *range(0xE0000, 0xE1000)]:
         char = chr(point)
         if char in "\\/":
             continue
-        expected = unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in bidi
+        expected = unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in bidi or 0xDC80 <= point <= 0xDC9F
         problem = name_part_problem(f"x{char}y")
         refused = problem is not None and problem.endswith(" at character 2")
         if refused != expected:
@@ -68,7 +76,9 @@ def test_the_refused_set_is_cc_zl_zp_and_the_nine_bidi_controls() -> None:
 
 
 @pytest.mark.parametrize("name", ["résumé.pdf", "文件.txt", "👨\u200d👩\u200d👧.png",
-                                  "\u05e9\u05dc\u05d5\u05dd\u200f.txt", "a\u200eb", "a\u061cb", "a\u200bb"])
+                                  "\u05e9\u05dc\u05d5\u05dd\u200f.txt", "a\u200eb", "a\u061cb", "a\u200bb",
+                                  # Latin-1 "café", "naïve": bytes 0xA0-0xFF of a name that is not UTF-8
+                                  "caf\udce9", "na\udcefve", "\udca0\udcff"])
 def test_names_of_other_scripts_and_the_bidi_marks_are_accepted(name: str) -> None:
     assert name_part_problem(name) is None
     assert checked_file_name(name) == name
@@ -121,3 +131,25 @@ def test_printable_leaves_printable_text_alone_and_escapes_the_rest() -> None:
     text = "été 文件 a b"
     assert printable(text) is text
     assert printable("a\nb\x85c\u2028d\U000e0001") == "a\\nb\\x85c\\u2028d\\U000e0001"
+
+
+async def test_receive_dir_refuses_a_c1_control_as_a_raw_byte_in_an_entry_name(tmp_path: Path) -> None:
+    """Before: the entry "\\udc9b2J\\udc9b31mOK" was stored as the file b"\\x9b2J\\x9b31mOK" (C1 CSI sequences)."""
+    name = "\udc9b2J\udc9b31mOK"
+
+    async def tree(writer: ChannelWriter) -> None:  # a sender of its own making: no check before sending
+        records = Digest()
+        async with ChannelSink(writer, trailer=True) as sink:
+            for text in (json.dumps({ENTRY_KEY: {"path": name, "type": "file", "size": 0}}),
+                         json.dumps({END_KEY: {"bytes": 0, "sha256": Digest().hexdigest()}})):
+                records.update_text(text)
+                await sink.send_text(text)
+            await sink.send_text(json.dumps({TREE_KEY: {"records": 2, "sha256": records.hexdigest()}}))
+
+    async with local_channel() as channel:
+        _, received = await asyncio.gather(tree(channel.writer), receive_dir(channel.reader, tmp_path / "out"),
+                                           return_exceptions=True)
+    assert isinstance(received, Exception), received
+    assert "it contains a control character as a raw byte (0x9b, not UTF-8): \\udc9b at character 1" in str(
+        received), received
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
