@@ -111,10 +111,12 @@ _RECOVERY_WINDOW_S = 30.0
 _OWN_CALLS_TIMEOUT_MS: Final = 30_000.0  # the client's own calls when its invocation_timeout_ms is 0
 _RECOVERY_POLL_S = 0.25
 _WORKER_ID_WAIT_S = 2.0
-# A server that accepts the upgrade and never names the connection (``workerregistered``): the engine's stream socket
-# (3112 by default) or any other WebSocket server. register_worker returned "connected", and every call then waited
-# its whole timeout with no word of why: one warning says it this long after the connection is up.
-_UNNAMED_WARN_S = 5.0
+UNNAMED_WARN_S: Final = 5.0
+"""Seconds after a connection is up by which the engine must have named it (``workerregistered``), or one warning
+says it may not be an iii engine's worker port. A server that accepts the upgrade and never names the connection (the
+engine's stream socket, 3112 by default, or any other WebSocket server) let register_worker return "connected" and
+every call then wait its whole timeout with no word of why. ``iii-channel`` waits this long for the name too. Read at
+call time, so tests can shorten it."""
 # The most old connections' worker ids a registration check after a reconnect waits for (the newest).
 _UNCHECKED_WORKERS_KEPT = 64
 # A worker id no engine gives (they are random UUIDs): a worker list filtered on it is empty, whatever the engine holds.
@@ -714,7 +716,7 @@ class III:
     def _on_ready(self) -> None:
         if self._retry.until:  # a reconnect (the connection was lost before): its settling window starts
             self._retry.ready()
-        self._loop.call_later(_UNNAMED_WARN_S, self._check_named, self._session.generation)
+        self._loop.call_later(UNNAMED_WARN_S, self._check_named, self._session.generation)
         tp, bg = self._telemetry.trace.headers()
         frame, lost_worker_id = self._session.connection_ready(worker_metadata(self._options), tp or None,
                                                                bg or None)
@@ -737,7 +739,7 @@ class III:
                 and not self._closed):
             log.warning("%s accepted the WebSocket upgrade but has not named this connection (no workerregistered "
                         "within %g s): is it an iii engine's worker port? The engine's stream socket (3112 by default) "
-                        "accepts the upgrade too, and answers no call", shown_url(self._address), _UNNAMED_WARN_S)
+                        "accepts the upgrade too, and answers no call", shown_url(self._address), UNNAMED_WARN_S)
 
     async def _recover_then_ready(self, lost_worker_ids: tuple[str, ...], generation: int) -> None:
         """:meth:`_recover_registrations` (none lost: one round trip, so the replay written before is handled, not

@@ -87,7 +87,7 @@ from typing import Any
 from iii._cli import OneLineParser, exit_interrupted, joined_timeouts, mask_passwords, milliseconds, seconds
 from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
-from iii.iii import _UNNAMED_WARN_S, III
+from iii.iii import III, UNNAMED_WARN_S
 from iii.iii_types import WorkerInfo
 
 from .errors import ChannelError
@@ -134,9 +134,10 @@ _CHECK_TIMEOUT_MS = 5000
 DEFAULT_IDLE_TIMEOUT_S = 300.0
 # An engine names a connection (workerregistered) as soon as it upgrades it, but a loaded one (or one behind a slow
 # proxy) may take seconds. --connect-timeout bounds reaching the engine; an upgraded connection gets at least the
-# time after which the SDK itself warns that a connection was never named (5 s) before it counts as "not an engine"
-# (with 1 s, an engine naming it 1.5 s after the upgrade failed every send made with --connect-timeout 0.5).
-_NAMING_S = _UNNAMED_WARN_S
+# time after which the SDK itself warns that a connection was never named (iii.iii.UNNAMED_WARN_S, 5 s) before it
+# counts as "not an engine" (with 1 s, an engine naming it 1.5 s after the upgrade failed every send made with
+# --connect-timeout 0.5).
+_NAMING_S = UNNAMED_WARN_S
 # The SDK's warning about a connection never named: the CLI says it itself, as its one error line.
 _UNNAMED_WARNING = "has not named this connection"
 # The most characters of one line of stderr: what peers chose (an answer, an abort reason) is quoted there, and a

@@ -34,7 +34,7 @@ async def _warnings_after_connecting(url: str, caplog: pytest.LogCaptureFixture)
 
 async def test_the_stream_socket_is_named_as_the_likely_mistake(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(iii_module, "_UNNAMED_WARN_S", WARN_S)
+    monkeypatch.setattr(iii_module, "UNNAMED_WARN_S", WARN_S)
     async with Engine(port=0) as engine:
         stream = engine.module("stream")
         assert isinstance(stream, StreamModule)
