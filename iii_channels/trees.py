@@ -454,7 +454,8 @@ class _Receiver:
         if key in self._seen:
             raise self._error(f"{_shown(key)} appears twice in the stream")
         if self.max_entries is not None and len(self._seen) >= self.max_entries:
-            raise LimitExceededError(self.max_entries, f"channel {self.channel_id}: the tree", "entries")
+            raise LimitExceededError(self.max_entries, f"channel {self.channel_id}: the tree, {len(self._seen) + 1} "
+                                     f"entries with {_shown(key)},", "entries (max_entries)")
         name_bytes = self._name_bytes + len(key.encode("utf-8", "surrogatepass"))
         if self.max_name_bytes is not None and name_bytes > self.max_name_bytes:
             raise LimitExceededError(self.max_name_bytes, f"channel {self.channel_id}: the tree's entry names, "
