@@ -22,7 +22,8 @@ Stream module keys (unknown keys refused, as production does):
   10,000; past it the client gets an ``error`` event with code ``join_timeout``),
   ``custom_stream_fallback`` (default false: a stream a worker served through ``create_stream`` fails with
   ``stream_unavailable`` while no worker serves it; true: production's silent fall back to the engine's store),
-  ``custom_streams`` (names served by workers, known as such from start-up, before any worker registers them),
+  ``custom_streams`` (names served by workers, known as such from start-up, before any worker registers them;
+  a name starting with ``__iii_``, the engine's own, is refused),
   ``custom_call_timeout_ms`` (how long the module waits for a worker's ``stream::<op>(NAME)``; default 30,000).
   Every ``*_timeout_ms`` is at most 10**12 (:data:`MAX_TIMEOUT_MS`).
 
@@ -48,6 +49,7 @@ from ...fd_limits import open_files_share
 from ...settings import MAX_TIMEOUT_MS, AdapterSpec, Field, NonEmpty, Port, Settings, UnknownKeys, pick_adapter
 from .. import bridge as _bridge  # noqa: F401 - the package before its modules (CPython gh-83065)
 from ..bridge.settings import BridgeAdapterSettings
+from .inputs import reserved_name
 
 __all__ = ["MAX_TIMEOUT_MS", "KvStoreSettings", "RedisStoreSettings", "SocketSettings", "StateSettings",
            "StoreSettings", "StreamSettings", "default_max_clients"]
@@ -206,3 +208,13 @@ class StreamSettings(SocketSettings, StoreSettings):
     #: ours: how long the module waits for a worker's stream::<op>(NAME) (a composed update holds the item's lock
     #: across its get and set); past it the call fails with the invocation's timeout
     custom_call_timeout_ms: int = Field(30_000, ge=1, le=MAX_TIMEOUT_MS)
+
+    @field_validator("custom_streams")
+    @classmethod
+    def _not_reserved(cls, names: frozenset[str]) -> frozenset[str]:
+        # a worker's stream::<op>(__iii_...) is never called, so such a name was accepted and did nothing
+        for name in sorted(names):
+            refusal = reserved_name(name)
+            if refusal is not None:
+                raise ValueError(f"{refusal}, so no worker can serve it")
+        return names

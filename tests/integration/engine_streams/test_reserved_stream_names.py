@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine import Engine, EngineConfig, ModuleSpec, ModuleStartError
+from iii_engine.cli import main
 from iii_engine.modules.bridge.stores import BridgeStreamStore
+from iii_engine.modules.stream.settings import StreamSettings
+from iii_engine.settings import ConfigError
 from tests.polling import until
 
 from .helpers import Recorder, SocketClient, Worker, registered, stream_module, trigger_active
@@ -199,3 +202,52 @@ async def test_a_workers_functions_for_a_reserved_stream_are_never_called(engine
     assert await worker.result("stream::get", health_key) is None  # before: stream_unavailable
     assert recorder.payloads == []
     assert (await stream_module(engine).health())["stream"]["status"] == "healthy"
+
+
+RESERVED_SETTING = ("custom_streams: stream name '__iii_state' is reserved: names starting with '__iii_' hold the "
+                    "engine's own data")
+
+
+def test_custom_streams_naming_a_reserved_stream_is_refused() -> None:
+    """Before: ``custom_streams: [__iii_state]`` was accepted and did nothing (a worker's stream::<op>(__iii_...)
+    is never called)."""
+    with pytest.raises(ConfigError) as caught:
+        StreamSettings.parse({"custom_streams": ["todos", "__iii_state"]})
+    assert str(caught.value).startswith(RESERVED_SETTING), caught.value
+    assert caught.value.path == "custom_streams" and "\n" not in str(caught.value)
+    assert StreamSettings.parse({"custom_streams": ["todos", "_iii_state"]}).custom_streams == {"todos", "_iii_state"}
+
+
+async def test_custom_streams_naming_a_reserved_stream_stops_the_start() -> None:
+    modules = [ModuleSpec("modules::pubsub::PubSubModule"),
+               ModuleSpec("modules::stream::StreamModule", {"store_url": "memory://", "host": "127.0.0.1",
+                                                             "port": 0, "custom_streams": ["__iii_state"]})]
+    with pytest.raises(ModuleStartError) as failure:
+        async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules)):
+            pass
+    message = str(failure.value)
+    assert message.startswith("module modules::stream::StreamModule cannot start: modules[1].config."
+                              f"{RESERVED_SETTING}"), message
+    assert "\n" not in message
+
+
+@pytest.fixture
+def _root_level() -> Iterator[None]:
+    # main sets the root logger's level for the process it owns; give the other tests theirs back
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("_root_level")
+def test_the_cli_says_the_reserved_custom_stream_in_one_line(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "engine.yaml"
+    config.write_text("modules:\n  - class: modules::stream::StreamModule\n"
+                      "    config: {host: 127.0.0.1, port: 0, store_url: 'memory://', custom_streams: [__iii_state]}\n")
+    assert main(["--port", "0", "--config", str(config), "--log-level", "ERROR"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("iii-engine: module modules::stream::StreamModule: modules[0].config."
+                               f"{RESERVED_SETTING}"), lines
