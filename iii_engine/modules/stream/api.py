@@ -203,7 +203,7 @@ _LIST_GROUPS: Final = AnswerSpec("stream::list_groups", "STREAM_LIST_GROUPS_ERRO
 _LIST_ALL: Final = AnswerSpec("stream::list_all", "STREAM_LIST_ALL_ERROR",
                               "list one stream's groups (stream::list_groups) or raise max_message_size")
 # the item the stream module's health probe reads (store_health): through a Bridge it is the remote's stream::get,
-# which answers it although its name is reserved; nothing can be written there
+# which answers it from its store although its name is reserved (no worker's function is asked); nothing writes it
 _HEALTH_KEY: Final = (HEALTH_ITEM, HEALTH_ITEM, HEALTH_ITEM)
 
 
@@ -267,6 +267,7 @@ class StreamFunctions:
         self._seen_stream_functions = len(names)
         for rest in names:
             name = served_stream(rest)
+            # a reserved name is never served (every op refuses it, the health probe reads the store): not kept
             if name is not None and not name.startswith(RESERVED_PREFIX):
                 self._served.add(name)
 
@@ -327,10 +328,7 @@ class StreamFunctions:
 
     def _custom(self, op: str, stream_name: str) -> str | None:
         function_id = _custom_id(op, stream_name)
-        # A worker's stream::<op>(__iii_...) is never called: the engine's own reads of such a name (a Bridge's
-        # health probe) stay on its store. Before, a worker serving stream::get(__iii_health) answered the probe,
-        # and once it left every probe failed as "served by a worker that is gone".
-        if not self.services.has_function(function_id) or stream_name.startswith(RESERVED_PREFIX):
+        if not self.services.has_function(function_id):
             return None
         self._served.add(stream_name)  # also for engines without a registration listener
         return function_id
@@ -439,6 +437,10 @@ class StreamFunctions:
             return await self._call(
                 custom, {"stream_name": stream_name, "group_id": group_id, "item_id": item_id})
         self._no_fallback(stream_name)
+        return await self._store_get(stream_name, group_id, item_id)
+
+    async def _store_get(self, stream_name: str, group_id: str, item_id: str) -> Any:
+        """The engine's store's item."""
         try:
             return await self.store.get(StreamGetInput(stream_name=stream_name, group_id=group_id, item_id=item_id))
         except Exception as exc:
@@ -476,9 +478,12 @@ class StreamFunctions:
         """``stream::get``."""
         f = Fields("stream::get", data)
         s, g, i = f.text("stream_name"), f.text("group_id"), f.text("item_id")
-        if (s, g, i) != _HEALTH_KEY:  # a Bridge's health probe reads it; nothing can write it
-            check_stream_name(s, "STREAM_GET_ERROR")
-        return await self.read_item(s, g, i)
+        if (s, g, i) == _HEALTH_KEY:
+            # A Bridge front's health probe: the store's own item, never a worker's stream::get(__iii_health) (every
+            # other op refuses the name first). Before 11b46974 such a worker answered the probe, and once it left
+            # every probe failed as "served by a worker that is gone".
+            return await self._store_get(s, g, i)
+        return await self.read_item(check_stream_name(s, "STREAM_GET_ERROR"), g, i)
 
     async def list_items(self, data: Any, ctx: InvocationContext) -> Any:
         """``stream::list``: a worker's answer, else the engine's store's bounded by :attr:`answers`."""

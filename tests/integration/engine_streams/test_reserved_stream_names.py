@@ -204,6 +204,36 @@ async def test_a_workers_functions_for_a_reserved_stream_are_never_called(engine
     assert (await stream_module(engine).health())["stream"]["status"] == "healthy"
 
 
+async def test_a_workers_stream_get_of_the_health_item_cannot_answer_a_bridge_front_s_probe() -> None:
+    """The back engine's ``stream::get`` reads the health item from its store: a worker of the back engine that
+    registers ``stream::get(__iii_health)`` (and the other ops) is never asked, and its leaving leaves the front's
+    health as it was."""
+    back_modules = [ModuleSpec("modules::stream::StreamModule", {"store_url": "memory://", "host": "127.0.0.1",
+                                                                  "port": 0})]
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=back_modules)) as back:
+        squatter = await Worker.connect(back.url)
+        recorder = Recorder({"pwned": True})
+        for op in ("get", "set", "update", "delete", "list", "list_groups"):
+            await squatter.register(f"stream::{op}(__iii_health)", recorder)
+        await registered(back, "stream::list_groups(__iii_health)")
+        bridge = {"class": "modules::stream::adapters::Bridge", "config": {"bridge_url": back.url}}
+        front_modules = [ModuleSpec("modules::stream::StreamModule", {"adapter": bridge, "host": "127.0.0.1",
+                                                                       "port": 0})]
+        async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=front_modules)) as front:
+            store = stream_module(front).store
+            assert isinstance(store, BridgeStreamStore)
+            await until(lambda: store.link.connected)
+            for _ in range(3):
+                health = await stream_module(front).health()
+                assert health["stream"]["status"] == "healthy", health
+            await squatter.close()
+            await until(lambda: not back.has_function("stream::get(__iii_health)"))
+            health = await stream_module(front).health()
+            assert health["stream"]["status"] == "healthy", health  # before 11b46974: served by a worker now gone
+            assert (await stream_module(back).health())["stream"]["status"] == "healthy"
+        assert recorder.payloads == []
+
+
 RESERVED_SETTING = ("custom_streams: stream name '__iii_state' is reserved: names starting with '__iii_' hold the "
                     "engine's own data")
 
