@@ -346,10 +346,7 @@ def schema_problem(connection: Connection, revision: str | None,
                     f"ALTER TABLE {renamed} RENAME TO {TABLE_NAME}")
         return (f"{missing} (dropped or renamed): delete the version row (DELETE FROM {VERSION_TABLE}), then "
                 f"migrate to create it empty: {migrate_again}")
-    if not _unique_item_key(connection, inspector):
-        return (f"the table {TABLE_NAME} has no unique key on item_key (its constraint dropped?), which its writes "
-                f"need: put it back: CREATE UNIQUE INDEX uq_{TABLE_NAME}_item_key ON {TABLE_NAME} (item_key)")
-    return None
+    return _unique_key_problem(connection, inspector)
 
 
 _GROUP_INDEX: Final = "ix_iii_stream_items_group"  # an index of the stream table, made with it (0001)
@@ -368,14 +365,72 @@ def _renamed_to(connection: Connection) -> str | None:
     return None if found is None else str(found)
 
 
-def _unique_item_key(connection: Connection, inspector: Any) -> bool:
-    """Whether the stream table has a unique constraint or index on ``item_key`` alone (SQLite's made by a
-    ``UNIQUE`` constraint included)."""
-    if any(unique["column_names"] == ["item_key"] for unique in inspector.get_unique_constraints(TABLE_NAME)):
-        return True
-    extra = {"include_auto_indexes": True} if connection.dialect.name == "sqlite" else {}
-    return any(index.get("unique") and index["column_names"] == ["item_key"]
-               for index in inspector.get_indexes(TABLE_NAME, **extra))
+_UNIQUE_KEY: Final = f"uq_{TABLE_NAME}_item_key"  # the stream table's unique key on item_key (0001)
+_CREATE_UNIQUE_KEY: Final = f"CREATE UNIQUE INDEX {_UNIQUE_KEY} ON {TABLE_NAME} (item_key)"
+# PostgreSQL: the unique indexes whose one key column is item_key, with what a write needs of each: valid (not left
+# by a CREATE INDEX CONCURRENTLY that failed), whole (no WHERE) and checked at once (not DEFERRABLE), else INSERT …
+# ON CONFLICT (item_key) cannot use it; and the constraint it backs, if any (DROP INDEX refuses those)
+_PG_ITEM_KEY_INDEXES: Final = text(
+    "SELECT c.relname, i.indisvalid, i.indpred IS NULL, i.indimmediate, con.conname FROM pg_index i "
+    "JOIN pg_class c ON c.oid = i.indexrelid "
+    "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+    "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid "
+    "AND con.contype IN ('u', 'p') "
+    "WHERE i.indrelid = to_regclass(CAST(:table AS text)) AND i.indisunique AND i.indnkeyatts = 1 "
+    "AND a.attname = 'item_key'")
+
+
+def _unique_key_problem(connection: Connection, inspector: Any) -> str | None:
+    """What keeps the stream table's unique key on ``item_key`` from serving its writes, with the SQL that mends it,
+    in one line; ``None`` when one unique index or constraint on ``item_key`` alone is valid, whole (not partial)
+    and, on PostgreSQL, not deferrable.
+
+    Why: a partial or invalid unique index passed the check (it is unique and on item_key), then every PostgreSQL
+    write of a new item failed: its ``INSERT … ON CONFLICT (item_key)`` finds no key it can use; SQLite's kept
+    item_key unique only for the rows of its WHERE.
+    """
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        found = [(str(name), [why for why, bad in (("invalid (left by a CREATE INDEX CONCURRENTLY that failed, or "
+                                                     "still being built)", not valid), ("partial (it has a WHERE)",
+                                                                                        not whole),
+                                                    ("deferrable", not immediate)) if bad], constraint)
+                 for name, valid, whole, immediate, constraint in connection.execute(
+                     _PG_ITEM_KEY_INDEXES, {"table": TABLE_NAME})]
+        effect = "every write of a new item fails: INSERT … ON CONFLICT (item_key) cannot use it"
+    elif dialect == "sqlite":
+        found = [(str(name), ["partial (it has a WHERE)"] if partial else [], None)
+                 for name, partial in _sqlite_item_key_indexes(connection)]
+        effect = "it keeps item_key unique only in the rows its WHERE selects"
+    else:  # no dialect of its own: any unique key on item_key alone
+        extra_keys = inspector.get_unique_constraints(TABLE_NAME) + [
+            index for index in inspector.get_indexes(TABLE_NAME) if index.get("unique")]
+        found = [("", [], None)] if any(key["column_names"] == ["item_key"] for key in extra_keys) else []
+    if any(not why for _, why, _ in found):
+        return None
+    if not found:
+        return (f"the table {TABLE_NAME} has no unique key on item_key (its constraint dropped?), which its writes "
+                f"need: put it back: {_CREATE_UNIQUE_KEY}")
+    # the one of our name first: dropped, its name is free for the new one
+    name, why, constraint = min(found, key=lambda row: (row[0] != _UNIQUE_KEY, row[0]))
+    quoted = connection.dialect.identifier_preparer.quote(name)
+    drop = f"ALTER TABLE {TABLE_NAME} DROP CONSTRAINT {quoted}" if constraint else f"DROP INDEX {quoted}"
+    return (f"the table {TABLE_NAME}'s unique key on item_key, {'constraint' if constraint else 'index'} {name}, is "
+            f"{' and '.join(why)}, and {effect}: replace it: {drop}; {_CREATE_UNIQUE_KEY}")
+
+
+def _sqlite_item_key_indexes(connection: Connection) -> list[tuple[str, bool]]:
+    """SQLite's unique indexes on ``item_key`` alone (a ``UNIQUE`` constraint's included), each with whether it is
+    partial (``PRAGMA index_list``'s ``partial`` column)."""
+    quote = connection.dialect.identifier_preparer.quote
+    found = []
+    for row in connection.exec_driver_sql(f"PRAGMA index_list({quote(TABLE_NAME)})").all():
+        name, unique, partial = row[1], row[2], row[4]
+        if unique:
+            columns = [info[2] for info in connection.exec_driver_sql(f"PRAGMA index_info({quote(name)})").all()]
+            if columns == ["item_key"]:
+                found.append((str(name), bool(partial)))
+    return found
 
 
 @functools.cache

@@ -12,11 +12,13 @@ schema"; two version rows without ``create`` gave Alembic's "more than one head 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from iii.stream import StreamGetInput, StreamSetInput
@@ -179,3 +181,101 @@ async def test_postgres_with_its_table_renamed_or_dropped_fails_the_open(fresh_p
     async with SQLStream.from_url(fresh_pg) as store:
         await store.prepare()
         assert (await store.set(ITEM)).new_value == {"n": 1}
+
+
+# -- a unique key on item_key that the writes cannot use (partial, invalid, deferrable) --------------------------
+
+UNIQUE_KEY = "uq_iii_stream_items_item_key"
+CREATE_KEY = f"CREATE UNIQUE INDEX {UNIQUE_KEY} ON iii_stream_items (item_key)"
+
+
+def _mend(message: str) -> list[str]:
+    """The statements a message names after 'replace it: '."""
+    return message.split("replace it: ")[1].split("; ")
+
+
+def _without_unique_constraint(path: Path) -> None:
+    """Rebuild the SQLite stream table without its UNIQUE (item_key) constraint (SQLite cannot drop one)."""
+    with closing(sqlite3.connect(path)) as db:
+        ddl = db.execute("SELECT sql FROM sqlite_master WHERE name = 'iii_stream_items'").fetchone()[0]
+        indexes = [row[0] for row in db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND "
+                                                "tbl_name = 'iii_stream_items' AND sql IS NOT NULL")]
+        bare = re.sub(rf",\s*CONSTRAINT {UNIQUE_KEY} UNIQUE \(item_key\)", "", ddl)
+        assert bare != ddl, ddl
+        db.executescript(f"ALTER TABLE iii_stream_items RENAME TO items_old; {bare}; "
+                         "INSERT INTO iii_stream_items SELECT * FROM items_old; DROP TABLE items_old; "
+                         + "; ".join(indexes))
+
+
+async def test_sqlite_with_a_partial_unique_key_fails_the_open_and_the_named_sql_mends_it(
+        sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # before: prepare passed; the key held item_key unique only in the rows of stream 's'
+    await _written(sqlite_url)
+    _without_unique_constraint(tmp_path / "s.db")
+    _sqlite(tmp_path / "s.db", f"{CREATE_KEY} WHERE stream_name = 's'")
+    for create in (False, True):
+        message = str(await _prepare_error(sqlite_url, create=create))
+        assert f"unique key on item_key, index {UNIQUE_KEY}, is partial (it has a WHERE)" in message, message
+        assert "\n" not in message
+    assert _mend(message) == [f'DROP INDEX {UNIQUE_KEY}', CREATE_KEY], message
+    assert await asyncio.to_thread(cli_main, ["migrate", sqlite_url]) == 1
+    assert "is partial" in capsys.readouterr().err
+    _sqlite(tmp_path / "s.db", *_mend(message))
+    async with SQLStream.from_url(sqlite_url, create=False) as store:
+        await store.prepare()
+        assert await store.get(READ) == {"n": 1}
+
+
+async def test_sqlite_with_a_whole_unique_key_beside_a_partial_one_opens(sqlite_url: str, tmp_path: Path) -> None:
+    await _written(sqlite_url)
+    _sqlite(tmp_path / "s.db", "CREATE UNIQUE INDEX uq_extra ON iii_stream_items (item_key) WHERE group_id = 'g'")
+    async with SQLStream.from_url(sqlite_url, create=False) as store:
+        await store.prepare()
+        assert await store.get(READ) == {"n": 1}
+
+
+COLUMNS = "item_key, group_key, stream_key, stream_name, group_id, item_id, value"
+PG_DAMAGE = {
+    # (statements run one by one, what the message says, the statement that mends it first)
+    "partial": ([f"ALTER TABLE iii_stream_items DROP CONSTRAINT {UNIQUE_KEY}",
+                 f"{CREATE_KEY} WHERE stream_name = 's'"],
+                f"index {UNIQUE_KEY}, is partial (it has a WHERE)", f"DROP INDEX {UNIQUE_KEY}"),
+    # a CREATE INDEX CONCURRENTLY that met a duplicate leaves its index invalid
+    "invalid": ([f"ALTER TABLE iii_stream_items DROP CONSTRAINT {UNIQUE_KEY}",
+                 f"INSERT INTO iii_stream_items ({COLUMNS}) SELECT {COLUMNS} FROM iii_stream_items",
+                 f"CREATE UNIQUE INDEX CONCURRENTLY {UNIQUE_KEY} ON iii_stream_items (item_key)",
+                 "DELETE FROM iii_stream_items WHERE id > (SELECT min(id) FROM iii_stream_items)"],
+                f"index {UNIQUE_KEY}, is invalid", f"DROP INDEX {UNIQUE_KEY}"),
+    "deferrable": ([f"ALTER TABLE iii_stream_items DROP CONSTRAINT {UNIQUE_KEY}",
+                    f"ALTER TABLE iii_stream_items ADD CONSTRAINT {UNIQUE_KEY} UNIQUE (item_key) DEFERRABLE"],
+                   f"constraint {UNIQUE_KEY}, is deferrable",
+                   f"ALTER TABLE iii_stream_items DROP CONSTRAINT {UNIQUE_KEY}"),
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", list(PG_DAMAGE))
+async def test_postgres_with_an_unusable_unique_key_fails_the_open_and_the_named_sql_mends_it(
+        fresh_pg: str, kind: str) -> None:
+    # before: prepare passed, then every write of a new item failed (no key ON CONFLICT (item_key) can use)
+    damage, said, drop = PG_DAMAGE[kind]
+    await _written(fresh_pg)
+    plain = _plain(fresh_pg)
+    for statement in damage:
+        try:
+            await admin(plain, statement)
+        except asyncpg.UniqueViolationError:
+            assert "CONCURRENTLY" in statement  # (it fails, leaving its index invalid)
+    for create in (False, True):
+        message = str(await _prepare_error(fresh_pg, create=create))
+        assert f"the table iii_stream_items's unique key on item_key, {said}" in message, message
+        assert "INSERT … ON CONFLICT (item_key) cannot use it" in message and "\n" not in message, message
+    assert _mend(message) == [drop, CREATE_KEY], message
+    for statement in _mend(message):
+        await admin(plain, statement)
+    async with SQLStream.from_url(fresh_pg) as store:
+        await store.prepare()
+        assert await store.get(READ) == {"n": 1}
+        writes = await asyncio.gather(*(store.set(StreamSetInput(stream_name="t", group_id="g", item_id=str(n),
+                                                                 data=n)) for n in range(10)))
+        assert [w.new_value for w in writes] == list(range(10))
