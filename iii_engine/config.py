@@ -64,6 +64,7 @@ from .channels import (
 )
 from .event_loop import DEFAULT_EVENT_LOOP, EventLoopName
 from .modules.base import ModuleSpec
+from .modules.catalogue import DEFAULT_MODULES
 from .settings import (
     MAX_TIMEOUT_MS,
     MAX_TIMEOUT_S,
@@ -257,6 +258,21 @@ class EngineConfig(Settings):
                                  f"modules[{index}]); merge the two entries")
             first[spec.class_name] = index
         return modules
+
+    def defaults_left_out(self) -> list[str]:
+        """The default modules a ``modules:`` list leaves out (none without a list): the list replaces the default
+        set, as production's does, so a file naming only the module it adds runs without the others.
+
+        Example:
+            >>> EngineConfig(modules=[ModuleSpec("modules::stream::StreamModule")]).defaults_left_out()[:2]
+            ['modules::state::StateModule', 'modules::queue::QueueModule']
+            >>> EngineConfig().defaults_left_out()
+            []
+        """
+        if self.modules is None:
+            return []
+        listed = {spec.class_name for spec in self.modules}
+        return [name for name in DEFAULT_MODULES if name not in listed]
 
     def with_overrides(self, *, host: str | None = None, port: int | None = None,
                        allow_degraded: bool | None = None, modules: list[ModuleSpec] | None = None,

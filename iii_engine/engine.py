@@ -800,6 +800,12 @@ class Engine:
         except Exception as exc:
             raise ModuleStartError(WORKER_MODULE, exc) from exc
         specs = self.config.modules if self.config.modules is not None else default_specs()
+        left_out = self.config.defaults_left_out()
+        if left_out:
+            # INFO, not WARNING: a short list is often meant (a queue-only engine, a Bridge front, tests), but a file
+            # naming only the module it adds (the observability one) silently ran without streams, state, queues...
+            log.info("the config's modules: list replaces the default modules; not loaded: %s; list them to keep "
+                     "them", ", ".join(left_out))
         # who is given each port: two listeners on one failed as if a stranger held it ("address already in use",
         # exit 1 with a hint to start without the module), though the file gave both the port
         ports = PortOwners(self.config.host, self.port, "the engine's own worker port")

@@ -399,7 +399,8 @@ class _Engine:
         except InvocationError as exc:
             if exc.code == "function_not_found":
                 raise InspectError(f"the engine at {self.url} has no observability module: add {OTEL_MODULE} "
-                                   "to its config") from None
+                                   "to its config next to the modules you use (a modules: list replaces the "
+                                   "defaults)") from None
             if exc.code == "memory_exporter_not_enabled":
                 raise InspectError(f"the engine at {self.url} keeps no spans: set enabled: true and exporter: "
                                    f"memory (or both) in its {OTEL_MODULE} config") from None

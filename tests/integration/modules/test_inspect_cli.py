@@ -120,7 +120,8 @@ async def test_clear_one_line_errors() -> None:
         rc, _, err = await cli("traces", "--url", bare.url, "--list")
         assert rc == 1
         assert err == (f"iii-engine traces: the engine at {bare.url} has no observability module: add "
-                       "modules::observability::OtelModule to its config\n")
+                       "modules::observability::OtelModule to its config next to the modules you use (a modules: list "
+                       "replaces the defaults)\n")
 
     async with engine_with({"enabled": False}) as no_spans:
         rc, _, err = await cli("traces", "--url", no_spans.url)
