@@ -44,8 +44,9 @@ def _refuse_published_sdk() -> None:
                    "'iii' and cannot be used side by side (to run the published SDK, start Python outside "
                    f"{os.path.dirname(ours)} or with -P).")
     raise ImportError(
-        f"{problem} Run `pip uninstall {_PUBLISHED_SDK}`, then `pip install --force-reinstall iii-toolkit` "
-        "(the uninstall also deletes any files the two share).",
+        f"{problem} Run `pip uninstall {_PUBLISHED_SDK}`, then reinstall iii-toolkit "
+        "(in its checkout: `pip install --force-reinstall -e '.[all]'`; the uninstall also deletes any files the two "
+        "share).",
         name="iii",
     )
 

@@ -55,7 +55,7 @@ def test_files_in_the_same_place_are_reported_as_overwritten(published_sdk: Path
     proc = _run(sys.executable, "from iii_channels import sink", published_sdk)
     last = proc.stderr.strip().splitlines()[-1]
     assert "the same place as iii-toolkit" in last and "overwrites" in last, proc.stderr[-2000:]
-    assert "pip uninstall iii-sdk" in last and "--force-reinstall iii-toolkit" in last
+    assert "pip uninstall iii-sdk" in last and "pip install --force-reinstall -e '.[all]'" in last
 
 
 def test_a_shadowed_published_sdk_is_explained(published_sdk: Path) -> None:
