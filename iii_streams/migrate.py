@@ -24,7 +24,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import event, inspect, text
+from sqlalchemy import TextClause, event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -369,15 +369,61 @@ _UNIQUE_KEY: Final = f"uq_{TABLE_NAME}_item_key"  # the stream table's unique ke
 _CREATE_UNIQUE_KEY: Final = f"CREATE UNIQUE INDEX {_UNIQUE_KEY} ON {TABLE_NAME} (item_key)"
 # PostgreSQL: the unique indexes whose one key column is item_key, with what a write needs of each: valid (not left
 # by a CREATE INDEX CONCURRENTLY that failed), whole (no WHERE) and checked at once (not DEFERRABLE), else INSERT …
-# ON CONFLICT (item_key) cannot use it; and the constraint it backs, if any (DROP INDEX refuses those)
-_PG_ITEM_KEY_INDEXES: Final = text(
+# ON CONFLICT (item_key) cannot use it; and the constraint it backs, if any (DROP INDEX refuses those). {keys}: the
+# count of key columns, indnkeyatts from PostgreSQL 11 (INCLUDE columns count in indnatts), indnatts before
+_PG_ITEM_KEY_INDEXES: Final = (
     "SELECT c.relname, i.indisvalid, i.indpred IS NULL, i.indimmediate, con.conname FROM pg_index i "
     "JOIN pg_class c ON c.oid = i.indexrelid "
     "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
     "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid "
     "AND con.contype IN ('u', 'p') "
-    "WHERE i.indrelid = to_regclass(CAST(:table AS text)) AND i.indisunique AND i.indnkeyatts = 1 "
+    "WHERE i.indrelid = to_regclass(CAST(:table AS text)) AND i.indisunique AND i.{keys} = 1 "
     "AND a.attname = 'item_key'")
+# PostgreSQL: what holds the name of our unique key in the stream table's schema (CREATE INDEX of that name fails
+# while it does): its kind, and the constraint whose index it is, with that constraint's table (DROP INDEX refuses)
+_PG_NAME_HOLDER: Final = text(
+    "SELECT CAST(c.relkind AS text), con.conname, CAST(CAST(con.conrelid AS regclass) AS text) FROM pg_class c "
+    "LEFT JOIN pg_index i ON i.indexrelid = c.oid "
+    "LEFT JOIN pg_constraint con ON con.conindid = c.oid AND con.conrelid = i.indrelid "
+    "AND con.contype IN ('u', 'p', 'x') "
+    "WHERE c.relname = :name AND c.relnamespace = "
+    "(SELECT relnamespace FROM pg_class WHERE oid = to_regclass(CAST(:table AS text)))")
+_SQLITE_NAME_HOLDER: Final = text("SELECT type FROM sqlite_master WHERE lower(name) = lower(:name)")
+
+
+def _pg_item_key_indexes(connection: Connection) -> TextClause:
+    """:data:`_PG_ITEM_KEY_INDEXES` for the server's version (``indnkeyatts`` is PostgreSQL 11's)."""
+    version = connection.dialect.server_version_info
+    old = version is not None and version < (11,)
+    return text(_PG_ITEM_KEY_INDEXES.format(keys="indnatts" if old else "indnkeyatts"))
+
+
+def _name_holder(connection: Connection) -> tuple[str, str | None] | None:
+    """What holds the name :data:`_UNIQUE_KEY` (its kind, ``"index"`` or another), and the statement that drops it
+    (``None``: not ours to drop, a table or view of that name); ``None`` when the name is free."""
+    dialect = connection.dialect.name
+    quoted = connection.dialect.identifier_preparer.quote(_UNIQUE_KEY)
+    if dialect == "postgresql":
+        row = connection.execute(_PG_NAME_HOLDER, {"name": _UNIQUE_KEY, "table": TABLE_NAME}).first()
+        if row is None:
+            return None
+        kind, constraint, table = row
+        if constraint is not None:
+            return (f"constraint {constraint}'s index",
+                    f"ALTER TABLE {table} DROP CONSTRAINT {connection.dialect.identifier_preparer.quote(constraint)}")
+        if kind in ("i", "I"):
+            return "index", f"DROP INDEX {quoted}"
+        return _PG_KINDS.get(str(kind), f"relation (relkind {kind})"), None
+    if dialect == "sqlite":
+        found = connection.execute(_SQLITE_NAME_HOLDER, {"name": _UNIQUE_KEY}).scalar()
+        if found is None:
+            return None
+        return (str(found), f"DROP INDEX {quoted}" if found == "index" else None)
+    return None
+
+
+_PG_KINDS: Final = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "S": "sequence",
+                    "f": "foreign table", "c": "composite type"}
 
 
 def _unique_key_problem(connection: Connection, inspector: Any) -> str | None:
@@ -396,7 +442,7 @@ def _unique_key_problem(connection: Connection, inspector: Any) -> str | None:
                                                                                         not whole),
                                                     ("deferrable", not immediate)) if bad], constraint)
                  for name, valid, whole, immediate, constraint in connection.execute(
-                     _PG_ITEM_KEY_INDEXES, {"table": TABLE_NAME})]
+                     _pg_item_key_indexes(connection), {"table": TABLE_NAME})]
         effect = "every write of a new item fails: INSERT … ON CONFLICT (item_key) cannot use it"
     elif dialect == "sqlite":
         found = [(str(name), ["partial (it has a WHERE)"] if partial else [], None)
@@ -408,15 +454,35 @@ def _unique_key_problem(connection: Connection, inspector: Any) -> str | None:
         found = [("", [], None)] if any(key["column_names"] == ["item_key"] for key in extra_keys) else []
     if any(not why for _, why, _ in found):
         return None
+    # A new key needs its name free: an index of that name that cannot serve (not unique, on more columns than
+    # item_key) made the mend's CREATE UNIQUE INDEX fail ("already exists")
+    holder = _name_holder(connection)
     if not found:
-        return (f"the table {TABLE_NAME} has no unique key on item_key (its constraint dropped?), which its writes "
-                f"need: put it back: {_CREATE_UNIQUE_KEY}")
+        problem = (f"the table {TABLE_NAME} has no unique key on item_key (its constraint dropped?), which its "
+                   "writes need")
+        if holder is None:
+            return f"{problem}: put it back: {_CREATE_UNIQUE_KEY}"
+        return _name_taken(problem, holder, [])
     # the one of our name first: dropped, its name is free for the new one
     name, why, constraint = min(found, key=lambda row: (row[0] != _UNIQUE_KEY, row[0]))
     quoted = connection.dialect.identifier_preparer.quote(name)
     drop = f"ALTER TABLE {TABLE_NAME} DROP CONSTRAINT {quoted}" if constraint else f"DROP INDEX {quoted}"
-    return (f"the table {TABLE_NAME}'s unique key on item_key, {'constraint' if constraint else 'index'} {name}, is "
-            f"{' and '.join(why)}, and {effect}: replace it: {drop}; {_CREATE_UNIQUE_KEY}")
+    problem = (f"the table {TABLE_NAME}'s unique key on item_key, {'constraint' if constraint else 'index'} {name}, "
+               f"is {' and '.join(why)}, and {effect}")
+    if holder is None or name == _UNIQUE_KEY:
+        return f"{problem}: replace it: {drop}; {_CREATE_UNIQUE_KEY}"
+    return _name_taken(problem, holder, [drop])
+
+
+def _name_taken(problem: str, holder: tuple[str, str | None], drops: list[str]) -> str:
+    """``problem``'s message when the name of the key to create is held by ``holder`` (:func:`_name_holder`)."""
+    kind, drop_holder = holder
+    article = "an" if kind[0] in "aeiou" else "a"
+    taken = f"; the name {_UNIQUE_KEY} is taken by {article} {kind} that is not a unique key on item_key alone"
+    if drop_holder is None:
+        return (f"{problem}{taken}, not one to drop: rename it, then replace the key: "
+                f"{'; '.join([*drops, _CREATE_UNIQUE_KEY])}")
+    return f"{problem}{taken}: replace it: {'; '.join([*drops, drop_holder, _CREATE_UNIQUE_KEY])}"
 
 
 def _sqlite_item_key_indexes(connection: Connection) -> list[tuple[str, bool]]:

@@ -279,3 +279,80 @@ async def test_postgres_with_an_unusable_unique_key_fails_the_open_and_the_named
         writes = await asyncio.gather(*(store.set(StreamSetInput(stream_name="t", group_id="g", item_id=str(n),
                                                                  data=n)) for n in range(10)))
         assert [w.new_value for w in writes] == list(range(10))
+
+
+# -- the key's name held by an index or constraint that cannot serve (not unique, on two columns) ---------------
+# before: the mend said CREATE UNIQUE INDEX uq_iii_stream_items_item_key alone, which failed ("already exists")
+
+DROP_OURS = f"ALTER TABLE iii_stream_items DROP CONSTRAINT {UNIQUE_KEY}"
+PG_NAME_TAKEN = {
+    "non-unique index": ([DROP_OURS, f"CREATE INDEX {UNIQUE_KEY} ON iii_stream_items (item_key)"],
+                         "has no unique key on item_key", [f"DROP INDEX {UNIQUE_KEY}", CREATE_KEY]),
+    "two-column unique index": ([DROP_OURS, f"CREATE UNIQUE INDEX {UNIQUE_KEY} ON iii_stream_items (item_key, "
+                                            "group_key)"],
+                                "has no unique key on item_key", [f"DROP INDEX {UNIQUE_KEY}", CREATE_KEY]),
+    "two-column unique constraint": ([DROP_OURS, f"ALTER TABLE iii_stream_items ADD CONSTRAINT {UNIQUE_KEY} "
+                                                 "UNIQUE (item_key, group_key)"],
+                                     "has no unique key on item_key", [DROP_OURS, CREATE_KEY]),
+    # a partial key of another name beside a plain index of ours: both go
+    "partial beside ours taken": ([DROP_OURS, "CREATE UNIQUE INDEX uq_part ON iii_stream_items (item_key) "
+                                              "WHERE stream_name = 's'",
+                                   f"CREATE INDEX {UNIQUE_KEY} ON iii_stream_items (item_key)"],
+                                  "index uq_part, is partial",
+                                  ["DROP INDEX uq_part", f"DROP INDEX {UNIQUE_KEY}", CREATE_KEY]),
+}
+
+
+async def _writes_new_items(url: str) -> None:
+    async with SQLStream.from_url(url, create=False) as store:
+        await store.prepare()
+        assert await store.get(READ) == {"n": 1}
+        writes = await asyncio.gather(*(store.set(StreamSetInput(stream_name="t", group_id="g", item_id=str(n),
+                                                                 data=n)) for n in range(10)))
+        assert [w.new_value for w in writes] == list(range(10))
+        assert (await store.set(StreamSetInput(stream_name="t", group_id="g", item_id="0", data=9))).new_value == 9
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", list(PG_NAME_TAKEN))
+async def test_postgres_key_name_held_by_an_unusable_index_the_mend_drops_it_first(fresh_pg: str, kind: str) -> None:
+    damage, said, mend = PG_NAME_TAKEN[kind]
+    await _written(fresh_pg)
+    plain = _plain(fresh_pg)
+    for statement in damage:
+        await admin(plain, statement)
+    for create in (False, True):
+        message = str(await _prepare_error(fresh_pg, create=create))
+        assert said in message and f"the name {UNIQUE_KEY} is taken by" in message, message
+    assert _mend(message) == mend, message
+    for statement in _mend(message):
+        await admin(plain, statement)
+    await _writes_new_items(fresh_pg)
+
+
+@pytest.mark.parametrize("index", [f"CREATE INDEX {UNIQUE_KEY} ON iii_stream_items (item_key)",
+                                   f"CREATE UNIQUE INDEX {UNIQUE_KEY} ON iii_stream_items (item_key, group_key)"])
+async def test_sqlite_key_name_held_by_an_unusable_index_the_mend_drops_it_first(
+        sqlite_url: str, tmp_path: Path, index: str) -> None:
+    await _written(sqlite_url)
+    _without_unique_constraint(tmp_path / "s.db")
+    _sqlite(tmp_path / "s.db", index)
+    message = str(await _prepare_error(sqlite_url, create=False))
+    assert "has no unique key on item_key" in message and f"the name {UNIQUE_KEY} is taken by an index" in message
+    assert _mend(message) == [f'DROP INDEX {UNIQUE_KEY}', CREATE_KEY], message
+    _sqlite(tmp_path / "s.db", *_mend(message))
+    await _writes_new_items(sqlite_url)
+
+
+def test_postgres_before_11_counts_key_columns_with_indnatts() -> None:
+    # indnkeyatts is PostgreSQL 11's (INCLUDE columns); before it, indnatts counts the key columns alone
+    from types import SimpleNamespace
+    from typing import Any
+
+    from iii_streams import migrate
+
+    def query(version: tuple[int, ...] | None) -> str:
+        fake: Any = SimpleNamespace(dialect=SimpleNamespace(server_version_info=version))
+        return str(migrate._pg_item_key_indexes(fake))
+    assert "i.indnatts = 1" in query((10, 23)) and "indnkeyatts" not in query((10, 23))
+    assert "i.indnkeyatts = 1" in query((15, 4)) and "i.indnkeyatts = 1" in query(None)
