@@ -22,10 +22,11 @@ from iii.protocol.worker_session import clip_text
 
 from ..base import CallUnwritable, EngineError
 from .settings import DEFAULT_STOP_TIMEOUT_MS, QueueSettings
-from .store import DeadLetter, Job, PutOff, QueueStore, monotonic_ms, now_ms
+from .store import DeadLetter, Job, PutOff, QueueStore, clip_utf8, monotonic_ms, now_ms
 
-DLQ_ERROR_CHARS = 1000
-"""Characters of the handler's error a dead letter keeps (a longer one is cut, saying how long it was)."""
+DLQ_ERROR_BYTES = 1000
+"""UTF-8 bytes of the handler's error a dead letter keeps (a longer one is cut, never inside a character, saying how
+many bytes it was). Counted in characters before, 1,000 emoji kept 4,000 bytes (4 KB of the in-memory store)."""
 
 STORE_FAILURE_LOG_INTERVAL_S = 30.0
 """While the store keeps failing, one warning per this many seconds sums up the failed polls."""
@@ -63,7 +64,7 @@ run between): at :data:`~iii_engine.modules.queue.store.PUT_OFF_LOOK` lanes a cl
 
 def dlq_error(exc: BaseException) -> str:
     """The ``error`` of a dead letter: the last attempt's error, ``code: message`` for an engine error (a worker's
-    error body), cut to :data:`DLQ_ERROR_CHARS`.
+    error body), cut to :data:`DLQ_ERROR_BYTES` of UTF-8.
 
     Example:
         >>> dlq_error(EngineError("invocation_failed", "card declined"))
@@ -72,7 +73,7 @@ def dlq_error(exc: BaseException) -> str:
         'RuntimeError'
     """
     text = f"{exc.code}: {exc.message}" if isinstance(exc, EngineError) else str(exc) or type(exc).__name__
-    return clip_text(text, DLQ_ERROR_CHARS)
+    return clip_utf8(text, DLQ_ERROR_BYTES)
 
 
 class JobNotReady(Exception):
@@ -725,7 +726,7 @@ class QueueConsumer:
         attempts = job.attempts + 1
         tried = replace(job, attempts=attempts)
         reported = isinstance(exc, Reported)
-        # every line quotes the error as the dead letter keeps it, cut to DLQ_ERROR_CHARS (it was whole: 100 KB each)
+        # every line quotes the error as the dead letter keeps it, cut to DLQ_ERROR_BYTES (it was whole: 100 KB each)
         error = dlq_error(exc)
         if isinstance(exc, CallUnwritable):  # the same data fails the same way on every try: no retry helps
             self._said(f"queue {self.queue}: job {job.id} failed and was moved to the DLQ at once (attempt {attempts} "

@@ -40,6 +40,28 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def clip_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, the cut saying how many bytes it was; never splits a
+    character (a lone surrogate, as JSON can carry, counts its 3 bytes).
+
+    Example:
+        >>> clip_utf8("abc", 3)
+        'abc'
+        >>> clip_utf8("\U0001F600" * 10, 20)
+        '\U0001F600…(40 bytes)'
+    """
+    if len(text) * 4 <= limit:  # at most 4 bytes a character: no need to encode
+        return text
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text
+    marker = f"…({len(encoded)} bytes)"
+    end = max(0, limit - len(marker.encode()))
+    while end and encoded[end] & 0xC0 == 0x80:  # a continuation byte: the character starts before it
+        end -= 1
+    return encoded[:end].decode("utf-8", "surrogatepass") + marker
+
+
 def monotonic_ms() -> int:
     """Milliseconds of the monotonic clock (what the module's own timers use: a step of the wall clock moves none).
 
@@ -213,6 +235,12 @@ class TopicShare:
     max_bytes: int
     max_unsubscribed_bytes: int | None = None
 
+
+PAST_BOUND_ERROR_BYTES: Final = 64
+"""UTF-8 bytes of its error a dead letter keeps when its error would take the in-memory store past a bound (a dead
+letter is never refused). Its str then takes at most 76 + 4 * 64 = 332 bytes (113 in ASCII): how far each dead
+letter may pass the bound. Before, a 1,000-character error took up to 4 KB, and 3,216 jobs failing with one held
+15 MB under a 2 MiB bound."""
 
 HELD_OVERHEAD: Final = 512
 """Bytes the in-memory store takes per job or dead letter besides the JSON text of its data and the strs of its
@@ -556,8 +584,9 @@ class MemoryQueueStore:
     :class:`StoreFull` (``max_jobs`` alone let 100,000 jobs of up to a message's 4 MiB each in). The store keeps each
     job's data as JSON text in UTF-8, decoded when it is read, and counts that text plus :data:`HELD_OVERHEAD` per job
     or dead letter and the strs of its function id, lane and error. A job's count follows it (a retry's new data, its
-    dead letter's error); those steps are never refused, so they may pass ``max_bytes`` by their growth (about 50
-    bytes plus the error for the consumer's dead letter), and pushes are refused until it is back under.
+    dead letter's error); those steps are never refused, so they may pass ``max_bytes`` by their growth (a dead
+    letter's is its error's str, cut to :data:`PAST_BOUND_ERROR_BYTES` of UTF-8 when it would pass a bound: at most
+    332 bytes), and pushes are refused until it is back under.
 
     ``topics`` (a :class:`TopicShare`) bounds the same count for the topic queues: every topic's together, and those
     marked unsubscribed together, each checked before ``max_bytes``.
@@ -610,6 +639,19 @@ class MemoryQueueStore:
             if q.unsubscribed:
                 self._unsubscribed_bytes += delta
 
+    def _full(self, q: _MemoryQueue, size: int) -> StoreFull | None:
+        """The first bound ``size`` more bytes of ``q`` would pass (topics' before the store's), or ``None``."""
+        topics = self._topics
+        if topics is not None and q.topic:
+            limit = topics.max_unsubscribed_bytes
+            if q.unsubscribed and limit is not None and self._unsubscribed_bytes + size > limit:
+                return StoreFull(size, self._unsubscribed_bytes, limit, "unsubscribed")
+            if self._topic_bytes + size > topics.max_bytes:
+                return StoreFull(size, self._topic_bytes, topics.max_bytes, "topics")
+        if self._max_bytes is not None and self._bytes + size > self._max_bytes:
+            return StoreFull(size, self._bytes, self._max_bytes)
+        return None
+
     def set_unsubscribed(self, queue: str, unsubscribed: bool) -> None:
         """See :class:`QueueStore`: what the topic holds moves in or out of the unsubscribed count (a queue the store
         does not hold yet is marked by its first push)."""
@@ -632,15 +674,9 @@ class MemoryQueueStore:
             return False
         held = _HeldJob.of(job, queue)
         size = held.size
-        topics = self._topics
-        if topics is not None and q.topic:
-            limit = topics.max_unsubscribed_bytes
-            if q.unsubscribed and limit is not None and self._unsubscribed_bytes + size > limit:
-                raise StoreFull(size, self._unsubscribed_bytes, limit, "unsubscribed")
-            if self._topic_bytes + size > topics.max_bytes:
-                raise StoreFull(size, self._topic_bytes, topics.max_bytes, "topics")
-        if self._max_bytes is not None and self._bytes + size > self._max_bytes:
-            raise StoreFull(size, self._bytes, self._max_bytes)
+        full = self._full(q, size)
+        if full is not None:
+            raise full
         self._charge(q, size)
         self._put(q, job.id, held)
         return True
@@ -737,7 +773,12 @@ class MemoryQueueStore:
         q = self._q(queue)
         if q.is_head(letter.job):
             q.seq += 1
-            held = _HeldLetter(_HeldJob.of(letter.job, queue), letter.error, letter.failed_at, q.seq)  # never refused
+            # never refused (its job would stay active, to run again): past a bound, the error is cut to
+            # PAST_BOUND_ERROR_BYTES, so dead letters pass it by a few hundred bytes each, not by their errors
+            held = _HeldLetter(_HeldJob.of(letter.job, queue), letter.error, letter.failed_at, q.seq)
+            growth = held.size - q.jobs[letter.job.id].size
+            if growth > 0 and self._full(q, growth) is not None:
+                held = replace(held, error=clip_utf8(letter.error, PAST_BOUND_ERROR_BYTES))
             self._charge(q, held.size - q.pop_head(letter.job.lane).size)
             q.add_letter(letter.job.id, held)
 

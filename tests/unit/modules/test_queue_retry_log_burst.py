@@ -15,7 +15,7 @@ import re
 import pytest
 
 from iii_engine.modules.queue import consumer as consumer_module
-from iii_engine.modules.queue.consumer import DLQ_ERROR_CHARS, RETRY_LOG_BURST, QueueConsumer
+from iii_engine.modules.queue.consumer import DLQ_ERROR_BYTES, RETRY_LOG_BURST, QueueConsumer
 from iii_engine.modules.queue.settings import QueueSettings
 from iii_engine.modules.queue.store import Job, MemoryQueueStore
 from tests.polling import until
@@ -123,7 +123,7 @@ async def test_dead_letters_are_a_burst_of_clipped_lines_then_counted(caplog: py
                if (m := re.search(r"queue q: (\d+) dead letter\(s\) after their last attempt", line))]
     assert RETRY_LOG_BURST <= len(one_by_one) < JOBS, len(one_by_one)
     assert len(one_by_one) + sum(counted) == JOBS
-    assert all(len(m) < DLQ_ERROR_CHARS + 400 for m in messages), max(map(len, messages))  # (a count names the latest)
+    assert all(len(m) < DLQ_ERROR_BYTES + 400 for m in messages), max(map(len, messages))  # (a count names the latest)
 
 
 async def test_every_slot_held_by_a_handler_that_does_not_answer_is_said(
