@@ -43,7 +43,7 @@ from iii_streams.urls import check_scheme
 from .allocator import tune_allocator
 from .closing import START_NOTICE
 from .config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, EngineConfig, load_config
-from .engine import Engine
+from .engine import Engine, port_taken
 from .event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS, EventLoopUnavailable
 from .event_loop import run as run_on_loop
 from .gc_policy import tune_gc
@@ -202,13 +202,14 @@ async def _stop_during_start(engine: Engine, starting: asyncio.Future[None]) -> 
         await starting
 
 
-def start_failure(exc: EngineStartError) -> tuple[int, str]:
+def start_failure(exc: EngineStartError, config: EngineConfig | None = None) -> tuple[int, str]:
     """The exit status and the line for an engine that could not start.
 
     A module entry the configuration got wrong (an unknown class, a setting its module refuses) is a usage error
     like a bad file, status 2, with the closest name it may have meant (``--allow-degraded`` would only hide the
     typo); a module that failed to start at run time (store unreachable, port taken, not implemented here) is
-    status 1, with the hint that the engine can start without it.
+    status 1, with the hint that the engine can start without it; when its port is taken and ``config`` names no
+    port for it, with the hint that ``--port 0`` puts it on a free one.
 
     Example:
         >>> bad_key = ConfigError("unknown key 'prot' (allowed: host, port)", "modules[0].config")
@@ -228,7 +229,16 @@ host, port)
         return 2, f"{exc.reason}{hint}"
     if isinstance(cause, ConfigError):
         return 2, f"module {exc.module}: {_with_closest_key(exc.reason)}"
-    return 1, f"{exc} (to start without it: --allow-degraded)"
+    hint = "to start without it: --allow-degraded"
+    if config is not None and config.port != 0 and port_taken(exc) and not _names_port(config, exc.module):
+        hint += "; or --port 0: the engine and every module whose config names no port listen on free ports"
+    return 1, f"{exc} ({hint})"
+
+
+def _names_port(config: EngineConfig, module: str) -> bool:
+    """Whether ``config`` gives ``module`` a port of its own (``--port 0`` moves only the others)."""
+    specs = config.modules if config.modules is not None else default_specs()
+    return any(spec.class_name == module and "port" in spec.config for spec in specs)
 
 
 _UNKNOWN_KEY = re.compile(r"unknown key '(?P<key>[^']*)' \(allowed: (?P<allowed>[^)]*)\)")
@@ -360,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except EngineStartError as exc:
         log.failed()
-        status, line = start_failure(exc)
+        status, line = start_failure(exc, config)
         print(f"{PROG}: {one_line(line)}", file=sys.stderr)
         return status
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import inspect
 import logging
 import os
@@ -84,6 +85,7 @@ from .modules.base import (
     FiredSlots,
     InvocationContext,
     InvocationObserver,
+    ModuleSpec,
     ModuleStartError,
     ModuleStoppedError,
     NamedQueues,
@@ -99,6 +101,18 @@ from .settings import ConfigError
 from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection, frame_bytes
 
 log = logging.getLogger(__name__)
+
+
+def port_taken(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a bind refused because the address is in use."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a bounded walk: a cause chain may loop
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.EADDRINUSE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _registrant(entry: TriggerEntry) -> str:
@@ -811,6 +825,7 @@ class Engine:
         ports = PortOwners(self.config.host, self.port, "the engine's own worker port")
         for index, spec in enumerate(specs):
             self._raise_if_stop_asked()
+            module: EngineModule | None = None
             try:
                 cls = resolve(spec.class_name)
                 module = cls(self._services_for(cls), self._listener_defaults(cls, spec.config))
@@ -818,7 +833,11 @@ class Engine:
                 await self._start_module(module, spec.start_timeout_ms)
             except Exception as exc:
                 # a settings error names the path from the top of the configuration file
-                cause = exc.under(f"modules[{index}].config") if isinstance(exc, ConfigError) else exc
+                cause: BaseException | str = (exc.under(f"modules[{index}].config") if isinstance(exc, ConfigError)
+                                              else exc)
+                address = module.listen_address() if module is not None else None
+                if address is not None and port_taken(exc):
+                    cause = f"{error_line(exc)} ({self._port_setting(index, spec, address[1])})"
                 failure = ModuleStartError(spec.class_name, cause)
                 if not self.config.allow_degraded:
                     raise failure from exc
@@ -849,6 +868,17 @@ class Engine:
         errno = exc.errno if isinstance(exc, OSError) else None
         reason = os.strerror(errno) if errno and errno > 0 else error_line(exc)
         return EngineStartError(f"cannot listen on {self.config.host}:{self.config.port}: {reason}")
+
+    def _port_setting(self, index: int, spec: ModuleSpec, port: int) -> str:
+        """Which setting gave a module the port someone else holds, and how to move it (a second engine on the
+        default host failed on the stream module's 3112 with no word of where that number came from)."""
+        if "port" in spec.config:
+            return f"port {port} is modules[{index}].config.port: set another there, 0 = any free one"
+        if self.config.modules is not None:
+            return f"port {port} is the module's default port: set port in modules[{index}].config, 0 = any free one"
+        return (f"port {port} is the module's default port: set it in a modules: list entry {{class: {spec.class_name}"
+                ", config: {port: …}} (0 = any free one), with the other modules you use: the list replaces the "
+                "defaults")
 
     def _listener_defaults(self, cls: type[EngineModule], settings: dict[str, Any]) -> dict[str, Any]:
         """A listening module binds where the engine binds unless told otherwise, and on a free port when the
