@@ -2,7 +2,7 @@
 
 ``iii-streams migrate URL [--revision REV]`` applies the SQL schema migrations (SQLite or PostgreSQL; a missing
 SQLite file is created); ``iii-streams current URL`` prints the applied revision (``none`` for a database never
-migrated) and never creates anything.
+migrated, with a hint on stderr to migrate it) and never creates anything.
 
 Every failure is one line on stderr, ``iii-streams: …``, with URL passwords masked: exit status 2 for a usage
 error (unknown command, unsupported URL), 1 when the work failed (database unreachable, missing package).
@@ -27,6 +27,7 @@ from .messages import OneLineParser, error_line, mask_passwords
 __all__ = ["main"]
 
 PROG = "iii-streams"
+COMMANDS = ("migrate", "current")
 
 
 class _Failure(Exception):
@@ -35,7 +36,8 @@ class _Failure(Exception):
 
 def _parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Tools for iii stream stores.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Not required here: argparse's "required: command" did not name the commands; main() says it with them.
+    sub = parser.add_subparsers(dest="command")
     migrate = sub.add_parser("migrate", help="apply the SQL schema migrations to a database")
     migrate.add_argument("url", help="database URL, e.g. sqlite+aiosqlite:///streams.db or postgresql+asyncpg://…")
     migrate.add_argument("--revision", default="head", help="target revision (default: head)")
@@ -122,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(joined_timeouts(argv))
+    if args.command is None:
+        parser.error(f"the following arguments are required: a command ({' or '.join(COMMANDS)})")
     try:
         from .migrate import normalize_url  # needs the sql extra (SQLAlchemy, Alembic)
 
@@ -136,7 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         revision = args.revision if args.command == "migrate" else "head"
-        print(_run(args.command, url, revision, shown=mask_passwords(args.url), timeout=args.timeout))
+        shown = mask_passwords(args.url)
+        line = _run(args.command, url, revision, shown=shown, timeout=args.timeout)
+        print(line)  # "none" stays the whole of stdout for a database never migrated: scripts read it
+        if args.command == "current" and line == "none":
+            print(f"{PROG}: current: no stream schema in {shown}: run iii-streams migrate URL to create it",
+                  file=sys.stderr)
     except _Failure as exc:
         print(f"{PROG}: {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -92,7 +92,7 @@ def test_migrate_to_a_revision_below_the_applied_one_fails_instead_of_claiming_i
     (["current", "mysql://app:s3cret@db/x"], "iii-streams: unsupported database URL scheme 'mysql' in "
                                               "'mysql://app:***@db/x'"),
     (["current", "streams.db"], "iii-streams: not a database URL: 'streams.db'"),
-    ([], "iii-streams: the following arguments are required: command"),
+    ([], "iii-streams: the following arguments are required: a command (migrate or current)"),
     (["vacuum", "x"], "iii-streams: argument command: invalid choice: 'vacuum'"),
     (["migrate"], "iii-streams: the following arguments are required: url"),
 ])
