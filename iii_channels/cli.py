@@ -74,6 +74,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import stat
 import sys
@@ -260,8 +261,11 @@ def _connect_timeout(args: argparse.Namespace) -> float:
     return float(getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S))
 
 
-def _check_source(name: str) -> int | None:
-    """The size of the file ``send`` is about to send (``None`` for stdin or a pipe); ``_Refused`` if it cannot."""
+def _check_source(name: str, to: str) -> int | None:
+    """The size of the file ``send`` is about to send (``None`` for stdin or a pipe); ``_Refused`` if it cannot.
+
+    A directory is refused with the command that sends it as one tar archive to ``to``, the function named.
+    """
     if name == "-":
         return None
     try:
@@ -269,7 +273,7 @@ def _check_source(name: str) -> int | None:
     except OSError as exc:
         raise _Refused(f"cannot read {name}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise _Refused(f"{name} is a directory; send takes one file (or - for stdin)")
+        raise _Refused(f"{name} is a directory; send takes one file (or - for stdin); {_archive_hint(name, to)}")
     if not os.access(name, os.R_OK):
         raise _Refused(f"cannot read {name}: permission denied")
     return info.st_size if stat.S_ISREG(info.st_mode) else None
@@ -717,8 +721,21 @@ async def _send_special(writer: ChannelWriter, name: str, progress: Progress, la
         os.close(fd)
 
 
+def _archive_hint(directory: str, to: str) -> str:
+    """The command that sends ``directory`` to ``to`` as one tar stream (``serve --out - | tar x`` unpacks it).
+
+    Example:
+        >>> _archive_hint("/srv/in/", "f::g")
+        'to send a directory: tar c -C /srv in | iii-channel send - --to f::g --name in.tar'
+    """
+    parent, base = os.path.split(os.path.abspath(directory))
+    archive = f"{base or 'root'}.tar"
+    return (f"to send a directory: tar c -C {shlex.quote(parent)} {shlex.quote(base or '.')} | "
+            f"iii-channel send - --to {shlex.quote(to)} --name {shlex.quote(archive)}")
+
+
 async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
-    size = _check_source(args.file)
+    size = _check_source(args.file, args.to)
     url = _engine(args)
     client = III(url)
     tasks: list[asyncio.Future[Any]] = []
