@@ -92,7 +92,9 @@ import time
 import urllib.parse
 import warnings
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -127,7 +129,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, PoolResetState
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, PoolResetState, QueuePool
 from sqlalchemy.util import asbool, await_only, greenlet_spawn
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -324,8 +326,8 @@ class _Write(WriteProgress):
     withdrawn), though nothing of it was sent yet; ``sent`` stays for the commit (or statement) sent. ``landed``: its
     result once that commit or statement is known to have landed, for a caller whose wait was cut after it."""
 
-    __slots__ = ("compute", "deadline", "group_id", "item_id", "key", "landed", "pinned", "rolled_back", "shared",
-                 "size", "stream_name")
+    __slots__ = ("batch", "compute", "deadline", "group_id", "item_id", "key", "landed", "left", "pinned",
+                 "rolled_back", "shared", "size", "stream_name")
 
     def __init__(self, stream_name: str, group_id: str, item_id: str, key: bytes, compute: Compute | None,
                  size: int = -1) -> None:
@@ -344,6 +346,8 @@ class _Write(WriteProgress):
         # SQLite: the commit (or single statement) that carried it failed in a way that is certain to have rolled
         # it back (:func:`_sqlite_commit_failed`): not applied, though sent
         self.rolled_back = False
+        self.left = False  # its caller no longer waits for it (its result, a timeout, a cancel)
+        self.batch: _BatchWait | None = None  # the batch waiting for a connection to run it, while it waits
 
     def give_up(self) -> bool:
         """:meth:`WriteProgress.give_up`, which a pinned write refuses too (``False``: it will still run).
@@ -373,6 +377,136 @@ class _Plan:
     deleted: set[bytes] = field(default_factory=set)
     applied: builtins.list[_Write] = field(default_factory=builtins.list)  # writes in the prefix not abandoned
     refused: set[bytes] = field(default_factory=set)  # items whose stored value is not JSON (or not UTF-8)
+
+
+class _PoolGate:
+    """Hands out an engine pool's connections: at most ``slots`` (the pool's size and overflow) held at once; past
+    that, a caller waits in the FIFO of its lane (:data:`_LANE`: write batches, gets read together, other reads), for
+    as long as its own time limit lets it (the wait is cancelled then). A connection given back goes to the oldest
+    caller still waiting in the next lane, in turn, that has one.
+
+    Why: SQLAlchemy's pool fails a wait at ``pool_timeout`` (30 s), whatever time the operation has left, and one that
+    waits again joins the back of the pool's queue, behind newer callers. One FIFO for all, 2,000 lists of 3 MB
+    queued ahead of the writes (8,000 mixed operations, default pool) held every connection for all of the 60 s:
+    741 successes, no write. In turns, writes and gets (each batch of them brief) pass between the lists.
+
+    Example:
+        >>> async def demo() -> list[str]:
+        ...     gate, seen = _PoolGate(1), []
+        ...     await gate.acquire(0)
+        ...     async def take(name: str, lane: int) -> None:
+        ...         await gate.acquire(lane)
+        ...         seen.append(name)
+        ...         gate.release()
+        ...     waiters = [asyncio.ensure_future(take(n, lane)) for n, lane in (("a", 2), ("b", 2), ("c", 0))]
+        ...     await asyncio.sleep(0)
+        ...     gate.release()
+        ...     await asyncio.gather(*waiters)
+        ...     return seen
+        >>> asyncio.run(demo())
+        ['c', 'a', 'b']
+    """
+
+    __slots__ = ("_dead", "_next", "_waiters", "slots", "used")
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.used = 0  # slots held (a connection checked out, or being checked out)
+        self._waiters: tuple[deque[asyncio.Future[None]], ...] = tuple(deque() for _ in range(_LANES))
+        self._dead = [0] * _LANES  # waiters of each lane that gave up (dropped at its front, or in a compaction)
+        self._next = 0  # the lane whose turn it is
+
+    async def acquire(self, lane: int) -> None:
+        """Take a slot, waiting in ``lane``'s FIFO while all are held (until cancelled: then no slot is held)."""
+        if self.used < self.slots:
+            # (no live waiter then: a slot given back goes to a live one before it counts as free)
+            self.used += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters[lane]
+        waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot as the wait was cut: the next waiter's
+            else:
+                self._dead[lane] += 1
+                if self._dead[lane] > _GATE_COMPACT_MIN and self._dead[lane] * 2 > len(waiters):
+                    kept = [w for w in waiters if not w.done()]
+                    waiters.clear()
+                    waiters.extend(kept)
+                    self._dead[lane] = 0
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the oldest caller still waiting in the next lane that has one, else to the free."""
+        for turn in range(_LANES):
+            lane = (self._next + turn) % _LANES
+            waiters = self._waiters[lane]
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    self._next = (lane + 1) % _LANES
+                    return
+                self._dead[lane] -= 1
+        self.used -= 1
+
+
+# the lanes of a _PoolGate: write batches, gets read together (ReadCoalescer), other reads (list, list_groups, ...)
+_LANES: Final = 3
+_WRITE_LANE: Final = 0
+_GET_LANE: Final = 1
+_READ_LANE: Final = 2
+# the lane of the connections the current task takes, for reads (a write batch's: _BATCH_WRITES)
+_LANE: ContextVar[int] = ContextVar("iii_streams_sql_lane", default=_READ_LANE)
+
+
+_GATE_COMPACT_MIN: Final = 64  # dead waiters before a FIFO mostly made of them is rebuilt
+_SQLALCHEMY_MAX_OVERFLOW: Final = 10  # create_async_engine's default max_overflow (a QueuePool's, not readable back)
+_RECOUNT_S: Final = 0.05  # a store at its max_pending counts the writes its queues hold at most this often
+_POOL_RETRY_PAUSE_S: Final = 0.05  # a slot's checkout tried again at most this often (a pool_timeout of 0)
+
+
+def _pool_gate(pool: Pool, max_overflow: int) -> _PoolGate | None:
+    """The gate of ``pool``'s connections: a queue pool's size and ``max_overflow`` (``None`` for a pool without a
+    bound, which never makes a caller wait: a NullPool, a StaticPool, an unbounded overflow)."""
+    if not isinstance(pool, QueuePool) or max_overflow < 0:
+        return None
+    return _PoolGate(pool.size() + max_overflow)
+
+
+class _Deserted(Exception):
+    """A batch's wait for a connection ended: none of its writes' callers waits any more (nothing of it ran)."""
+
+
+class _BatchWait:
+    """The writes of a batch while it waits for a connection: cancels the batch's task (``task``, set during that
+    wait) once none of their callers still waits, so a batch nobody waits for is dropped unrun instead of holding a
+    place in the pool's queue (a batch's wait is bounded by its callers' deadlines, the latest of them)."""
+
+    __slots__ = ("deserted", "task", "writes")
+
+    def __init__(self, writes: Sequence[_Write]) -> None:
+        self.writes = writes
+        self.task: asyncio.Task[Any] | None = None
+        self.deserted = False
+
+    def waited_for(self) -> bool:
+        """Whether a caller still waits for one of its writes not yet committed."""
+        return any(not w.left and w.landed is None for w in self.writes)
+
+    def caller_left(self) -> None:
+        """One of its writes' callers stopped waiting: the wait ends if it was the last."""
+        task = self.task
+        if task is not None and not self.deserted and not self.waited_for():
+            self.deserted = True
+            task.cancel()
+
+
+# the writes of the batch a batch runner's task runs (see SQLStream._checked_out)
+_BATCH_WRITES: ContextVar[_BatchWait | None] = ContextVar("iii_streams_sql_batch", default=None)
 
 
 class _ConnectFailed(Exception):
@@ -1671,7 +1805,12 @@ class SQLStream(FieldUpdates):
     ``iii-streams migrate URL`` is the deliberate step). ``max_pending`` (default 100,000) bounds the writes the
     store takes at once, queued or running: one more is refused at once with
     :class:`~iii_streams.errors.StreamBackendError` (``applied`` False), so a burst past it never slows the writes
-    taken.
+    taken; a write whose caller left counts until its batch is done with it.
+
+    A pool that runs out makes callers wait, never fail: an operation waits for a pooled connection as long as its
+    own time limit allows (then it fails with its usual ``StreamTimeoutError``; a write so withdrawn was not
+    applied), not the pool's ``pool_timeout``; connections are handed out in arrival order, write batches, gets and
+    other reads in turn. A store made on a given engine takes its queue pool's overflow as SQLAlchemy's default (10).
 
     Example:
         >>> SQLStream.from_url("sqlite:///streams.db").dialect
@@ -1696,7 +1835,12 @@ class SQLStream(FieldUpdates):
         #: writes the store takes at once (queued or running, over all its queues); past it a write is refused at
         #: once (see :meth:`_write`)
         self.max_pending = max_pending
-        self._in_flight = 0
+        self._in_flight = 0  # callers in _write
+        # writes whose callers left while a queue or a batch still held them (at least: recounted near the bound,
+        # see _full), and the writes in batches running now
+        self._left_held = 0
+        self._running = 0
+        self._recounted_at = -math.inf  # time.monotonic() of the last recount
         if not isinstance(report_watch_gaps, bool):
             raise ValueError(f"SQLStream: report_watch_gaps must be True or False, got {report_watch_gaps!r}")
         #: PostgreSQL: a watch whose LISTEN connection was replaced raises StreamGapError once (else only a warning)
@@ -1773,6 +1917,9 @@ class SQLStream(FieldUpdates):
         self._reads: ReadCoalescer[bytes, bytes | str | None] = ReadCoalescer(
             self._read_values, name="SQLStream reads", max_batch=_MAX_READ_BATCH, size=stored_size)
         self._close_once: CloseOnce = CloseOnce()
+        # the FIFO in front of the pool (see _checked_out); an engine given to the store is taken as having
+        # SQLAlchemy's default overflow (from_url knows the one it was made with)
+        self._gate = _pool_gate(engine.sync_engine.pool, _SQLALCHEMY_MAX_OVERFLOW)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStream:
@@ -1808,7 +1955,11 @@ class SQLStream(FieldUpdates):
         engine = create_async_engine(sa_url, **options)
         if sa_url.get_backend_name() == "sqlite" and quiet_reset:
             event.listen(engine.sync_engine, "reset", _rollback_if_open)
-        return cls(engine, owns_engine=True, **own)
+        store = cls(engine, owns_engine=True, **own)
+        overflow = options.get("max_overflow", _SQLALCHEMY_MAX_OVERFLOW)
+        if isinstance(overflow, int) and not isinstance(overflow, bool):
+            store._gate = _pool_gate(engine.sync_engine.pool, overflow)
+        return store
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -2278,7 +2429,7 @@ class SQLStream(FieldUpdates):
                 await self._check_file_now(locked=locked)
                 pool = self.engine.sync_engine.pool
                 try:
-                    async with open_connection() as conn:
+                    async with self._checked_out(open_connection) as conn:
                         yield conn
                     if locked:
                         await self._check_file_now(locked=True, committed=True)  # (its outcome per write: _write)
@@ -2298,6 +2449,55 @@ class SQLStream(FieldUpdates):
             ended = self._operations_ended
             if not self._operations and ended is not None and not ended.done():
                 ended.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def _checked_out(
+        self, open_connection: Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]],
+    ) -> AsyncIterator[AsyncConnection]:
+        """``open_connection()`` through the store's gate (:class:`_PoolGate`): a pool that runs out makes callers
+        wait, in arrival order, never fail. A caller's wait is bounded by its own time limit (which cancels it: its
+        usual timeout error), not by the pool's ``pool_timeout``, which a slot's checkout outlasts only when
+        connections are held outside the store (it is tried again, keeping its place). A batch's wait (the writes in
+        ``_BATCH_WRITES``) ends with :class:`_Deserted`, nothing of it run, once none of its callers still waits."""
+        gate = self._gate
+        if gate is None:
+            async with open_connection() as conn:
+                yield conn
+            return
+        batch = _BATCH_WRITES.get()
+        task = asyncio.current_task()
+        if batch is not None:
+            if not batch.waited_for():
+                raise _Deserted("no caller waits for this batch's writes any more")
+            batch.task = task
+        held = False
+        try:
+            try:
+                await gate.acquire(_WRITE_LANE if batch is not None else _LANE.get())
+                held = True
+                while True:
+                    attempt = asyncio.get_running_loop().time()
+                    try:
+                        connection = open_connection()
+                        conn = await connection.__aenter__()
+                        break
+                    except PoolTimeoutError:
+                        pause = _POOL_RETRY_PAUSE_S - (asyncio.get_running_loop().time() - attempt)
+                        if pause > 0:  # (a pool_timeout of 0 would spin)
+                            await asyncio.sleep(pause)
+            except asyncio.CancelledError:
+                if batch is not None and batch.deserted and task is not None and task.uncancel() == 0:
+                    raise _Deserted("no caller waits for this batch's writes any more") from None
+                raise
+            finally:
+                if batch is not None:
+                    batch.task = None  # from here on its callers leaving cuts nothing: the batch runs
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_exit(connection)
+                yield conn
+        finally:
+            if held:
+                gate.release()
 
     def _explain_missing_table(self, exc: Exception) -> None:
         text = str(exc)
@@ -2404,15 +2604,25 @@ class SQLStream(FieldUpdates):
         """
         # refused before queuing: a name the driver cannot encode would fail the whole batch it joined
         check_names(stream_name, group_id, item_id, nul=not self._pg)
-        if self._in_flight >= self.max_pending:
+        if self._full():
             raise self._refused_full(operation)
         key = item_key(stream_name, group_id, item_id)
         write = _Write(stream_name, group_id, item_id, key, compute, size)
         self._in_flight += 1
+        answered = False  # the batch is done with it: it gave the caller its result or error
         try:
             async with self._guard(operation, timeout):
                 # the queue chosen and joined with no await between: the next write of the item sees this one
-                return await self._writes.submit(self._queue_of(write, timeout), write)
+                submitted = self._writes.submit(self._queue_of(write, timeout), write)
+                try:
+                    result = await submitted
+                except asyncio.CancelledError:
+                    raise  # the caller's own limit (the guard's cancel), or a cancel: its write may still be held
+                except BaseException:
+                    answered = True
+                    raise
+                answered = True
+                return result
         except StreamTimeoutError as exc:
             if write.landed is not None:
                 return write.landed  # (see below)
@@ -2442,9 +2652,28 @@ class SQLStream(FieldUpdates):
             raise
         finally:
             self._in_flight -= 1
+            write.left = True
+            if not answered:
+                # a queue or a batch may still hold it: it stays counted against max_pending (see _full)
+                self._left_held += 1
+            if write.batch is not None:
+                write.batch.caller_left()  # the batch waiting for a connection to run it may be waited for no more
             if not (write.sent or write.pinned):  # withdrawn, refused, or done: it no longer holds its item's
                 # later writes back
                 self._leave_shared(write)
+
+    def _full(self) -> bool:
+        """Whether the store holds :attr:`max_pending` writes: those whose callers wait, and those whose callers left
+        while a queue or a batch still held them (recounted from the queues when the count says full: a write whose
+        caller left is dropped by its queue when reached, unseen here)."""
+        if self._in_flight + self._left_held < self.max_pending:
+            return False
+        now = time.monotonic()
+        if self._left_held and now - self._recounted_at >= _RECOUNT_S:
+            # (every key's queue: counted near the bound only, and at most every _RECOUNT_S)
+            self._recounted_at = now
+            self._left_held = max(0, len(self._writes) + self._running - self._in_flight)
+        return self._in_flight + self._left_held >= self.max_pending
 
     def _refused_full(self, operation: str) -> StreamBackendError:
         """The error of a write refused because the store already holds :attr:`max_pending` writes.
@@ -2502,17 +2731,21 @@ class SQLStream(FieldUpdates):
     async def _write_batch(self, queue: bytes, writes: Sequence[_Write]) -> builtins.list[Any]:
         """Run ``writes`` in as few transactions as possible; one ``(old, new)``, exception or ``Requeue`` per
         write."""
-        if self._pg and queue == _ONE_QUEUE:
-            return await self._shared_batch(writes)
-        results: builtins.list[Any] = []
+        self._running += len(writes)
         try:
-            await self._write_steps(writes, results)
-        except Exception as exc:
-            if not results:
-                raise
-            # the steps before this one committed: their callers get their results, only the rest this error
-            return results + [exc] * (len(writes) - len(results))
-        return results
+            if self._pg and queue == _ONE_QUEUE:
+                return await self._shared_batch(writes)
+            results: builtins.list[Any] = []
+            try:
+                await self._write_steps(writes, results)
+            except Exception as exc:
+                if not results:
+                    raise
+                # the steps before this one committed: their callers get their results, only the rest this error
+                return results + [exc] * (len(writes) - len(results))
+            return results
+        finally:
+            self._running -= len(writes)
 
     async def _write_steps(self, writes: Sequence[_Write], results: builtins.list[Any]) -> None:
         """Commit ``writes`` in steps (single statements, transactions), adding each step's results to
@@ -2520,7 +2753,7 @@ class SQLStream(FieldUpdates):
         time (:meth:`_one_at_a_time`)."""
         start = len(results)
         # bounded by the store's timeout: a hung database must not keep the queue waiting forever
-        async with self._store_deadline():  # asyncio.timeout(self.timeout) on the store's shared timer
+        async with self._store_deadline(), self._batch_of(writes):  # (the deadline: the store's shared timer)
             try:
                 await self._steps(writes, results)
             except Exception as exc:
@@ -2528,6 +2761,22 @@ class SQLStream(FieldUpdates):
                 if not self._refused_together(exc, rest):
                     raise
                 await self._one_at_a_time(rest, results)
+
+    @contextlib.asynccontextmanager
+    async def _batch_of(self, writes: Sequence[_Write]) -> AsyncIterator[None]:
+        """The connections taken inside are for ``writes``: their wait ends once none of the callers waits
+        (:class:`_BatchWait`, :meth:`_checked_out`)."""
+        batch = _BatchWait(writes)
+        for w in writes:
+            w.batch = batch
+        token = _BATCH_WRITES.set(batch)
+        try:
+            yield
+        finally:
+            _BATCH_WRITES.reset(token)
+            for w in writes:
+                if w.batch is batch:
+                    w.batch = None
 
     async def _steps(self, writes: Sequence[_Write], results: builtins.list[Any]) -> None:
         """:meth:`_write_steps`' steps, with no deadline of their own."""
@@ -2674,7 +2923,7 @@ class SQLStream(FieldUpdates):
         reruns = 0
         timeout = self.timeout
         ends = math.inf if timeout is None else asyncio.get_running_loop().time() + timeout
-        async with self._store_deadline():  # asyncio.timeout(self.timeout) on the store's shared timer
+        async with self._store_deadline(), self._batch_of(writes):  # (the deadline: the store's shared timer)
             while len({w.key for w in pending}) > 1:
                 # the writes up to the byte bound; those the transaction leaves (a repeated event) go first next.
                 # Its lock wait is still the whole rest's: another store's batch of the same items holds them that
@@ -3052,6 +3301,14 @@ class SQLStream(FieldUpdates):
         concurrent gets (:class:`~iii_streams.coalescing.ReadCoalescer`), run in a waiting caller's guard. Why: 32
         gets in flight took 15 pooled connections, each its own aiosqlite thread, and cost twice the CPU of one at a
         time (440 against 220 us a get); read together they take one statement and one trip to that thread."""
+        lane = _LANE.set(_GET_LANE)  # (in a caller's own task too: reset below)
+        try:
+            return await self._read_keys(keys)
+        finally:
+            _LANE.reset(lane)
+
+    async def _read_keys(self, keys: Sequence[bytes]) -> builtins.list[bytes | str | None]:
+        """:meth:`_read_values`, in the gate's lane of gets."""
         if len(keys) == 1:
             key = keys[0]
 
