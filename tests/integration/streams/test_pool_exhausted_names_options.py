@@ -6,18 +6,21 @@ what the URL parser and ``from_url`` really accept.
 Before: the Redis message said "raise max_connections or pool_timeout", keyword names only, though an engine user
 sets the wait as ``?timeout=`` (``?pool_timeout=`` is handed to every connection as an unknown option); the SQL
 message named no setting at all.
+
+A SQL store's callers no longer get it from a full pool: they wait within their own time limit (72ce5adc).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iii.stream import StreamGetInput
-from iii_streams import PoolExhaustedError, SQLStream
+from iii_streams import PoolExhaustedError, SQLStream, StreamTimeoutError
 from iii_streams.redis import waiting_client
 from tests.services import require_redis
 
@@ -51,17 +54,21 @@ async def test_the_redis_message_names_the_url_options_the_url_parser_takes() ->
     await keyed.aclose()
 
 
-async def test_the_sql_message_names_the_keyword_arguments(tmp_path: Path) -> None:
+async def test_a_sql_caller_waits_past_pool_timeout_within_its_own_time_and_the_pool_options_reach_the_pool(
+        tmp_path: Path) -> None:
+    # A pool that runs out makes callers wait, never fail: past pool_timeout (0.2 s) the get goes on waiting, and
+    # only its own time limit (0.5 s) ends it, with the store's usual timeout error (before 72ce5adc:
+    # PoolExhaustedError at 0.2 s).
     url = f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}"
     async with SQLStream.from_url(url, create=True, pool_size=1, max_overflow=0, pool_timeout=0.2) as store:
         await store.prepare()
         async with store.engine.connect():  # the pool's only connection
-            with pytest.raises(PoolExhaustedError) as exhausted:
-                await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
-    message = str(exhausted.value)
-    assert "no database connection became free in time" in message
-    assert "keyword arguments pool_size, max_overflow and pool_timeout of SQLStream.from_url" in message, message
-    assert "not URL options" in message
+            started = time.monotonic()
+            with pytest.raises(StreamTimeoutError) as timed_out:
+                await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"), timeout=0.5)
+            waited = time.monotonic() - started
+    assert not isinstance(timed_out.value, PoolExhaustedError)
+    assert waited >= 0.45, waited
     # the names it gives are what from_url takes
     async with SQLStream.from_url(url, pool_size=2, max_overflow=0, pool_timeout=0.5) as sized:
         pool: Any = sized.engine.pool
