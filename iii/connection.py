@@ -80,6 +80,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import math
@@ -447,6 +448,31 @@ def _failure_hint(url: str, exc: BaseException) -> str:
     elif url.lower().startswith("wss://") and isinstance(exc, ConnectionResetError | ssl.SSLError):
         return " (a wss:// URL: does the server speak TLS? The engine serves ws:// unless a TLS proxy fronts it)"
     return ""
+
+
+# Errno texts of asyncio's "Multiple exceptions: [Errno 111] Connect call failed ('::1', …), [Errno 111] …" (a name
+# such as localhost with an IPv6 and an IPv4 address, each refused).
+_ERRNOS = re.compile(r"\[Errno (\d+)\]")
+
+
+def _refused_hint(exc: BaseException) -> str:
+    """For the last error of a wait that ends in "cannot reach the engine": when nothing listens at the address (a
+    refused connection), whether an engine runs there and how to start one; ``""`` otherwise.
+
+    Example:
+        >>> _refused_hint(ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)"))
+        ': is an engine running there? iii-engine or python -m iii_engine starts one'
+        >>> _refused_hint(TimeoutError())
+        ''
+    """
+    if not isinstance(exc, OSError):
+        return ""
+    if exc.errno is None:  # asyncio's error for every address of a name refused together carries none of its own
+        codes = _ERRNOS.findall(str(exc)) if str(exc).startswith("Multiple exceptions:") else []
+        refused = bool(codes) and all(int(code) == errno.ECONNREFUSED for code in codes)
+    else:
+        refused = exc.errno == errno.ECONNREFUSED
+    return ": is an engine running there? iii-engine or python -m iii_engine starts one" if refused else ""
 
 
 def _describe(exc: BaseException) -> str:
@@ -1449,7 +1475,7 @@ class Connection:
                 self._failures += 1
                 # one hint serves both messages below: a TLS failure is never not_an_engine, a 404 always is
                 hint = _failure_hint(self.url, exc)
-                self._last_error = _describe(exc) + hint
+                self._last_error = _describe(exc) + hint + _refused_hint(exc)
                 why = not_an_engine(exc)
                 if why is None:
                     self._not_engine_in_a_row = 0
