@@ -22,7 +22,7 @@ from iii.protocol.worker_session import clip_text
 
 from ..base import CallUnwritable, EngineError
 from .settings import DEFAULT_STOP_TIMEOUT_MS, QueueSettings
-from .store import DeadLetter, Job, PutOff, QueueStore, clip_utf8, monotonic_ms, now_ms
+from .store import WALL_STEP_MS, DeadLetter, Job, PutOff, QueueStore, clip_utf8, monotonic_ms, now_ms
 
 DLQ_ERROR_BYTES = 1000
 """UTF-8 bytes of the handler's error a dead letter keeps (a longer one is cut, never inside a character, saying how
@@ -257,6 +257,7 @@ class QueueConsumer:
         self._look_heap: list[tuple[int, str]] = []  # (look, function) of _looks, with stale entries skipped
         self._looks_changes = -1  # the count of changes when all were last asked for
         self._looks_stale = False  # all to be asked for again (too many stale entries, or room to make)
+        self._wall_lead: int | None = None  # the wall clock's lead on the monotonic one when the looks were asked
         self._on_idle = on_idle
         self._log = log or logging.getLogger(__name__)
         self._retry_log = BurstLog(RETRY_LOG_BURST, RETRY_LOG_INTERVAL_S, self._log.info,
@@ -576,7 +577,7 @@ class QueueConsumer:
         """The functions put off lately that are still to be put off, with their next look. Only the functions whose
         look has passed (their lanes come due, to be put off anew, not claimed one by one) are asked again; all of
         them when the registered functions changed."""
-        if self._changes != self._looks_changes or self._looks_stale:
+        if self._changes != self._looks_changes or self._looks_stale or self._wall_stepped(now):
             return self._ask_all(now)
         heap = self._look_heap
         while heap and heap[0][0] <= now:
@@ -592,6 +593,16 @@ class QueueConsumer:
                 self._looks.set(function_id, again)
                 heapq.heappush(heap, (again, function_id))
         return self._looks
+
+    def _wall_stepped(self, now: int) -> bool:
+        """Whether the wall clock stepped (by more than :data:`WALL_STEP_MS`) since this was last asked: the looks,
+        kept on the wall clock, are then all asked for again (stepped back 120 s, they put the jobs of a missing
+        function off for two minutes past its grace)."""
+        lead = now - monotonic_ms()
+        stepped = self._wall_lead is not None and abs(lead - self._wall_lead) > WALL_STEP_MS
+        if self._wall_lead is None or stepped:
+            self._wall_lead = lead
+        return stepped
 
     def _ask_all(self, now: int) -> PutOff:
         looks: dict[str, int] = {}

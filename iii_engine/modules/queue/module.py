@@ -64,7 +64,17 @@ from ..health import link_component, probe
 from ..trigger_set import check_trigger_config
 from .consumer import JobNotReady, QueueConsumer, Reported, StoreFailures
 from .settings import MISSING_FUNCTION_CHECK_MAX_MS, QueueModuleSettings, QueueSettings
-from .store import Job, MemoryQueueStore, NotSent, QueueFull, QueueStore, StoreFull, TopicShare, monotonic_ms, now_ms
+from .store import (
+    WALL_STEP_MS,
+    Job,
+    MemoryQueueStore,
+    NotSent,
+    QueueFull,
+    QueueStore,
+    StoreFull,
+    TopicShare,
+    monotonic_ms,
+)
 
 if TYPE_CHECKING:  # redis is an optional dependency: imported only with the Redis adapter
     from .redis_store import RedisQueueStore
@@ -348,7 +358,10 @@ class MissingFunctions:
 
     def __init__(self, limit: int = MAX_MISSING_TRACKED) -> None:
         self._limit = limit
-        self._since: OrderedDict[tuple[str, str], int] = OrderedDict()  # wall-clock ms of the first miss
+        # monotonic ms of the first miss: a step of the wall clock neither ends a grace nor stretches it (a +120 s
+        # step dead-lettered jobs 9 s after they were enqueued, "still not registered after 60000 ms")
+        self._since: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._wall_less_mono: int | None = None  # see on_wall
         self._warned: set[tuple[str, str]] = set()  # past their grace, warned of
         # function -> the queues in _since waiting for it: a registration looks at each function once, not at
         # every pair (up to MAX_MISSING_TRACKED of them on every registration)
@@ -357,8 +370,9 @@ class MissingFunctions:
         self._crowded = LossLog(self._log_crowded, CROWDED_LOG_INTERVAL_S)
 
     def check(self, queue: str, function_id: str, settings: QueueSettings, now: int) -> NoReturn:
-        """A job of ``queue`` found ``function_id`` not registered: raise :class:`JobNotReady` (with when to look
-        again) within the grace, :class:`FunctionNotRegistered` past it."""
+        """A job of ``queue`` found ``function_id`` not registered at ``now`` (monotonic ms: :func:`monotonic_ms`):
+        raise :class:`JobNotReady` (with when to look again) within the grace, :class:`FunctionNotRegistered` past
+        it."""
         key = (queue, function_id)
         since = self._since.get(key)
         grace = settings.missing_function_grace_ms
@@ -394,8 +408,9 @@ class MissingFunctions:
         raise JobNotReady(function_id, delay_ms=_look_delay(since, now, settings), waits_for=function_id)
 
     def look(self, queue: str, function_id: str, settings: QueueSettings, now: int) -> int | None:
-        """When a job of ``queue`` naming ``function_id`` is to be looked at next (wall-clock ms), if its function
-        is waited for and its grace has not ended; else ``None`` (the job is to be tried: :meth:`check` decides).
+        """When a job of ``queue`` naming ``function_id`` is to be looked at next (monotonic ms, as ``now``: see
+        :meth:`on_wall`), if its function is waited for and its grace has not ended; else ``None`` (the job is to be
+        tried: :meth:`check` decides).
 
         Example:
             >>> missing = MissingFunctions()
@@ -423,6 +438,23 @@ class MissingFunctions:
                 break
             look += step
         return min(look, since + settings.missing_function_grace_ms)
+
+    def on_wall(self, look: int, wall_now: int, mono_now: int) -> int:
+        """``look`` (monotonic ms, from :meth:`look`) on the wall clock, which the stores' due times use. The wall
+        clock's lead is kept until it changes by more than :data:`WALL_STEP_MS` (a step, followed at once), so a look
+        stays the same from call to call and a store keeping the looks rewrites them only when they change.
+
+        Example:
+            >>> missing = MissingFunctions()
+            >>> missing.on_wall(1_500, wall_now=10_000, mono_now=1_000), missing.on_wall(1_500, 10_001, 1_000)
+            (10500, 10500)
+            >>> missing.on_wall(1_500, wall_now=130_000, mono_now=1_000)  # the wall clock stepped 120 s
+            130500
+        """
+        lead = wall_now - mono_now
+        if self._wall_less_mono is None or abs(lead - self._wall_less_mono) > WALL_STEP_MS:
+            self._wall_less_mono = lead
+        return look + self._wall_less_mono
 
     def found(self, queue: str, function_id: str) -> None:
         """``function_id`` is registered: a job of ``queue`` found it."""
@@ -1133,7 +1165,7 @@ class QueueModule(EngineModule):
         if not self.services.has_function(function_id):
             if self._others is not None:
                 await self._leave_to_others(name, function_id)
-            self._missing.check(name, function_id, self._named[name].settings, now_ms())
+            self._missing.check(name, function_id, self._named[name].settings, monotonic_ms())
         self._missing.found(name, function_id)
         await self._invoke_job(name, function_id, job.data, self._named[name].settings)
 
@@ -1143,7 +1175,9 @@ class QueueModule(EngineModule):
         if self.services.has_function(function_id) or (
                 self._others is not None and self._others.left_to_others(name, function_id)):
             return None
-        return self._missing.look(name, function_id, self._named[name].settings, now)
+        mono = monotonic_ms()
+        look = self._missing.look(name, function_id, self._named[name].settings, mono)
+        return None if look is None else self._missing.on_wall(look, now, mono)
 
     def _served_elsewhere(self, name: str, function_id: str) -> None:
         """Another engine sharing the store runs ``function_id``'s jobs in queue ``name``, whose store this engine
@@ -1204,7 +1238,7 @@ class QueueModule(EngineModule):
                 # a condition nobody serves has not decided: the job waits for it as a named queue's job waits for
                 # its function (missing_function_grace_ms), then fails its attempt; it was skipped, done and never
                 # run, when the condition's worker was away (a restart, a job whose condition call never reached it)
-                self._missing.check(topic, condition, settings, now_ms())
+                self._missing.check(topic, condition, settings, monotonic_ms())
             self._missing.found(topic, condition)
         try:
             with self._put_off_if_busy(topic, str(condition), settings):

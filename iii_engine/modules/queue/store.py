@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import logging
 import sys
 import time
 import uuid
@@ -33,6 +34,8 @@ from typing import Any, ClassVar, Final, Protocol
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
 from iii.wire import dumps, loads
+
+log = logging.getLogger(__name__)
 
 
 def now_ms() -> int:
@@ -235,6 +238,10 @@ class TopicShare:
     max_bytes: int
     max_unsubscribed_bytes: int | None = None
 
+
+WALL_STEP_MS: Final = 100
+"""A change of the wall clock's lead on the monotonic one past this (ms) is a step of the wall clock (an NTP step, a
+VM resumed, ``date -s``): what is timed on the monotonic clock and kept on the wall clock follows it at once."""
 
 PAST_BOUND_ERROR_BYTES: Final = 64
 """UTF-8 bytes of its error a dead letter keeps when its error would take the in-memory store past a bound (a dead
@@ -611,6 +618,7 @@ class MemoryQueueStore:
         self._topics = topics
         self._topic_bytes = 0
         self._unsubscribed_bytes = 0
+        self._clock: tuple[int, int] | None = None  # (wall ms, monotonic ms) of the last claim: see _follow_clock
 
     @property
     def used_bytes(self) -> int:
@@ -638,6 +646,27 @@ class MemoryQueueStore:
             self._topic_bytes += delta
             if q.unsubscribed:
                 self._unsubscribed_bytes += delta
+
+    def _follow_clock(self, now_ms: int) -> None:
+        """A claim's ``now_ms`` behind the last one's plus the monotonic time since by more than
+        :data:`WALL_STEP_MS`: the wall clock stepped back, and every delayed lane's due time moves back as far (said
+        in one warning), so a retry or a look waits out what was left of its delay. Before, a job 1 s into its retry
+        backoff waited 21 s more after a 20 s step back. The store lives only in this process, so its due times need
+        not survive the step (the Redis store moves the engine's times onto Redis's clock instead)."""
+        mono = monotonic_ms()
+        last, self._clock = self._clock, (now_ms, mono)
+        if last is None:
+            return
+        step = last[0] + (mono - last[1]) - now_ms
+        if step <= WALL_STEP_MS:
+            return
+        moved = 0
+        for q in self._queues.values():
+            # the same shift for every entry keeps the heap's order
+            q.delayed[:] = [(due - step, seq, lane) for due, seq, lane in q.delayed]
+            moved += len(q.delayed)
+        log.warning("queue store: the wall clock stepped back %d ms; the due times of %d delayed jobs or lanes "
+                    "(retry backoffs, put-off looks) moved back with it", step, moved)
 
     def _full(self, q: _MemoryQueue, size: int) -> StoreFull | None:
         """The first bound ``size`` more bytes of ``q`` would pass (topics' before the store's), or ``None``."""
@@ -715,6 +744,7 @@ class MemoryQueueStore:
             (2, (('g:a', 'missing', 1000),))
         """
         q = self._q(queue)
+        self._follow_clock(now_ms)
         if isinstance(put_off, PutOff):
             put_off.take_changes()  # the looks themselves are read here: their changes need not pile up
         due: list[str] = []
