@@ -47,7 +47,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader, ChannelWriter
@@ -287,19 +287,23 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
     """Remove the directory ``path`` and everything under it; returns the bytes its regular files held.
 
     Iterative (an explicit stack, depth first, each directory removed once emptied), unlike ``shutil.rmtree`` /
-    ``Path.rglob`` on Python 3.11, which recurse per level: a staging tree of any depth (a peer's ``d/d/d/…``) is
-    removed, never left behind by a ``RecursionError``. It holds the directories from ``path`` down to the one being
-    emptied, each with the names of the subdirectories it has left, and one directory's names at a time: never a
-    path per directory of the tree. ``path`` is used as given, never normalised as text (``base/link/..`` is not
-    ``base`` to the OS); a path whose last part is ``.`` or ``..`` is refused (``OSError`` ``EINVAL``), as ``rm``
-    refuses it: name the directory itself. Its last part is never followed: a symlink, even written ``link/``, is
-    ``NotADirectoryError``. Symlinks inside are removed, never followed. Each directory is removed from within
-    its parent as listed (``rmdir`` relative to the parent's descriptor, the parent found to be the directory
-    listed): a directory found replaced meanwhile, or a parent swapped for a symlink, is left alone, so nothing
-    outside ``path`` is removed. An entry it cannot remove does not stop it: the rest is removed, then one
-    ``OSError`` counts the removals that failed (a directory it cannot list counts once, whatever it holds; the
-    directories above a failure, left non-empty by it, are not tried nor counted), the first one, named by its full
-    path, its cause.
+    ``Path.rglob`` on Python 3.11, which recurse per level, and by directory descriptors, never by a path from
+    ``path`` down (past ``PATH_MAX``, 4,096 bytes, one fails with ``ENAMETOOLONG``): a staging tree of any depth (a
+    peer's ``d/d/d/…``, 10,000 levels, or 20 levels of 255-byte names) is removed, never left behind. It holds the
+    directories from ``path`` down to the one being emptied (a name and an identity each, with the names of the
+    subdirectories it has left), and one directory's names at a time: never a path per directory of the tree. At
+    most :data:`_TREE_FDS` of those directories are held open (the deepest); one above them is opened again from its
+    child's ``..``, and found to be the directory listed. ``path`` is used as given, never normalised as text
+    (``base/link/..`` is not ``base`` to the OS); an empty path, or one whose last part is ``.`` or ``..``, is
+    refused (``OSError`` ``EINVAL``), as ``rm`` refuses it: name the directory itself. Its last part is never
+    followed: a symlink, even written ``link/``, is ``NotADirectoryError``. Symlinks inside are removed, never
+    followed. Each directory is opened from its parent's descriptor and found to be the one listed, and removed
+    from within that parent (``rmdir`` relative to its descriptor): a directory found replaced meanwhile, or a
+    parent swapped for a symlink, is left alone, so nothing outside ``path`` is removed; one removed by someone
+    else meanwhile is gone already, not a failure. An entry it cannot remove does not stop it: the rest is removed,
+    then one ``OSError`` counts the removals that failed (a directory it cannot list counts once, whatever it
+    holds; the directories above a failure, left non-empty by it, are not tried nor counted) and names the first
+    one, by its full path (past 4,096 characters cut in the middle), its cause; the others are counted, not kept.
 
     Example:
         >>> import tempfile
@@ -319,23 +323,27 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", top)
     top_parent = os.stat(parent)
     size = 0
-    errors: list[OSError] = []
+    failed = 0
+    first: OSError | None = None
+    # Depth first: the stack holds the directories from top down to the one being emptied, each with its
+    # subdirectories still to do (names), and a directory is removed as soon as it is empty. Not one entry per
+    # directory of the tree (a failed receive's 18,000 directories of 3.5 KB paths held them all, +83 MB).
+    stack: list[_Level] = []
 
-    def listed(current: str, identity: tuple[int, int], name: str) -> _Level | None:
-        """``current`` opened (``None``, the error kept, if it cannot be or is not ``identity``), its files and
-        symlinks removed, its subdirectories left to do."""
+    def fail(exc: OSError, *names: str, path: str | None = None) -> None:
+        """Count a removal that failed; the first is kept, named by its full path (``path``, else the stack's
+        directories then ``names``): the others are counted, not kept (100,000 of them held 156 MB)."""
+        nonlocal failed, first
+        failed += 1
+        if first is None:
+            if path is None:
+                path = os.path.join(top, *(level.name for level in stack[1:]), *names)
+            first = _named(exc, _path_shown(path))
+
+    def listed(fd: int, level: _Level) -> None:
+        """``level``'s directory (open as ``fd``) emptied of its files and symlinks, its subdirectories noted."""
         nonlocal size
         try:
-            fd = os.open(current, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError as exc:
-            errors.append(exc)
-            return None
-        level = _Level(current, identity, name)
-        try:
-            opened = os.fstat(fd)
-            if (opened.st_dev, opened.st_ino) != identity:
-                errors.append(OSError(errno.ESTALE, "replaced while being removed", current))
-                return None
             # Unlinked once listed, not while (a directory changed under its reader may skip entries); kept as
             # names and sizes, not the listing's entries (each holds its name twice and its stat).
             others: list[tuple[str, int]] = []  # (name, bytes if a regular file)
@@ -346,7 +354,7 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
                     except FileNotFoundError:
                         continue  # gone already
                     except OSError as exc:
-                        errors.append(_named(exc, os.path.join(current, entry.name)))
+                        fail(exc, entry.name)
                         level.held = True
                         continue
                     if stat.S_ISDIR(entry_info.st_mode):
@@ -360,67 +368,156 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
                 except FileNotFoundError:
                     continue  # gone already
                 except OSError as exc:
-                    errors.append(_named(exc, os.path.join(current, other)))
+                    fail(exc, other)
                     level.held = True
         except OSError as exc:
-            errors.append(_named(exc, current))
+            fail(exc)
             level.held = True
-        finally:
-            os.close(fd)
-        return level
 
-    # Depth first: the stack holds the directories from top down to the one being emptied, each with its
-    # subdirectories still to do (names), and a directory is removed as soon as it is empty. Not one entry per
-    # directory of the tree (a failed receive's 18,000 directories of 3.5 KB paths held them all, +83 MB).
-    first = listed(top, (info.st_dev, info.st_ino), name)
-    stack = [first] if first is not None else []
-    while stack:
-        level = stack[-1]
-        if level.todo:
-            child_name, child_identity = level.todo.pop()
-            child = listed(os.path.join(level.path, child_name), child_identity, child_name)
-            if child is None:
-                level.held = True  # (a directory it cannot list counts once, whatever it holds)
-            else:
-                stack.append(child)
-            continue
-        stack.pop()
-        above = stack[-1] if stack else None
-        if level.held:
-            # left non-empty by an error below: its rmdir, and those above it, are neither tried nor counted
-            if above is not None:
-                above.held = True
-            continue
+    def opened(level: _Level, at: int | None) -> int | None:
+        """``level``'s directory (the deepest on the stack) opened, ``name`` in ``at`` (``top`` if ``None``), and
+        found to be the one listed; ``None``: gone already, or the failure counted, naming it."""
         try:
-            if above is None:
-                _rmdir_in(parent, (top_parent.st_dev, top_parent.st_ino), level.name)
-            else:
-                _rmdir_in(above.path, above.identity, level.name)
+            fd = os.open(level.name if at is not None else top, _DIR_FLAGS, dir_fd=at)
         except FileNotFoundError:
-            continue
+            return None  # removed by someone else since it was listed: gone already, as a vanished file
         except OSError as exc:
-            errors.append(_named(exc, level.path))
-            if above is not None:
-                above.held = True
-    if errors:
-        count = len(errors)
-        raise OSError(errors[0].errno, f"could not remove all of it: {count} removal{'' if count == 1 else 's'} "
-                      f"failed (first: {errors[0]})", top) from errors[0]
+            fail(exc)
+            return None
+        return checked(fd, level.identity)
+
+    def checked(fd: int, identity: tuple[int, int], why: str = "") -> int | None:
+        """``fd`` if it is the directory ``identity``, else closed and ``None``, the failure counted."""
+        try:
+            held = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            fail(exc)
+            return None
+        if (held.st_dev, held.st_ino) != identity:
+            os.close(fd)
+            fail(OSError(errno.ESTALE, f"replaced while being removed{why}"))
+            return None
+        return fd
+
+    def reopened(child: int, above: _Level) -> int | None:
+        """``above``, closed to bound the descriptors, opened again as the ``..`` of its child open as ``child``
+        and found to be the directory listed; ``None``: the failure counted."""
+        try:
+            fd = os.open("..", _DIR_FLAGS, dir_fd=child)
+        except OSError as exc:
+            fail(exc)
+            return None
+        return checked(fd, above.identity, " (not the parent of the directory removed from it: moved elsewhere)")
+
+    try:
+        stack.append(_Level((info.st_dev, info.st_ino), name))
+        stack[0].fd = opened(stack[0], None)
+        if stack[0].fd is None:
+            stack.clear()
+        else:
+            listed(stack[0].fd, stack[0])
+        while stack:
+            level = stack[-1]
+            if level.fd is None:
+                # above a directory found moved elsewhere (counted): nothing leads back to it but a path, so it
+                # is left with what it still holds, and so are those above it, to the nearest one held open
+                stack.pop()
+                stack[-1].held = True  # (the top is always held open)
+                continue
+            if level.todo:
+                child_name, child_identity = level.todo.pop()
+                child = _Level(child_identity, child_name)
+                stack.append(child)
+                failed_before = failed
+                child.fd = opened(child, level.fd)
+                if child.fd is None:
+                    stack.pop()
+                    if failed != failed_before:
+                        level.held = True  # (a directory it cannot list counts once, whatever it holds)
+                    continue
+                listed(child.fd, child)
+                if len(stack) > _TREE_FDS:
+                    # descriptors bounded: the one _TREE_FDS up (never the top) is closed, opened again from its
+                    # child's '..' when that child is removed
+                    far = stack[-_TREE_FDS - 1]
+                    if far.fd is not None and far is not stack[0]:
+                        os.close(far.fd)
+                        far.fd = None
+                continue
+            stack.pop()
+            above = stack[-1] if stack else None
+            if above is not None and above.fd is None:
+                above.fd = reopened(level.fd, above)  # None: counted, naming above (the deepest now)
+                if above.fd is None:
+                    level.held = True
+            os.close(level.fd)
+            level.fd = None
+            if level.held:
+                # left non-empty by an error below: its rmdir, and those above it, are neither tried nor counted
+                if above is not None:
+                    above.held = True
+                continue
+            try:
+                if above is None:
+                    _rmdir_in(parent, (top_parent.st_dev, top_parent.st_ino), level.name)
+                else:
+                    os.rmdir(level.name, dir_fd=above.fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if above is None:
+                    # a parent found replaced is named, not the directory in it
+                    fail(exc, path=parent if exc.errno == errno.ESTALE else top)
+                else:
+                    fail(exc, level.name)
+                    above.held = True
+    finally:
+        for level in stack:
+            if level.fd is not None:
+                os.close(level.fd)
+    if first is not None:
+        raise OSError(first.errno, f"could not remove all of it: {failed} removal{'' if failed == 1 else 's'} "
+                      f"failed (first: {first})", top) from first
     return size
 
 
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+# remove_tree's directory descriptors held open: the top and the deepest levels of the branch being removed (a
+# directory above them is opened again from its child's '..'); at most two more for a moment (a listing's, and a
+# '..' before its child is closed)
+_TREE_FDS: Final = 32
+_SHOWN_PATH: Final = 4096  # characters of a path in remove_tree's error, past which its middle is cut
+
+
 class _Level:
-    """A directory :func:`remove_tree` is emptying: its path, identity and name in its parent, the subdirectories
-    it still has to remove (name, identity as listed), and whether an error below leaves it non-empty."""
+    """A directory :func:`remove_tree` is emptying: its identity and name in its parent, its descriptor while held
+    open, the subdirectories it still has to remove (name, identity as listed), and whether an error below leaves
+    it non-empty."""
 
-    __slots__ = ("held", "identity", "name", "path", "todo")
+    __slots__ = ("fd", "held", "identity", "name", "todo")
 
-    def __init__(self, path: str, identity: tuple[int, int], name: str) -> None:
-        self.path = path
+    def __init__(self, identity: tuple[int, int], name: str) -> None:
         self.identity = identity
         self.name = name
+        self.fd: int | None = None
         self.todo: list[tuple[str, tuple[int, int]]] = []
         self.held = False
+
+
+def _path_shown(path: str) -> str:
+    """``path`` for an error, past :data:`_SHOWN_PATH` characters cut in the middle (its start and its last parts
+    kept): a 10,000-level tree's paths are 20 KB.
+
+    Example:
+        >>> _path_shown("a/b"), len(_path_shown("/top/" + "d/" * 5000 + "f"))
+        ('a/b', 4096)
+    """
+    if len(path) <= _SHOWN_PATH:
+        return path
+    keep = _SHOWN_PATH - 1
+    head = keep // 4
+    return f"{path[:head]}…{path[-(keep - head):]}"
 
 
 def _tree_top(path: str) -> tuple[str, str, str]:
@@ -440,9 +537,13 @@ def _tree_top(path: str) -> tuple[str, str, str]:
         ...     print(exc.filename, exc.errno == errno.EINVAL)
         a/b/.. True
     """
+    if not path:
+        raise OSError(errno.EINVAL, "refusing to remove an empty path (name the directory)", path)
     stripped = path.rstrip("/") or path
     parent, name = os.path.split(stripped)
-    if name in ("", ".", ".."):
+    if not name:
+        raise OSError(errno.EINVAL, "refusing to remove a path with no last part (name the directory itself)", path)
+    if name in (".", ".."):
         raise OSError(errno.EINVAL, "refusing to remove a path whose last part is '.' or '..' (name the directory "
                       "itself)", path)
     return stripped, parent or ".", name

@@ -88,7 +88,8 @@ def test_the_error_counts_removals_that_failed_and_names_them_in_full(tmp_path: 
     real_open, real_rmdir = os.open, os.rmdir
 
     def fake_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if str(path) == str(top / "locked") and flags & os.O_DIRECTORY:
+        # (opened from its parent's descriptor by name; by its full path before)
+        if str(path) in (str(top / "locked"), "locked") and flags & os.O_DIRECTORY:
             raise PermissionError(errno.EACCES, "Permission denied", path)  # as chmod 000 does, but for root too
         return real_open(path, flags, *args, **kwargs)
 
