@@ -226,7 +226,8 @@ class _Reading:
 _TRIGGER_NOTES = {"refused": "refused by their type's owner (pending)",
                   "too_deep": "not registered: their config too deep for the trigger listing",
                   "unlisted": "functions registered without a field too deep for the function listings",
-                  "ambiguous": "refusals by a type's owner left active (answers owed for more than one registration)"}
+                  "ambiguous": "refusals by a type's owner left active (answers owed for more than one registration)",
+                  "replaced": "replaced another worker's trigger of the same id (E12)"}
 
 
 def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
