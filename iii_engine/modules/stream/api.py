@@ -197,6 +197,9 @@ __all__ = ["StreamFunctions", "ValueBound", "takes_max_bytes", "too_large_value"
 _ITEM = {"stream_name": {"type": "string"}, "group_id": {"type": "string"}, "item_id": {"type": "string"}}
 CUSTOM_OPS: Final = ("get", "set", "delete", "list", "list_groups", "update")
 UNAVAILABLE: Final = "stream_unavailable"
+_OP_ERRORS: Final = {"get": "STREAM_GET_ERROR", "set": "STREAM_SET_ERROR", "delete": "STREAM_DELETE_ERROR",
+                     "list": "STREAM_GET_GROUP_ERROR", "list_groups": "STREAM_LIST_GROUPS_ERROR",
+                     "update": "STREAM_UPDATE_ERROR"}  # each custom op's error code
 _LIST: Final = AnswerSpec("stream::list", "STREAM_GET_GROUP_ERROR",
                           "read its items by id (stream::get) or raise max_message_size")
 _LIST_GROUPS: Final = AnswerSpec("stream::list_groups", "STREAM_LIST_GROUPS_ERROR", "raise max_message_size")
@@ -327,6 +330,10 @@ class StreamFunctions:
                 or bool(self.services.service_functions("stream")))
 
     def _custom(self, op: str, stream_name: str) -> str | None:
+        """The worker's ``stream::<op>(stream_name)`` to call, else ``None``. A reserved name raises the op's
+        error: its callers refuse it first (the health item's read goes to the store), and a new caller that did
+        not would let a worker's ``stream::<op>(__iii_…)`` answer for the engine's own data (a test pins it)."""
+        check_stream_name(stream_name, _OP_ERRORS[op])
         function_id = _custom_id(op, stream_name)
         if not self.services.has_function(function_id):
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec, ModuleStartError
 from iii_engine.cli import main
+from iii_engine.modules.base import EngineError
 from iii_engine.modules.bridge.stores import BridgeStreamStore
 from iii_engine.modules.stream.settings import StreamSettings
 from iii_engine.settings import ConfigError
@@ -281,3 +282,49 @@ def test_the_cli_says_the_reserved_custom_stream_in_one_line(tmp_path: Path,
     assert len(lines) == 1, lines
     assert lines[0].startswith("iii-engine: module modules::stream::StreamModule: modules[0].config."
                                f"{RESERVED_SETTING}"), lines
+
+
+async def test_no_path_calls_a_workers_function_for_a_reserved_stream() -> None:
+    """Every path to a worker's ``stream::<op>(NAME)`` refuses a reserved NAME with the op's error, the worker never
+    asked: the stream::* functions and the socket's joins check the name first, and the lookup itself (``_custom``)
+    refuses it too, so the socket's sync reads (``read_item``, ``read_group_text``) called without that check do
+    not reach the worker. Before, they called it (``{'pwned': True}`` as the item)."""
+    modules = [ModuleSpec("modules::stream::StreamModule", {"store_url": "memory://", "host": "127.0.0.1",
+                                                            "port": 0})]
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules)) as engine:
+        squatter, caller = await Worker.connect(engine.url), await Worker.connect(engine.url)
+        recorder = Recorder({"pwned": True, "new_value": 1, "old_value": None})
+        client = await SocketClient.connect(engine)
+        try:
+            for op in ("get", "set", "update", "delete", "list", "list_groups"):
+                await squatter.register(f"stream::{op}(__iii_x)", recorder)
+            await registered(engine, "stream::list_groups(__iii_x)")
+            item = {"stream_name": "__iii_x", "group_id": "g", "item_id": "i"}
+            calls = {"stream::get": (item, "STREAM_GET_ERROR"),
+                     "stream::set": ({**item, "data": 1}, "STREAM_SET_ERROR"),
+                     "stream::update": ({**item, "ops": []}, "STREAM_UPDATE_ERROR"),
+                     "stream::delete": (item, "STREAM_DELETE_ERROR"),
+                     "stream::list": ({"stream_name": "__iii_x", "group_id": "g"}, "STREAM_GET_GROUP_ERROR"),
+                     "stream::list_groups": ({"stream_name": "__iii_x"}, "STREAM_LIST_GROUPS_ERROR")}
+            for function_id, (payload, code) in calls.items():
+                _refused(await caller.error(function_id, payload), code, "__iii_x")
+            await client.join("a", "__iii_x", "g", "i")
+            assert (await client.recv())["event"]["code"] == "invalid_join"
+            await client.join("b", "__iii_x", "g")
+            assert (await client.recv())["event"]["code"] == "invalid_join"
+            functions = stream_module(engine).functions
+            assert functions is not None
+            reads: dict[str, tuple[Callable[[], Awaitable[Any]], str]] = {
+                "read_item": (lambda: functions.read_item("__iii_x", "g", "i"), "STREAM_GET_ERROR"),
+                "read_group_text": (lambda: functions.read_group_text("__iii_x", "g"), "STREAM_GET_GROUP_ERROR"),
+                "read_group": (lambda: functions.read_group("__iii_x", "g"), "STREAM_GET_GROUP_ERROR")}
+            for name, (read, code) in reads.items():
+                with pytest.raises(EngineError) as raised:
+                    await read()
+                assert raised.value.code == code, (name, raised.value)
+                assert "stream name '__iii_x' is reserved" in raised.value.message, (name, raised.value)
+            assert recorder.payloads == []
+        finally:
+            await client.close()
+            await caller.close()
+            await squatter.close()
