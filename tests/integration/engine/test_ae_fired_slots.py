@@ -100,11 +100,11 @@ async def test_state_trigger_dispatch_cancelled_at_stop_before_it_ran_gives_ever
 async def test_a_cron_tick_cancelled_at_stop_before_it_ran_gives_its_slot_back(monkeypatch: pytest.MonkeyPatch) -> None:
     ticks: asyncio.Queue[None] = asyncio.Queue()
 
-    async def next_tick(moment: Any) -> float:  # the schedule's clock, driven by the test: each tick on time
+    async def next_tick(clock: Any, moment: Any) -> float:  # the schedules' clock, driven by the test: on time
         await ticks.get()
         return 0.0
 
-    monkeypatch.setattr(cron_module, "_sleep_until", next_tick)
+    monkeypatch.setattr(cron_module._WallClock, "sleep_until", next_tick)
     async with _engine("modules::cron::CronModule", max_fired_calls=1) as engine:
         cron = _module(engine, CronModule)
         await cron.register(TriggerInfo(id="every", trigger_type="cron", function_id="on::tick",
