@@ -556,9 +556,14 @@ class III:
         bridge = self._bridge
         bridge.thread.join(seconds)
         if bridge.alive:
-            log.warning("The shutdown of the client of %s at the interpreter's exit did not end within %g s (its event "
-                        "loop is held: an async handler that blocks it, say); the exit goes on without it",
-                        shown_url(self._address), seconds)
+            # (Its steps wait CANCEL_WAIT_S each at most, and a few in a row outlast the exit's wait: a hung unbind
+            # after a handler swallowing its cancel was blamed on a loop held, the loop turning all along.)
+            log.warning("The shutdown of the client of %s at the interpreter's exit did not end within %g s (%s); the "
+                        "exit goes on without it", shown_url(self._address), round(seconds, 1),
+                        f"it was waiting for its trigger types' unregister_trigger hooks still running, "
+                        f"{CANCEL_WAIT_S:g} s at most" if self._trigger_host.finishing
+                        else f"its event loop held, an async handler that blocks it, say, or a cancelled handler or a "
+                             f"callback not ending within {CANCEL_WAIT_S:g} s")
 
     async def _shutdown_from_outside(self, close_timeout: float | None = None) -> None:
         """:meth:`shutdown_async` from another loop: the shutdown on the client's loop, then the loop's end."""

@@ -266,6 +266,12 @@ class TriggerTypeHost:
         self._abandoned = BurstLog(10, _REFUSAL_LOG_INTERVAL_S, log.error, LossLog(_log_abandoned,
                                                                                    _REFUSAL_LOG_INTERVAL_S))
 
+    @property
+    def finishing(self) -> bool:
+        """The client's shutdown is waiting for the unbinds it owes (:meth:`finish_releases` runs: ``CANCEL_WAIT_S``
+        at most); read from any thread (the interpreter's exit says what held its wait)."""
+        return self._finishing is not None
+
     def close_logs(self) -> None:
         """The client's shutdown: refusals counted since the last line are told now (their timer is the loop's)."""
         self._refusals.losses.close()
@@ -328,12 +334,19 @@ class TriggerTypeHost:
             owed = sorted(self._releasing)
         if not (running or binding or owed):
             return
-        log.error("%d unbind(s) owed (of released trigger types, or under way at the shutdown) still running (%d more "
-                  "not started%s) %g s into the client's shutdown's wait for them: no longer waited for, cancelled "
-                  "with the client: %s",
-                  len(running), len(owed),
-                  f"; {len(binding)} bind(s) of them still running, each to be unbound should it bind" if binding
-                  else "", round(loop.time() - started, 1),
+        parts = []
+        if running or owed:
+            parts.append(f"{len(running)} unbind(s) owed (of released trigger types, or under way at the shutdown) "
+                         f"still running ({len(owed)} more not started)")
+        if binding:
+            parts.append(f"{len(binding)} bind(s) of released trigger types (or of triggers unregistered) still "
+                         f"running")
+        # (A bind's hook is cancelled next, and its binding, should it bind after all, is not unbound: the client's
+        # loop ends with the shutdown. A hook that goes on regardless, its work in a thread, was promised an unbind.)
+        log.error("%s %g s into the client's shutdown's wait for them: no longer waited for, cancelled with the "
+                  "client%s: %s", "; ".join(parts), round(loop.time() - started, 1),
+                  " (a bind that goes on regardless, its work in a thread say, and binds after all is left bound "
+                  "with nothing to unbind it: its hook has to undo it itself)" if binding else "",
                   _listed([f"{type_id}/{trigger_id}" for type_id, trigger_id in running + owed]
                           + [f"{type_id}/{trigger_id} (bind)" for type_id, trigger_id in binding]))
 
@@ -341,8 +354,8 @@ class TriggerTypeHost:
         """(Loop thread.) The hooks running in the background that a release owes (:class:`_Detached`, or of a type
         no longer owned), the shutdown's caller excepted."""
         return [(key, entry) for key, entries in self._detached.items() for entry in entries
-                if (entry.owed or key[0] not in self._handlers) and not entry.task.done()
-                and entry.task is not self._spare]
+                if (entry.owed or key[0] not in self._handlers or self._lost_claim(key, entry))
+                and not entry.task.done() and entry.task is not self._spare]
 
     def _owed_waited(self) -> set[asyncio.Future[Any]]:
         """(Loop thread.) What the client's shutdown waits for: the releases' runs and owed unbinds, and the hooks
@@ -898,12 +911,20 @@ class TriggerTypeHost:
                 or entry.task.result() is not None):
             return False
         with self._lock:  # (release() moves bindings from the user's thread under it)
-            if (self._claims.get(key[0]) is not entry.claim or key not in self._sent
-                    or key[1] in self._bound.get(key[0], {})):
+            if self._lost_claim(key, entry):
                 return False
             self._bound.setdefault(key[0], {})[key[1]] = _Binding(entry.trigger, entry.handler)
         self._forget_detached(key, entry)
         return True
+
+    def _lost_claim(self, key: _Key, entry: _Detached) -> bool:
+        """(Loop thread; takes no lock: :meth:`_owed_hooks` runs under it.) ``entry`` is a bind cut short by the
+        client's shutdown whose binding, should it bind, is not to be kept but unbound (:meth:`_keep`): its type let
+        go (or owned anew) since, the trigger unregistered (the engine's unbind queued behind the bind found nothing
+        bound yet), or bound here otherwise. The shutdown waits for such a bind as owed: its type still owned, it was
+        left out, cancelled with the client, and a bind in a thread bound with no unbind to come."""
+        return entry.claim is not None and (self._claims.get(key[0]) is not entry.claim or key not in self._sent
+                                            or key[1] in self._bound.get(key[0], {}))
 
     def _forget_detached(self, key: _Key, entry: _Detached) -> None:
         entries = self._detached.get(key)

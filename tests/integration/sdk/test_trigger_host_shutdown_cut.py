@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -99,6 +102,88 @@ def test_a_bind_under_way_at_shutdown_is_unbound_when_its_type_is_let_go_during_
     assert gone.unbound == gone.bound and gone.cancelled == []
     assert slow.unbound == slow.bound and slow.cancelled == []
     assert took < CANCEL_WAIT_S, took
+
+
+def test_a_bind_in_a_thread_whose_trigger_is_unregistered_before_the_shutdown_is_unbound(
+        real: RealEngineThread, make_real_worker: MakeWorker) -> None:
+    owner, user = make_real_worker("owner"), make_real_worker("user")
+    hooks = _Gated()
+    hooks.unbind_gate.set()
+    owner.register_trigger_type({"id": "kept", "description": "d"}, hooks)
+    real.wait_for(lambda: "kept" in real.worker_trigger_types())
+    trigger = user.register_trigger({"type": "kept", "function_id": "u::f", "config": {}})
+    real.run(until(lambda: len(hooks.binding) == 1))  # (its hook works in a thread)
+    host = owner._trigger_host
+    trigger.unregister()  # the engine's unbind of it waits behind the bind; its type stays owned
+    real.run(until(lambda: ("kept", hooks.binding[0]) not in host._sent))
+    shutdown = threading.Thread(target=owner.shutdown)
+    shutdown.start()
+    real.run(until(lambda: host.finishing or not shutdown.is_alive()))
+    hooks.bind_gate.set()  # the bind ends (during the shutdown's wait; before: after the shutdown returned)
+    real.run(until(lambda: len(hooks.unbound) == 1))  # before: never (the bind's hook cancelled, its thread bound)
+    shutdown.join(CANCEL_WAIT_S + 5)
+    assert not shutdown.is_alive()
+    assert hooks.unbound == hooks.bound == hooks.binding and hooks.cancelled == []
+
+
+# The main thread ends with no shutdown(): an engine's unbind of a type still owned hangs (cancellable) and a function
+# handler swallows its cancel, so the exit's wait (EXIT_WAIT_S) ends while the shutdown waits for the unbind.
+_EXIT_SCRIPT = textwrap.dedent("""
+    import asyncio, sys, threading, time
+    from iii import InitOptions
+    from iii.iii import register_worker
+
+    url = sys.argv[1]
+    started, entered = threading.Event(), threading.Event()
+
+    class Hangs:
+        async def register_trigger(self, config):
+            pass
+
+        async def unregister_trigger(self, config):
+            started.set()
+            await asyncio.sleep(100)
+
+    async def swallows(data):
+        entered.set()
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                await asyncio.sleep(end - time.monotonic())
+            except asyncio.CancelledError:
+                pass
+
+    owner = register_worker(url, InitOptions(worker_name="owner"))
+    user = register_worker(url, InitOptions(worker_name="user"))
+    owner.register_trigger_type({"id": "exit_t", "description": "d"}, Hangs())
+    owner.register_function({"id": "o::swallows"}, swallows)
+    trigger = user.register_trigger({"type": "exit_t", "function_id": "u::f", "config": {}})
+
+    def call():
+        while not entered.is_set():  # (until the engine has the function: 'not found' before)
+            try:
+                user.trigger({"function_id": "o::swallows", "payload": {}})
+            except Exception:
+                time.sleep(0.05)
+
+    threading.Thread(target=call, daemon=True).start()
+    assert entered.wait(10)
+    while owner._trigger_host._bound.get("exit_t") is None:
+        time.sleep(0.01)
+    trigger.unregister()
+    assert started.wait(10)
+    print("main ends", flush=True)
+""")
+
+
+def test_the_exit_wait_names_the_unbinds_it_was_waiting_for(real: RealEngineThread) -> None:
+    done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, real.url], capture_output=True, text=True, timeout=25)
+    assert "main ends" in done.stdout, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "at the interpreter's exit did not end within" in line]
+    assert len(lines) == 1, done.stderr
+    # before: "(its event loop is held: an async handler that blocks it, say)", the loop turning all along
+    assert "(it was waiting for its trigger types' unregister_trigger hooks still running, 3 s at most)" in lines[0], \
+        lines
 
 
 def test_a_bind_hook_shutting_its_client_down_is_not_cancelled(
