@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
@@ -102,8 +102,9 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _parse_field(spec: _Field, text: str) -> frozenset[int]:
-    values: set[int] = set()
+def _parse_field(spec: _Field, text: str) -> int:
+    """The values ``text`` lists in ``spec``'s field, as bits (bit ``n``: ``n`` is listed)."""
+    mask = 0
     for part in text.split(","):
         if not part:
             raise CronSyntaxError(f"{spec.name}: empty list item in {text!r:.{_QUOTE}}")
@@ -126,8 +127,12 @@ def _parse_field(spec: _Field, text: str) -> frozenset[int]:
             low = _value(spec, base)
             # "5/10" means from 5 to the end of the field in steps of 10.
             high = spec.high if slash else low
-        values.update(range(low, high + 1, step))
-    return frozenset(values)
+        if step == 1:  # (a run of bits at once: "*" of the years was 131 set insertions, then 131 shifts)
+            mask |= (1 << (high + 1)) - (1 << low)
+        else:
+            for value in range(low, high + 1, step):
+                mask |= 1 << value
+    return mask
 
 
 class Bits(int):
@@ -208,6 +213,11 @@ class CronExpression:
     months: Bits
     weekdays: Bits
     years: Bits
+    # the date fields read together (:func:`_day_table`): one tuple shared by expressions with equal date fields
+    _table: _DayTable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_table", _day_table(int(self.days), int(self.months), int(self.weekdays)))
 
     @classmethod
     def parse(cls, expression: str) -> CronExpression:
@@ -244,30 +254,20 @@ class CronExpression:
             )
         if len(parts) == 6:
             parts.append("*")
-        sets = [_parse_field(spec, part) for spec, part in zip(_FIELDS, parts, strict=True)]
-        sets[5] = frozenset(0 if d == 7 else d for d in sets[5])
-        seconds, minutes, hours, days, months, weekdays, years = (_shared(Bits.of(values)) for values in sets)
+        masks = [_parse_field(spec, part) for spec, part in zip(_FIELDS, parts, strict=True)]
+        if masks[5] >> 7 & 1:  # day-of-week 7 is Sunday, 0
+            masks[5] = (masks[5] | 1) & ~(1 << 7)
+        seconds, minutes, hours, days, months, weekdays, years = (_shared(mask) for mask in masks)
         return cls(source=expression, seconds=seconds, minutes=minutes, hours=hours, days=days, months=months,
                    weekdays=weekdays, years=years)
 
-    def _day_matches(self, moment: datetime) -> bool:
-        if moment.day not in self.days:
-            return False
-        # Python: Monday = 0; cron: Sunday = 0.
-        return (moment.weekday() + 1) % 7 in self.weekdays
-
-    def _next_day(self, moment: datetime) -> datetime:
-        """Midnight of the next day of this month listed in ``days``, else the first of the next month: one step
-        per month at most, read from the bits (a day no month has, "31 2,4,6,9,11", walked every day of 76 years,
-        16-55 ms of the engine's loop per registration of a trigger refused in the end; then every day of each month
-        it stepped through, 7-11 ms)."""
-        day = self.days.next_from(moment.day + 1)
-        if day is not None and day <= calendar.monthrange(moment.year, moment.month)[1]:
-            return datetime(moment.year, moment.month, day, tzinfo=UTC)
-        return _start_of_next_month(moment)
-
     def next_after(self, instant: datetime) -> datetime | None:
         """The first matching whole second strictly after ``instant`` (UTC), or ``None`` if none remains.
+
+        Each field jumps to its next listed value, read from the bits, and carries to the next larger field when
+        none is left, so one call costs a few steps per year passed over, at most one per year in :attr:`years`
+        (it stepped hour by hour, minute by minute, second by second: ~0.5 ms for a schedule due once in 2099, and a
+        day no month has, ``30 2``, walked every February to 2100: 1.5 ms, on the engine's loop per registration).
 
         Example:
             >>> e = CronExpression.parse("0 30 12 * * *")
@@ -275,31 +275,60 @@ class CronExpression:
             '2024-05-02T12:30:00+00:00'
         """
         moment = instant.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
-        while moment.year <= MAX_YEAR:
-            if moment.year not in self.years:
-                later = [y for y in self.years if y > moment.year]
-                if not later:
-                    return None
-                moment = datetime(min(later), 1, 1, tzinfo=UTC)
-                continue
-            if moment.month not in self.months:
-                moment = _start_of_next_month(moment)
-                continue
-            if not self._day_matches(moment):
-                moment = self._next_day(moment)
-                continue
-            if moment.hour not in self.hours:
-                moment = moment.replace(minute=0, second=0) + timedelta(hours=1)
-                continue
-            if moment.minute not in self.minutes:
-                moment = moment.replace(second=0) + timedelta(minutes=1)
-                continue
-            if moment.second not in self.seconds:
-                moment += timedelta(seconds=1)
-                continue
-            return moment
-        return None
+        year, month, day = moment.year, moment.month, moment.day
+        table = self._table
+        if _date_listed(int(self.years), table, year, month, day):  # (most ticks: no search for the date)
+            time = self._time_from(moment.hour, moment.minute, moment.second)
+            if time is not None:
+                return datetime(year, month, day, *time, tzinfo=UTC)
+            day += 1  # none left today: the first tick of the next listed date (day 32 is in no month)
+        found = self._next_date(table, year, month, day)
+        if found is None:
+            return None
+        return datetime(*found, _least(self.hours), _least(self.minutes), _least(self.seconds), tzinfo=UTC)
 
+    def _time_from(self, hour: int, minute: int, second: int) -> tuple[int, int, int] | None:
+        """The first listed time of day at or after ``hour:minute:second`` (``None``: none left that day)."""
+        hours, minutes, seconds = int(self.hours), int(self.minutes), int(self.seconds)
+        if (hours >> hour) & 1:
+            if (minutes >> minute) & 1:
+                later = seconds >> second
+                if later:
+                    return hour, minute, second + _least(later)
+            later = minutes >> (minute + 1)
+            if later:
+                return hour, minute + 1 + _least(later), _least(seconds)
+        later = hours >> (hour + 1)
+        if not later:
+            return None
+        return hour + 1 + _least(later), _least(minutes), _least(seconds)
+
+    def _next_date(self, table: _DayTable, year: int, month: int, day: int) -> tuple[int, int, int] | None:
+        """The first date on or after ``year-month-day`` (``day`` up to 32) that every date field lists: at most
+        two looks per year listed, each a few bit operations (``table``: :func:`_day_table` of the date fields)."""
+        by_first, by_year = table
+        if not any(by_year):
+            return None
+        while True:
+            listed_year = self.years.next_from(year)
+            if listed_year is None:
+                return None
+            if listed_year != year:
+                year, month, day = listed_year, 1, 1
+            kind = _YEAR_KINDS[year - MIN_YEAR]
+            leap, first_weekday = divmod(kind, 7)
+            months = by_year[kind] >> month
+            if months & 1:  # this month holds a matching day: is one left from ``day``?
+                days = by_first[(first_weekday + _DAYS_BEFORE[leap][month]) % 7] & _month_mask(leap, month)
+                days >>= day
+                if days:
+                    return year, month, day + _least(days)
+            months >>= 1
+            if months:
+                month += 1 + _least(months)
+                days = by_first[(first_weekday + _DAYS_BEFORE[leap][month]) % 7] & _month_mask(leap, month)
+                return year, month, _least(days)
+            year, month, day = year + 1, 1, 1
 
     def count_between(self, after: datetime, until: datetime) -> int:
         """How many ticks fall strictly after ``after`` and no later than ``until``: what :meth:`next_after`
@@ -373,17 +402,19 @@ _KEPT_CHARS = 256
 _parse_kept = lru_cache(maxsize=_PARSED_KEPT)(CronExpression._parse)  # (a refused text raises: nothing is kept)
 
 _SHARED_KEPT = 4096
-_shared_fields: dict[Bits, Bits] = {}
+# keyed by the plain int: a Bits key compared by Bits.__eq__, a Python call per lookup
+_shared_fields: dict[int, Bits] = {}
 
 
-def _shared(bits: Bits) -> Bits:
+def _shared(mask: int) -> Bits:
     """One :class:`Bits` for equal field values (the years of ``*`` in every expression), up to :data:`_SHARED_KEPT`
     distinct ones: after that a new value is kept by its expression alone (it costs what it did unshared)."""
-    kept = _shared_fields.get(bits)
+    kept = _shared_fields.get(mask)
     if kept is not None:
         return kept
+    bits = Bits(mask)
     if len(_shared_fields) < _SHARED_KEPT:
-        _shared_fields[bits] = bits
+        _shared_fields[mask] = bits
     return bits
 
 
@@ -391,10 +422,69 @@ def _second_of_day(moment: datetime) -> int:
     return moment.hour * 3600 + moment.minute * 60 + moment.second
 
 
-def _start_of_next_month(moment: datetime) -> datetime:
-    if moment.month == 12:
-        return datetime(moment.year + 1, 1, 1, tzinfo=UTC)
-    return datetime(moment.year, moment.month + 1, 1, tzinfo=UTC)
+def _least(mask: int) -> int:
+    """The lowest set bit's index of a non-zero ``mask``."""
+    return (mask & -mask).bit_length() - 1
+
+
+_MONTH_DAYS = ((0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31), (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31))
+# days of the year before each month (index 1-12), in a common and a leap year
+_DAYS_BEFORE = tuple(tuple(sum(lengths[1:month]) for month in range(13)) for lengths in _MONTH_DAYS)
+# each year's by_year index in _day_table (leap * 7 + Jan 1's weekday, Sunday = 0), from MIN_YEAR on
+_YEAR_KINDS = tuple(calendar.isleap(year) * 7 + (date(year, 1, 1).weekday() + 1) % 7
+                    for year in range(MIN_YEAR, MAX_YEAR + 1))
+# days 1 to 35, a week apart from day 1: a 7-bit weekday pattern times this repeats it over a month
+_WEEKS = sum(1 << (7 * week) for week in range(5))
+
+
+def _month_mask(leap: int, month: int) -> int:
+    """Bits 1 to the month's length."""
+    return (1 << (_MONTH_DAYS[leap][month] + 1)) - 2
+
+
+_DayTable = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def _date_listed(years: int, table: _DayTable, year: int, month: int, day: int) -> bool:
+    """Whether every date field lists ``year-month-day`` (``years``: the year field's bits)."""
+    if not (years >> year) & 1:
+        return False
+    kind = _YEAR_KINDS[year - MIN_YEAR]
+    by_first, by_year = table
+    return bool((by_year[kind] >> month) & 1
+                and (by_first[(kind % 7 + _DAYS_BEFORE[kind >= 7][month]) % 7] >> day) & 1)
+
+
+@lru_cache(maxsize=_SHARED_KEPT)
+def _day_table(days: int, months: int, weekdays: int) -> _DayTable:
+    """What :meth:`CronExpression._next_date` reads instead of walking days: ``by_first[w]`` is the days listed
+    whose weekday is listed too (day-of-month AND day-of-week) in a month whose 1st is cron weekday ``w``;
+    ``by_year[leap * 7 + w]`` is the months listed that hold such a day in a year whose Jan 1 is weekday ``w``.
+    All zero: the expression never fires. Kept by the three fields, which expressions mostly share.
+
+    Example:
+        >>> by_first, by_year = _day_table(1 << 30, 1 << 2, 0b1111111)  # "30 2 *": no February holds it
+        >>> any(by_year)
+        False
+    """
+    # bit j of a week's pattern: day 1 + j falls on a listed weekday, in a month whose 1st is weekday ``first``
+    by_first = tuple(days & (((weekdays >> first | weekdays << (7 - first)) & 0x7F) * _WEEKS) << 1
+                     for first in range(7))
+    by_year: list[int] = []
+    for leap in (0, 1):
+        months_listed = [(month, _DAYS_BEFORE[leap][month], _month_mask(leap, month))
+                         for month in range(1, 13) if months >> month & 1]
+        if len(set(by_first)) == 1:  # every weekday listed (most expressions): Jan 1's weekday changes nothing
+            holding = sum(1 << month for month, _, in_month in months_listed if by_first[0] & in_month)
+            by_year += [holding] * 7
+            continue
+        for first_of_year in range(7):
+            holding = 0
+            for month, before, in_month in months_listed:
+                if by_first[(first_of_year + before) % 7] & in_month:
+                    holding |= 1 << month
+            by_year.append(holding)
+    return tuple(by_first), tuple(by_year)
 
 
 def rfc3339(moment: datetime) -> str:
