@@ -261,10 +261,10 @@ def _connect_timeout(args: argparse.Namespace) -> float:
     return float(getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S))
 
 
-def _check_source(name: str, to: str) -> int | None:
+def _check_source(name: str, args: argparse.Namespace) -> int | None:
     """The size of the file ``send`` is about to send (``None`` for stdin or a pipe); ``_Refused`` if it cannot.
 
-    A directory is refused with the command that sends it as one tar archive to ``to``, the function named.
+    A directory is refused with the command that sends it as one tar archive with the options of ``args``.
     """
     if name == "-":
         return None
@@ -273,7 +273,14 @@ def _check_source(name: str, to: str) -> int | None:
     except OSError as exc:
         raise _Refused(f"cannot read {name}: {exc.strerror or exc}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise _Refused(f"{name} is a directory; send takes one file (or - for stdin); {_archive_hint(name, to)}")
+        said = f"{name} is a directory; send takes one file (or - for stdin); "
+        command = _archive_hint(name, args)
+        # The line goes through _fail and _say, which fold blanks and escape what is unprintable: a command they
+        # would change (a newline or undecodable byte in a name, two spaces) or cut (too long) would not work.
+        if (_BLANKS.sub(" ", command) != command or not command.isprintable()
+                or len(f"iii-channel: error: {said}{command}") > _SAID_CHARS):
+            raise _Refused(f"{said}archive it with tar and send the archive (its name cannot be shown as a command)")
+        raise _Refused(f"{said}to send a directory: {command}")
     if not os.access(name, os.R_OK):
         raise _Refused(f"cannot read {name}: permission denied")
     return info.st_size if stat.S_ISREG(info.st_mode) else None
@@ -721,21 +728,31 @@ async def _send_special(writer: ChannelWriter, name: str, progress: Progress, la
         os.close(fd)
 
 
-def _archive_hint(directory: str, to: str) -> str:
-    """The command that sends ``directory`` to ``to`` as one tar stream (``serve --out - | tar x`` unpacks it).
+def _archive_hint(directory: str, args: argparse.Namespace) -> str:
+    """The shell command that sends ``directory`` as one tar stream (``serve --out - | tar x`` unpacks it) with
+    the options of ``args`` (a parsed ``send``) that differ from their defaults; every value shell-quoted, and
+    given as ``--option=value`` and after ``--`` so that one starting with ``-`` is no option.
 
     Example:
-        >>> _archive_hint("/srv/in/", "f::g")
-        'to send a directory: tar c -C /srv in | iii-channel send - --to f::g --name in.tar'
+        >>> _archive_hint("/srv/in/", build_parser().parse_args(["send", "x", "--to", "f::g", "--engine", "ws://h"]))
+        'tar c -C /srv -- in | iii-channel send - --to=f::g --name=in.tar --engine=ws://h'
     """
     parent, base = os.path.split(os.path.abspath(directory))
-    archive = f"{base or 'root'}.tar"
-    return (f"to send a directory: tar c -C {shlex.quote(parent)} {shlex.quote(base or '.')} | "
-            f"iii-channel send - --to {shlex.quote(to)} --name {shlex.quote(archive)}")
+    name = args.name or f"{base or 'root'}.tar"
+    options = [f"--to={shlex.quote(args.to)}", f"--name={shlex.quote(name)}"]
+    # Every other option of send applies to stdin as well, and is named as its dest (--no-progress: --progress);
+    # one left at its default is left out.
+    defaults = vars(parse_args(build_parser(), ["send", "-", "--to", args.to]))
+    for dest, value in vars(args).items():
+        if dest in ("command", "file", "to", "name") or value == defaults.get(dest):
+            continue
+        option = f"--{dest.replace('_', '-')}"
+        options.append(option if value is True else f"{option}={shlex.quote(str(value))}")
+    return f"tar c -C {shlex.quote(parent)} -- {shlex.quote(base or '.')} | iii-channel send - {' '.join(options)}"
 
 
 async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
-    size = _check_source(args.file, args.to)
+    size = _check_source(args.file, args)
     url = _engine(args)
     client = III(url)
     tasks: list[asyncio.Future[Any]] = []
