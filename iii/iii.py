@@ -560,8 +560,8 @@ class III:
             # after a handler swallowing its cancel was blamed on a loop held, the loop turning all along.)
             log.warning("The shutdown of the client of %s at the interpreter's exit did not end within %g s (%s); the "
                         "exit goes on without it", shown_url(self._address), round(seconds, 1),
-                        f"it was waiting for its trigger types' unregister_trigger hooks still running, "
-                        f"{CANCEL_WAIT_S:g} s at most" if self._trigger_host.finishing
+                        f"it was waiting for trigger-type hooks still running ({CANCEL_WAIT_S:g} s at most), or its "
+                        f"event loop was held: an async handler that blocks it, say" if self._trigger_host.finishing
                         else f"its event loop held, an async handler that blocks it, say, or a cancelled handler or a "
                              f"callback not ending within {CANCEL_WAIT_S:g} s")
 

@@ -268,8 +268,8 @@ class TriggerTypeHost:
 
     @property
     def finishing(self) -> bool:
-        """The client's shutdown is waiting for the unbinds it owes (:meth:`finish_releases` runs: ``CANCEL_WAIT_S``
-        at most); read from any thread (the interpreter's exit says what held its wait)."""
+        """The client's shutdown is waiting for the hooks it owes, unbinds and binds to undo (:meth:`finish_releases`
+        runs: ``CANCEL_WAIT_S`` at most); read from any thread (the interpreter's exit says what held its wait)."""
         return self._finishing is not None
 
     def close_logs(self) -> None:
@@ -314,7 +314,7 @@ class TriggerTypeHost:
         while True:
             with self._lock:
                 fresh = [run for run in self._release_runs if run.task is None]
-                waited = self._owed_waited()
+                waited, until = self._owed_waited(deadline)
                 if loop.time() >= deadline or not (fresh or waited):
                     # (under the lock: a release before this is run, or named below; one after says it is too late)
                     self._finishing = None
@@ -323,8 +323,9 @@ class TriggerTypeHost:
             for run in fresh:
                 self._start_release(run)
             if not fresh:  # (a run may hand a binding's unbind to a task of its own meanwhile: the next round's)
-                await asyncio.wait(waited, timeout=deadline - loop.time())
-        hooks = self._owed_hooks()
+                await asyncio.wait(waited, timeout=until - loop.time())
+        with self._lock:  # (_lost_claim reads what release() changes from the user's thread)
+            hooks = self._owed_hooks()
         # (a set: an owed unbind runs in a task within the owed task that undoes a bind, and its hook may be left
         # running on: one trigger was named twice)
         running = sorted({key for task, key in self._owed.items() if key is not None and not task.done()}
@@ -339,8 +340,8 @@ class TriggerTypeHost:
             parts.append(f"{len(running)} unbind(s) owed (of released trigger types, or under way at the shutdown) "
                          f"still running ({len(owed)} more not started)")
         if binding:
-            parts.append(f"{len(binding)} bind(s) of released trigger types (or of triggers unregistered) still "
-                         f"running")
+            parts.append(f"{len(binding)} bind(s) of released trigger types (or of triggers unregistered, or bound "
+                         f"here otherwise) still running")
         # (A bind's hook is cancelled next, and its binding, should it bind after all, is not unbound: the client's
         # loop ends with the shutdown. A hook that goes on regardless, its work in a thread, was promised an unbind.)
         log.error("%s %g s into the client's shutdown's wait for them: no longer waited for, cancelled with the "
@@ -351,18 +352,26 @@ class TriggerTypeHost:
                           + [f"{type_id}/{trigger_id} (bind)" for type_id, trigger_id in binding]))
 
     def _owed_hooks(self) -> list[tuple[_Key, _Detached]]:
-        """(Loop thread.) The hooks running in the background that a release owes (:class:`_Detached`, or of a type
-        no longer owned), the shutdown's caller excepted."""
+        """(Loop thread, under the lock.) The hooks running in the background that a release owes
+        (:class:`_Detached`, or of a type no longer owned, or a bind cut whose binding would be undone:
+        :meth:`_lost_claim`), the shutdown's caller excepted."""
         return [(key, entry) for key, entries in self._detached.items() for entry in entries
                 if (entry.owed or key[0] not in self._handlers or self._lost_claim(key, entry))
                 and not entry.task.done() and entry.task is not self._spare]
 
-    def _owed_waited(self) -> set[asyncio.Future[Any]]:
+    def _owed_waited(self, deadline: float) -> tuple[set[asyncio.Future[Any]], float]:
         """(Loop thread.) What the client's shutdown waits for: the releases' runs and owed unbinds, and the hooks
-        a release owes but those past their own deadline (not waited for: logged as such then)."""
+        a release owes but those past their own deadline (``overdue``: logged as such then; or past their ``due``
+        since: each hook at most its deadline); and until when (loop time): ``deadline``, or the first ``due``
+        before it."""
+        now = asyncio.get_running_loop().time()
         waited: set[asyncio.Future[Any]] = {task for task in self._owed if not task.done()}
-        waited.update(entry.task for _, entry in self._owed_hooks() if not entry.overdue)
-        return waited
+        until = deadline
+        for _, entry in self._owed_hooks():
+            if not entry.overdue and entry.due > now:
+                waited.add(entry.task)
+                until = min(until, entry.due)
+        return waited, until
 
     def cancel_hooks(self, spare: asyncio.Future[Any] | None = None) -> None:
         """The client's shutdown (after :meth:`finish_releases`): hooks still running in the background, and the
@@ -918,11 +927,12 @@ class TriggerTypeHost:
         return True
 
     def _lost_claim(self, key: _Key, entry: _Detached) -> bool:
-        """(Loop thread; takes no lock: :meth:`_owed_hooks` runs under it.) ``entry`` is a bind cut short by the
-        client's shutdown whose binding, should it bind, is not to be kept but unbound (:meth:`_keep`): its type let
-        go (or owned anew) since, the trigger unregistered (the engine's unbind queued behind the bind found nothing
-        bound yet), or bound here otherwise. The shutdown waits for such a bind as owed: its type still owned, it was
-        left out, cancelled with the client, and a bind in a thread bound with no unbind to come."""
+        """(Loop thread, under the lock: release() changes what it reads from the user's thread.) ``entry`` is a bind
+        cut short by the client's shutdown whose binding, should it bind, is not to be kept but unbound
+        (:meth:`_keep`): its type let go (or owned anew) since, the trigger unregistered (the engine's unbind queued
+        behind the bind found nothing bound yet), or bound here otherwise. The shutdown waits for such a bind as owed
+        (until its ``due`` at most): its type still owned, it was left out, cancelled with the client, and a bind in
+        a thread bound with no unbind to come."""
         return entry.claim is not None and (self._claims.get(key[0]) is not entry.claim or key not in self._sent
                                             or key[1] in self._bound.get(key[0], {}))
 

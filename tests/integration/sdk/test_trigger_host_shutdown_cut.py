@@ -182,8 +182,10 @@ def test_the_exit_wait_names_the_unbinds_it_was_waiting_for(real: RealEngineThre
     lines = [line for line in done.stderr.splitlines() if "at the interpreter's exit did not end within" in line]
     assert len(lines) == 1, done.stderr
     # before: "(its event loop is held: an async handler that blocks it, say)", the loop turning all along
-    assert "(it was waiting for its trigger types' unregister_trigger hooks still running, 3 s at most)" in lines[0], \
-        lines
+    # (then: "its trigger types' unregister_trigger hooks", claiming more than it knows: a handler may hold the
+    # loop during the wait, and a bind may be what it waits for)
+    assert ("(it was waiting for trigger-type hooks still running (3 s at most), or its event loop was held: an async "
+            "handler that blocks it, say)") in lines[0], lines
 
 
 def test_a_bind_hook_shutting_its_client_down_is_not_cancelled(

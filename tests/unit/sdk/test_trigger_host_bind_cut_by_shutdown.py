@@ -153,7 +153,8 @@ async def test_a_bind_still_running_past_the_wait_is_named_cancelled_and_not_unb
     # before: "0 unbind(s) owed ... still running (0 more not started; 1 bind(s) of them still running, each to be
     # unbound should it bind)": no unbind comes once the hook is cancelled with the client, whatever it does next
     head, _, tail = lines[0].partition(" s into ")
-    assert head.startswith("1 bind(s) of released trigger types (or of triggers unregistered) still running "), lines
+    assert head.startswith("1 bind(s) of released trigger types (or of triggers unregistered, or bound here "
+                           "otherwise) still running "), lines
     assert tail.startswith("the client's shutdown's wait for them: no longer waited for, cancelled with the client "
                            "(a bind that goes on regardless, its work in a thread say, and binds after all is left "
                            "bound with nothing to unbind it: its hook has to undo it itself): "), lines
@@ -222,3 +223,24 @@ async def test_the_engines_unbind_under_way_at_shutdown_runs_to_its_end_within_t
     host.cancel_hooks()
     # before: cut short by the cancel ([] unbound, ['t1'] cancelled): the trigger, gone from the engine, stayed bound
     assert (hooks.unbound, hooks.cancelled) == (["t1"], [])
+
+
+async def test_the_shutdown_waits_for_a_bind_of_an_unregistered_trigger_at_most_its_deadline() -> None:
+    """Each hook at most its deadline: a bind cut by the shutdown, owed as its trigger was unregistered behind it, is
+    waited for until its ``due`` (the host's hook deadline from the cut), not the whole ``CANCEL_WAIT_S``."""
+    host = TriggerTypeHost(hook_deadline=0.5)
+    hooks = _Hooks()
+    task = await _binding(host, hooks)
+    unbind = asyncio.create_task(host.unregister("gone", "t1", "f", {}))
+    await asyncio.sleep(0)  # (waiting behind the bind)
+    await _cancelled(task)
+    await _cancelled(unbind)
+    assert [entry.claim is not None for entry in host._detached[("gone", "t1")]] == [True]  # (cut, not overdue)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(host.finish_releases(3.0), 5)  # (its gate never set: it never ends by itself)
+    took = loop.time() - started
+    host.cancel_hooks()
+    assert took < 2.0, took  # before: 3.0 (the whole wait, its due never looked at)
+    await until(lambda: hooks.cancelled == ["t1"])
+    assert hooks.bound == [] and hooks.unbound == []
