@@ -597,7 +597,8 @@ class QueueConsumer:
     def _wall_stepped(self, now: int) -> bool:
         """Whether the wall clock stepped (by more than :data:`WALL_STEP_MS`) since this was last asked: the looks,
         kept on the wall clock, are then all asked for again (stepped back 120 s, they put the jobs of a missing
-        function off for two minutes past its grace)."""
+        function off for two minutes past its grace: the in-memory store keeps its due times on the monotonic clock,
+        but takes a look handed to it as it is)."""
         lead = now - monotonic_ms()
         stepped = self._wall_lead is not None and abs(lead - self._wall_lead) > WALL_STEP_MS
         if self._wall_lead is None or stepped:

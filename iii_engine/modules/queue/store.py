@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import logging
 import sys
 import time
 import uuid
@@ -35,8 +34,6 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
 from iii.wire import dumps, loads
 
-log = logging.getLogger(__name__)
-
 
 def now_ms() -> int:
     """Wall-clock milliseconds since the epoch (what ``failed_at`` and due times use)."""
@@ -45,24 +42,50 @@ def now_ms() -> int:
 
 def clip_utf8(text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` bytes of UTF-8, the cut saying how many bytes it was; never splits a
-    character (a lone surrogate, as JSON can carry, counts its 3 bytes).
+    character (a lone surrogate, as JSON can carry, counts its 3 bytes). A budget too small for the marker gets
+    ``…`` (3 bytes), or nothing below 3.
 
     Example:
         >>> clip_utf8("abc", 3)
         'abc'
         >>> clip_utf8("\U0001F600" * 10, 20)
         '\U0001F600…(40 bytes)'
+        >>> clip_utf8("x" * 100, 5), clip_utf8("x" * 100, 2)
+        ('…', '')
     """
     if len(text) * 4 <= limit:  # at most 4 bytes a character: no need to encode
         return text
-    encoded = text.encode("utf-8", "surrogatepass")
-    if len(encoded) <= limit:
+    size = utf8_size(text)
+    if size <= limit:
         return text
-    marker = f"…({len(encoded)} bytes)"
-    end = max(0, limit - len(marker.encode()))
+    marker = f"…({size} bytes)"
+    room = limit - len(marker.encode())
+    if room < 0:
+        return "…" if limit >= 3 else ""
+    # room + 1 characters hold byte ``room`` (each takes one byte at least), or are the whole text (size > room):
+    # only the head is encoded, not a 100 MB error
+    encoded = text[:room + 1].encode("utf-8", "surrogatepass")
+    end = room
     while end and encoded[end] & 0xC0 == 0x80:  # a continuation byte: the character starts before it
         end -= 1
     return encoded[:end].decode("utf-8", "surrogatepass") + marker
+
+
+_COUNT_CHARS: Final = 65_536
+"""Characters :func:`utf8_size` encodes at a time (a copy of at most 256 KiB, whatever the text's length)."""
+
+
+def utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (a lone surrogate 3), counted a piece at a time.
+
+    Example:
+        >>> utf8_size("a\\u00e9\\U0001F600"), utf8_size("\\ud800")
+        (7, 3)
+    """
+    if text.isascii():  # (a flag of the string: no scan)
+        return len(text)
+    return sum(len(text[i:i + _COUNT_CHARS].encode("utf-8", "surrogatepass"))
+               for i in range(0, len(text), _COUNT_CHARS))
 
 
 def monotonic_ms() -> int:
@@ -238,6 +261,10 @@ class TopicShare:
     max_bytes: int
     max_unsubscribed_bytes: int | None = None
 
+
+LEAD_JITTER_NS: Final = 1_000_000
+"""A change of the wall clock's lead on the monotonic one the in-memory store ignores (ns): reading both clocks one
+after the other moves it by less; a step of the wall clock past it is followed exactly."""
 
 WALL_STEP_MS: Final = 100
 """A change of the wall clock's lead on the monotonic one past this (ms) is a step of the wall clock (an NTP step, a
@@ -517,6 +544,7 @@ class _MemoryQueue:
     lanes: dict[str, list[str] | deque[str]] = field(default_factory=dict)
     ready: deque[str] = field(default_factory=deque)
     active: dict[str, int] = field(default_factory=dict)
+    #: (due time, seq, lane), a heap; the due times on the monotonic clock (:meth:`MemoryQueueStore._lead`)
     delayed: list[tuple[int, int, str]] = field(default_factory=list)
     dlq: dict[str, _HeldLetter] = field(default_factory=dict)
     #: the ids of ``dlq``, oldest failure first (then in arrival order): a page is a slice, not a sort of every
@@ -618,7 +646,7 @@ class MemoryQueueStore:
         self._topics = topics
         self._topic_bytes = 0
         self._unsubscribed_bytes = 0
-        self._clock: tuple[int, int] | None = None  # (wall ms, monotonic ms) of the last claim: see _follow_clock
+        self._lead_ns: int | None = None  # see _lead
 
     @property
     def used_bytes(self) -> int:
@@ -647,26 +675,20 @@ class MemoryQueueStore:
             if q.unsubscribed:
                 self._unsubscribed_bytes += delta
 
-    def _follow_clock(self, now_ms: int) -> None:
-        """A claim's ``now_ms`` behind the last one's plus the monotonic time since by more than
-        :data:`WALL_STEP_MS`: the wall clock stepped back, and every delayed lane's due time moves back as far (said
-        in one warning), so a retry or a look waits out what was left of its delay. Before, a job 1 s into its retry
-        backoff waited 21 s more after a 20 s step back. The store lives only in this process, so its due times need
-        not survive the step (the Redis store moves the engine's times onto Redis's clock instead)."""
-        mono = monotonic_ms()
-        last, self._clock = self._clock, (now_ms, mono)
-        if last is None:
-            return
-        step = last[0] + (mono - last[1]) - now_ms
-        if step <= WALL_STEP_MS:
-            return
-        moved = 0
-        for q in self._queues.values():
-            # the same shift for every entry keeps the heap's order
-            q.delayed[:] = [(due - step, seq, lane) for due, seq, lane in q.delayed]
-            moved += len(q.delayed)
-        log.warning("queue store: the wall clock stepped back %d ms; the due times of %d delayed jobs or lanes "
-                    "(retry backoffs, put-off looks) moved back with it", step, moved)
+    def _lead(self) -> int:
+        """The wall clock's lead on the monotonic one (ms): what a wall-clock time given to this store less it is on
+        the monotonic clock. The delayed due times are kept on the monotonic clock (the store lives only in this
+        process, they need not survive it), so a step of the wall clock, either way and of any size, moves no retry
+        backoff or put-off look: each is converted when it comes in and when it goes out, and a claim's ``now_ms``
+        when it is compared. Following the wall clock's steps on the wall clock cut backoffs instead (a retry written
+        just after a step back was moved back by it too; steps under 100 ms added up unseen; a step forward and its
+        correction back halved a 60 s backoff). The lead is kept while it changes by :data:`LEAD_JITTER_NS` or less
+        (the two clocks read one after the other): a time given out again is then the one given in."""
+        lead = time.time_ns() - time.monotonic_ns()
+        kept = self._lead_ns
+        if kept is None or abs(lead - kept) > LEAD_JITTER_NS:
+            self._lead_ns = kept = lead
+        return kept // 1_000_000
 
     def _full(self, q: _MemoryQueue, size: int) -> StoreFull | None:
         """The first bound ``size`` more bytes of ``q`` would pass (topics' before the store's), or ``None``."""
@@ -744,11 +766,12 @@ class MemoryQueueStore:
             (2, (('g:a', 'missing', 1000),))
         """
         q = self._q(queue)
-        self._follow_clock(now_ms)
+        lead = self._lead()
+        now = now_ms - lead  # on the monotonic clock, as the due times
         if isinstance(put_off, PutOff):
             put_off.take_changes()  # the looks themselves are read here: their changes need not pile up
         due: list[str] = []
-        while q.delayed and q.delayed[0][0] <= now_ms:
+        while q.delayed and q.delayed[0][0] <= now:
             due.append(heapq.heappop(q.delayed)[2])
         q.ready.extendleft(reversed(due))
         looks = len(q.ready) if skip_functions else 0
@@ -763,7 +786,7 @@ class MemoryQueueStore:
                 look = put_off.get(function_id) if put_off and function_id is not None else None
                 if look is not None and look > now_ms and function_id is not None:
                     q.seq += 1
-                    heapq.heappush(q.delayed, (look, q.seq, lane))
+                    heapq.heappush(q.delayed, (look - lead, q.seq, lane))
                     put.append((lane, function_id, look))
                     if len(put) >= PUT_OFF_LOOK:
                         return Claim(None, tuple(put), bool(q.ready))
@@ -776,7 +799,7 @@ class MemoryQueueStore:
                     continue
                 q.active[lane] = now_ms + lease_ms
                 return Claim(q.jobs[jobs[0]].job(jobs[0]), tuple(put))
-        return Claim(None, tuple(put), next_due_ms=q.delayed[0][0] if q.delayed else None, due_known=True)
+        return Claim(None, tuple(put), next_due_ms=q.delayed[0][0] + lead if q.delayed else None, due_known=True)
 
     async def ack(self, queue: str, job: Job) -> None:
         """See :class:`QueueStore`."""
@@ -796,7 +819,7 @@ class MemoryQueueStore:
         q.jobs[job.id] = held
         if q.active.pop(job.lane, None) is not None:  # as Redis: a lane not held stays where it is
             q.seq += 1
-            heapq.heappush(q.delayed, (due_ms, q.seq, job.lane))
+            heapq.heappush(q.delayed, (due_ms - self._lead(), q.seq, job.lane))
 
     async def dead(self, queue: str, letter: DeadLetter) -> None:
         """See :class:`QueueStore`."""
@@ -837,7 +860,7 @@ class MemoryQueueStore:
     async def next_due_ms(self, queue: str) -> int | None:
         """See :class:`QueueStore`."""
         q = self._q(queue)
-        return q.delayed[0][0] if q.delayed else None
+        return q.delayed[0][0] + self._lead() if q.delayed else None
 
     async def bring_forward(self, queue: str, lanes: list[str], *, due_ms: int) -> int:
         """See :class:`QueueStore`.
@@ -856,7 +879,7 @@ class MemoryQueueStore:
             (0, 1, 1)
         """
         q = self._q(queue)
-        wanted = set(lanes)
+        wanted, due_ms = set(lanes), due_ms - self._lead()
         moved = [(due_ms, seq, lane) for due, seq, lane in q.delayed if lane in wanted and due > due_ms]
         if moved:
             q.delayed = [entry for entry in q.delayed if not (entry[2] in wanted and entry[0] > due_ms)] + moved

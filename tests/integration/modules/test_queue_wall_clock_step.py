@@ -3,11 +3,15 @@ queue store's clock stepped (a shim over ``iii_engine.modules.queue.store.time``
 
 Before: a clock stepped +120 s dead-lettered jobs waiting for a missing function 9 s after they were enqueued
 ("still not registered after 60000 ms"), the grace timed on the wall clock; a clock stepped back 20 s held a job 1 s
-into its retry backoff for 21 s more, and a step back of 120 s held jobs past their grace for two minutes.
+into its retry backoff for 21 s more, and a step back of 120 s held jobs past their grace for two minutes. The
+store's first answer (moving its due times back with a step back) cut backoffs instead: a retry written just after the
+step was moved too, a step forward and its correction halved a 60 s backoff, steps under 100 ms added up unseen; its
+delayed due times are now kept on the monotonic clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import types
 from collections.abc import AsyncIterator
@@ -19,7 +23,7 @@ from module_worker import ModuleWorker
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.queue import store as store_module
 from iii_engine.modules.queue.module import QueueModule
-from iii_engine.modules.queue.store import Claim, DeadLetter, MemoryQueueStore
+from iii_engine.modules.queue.store import Claim, DeadLetter, Job, MemoryQueueStore
 from tests.polling import until
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("configures named queues")]
@@ -164,3 +168,85 @@ async def test_a_clock_stepped_back_does_not_stretch_the_missing_function_grace(
         clock.offset_ns = -120 * 10**9
         await until(lambda: len(seen.dead) == 3, within=10)  # was two minutes more
         assert time.monotonic() - started < 8
+
+
+RETRY_5S = {"q": {"max_retries": 3, "backoff_ms": 5000}}
+
+
+@pytest.mark.parametrize("engine", [RETRY_5S], indirect=True)
+async def test_a_failure_just_after_a_step_back_keeps_its_backoff(engine: Engine, clock: SteppedTime) -> None:
+    # before: the store moved every delayed due time back by the step at its next claim, the retry written after
+    # the step (on the new clock already) too: it ran 0.001 s after the failure
+    runs: list[float] = []
+    release = asyncio.Event()
+
+    async def handler(data: Any) -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            await release.wait()  # in flight while the clock steps
+            raise RuntimeError("fails after the step")
+
+    async with ModuleWorker(engine.url) as worker:
+        await worker.function("job::h", handler)
+        await worker.call("job::h", {}, action={"type": "enqueue", "queue": "q"})
+        await until(lambda: len(runs) == 1)
+        clock.offset_ns = -60 * 10**9
+        failed = time.monotonic()
+        release.set()
+        await until(lambda: len(runs) == 2, within=15)
+        assert runs[1] - failed > 4.5, f"a 5 s backoff cut to {runs[1] - failed:.2f} s by the step"
+
+
+async def _claimed(store: MemoryQueueStore, count: int = 1) -> list[Job]:
+    """``count`` jobs pushed and claimed."""
+    for n in range(count):
+        await store.push("q", Job.new("q", "f", n))
+    claimed = [await store.claim("q", now_ms=store_module.now_ms(), lease_ms=600_000) for _ in range(count)]
+    assert None not in claimed
+    return [job for job in claimed if job is not None]
+
+
+async def _retried(store: MemoryQueueStore, job: Job, due_in_ms: int) -> None:
+    """``job`` failed, its retry due ``due_in_ms`` from now."""
+    await store.retry("q", job, due_ms=store_module.now_ms() + due_in_ms)
+
+
+async def _left_ms(store: MemoryQueueStore) -> int:
+    """How long the queue's first delayed lane still waits, on the clock as it reads now."""
+    due = await store.next_due_ms("q")
+    assert due is not None
+    return due - store_module.now_ms()
+
+
+async def test_a_retry_written_after_a_step_back_keeps_its_backoff_in_the_store(clock: SteppedTime) -> None:
+    store = MemoryQueueStore()
+    before, after = await _claimed(store, 2)
+    await _retried(store, before, 5000)
+    clock.offset_ns = -20 * 10**9
+    await _retried(store, after, 5000)  # failed after the step, before any claim saw it
+    # before: the claim moved both back 20 s: the second was claimed at once, its 5 s backoff skipped
+    assert await store.claim("q", now_ms=store_module.now_ms(), lease_ms=600_000) is None
+    assert 4000 < await _left_ms(store) <= 5000
+
+
+@pytest.mark.parametrize("steps_s", [(30, -30), (-30, 30), (120,), (-120,)], ids=str)
+async def test_a_step_either_way_and_its_correction_leave_a_backoff_whole(
+        clock: SteppedTime, steps_s: tuple[int, ...]) -> None:
+    # before: only steps back were followed, so +30 s then its correction back (or -30 s then forward) cut a 60 s
+    # backoff to 30 s, and +120 s ran it at once
+    store = MemoryQueueStore()
+    await _retried(store, (await _claimed(store))[0], 60_000)
+    for step in steps_s:
+        clock.offset_ns += step * 10**9
+        assert await store.claim("q", now_ms=store_module.now_ms(), lease_ms=600_000) is None
+    assert 59_000 < await _left_ms(store) <= 60_000
+
+
+async def test_small_steps_back_do_not_add_up(clock: SteppedTime) -> None:
+    # before: 30 steps of -90 ms, each under the 100 ms the store took for a step, stretched a 5 s backoff to 7.7 s
+    store = MemoryQueueStore()
+    await _retried(store, (await _claimed(store))[0], 5000)
+    for _ in range(30):
+        clock.offset_ns -= 90 * 10**6
+        assert await store.claim("q", now_ms=store_module.now_ms(), lease_ms=600_000) is None
+    assert 4000 < await _left_ms(store) <= 5000

@@ -68,3 +68,28 @@ async def test_dead_letters_within_the_bound_keep_their_whole_error() -> None:
     assert job is not None
     await store.dead("q", DeadLetter(job, error, 1))
     assert [letter.error for letter in await store.dlq_page("q", 0, 10)] == [error]
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2, 3, 5, 13, 14, 15, 20])
+@pytest.mark.parametrize("text", ["x" * 100, EMOJI * 100, "é" * 100], ids=["ascii", "emoji", "latin"])
+def test_a_budget_smaller_than_the_marker_is_never_passed(text: str, limit: int) -> None:
+    # before: 0, 1 and 5 bytes gave the whole 14-byte marker '…(100 bytes)'
+    clipped = clip_utf8(text, limit)
+    assert len(clipped.encode()) <= limit, (limit, clipped)
+    assert clipped == ("" if limit < 3 else "…") or (clipped.endswith("…(" + str(len(text.encode())) + " bytes)")
+                                                    and text.startswith(clipped.rsplit("…", 1)[0]))
+
+
+def test_a_long_text_is_not_encoded_whole_to_be_cut() -> None:
+    import tracemalloc
+
+    text = "é" * 5_000_000  # 5 MB held (one byte a character), 10 MB in UTF-8
+    tracemalloc.start()
+    try:
+        clipped = clip_utf8(text, DLQ_ERROR_BYTES)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert clipped.endswith("…(10000000 bytes)") and len(clipped.encode()) <= DLQ_ERROR_BYTES
+    # before: the whole text encoded, 10 MB
+    assert peak < 1_000_000, peak
