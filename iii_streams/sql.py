@@ -326,7 +326,7 @@ class _Write(WriteProgress):
     withdrawn), though nothing of it was sent yet; ``sent`` stays for the commit (or statement) sent. ``landed``: its
     result once that commit or statement is known to have landed, for a caller whose wait was cut after it."""
 
-    __slots__ = ("batch", "compute", "deadline", "group_id", "item_id", "key", "landed", "left", "pinned",
+    __slots__ = ("batch", "compute", "deadline", "group_id", "handed", "item_id", "key", "landed", "left", "pinned",
                  "rolled_back", "shared", "size", "stream_name")
 
     def __init__(self, stream_name: str, group_id: str, item_id: str, key: bytes, compute: Compute | None,
@@ -348,6 +348,8 @@ class _Write(WriteProgress):
         self.rolled_back = False
         self.left = False  # its caller no longer waits for it (its result, a timeout, a cancel)
         self.batch: _BatchWait | None = None  # the batch waiting for a connection to run it, while it waits
+        # a running batch handed it on to its item's own queue (Requeue): that batch still runs during a close
+        self.handed = False
 
     def give_up(self) -> bool:
         """:meth:`WriteProgress.give_up`, which a pinned write refuses too (``False``: it will still run).
@@ -407,7 +409,7 @@ class _PoolGate:
         ['c', 'a', 'b']
     """
 
-    __slots__ = ("_dead", "_next", "_waiters", "slots", "used")
+    __slots__ = ("_dead", "_next", "_waiters", "checkouts", "closed", "cut", "slots", "used")
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
@@ -415,9 +417,35 @@ class _PoolGate:
         self._waiters: tuple[deque[asyncio.Future[None]], ...] = tuple(deque() for _ in range(_LANES))
         self._dead = [0] * _LANES  # waiters of each lane that gave up (dropped at its front, or in a compaction)
         self._next = 0  # the lane whose turn it is
+        #: makes the error of a wait the store's close ended (:meth:`close`), and of every acquire after it
+        self.closed: Callable[[], BaseException] | None = None
+        self.checkouts: set[asyncio.Task[Any]] = set()  # the tasks holding a slot while they check a connection out
+        self.cut: set[asyncio.Task[Any]] = set()  # those of them the close cancelled (see SQLStream._checked_out)
 
-    async def acquire(self, lane: int) -> None:
-        """Take a slot, waiting in ``lane``'s FIFO while all are held (until cancelled: then no slot is held)."""
+    def close(self, error: Callable[[], BaseException]) -> None:
+        """Fail every waiter now, and every later :meth:`acquire`, with ``error()`` (one each: one instance raised
+        in many tasks gathers their tracebacks). Why: a store's close waited for the callers stuck here, as long as
+        their deadlines (forever with no timeout), and a slot given back meanwhile started an operation after it."""
+        self.closed = error
+        for task in self.checkouts:
+            # a checkout outlasting pool_timeout again and again (connections held outside the store) did not end
+            # at the pool's timeout once the close disposed of that pool: it ended 10-25 s after the holder let go
+            self.cut.add(task)
+            task.cancel()
+        self.checkouts.clear()
+        for lane, waiters in enumerate(self._waiters):
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(error())
+            self._dead[lane] = 0
+
+    async def acquire(self, lane: int, *, after_close: bool = False) -> None:
+        """Take a slot, waiting in ``lane``'s FIFO while all are held (until cancelled: then no slot is held; until
+        :meth:`close`: its error, no slot held). ``after_close``: taken after a close too (an operation that waited
+        for the store's opening, which the close let finish so its operations go on)."""
+        if self.closed is not None and not after_close:
+            raise self.closed()
         if self.used < self.slots:
             # (no live waiter then: a slot given back goes to a live one before it counts as free)
             self.used += 1
@@ -428,7 +456,7 @@ class _PoolGate:
         try:
             await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release()  # handed a slot as the wait was cut: the next waiter's
             else:
                 self._dead[lane] += 1
@@ -475,6 +503,28 @@ def _pool_gate(pool: Pool, max_overflow: int) -> _PoolGate | None:
     if not isinstance(pool, QueuePool) or max_overflow < 0:
         return None
     return _PoolGate(pool.size() + max_overflow)
+
+
+def _closed_at_gate() -> StreamClosedError:
+    """The error of an operation whose wait for a pooled connection the store's close ended (nothing of it ran)."""
+    return StreamClosedError("SQLStream was closed while this operation waited for a database connection")
+
+
+def _waited_at_gate(error: StreamTimeoutError, gate: _PoolGate) -> StreamTimeoutError:
+    """``error`` (an operation's timeout), for one whose time ran out waiting at ``gate`` for a pooled connection.
+
+    Example:
+        >>> error = _waited_at_gate(StreamTimeoutError("SQLStream.set did not finish within 1 s"), _PoolGate(15))
+        >>> for part in str(error).split("; "):
+        ...     print(part)
+        SQLStream.set did not finish within 1 s
+        waiting for a database connection: all 15 were in use (raise pool_size or max_overflow of SQLStream.from_url, or find what holds them)
+    """  # noqa: E501 - a doctest's output line
+    restated = StreamTimeoutError(
+        f"{error}; waiting for a database connection: all {gate.slots} were in use (raise pool_size or max_overflow "
+        "of SQLStream.from_url, or find what holds them)")
+    restated.applied = error.applied
+    return restated
 
 
 class _Deserted(Exception):
@@ -1620,6 +1670,7 @@ def _handing_on(writes: Sequence[_Write], answers: builtins.list[Any]) -> builti
     for w, answer in zip(writes, answers, strict=True):
         if isinstance(answer, Requeue):
             w.sent = w.pinned = False
+            w.handed = True
     return answers
 
 
@@ -2419,8 +2470,10 @@ class SQLStream(FieldUpdates):
         with StreamClosedError once the close's dispose began, which it would outlive holding a connection."""
         self._operations += 1
         try:
+            opened = False  # it waited for the store's opening: a close meanwhile lets it go on (see _end_opening)
             if not self._ready:
                 await self._prepare()
+                opened = True
             # lock before connecting: in-memory SQLite is one shared connection (see __init__)
             async with lock if lock is not None else contextlib.nullcontext():
                 if self._shut:  # (checked with no await before the connect: the close's dispose is after it)
@@ -2429,7 +2482,7 @@ class SQLStream(FieldUpdates):
                 await self._check_file_now(locked=locked)
                 pool = self.engine.sync_engine.pool
                 try:
-                    async with self._checked_out(open_connection) as conn:
+                    async with self._checked_out(open_connection, opened) as conn:
                         yield conn
                     if locked:
                         await self._check_file_now(locked=True, committed=True)  # (its outcome per write: _write)
@@ -2453,12 +2506,15 @@ class SQLStream(FieldUpdates):
     @contextlib.asynccontextmanager
     async def _checked_out(
         self, open_connection: Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]],
+        after_close: bool = False,
     ) -> AsyncIterator[AsyncConnection]:
         """``open_connection()`` through the store's gate (:class:`_PoolGate`): a pool that runs out makes callers
         wait, in arrival order, never fail. A caller's wait is bounded by its own time limit (which cancels it: its
         usual timeout error), not by the pool's ``pool_timeout``, which a slot's checkout outlasts only when
         connections are held outside the store (it is tried again, keeping its place). A batch's wait (the writes in
-        ``_BATCH_WRITES``) ends with :class:`_Deserted`, nothing of it run, once none of its callers still waits."""
+        ``_BATCH_WRITES``) ends with :class:`_Deserted`, nothing of it run, once none of its callers still waits.
+        Once the store's close began (:meth:`_PoolGate.close`) it fails with its StreamClosedError, nothing run,
+        unless ``after_close`` (see :meth:`_PoolGate.acquire`)."""
         gate = self._gate
         if gate is None:
             async with open_connection() as conn:
@@ -2466,6 +2522,8 @@ class SQLStream(FieldUpdates):
             return
         batch = _BATCH_WRITES.get()
         task = asyncio.current_task()
+        if batch is not None and any(w.handed for w in batch.writes):
+            after_close = True  # a running batch's writes handed on: a close lets them run, as it lets that batch
         if batch is not None:
             if not batch.waited_for():
                 raise _Deserted("no caller waits for this batch's writes any more")
@@ -2473,8 +2531,10 @@ class SQLStream(FieldUpdates):
         held = False
         try:
             try:
-                await gate.acquire(_WRITE_LANE if batch is not None else _LANE.get())
+                await gate.acquire(_WRITE_LANE if batch is not None else _LANE.get(), after_close=after_close)
                 held = True
+                if task is not None and not after_close:
+                    gate.checkouts.add(task)
                 while True:
                     attempt = asyncio.get_running_loop().time()
                     try:
@@ -2482,18 +2542,29 @@ class SQLStream(FieldUpdates):
                         conn = await connection.__aenter__()
                         break
                     except PoolTimeoutError:
+                        if gate.closed is not None and not after_close:  # (the store's close: it waits no more)
+                            raise gate.closed() from None
                         pause = _POOL_RETRY_PAUSE_S - (asyncio.get_running_loop().time() - attempt)
                         if pause > 0:  # (a pool_timeout of 0 would spin)
                             await asyncio.sleep(pause)
             except asyncio.CancelledError:
                 if batch is not None and batch.deserted and task is not None and task.uncancel() == 0:
                     raise _Deserted("no caller waits for this batch's writes any more") from None
+                if task in gate.cut:
+                    gate.cut.discard(task)
+                    if task is not None and task.uncancel() == 0 and gate.closed is not None:
+                        raise gate.closed() from None
                 raise
             finally:
+                gate.checkouts.discard(task)
                 if batch is not None:
                     batch.task = None  # from here on its callers leaving cuts nothing: the batch runs
             async with contextlib.AsyncExitStack() as stack:
                 stack.push_async_exit(connection)
+                if gate.closed is not None and not after_close:
+                    # its checkout outlasted the close's start (connections held outside the store): nothing of it
+                    # runs after the close began
+                    raise gate.closed()
                 yield conn
         finally:
             if held:
@@ -2626,7 +2697,13 @@ class SQLStream(FieldUpdates):
         except StreamTimeoutError as exc:
             if write.landed is not None:
                 return write.landed  # (see below)
-            raise write.timeout_error(exc) from exc
+            error = write.timeout_error(exc)
+            batch, gate = write.batch, self._gate
+            if batch is not None and batch.task is not None and gate is not None:
+                # its batch still waited for a connection: say so, and how to have more (the error said only "did not
+                # finish within 60 s", where PoolExhaustedError named the pool's options)
+                error = _waited_at_gate(error, gate)
+            raise error from exc
         except StreamFileLostError as exc:
             # the batch is done with it: applied (committed before the check found the file gone) only if sent
             raise exc.for_write(write.sent) from exc
@@ -3635,7 +3712,12 @@ class SQLStream(FieldUpdates):
         give_up_at = asyncio.get_running_loop().time() + MIGRATION_CLOSE_WAIT_S
         opening = self._opening
         if opening is not None:
-            await self._end_opening(opening)
+            await self._end_opening(opening)  # (its waiters are not at the gate yet: they go on as before)
+        if self._gate is not None:
+            # the callers waiting for a connection fail now, and none starts from here (with no await since the
+            # close began, or since the opening ended): the close waited as long as they would (forever with no
+            # timeout: 0 of 200 ended in 40 s), and a connection given back started them after it
+            self._gate.close(_closed_at_gate)
         if self._listener is not None:
             await self._listener.stop()
         self._watch_retries.close()

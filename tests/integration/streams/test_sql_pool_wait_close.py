@@ -1,0 +1,161 @@
+"""A SQL store's close ends the waits for a pooled connection at once (StreamClosedError, a write not applied), and
+nothing waiting there runs after it; a write whose time ran out waiting for a connection says so and names the
+options that give more.
+
+Before (attack on 72ce5adc, F1): with timeout=None and the pool of one held, the close waited as long as the 200
+callers waiting at the gate (not ended after 40 s, 0 of 200 callers ended; when the holder let go ~100 operations
+succeeded after the close was called); with the store's own read holding the connection, a deadlock. F3: such a
+write's timeout said only "did not finish within 0.6 s".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput
+from iii_streams import SQLStream, StreamClosedError, StreamTimeoutError
+from iii_streams.sql import DISPOSE_TIMEOUT_S, MIGRATION_CLOSE_WAIT_S
+from tests.polling import until
+
+pytestmark = pytest.mark.timeout(30)
+
+ITEM = {"stream_name": "s", "group_id": "g", "item_id": "i"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file of the test's own, or the module's scratch PostgreSQL database (synchronous: it makes it)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def store_on(url: str, **options: Any) -> SQLStream:
+    """A store on a pool of one connection whose own wait is 5 s."""
+    return SQLStream.from_url(url, create=True, pool_size=1, max_overflow=0, pool_timeout=5, **options)
+
+
+@contextlib.asynccontextmanager
+async def holding(store: SQLStream, where: str) -> AsyncIterator[asyncio.Event]:
+    """The pool's only connection held (by an operation of the store's own, or outside it) until the event is
+    set, the close or not."""
+    let_go = asyncio.Event()
+    taken = asyncio.Event()
+
+    async def hold() -> None:
+        if where == "store":
+            async with store._read():
+                taken.set()
+                await let_go.wait()
+        else:
+            conn = await store.engine.connect()
+            try:
+                taken.set()
+                await let_go.wait()
+            finally:
+                await conn.close()
+
+    holder = asyncio.ensure_future(hold())
+    await taken.wait()
+    try:
+        yield let_go
+    finally:
+        let_go.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(holder, 10)
+
+
+def waiting_at_gate(store: SQLStream) -> int:
+    assert store._gate is not None
+    return sum(len(waiters) for waiters in store._gate._waiters)
+
+
+async def test_a_close_ends_200_waits_for_a_connection_at_once_and_none_runs_later(url: str) -> None:
+    store = store_on(url, timeout=None)
+    await store.set(StreamSetInput(**ITEM, data={"n": 0}))
+    loop = asyncio.get_running_loop()
+    async with holding(store, "outside") as let_go:
+        sets = [asyncio.ensure_future(store.set(StreamSetInput(stream_name="s", group_id="g", item_id=f"w{n}",
+                                                               data={"n": n}))) for n in range(100)]
+        gets = [asyncio.ensure_future(store.get(StreamGetInput(**ITEM))) for _ in range(100)]
+        await until(lambda: store._gate is not None and store._gate._waiters[0] and store._gate._waiters[1])
+        started = loop.time()
+        closing = asyncio.ensure_future(store.aclose())
+        done, _ = await asyncio.wait((closing, *sets, *gets), timeout=5)
+        took = loop.time() - started
+        assert len(done) == 201, f"{201 - len(done)} not ended 5 s after the close began"  # (before: none ended)
+        assert took < 1.5, took
+        for call in sets:
+            error = call.exception()
+            assert isinstance(error, StreamClosedError), repr(error)
+            assert error.applied is False, error
+        for call in gets:
+            assert isinstance(call.exception(), StreamClosedError), repr(call.exception())
+        let_go.set()
+    # nothing of those writes ran once the connection was free
+    async with SQLStream.from_url(url) as after:
+        for n in range(100):
+            assert await after.get(StreamGetInput(stream_name="s", group_id="g", item_id=f"w{n}")) is None, n
+
+
+async def test_a_close_while_the_stores_own_read_holds_the_only_connection_ends(url: str) -> None:
+    store = store_on(url, timeout=None)
+    await store.set(StreamSetInput(**ITEM, data={"n": 0}))
+    loop = asyncio.get_running_loop()
+    async with holding(store, "store"):
+        sets = [asyncio.ensure_future(store.set(StreamSetInput(stream_name="s", group_id="g", item_id=f"w{n}",
+                                                               data={"n": n}))) for n in range(20)]
+        gets = [asyncio.ensure_future(store.get(StreamGetInput(**ITEM))) for _ in range(20)]
+        await until(lambda: waiting_at_gate(store) >= 2)
+        started = loop.time()
+        closing = asyncio.ensure_future(store.aclose())
+        done, _ = await asyncio.wait((*sets, *gets), timeout=1)
+        assert len(done) == 40, f"{40 - len(done)} waits not ended 1 s after the close began"
+        assert all(isinstance(call.exception(), StreamClosedError) for call in done)
+        assert all(call.exception().applied is False for call in sets)  # type: ignore[union-attr]
+        # the close waits for its own operation as long as it does for any (not forever: a deadlock before)
+        await asyncio.wait_for(closing, MIGRATION_CLOSE_WAIT_S + 2 * DISPOSE_TIMEOUT_S + 3)
+        assert loop.time() - started < MIGRATION_CLOSE_WAIT_S + 2 * DISPOSE_TIMEOUT_S + 2
+
+
+async def test_an_operation_after_the_close_began_is_refused_at_the_gate(url: str) -> None:
+    """A write already inside the store when the close began, reaching the gate after it: refused, not run."""
+    store = store_on(url, timeout=None)
+    await store.set(StreamSetInput(**ITEM, data={"n": 0}))
+    async with holding(store, "outside"):
+        assert store._gate is not None
+        gate = store._gate
+        # the close closes the gate without an await since it began
+        closing = asyncio.ensure_future(store.aclose())
+        await until(lambda: gate.closed is not None, within=3)
+        with pytest.raises(StreamClosedError):
+            await gate.acquire(0)
+        await asyncio.wait_for(closing, 5)
+
+
+@pytest.mark.parametrize("operation", ["set", "update"])
+async def test_a_write_whose_time_ran_out_waiting_for_a_connection_says_so(url: str, operation: str) -> None:
+    limit = 0.6
+    async with store_on(url) as store:
+        await store.set(StreamSetInput(**ITEM, data={"n": 0}))
+        async with holding(store, "store"):
+            with pytest.raises(StreamTimeoutError) as failure:
+                if operation == "set":
+                    await store.set(StreamSetInput(**ITEM, data={"n": 1}), timeout=limit)
+                else:
+                    await store.update(StreamUpdateInput(**ITEM, ops=[{"type": "increment", "path": "n", "by": 1}]),
+                                       timeout=limit)
+        error = failure.value
+        assert str(error) == (
+            f"SQLStream.{operation} did not finish within {limit:g} s; the write was withdrawn and not applied; "
+            "waiting for a database connection: all 1 were in use (raise pool_size or max_overflow of "
+            "SQLStream.from_url, or find what holds them)"), error
+        assert error.applied is False
+        assert await store.get(StreamGetInput(**ITEM)) == {"n": 0}
+
