@@ -266,6 +266,10 @@ LEAD_JITTER_NS: Final = 1_000_000
 """A change of the wall clock's lead on the monotonic one the in-memory store ignores (ns): reading both clocks one
 after the other moves it by less; a step of the wall clock past it is followed exactly."""
 
+LEAD_READ_NS: Final = 50_000
+"""The longest a reading of the two clocks may take to replace the kept lead (ns): one taken across a pause (the
+process descheduled, another thread holding the GIL) is off by the pause."""
+
 WALL_STEP_MS: Final = 100
 """A change of the wall clock's lead on the monotonic one past this (ms) is a step of the wall clock (an NTP step, a
 VM resumed, ``date -s``): what is timed on the monotonic clock and kept on the wall clock follows it at once."""
@@ -684,10 +688,20 @@ class MemoryQueueStore:
         just after a step back was moved back by it too; steps under 100 ms added up unseen; a step forward and its
         correction back halved a 60 s backoff). The lead is kept while it changes by :data:`LEAD_JITTER_NS` or less
         (the two clocks read one after the other): a time given out again is then the one given in."""
-        lead = time.time_ns() - time.monotonic_ns()
         kept = self._lead_ns
-        if kept is None or abs(lead - kept) > LEAD_JITTER_NS:
-            self._lead_ns = kept = lead
+        # The wall clock is read between two reads of the monotonic one: a reading taken across a pause (the process
+        # descheduled, another thread holding the GIL) would be off by the pause, moving due times by milliseconds,
+        # so only a tight reading may replace the kept lead (a few tries; the kept one stays otherwise).
+        for _ in range(3):
+            before = time.monotonic_ns()
+            wall = time.time_ns()
+            after = time.monotonic_ns()
+            if after - before <= LEAD_READ_NS or kept is None:
+                lead = wall - (before + after) // 2
+                if kept is None or abs(lead - kept) > LEAD_JITTER_NS:
+                    self._lead_ns = kept = lead
+                if after - before <= LEAD_READ_NS:
+                    break
         return kept // 1_000_000
 
     def _full(self, q: _MemoryQueue, size: int) -> StoreFull | None:
