@@ -702,6 +702,7 @@ class MemoryQueueStore:
                     self._lead_ns = kept = lead
                 if after - before <= LEAD_READ_NS:
                     break
+        assert kept is not None  # the first try always sets one
         return kept // 1_000_000
 
     def _full(self, q: _MemoryQueue, size: int) -> StoreFull | None:
