@@ -47,7 +47,7 @@ def _chain(top: Path, levels: int, name: str = "d", file: bytes = b"abc") -> Non
         os.close(fd)
 
 
-@pytest.mark.parametrize(("levels", "name"), [(5_000, "d"), (2_100, "d"), (20, "x" * 255)])
+@pytest.mark.parametrize(("levels", "name"), [(2_100, "d"), (20, "x" * 255)])
 def test_a_tree_past_path_max_is_removed(tmp_path: Path, levels: int, name: str) -> None:
     # before: OSError ENAMETOOLONG (File name too long), the whole tree left
     _chain(tmp_path / "t", levels, name)
