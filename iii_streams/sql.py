@@ -409,7 +409,7 @@ class _PoolGate:
         ['c', 'a', 'b']
     """
 
-    __slots__ = ("_dead", "_next", "_waiters", "checkouts", "closed", "cut", "slots", "used")
+    __slots__ = ("_dead", "_kept", "_next", "_waiters", "checkouts", "closed", "cut", "slots", "used")
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
@@ -421,6 +421,8 @@ class _PoolGate:
         self.closed: Callable[[], BaseException] | None = None
         self.checkouts: set[asyncio.Task[Any]] = set()  # the tasks holding a slot while they check a connection out
         self.cut: set[asyncio.Task[Any]] = set()  # those of them the close cancelled (see SQLStream._checked_out)
+        #: waits of operations let through after a close (they waited for the store's opening): the close leaves them
+        self._kept: set[asyncio.Future[None]] = set()
 
     def close(self, error: Callable[[], BaseException]) -> None:
         """Fail every waiter now, and every later :meth:`acquire`, with ``error()`` (one each: one instance raised
@@ -434,10 +436,14 @@ class _PoolGate:
             task.cancel()
         self.checkouts.clear()
         for lane, waiters in enumerate(self._waiters):
+            kept = [waiter for waiter in waiters if waiter in self._kept and not waiter.done()]
             while waiters:
                 waiter = waiters.popleft()
-                if not waiter.done():
+                if not waiter.done() and waiter not in self._kept:
                     waiter.set_exception(error())
+            # the operations that waited for the opening go on, as the close promises (on a healthy database the
+            # writes in flight commit: failed here, 0 of 150 did)
+            waiters.extend(kept)
             self._dead[lane] = 0
 
     async def acquire(self, lane: int, *, after_close: bool = False) -> None:
@@ -453,6 +459,9 @@ class _PoolGate:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters[lane]
         waiters.append(waiter)
+        if after_close:
+            self._kept.add(waiter)
+            waiter.add_done_callback(self._kept.discard)
         try:
             await waiter
         except asyncio.CancelledError:
