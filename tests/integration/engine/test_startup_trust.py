@@ -44,7 +44,7 @@ def free_port() -> int:
 
 @contextmanager
 def occupied() -> Iterator[int]:
-    """A loopback port something else listens on."""
+    """A loopback port something else listens on (no SO_REUSEADDR bind gets it)."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()

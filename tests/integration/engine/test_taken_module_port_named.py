@@ -4,9 +4,7 @@ the hint to start without the module)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +15,11 @@ from iii_engine.cli import start_failure
 from iii_engine.modules.base import EngineModule, ModuleStartError
 from tests.ports import reserve_port
 
-from .test_startup_trust import engine_cli, one_error_line
+from .test_startup_trust import API, STREAM, engine_cli, occupied, one_error_line
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("engine-core test: start-up failures of our engine")]
 
-STREAM = "modules::stream::StreamModule"
-API = "modules::api::RestApiModule"
 MOVE_ALL = "; or --port 0: the engine and every module whose config names no port listen on free ports"
-
-
-@contextmanager
-def occupied() -> Iterator[int]:
-    """A loopback port another process's listener holds (no SO_REUSEADDR bind gets it)."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        yield holder.getsockname()[1]
 
 
 @pytest.mark.parametrize("module", [STREAM, API])

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pytest
@@ -36,47 +36,58 @@ def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
 _OWED = "unbind(s) owed (of released trigger types, or under way at the shutdown) still running"
 
 
-class _Hooks(TriggerHandler[Any]):
+class NotedHooks(TriggerHandler[Any]):
+    """Hooks that note, under ``lock``, each trigger whose work was cancelled (``cancelled``) or ended.
+
+    Example (a subclass's unbind)::
+
+        async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+            await self.noted(asyncio.sleep(0.05), config.id, self.unbound)
+    """
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+        self.lock = threading.Lock()
+
+    async def noted(self, work: Awaitable[object] | None, trigger_id: str, done: list[str]) -> None:
+        """Await ``work`` (nothing when ``None``), then note ``trigger_id`` in ``done``, or in ``cancelled`` when
+        it was cancelled there (the cancel raised on)."""
+        try:
+            if work is not None:
+                await work
+        except asyncio.CancelledError:
+            with self.lock:
+                self.cancelled.append(trigger_id)
+            raise
+        with self.lock:
+            done.append(trigger_id)
+
+
+class _Hooks(NotedHooks):
     """Each bind works ``bind_s`` seconds; each unbind ``unbind_s`` seconds (for ever when ``None``) before it is
     done."""
 
     def __init__(self, unbind_s: float | None = 0.05, bind_s: float = 0.0) -> None:
+        super().__init__()
         self.unbind_s = unbind_s
         self.bind_s = bind_s
         self.binding: list[str] = []
         self.bound: list[str] = []
         self.started: list[str] = []
         self.unbound: list[str] = []
-        self.cancelled: list[str] = []
-        self.lock = threading.Lock()
 
     async def register_trigger(self, config: TriggerConfig[Any]) -> None:
         with self.lock:
             self.binding.append(config.id)
-        try:
-            if self.bind_s:
-                await asyncio.sleep(self.bind_s)  # (the hook's own work: setting the trigger up)
-        except asyncio.CancelledError:
-            with self.lock:
-                self.cancelled.append(config.id)
-            raise
-        with self.lock:
-            self.bound.append(config.id)
+        # (the hook's own work: setting the trigger up)
+        await self.noted(asyncio.sleep(self.bind_s) if self.bind_s else None, config.id, self.bound)
 
     async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
         with self.lock:
             self.started.append(config.id)
-        try:
-            if self.unbind_s is None:
-                await asyncio.Event().wait()
-            else:
-                await asyncio.sleep(self.unbind_s)  # (the hook's own work: tearing down what the bind set up)
-        except asyncio.CancelledError:
-            with self.lock:
-                self.cancelled.append(config.id)
-            raise
-        with self.lock:
-            self.unbound.append(config.id)
+        # (the hook's own work: tearing down what the bind set up)
+        await self.noted(asyncio.Event().wait() if self.unbind_s is None else asyncio.sleep(self.unbind_s),
+                         config.id, self.unbound)
 
 
 def _owner(real: RealEngineThread, make_real_worker: MakeWorker, triggers: int, unbind_s: float | None = 0.05,

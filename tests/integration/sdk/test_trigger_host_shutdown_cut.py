@@ -31,6 +31,7 @@ from iii.triggers import TriggerConfig, TriggerHandler
 from tests.polling import until
 
 from .conftest import MakeWorker, RealEngineThread, workers_of
+from .test_trigger_host_shutdown import NotedHooks
 
 
 @pytest.fixture
@@ -38,17 +39,16 @@ def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
     yield from workers_of(real.url)
 
 
-class _Gated(TriggerHandler[Any]):
+class _Gated(NotedHooks):
     """A bind works in a thread until ``bind_gate`` is set; an unbind waits for ``unbind_gate``."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.bind_gate = threading.Event()
         self.unbind_gate = threading.Event()
         self.binding: list[str] = []
         self.bound: list[str] = []
         self.unbound: list[str] = []
-        self.cancelled: list[str] = []
-        self.lock = threading.Lock()
 
     def _bind(self, trigger_id: str) -> None:
         assert self.bind_gate.wait(20)
@@ -61,14 +61,7 @@ class _Gated(TriggerHandler[Any]):
         await asyncio.to_thread(self._bind, config.id)
 
     async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
-        try:
-            await asyncio.to_thread(self.unbind_gate.wait, 20)
-        except asyncio.CancelledError:
-            with self.lock:
-                self.cancelled.append(config.id)
-            raise
-        with self.lock:
-            self.unbound.append(config.id)
+        await self.noted(asyncio.to_thread(self.unbind_gate.wait, 20), config.id, self.unbound)
 
 
 def test_a_bind_under_way_at_shutdown_is_unbound_when_its_type_is_let_go_during_the_wait(

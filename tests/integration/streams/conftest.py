@@ -3,6 +3,7 @@
 The stores a test runs on: ``store_kind`` (memory, SQLite, PostgreSQL and Redis; a module wanting others overrides
 it), ``store_url`` (a store of that kind the test has to itself) and ``store`` (that store, open). The engine's
 stream tests (``tests/integration/engine_streams``) get ``store_kind``, ``store_url`` and ``redis_key_prefix`` too.
+The SQL stores' pool gate tests take ``pool_wait_url`` (a SQLite file or the scratch PostgreSQL database, each).
 
 Example:
     async def test_x(store: Backend) -> None:          # runs once on each of the four stores
@@ -87,6 +88,15 @@ def store_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -
         yield f"{url}?key_prefix={request.getfixturevalue('redis_key_prefix')}"
     else:
         raise ValueError(f"store_kind must be memory, sqlite, postgres or redis, got {store_kind!r}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def pool_wait_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """For the tests of a SQL store's pool gate: a SQLite file of the test's own, or the module's scratch PostgreSQL
+    database (synchronous: it makes it)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

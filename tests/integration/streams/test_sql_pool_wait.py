@@ -29,14 +29,6 @@ POOL_TIMEOUT = 0.2
 ITEM = {"stream_name": "s", "group_id": "g", "item_id": "i"}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A SQLite file of the test's own, or the module's scratch PostgreSQL database (synchronous: it makes it)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @contextlib.asynccontextmanager
 async def opened(url: str, pool_timeout: float = POOL_TIMEOUT, **options: Any) -> AsyncIterator[SQLStream]:
     """A store on a pool of one connection whose own wait is ``pool_timeout``, its item ITEM written as n=0."""
@@ -74,8 +66,8 @@ CALLS: dict[str, Call] = {
 @pytest.mark.parametrize("where", ["store", "outside"])
 @pytest.mark.parametrize("operation", list(CALLS))
 async def test_a_caller_waits_past_pool_timeout_and_runs_once_a_connection_is_free(
-        url: str, operation: str, where: str) -> None:
-    async with opened(url) as store:
+        pool_wait_url: str, operation: str, where: str) -> None:
+    async with opened(pool_wait_url) as store:
         async with held(store, where):
             call = asyncio.ensure_future(CALLS[operation](store, 10))
             # three of the pool's own waits: it failed at the first before
@@ -87,9 +79,9 @@ async def test_a_caller_waits_past_pool_timeout_and_runs_once_a_connection_is_fr
 
 @pytest.mark.parametrize("operation", list(CALLS))
 async def test_past_its_own_limit_it_gets_the_usual_timeout_and_a_write_was_not_applied(
-        url: str, operation: str) -> None:
+        pool_wait_url: str, operation: str) -> None:
     limit = POOL_TIMEOUT * 3
-    async with opened(url) as store:
+    async with opened(pool_wait_url) as store:
         loop = asyncio.get_running_loop()
         async with held(store, "store"):
             started = loop.time()
@@ -105,9 +97,9 @@ async def test_past_its_own_limit_it_gets_the_usual_timeout_and_a_write_was_not_
         assert await store.get(StreamGetInput(**ITEM)) == {"n": 0}  # nothing of a refused write was applied
 
 
-async def test_callers_are_served_in_arrival_order(url: str) -> None:
+async def test_callers_are_served_in_arrival_order(pool_wait_url: str) -> None:
     """A caller that waited past pool_timeout is not passed by one of its kind that came later."""
-    async with opened(url) as store:
+    async with opened(pool_wait_url) as store:
         ended: list[str] = []
 
         async def one(name: str, call: Call) -> None:
@@ -124,10 +116,10 @@ async def test_callers_are_served_in_arrival_order(url: str) -> None:
         assert ended == ["first", "second"]
 
 
-async def test_writes_take_their_turn_between_reads_queued_before_them(url: str) -> None:
+async def test_writes_take_their_turn_between_reads_queued_before_them(pool_wait_url: str) -> None:
     """Reads and writes both make progress: a write waiting behind lists gets a connection in its turn, not after
     every list queued before it (before: the pool's one FIFO served the three lists first)."""
-    async with opened(url, pool_timeout=20) as store:
+    async with opened(pool_wait_url, pool_timeout=20) as store:
         ended: list[str] = []
 
         async def one(name: str, call: Call) -> None:
@@ -144,8 +136,8 @@ async def test_writes_take_their_turn_between_reads_queued_before_them(url: str)
 
 
 @pytest.mark.parametrize("where", ["store", "outside"])
-async def test_a_batch_whose_callers_all_left_is_dropped_unrun(url: str, where: str) -> None:
-    async with opened(url, pool_timeout=20) as store:
+async def test_a_batch_whose_callers_all_left_is_dropped_unrun(pool_wait_url: str, where: str) -> None:
+    async with opened(pool_wait_url, pool_timeout=20) as store:
         async with held(store, where):
             with pytest.raises(StreamTimeoutError) as failure:
                 await CALLS["set"](store, 0.3)
@@ -158,8 +150,8 @@ async def test_a_batch_whose_callers_all_left_is_dropped_unrun(url: str, where: 
         assert await store.get(StreamGetInput(**ITEM)) == {"n": 1}
 
 
-async def test_a_batch_waits_while_one_of_its_callers_still_waits(url: str) -> None:
-    async with opened(url, pool_timeout=20) as store:
+async def test_a_batch_waits_while_one_of_its_callers_still_waits(pool_wait_url: str) -> None:
+    async with opened(pool_wait_url, pool_timeout=20) as store:
         async with held(store, "store"):
             patient = asyncio.ensure_future(CALLS["update"](store, 10))
             with pytest.raises(StreamTimeoutError):

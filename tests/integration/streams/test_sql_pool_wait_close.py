@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,14 +25,6 @@ from tests.polling import until
 pytestmark = pytest.mark.timeout(30)
 
 ITEM = {"stream_name": "s", "group_id": "g", "item_id": "i"}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A SQLite file of the test's own, or the module's scratch PostgreSQL database (synchronous: it makes it)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def store_on(url: str, **options: Any) -> SQLStream:
@@ -76,15 +67,15 @@ def waiting_at_gate(store: SQLStream) -> int:
     return sum(len(waiters) for waiters in store._gate._waiters)
 
 
-async def test_a_close_ends_200_waits_for_a_connection_at_once_and_none_runs_later(url: str) -> None:
-    store = store_on(url, timeout=None)
+async def test_a_close_ends_200_waits_for_a_connection_at_once_and_none_runs_later(pool_wait_url: str) -> None:
+    store = store_on(pool_wait_url, timeout=None)
     await store.set(StreamSetInput(**ITEM, data={"n": 0}))
     loop = asyncio.get_running_loop()
     async with holding(store, "outside") as let_go:
         sets = [asyncio.ensure_future(store.set(StreamSetInput(stream_name="s", group_id="g", item_id=f"w{n}",
                                                                data={"n": n}))) for n in range(100)]
         gets = [asyncio.ensure_future(store.get(StreamGetInput(**ITEM))) for _ in range(100)]
-        await until(lambda: store._gate is not None and store._gate._waiters[0] and store._gate._waiters[1])
+        await until(lambda: store._gate is not None and bool(store._gate._waiters[0] and store._gate._waiters[1]))
         started = loop.time()
         closing = asyncio.ensure_future(store.aclose())
         done, _ = await asyncio.wait((closing, *sets, *gets), timeout=5)
@@ -99,13 +90,13 @@ async def test_a_close_ends_200_waits_for_a_connection_at_once_and_none_runs_lat
             assert isinstance(call.exception(), StreamClosedError), repr(call.exception())
         let_go.set()
     # nothing of those writes ran once the connection was free
-    async with SQLStream.from_url(url) as after:
+    async with SQLStream.from_url(pool_wait_url) as after:
         for n in range(100):
             assert await after.get(StreamGetInput(stream_name="s", group_id="g", item_id=f"w{n}")) is None, n
 
 
-async def test_a_close_while_the_stores_own_read_holds_the_only_connection_ends(url: str) -> None:
-    store = store_on(url, timeout=None)
+async def test_a_close_while_the_stores_own_read_holds_the_only_connection_ends(pool_wait_url: str) -> None:
+    store = store_on(pool_wait_url, timeout=None)
     await store.set(StreamSetInput(**ITEM, data={"n": 0}))
     loop = asyncio.get_running_loop()
     async with holding(store, "store"):
@@ -124,9 +115,9 @@ async def test_a_close_while_the_stores_own_read_holds_the_only_connection_ends(
         assert loop.time() - started < MIGRATION_CLOSE_WAIT_S + 2 * DISPOSE_TIMEOUT_S + 2
 
 
-async def test_an_operation_after_the_close_began_is_refused_at_the_gate(url: str) -> None:
+async def test_an_operation_after_the_close_began_is_refused_at_the_gate(pool_wait_url: str) -> None:
     """A write already inside the store when the close began, reaching the gate after it: refused, not run."""
-    store = store_on(url, timeout=None)
+    store = store_on(pool_wait_url, timeout=None)
     await store.set(StreamSetInput(**ITEM, data={"n": 0}))
     async with holding(store, "outside"):
         assert store._gate is not None
@@ -140,9 +131,9 @@ async def test_an_operation_after_the_close_began_is_refused_at_the_gate(url: st
 
 
 @pytest.mark.parametrize("operation", ["set", "update"])
-async def test_a_write_whose_time_ran_out_waiting_for_a_connection_says_so(url: str, operation: str) -> None:
+async def test_a_write_whose_time_ran_out_waiting_for_a_connection_says_so(pool_wait_url: str, operation: str) -> None:
     limit = 0.6
-    async with store_on(url) as store:
+    async with store_on(pool_wait_url) as store:
         await store.set(StreamSetInput(**ITEM, data={"n": 0}))
         async with holding(store, "store"):
             with pytest.raises(StreamTimeoutError) as failure:
@@ -161,13 +152,14 @@ async def test_a_write_whose_time_ran_out_waiting_for_a_connection_says_so(url: 
 
 
 
-async def test_writes_that_waited_for_the_opening_go_on_past_the_gate_at_the_close(url: str) -> None:
+async def test_writes_that_waited_for_the_opening_go_on_past_the_gate_at_the_close(pool_wait_url: str) -> None:
     # attack on a090caa1, F1: the close promises that operations waiting for the store's opening go on (on a healthy
     # database the writes in flight commit), but the gate's close failed those of them queued for its one connection:
     # 0 of 150 sets committed on PostgreSQL
-    async with store_on(url) as ready:
+    async with store_on(pool_wait_url) as ready:
         await ready.prepare()
-    store = SQLStream.from_url(url, pool_size=1, max_overflow=0, pool_timeout=0.2, timeout=None)  # not opened yet
+    store = SQLStream.from_url(pool_wait_url, pool_size=1, max_overflow=0, pool_timeout=0.2,
+                               timeout=None)  # not opened yet
     sets = [asyncio.ensure_future(store.set(StreamSetInput(stream_name="s", group_id="g", item_id=f"o{n}",
                                                            data={"n": n}))) for n in range(20)]
     gets = [asyncio.ensure_future(store.get(StreamGetInput(**ITEM))) for _ in range(20)]
@@ -176,6 +168,6 @@ async def test_writes_that_waited_for_the_opening_go_on_past_the_gate_at_the_clo
     outcomes = await asyncio.gather(*sets, return_exceptions=True)
     await asyncio.gather(*gets, return_exceptions=True)  # (reads may be refused by the close)
     assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
-    async with SQLStream.from_url(url) as after:
+    async with SQLStream.from_url(pool_wait_url) as after:
         for n in range(20):
             assert await after.get(StreamGetInput(stream_name="s", group_id="g", item_id=f"o{n}")) == {"n": n}
