@@ -163,7 +163,8 @@ class OperationGuard(StoreDeadline):
         return f"{type(self._store).__name__}.{self._operation}"
 
     def _timed_out(self, expired: TimeoutError) -> BaseException:
-        error = StreamTimeoutError(f"{self._where()} did not finish within {self._limit:g} s")
+        error = StreamTimeoutError(f"{self._where()} did not finish within {self._limit:g} s"
+                                   f"{self._store._timeout_note()}")
         error.__cause__ = expired
         return error
 
@@ -475,6 +476,11 @@ max_bytes (6); nothing was written
         """``async with self._store_deadline():`` is ``asyncio.timeout(self.timeout)`` on the store's shared timer."""
         limit = self.timeout
         return StoreDeadline(limit, None if limit is None else self._shared_deadlines(limit))
+
+    def _timeout_note(self) -> str:
+        """What an operation's timeout message adds (``"; …"``): the store's state that may explain it, such as a
+        pool whose connections were all in use; ``""`` here."""
+        return ""
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         """The :class:`StreamError` to raise (``from exc``) for a backend exception, or ``None`` to let it pass.

@@ -22,9 +22,9 @@ Names are escaped so no two (stream, group) pairs share a hash (issue #8): in th
 here, so ``list_groups("a")`` is exact (production's ``stream:a:b:<group>`` hashes read as stream ``a``).
 SCAN patterns escape the glob characters of names.
 
-:meth:`RedisStream.from_url` opens a blocking pool (``max_connections``, default 50; ``pool_timeout`` seconds,
-default 30): more callers than connections wait for one, and only a wait longer than ``pool_timeout`` fails, with
-:class:`~iii_streams.errors.PoolExhaustedError`. ``max_connections`` bounds the command connections alone: a
+:meth:`RedisStream.from_url` opens a blocking pool (``max_connections``, default 50): more callers than
+connections wait for one, each within its operation's own time limit (a ``pool_timeout`` given ends the wait sooner,
+with :class:`~iii_streams.errors.PoolExhaustedError`). ``max_connections`` bounds the command connections alone: a
 store's watches share one pub/sub connection made outside that pool (a pool of its own, same URL and options,
 made by the first watch and closed with the store), held while any of them is open, read by one task into each
 watcher's bounded queue. A store on a client you pass makes it the same way, like that client's connections, never
@@ -55,6 +55,7 @@ import functools
 import logging
 import random
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -433,6 +434,14 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._taking = 0  # takes under way through redis-py's get_connection (waiting for a connection, maybe)
+        # connections handed out and not given back (the timeout's note; redis-py 8.0 has no public count of them)
+        self._held: set[Any] = set()
+        # the tasks in such a take, and those of them whose wait close_waits() ended
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._cut: set[asyncio.Task[Any]] = set()
+        # tasks whose wait was cancelled (their time ran out, most often): their timeout's message names the pool
+        self._gave_up: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self._refusing = False
 
     async def ensure_connection(self, connection: Any) -> None:
         """Connect ``connection``, or reconnect it when the server closed it (or it holds unread data) while idle.
@@ -454,30 +463,88 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
                 raise RedisConnectionError("a new Redis connection had data before any command was sent")
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._refusing:
+            raise _closed_at_pool()
         if not args and not kwargs and not self._taking:
             connection = take_plain(self)
             if connection is not None:
+                self._held.add(connection)
                 try:
                     await self.ensure_connection(connection)
                 except BaseException:
                     await self.release(connection)
                     raise
                 return connection
+        task = asyncio.current_task()
         self._taking += 1
+        if task is not None:
+            self._waiting.add(task)
         try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except asyncio.CancelledError:
+            if task is None:
+                raise
+            if task not in self._cut:
+                if len(self._held) >= self.max_connections:
+                    self._gave_up.add(task)
+                raise
+            self._cut.discard(task)
+            task.uncancel()
+            raise _closed_at_pool() from None
         except RedisConnectionError as exc:
             if not isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
                 raise
             raise PoolExhaustedError(self._exhausted()) from None
         finally:
             self._taking -= 1
+            self._waiting.discard(task)
+        self._held.add(connection)
+        return connection
 
     async def release(self, connection: Any) -> None:
+        self._held.discard(connection)
         # a take under way through redis-py may be waiting on the pool's condition (which it unlocks while it
         # waits): only redis-py's give-back notifies it
         if self._taking or not give_back_plain(self, connection):
             await super().release(connection)
+
+    def close_waits(self) -> None:
+        """End every take still waiting for a connection, and refuse those to come, with
+        :class:`~iii_streams.errors.StreamClosedError` (``applied`` ``False``: nothing of them was sent). Called by
+        the store that made this pool when it closes, once its batches had their time to finish: a wait bounded
+        only by its caller's time limit (or none) would otherwise outlive the store, then reconnect a connection
+        of the closed pool.
+
+        Example:
+            >>> pool = _WaitingPool(host="example.invalid", max_connections=1, timeout=None)
+            >>> pool.close_waits()
+            >>> try:
+            ...     asyncio.run(pool.get_connection())
+            ... except StreamClosedError as exc:
+            ...     print(exc.applied, exc)
+            False the Redis store was closed while this operation waited for a pooled connection (nothing was sent)
+        """
+        self._refusing = True
+        for task in self._waiting:
+            if not task.done():
+                self._cut.add(task)
+                task.cancel()
+
+    def exhausted_note(self) -> str:
+        """``"; waiting for a Redis connection: …"`` while every connection is handed out and takes wait for one (a
+        timeout's message adds it); ``""`` otherwise.
+
+        Example:
+            >>> _WaitingPool(host="example.invalid", max_connections=3).exhausted_note()
+            ''
+        """
+        task = asyncio.current_task() if self._gave_up else None
+        if task is not None and task in self._gave_up:
+            self._gave_up.discard(task)
+        elif not self._taking or len(self._held) < self.max_connections:
+            return ""
+        return (f"; waiting for a Redis connection: all {self.max_connections} were in use (raise max_connections: "
+                "the URL option ?max_connections=N or the keyword argument; or find what holds them)")
 
     def _exhausted(self) -> str:
         # an engine's store URL or redis_url sets them as URL options (redis-py's parser reads ?timeout= as the
@@ -486,6 +553,14 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
                 f"{self.timeout:g} s (raise the pool's size or its wait: the URL options ?max_connections=N and "
                 "?timeout=SECONDS, or the keyword arguments max_connections and pool_timeout; or find what holds "
                 "them)")
+
+
+def _closed_at_pool() -> StreamClosedError:
+    """The error of an operation whose wait for a pooled connection its store's close ended (nothing was sent)."""
+    error = StreamClosedError("the Redis store was closed while this operation waited for a pooled connection "
+                              "(nothing was sent)")
+    error.applied = False
+    return error
 
 
 _DB_NUMBER: Final = re.compile(r"[0-9]+")
@@ -566,10 +641,11 @@ def check_redis_url(url: str) -> int:
 
 
 def waiting_client(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                   pool_timeout: float = DEFAULT_POOL_TIMEOUT, **options: Any) -> aioredis.Redis:
+                   pool_timeout: float | None = DEFAULT_POOL_TIMEOUT, **options: Any) -> aioredis.Redis:
     """A ``redis.asyncio`` client for ``url`` on a blocking pool: at most ``max_connections`` connections, and a
     caller finding them all busy waits for one, up to ``pool_timeout`` seconds, then gets
-    :class:`~iii_streams.errors.PoolExhaustedError`. A client of ``Redis.from_url`` fails at once past its pool's
+    :class:`~iii_streams.errors.PoolExhaustedError` (``None``: as long as the caller's own time limit allows, as
+    :meth:`RedisStream.from_url` waits by default). A client of ``Redis.from_url`` fails at once past its pool's
     size instead ("Too many connections": 1,900 of 2,000 concurrent publishes failed, though Redis was fine).
 
     The URL's ``?max_connections=`` and ``?timeout=`` (the wait) win over the arguments, as redis-py's URL options
@@ -591,9 +667,10 @@ def waiting_client(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
     size, wait = in_url.get("max_connections", max_connections), in_url.get("timeout", pool_timeout)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"the Redis pool's max_connections must be a positive integer, got {size!r}")
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait < float("inf"):
-        raise ValueError(f"the Redis pool_timeout must be a positive number of seconds (a URL's ?timeout=), "
-                         f"got {wait!r}")
+    if wait is not None and (
+            isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait < float("inf")):
+        raise ValueError(f"the Redis pool_timeout must be a positive number of seconds (a URL's ?timeout=), or "
+                         f"None for the caller's own time limit, got {wait!r}")
     return aioredis.Redis.from_pool(_WaitingPool.from_url(url, max_connections=size, timeout=wait, **options))
 
 
@@ -1380,8 +1457,12 @@ class RedisStream(FieldUpdates):
         ``staging:stream:…``, and events then go to ``staging::stream::events`` unless ``channel`` says where),
         so that an engine configured by URL alone can
         keep its data apart from another's on one Redis (:func:`store_url_options`). The pool blocks: at most
-        ``max_connections`` (default 50) command connections, callers beyond that wait up to ``pool_timeout``
-        seconds (default 30) for one and then fail with :class:`~iii_streams.errors.PoolExhaustedError`. The
+        ``max_connections`` (default 50) command connections; a caller beyond that waits for one as long as its
+        operation's time limit allows (``timeout=``, the store's 60 s by default), then gets its usual
+        :class:`~iii_streams.errors.StreamTimeoutError` (``applied`` ``False`` for a write never sent), whose
+        message says the pool was full; a ``pool_timeout`` (seconds, or the URL's ``?timeout=``) given ends such a
+        wait sooner, with :class:`~iii_streams.errors.PoolExhaustedError`. Closing the store ends the waits left
+        (:class:`~iii_streams.errors.StreamClosedError`, ``applied`` ``False``). The
         watches' one pub/sub connection is not one of them: it comes from the store's watch pool (same URL and
         options, see the class), closed by :meth:`aclose` too. The other options go to the connections (e.g.
         ``socket_timeout``, ``client_name``).
@@ -1399,6 +1480,8 @@ class RedisStream(FieldUpdates):
         options.setdefault("retry", default_retry())
         options.setdefault("socket_connect_timeout", 5)
         options.setdefault("health_check_interval", 30)
+        # a caller past max_connections waits within its operation's own time limit, as a SQL store's does
+        options.setdefault("pool_timeout", None)
         # the watches' connection is not one of the max_connections: the first watch makes it a pool of its own
         return cls(waiting_client(connection_url, decode_responses=False, **options), owns_client=True, **own)
 
@@ -1425,6 +1508,10 @@ class RedisStream(FieldUpdates):
             watch_client = self._client if pool is None else aioredis.Redis.from_pool(pool)
             self._watch_pool_client = watch_client
         return watch_client
+
+    def _timeout_note(self) -> str:
+        pool = self._client.connection_pool
+        return pool.exhausted_note() if isinstance(pool, _WaitingPool) else ""
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         if isinstance(exc, RedisTimeoutError):
@@ -2243,7 +2330,7 @@ class RedisStream(FieldUpdates):
             if isinstance(outcome, BaseException):
                 raise outcome
         if self._owns_client and not separate:  # after the subscriber: its readers use this client too
-            await self._close_part(self._client.aclose(), "the close of the Redis command pool")
+            await self._close_command_pool()
 
     async def _close_watches(self, separate: bool) -> None:
         if self._subscriber is not None:
@@ -2260,7 +2347,15 @@ class RedisStream(FieldUpdates):
         # before the pool's close: a read batch started after it connected again (connections left open)
         await self._reads.finish(0, closed_unapplied("RedisStream.get"))
         if self._owns_client and separate:
-            await self._close_part(self._client.aclose(), "the close of the Redis command pool")
+            await self._close_command_pool()
+
+    async def _close_command_pool(self) -> None:
+        # the batches had their time: a take still waiting for a connection (within its caller's limit, or none)
+        # would run after the close, on a connection of the closed pool
+        pool = self._client.connection_pool
+        if isinstance(pool, _WaitingPool):
+            pool.close_waits()
+        await self._close_part(self._client.aclose(), "the close of the Redis command pool")
 
     async def _end_batches(self, batcher: KeyedBatcher[Any, Any, Any], what: str) -> None:
         await self._close_part(batcher.aclose(), what)  # made here: a close cancelled first leaves no coroutine
