@@ -14,6 +14,10 @@ Example:
     Traceback (most recent call last):
     ...
     iii_engine.settings.ConfigError: queue_configs.default.max_retries: must be >= 1, got 0
+    >>> QueueModuleSettings.parse({"queue_configs": {"orders": {"message_group_field": "customer"}}})
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: queue_configs.orders: a 'message_group_field' needs a fifo queue (type: fifo)
 """
 
 from __future__ import annotations
@@ -296,5 +300,8 @@ class QueueModuleSettings(Settings):
         for name, queue in self.queue_configs.items():
             if queue.fifo and queue.message_group_field is None:
                 raise ConfigError("a fifo queue needs a 'message_group_field'", f"queue_configs.{name}")
+            if not queue.fifo and queue.message_group_field is not None:
+                # a standard queue never reads it: its jobs ran all at once, in no order, with no word of why
+                raise ConfigError("a 'message_group_field' needs a fifo queue (type: fifo)", f"queue_configs.{name}")
         self.store_adapter  # noqa: B018 - validates the adapter's config now, not when the store opens
         return self
