@@ -163,6 +163,11 @@ this many seconds (see :meth:`QueueModule._kept_fifo`)."""
 RECLAIM_BATCH = 256
 """Topics one sweep looks at: a sweep's cost stays bounded however many topics there are."""
 
+NO_WORKER: Final = ""
+"""Whom a topic is counted against (``max_topics_per_worker``) when no worker made it: a trigger whose function no
+worker serves at its registration, or an enqueue no worker called (the engine's own). Such topics share one share:
+a worker's triggers naming made-up functions must not escape the bound (no worker id is empty)."""
+
 
 @dataclass
 class _Topic:
@@ -179,6 +184,8 @@ class _Topic:
     #: read while it is under way (the enqueues arriving meanwhile wait for its answer)
     fifo_read_at: float = float("-inf")
     fifo_read: asyncio.Task[bool | None] | None = None
+    #: the worker this topic counts against (max_topics_per_worker) from its making until it is forgotten
+    maker: str = NO_WORKER
 
     def unused(self) -> bool:
         """No subscriber, no enqueue under way and no job running here (the store may still hold jobs)."""
@@ -756,6 +763,9 @@ class QueueModule(EngineModule):
         self._topic_of_trigger: dict[str, str] = {}
         # topics with a subscriber here: the others (len(_topics) minus these) are bounded by max_unsubscribed_topics
         self._subscribed: set[str] = set()
+        # worker id (or NO_WORKER) -> the topics in _topics made for it: counted where an entry is made and where
+        # one is forgotten, the only two places _topics gains or loses one, so a count never outlives its topics
+        self._made_for: dict[str, int] = {}
         # the register of each trigger id waiting for its topic (at max_topics, room is made first): a later
         # register or an unregister of the id meanwhile supersedes it, so the one the engine handed last is the one
         # that runs (before, an earlier register finishing last overwrote a later one: the engine listed B's trigger
@@ -990,7 +1000,10 @@ class QueueModule(EngineModule):
         # registration, so its subscription must still be there.
         self._awaiting_topic[trigger.id] = trigger
         try:
-            entry = await self._topic(topic, subscribing=True)
+            # counted against the worker the topic's jobs go to: the engine does not tell a trigger type who
+            # registered a trigger
+            maker = self.services.fired_callee(trigger.function_id) or NO_WORKER
+            entry = await self._topic(topic, subscribing=True, maker=maker)
         finally:
             superseded = self._awaiting_topic.get(trigger.id) is not trigger
             if not superseded:
@@ -1042,12 +1055,18 @@ class QueueModule(EngineModule):
         if self._topics.get(topic) is entry and entry.unused():
             self._went_idle[topic] = None
 
-    async def _topic(self, topic: str, *, subscribing: bool = False) -> _Topic:
+    async def _topic(self, topic: str, *, subscribing: bool = False, maker: str = NO_WORKER) -> _Topic:
         """``topic``'s entry, made when new (``subscribing``: for a ``queue`` trigger, else for an enqueue, which
-        may make only ``max_unsubscribed_topics`` topics nobody subscribes to)."""
+        may make only ``max_unsubscribed_topics`` topics nobody subscribes to), then counted against ``maker`` (a
+        worker id, or :data:`NO_WORKER`), which may have at most ``max_topics_per_worker`` of them."""
         entry = self._topics.get(topic)
         if entry is None:
             self._refuse_new_topic_when_stopping(topic)
+        if entry is None and self._past_share(maker):
+            await self._reclaim_unused()
+            entry = self._topics.get(topic)
+            if entry is None:
+                self._refuse_past_share(topic, maker)
         if entry is None and not subscribing and self._unsubscribed_topics() >= self.settings.max_unsubscribed_topics:
             await self._reclaim_unused()
             entry = self._topics.get(topic)
@@ -1068,6 +1087,7 @@ class QueueModule(EngineModule):
                 raise EngineError("enqueue_error", f"Topic '{topic}' refused: {reason}")
         if entry is None:
             self._refuse_new_topic_when_stopping(topic)  # the stop may have begun during the sweep
+            self._refuse_past_share(topic, maker)  # other calls may have made topics for it during the sweeps
             holder: list[_Topic] = []
             settings = self._forgotten_fifo.pop(topic, None) or self.settings.topic_settings()
             consumer = QueueConsumer(
@@ -1083,7 +1103,8 @@ class QueueModule(EngineModule):
                 store_failures=self._store_failures,
                 poll_idle=self._store_shared,
             )
-            entry = self._topics[topic] = _Topic(consumer)
+            entry = self._topics[topic] = _Topic(consumer, maker=maker)
+            self._made_for[maker] = self._made_for.get(maker, 0) + 1
             holder.append(entry)
             consumer.start()
         return entry
@@ -1092,6 +1113,23 @@ class QueueModule(EngineModule):
     def _store_shared(self) -> bool:
         """Whether anything but this engine changes the store (a store that does not say is taken for shared)."""
         return bool(getattr(self.store, "shared", True))
+
+    def _past_share(self, maker: str) -> bool:
+        """Whether ``maker`` has its ``max_topics_per_worker`` already (a share of all of ``max_topics`` is left to
+        that bound, whose refusal says more)."""
+        share = self.settings.topics_per_worker
+        return share < self.settings.max_topics and self._made_for.get(maker, 0) >= share
+
+    def _refuse_past_share(self, topic: str, maker: str) -> None:
+        """Refuse a new ``topic`` for ``maker`` when it has its ``max_topics_per_worker`` already."""
+        if not self._past_share(maker):
+            return
+        made, share = self._made_for[maker], self.settings.topics_per_worker
+        whose = f"worker {maker} made {made} of the module's topics, its" if maker else \
+            f"triggers whose function no worker serves and the engine's own enqueues made {made} topics, their"
+        raise EngineError("enqueue_error", f"Topic {_name(topic)} refused: {whose} share (max_topics_per_worker "
+                                           f"{share}); a topic counts until it has no subscriber, no job and no dead "
+                                           "letter")
 
     def _unsubscribed_topics(self) -> int:
         return len(self._topics) - len(self._subscribed)
@@ -1141,6 +1179,11 @@ class QueueModule(EngineModule):
             # stored its job after the counts were read).
             if self._topics.get(name) is entry and entry.unused() and entry.pushes == pushes:
                 del self._topics[name]
+                left = self._made_for[entry.maker] - 1
+                if left:
+                    self._made_for[entry.maker] = left
+                else:
+                    del self._made_for[entry.maker]
                 self._subscribed.discard(name)
                 went_idle.pop(name, None)
                 gone.append(entry.consumer)
@@ -1345,7 +1388,7 @@ class QueueModule(EngineModule):
         if topic in self._named:  # no queue trigger may subscribe to it (see register): its jobs would reach nobody
             raise EngineError("enqueue_error", f"Topic {_name(topic)} has the name of a named queue (queue_configs): "
                                                f"to queue a call of a function on it, use the enqueue action")
-        entry = await self._topic(topic)
+        entry = await self._topic(topic, maker=ctx.caller_worker_id or NO_WORKER)
         limit = entry.consumer.settings.max_jobs
         job: Job | None = None
         entry.pushing += 1

@@ -68,6 +68,10 @@ DEFAULT_IDLE_POLL_MAX_MS = 1000
 seen within it."""
 DEFAULT_MAX_UNSUBSCRIBED_TOPICS = 1000
 """Topics with no subscriber the module keeps (``max_unsubscribed_topics``)."""
+MIN_DEFAULT_TOPICS_PER_WORKER = 100
+"""The least ``max_topics_per_worker`` defaults to (a quarter of ``max_topics`` otherwise): under a small
+``max_topics`` a quarter is a handful of topics, and one worker then could not use the few a test or a small
+deployment sets (every one of them when ``max_topics`` is this or less)."""
 MISSING_FUNCTION_CHECK_MAX_MS = 5000
 """Longest wait between two looks at a job whose function is not registered (unless ``backoff_ms`` is longer).
 A worker registering the function gets its jobs at once (the consumer is told, and makes them due); only jobs past
@@ -216,6 +220,15 @@ class QueueModuleSettings(Settings):
     #: leave room for the topics a ``queue`` trigger subscribes to (before, one worker's 10,000 made-up topics took
     #: every one of ``max_topics`` and the next worker's trigger and enqueues were refused until a restart)
     max_unsubscribed_topics: int = Field(DEFAULT_MAX_UNSUBSCRIBED_TOPICS, ge=1)
+    #: topics the module keeps made for one worker (default :attr:`topics_per_worker`: a quarter of ``max_topics``,
+    #: at least 100, at most all of them; never above ``max_topics``): a topic that did not exist counts against the
+    #: worker serving the function of the ``queue`` trigger subscribing to it, or the worker whose enqueue sent to
+    #: it (triggers whose function nobody serves, and the engine's own enqueues, share one such share) until it is
+    #: forgotten (no subscriber, no job, no dead letter), also after that worker left; past it that worker's next
+    #: new topic fails with ``enqueue_error`` naming it. Topics of ``queue_configs`` are named queues and never
+    #: count. Before, one worker's triggers on 10,000 made-up topics took every one of ``max_topics``, and another
+    #: worker's trigger and enqueues were refused
+    max_topics_per_worker: int | None = Field(None, ge=1)
     #: ``max_jobs`` of every topic (a topic has no ``queue_configs`` entry, and its subscribers may not raise it)
     max_topic_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
     #: UTF-8 bytes of JSON the in-memory store (``BuiltinQueueAdapter``) keeps for the jobs and dead letters of every
@@ -258,6 +271,18 @@ class QueueModuleSettings(Settings):
             True
         """
         return self.max_topic_bytes or max(self.max_memory_bytes // 2, 1)
+
+    @property
+    def topics_per_worker(self) -> int:
+        """``max_topics_per_worker``, or when unset a quarter of ``max_topics``, at least
+        :data:`MIN_DEFAULT_TOPICS_PER_WORKER` (all of ``max_topics`` when fewer).
+
+        Example:
+            >>> [QueueModuleSettings(max_topics=n).topics_per_worker for n in (10_000, 1_000, 2)]
+            [2500, 250, 2]
+        """
+        return self.max_topics_per_worker or min(max(self.max_topics // 4, MIN_DEFAULT_TOPICS_PER_WORKER),
+                                                 self.max_topics)
 
     @property
     def topic_caps(self) -> dict[str, int]:
@@ -303,5 +328,8 @@ class QueueModuleSettings(Settings):
             if not queue.fifo and queue.message_group_field is not None:
                 # a standard queue never reads it: its jobs ran all at once, in no order, with no word of why
                 raise ConfigError("a 'message_group_field' needs a fifo queue (type: fifo)", f"queue_configs.{name}")
+        if self.max_topics_per_worker is not None and self.max_topics_per_worker > self.max_topics:
+            raise ConfigError(f"must be <= max_topics ({self.max_topics}), got {self.max_topics_per_worker}",
+                              "max_topics_per_worker")
         self.store_adapter  # noqa: B018 - validates the adapter's config now, not when the store opens
         return self
