@@ -409,7 +409,7 @@ class _PoolGate:
         ['c', 'a', 'b']
     """
 
-    __slots__ = ("_dead", "_kept", "_next", "_waiters", "checkouts", "closed", "cut", "slots", "used")
+    __slots__ = ("_dead", "_kept", "_next", "_waiters", "checkouts", "closed", "cut", "gave_up", "slots", "used")
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
@@ -423,6 +423,8 @@ class _PoolGate:
         self.cut: set[asyncio.Task[Any]] = set()  # those of them the close cancelled (see SQLStream._checked_out)
         #: waits of operations let through after a close (they waited for the store's opening): the close leaves them
         self._kept: set[asyncio.Future[None]] = set()
+        #: tasks cancelled (their time ran out, most often) while they waited for a connection: a timeout names the pool
+        self.gave_up: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
     def close(self, error: Callable[[], BaseException]) -> None:
         """Fail every waiter now, and every later :meth:`acquire`, with ``error()`` (one each: one instance raised
@@ -529,11 +531,15 @@ def _waited_at_gate(error: StreamTimeoutError, gate: _PoolGate) -> StreamTimeout
         SQLStream.set did not finish within 1 s
         waiting for a database connection: all 15 were in use (raise pool_size or max_overflow of SQLStream.from_url, or find what holds them)
     """  # noqa: E501 - a doctest's output line
-    restated = StreamTimeoutError(
-        f"{error}; waiting for a database connection: all {gate.slots} were in use (raise pool_size or max_overflow "
-        "of SQLStream.from_url, or find what holds them)")
+    restated = StreamTimeoutError(f"{error}{_gate_note(gate)}")
     restated.applied = error.applied
     return restated
+
+
+def _gate_note(gate: _PoolGate) -> str:
+    """What a timeout's message adds for an operation whose time ran out waiting at ``gate``."""
+    return (f"; waiting for a database connection: all {gate.slots} were in use (raise pool_size or max_overflow of "
+            "SQLStream.from_url, or find what holds them)")
 
 
 class _Deserted(Exception):
@@ -2563,6 +2569,8 @@ class SQLStream(FieldUpdates):
                     gate.cut.discard(task)
                     if task is not None and task.uncancel() == 0 and gate.closed is not None:
                         raise gate.closed() from None
+                if task is not None:
+                    gate.gave_up.add(task)  # (its timeout's message names the pool: _timeout_note)
                 raise
             finally:
                 gate.checkouts.discard(task)
@@ -2623,6 +2631,14 @@ class SQLStream(FieldUpdates):
 
         async with self._guard("watch", None):
             return await self._read_again(read)
+
+    def _timeout_note(self) -> str:
+        gate = self._gate
+        task = asyncio.current_task() if gate is not None and gate.gave_up else None
+        if gate is None or task is None or task not in gate.gave_up:
+            return ""
+        gate.gave_up.discard(task)
+        return _gate_note(gate)
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         dbapi_error, cause = getattr(self.engine.dialect.dbapi, "Error", None), exc.__cause__

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput
+from iii.stream import StreamGetInput, StreamListGroupsInput, StreamListInput, StreamSetInput, StreamUpdateInput
 from iii_streams import SQLStream, StreamClosedError, StreamTimeoutError
 from iii_streams.sql import DISPOSE_TIMEOUT_S, MIGRATION_CLOSE_WAIT_S
 from tests.polling import until
@@ -151,6 +151,26 @@ async def test_a_write_whose_time_ran_out_waiting_for_a_connection_says_so(pool_
         assert await store.get(StreamGetInput(**ITEM)) == {"n": 0}
 
 
+
+@pytest.mark.parametrize("operation", ["get", "list", "list_groups"])
+async def test_a_read_whose_time_ran_out_waiting_for_a_connection_says_so(pool_wait_url: str, operation: str) -> None:
+    # as a write's does (before: a read said only "did not finish within 0.6 s")
+    limit = 0.6
+    async with store_on(pool_wait_url) as store:
+        await store.set(StreamSetInput(**ITEM, data={"n": 0}))
+        async with holding(store, "outside"):
+            with pytest.raises(StreamTimeoutError) as failure:
+                if operation == "get":
+                    await store.get(StreamGetInput(**ITEM), timeout=limit)
+                elif operation == "list":
+                    await store.list(StreamListInput(stream_name="s", group_id="g"), timeout=limit)
+                else:
+                    await store.list_groups(StreamListGroupsInput(stream_name="s"), timeout=limit)
+        assert str(failure.value) == (
+            f"SQLStream.{operation} did not finish within {limit:g} s; waiting for a database connection: all 1 were "
+            "in use (raise pool_size or max_overflow of SQLStream.from_url, or find what holds them)"), failure.value
+        # and the next timeout of the same task, for another reason, does not name the pool
+        assert store._timeout_note() == ""
 
 async def test_writes_that_waited_for_the_opening_go_on_past_the_gate_at_the_close(pool_wait_url: str) -> None:
     # attack on a090caa1, F1: the close promises that operations waiting for the store's opening go on (on a healthy
