@@ -184,8 +184,12 @@ class _Topic:
     #: read while it is under way (the enqueues arriving meanwhile wait for its answer)
     fifo_read_at: float = float("-inf")
     fifo_read: asyncio.Task[bool | None] | None = None
-    #: the worker this topic counts against (max_topics_per_worker) from its making until it is forgotten
+    #: the worker this topic counts against (max_topics_per_worker): the one it was made for, then, whenever that
+    #: one has no trigger subscribing to it, the earliest of those whose triggers do, until it is forgotten
     maker: str = NO_WORKER
+    #: trigger id -> the worker it counts for, and worker -> its triggers subscribing here (earliest first)
+    trigger_makers: dict[str, str] = field(default_factory=dict)
+    maker_triggers: dict[str, int] = field(default_factory=dict)
 
     def unused(self) -> bool:
         """No subscriber, no enqueue under way and no job running here (the store may still hold jobs)."""
@@ -1024,6 +1028,9 @@ class QueueModule(EngineModule):
             self.store.set_unsubscribed(entry.consumer.queue, False)
         first = not entry.subscribers
         entry.subscribers[trigger.id] = trigger
+        entry.trigger_makers[trigger.id] = maker
+        entry.maker_triggers[maker] = entry.maker_triggers.get(maker, 0) + 1
+        self._follow_subscribers(entry)
         self._subscribed.add(topic)
         self._topic_of_trigger[trigger.id] = topic
         entry.consumer.wake()
@@ -1045,6 +1052,14 @@ class QueueModule(EngineModule):
         if topic is not None:
             entry = self._topics[topic]
             entry.subscribers.pop(trigger.id, None)
+            maker = entry.trigger_makers.pop(trigger.id, None)
+            if maker is not None:
+                left = entry.maker_triggers[maker] - 1
+                if left:
+                    entry.maker_triggers[maker] = left
+                else:
+                    del entry.maker_triggers[maker]
+                self._follow_subscribers(entry)
             if not entry.subscribers:
                 self.store.set_unsubscribed(entry.consumer.queue, True)
                 self._subscribed.discard(topic)
@@ -1104,7 +1119,7 @@ class QueueModule(EngineModule):
                 poll_idle=self._store_shared,
             )
             entry = self._topics[topic] = _Topic(consumer, maker=maker)
-            self._made_for[maker] = self._made_for.get(maker, 0) + 1
+            self._count_made(maker, 1)
             holder.append(entry)
             consumer.start()
         return entry
@@ -1113,6 +1128,23 @@ class QueueModule(EngineModule):
     def _store_shared(self) -> bool:
         """Whether anything but this engine changes the store (a store that does not say is taken for shared)."""
         return bool(getattr(self.store, "shared", True))
+
+    def _count_made(self, maker: str, change: int) -> None:
+        left = self._made_for.get(maker, 0) + change
+        if left:
+            self._made_for[maker] = left
+        else:
+            del self._made_for[maker]  # a worker gone leaves no key behind
+
+    def _follow_subscribers(self, entry: _Topic) -> None:
+        """Move ``entry``'s count to a worker whose trigger subscribes to it when the worker it counts against has
+        none there: a worker reconnecting (a new id) registers its triggers again, and the topics they keep must
+        count against it, not against the id gone (each reconnect gave a worker a new share on top of the topics it
+        kept); a topic an enqueue made counts against its consumer, not its producer."""
+        if entry.maker_triggers and entry.maker not in entry.maker_triggers:
+            self._count_made(entry.maker, -1)
+            entry.maker = next(iter(entry.maker_triggers))
+            self._count_made(entry.maker, 1)
 
     def _past_share(self, maker: str) -> bool:
         """Whether ``maker`` has its ``max_topics_per_worker`` already (a share of all of ``max_topics`` is left to
@@ -1179,11 +1211,7 @@ class QueueModule(EngineModule):
             # stored its job after the counts were read).
             if self._topics.get(name) is entry and entry.unused() and entry.pushes == pushes:
                 del self._topics[name]
-                left = self._made_for[entry.maker] - 1
-                if left:
-                    self._made_for[entry.maker] = left
-                else:
-                    del self._made_for[entry.maker]
+                self._count_made(entry.maker, -1)
                 self._subscribed.discard(name)
                 went_idle.pop(name, None)
                 gone.append(entry.consumer)

@@ -223,11 +223,12 @@ class QueueModuleSettings(Settings):
     #: topics the module keeps made for one worker (default :attr:`topics_per_worker`: a quarter of ``max_topics``,
     #: at least 100, at most all of them; never above ``max_topics``): a topic that did not exist counts against the
     #: worker serving the function of the ``queue`` trigger subscribing to it, or the worker whose enqueue sent to
-    #: it (triggers whose function nobody serves, and the engine's own enqueues, share one such share) until it is
-    #: forgotten (no subscriber, no job, no dead letter), also after that worker left; past it that worker's next
-    #: new topic fails with ``enqueue_error`` naming it. Topics of ``queue_configs`` are named queues and never
-    #: count. Before, one worker's triggers on 10,000 made-up topics took every one of ``max_topics``, and another
-    #: worker's trigger and enqueues were refused
+    #: it (triggers whose function nobody serves, and the engine's own enqueues, share one such share), and moves to
+    #: a worker whose trigger subscribes to it whenever the one it counts against has none there (a worker
+    #: reconnecting, or a topic's consumer after its producer), until it is forgotten (no subscriber, no job, no
+    #: dead letter), also after that worker left; past it that worker's next new topic fails with ``enqueue_error``
+    #: naming it. Topics of ``queue_configs`` are named queues and never count. Before, one worker's triggers on
+    #: 10,000 made-up topics took every one of ``max_topics``, and another worker's trigger and enqueues were refused
     max_topics_per_worker: int | None = Field(None, ge=1)
     #: ``max_jobs`` of every topic (a topic has no ``queue_configs`` entry, and its subscribers may not raise it)
     max_topic_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)

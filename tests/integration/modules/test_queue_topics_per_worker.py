@@ -128,6 +128,33 @@ async def test_a_topic_counts_until_it_is_forgotten_also_after_its_worker_left()
         assert module._made_for == {newcomer: 2}
 
 
+async def test_a_worker_reconnecting_finds_its_topics_counted_against_it() -> None:
+    """A worker connecting again (a new id) registers its triggers again: the topics they keep count against it, not
+    against the id gone (before, each reconnect gave it a new share on top of the topics it kept: 4 reconnects took
+    every topic); a topic an enqueue made counts against the worker whose trigger then subscribes to it."""
+    async with _engine(max_topics=8, max_topics_per_worker=2) as (engine, module), ModuleWorker(engine.url) as admin:
+        async with ModuleWorker(engine.url) as before:
+            await before.function("w::h", _nothing)
+            for i in range(2):
+                await before.trigger(f"t{i}", "queue", "w::h", {"topic": f"kept{i}"})
+        async with ModuleWorker(engine.url) as again:
+            await again.function("w::h", _nothing)
+            for i in range(2):
+                await again.trigger(f"t{i}", "queue", "w::h", {"topic": f"kept{i}"})
+            await again.trigger("t2", "queue", "w::h", {"topic": "one-more"})
+            assert await _topics(again) == ["kept0", "kept1"]
+            now = await _worker_id(again, "w::h")
+            assert module._made_for == {now: 2}
+        await admin.function("p::h", _nothing)
+        assert await admin.result("enqueue", {"topic": "produced", "data": 1}) is None
+        producer = await _worker_id(admin, "p::h")
+        assert module._made_for == {now: 2, producer: 1}
+        async with ModuleWorker(engine.url) as consumer:
+            await consumer.function("c::h", _nothing)
+            await consumer.trigger("tc", "queue", "c::h", {"topic": "produced"})
+            assert module._made_for == {now: 2, await _worker_id(consumer, "c::h"): 1}
+
+
 def test_max_topics_per_worker_is_at_most_max_topics_and_defaults_to_a_quarter() -> None:
     with pytest.raises(ConfigError) as refused:
         QueueModuleSettings.parse({"max_topics": 10, "max_topics_per_worker": 11})
