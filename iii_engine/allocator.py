@@ -3,7 +3,7 @@
 glibc serves blocks above its mmap threshold straight from the operating system and returns them on free, but it
 raises that threshold each time such a block is freed, so after a few multi-MiB frames later buffers of that size
 stay in the heap once released: a peer that sends frames near the size limit leaves the engine tens of MiB larger
-for good. Pinning the threshold at 1 MiB keeps large buffers returnable; other C libraries are left alone.
+for good. Pinning the threshold just above 1 MiB keeps larger buffers returnable; other C libraries are left alone.
 
 Smaller blocks freed in the middle of glibc's heaps stay resident too (only the top of a heap shrinks on free):
 after a burst of garbage frames and dropped connections, :class:`MemoryReleaser` asks glibc (``malloc_trim``) to
@@ -30,7 +30,12 @@ __all__ = ["MMAP_THRESHOLD_BYTES", "MemoryReleaser", "trim_memory", "tune_alloca
 
 log = logging.getLogger(__name__)
 
-MMAP_THRESHOLD_BYTES = 1024 * 1024
+MMAP_THRESHOLD_BYTES = 1024 * 1024 + 64 * 1024
+"""glibc's mmap threshold in the engine: 1 MiB and 64 KiB, so that the buffers of the largest channel frame the
+engine invites (1 MiB of payload, :data:`iii_engine.server.FRAME_INVITATION`: its frame buffer and its payload,
+each a few bytes over 1 MiB) stay on the heap; anything larger goes back to the system once freed. Why not 1 MiB:
+the invitation had to stay under it (960 KiB), and each 1 MiB write of a writer then crossed the relay as two frames
+(960 KiB and 64 KiB), twice the relay's work per frame (issue 10)."""
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 _tuned = False
 
