@@ -799,7 +799,7 @@ class FrameReader:
         self._probe = 0
         # Whole sizes of the last two frames that ended in a frame buffer (the older first), and the spare buffer
         # lent for the next frame on that guess (next_frame_buffer): writes of one size come as a repeating pattern
-        # of frames (960 KiB then a 64 KiB tail), so the frame before the last predicts the next.
+        # of frames (1.5 MiB writes: 1 MiB then a 512 KiB tail), so the frame before the last predicts the next.
         self._sizes = (0, 0)
         self._guess: bytearray | None = None
         # Bytes read and not split yet, from _backlog_at on: a feed stopped at its max_messages (see there). An
