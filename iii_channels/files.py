@@ -34,7 +34,6 @@ Example (the receiver's progress knows the total from the header; no part file i
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import errno
 import fcntl
@@ -42,6 +41,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import stat
 import tempfile
 import time
@@ -287,31 +287,35 @@ def _reclaim(path: Path) -> int | None:
 def remove_tree(path: str | os.PathLike[str]) -> int:
     """Remove the directory ``path`` and everything under it; returns the bytes its regular files held.
 
+    Nothing outside the tree is unlinked, even while another process moves its directories: each directory is
+    renamed, before anything in it is unlinked, into a quarantine directory it makes inside ``path`` (a random
+    ``.iii-removing-…`` name, mode 0o700), and emptied there. A descriptor follows its directory wherever it is
+    moved, and a check by path cannot be one step with the unlinks after it; a directory in the quarantine has no
+    path in the tree any more (a move by its old path finds nothing), and only this user (or root) may take an
+    entry out of a 0o700 directory. What it renamed is found to be the directory it opened (``st_dev``,
+    ``st_ino``), else it is put back and left ("replaced while being removed", a failure). A directory moved out
+    before its turn is gone already, left whole where it is now; a symlink left at its name is removed, never
+    followed. The files directly in ``path`` are ``path``'s own, unlinked wherever it is. A directory it cannot
+    rename (not writable, a mount point) is a failure, left whole.
+
     Iterative (an explicit stack, depth first, each directory removed once emptied), unlike ``shutil.rmtree`` /
     ``Path.rglob`` on Python 3.11, which recurse per level, and by directory descriptors, never by a path from
     ``path`` down (past ``PATH_MAX``, 4,096 bytes, one fails with ``ENAMETOOLONG``): a staging tree of any depth (a
     peer's ``d/d/d/…``, 10,000 levels, or 20 levels of 255-byte names) is removed, never left behind. It holds the
-    directories from ``path`` down to the one being emptied (a name and an identity each, with the names of the
-    subdirectories it has left), and one directory's names at a time: never a path per directory of the tree. At
-    most :data:`_TREE_FDS` of those directories are held open (the deepest); one above them is opened again from its
-    child's ``..``, and found to be the directory listed. A descriptor follows its directory wherever another
-    process moves it, so before unlinking anything in a directory, and when back up in one to remove the child it
-    emptied, the directory is found again by its path from ``path`` (as the OS resolves it; past ``PATH_MAX`` in
-    pieces, each opened from the one before and found to be the directory listed there): one moved out of the
-    tree meanwhile is a failure, "moved out while being removed", named, and left where it is now with all it
-    still holds, and so is the directory it was in (the rest goes on). This costs a path walk from the top per
-    directory (1,500 levels: ~0.33 s CPU; 5,000: ~3 s). ``path`` is used as given, never normalised as text
-    (``base/link/..`` is not ``base`` to the OS); an empty path, or one whose last part is ``.`` or ``..``, is
-    refused (``OSError`` ``EINVAL``), as ``rm`` refuses it: name the directory itself. Its last part is never
-    followed: a symlink, even written ``link/``, is ``NotADirectoryError``. Symlinks inside are removed, never
-    followed. Each directory is opened from its parent's descriptor and found to be the one listed, and removed
-    from within that parent (``rmdir`` relative to its descriptor): a directory found replaced meanwhile, or a
-    parent swapped for a symlink, is left alone, so nothing outside ``path`` is removed; one removed by someone
-    else between its listing and its open is gone already, not a failure (but one it opened, not found by
-    ``rmdir`` once emptied, was moved out: a failure). An entry it cannot remove does not stop it: the rest is removed,
-    then one ``OSError`` counts the removals that failed (a directory it cannot list counts once, whatever it
-    holds; the directories above a failure, left non-empty by it, are not tried nor counted) and names the first
-    one, by its full path (past 4,096 characters cut in the middle), its cause; the others are counted, not kept.
+    directories from ``path`` down to the one being emptied (a name, a name in the quarantine and an identity each,
+    with the names of the subdirectories it has left), and one directory's names at a time: never a path per
+    directory of the tree. At most :data:`_TREE_FDS` of those directories are held open (the deepest); one above
+    them is opened again from the quarantine, and found to be the same. Each directory is opened from its parent's
+    descriptor and found to be the one listed; one removed by someone else between its listing and its rename is
+    gone already, not a failure. ``path`` is used as given, never normalised as text (``base/link/..`` is not
+    ``base`` to the OS); an empty path, or one whose last part is ``.`` or ``..``, is refused (``OSError``
+    ``EINVAL``), as ``rm`` refuses it: name the directory itself. Its last part is never followed: a symlink, even
+    written ``link/``, is ``NotADirectoryError``. Symlinks inside are removed, never followed. ``path`` itself is
+    removed from within its parent, found to be the directory it was. An entry it cannot remove does not stop it:
+    the rest is removed, then one ``OSError`` counts the removals that failed (a directory it cannot list counts
+    once, whatever it holds; the directories above a failure, left non-empty by it and put back in place from the
+    quarantine, are not tried nor counted) and names the first one, by its full path in the tree (past 4,096
+    characters cut in the middle), its cause; the others are counted, not kept.
 
     Example:
         >>> import tempfile
@@ -337,7 +341,9 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
     # subdirectories still to do (names), and a directory is removed as soon as it is empty. Not one entry per
     # directory of the tree (a failed receive's 18,000 directories of 3.5 KB paths held them all, +83 MB).
     stack: list[_Level] = []
-    names = [top]  # the stack's names, top's as given: its paths, joined when checked (C, not a loop per level)
+    quarantine = -1  # its descriptor, once made (the first time top has a subdirectory)
+    quarantine_name = ""
+    taken: set[str] = set()  # the names in the quarantine: the stack's directories' there
 
     def fail(exc: OSError, *names: str, path: str | None = None) -> None:
         """Count a removal that failed; the first is kept, named by its full path (``path``, else the stack's
@@ -349,9 +355,9 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
                 path = os.path.join(top, *(level.name for level in stack[1:]), *names)
             first = _named(exc, _path_shown(path))
 
-    def listed(fd: int, level: _Level) -> bool:
-        """``level``'s directory (open as ``fd``, the deepest) emptied of its files and symlinks, its subdirectories
-        noted; ``False``: found moved out of the tree (before unlinking anything), and left."""
+    def listed(fd: int, level: _Level) -> None:
+        """``level``'s directory (open as ``fd``, the deepest, in the quarantine or top) emptied of its files and
+        symlinks, its subdirectories noted."""
         nonlocal size
         try:
             # Unlinked once listed, not while (a directory changed under its reader may skip entries); kept as
@@ -371,11 +377,6 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
                         level.todo.append((entry.name, (entry_info.st_dev, entry_info.st_ino)))
                     else:
                         others.append((entry.name, entry_info.st_size if stat.S_ISREG(entry_info.st_mode) else 0))
-            # (listing only reads: the path is checked once there is something to unlink)
-            moved = misplaced(len(stack) - 1) if others else None
-            if moved is not None:
-                moved_out(len(stack) - 1, moved)
-                return False
             for other, other_size in others:
                 try:
                     os.unlink(other, dir_fd=fd)
@@ -388,182 +389,164 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
         except OSError as exc:
             fail(exc)
             level.held = True
-        return True
 
-    def opened(level: _Level, at: int | None) -> int | None:
-        """``level``'s directory (the deepest on the stack) opened, ``name`` in ``at`` (``top`` if ``None``), and
-        found to be the one listed; ``None``: gone already, or the failure counted, naming it."""
+    def moved_in(above: _Level, at: int, child: str, identity: tuple[int, int]) -> _Level | None:
+        """The subdirectory ``child`` of ``above`` (open as ``at``) opened, found to be the one listed, renamed
+        into the quarantine and found there; ``None``: gone already, or the failure counted (``above`` left)."""
         try:
-            fd = os.open(level.name if at is not None else top, _DIR_FLAGS, dir_fd=at)
+            fd = os.open(child, _DIR_FLAGS, dir_fd=at)
         except FileNotFoundError:
-            return None  # removed by someone else since it was listed: gone already, as a vanished file
+            return None  # removed by someone else since it was listed (or moved out): gone already
         except OSError as exc:
-            fail(exc)
+            fail(exc, child)
+            above.held = True
             return None
-        return checked(fd, level.identity)
-
-    def checked(fd: int, identity: tuple[int, int], why: str = "") -> int | None:
-        """``fd`` if it is the directory ``identity``, else closed and ``None``, the failure counted."""
         try:
             held = os.fstat(fd)
+            if (held.st_dev, held.st_ino) != identity:
+                raise OSError(errno.ESTALE, "replaced while being removed")
+            there = _free_name(child, len(stack), taken)
+            os.rename(child, there, src_dir_fd=at, dst_dir_fd=quarantine)
+            found = os.stat(there, dir_fd=quarantine, follow_symlinks=False)
+            if (found.st_dev, found.st_ino) != identity:
+                # replaced between its open and its rename: the one renamed is put back, the one opened left
+                try:
+                    os.rename(there, child, src_dir_fd=quarantine, dst_dir_fd=at)
+                except OSError:
+                    taken.add(there)  # (left in the quarantine: its name stays taken, the top non-empty)
+                raise OSError(errno.ESTALE, "replaced while being removed")
+        except FileNotFoundError:
+            os.close(fd)
+            return None  # removed or moved out after its open, before its rename: never touched, gone already
         except OSError as exc:
             os.close(fd)
-            fail(exc)
+            fail(exc, child)
+            above.held = True
             return None
-        if (held.st_dev, held.st_ino) != identity:
+        taken.add(there)
+        level = _Level(identity, child, there)
+        level.fd = fd
+        return level
+
+    def reopened(level: _Level) -> int | None:
+        """``level`` (the deepest, closed to bound the descriptors) opened again from the quarantine and found to
+        be the same; ``None``: the failure counted, and ``level`` left with what it still holds."""
+        try:
+            fd = os.open(level.there, _DIR_FLAGS, dir_fd=quarantine)
+            held = os.fstat(fd)
+        except OSError as exc:
+            fail(exc)
+        else:
+            if (held.st_dev, held.st_ino) == level.identity:
+                return fd
             os.close(fd)
-            fail(OSError(errno.ESTALE, f"replaced while being removed{why}"))
-            return None
-        return fd
+            fail(OSError(errno.ESTALE, "replaced in the quarantine while being removed"))
+        level.held = True
+        level.todo.clear()
+        return None
 
-    def reopened(child: int, above: _Level) -> int | None:
-        """``above``, closed to bound the descriptors, opened again as the ``..`` of its child open as ``child``
-        and found to be the directory listed; ``None``: the failure counted."""
+    def put_back(level: _Level, above: _Level) -> None:
+        """``level``, left non-empty by a failure, renamed back from the quarantine to its name in ``above``
+        (the deepest now): what a failure leaves is where it was, as named."""
+        at = above.fd if above.fd is not None else reopened(above)
+        above.fd = at
+        if at is None:
+            return  # (counted; level stays in the quarantine)
         try:
-            fd = os.open("..", _DIR_FLAGS, dir_fd=child)
+            os.rename(level.there, level.name, src_dir_fd=quarantine, dst_dir_fd=at)
+            taken.discard(level.there)
         except OSError as exc:
-            fail(exc)
-            return None
-        return checked(fd, above.identity, " (not the parent of the directory removed from it: moved elsewhere)")
-
-    def misplaced(i: int) -> OSError | None:
-        """Why ``stack[i]`` is not (``None``: it is) the directory reached from ``top`` by the stack's names: a
-        descriptor follows its directory wherever it is moved, a path does not. Resolved as the OS resolves a path
-        (its last part never followed, as an ``O_NOFOLLOW`` open), in pieces under ``PATH_MAX``: one ``stat``
-        while the path fits, else each piece opened from the previous one and found to be the directory listed."""
-        at: int | None = None
-        k = -1  # at is stack[k]'s directory
-        try:
-            while k < i:
-                # the deepest level whose path from stack[k] (from top's parent if k < 0) fits
-                base = stack[k].reach if k >= 0 else 0
-                j = bisect.bisect_right(stack, base + _PATH_MAX, lo=k + 1, hi=i + 1, key=_reach) - 1
-                if j <= k:
-                    return OSError(errno.ENAMETOOLONG, "a part of its path too long to check it was not moved out")
-                piece = "/".join(names[k + 1:j + 1])
-                if j == i:
-                    found = os.stat(piece, dir_fd=at, follow_symlinks=False)
-                else:
-                    fd = os.open(piece, _DIR_FLAGS, dir_fd=at)
-                    if at is not None:
-                        os.close(at)
-                    at = fd
-                    found = os.fstat(fd)
-                if (found.st_dev, found.st_ino) != stack[j].identity:
-                    return OSError(errno.ESTALE, "moved out while being removed")
-                k = j
-            return None
-        except OSError as exc:
-            return OSError(exc.errno, f"moved out while being removed ({exc.strerror})")
-        finally:
-            if at is not None:
-                os.close(at)
-
-    def moved_out(i: int, moved: OSError) -> None:
-        """``stack[i]`` found ``moved`` out of the tree: the one moved out (the shallowest not in place, found
-        in ``log2(depth)`` checks) is counted, named, and left with all below it (its descriptors would follow
-        it outside the tree); the directory it was in is left too, and those above it go on as after a failure."""
-        placed, moved_at = -1, i  # stack[placed] in place (-1: top's parent), stack[moved_at] not
-        while moved_at - placed > 1:
-            mid = (placed + moved_at) // 2
-            if misplaced(mid) is None:
-                placed = mid
-            else:
-                moved_at = mid
-        if moved_at != i:
-            moved = misplaced(moved_at) or moved
-        fail(moved, path=os.path.join(*names[:moved_at + 1]))
-        for level in stack[moved_at:]:
-            if level.fd is not None:
-                os.close(level.fd)
-        del stack[moved_at:], names[moved_at:]
-        if stack:
-            stack[-1].held = True
+            fail(exc, path=os.path.join(top, quarantine_name, level.there))  # named where it is left
 
     try:
-        stack.append(_Level((info.st_dev, info.st_ino), name, len(os.fsencode(top)) - len(os.fsencode(name))))
-        stack[0].fd = opened(stack[0], None)
-        if stack[0].fd is None:
+        root = _Level((info.st_dev, info.st_ino), name, "")
+        stack.append(root)
+        try:
+            opened = os.open(top, _DIR_FLAGS)
+        except FileNotFoundError:
+            stack.clear()  # removed by someone else since its lstat: gone already
+        except OSError as exc:
+            fail(exc)
             stack.clear()
         else:
-            listed(stack[0].fd, stack[0])
+            root.fd = opened
+            if _identity(os.fstat(opened)) != root.identity:
+                fail(OSError(errno.ESTALE, "replaced while being removed"))
+                stack.clear()
+                os.close(opened)
+        if stack and root.fd is not None:
+            listed(root.fd, root)
+            if root.todo:
+                try:
+                    quarantine, quarantine_name = _made_quarantine(root.fd)
+                except OSError as exc:
+                    fail(exc, path=top)  # nowhere to empty its subdirectories: all left
+                    root.held = True
+                    root.todo.clear()
         while stack:
             level = stack[-1]
-            if level.fd is None:
-                # above a directory found moved elsewhere (counted): nothing leads back to it but a path, so it
-                # is left with what it still holds, and so are those above it, to the nearest one held open
-                stack.pop()
-                names.pop()
-                stack[-1].held = True  # (the top is always held open)
-                continue
             if level.todo:
+                at = level.fd if level.fd is not None else reopened(level)
+                level.fd = at
+                if at is None:
+                    continue
                 child_name, child_identity = level.todo.pop()
-                child = _Level(child_identity, child_name, level.reach)
+                child = moved_in(level, at, child_name, child_identity)
+                if child is None or child.fd is None:
+                    continue
                 stack.append(child)
-                names.append(child_name)
-                failed_before = failed
-                child.fd = opened(child, level.fd)
-                if child.fd is None:
-                    stack.pop()
-                    names.pop()
-                    if failed != failed_before:
-                        level.held = True  # (a directory it cannot list counts once, whatever it holds)
-                    continue
-                if not listed(child.fd, child):
-                    continue
                 if len(stack) > _TREE_FDS:
-                    # descriptors bounded: the one _TREE_FDS up (never the top) is closed, opened again from its
-                    # child's '..' when that child is removed
+                    # descriptors bounded: the one _TREE_FDS up (never the top) is closed, opened again from the
+                    # quarantine if it is needed again
                     far = stack[-_TREE_FDS - 1]
-                    if far.fd is not None and far is not stack[0]:
+                    if far.fd is not None and far is not root:
                         os.close(far.fd)
                         far.fd = None
+                listed(child.fd, child)
                 continue
+            if level is root:
+                break
             stack.pop()
-            names.pop()
-            above = stack[-1] if stack else None
-            if above is not None and above.fd is None:
-                above.fd = reopened(level.fd, above)  # None: counted, naming above (the deepest now)
-                if above.fd is None:
-                    level.held = True
-            os.close(level.fd)
-            level.fd = None
-            if above is not None and above.fd is not None and not level.held:
-                # back up in a directory left while emptying its child: still where it was found, not moved out of
-                # the tree meanwhile (its descriptor would follow it there), else it and all above it are left
-                moved = misplaced(len(stack) - 1)
-                if moved is not None:
-                    moved_out(len(stack) - 1, moved)
+            above = stack[-1]
+            if level.fd is not None:
+                os.close(level.fd)
+                level.fd = None
+            if not level.held:
+                try:
+                    os.rmdir(level.there, dir_fd=quarantine)
+                    taken.discard(level.there)
                     continue
-            if level.held:
-                # left non-empty by an error below: its rmdir, and those above it, are neither tried nor counted
-                if above is not None:
-                    above.held = True
-                continue
-            try:
-                if above is None:
-                    _rmdir_in(parent, (top_parent.st_dev, top_parent.st_ino), level.name)
-                else:
-                    os.rmdir(level.name, dir_fd=above.fd)
-            except FileNotFoundError:
-                # opened and emptied by this walk, so not removed by someone else: moved out of the tree
-                gone = OSError(errno.ENOENT, "moved out while being removed")
-                if above is None:
-                    fail(gone, path=top)
-                else:
-                    fail(gone, level.name)
-                    above.held = True
-            except OSError as exc:
-                if above is None:
+                except OSError as exc:
+                    fail(exc, level.name)
+            # left non-empty by an error below, or its rmdir failed: put back, and those above it neither tried
+            # nor counted
+            above.held = True
+            put_back(level, above)
+        if stack:
+            if quarantine >= 0 and root.fd is not None:
+                os.close(quarantine)
+                quarantine = -1
+                try:
+                    os.rmdir(quarantine_name, dir_fd=root.fd)
+                except OSError as exc:
+                    if not root.held:  # (else left non-empty by a failure counted)
+                        fail(exc, quarantine_name)
+                        root.held = True
+            if not root.held:
+                try:
+                    _rmdir_in(parent, (top_parent.st_dev, top_parent.st_ino), name)
+                except FileNotFoundError:
+                    # opened and emptied by this walk, so not removed by someone else: moved out of its parent
+                    fail(OSError(errno.ENOENT, "moved out while being removed"), path=top)
+                except OSError as exc:
                     # a parent found replaced is named, not the directory in it
                     fail(exc, path=parent if exc.errno == errno.ESTALE else top)
-                else:
-                    fail(exc, level.name)
-                    above.held = True
     finally:
         for level in stack:
             if level.fd is not None:
                 os.close(level.fd)
+        if quarantine >= 0:
+            os.close(quarantine)
     if first is not None:
         raise OSError(first.errno, f"could not remove all of it: {failed} removal{'' if failed == 1 else 's'} "
                       f"failed (first: {first})", top) from first
@@ -571,32 +554,84 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
 
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-# remove_tree's directory descriptors held open: the top and the deepest levels of the branch being removed (a
-# directory above them is opened again from its child's '..'); at most two more for a moment (a listing's, and a
-# '..' before its child is closed)
+# remove_tree's directory descriptors held open: the top, its quarantine and the deepest levels of the branch being
+# removed (a directory above them is opened again from the quarantine); at most two more for a moment (a listing's,
+# and a subdirectory's before it is found to be the one listed)
 _TREE_FDS: Final = 32
-_PATH_MAX: Final = 4096  # bytes of a path the OS resolves, with its NUL (Linux)
+_QUARANTINE_PREFIX: Final = ".iii-removing-"
 _SHOWN_PATH: Final = 4096  # characters of a path in remove_tree's error, past which its middle is cut
 
 
 class _Level:
-    """A directory :func:`remove_tree` is emptying: its identity and name in its parent, its descriptor while held
-    open, the subdirectories it still has to remove (name, identity as listed), and whether an error below leaves
-    it non-empty."""
+    """A directory :func:`remove_tree` is emptying: its identity, its name in its parent and in the quarantine
+    (``there``), its descriptor while held open, the subdirectories it still has to remove (name, identity as
+    listed), and whether an error below leaves it non-empty."""
 
-    __slots__ = ("fd", "held", "identity", "name", "reach", "todo")
+    __slots__ = ("fd", "held", "identity", "name", "there", "todo")
 
-    def __init__(self, identity: tuple[int, int], name: str, above: int) -> None:
+    def __init__(self, identity: tuple[int, int], name: str, there: str) -> None:
         self.identity = identity
         self.name = name
-        self.reach = above + len(os.fsencode(name)) + 1  # bytes of its path from top's (top's as given), with a NUL
+        self.there = there
         self.fd: int | None = None
         self.todo: list[tuple[str, tuple[int, int]]] = []
         self.held = False
 
 
-def _reach(level: _Level) -> int:
-    return level.reach
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+def _made_quarantine(at: int) -> tuple[int, str]:
+    """A new directory in the directory open as ``at``, random name, mode 0o700: its descriptor and name. Only its
+    owner (this user) or root may rename an entry out of it; found to be this user's and closed to others, else
+    ``OSError`` (someone else's put at its name).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     at = os.open(tmp, os.O_RDONLY)
+        ...     fd, name = _made_quarantine(at)
+        ...     mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        ...     for opened in (fd, at):
+        ...         os.close(opened)
+        ...     name.startswith(_QUARANTINE_PREFIX), oct(mode), os.listdir(tmp) == [name]
+        (True, '0o700', True)
+    """
+    for _ in range(100):
+        name = f"{_QUARANTINE_PREFIX}{secrets.token_hex(8)}"
+        try:
+            os.mkdir(name, 0o700, dir_fd=at)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise OSError(errno.EEXIST, "no free name for a quarantine directory")
+    fd = os.open(name, _DIR_FLAGS, dir_fd=at)
+    held = os.fstat(fd)
+    if held.st_uid != os.geteuid() or held.st_mode & 0o077:
+        os.close(fd)
+        raise OSError(errno.EPERM, "replaced while being made (not this user's, or open to others)", name)
+    return fd, name
+
+
+def _free_name(name: str, depth: int, taken: set[str]) -> str:
+    """``name`` if it is not ``taken``, else one made of ``depth`` (each level of a branch has its own) that is not.
+
+    The directory's own name where it can: what a killed run leaves in the quarantine, and the errors the OS gives,
+    still say which it was; a branch ``d/d/d`` has one ``d`` there at a time.
+
+    Example:
+        >>> _free_name("a", 3, set()), _free_name("d", 3, {"d"}), _free_name("d", 3, {"d", "3"})
+        ('a', '3', '3.1')
+    """
+    if name not in taken:
+        return name
+    free, n = str(depth), 0
+    while free in taken:
+        n += 1
+        free = f"{depth}.{n}"
+    return free
 
 
 def _path_shown(path: str) -> str:
