@@ -132,7 +132,15 @@ from .events import (
 )
 from .known_texts import KnownTexts
 from .messages import mask_passwords
-from .redis_internals import RAW_REPLY, give_back_plain, like_pool_options, one_shot, raw_reply, take_plain
+from .redis_internals import (
+    RAW_REPLY,
+    give_back_plain,
+    like_pool_options,
+    notify_one,
+    one_shot,
+    raw_reply,
+    take_plain,
+)
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -439,8 +447,10 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
         # the tasks in such a take, and those of them whose wait close_waits() ended
         self._waiting: set[asyncio.Task[Any]] = set()
         self._cut: set[asyncio.Task[Any]] = set()
-        # tasks whose wait was cancelled (their time ran out, most often): their timeout's message names the pool
-        self._gave_up: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        # tasks whose wait at a full pool was cancelled (their time ran out, most often), and when: a timeout's
+        # message in the same moment names the pool
+        self._gave_up: weakref.WeakKeyDictionary[asyncio.Task[Any], float] = weakref.WeakKeyDictionary()
+        self._wakes: set[asyncio.Task[None]] = set()  # notifies of waiters whose wake-up a cancel took (_wake_next)
         self._refusing = False
 
     async def ensure_connection(self, connection: Any) -> None:
@@ -474,7 +484,7 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
                 except BaseException:
                     await self.release(connection)
                     raise
-                return connection
+                return await self._unless_closed(connection)
         task = asyncio.current_task()
         self._taking += 1
         if task is not None:
@@ -482,15 +492,19 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
         try:
             connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except asyncio.CancelledError:
+            if self._taking > 1:
+                # Python 3.11's Condition loses a notify whose waiter is cancelled before it wakes: another take
+                # waited on with a connection free (forever with no time limit)
+                self._wake_next()
             if task is None:
                 raise
-            if task not in self._cut:
-                if len(self._held) >= self.max_connections:
-                    self._gave_up.add(task)
-                raise
-            self._cut.discard(task)
-            task.uncancel()
-            raise _closed_at_pool() from None
+            if task in self._cut:
+                self._cut.discard(task)
+                if task.uncancel() == 0:  # (a cancel of the caller's own as well: that one wins)
+                    raise _closed_at_pool() from None
+            elif len(self._held) >= self.max_connections:
+                self._gave_up[task] = asyncio.get_running_loop().time()
+            raise
         except RedisConnectionError as exc:
             if not isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
                 raise
@@ -499,7 +513,23 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
             self._taking -= 1
             self._waiting.discard(task)
         self._held.add(connection)
-        return connection
+        return await self._unless_closed(connection)
+
+    async def _unless_closed(self, connection: Any) -> Any:
+        """``connection``, unless :meth:`close_waits` ran while it was taken (its connect, or a reconnect of one the
+        server had ended, outlasted the store's close): given back unused, nothing sent. Handed out, it ran a write
+        after ``aclose()`` returned, on a connection nothing closed (13 of 30 rounds in an attack)."""
+        if not self._refusing:
+            return connection
+        with contextlib.suppress(Exception):
+            await connection.disconnect()
+        await self.release(connection)
+        raise _closed_at_pool()
+
+    def _wake_next(self) -> None:
+        waking = asyncio.ensure_future(notify_one(self))
+        self._wakes.add(waking)
+        waking.add_done_callback(self._wakes.discard)
 
     async def release(self, connection: Any) -> None:
         self._held.discard(connection)
@@ -531,17 +561,19 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
                 task.cancel()
 
     def exhausted_note(self) -> str:
-        """``"; waiting for a Redis connection: …"`` while every connection is handed out and takes wait for one (a
-        timeout's message adds it); ``""`` otherwise.
+        """``"; waiting for a Redis connection: …"`` for a timeout whose task's wait at a full pool was just cut
+        (:data:`_NOTE_FRESH_S`); ``""`` otherwise: a task whose batch waits for it, or whose wait some other limit
+        ended earlier, is not told it waited.
 
         Example:
             >>> _WaitingPool(host="example.invalid", max_connections=3).exhausted_note()
             ''
         """
-        task = asyncio.current_task() if self._gave_up else None
-        if task is not None and task in self._gave_up:
-            self._gave_up.discard(task)
-        elif not self._taking or len(self._held) < self.max_connections:
+        if not self._gave_up:
+            return ""
+        task = asyncio.current_task()
+        cut_at = self._gave_up.pop(task, None) if task is not None else None
+        if cut_at is None or asyncio.get_running_loop().time() - cut_at > _NOTE_FRESH_S:
             return ""
         return (f"; waiting for a Redis connection: all {self.max_connections} were in use (raise max_connections: "
                 "the URL option ?max_connections=N or the keyword argument; or find what holds them)")
@@ -553,6 +585,10 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
                 f"{self.timeout:g} s (raise the pool's size or its wait: the URL options ?max_connections=N and "
                 "?timeout=SECONDS, or the keyword arguments max_connections and pool_timeout; or find what holds "
                 "them)")
+
+
+_NOTE_FRESH_S: Final = 0.05  # a wait cut longer ago than this is not what a timeout's message reports (a cut
+# by the caller's own timer reaches its message in the same loop turn or the next few)
 
 
 def _closed_at_pool() -> StreamClosedError:

@@ -35,8 +35,8 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from iii.warn_once import WarnOnce
 
 __all__ = ["MISSING", "PLAIN_POOL_MISSING", "POOL_INJECTED", "RAW_REPLY", "SENT_NOTHING_MISSING", "OneShotPubSub",
-           "give_back_plain", "like_pool_options", "one_shot", "plain_give_back", "pool_idle", "raw_reply",
-           "sent_nothing", "take_plain"]
+           "give_back_plain", "like_pool_options", "notify_one", "one_shot", "plain_give_back", "pool_idle",
+           "raw_reply", "sent_nothing", "take_plain"]
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,21 @@ def give_back_plain(pool: Any, connection: Any) -> bool:
     pool._in_use_connections.remove(connection)
     pool._available_connections.append(connection)
     return True
+
+
+async def notify_one(pool: Any) -> None:
+    """Wake one task waiting on a blocking pool's condition (it checks again whether a connection is free), as
+    redis-py's give-back does; nothing for a pool without one. Why: Python 3.11's ``asyncio.Condition`` loses a
+    notify whose waiter is cancelled before it wakes (fixed in 3.13), and the next waiter then waits on with a
+    connection free.
+
+    Example:
+        >>> asyncio.run(notify_one(ConnectionPool(host="probe.invalid")))  # no condition: nothing to do
+    """
+    condition = getattr(pool, "_condition", None)
+    if isinstance(condition, asyncio.Condition):
+        async with condition:
+            condition.notify()
 
 
 # -- replies as bytes whatever the client decodes (iii_streams.redis) -------------------------------------------------

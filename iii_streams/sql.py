@@ -427,8 +427,9 @@ class _PoolGate:
         self.cut: set[asyncio.Task[Any]] = set()  # those of them the close cancelled (see SQLStream._checked_out)
         #: waits of operations let through after a close (they waited for the store's opening): the close leaves them
         self._kept: set[asyncio.Future[None]] = set()
-        #: tasks cancelled (their time ran out, most often) while they waited for a connection: a timeout names the pool
-        self.gave_up: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        #: tasks cancelled (their time ran out, most often) while they waited for a connection, and when: a timeout in
+        #: the same moment names the pool (SQLStream._timeout_note)
+        self.gave_up: weakref.WeakKeyDictionary[asyncio.Task[Any], float] = weakref.WeakKeyDictionary()
 
     def close(self, error: Callable[[], BaseException], *, drain: int | None = None) -> None:
         """Fail every waiter now, and every later :meth:`acquire`, with ``error()`` (one each: one instance raised
@@ -528,6 +529,7 @@ _READ_LANE: Final = 2
 _LANE: ContextVar[int] = ContextVar("iii_streams_sql_lane", default=_READ_LANE)
 
 
+_NOTE_FRESH_S: Final = 0.05  # a gate wait cut longer ago than this is not what a timeout's message reports
 _GATE_COMPACT_MIN: Final = 64  # dead waiters before a FIFO mostly made of them is rebuilt
 _SQLALCHEMY_MAX_OVERFLOW: Final = 10  # create_async_engine's default max_overflow (a QueuePool's, not readable back)
 _RECOUNT_S: Final = 0.05  # a store at its max_pending counts the writes its queues hold at most this often
@@ -557,7 +559,8 @@ def _waited_at_gate(error: StreamTimeoutError, gate: _PoolGate) -> StreamTimeout
         SQLStream.set did not finish within 1 s
         waiting for a database connection: all 15 were in use (raise pool_size or max_overflow of SQLStream.from_url, or find what holds them)
     """  # noqa: E501 - a doctest's output line
-    restated = StreamTimeoutError(f"{error}{_gate_note(gate)}")
+    note = _gate_note(gate)
+    restated = StreamTimeoutError(str(error) if note in str(error) else f"{error}{note}")
     restated.applied = error.applied
     return restated
 
@@ -2571,7 +2574,7 @@ class SQLStream(FieldUpdates):
             if not batch.waited_for():
                 raise _Deserted("no caller waits for this batch's writes any more")
             batch.task = task
-        held = False
+        held = retried = False
         lane = _WRITE_LANE if batch is not None else _LANE.get()
         try:
             try:
@@ -2586,6 +2589,7 @@ class SQLStream(FieldUpdates):
                         conn = await connection.__aenter__()
                         break
                     except PoolTimeoutError:
+                        retried = True  # (connections held outside the store: still a wait for the pool)
                         if gate.closed is not None and gate.refuses(lane, after_close):  # (it waits no more)
                             raise gate.closed() from None
                         pause = _POOL_RETRY_PAUSE_S - (asyncio.get_running_loop().time() - attempt)
@@ -2598,8 +2602,8 @@ class SQLStream(FieldUpdates):
                     gate.cut.discard(task)
                     if task is not None and task.uncancel() == 0 and gate.closed is not None:
                         raise gate.closed() from None
-                if task is not None:
-                    gate.gave_up.add(task)  # (its timeout's message names the pool: _timeout_note)
+                if task is not None and (not held or retried or self._pool_full()):  # (not a slow connect's)
+                    gate.gave_up[task] = asyncio.get_running_loop().time()  # (its timeout names the pool)
                 raise
             finally:
                 gate.checkouts.pop(task, None)  # type: ignore[arg-type]
@@ -2661,12 +2665,20 @@ class SQLStream(FieldUpdates):
         async with self._guard("watch", None):
             return await self._read_again(read)
 
+    def _pool_full(self) -> bool:
+        """Whether every connection the engine's pool may hand out is checked out (by the store or outside it)."""
+        pool = self.engine.sync_engine.pool
+        gate = self._gate
+        return isinstance(pool, QueuePool) and gate is not None and pool.checkedout() >= gate.slots
+
     def _timeout_note(self) -> str:
         gate = self._gate
         task = asyncio.current_task() if gate is not None and gate.gave_up else None
-        if gate is None or task is None or task not in gate.gave_up:
+        if gate is None or task is None:
             return ""
-        gate.gave_up.discard(task)
+        cut_at = gate.gave_up.pop(task, None)
+        if cut_at is None or asyncio.get_running_loop().time() - cut_at > _NOTE_FRESH_S:
+            return ""  # (a wait some other limit of the task's ended earlier)
         return _gate_note(gate)
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:

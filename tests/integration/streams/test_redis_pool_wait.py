@@ -119,3 +119,107 @@ async def test_closing_the_store_ends_the_waits_and_sends_nothing_of_them(redis_
         assert await check.get(_get("c")) is None  # the write never reached Redis
     finally:
         await check.aclose()
+
+
+# attack on cc738a30: F1 a take whose reconnect outlasted the close, F2 a lost wake-up, F3 a cancel swallowed by the
+# close, F4 a stale note
+
+
+async def test_a_take_reconnecting_across_the_close_sends_nothing_and_leaves_no_connection(
+        redis_key_prefix: str) -> None:
+    # the server ended the store's idle connection (a restart, CLIENT KILL): the next take reconnects it, and a close
+    # in the meantime must not let that take run its write after aclose() returned (before: 13 of 30 rounds, and a
+    # connection nothing closed)
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(require_redis())
+    try:
+        for ticks in range(1, 6):
+            name = f"{redis_key_prefix}-f1-{ticks}"
+            store = RedisStream.from_url(_url(redis_key_prefix, "&max_connections=2"), client_name=name)
+            await store.set(_set("warm", 1))
+            for client in await admin.client_list():
+                if client.get("name") == name:
+                    await admin.execute_command("CLIENT", "KILL", "ID", client["id"])
+            after_close: list[int] = []
+            closed = asyncio.Event()
+
+            async def write(n: int, store: RedisStream = store, closed: asyncio.Event = closed,
+                            after_close: list[int] = after_close) -> None:
+                await store.set(StreamSetInput(stream_name=f"t{n}", group_id="g", item_id="i", data=n))
+                if closed.is_set():
+                    after_close.append(n)
+
+            writes = [asyncio.ensure_future(write(n)) for n in range(3)]
+            for _ in range(ticks):
+                await asyncio.sleep(0)
+            await store.aclose()
+            closed.set()
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)
+            assert after_close == [], (ticks, after_close)
+            for outcome in outcomes:
+                assert outcome is None or isinstance(outcome, StreamClosedError), repr(outcome)
+
+            async def open_connections(name: str = name) -> int:
+                return sum(1 for c in await admin.client_list() if c.get("name") == name)
+
+            for _ in range(200):  # (the server drops a closed client's entry a moment later)
+                if await open_connections() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert await open_connections() == 0, ticks
+    finally:
+        await admin.aclose()
+
+
+async def test_a_waiter_whose_wake_up_went_to_a_cancelled_one_still_gets_the_free_connection(
+        redis_key_prefix: str) -> None:
+    store = RedisStream.from_url(_url(redis_key_prefix, "&max_connections=1"), timeout=None)
+    pool: Any = store.client.connection_pool
+    try:
+        held = await pool.get_connection()
+        first = asyncio.ensure_future(store.get(_get("x")))
+        await _until_waiting(store, 1)
+        second = asyncio.ensure_future(store.set(StreamSetInput(stream_name="other", group_id="g", item_id="y",
+                                                                data=2)))
+        await _until_waiting(store, 2)
+        giving_back = asyncio.ensure_future(pool.release(held))
+        await asyncio.sleep(0)  # the give-back notified the first waiter ...
+        first.cancel()  # ... which is cancelled before it wakes (Python 3.11's Condition lost that notify)
+        await giving_back
+        await asyncio.wait_for(second, 10)  # before: waited on with the connection free, for good (timeout=None)
+        assert first.cancelled()
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("order", ["cancel first", "close first"])
+async def test_a_cancel_landing_with_the_close_stays_a_cancel(redis_key_prefix: str, order: str) -> None:
+    store = RedisStream.from_url(_url(redis_key_prefix, "&max_connections=1"))
+    pool: Any = store.client.connection_pool
+    held = await pool.get_connection()
+    try:
+        waiting = asyncio.ensure_future(store.set(_set("z", 1)))
+        await _until_waiting(store, 1)
+        if order == "cancel first":
+            waiting.cancel()
+            pool.close_waits()
+        else:
+            pool.close_waits()
+            waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert waiting.cancelled()  # (before: StreamClosedError, and the task ran on with its cancel swallowed)
+    finally:
+        await pool.release(held)
+        await store.aclose()
+
+
+async def test_a_wait_cut_by_another_limit_is_not_named_by_a_later_timeout(
+        one_connection: tuple[RedisStream, Any]) -> None:
+    store, _ = one_connection
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):  # the caller's own, shorter deadline ends the wait at the full pool
+            await store.set(_set("w", 1))
+    await asyncio.sleep(0.1)
+    assert store._timeout_note() == ""  # (before: the task's next timeout, for any reason, named the pool)

@@ -223,3 +223,30 @@ async def test_write_batches_waiting_at_the_gate_commit_when_a_connection_frees_
                 assert stored is None, n
             else:
                 assert stored == {"n": n}, n
+
+
+async def test_a_read_whose_new_connection_is_slow_to_connect_does_not_name_the_pool(pg_url: str,
+                                                                                      pg_relay: Any) -> None:
+    # attack on c7627ccd, F5: the gate let the read through (1 of 5 in use), its connect stalled: the timeout said
+    # "all 5 were in use (raise pool_size …)"
+    from sqlalchemy.engine import make_url
+
+    through_relay = make_url(pg_url).set(port=pg_relay.port).render_as_string(False)
+    async with SQLStream.from_url(pg_url, create=True) as ready:
+        await ready.prepare()
+    store = SQLStream.from_url(through_relay, pool_size=5, max_overflow=0)
+    try:
+        await store.get(StreamGetInput(**ITEM))  # opened: one pooled connection
+        held = await store.engine.connect()  # in use outside: the next read connects anew
+        try:
+            pg_relay.flowing.clear()  # the server reads nothing more: a new connection's start-up stalls
+            with pytest.raises(StreamTimeoutError) as failure:
+                await store.get(StreamGetInput(**ITEM), timeout=1)
+            assert "waiting for a database connection" not in str(failure.value), failure.value
+        finally:
+            pg_relay.flowing.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(held.close(), 3)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(store.aclose(), 10)
