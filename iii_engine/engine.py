@@ -91,6 +91,7 @@ from .modules.base import (
     NamedQueues,
     TelemetryListener,
     TriggerTypeHandler,
+    registering,
     telemetry_listener,
 )
 from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
@@ -1938,7 +1939,8 @@ class Engine:
             self._handed[key] = entry
             self._registering[entry.id] = self._registering.get(entry.id, 0) + 1
             try:
-                await handler.register(TriggerInfo(**entry.info()))
+                with registering(entry.registrant):
+                    await handler.register(TriggerInfo(**entry.info()))
             except Exception as exc:
                 self._registered(entry.id)
                 if isinstance(exc, EngineError):
@@ -2003,7 +2005,8 @@ class Engine:
             key = (entry.trigger_type, entry.id)
             self._handed[key] = current
             try:
-                await handler.register(TriggerInfo(**current.info()))
+                with registering(current.registrant):
+                    await handler.register(TriggerInfo(**current.info()))
             except Exception as exc:
                 if self._handed.get(key) is current:
                     del self._handed[key]

@@ -17,9 +17,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NamedTuple, Protocol, cast
 
@@ -206,10 +208,41 @@ class TriggerTypeHandler(Protocol):
     registrant's ``max_registration_bytes_per_worker``."""
 
     async def register(self, trigger: TriggerInfo) -> None:
-        """Activate ``trigger``; raise :class:`EngineError` to reject it (it is then not stored)."""
+        """Activate ``trigger``; raise :class:`EngineError` to reject it (it is then not stored).
+        :func:`trigger_registrant` tells, during the call, which worker registered it."""
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         """Deactivate ``trigger``."""
+
+
+_REGISTRANT: ContextVar[str | None] = ContextVar("iii_engine_trigger_registrant", default=None)
+
+
+def trigger_registrant() -> str | None:
+    """The id of the worker that registered the trigger a :meth:`TriggerTypeHandler.register` under way is for
+    (``None``: one the engine registered, or outside such a call). Why: the trigger's function may be another
+    worker's, and a bound per worker counted against the function's server let one worker use up another's.
+
+    Example:
+        >>> async def demo() -> tuple[str | None, str | None]:
+        ...     with registering("worker-1"):
+        ...         inside = trigger_registrant()
+        ...     return inside, trigger_registrant()
+        >>> asyncio.run(demo())
+        ('worker-1', None)
+    """
+    return _REGISTRANT.get()
+
+
+@contextlib.contextmanager
+def registering(worker_id: str | None) -> Iterator[None]:
+    """``with registering(worker_id):`` around the engine's :meth:`TriggerTypeHandler.register` call (see
+    :func:`trigger_registrant`)."""
+    token = _REGISTRANT.set(worker_id)
+    try:
+        yield
+    finally:
+        _REGISTRANT.reset(token)
 
 
 class InvocationObserver(Protocol):

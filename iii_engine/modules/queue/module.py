@@ -58,6 +58,7 @@ from ..base import (
     EngineModule,
     EngineServices,
     InvocationContext,
+    trigger_registrant,
 )
 from ..bridge.queue import NO_DLQ, BridgeQueue
 from ..health import link_component, probe
@@ -164,9 +165,9 @@ RECLAIM_BATCH = 256
 """Topics one sweep looks at: a sweep's cost stays bounded however many topics there are."""
 
 NO_WORKER: Final = ""
-"""Whom a topic is counted against (``max_topics_per_worker``) when no worker made it: a trigger whose function no
-worker serves at its registration, or an enqueue no worker called (the engine's own). Such topics share one share:
-a worker's triggers naming made-up functions must not escape the bound (no worker id is empty)."""
+"""Whom a topic is counted against (``max_topics_per_worker``) when no worker made it: a trigger the engine
+registered (its configuration), or an enqueue no worker called (the engine's own). Such topics share one share (no
+worker id is empty)."""
 
 
 @dataclass
@@ -1004,9 +1005,9 @@ class QueueModule(EngineModule):
         # registration, so its subscription must still be there.
         self._awaiting_topic[trigger.id] = trigger
         try:
-            # counted against the worker the topic's jobs go to: the engine does not tell a trigger type who
-            # registered a trigger
-            maker = self.services.fired_callee(trigger.function_id) or NO_WORKER
+            # counted against the worker that registered the trigger (a trigger on another worker's function used
+            # up that worker's share: one worker's 2,500 triggers naming another's function refused its topics)
+            maker = trigger_registrant() or NO_WORKER
             entry = await self._topic(topic, subscribing=True, maker=maker)
         finally:
             superseded = self._awaiting_topic.get(trigger.id) is not trigger

@@ -15,7 +15,7 @@ import pytest
 from module_worker import ModuleWorker
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.queue.module import NO_WORKER, QueueModule
+from iii_engine.modules.queue.module import QueueModule
 from iii_engine.modules.queue.settings import QueueModuleSettings
 from iii_engine.settings import ConfigError
 
@@ -75,14 +75,30 @@ async def test_one_workers_triggers_leave_another_worker_its_topics(caplog: pyte
         assert "made 2 of the module's topics, its share (max_topics_per_worker 2)" in refused["error"]["message"]
 
 
-async def test_triggers_naming_functions_nobody_serves_share_one_share() -> None:
-    """Triggers whose function no worker serves count against one share together: made-up function ids do not
-    escape the bound."""
+async def test_triggers_naming_functions_nobody_serves_count_against_their_registrant() -> None:
+    """Made-up function ids do not escape the bound: a trigger counts against the worker that registered it."""
     async with _engine(max_topics=4, max_topics_per_worker=2) as (engine, module), ModuleWorker(engine.url) as worker:
+        await worker.function("w::h", _nothing)
         for i in range(4):
             await worker.trigger(f"t{i}", "queue", f"made::up{i}", {"topic": f"t{i}"})
         assert await _topics(worker) == ["t0", "t1"]
-        assert module._made_for == {NO_WORKER: 2}
+        assert module._made_for == {await _worker_id(worker, "w::h"): 2}
+
+
+async def test_triggers_naming_another_workers_function_use_up_their_registrants_share() -> None:
+    """A worker's triggers naming another worker's function count against the worker that registered them, not the
+    function's server (before: A's 2 triggers on made-up topics naming B's function took B's share, and B's own
+    trigger on a new topic was refused)."""
+    async with _engine(max_topics=8, max_topics_per_worker=2) as (engine, module), \
+            ModuleWorker(engine.url) as victim, ModuleWorker(engine.url) as attacker:
+        await victim.function("v::h", _nothing)
+        await attacker.function("a::h", _nothing)
+        for i in range(3):
+            await attacker.trigger(f"ta{i}", "queue", "v::h", {"topic": f"made-up-{i}"})
+        assert await _topics(attacker) == ["made-up-0", "made-up-1"]
+        await victim.trigger("tv", "queue", "v::h", {"topic": "mine"})
+        assert "mine" in await _topics(victim)
+        assert module._made_for == {await _worker_id(attacker, "a::h"): 2, await _worker_id(victim, "v::h"): 1}
 
 
 async def test_a_topic_counts_until_it_is_forgotten_also_after_its_worker_left() -> None:
