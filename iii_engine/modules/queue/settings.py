@@ -14,14 +14,14 @@ Example:
     Traceback (most recent call last):
     ...
     iii_engine.settings.ConfigError: queue_configs.default.max_retries: must be >= 1, got 0
-    >>> QueueModuleSettings.parse({"queue_configs": {"orders": {"message_group_field": "customer"}}})
-    Traceback (most recent call last):
-    ...
-    iii_engine.settings.ConfigError: queue_configs.orders: a 'message_group_field' needs a fifo queue (type: fifo)
+    >>> QueueModuleSettings.parse({"queue_configs": {"orders": {"message_group_field": "customer"}}}).queue_configs[
+    ...     "orders"].fifo  # kept, as production keeps it, with a warning: a standard queue never reads it
+    False
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, ClassVar, Literal, Self
@@ -43,6 +43,8 @@ from .. import bridge as _bridge  # noqa: F401 - the package before its modules 
 from ..bridge.settings import BridgeAdapterSettings
 
 __all__ = ["BRIDGE_ADAPTER", "BUILTIN_ADAPTER", "REDIS_ADAPTER", "QueueModuleSettings", "QueueSettings"]
+
+log = logging.getLogger(__name__)
 
 BUILTIN_ADAPTER = "modules::queue::BuiltinQueueAdapter"
 DEFAULT_MAX_JOBS = 100_000
@@ -220,15 +222,15 @@ class QueueModuleSettings(Settings):
     #: leave room for the topics a ``queue`` trigger subscribes to (before, one worker's 10,000 made-up topics took
     #: every one of ``max_topics`` and the next worker's trigger and enqueues were refused until a restart)
     max_unsubscribed_topics: int = Field(DEFAULT_MAX_UNSUBSCRIBED_TOPICS, ge=1)
-    #: topics the module keeps made for one worker (default :attr:`topics_per_worker`: a quarter of ``max_topics``,
-    #: at least 100, at most all of them; never above ``max_topics``): a topic that did not exist counts against the
-    #: worker serving the function of the ``queue`` trigger subscribing to it, or the worker whose enqueue sent to
-    #: it (triggers whose function nobody serves, and the engine's own enqueues, share one such share), and moves to
-    #: a worker whose trigger subscribes to it whenever the one it counts against has none there (a worker
-    #: reconnecting, or a topic's consumer after its producer), until it is forgotten (no subscriber, no job, no
-    #: dead letter), also after that worker left; past it that worker's next new topic fails with ``enqueue_error``
-    #: naming it. Topics of ``queue_configs`` are named queues and never count. Before, one worker's triggers on
-    #: 10,000 made-up topics took every one of ``max_topics``, and another worker's trigger and enqueues were refused
+    #: topics one worker makes before it may make more only while more than this many of ``max_topics`` stay free
+    #: (default :attr:`topics_per_worker`: a quarter of ``max_topics``, at least 100, at most all of them; never
+    #: above ``max_topics``): a topic that did not exist counts against the worker that registered the ``queue``
+    #: trigger subscribing to it, or the worker whose enqueue sent to it (the engine's own triggers and enqueues share
+    #: one such share), and moves to a worker whose trigger subscribes to it whenever the one it counts against has
+    #: none there (a worker reconnecting, or a topic's consumer after its producer), until it is forgotten (no
+    #: subscriber, no job, no dead letter), also after that worker left; past it, with no more than a share free,
+    #: that worker's next new topic fails with ``enqueue_error`` naming it. So one worker alone may take all but a
+    #: share, and a share is always left for another. Topics of ``queue_configs`` are named queues and never count.
     max_topics_per_worker: int | None = Field(None, ge=1)
     #: ``max_jobs`` of every topic (a topic has no ``queue_configs`` entry, and its subscribers may not raise it)
     max_topic_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
@@ -321,14 +323,25 @@ class QueueModuleSettings(Settings):
         adapter = self.store_adapter[1]
         return adapter.bridge_url if isinstance(adapter, BridgeAdapterSettings) else None
 
+    def warn_ignored(self) -> None:
+        """Log a warning for each named standard queue given a ``message_group_field``: only a fifo queue reads it,
+        and its jobs ran at once, in no order, with no word of why. Production's engine takes such a configuration
+        (it ignores the field), so it is not refused (it was, for a while).
+
+        Example:
+            >>> QueueModuleSettings.parse({"queue_configs": {"o": {"message_group_field": "c"}}}).warn_ignored()
+        """
+        for name, queue in self.queue_configs.items():
+            if not queue.fifo and queue.message_group_field is not None:
+                log.warning("queue_configs.%s: message_group_field %r is read only by a fifo queue (type: fifo): this "
+                            "standard queue ignores it and runs a group's jobs at once, in no order", name,
+                            queue.message_group_field)
+
     @model_validator(mode="after")
     def _checked(self) -> Self:
         for name, queue in self.queue_configs.items():
             if queue.fifo and queue.message_group_field is None:
                 raise ConfigError("a fifo queue needs a 'message_group_field'", f"queue_configs.{name}")
-            if not queue.fifo and queue.message_group_field is not None:
-                # a standard queue never reads it: its jobs ran all at once, in no order, with no word of why
-                raise ConfigError("a 'message_group_field' needs a fifo queue (type: fifo)", f"queue_configs.{name}")
         if self.max_topics_per_worker is not None and self.max_topics_per_worker > self.max_topics:
             raise ConfigError(f"must be <= max_topics ({self.max_topics}), got {self.max_topics_per_worker}",
                               "max_topics_per_worker")

@@ -22,7 +22,7 @@ from iii_engine.settings import ConfigError
 pytestmark = pytest.mark.our_engine("configures queue limits")
 
 QUEUE = "modules::queue::QueueModule"
-SHARE_REFUSAL = r"refused: worker [0-9a-f-]+ made 2 of the module's topics, its share \(max_topics_per_worker 2\)"
+SHARE_REFUSAL = r"refused: worker [0-9a-f-]+ made 2 of the module's topics, past its share \(max_topics_per_worker 2\)"
 
 
 @asynccontextmanager
@@ -63,7 +63,7 @@ async def test_one_workers_triggers_leave_another_worker_its_topics(caplog: pyte
             await attacker.trigger(f"ta{i}", "queue", "a::h", {"topic": f"made-up-{i}"})
         assert await _topics(attacker) == ["made-up-0", "made-up-1"]
         assert [r for r in caplog.messages if "trigger ta2 (queue) rejected: enqueue_error: Topic 'made-up-2' "
-                "refused: worker" in r and "its share (max_topics_per_worker 2)" in r]
+                "refused: worker" in r and "past its share (max_topics_per_worker 2)" in r]
         await other.function("b::h", handle)
         await other.trigger("tb", "queue", "b::h", {"topic": "mine"})
         assert await other.result("enqueue", {"topic": "mine", "data": 1}) is None
@@ -72,7 +72,7 @@ async def test_one_workers_triggers_leave_another_worker_its_topics(caplog: pyte
         refused = await other.call("enqueue", {"topic": "mine-three", "data": 1})
         assert refused["error"]["code"] == "enqueue_error"
         assert refused["error"]["message"].startswith("Topic 'mine-three' refused: worker ")
-        assert "made 2 of the module's topics, its share (max_topics_per_worker 2)" in refused["error"]["message"]
+        assert "made 2 of the module's topics, past its share (max_topics_per_worker 2)" in refused["error"]["message"]
 
 
 async def test_triggers_naming_functions_nobody_serves_count_against_their_registrant() -> None:
@@ -89,7 +89,7 @@ async def test_triggers_naming_another_workers_function_use_up_their_registrants
     """A worker's triggers naming another worker's function count against the worker that registered them, not the
     function's server (before: A's 2 triggers on made-up topics naming B's function took B's share, and B's own
     trigger on a new topic was refused)."""
-    async with _engine(max_topics=8, max_topics_per_worker=2) as (engine, module), \
+    async with _engine(max_topics=4, max_topics_per_worker=2) as (engine, module), \
             ModuleWorker(engine.url) as victim, ModuleWorker(engine.url) as attacker:
         await victim.function("v::h", _nothing)
         await attacker.function("a::h", _nothing)
@@ -148,7 +148,7 @@ async def test_a_worker_reconnecting_finds_its_topics_counted_against_it() -> No
     """A worker connecting again (a new id) registers its triggers again: the topics they keep count against it, not
     against the id gone (before, each reconnect gave it a new share on top of the topics it kept: 4 reconnects took
     every topic); a topic an enqueue made counts against the worker whose trigger then subscribes to it."""
-    async with _engine(max_topics=8, max_topics_per_worker=2) as (engine, module), ModuleWorker(engine.url) as admin:
+    async with _engine(max_topics=4, max_topics_per_worker=2) as (engine, module), ModuleWorker(engine.url) as admin:
         async with ModuleWorker(engine.url) as before:
             await before.function("w::h", _nothing)
             for i in range(2):
@@ -178,3 +178,19 @@ def test_max_topics_per_worker_is_at_most_max_topics_and_defaults_to_a_quarter()
     assert QueueModuleSettings.parse({"max_topics": 10, "max_topics_per_worker": 10}).topics_per_worker == 10
     assert QueueModuleSettings.parse({}).topics_per_worker == 2500
     assert QueueModuleSettings.parse({"max_topics": 40}).topics_per_worker == 40  # a small bound: all of it
+
+
+async def test_a_worker_alone_takes_all_but_a_share() -> None:
+    """Past its share a worker may make topics while more than a share stays free (attack on 52f9919d, A3: one
+    worker alone with 3,000 topics under the defaults lost 500, refused silently, with 7,500 of max_topics free)."""
+    async with _engine(max_topics=8, max_topics_per_worker=2) as (engine, module), ModuleWorker(engine.url) as worker:
+        await worker.function("w::h", _nothing)
+        for i in range(8):
+            await worker.trigger(f"t{i}", "queue", "w::h", {"topic": f"t{i}"})
+        assert await _topics(worker) == [f"t{i}" for i in range(6)]
+        assert module._made_for == {await _worker_id(worker, "w::h"): 6}
+        async with ModuleWorker(engine.url) as other:  # and the share left free is another worker's
+            await other.function("o::h", _nothing)
+            for topic in ("o0", "o1"):
+                await other.trigger(f"t-{topic}", "queue", "o::h", {"topic": topic})
+            assert {"o0", "o1"} <= set(await _topics(other))
