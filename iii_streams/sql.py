@@ -1994,6 +1994,7 @@ class SQLStream(FieldUpdates):
         # before its dispose; set when they all ended while a close waits for them (_let_operations_end)
         self._operations = 0
         self._operations_ended: asyncio.Future[None] | None = None
+        self._writes_let_go: asyncio.Future[None] | None = None  # write batches a close let go (held, not lost)
         # set by a close just before its dispose: operations reaching _connection from then on are refused
         self._shut = False
         # item key -> its value as this process last committed it (a longer one is neither remembered nor compared
@@ -3775,6 +3776,14 @@ class SQLStream(FieldUpdates):
         await self._close_once.run(self._close_all)
 
     async def _close_all(self) -> None:
+        try:
+            await self._close_steps()
+        finally:
+            if self._gate is not None:
+                # (a close cancelled before its writes' wait ended: the lane it let drain must not stay open)
+                self._gate.end_drain()
+
+    async def _close_steps(self) -> None:
         give_up_at = asyncio.get_running_loop().time() + MIGRATION_CLOSE_WAIT_S
         opening = self._opening
         if opening is not None:
@@ -3788,7 +3797,7 @@ class SQLStream(FieldUpdates):
         if self._listener is not None:
             await self._listener.stop()
         self._watch_retries.close()
-        await self._end_writes(give_up_at)
+        writes_ended = await self._end_writes(give_up_at)
         self._reads.close()
         await self._let_operations_end(give_up_at)
         # gets still waiting past that wait: told as a get refused by the close is (a batch started after the
@@ -3806,20 +3815,30 @@ class SQLStream(FieldUpdates):
                 # holding one past the close; on SQLite each closes its own once it ended (_connection)
                 cut_connections(self.engine, self._connections)
                 await self._let_operations_end(asyncio.get_running_loop().time() + DISPOSE_TIMEOUT_S)
+        if not writes_ended.done():
+            # a batch that got its connection during the drain and then waited on the database (a lock held
+            # elsewhere): held the close as long (13 s for a 12 s lock); its callers learn its outcome when it ends
+            await asyncio.wait((writes_ended,), timeout=DISPOSE_TIMEOUT_S)
+            if not writes_ended.done():
+                self._writes_let_go = writes_ended
+                log.warning("SQLStream %s: write batches still under way at the end of its close (waiting on the "
+                            "database); let go, their callers get their outcome when they end", _shown(self.engine.url))
 
-    async def _end_writes(self, give_up_at: float) -> None:
-        """End the write batches (:meth:`KeyedBatcher.aclose`: the writes not started fail, those under way run): those
-        waiting at the gate for a connection wait on until ``give_up_at`` (the close's
-        :data:`MIGRATION_CLOSE_WAIT_S`), then fail unapplied (:meth:`_PoolGate.end_drain`)."""
+    async def _end_writes(self, give_up_at: float) -> asyncio.Future[None]:
+        """End the write batches (:meth:`KeyedBatcher.aclose`: the writes not started fail, those under way run), and
+        return that end. With a pool gate, the batches waiting there for a connection wait on until ``give_up_at``
+        (the close's :data:`MIGRATION_CLOSE_WAIT_S`), then fail unapplied (:meth:`_PoolGate.end_drain`), and the
+        close goes on past those still running (they end by its dispose, or let go); without one it awaits them."""
         closing = asyncio.ensure_future(self._writes.aclose())
         gate = self._gate
+        if gate is None:
+            await closing
+            return closing
         try:
-            if gate is not None:
-                await asyncio.wait((closing,), timeout=max(0.0, give_up_at - asyncio.get_running_loop().time()))
+            await asyncio.wait((closing,), timeout=max(0.0, give_up_at - asyncio.get_running_loop().time()))
         finally:
-            if gate is not None:
-                gate.end_drain()
-        await closing
+            gate.end_drain()
+        return closing
 
     async def _let_operations_end(self, give_up_at: float) -> None:
         """Let the operations under way (those an opening let through as it ended included: they resume after the

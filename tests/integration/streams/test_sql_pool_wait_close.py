@@ -250,3 +250,67 @@ async def test_a_read_whose_new_connection_is_slow_to_connect_does_not_name_the_
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(store.aclose(), 10)
+
+
+async def test_a_close_cancelled_before_its_writes_wait_leaves_no_write_waiting(pg_url: str) -> None:
+    # attack on fc814f64, B1: a close cancelled at its first await (the watch's LISTEN stop) left the write lane it
+    # lets drain open: 100 writes waited on at the gate without bound, and committed after that close
+    store = store_on(pg_url, timeout=None)
+    await store.set(StreamSetInput(**ITEM, data={"n": 0}))
+    watch = store.watch("s")
+    await watch.__aenter__()
+    async with holding(store, "outside"):
+        sets = [asyncio.ensure_future(store.set(StreamSetInput(stream_name="s", group_id="g", item_id=f"c{n}",
+                                                               data={"n": n}))) for n in range(20)]
+        await until(lambda: waiting_at_gate(store) >= 1)
+        closing = asyncio.ensure_future(store.aclose())
+        await asyncio.sleep(0)  # (the close is at its first await: the watch's stop)
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        done, _ = await asyncio.wait(sets, timeout=5)
+        assert len(done) == 20, f"{20 - len(done)} writes still waiting after the cancelled close"
+        assert all(isinstance(s.exception(), StreamClosedError) and s.exception().applied is False  # type: ignore[union-attr]
+                   for s in sets)
+    await asyncio.wait_for(store.aclose(), 10)
+    async with SQLStream.from_url(pg_url) as after:
+        for n in range(20):
+            assert await after.get(StreamGetInput(stream_name="s", group_id="g", item_id=f"c{n}")) is None, n
+
+
+async def test_a_close_ends_within_its_bounds_while_a_write_batch_waits_on_a_lock_held_elsewhere(pg_url: str) -> None:
+    # attack on fc814f64, B2: a batch under way blocked on a table lock held by another session held the close as
+    # long as the lock (13 s for 12 s); the close now goes on past it, and the batch's caller still gets its outcome
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from iii_streams.schema import TABLE_NAME
+
+    store = store_on(pg_url, timeout=None)
+    await store.set(StreamSetInput(**ITEM, data={"n": 0}))
+    plain = make_url(pg_url).set(drivername="postgresql").render_as_string(False)
+    locker = await asyncpg.connect(plain)
+    try:
+        await locker.execute("BEGIN")
+        await locker.execute(f"LOCK TABLE {TABLE_NAME} IN ACCESS EXCLUSIVE MODE")
+        write = asyncio.ensure_future(store.set(StreamSetInput(**ITEM, data={"n": 1})))
+        for _ in range(1000):  # until its batch waits on the lock
+            if await locker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                break
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(store.aclose(), 15)
+        assert loop.time() - started < MIGRATION_CLOSE_WAIT_S + 2 * DISPOSE_TIMEOUT_S + 2
+    finally:
+        await locker.execute("ROLLBACK")
+        await locker.close()
+    outcome = await asyncio.gather(write, return_exceptions=True)
+    async with SQLStream.from_url(pg_url) as after:
+        stored = await after.get(StreamGetInput(**ITEM))
+    if isinstance(outcome[0], BaseException):
+        assert isinstance(outcome[0], StreamClosedError), repr(outcome[0])
+        if outcome[0].applied is False:
+            assert stored == {"n": 0}
+    else:
+        assert stored == {"n": 1}
