@@ -167,7 +167,7 @@ MAX_HEADER_BYTES = 64 * 1024
 RESULT_GRACE_S = 2.0
 # Bytes the chunked framing adds to a body chunk on the wire (its hex size line and CRLF), rounded up.
 _CHUNK_FRAMING = 32
-# A handler's chunk (the SDK's frames are 960 KiB) goes to the client in slices of this size, each wait bounded by
+# A handler's chunk (the SDK's frames are up to 1 MiB) goes to the client in slices of this size, each wait bounded by
 # send_timeout (see _send): a write returns only once most of what it handed over drained, so a whole frame's write
 # timed at once cut a client reading steadily at 200 KiB/s with 2 s (at 4.2 MB), 24 KiB/s at the default 30 s.
 SEND_SLICE = 64 * 1024
@@ -1612,7 +1612,7 @@ class RestApiModule(EngineModule):
         send_timeout = self.settings.send_timeout_ms / 1000
         # A write waits for the client only once the connection's buffer passed its high-water mark (aiohttp drains
         # then). A chunk that cannot take it there from an empty buffer needs no timer (per-chunk cost); any other
-        # write gets one: a frame of the SDK's 960 KiB into an empty buffer waited for a client that never read
+        # write gets one: a frame of the SDK's 1 MiB into an empty buffer waited for a client that never read
         # with no bound. The first write carries the response head too: always timed.
         room = -1
         high = transport.get_write_buffer_limits()[1] - _CHUNK_FRAMING if transport is not None else -1
