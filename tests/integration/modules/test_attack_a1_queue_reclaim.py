@@ -13,10 +13,9 @@ import pytest
 from module_worker import ModuleWorker
 from redis.asyncio import Redis
 
-from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.queue import module as queue_module
-from iii_engine.modules.queue.module import QueueModule
 from iii_engine.modules.queue.store import MemoryQueueStore, QueueCounts
+from tests.integration.modules.queue_stores import queue_engine
 
 pytestmark = pytest.mark.our_engine("configures queue limits")
 
@@ -38,15 +37,6 @@ async def _redis_adapter() -> AsyncIterator[dict[str, Any]]:
         await client.aclose()
 
 
-@asynccontextmanager
-async def _engine(**settings: Any) -> AsyncIterator[tuple[Engine, QueueModule]]:
-    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(QUEUE, settings)])
-    async with Engine(config=config) as running:
-        module = running.module("queue")
-        assert isinstance(module, QueueModule)
-        yield running, module
-
-
 async def _unsubscribe(worker: ModuleWorker, trigger_id: str) -> None:
     await worker.send({"type": "unregistertrigger", "id": trigger_id, "trigger_type": "queue"})
     await worker.sync()
@@ -60,7 +50,7 @@ async def test_forgotten_topics_leave_nothing_in_the_memory_store(monkeypatch: p
     """Topics come and go under max_topics: the memory store keeps no bookkeeping for those forgotten (before: one
     queue record per topic name ever seen, so the bound on topics no longer bounded the engine's memory)."""
     monkeypatch.setattr(queue_module, "RECLAIM_INTERVAL_S", 0.0)  # a sweep whenever one is needed
-    async with _engine(max_topics=2) as (engine, module), ModuleWorker(engine.url) as worker:
+    async with queue_engine(max_topics=2) as (engine, module), ModuleWorker(engine.url) as worker:
         await worker.function("sub::h", _nothing)
         for n in range(30):
             await worker.trigger(f"t{n}", "queue", "sub::h", {"topic": f"topic-{n}"})
@@ -75,7 +65,7 @@ async def test_forgotten_topics_leave_nothing_in_the_memory_store(monkeypatch: p
 async def test_an_enqueue_finished_while_the_sweep_reads_the_store_keeps_its_topic() -> None:
     """An enqueue that starts and stores its job while the sweep waits for the topic's counts (Redis): before,
     the sweep then forgot the topic, so its job was hidden (topic_stats: queue_not_found, not listed)."""
-    async with _redis_adapter() as adapter, _engine(max_topics=2, adapter=adapter) as (engine, module), \
+    async with _redis_adapter() as adapter, queue_engine(max_topics=2, adapter=adapter) as (engine, module), \
             ModuleWorker(engine.url) as worker:
         await worker.function("sub::h", _nothing)
         await worker.trigger("t-quiet", "queue", "sub::h", {"topic": "quiet"})
@@ -108,7 +98,7 @@ async def test_a_topic_left_idle_since_the_last_sweep_makes_room_at_once(monkeyp
     taken at once (before: refused until the sweep's interval passed, with a message saying every topic had jobs
     or subscribers)."""
     monkeypatch.setattr(queue_module, "RECLAIM_INTERVAL_S", 60.0)  # the periodic sweep cannot be what helps
-    async with _engine(max_topics=2) as (engine, _module), ModuleWorker(engine.url) as worker:
+    async with queue_engine(max_topics=2) as (engine, _module), ModuleWorker(engine.url) as worker:
         await worker.function("sub::h", _nothing)
         await worker.trigger("t-a", "queue", "sub::h", {"topic": "a"})
         await worker.trigger("t-b", "queue", "sub::h", {"topic": "b"})
@@ -143,7 +133,7 @@ async def test_a_fifo_topic_forgotten_while_its_subscriber_is_away_keeps_its_ord
         if len(seen) == 5:
             all_seen.set()
 
-    async with _engine(max_topics=2) as (engine, _module), ModuleWorker(engine.url) as worker:
+    async with queue_engine(max_topics=2) as (engine, _module), ModuleWorker(engine.url) as worker:
         await worker.function("sub::h", handle)
         await worker.trigger("t-orders", "queue", "sub::h", fifo)
         await _unsubscribe(worker, "t-orders")  # away for a moment
@@ -162,7 +152,7 @@ async def test_a_fifo_topic_forgotten_while_its_subscriber_is_away_keeps_its_ord
 async def test_a_new_topic_asked_for_during_a_sweep_gets_the_room_it_makes() -> None:
     """Two new topics at max_topics while two topics are idle (Redis store, so the sweep waits on the store): the
     second request waits for the sweep under way instead of being refused at once while it frees room."""
-    async with _redis_adapter() as adapter, _engine(max_topics=2, adapter=adapter) as (engine, module), \
+    async with _redis_adapter() as adapter, queue_engine(max_topics=2, adapter=adapter) as (engine, module), \
             ModuleWorker(engine.url) as worker:
         await worker.function("sub::h", _nothing)
         for name in ("idle-1", "idle-2"):

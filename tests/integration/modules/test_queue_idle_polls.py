@@ -18,12 +18,11 @@ import pytest
 from module_worker import ModuleWorker
 from redis.asyncio import Redis
 
-from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.queue.consumer import QueueConsumer
-from iii_engine.modules.queue.module import QueueModule
 from iii_engine.modules.queue.redis_store import RedisQueueStore
 from iii_engine.modules.queue.settings import QueueSettings
 from iii_engine.modules.queue.store import Claim, Job, MemoryQueueStore, now_ms
+from tests.integration.modules.queue_stores import queue_engine
 from tests.polling import until
 
 pytestmark = pytest.mark.our_engine("queue polling and topic bounds")
@@ -107,22 +106,13 @@ async def test_an_idle_queue_on_a_shared_store_backs_off_and_a_wake_polls_at_onc
         assert await asyncio.wait_for(ran.get(), 0.15) == "here"
 
 
-@asynccontextmanager
-async def _engine(**settings: Any) -> AsyncIterator[tuple[Engine, QueueModule]]:
-    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(QUEUE, settings)])
-    async with Engine(config=config) as running:
-        module = running.module("queue")
-        assert isinstance(module, QueueModule)
-        yield running, module
-
-
 async def test_made_up_topics_stop_at_max_unsubscribed_topics_and_triggers_still_get_topics() -> None:
     got: asyncio.Queue[Any] = asyncio.Queue()
 
     async def handle(data: Any) -> None:
         got.put_nowait(data)
 
-    async with _engine(max_topics=6, max_unsubscribed_topics=3) as (engine, _), \
+    async with queue_engine(max_topics=6, max_unsubscribed_topics=3) as (engine, _), \
             ModuleWorker(engine.url) as flooder, ModuleWorker(engine.url) as other:
         for n in range(3):
             assert await flooder.result("enqueue", {"topic": f"junk-{n}", "data": n}) is None
@@ -152,7 +142,7 @@ async def test_the_modules_idle_queues_and_topics_in_memory_are_not_polled(monke
     async def handle(data: Any) -> None:
         got.put_nowait(data)
 
-    async with _engine(queue_configs={"q": {"poll_interval_ms": 10}}) as (engine, _), \
+    async with queue_engine(queue_configs={"q": {"poll_interval_ms": 10}}) as (engine, _), \
             ModuleWorker(engine.url) as worker:
         await worker.function("w::h", handle)
         await worker.trigger("t", "queue", "w::h", {"topic": "subscribed", "queue_config": {}})

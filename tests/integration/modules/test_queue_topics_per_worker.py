@@ -7,31 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from module_worker import ModuleWorker
 
-from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.queue.module import QueueModule
 from iii_engine.modules.queue.settings import QueueModuleSettings
 from iii_engine.settings import ConfigError
+from tests.integration.modules.queue_stores import queue_engine
 
 pytestmark = pytest.mark.our_engine("configures queue limits")
 
 QUEUE = "modules::queue::QueueModule"
 SHARE_REFUSAL = r"refused: worker [0-9a-f-]+ made 2 of the module's topics, past its share \(max_topics_per_worker 2\)"
-
-
-@asynccontextmanager
-async def _engine(**settings: Any) -> AsyncIterator[tuple[Engine, QueueModule]]:
-    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(QUEUE, settings)])
-    async with Engine(config=config) as running:
-        module = running.module("queue")
-        assert isinstance(module, QueueModule)
-        yield running, module
 
 
 async def _nothing(data: Any) -> None:
@@ -56,7 +44,7 @@ async def test_one_workers_triggers_leave_another_worker_its_topics(caplog: pyte
     async def handle(data: Any) -> None:
         ran.set()
 
-    async with _engine(max_topics=4, max_topics_per_worker=2) as (engine, _module), \
+    async with queue_engine(max_topics=4, max_topics_per_worker=2) as (engine, _module), \
             ModuleWorker(engine.url) as attacker, ModuleWorker(engine.url) as other:
         await attacker.function("a::h", _nothing)
         for i in range(4):
@@ -77,7 +65,8 @@ async def test_one_workers_triggers_leave_another_worker_its_topics(caplog: pyte
 
 async def test_triggers_naming_functions_nobody_serves_count_against_their_registrant() -> None:
     """Made-up function ids do not escape the bound: a trigger counts against the worker that registered it."""
-    async with _engine(max_topics=4, max_topics_per_worker=2) as (engine, module), ModuleWorker(engine.url) as worker:
+    async with queue_engine(max_topics=4, max_topics_per_worker=2) as (engine, module), \
+            ModuleWorker(engine.url) as worker:
         await worker.function("w::h", _nothing)
         for i in range(4):
             await worker.trigger(f"t{i}", "queue", f"made::up{i}", {"topic": f"t{i}"})
@@ -89,7 +78,7 @@ async def test_triggers_naming_another_workers_function_use_up_their_registrants
     """A worker's triggers naming another worker's function count against the worker that registered them, not the
     function's server (before: A's 2 triggers on made-up topics naming B's function took B's share, and B's own
     trigger on a new topic was refused)."""
-    async with _engine(max_topics=4, max_topics_per_worker=2) as (engine, module), \
+    async with queue_engine(max_topics=4, max_topics_per_worker=2) as (engine, module), \
             ModuleWorker(engine.url) as victim, ModuleWorker(engine.url) as attacker:
         await victim.function("v::h", _nothing)
         await attacker.function("a::h", _nothing)
@@ -110,7 +99,8 @@ async def test_a_topic_counts_until_it_is_forgotten_also_after_its_worker_left()
         failed.set()
         raise RuntimeError("no")
 
-    async with _engine(max_topics=3, max_topics_per_worker=2) as (engine, module), ModuleWorker(engine.url) as admin:
+    async with queue_engine(max_topics=3, max_topics_per_worker=2) as (engine, module), \
+            ModuleWorker(engine.url) as admin:
         async with ModuleWorker(engine.url) as leaving:
             await leaving.function("l::h", fail)
             first = await _worker_id(leaving, "l::h")
@@ -148,7 +138,8 @@ async def test_a_worker_reconnecting_finds_its_topics_counted_against_it() -> No
     """A worker connecting again (a new id) registers its triggers again: the topics they keep count against it, not
     against the id gone (before, each reconnect gave it a new share on top of the topics it kept: 4 reconnects took
     every topic); a topic an enqueue made counts against the worker whose trigger then subscribes to it."""
-    async with _engine(max_topics=4, max_topics_per_worker=2) as (engine, module), ModuleWorker(engine.url) as admin:
+    async with queue_engine(max_topics=4, max_topics_per_worker=2) as (engine, module), \
+            ModuleWorker(engine.url) as admin:
         async with ModuleWorker(engine.url) as before:
             await before.function("w::h", _nothing)
             for i in range(2):
@@ -183,7 +174,8 @@ def test_max_topics_per_worker_is_at_most_max_topics_and_defaults_to_a_quarter()
 async def test_a_worker_alone_takes_all_but_a_share() -> None:
     """Past its share a worker may make topics while more than a share stays free (attack on 52f9919d, A3: one
     worker alone with 3,000 topics under the defaults lost 500, refused silently, with 7,500 of max_topics free)."""
-    async with _engine(max_topics=8, max_topics_per_worker=2) as (engine, module), ModuleWorker(engine.url) as worker:
+    async with queue_engine(max_topics=8, max_topics_per_worker=2) as (engine, module), \
+            ModuleWorker(engine.url) as worker:
         await worker.function("w::h", _nothing)
         for i in range(8):
             await worker.trigger(f"t{i}", "queue", "w::h", {"topic": f"t{i}"})
