@@ -19,7 +19,6 @@ from tests.integration.modules.queue_stores import queue_engine
 
 pytestmark = pytest.mark.our_engine("configures queue limits")
 
-QUEUE = "modules::queue::QueueModule"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 

@@ -27,7 +27,6 @@ from tests.polling import until
 
 pytestmark = pytest.mark.our_engine("queue polling and topic bounds")
 
-QUEUE = "modules::queue::QueueModule"
 WINDOW_S = 0.6  # a measuring window, not a wait for something to happen
 
 

@@ -18,7 +18,6 @@ from tests.integration.modules.queue_stores import queue_engine
 
 pytestmark = pytest.mark.our_engine("configures queue limits")
 
-QUEUE = "modules::queue::QueueModule"
 SHARE_REFUSAL = r"refused: worker [0-9a-f-]+ made 2 of the module's topics, past its share \(max_topics_per_worker 2\)"
 
 
