@@ -164,7 +164,7 @@ class OperationGuard(StoreDeadline):
 
     def _timed_out(self, expired: TimeoutError) -> BaseException:
         error = StreamTimeoutError(f"{self._where()} did not finish within {self._limit:g} s"
-                                   f"{self._store._timeout_note()}")
+                                   f"{self._store._timeout_note(self._operation)}")
         error.__cause__ = expired
         return error
 
@@ -477,9 +477,9 @@ max_bytes (6); nothing was written
         limit = self.timeout
         return StoreDeadline(limit, None if limit is None else self._shared_deadlines(limit))
 
-    def _timeout_note(self) -> str:
-        """What an operation's timeout message adds (``"; …"``): the store's state that may explain it, such as a
-        pool whose connections were all in use; ``""`` here."""
+    def _timeout_note(self, operation: str) -> str:
+        """What the timeout message of ``operation`` adds (``"; …"``): the store's state that may explain it, such as
+        a pool whose connections were all in use; ``""`` here."""
         return ""
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:

@@ -492,9 +492,9 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
         try:
             connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except asyncio.CancelledError:
-            if self._taking > 1:
+            if self._taking > 1 and len(self._held) < self.max_connections:
                 # Python 3.11's Condition loses a notify whose waiter is cancelled before it wakes: another take
-                # waited on with a connection free (forever with no time limit)
+                # waited on with a connection free (forever with no time limit); none is lost while all are held
                 self._wake_next()
             if task is None:
                 raise
@@ -556,25 +556,26 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
         """
         self._refusing = True
         for task in self._waiting:
-            if not task.done():
+            if not task.done() and task not in self._cut:  # (once: a second cancel would not be undone)
                 self._cut.add(task)
                 task.cancel()
 
-    def exhausted_note(self) -> str:
+    def exhausted_note(self, *, shared: bool = False) -> str:
         """``"; waiting for a Redis connection: …"`` for a timeout whose task's wait at a full pool was just cut
-        (:data:`_NOTE_FRESH_S`); ``""`` otherwise: a task whose batch waits for it, or whose wait some other limit
-        ended earlier, is not told it waited.
+        (:data:`_NOTE_FRESH_S`), or, ``shared`` (a get, read together with others by one task), while the pool is full
+        and takes wait; ``""`` otherwise: a task whose write batch waits for it, or whose wait some other limit ended
+        earlier, is not told it waited.
 
         Example:
-            >>> _WaitingPool(host="example.invalid", max_connections=3).exhausted_note()
+            >>> _WaitingPool(host="example.invalid", max_connections=3).exhausted_note(shared=True)
             ''
         """
-        if not self._gave_up:
-            return ""
-        task = asyncio.current_task()
+        task = asyncio.current_task() if self._gave_up else None
         cut_at = self._gave_up.pop(task, None) if task is not None else None
         if cut_at is None or asyncio.get_running_loop().time() - cut_at > _NOTE_FRESH_S:
-            return ""
+            # a get waits on the one task reading for it and the gets beside it: that task's wait is theirs
+            if not (shared and self._taking and len(self._held) >= self.max_connections):
+                return ""
         return (f"; waiting for a Redis connection: all {self.max_connections} were in use (raise max_connections: "
                 "the URL option ?max_connections=N or the keyword argument; or find what holds them)")
 
@@ -1545,9 +1546,9 @@ class RedisStream(FieldUpdates):
             self._watch_pool_client = watch_client
         return watch_client
 
-    def _timeout_note(self) -> str:
+    def _timeout_note(self, operation: str) -> str:
         pool = self._client.connection_pool
-        return pool.exhausted_note() if isinstance(pool, _WaitingPool) else ""
+        return pool.exhausted_note(shared=operation == "get") if isinstance(pool, _WaitingPool) else ""
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         if isinstance(exc, RedisTimeoutError):

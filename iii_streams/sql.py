@@ -470,6 +470,11 @@ class _PoolGate:
             waiters.extend(kept)
             self._dead[lane] = 0
 
+    def full_with_waiters(self) -> bool:
+        """Whether every slot is held and callers wait for one."""
+        return self.used >= self.slots and any(len(waiters) > self._dead[lane]
+                                               for lane, waiters in enumerate(self._waiters))
+
     def refuses(self, lane: int, after_close: bool) -> bool:
         """Whether an operation of ``lane`` is refused now: the store's close began, and it is neither in the lane
         it lets drain nor one it lets through (``after_close``)."""
@@ -2672,14 +2677,17 @@ class SQLStream(FieldUpdates):
         gate = self._gate
         return isinstance(pool, QueuePool) and gate is not None and pool.checkedout() >= gate.slots
 
-    def _timeout_note(self) -> str:
+    def _timeout_note(self, operation: str) -> str:
         gate = self._gate
-        task = asyncio.current_task() if gate is not None and gate.gave_up else None
-        if gate is None or task is None:
+        if gate is None:
             return ""
-        cut_at = gate.gave_up.pop(task, None)
+        task = asyncio.current_task() if gate.gave_up else None
+        cut_at = gate.gave_up.pop(task, None) if task is not None else None
         if cut_at is None or asyncio.get_running_loop().time() - cut_at > _NOTE_FRESH_S:
-            return ""  # (a wait some other limit of the task's ended earlier)
+            # (a wait some other limit of the task's ended earlier); a get waits on the one task reading for it and
+            # the gets beside it: that task's wait at a full gate is theirs
+            if not (operation == "get" and gate.full_with_waiters()):
+                return ""
         return _gate_note(gate)
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:

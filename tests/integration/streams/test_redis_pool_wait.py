@@ -222,4 +222,13 @@ async def test_a_wait_cut_by_another_limit_is_not_named_by_a_later_timeout(
         async with asyncio.timeout(0.2):  # the caller's own, shorter deadline ends the wait at the full pool
             await store.set(_set("w", 1))
     await asyncio.sleep(0.1)
-    assert store._timeout_note() == ""  # (before: the task's next timeout, for any reason, named the pool)
+    assert store._timeout_note("set") == ""  # (before: the task's next timeout, for any reason, named the pool)
+
+
+async def test_gets_read_together_at_a_full_pool_each_name_it(one_connection: tuple[RedisStream, Any]) -> None:
+    # attack on d85c023b, B1: gets are read together by one task, whose wait was theirs: only that task's timeout
+    # named the pool (1 of 8)
+    store, _ = one_connection
+    gets = [asyncio.ensure_future(store.get(_get(f"g{n}"), timeout=0.3)) for n in range(8)]
+    outcomes = await asyncio.gather(*gets, return_exceptions=True)
+    assert all(isinstance(o, StreamTimeoutError) and FULL in str(o) for o in outcomes), outcomes

@@ -175,7 +175,7 @@ async def test_a_read_whose_time_ran_out_waiting_for_a_connection_says_so(pool_w
             f"SQLStream.{operation} did not finish within {limit:g} s; waiting for a database connection: all 1 were "
             "in use (raise pool_size or max_overflow of SQLStream.from_url, or find what holds them)"), failure.value
         # and the next timeout of the same task, for another reason, does not name the pool
-        assert store._timeout_note() == ""
+        assert store._timeout_note("list") == ""
 
 async def test_writes_that_waited_for_the_opening_go_on_past_the_gate_at_the_close(pool_wait_url: str) -> None:
     # attack on a090caa1, F1: the close promises that operations waiting for the store's opening go on (on a healthy
@@ -314,3 +314,15 @@ async def test_a_close_ends_within_its_bounds_while_a_write_batch_waits_on_a_loc
             assert stored == {"n": 0}
     else:
         assert stored == {"n": 1}
+
+
+async def test_gets_read_together_at_a_full_gate_each_name_it(pool_wait_url: str) -> None:
+    # attack on d85c023b, B1 (SQL, as before it): gets read together by one task each named the pool only for that task
+    async with store_on(pool_wait_url) as store:
+        await store.set(StreamSetInput(**ITEM, data={"n": 0}))
+        async with holding(store, "store"):
+            gets = [asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id=f"g{n}"),
+                                                    timeout=0.6)) for n in range(8)]
+            outcomes = await asyncio.gather(*gets, return_exceptions=True)
+    assert all(isinstance(o, StreamTimeoutError) and "waiting for a database connection: all 1 were in use" in str(o)
+               for o in outcomes), outcomes
