@@ -294,9 +294,12 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
     path in the tree any more (a move by its old path finds nothing), and only this user (or root) may take an
     entry out of a 0o700 directory. What it renamed is found to be the directory it opened (``st_dev``,
     ``st_ino``), else it is put back and left ("replaced while being removed", a failure). A directory moved out
-    before its turn is gone already, left whole where it is now; a symlink left at its name is removed, never
-    followed. The files directly in ``path`` are ``path``'s own, unlinked wherever it is. A directory it cannot
-    rename (not writable, a mount point) is a failure, left whole.
+    before its turn is gone already, left whole where it is now; a symlink left at its name is never followed (it
+    stays, and counts as a failure: "Not a directory"). The top itself is removed only if the entry at its name still
+    is the directory emptied. The quarantine protects against other users' processes only: one of this user (or root)
+    that moves entries out of it can have files unlinked where it moved them. The files directly in ``path`` are
+    ``path``'s own, unlinked wherever it is. A directory it cannot rename (not writable, a mount point) is a failure,
+    left whole.
 
     Iterative (an explicit stack, depth first, each directory removed once emptied), unlike ``shutil.rmtree`` /
     ``Path.rglob`` on Python 3.11, which recurse per level, and by directory descriptors, never by a path from
@@ -534,7 +537,7 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
                         root.held = True
             if not root.held:
                 try:
-                    _rmdir_in(parent, (top_parent.st_dev, top_parent.st_ino), name)
+                    _rmdir_in(parent, (top_parent.st_dev, top_parent.st_ino), name, root.identity)
                 except FileNotFoundError:
                     # opened and emptied by this walk, so not removed by someone else: moved out of its parent
                     fail(OSError(errno.ENOENT, "moved out while being removed"), path=top)
@@ -687,13 +690,18 @@ def _named(exc: OSError, path: str) -> OSError:
     return named
 
 
-def _rmdir_in(parent: str, identity: tuple[int, int], name: str) -> None:
-    """``rmdir`` ``name`` in the directory ``parent``, if ``parent`` still is the directory ``identity`` names."""
+def _rmdir_in(parent: str, identity: tuple[int, int], name: str, own: tuple[int, int]) -> None:
+    """``rmdir`` ``name`` in the directory ``parent``, if ``parent`` still is the directory ``identity`` names and
+    ``name`` in it still is the directory ``own`` names (an empty directory another process put at the name of the
+    tree it moved away was removed, and the call reported success: 25 of 30 rounds in an attack; what is left is the
+    moment between this check and the ``rmdir``)."""
     fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         held = os.fstat(fd)
         if (held.st_dev, held.st_ino) != identity:
             raise OSError(errno.ESTALE, "replaced while being removed", parent)
+        if _identity(os.stat(name, dir_fd=fd, follow_symlinks=False)) != own:
+            raise FileNotFoundError(errno.ENOENT, "moved out while being removed", name)
         os.rmdir(name, dir_fd=fd)
     finally:
         os.close(fd)

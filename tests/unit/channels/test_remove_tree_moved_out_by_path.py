@@ -137,3 +137,26 @@ def test_a_directory_replaced_between_its_open_and_its_rename_is_put_back_and_le
     # the one renamed (not the one opened) put back; the one opened never emptied; both back in the tree
     assert sorted(os.listdir(top)) == ["a"] and sorted(os.listdir(top / "a")) == ["aside", "b"]
     assert os.listdir(top / "a" / "b") == [] and len(os.listdir(top / "a" / "aside")) == 5
+
+
+def test_an_empty_directory_put_at_the_tops_name_is_not_removed(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # attack on ea6c64b3, A1: the tree moved away mid-walk and another process's empty directory made at its name:
+    # that directory was removed and the call reported success (25 of 30 rounds with a real second process)
+    top = tmp_path / "t"
+    (top / "a" / "b").mkdir(parents=True)
+    (top / "a" / "b" / "f").write_bytes(b"x")
+    real_rmdir = os.rmdir
+    swapped = []
+
+    def rmdir(name: Any, *args: Any, **kwargs: Any) -> None:
+        if not swapped and str(name).startswith(".iii-removing-"):  # the quarantine's, just before the top's
+            os.rename(top, tmp_path / "moved")
+            os.mkdir(top)
+            swapped.append(os.lstat(top).st_ino)
+        real_rmdir(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    with pytest.raises(OSError, match="moved out while being removed"):
+        remove_tree(top)
+    assert swapped and top.is_dir() and os.lstat(top).st_ino == swapped[0]  # the other's directory is still there
