@@ -1149,25 +1149,23 @@ class QueueModule(EngineModule):
             self._count_made(entry.maker, 1)
 
     def _past_share(self, maker: str) -> bool:
-        """Whether ``maker`` has its ``max_topics_per_worker`` already while no more than that many of ``max_topics``
-        are free: past its share a worker may make topics as long as a share stays free for another worker (one
-        worker alone with 3,000 topics lost 500 of them, silently, with 7,500 free). A share of all of
-        ``max_topics`` is left to that bound, whose refusal says more."""
-        share, limit = self.settings.topics_per_worker, self.settings.max_topics
-        return share < limit and self._made_for.get(maker, 0) >= share and limit - len(self._topics) <= share
+        """Whether ``maker`` has its ``max_topics_per_worker`` already (a share of all of ``max_topics`` is left to
+        that bound, whose refusal says more). A hard share: letting a worker past it while a share stayed free (so one
+        worker alone could take all but a share) let two workers take every topic, the second taking the share left
+        free (40 topics, shares of 10: 30, 10 and 0 for a third worker, and the engine's own enqueues refused)."""
+        share = self.settings.topics_per_worker
+        return share < self.settings.max_topics and self._made_for.get(maker, 0) >= share
 
     def _refuse_past_share(self, topic: str, maker: str) -> None:
         """Refuse a new ``topic`` for ``maker`` when it has its ``max_topics_per_worker`` already."""
         if not self._past_share(maker):
             return
         made, share = self._made_for[maker], self.settings.topics_per_worker
-        whose = f"worker {maker} made {made} of the module's topics, past its" if maker else \
-            f"the engine's own triggers and enqueues made {made} topics, past their"
-        limit = self.settings.max_topics
+        whose = f"worker {maker} made {made} of the module's topics, its" if maker else \
+            f"the engine's own triggers and enqueues made {made} topics, their"
         raise EngineError("enqueue_error", f"Topic {_name(topic)} refused: {whose} share (max_topics_per_worker "
-                                           f"{share}), and no more than that many of max_topics ({limit}) are free, "
-                                           "kept for the other workers; a topic counts until it has no subscriber, "
-                                           "no job and no dead letter")
+                                           f"{share}; a worker that needs more topics needs it raised); a topic "
+                                           "counts until it has no subscriber, no job and no dead letter")
 
     def _unsubscribed_topics(self) -> int:
         return len(self._topics) - len(self._subscribed)

@@ -222,15 +222,14 @@ class QueueModuleSettings(Settings):
     #: leave room for the topics a ``queue`` trigger subscribes to (before, one worker's 10,000 made-up topics took
     #: every one of ``max_topics`` and the next worker's trigger and enqueues were refused until a restart)
     max_unsubscribed_topics: int = Field(DEFAULT_MAX_UNSUBSCRIBED_TOPICS, ge=1)
-    #: topics one worker makes before it may make more only while more than this many of ``max_topics`` stay free
-    #: (default :attr:`topics_per_worker`: a quarter of ``max_topics``, at least 100, at most all of them; never
-    #: above ``max_topics``): a topic that did not exist counts against the worker that registered the ``queue``
-    #: trigger subscribing to it, or the worker whose enqueue sent to it (the engine's own triggers and enqueues share
-    #: one such share), and moves to a worker whose trigger subscribes to it whenever the one it counts against has
-    #: none there (a worker reconnecting, or a topic's consumer after its producer), until it is forgotten (no
-    #: subscriber, no job, no dead letter), also after that worker left; past it, with no more than a share free,
-    #: that worker's next new topic fails with ``enqueue_error`` naming it. So one worker alone may take all but a
-    #: share, and a share is always left for another. Topics of ``queue_configs`` are named queues and never count.
+    #: topics the module keeps made for one worker (default :attr:`topics_per_worker`: a quarter of ``max_topics``,
+    #: at least 100, at most all of them; never above ``max_topics``): a topic that did not exist counts against the
+    #: worker that registered the ``queue`` trigger subscribing to it, or the worker whose enqueue sent to it (the
+    #: engine's own triggers and enqueues share one such share), and moves to a worker whose trigger subscribes to it
+    #: whenever the one it counts against has none there (a worker reconnecting, or a topic's consumer after its
+    #: producer), until it is forgotten (no subscriber, no job, no dead letter), also after that worker left; past
+    #: it that worker's next new topic fails with ``enqueue_error`` naming it (a worker that needs more raises it).
+    #: Topics of ``queue_configs`` are named queues and never count.
     max_topics_per_worker: int | None = Field(None, ge=1)
     #: ``max_jobs`` of every topic (a topic has no ``queue_configs`` entry, and its subscribers may not raise it)
     max_topic_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
