@@ -1541,7 +1541,8 @@ DISPOSE_TIMEOUT_S: Final = _DISPOSE_DEFAULT_S
 MIGRATION_CLOSE_WAIT_S: Final = 2.0
 """How long a store's close lets an opening under way finish before it gives up on it: the migration of a store with
 ``create``, the first connect of one without (see :class:`_Opening`); read at each close. On a healthy database it
-ends well within it and the operations waiting for it go on (writes in flight commit). Past it (at once when no
+ends well within it and the operations waiting for it go on (the batch of writes under way commits; writes queued
+behind it are refused, as any write not started at a close is). Past it (at once when no
 operation waits for it) those operations fail with :class:`~iii_streams.errors.StreamClosedError`, and on PostgreSQL
 (asyncpg) the opening is cancelled (its connections cut if it has not ended :data:`DISPOSE_TIMEOUT_S` later); on
 SQLite it is left to end by itself (SQLite's busy wait, 30 s at most): aiosqlite cannot interrupt its thread, and a
