@@ -1551,6 +1551,10 @@ class RedisStream(FieldUpdates):
         return pool.exhausted_note(shared=operation == "get") if isinstance(pool, _WaitingPool) else ""
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
+        if isinstance(exc, AttributeError) and self._close_once.closing:
+            # redis-py 8.0 (fixed by 8.2): a command writing on a connection the close disconnected meets its writer
+            # gone ("'NoneType' object has no attribute 'writelines'"): the close cut it, as a ConnectionError says
+            return StreamClosedError(f"{where}: the RedisStream was closed while this operation ran (redis-py: {exc})")
         if isinstance(exc, RedisTimeoutError):
             return StreamTimeoutError(f"{where}: Redis did not answer in time: {exc}")
         if isinstance(exc, MaxConnectionsError):  # a client passed in, with a plain pool: Redis itself is fine

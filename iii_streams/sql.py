@@ -409,8 +409,8 @@ class _PoolGate:
         ['c', 'a', 'b']
     """
 
-    __slots__ = ("_dead", "_final", "_kept", "_next", "_waiters", "checkouts", "closed", "cut", "draining", "gave_up",
-                 "slots", "used")
+    __slots__ = ("_dead", "_final", "_kept", "_next", "_refuse_all", "_waiters", "checkouts", "closed", "cut",
+                 "draining", "gave_up", "slots", "used")
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
@@ -424,7 +424,8 @@ class _PoolGate:
         self.draining: int | None = None
         #: the tasks holding a slot while they check a connection out: their lanes, and whether let through by a close
         self.checkouts: dict[asyncio.Task[Any], tuple[int, bool]] = {}
-        self._final = False  # the close's end: nothing is let through any more (close_all)
+        self._final = False  # the close's end: checkouts let through are cut too (close_all)
+        self._refuse_all = False  # the close's end: nothing is let through any more (close_all)
         self.cut: set[asyncio.Task[Any]] = set()  # those of them the close cancelled (see SQLStream._checked_out)
         #: waits of operations let through after a close (they waited for the store's opening): the close leaves them
         self._kept: set[asyncio.Future[None]] = set()
@@ -443,15 +444,18 @@ class _PoolGate:
         self.draining = drain
         self._fail_waiting(error, drain)
 
-    def close_all(self) -> None:
+    def close_all(self, *, cut_let_through: bool) -> None:
         """At the end of the store's close: fail every waiter left, those it let through included, cut every checkout,
         and refuse everything from now on. Why: the writes a running batch handed on, let through, waited on at the
         gate after the close returned, then opened a connection each and committed (96 of 100 in an attack), or held
-        their slots in a checkout of the disposed pool for its 30 s timeout."""
+        their slots in a checkout of the disposed pool for its 30 s timeout. ``cut_let_through``: cut the checkouts
+        of operations let through as well (not on SQLite: a cancel inside aiosqlite's connect left its thread and the
+        connection; such a checkout ends by itself and is refused once connected, nothing run)."""
         error = self.closed
         if error is None:
             return
-        self._final = True
+        self._final = cut_let_through
+        self._refuse_all = True
         self.draining = None
         self._kept.clear()
         self._fail_waiting(error, None)
@@ -492,7 +496,7 @@ class _PoolGate:
     def refuses(self, lane: int, after_close: bool) -> bool:
         """Whether an operation of ``lane`` is refused now: the store's close began, and it is neither in the lane
         it lets drain nor one it lets through (``after_close``)."""
-        return self.closed is not None and (self._final or (not after_close and lane != self.draining))
+        return self.closed is not None and (self._refuse_all or (not after_close and lane != self.draining))
 
     async def acquire(self, lane: int, *, after_close: bool = False) -> None:
         """Take a slot, waiting in ``lane``'s FIFO while all are held (until cancelled: then no slot is held; until
@@ -3839,7 +3843,7 @@ class SQLStream(FieldUpdates):
                 cut_connections(self.engine, self._connections)
                 await self._let_operations_end(asyncio.get_running_loop().time() + DISPOSE_TIMEOUT_S)
         if self._gate is not None:
-            self._gate.close_all()
+            self._gate.close_all(cut_let_through=self._cancels_openings())
         if not writes_ended.done():
             # a batch that got its connection during the drain and then waited on the database (a lock held
             # elsewhere): held the close as long (13 s for a 12 s lock); its callers learn its outcome when it ends
