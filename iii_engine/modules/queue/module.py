@@ -164,6 +164,21 @@ this many seconds (see :meth:`QueueModule._kept_fifo`)."""
 RECLAIM_BATCH = 256
 """Topics one sweep looks at: a sweep's cost stays bounded however many topics there are."""
 
+def _count(counts: dict[str, int], key: str, change: int) -> None:
+    """Add ``change`` to ``counts[key]``, dropping the key at 0 (a worker gone leaves no key behind).
+
+    Example:
+        >>> counts = {"w": 1}
+        >>> _count(counts, "w", -1), _count(counts, "v", 2), counts
+        (None, None, {'v': 2})
+    """
+    left = counts.get(key, 0) + change
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
 NO_WORKER: Final = ""
 """Whom a topic is counted against (``max_topics_per_worker``) when no worker made it: a trigger the engine
 registered (its configuration), or an enqueue no worker called (the engine's own). Such topics share one share (no
@@ -1031,7 +1046,7 @@ class QueueModule(EngineModule):
         first = not entry.subscribers
         entry.subscribers[trigger.id] = trigger
         entry.trigger_makers[trigger.id] = maker
-        entry.maker_triggers[maker] = entry.maker_triggers.get(maker, 0) + 1
+        _count(entry.maker_triggers, maker, 1)
         self._follow_subscribers(entry)
         self._subscribed.add(topic)
         self._topic_of_trigger[trigger.id] = topic
@@ -1056,11 +1071,7 @@ class QueueModule(EngineModule):
             entry.subscribers.pop(trigger.id, None)
             maker = entry.trigger_makers.pop(trigger.id, None)
             if maker is not None:
-                left = entry.maker_triggers[maker] - 1
-                if left:
-                    entry.maker_triggers[maker] = left
-                else:
-                    del entry.maker_triggers[maker]
+                _count(entry.maker_triggers, maker, -1)
                 self._follow_subscribers(entry)
             if not entry.subscribers:
                 self.store.set_unsubscribed(entry.consumer.queue, True)
@@ -1132,11 +1143,7 @@ class QueueModule(EngineModule):
         return bool(getattr(self.store, "shared", True))
 
     def _count_made(self, maker: str, change: int) -> None:
-        left = self._made_for.get(maker, 0) + change
-        if left:
-            self._made_for[maker] = left
-        else:
-            del self._made_for[maker]  # a worker gone leaves no key behind
+        _count(self._made_for, maker, change)
 
     def _follow_subscribers(self, entry: _Topic) -> None:
         """Move ``entry``'s count to a worker whose trigger subscribes to it when the worker it counts against has
