@@ -2067,9 +2067,9 @@ class SQLStream(FieldUpdates):
             _sqlite_uri(sa_url)  # a bad uri= named here, before create_async_engine refuses it in other words
             options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_S)  # (sqlite3's busy wait)
             if _is_file_database(sa_url):
-                # SQLAlchemy 2.0.0 (our floor) gave aiosqlite file databases a NullPool: a new connection, its PRAGMAs
-                # and functions per checkout (14 trips to aiosqlite's thread per lone update instead of 4). Later 2.x
-                # pool them; ask for that on every version our floor allows.
+                # SQLAlchemy 2.0 (2.0.0 to at least 2.0.25, our floor) gives aiosqlite file databases a NullPool: a
+                # new connection, its PRAGMAs and functions per checkout (14 trips to aiosqlite's thread per lone update
+                # instead of 4). Later 2.x pool them; ask for that on every version our floor allows.
                 options.setdefault("poolclass", AsyncAdaptedQueuePool)
             quiet_reset = "pool_reset_on_return" not in options
             if quiet_reset:
