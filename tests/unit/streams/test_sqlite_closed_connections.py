@@ -123,8 +123,7 @@ async def test_an_engine_that_connected_before_it_was_guarded_is_warned_about(
     """Its connections made before stay unguarded (replacing them at checkout lost per-connection state and hung a
     shared StaticPool): the one warning says how to guard them all."""
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
-    # SQLAlchemy up to at least 2.0.25 (the floor) pools no aiosqlite file connection (NullPool): none outlives its use
-    # to warn of
+    # SQLAlchemy 2.0.0 (the floor) pools no aiosqlite file connection (NullPool): none outlives its use to warn of
     pools = hasattr(engine.sync_engine.pool, "checkedin")
     try:
         if connected_first:

@@ -135,7 +135,7 @@ async def test_a_failed_connect_does_not_wait_for_other_stores_new_connections(
     monkeypatch.setattr(sqlite_threads, "DRIVER_THREAD_S", 5.0)  # a wait for the wrong threads shows as 5 s
     for _ in range(3):
         # a new pool each round (its later connections are new ones, each with its own thread), its first connect made
-        # alone: SQLAlchemy before 2.0.25 serializes a new pool's first connect with a thread lock that concurrent
+        # alone: SQLAlchemy 2.0.0 (our floor) serializes a new pool's first connect with a thread lock that concurrent
         # first connects of one loop deadlock on
         async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 'good.db'}") as good:
             await good.prepare()
