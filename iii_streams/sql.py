@@ -572,6 +572,15 @@ def _closed_at_gate() -> StreamClosedError:
     return StreamClosedError("SQLStream was closed while this operation waited for a database connection")
 
 
+def _closed_after_dispose() -> StreamClosedError:
+    """The error of an operation (a write batch's writes handed on, one a close let through) that would open a
+    connection once the store's close disposed of its engine: nothing of it ran. Opened from the pool the dispose
+    made, such connections outlived the close, and two at once from one event loop blocked that loop for good with
+    SQLAlchemy before 2.0.25 (a pool made again by ``dispose()`` serializes its first connect with a thread lock;
+    SQLAlchemy issue 10813)."""
+    return StreamClosedError("SQLStream was closed before this operation took a database connection")
+
+
 def _waited_at_gate(error: StreamTimeoutError, gate: _PoolGate) -> StreamTimeoutError:
     """``error`` (an operation's timeout), for one whose time ran out waiting at ``gate`` for a pooled connection.
 
@@ -2067,9 +2076,9 @@ class SQLStream(FieldUpdates):
             _sqlite_uri(sa_url)  # a bad uri= named here, before create_async_engine refuses it in other words
             options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_S)  # (sqlite3's busy wait)
             if _is_file_database(sa_url):
-                # SQLAlchemy 2.0 (2.0.0 to at least 2.0.25, our floor) gives aiosqlite file databases a NullPool: a
-                # new connection, its PRAGMAs and functions per checkout (14 trips to aiosqlite's thread per lone update
-                # instead of 4). Later 2.x pool them; ask for that on every version our floor allows.
+                # SQLAlchemy 2.0.0 (our floor) gave aiosqlite file databases a NullPool: a new connection, its PRAGMAs
+                # and functions per checkout (14 trips to aiosqlite's thread per lone update instead of 4). Later 2.x
+                # pool them; ask for that on every version our floor allows.
                 options.setdefault("poolclass", AsyncAdaptedQueuePool)
             quiet_reset = "pool_reset_on_return" not in options
             if quiet_reset:
@@ -2585,9 +2594,12 @@ class SQLStream(FieldUpdates):
         connections are held outside the store (it is tried again, keeping its place). A batch's wait (the writes in
         ``_BATCH_WRITES``) ends with :class:`_Deserted`, nothing of it run, once none of its callers still waits.
         Once the store's close began (:meth:`_PoolGate.close`) it fails with its StreamClosedError, nothing run,
-        unless ``after_close`` (see :meth:`_PoolGate.acquire`)."""
+        unless ``after_close`` (see :meth:`_PoolGate.acquire`). Once the close disposed of the engine, none opens a
+        connection (:func:`_closed_after_dispose`)."""
         gate = self._gate
         if gate is None:
+            if self._shut:
+                raise _closed_after_dispose()
             async with open_connection() as conn:
                 yield conn
             return
@@ -2608,6 +2620,8 @@ class SQLStream(FieldUpdates):
                 if task is not None:
                     gate.checkouts[task] = (lane, after_close)
                 while True:
+                    if self._shut:
+                        raise _closed_after_dispose()
                     attempt = asyncio.get_running_loop().time()
                     try:
                         connection = open_connection()
