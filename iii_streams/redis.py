@@ -294,6 +294,8 @@ _WITHDRAWN: Final = StreamClosedError("the caller withdrew this write before it 
 # takes it first (before, 256 increments of a 2.2 MB item joined 563 MB of events into one argument, over Redis's
 # 512 MB proto-max-bulk-len: every one failed "unreachable", applied=None, the process at 3.3 GB)
 _LATER: Final = StreamClosedError("this update is left for the next run of its hash (not sent)")
+# what _run_once returns when its pick found nothing left to send (every write of it given up meanwhile)
+_NOT_SENT: Final = object()
 
 
 def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
@@ -1909,31 +1911,43 @@ class RedisStream(FieldUpdates):
 
     async def _send_writes(self, key: str, batch: Sequence[_Write]) -> builtins.list[Any]:
         """Sets and deletes of hash ``key`` in one script, in order (a lone one in its own smaller script): each
-        caller's old text (``None``: absent), or ``_WITHDRAWN`` for a write its caller gave up before it was sent."""
+        caller's old text (``None``: absent), or ``_WITHDRAWN`` for a write its caller gave up before it was sent.
+        The script is made once a connection is taken (:meth:`_run_once`): a write given up while its batch waited
+        for the pool is left out, and said not applied (before, marked sent ahead of that wait, it was said to
+        have been sent)."""
         for write in batch:
             # read first by the next update: a set here ran as the stores' plain writes always did, blind
             self._known.forget((key, write.item_id))
-        sent = [w for w in batch if not w.abandoned]
-        for write in sent:
-            write.sent = True  # no await since the check: a caller giving up from now on cannot withdraw it
-        if not sent:
+        if all(write.abandoned for write in batch):
             return [_WITHDRAWN] * len(batch)
+        sent: builtins.list[_Write] = []
+
+        def pick() -> tuple[AsyncScript, builtins.list[Any]] | None:
+            sent[:] = [w for w in batch if not w.abandoned]
+            for write in sent:
+                write.sent = True  # no await since the check: a caller giving up from now on cannot withdraw it
+            if len(sent) > 1:
+                return self._writes_script, self._writes_args(sent)
+            if not sent:
+                return None
+            one = sent[0]
+            channel = self._channel_args(one.stream_name, one.group_id, one.item_id)
+            if one.text is None:
+                return self._delete_script, [one.item_id, *channel]
+            return self._set_script, [one.item_id, one.text, *channel]
+
         progress = WriteProgress()
         try:
-            if len(sent) > 1:
-                olds = await self._run_once(self._writes_script, key, self._writes_args(sent), progress)
-            else:
-                one = sent[0]
-                channel = self._channel_args(one.stream_name, one.group_id, one.item_id)
-                if one.text is None:
-                    olds = [await self._run_once(self._delete_script, key, [one.item_id, *channel], progress)]
-                else:
-                    olds = [await self._run_once(self._set_script, key, [one.item_id, one.text, *channel], progress)]
+            reply = await self._run_once(key, pick, progress, (self._writes_script, self._set_script,
+                                                                self._delete_script))
         except BaseException:
             if not progress.sent:  # the connection failed before the script was written: nothing was applied
                 for write in sent:
                     write.sent = False
             raise
+        if reply is _NOT_SENT:
+            return [_WITHDRAWN] * len(batch)
+        olds = reply if len(sent) > 1 else [reply]
         if len(sent) == len(batch):
             return builtins.list(olds)
         answers = iter(olds)  # nobody waits for a withdrawn one, and it was not written
@@ -2033,21 +2047,38 @@ class RedisStream(FieldUpdates):
         results, texts, events = planned if planned is not None else self._apply_batch(key, batch, read)
         if not texts:
             return results
-        applied = [u for u, result in zip(batch, results, strict=True) if not u.abandoned and result is not _LATER]
-        for update in applied:
-            update.sent = True  # no await since _apply_batch: a caller giving up from now on cannot withdraw
-        args: builtins.list[Any] = [self.channel, len(texts), "".join("1" if read[f] is None else "0" for f in texts)]
-        for field, text in texts.items():
-            args += (field, read[field] or b"", text)
-        args.append("\n".join(events))
+        applied: builtins.list[_Update] = []
+
+        def pick() -> tuple[AsyncScript, builtins.list[Any]] | None:
+            # made once a connection is taken (:meth:`_run_once`): an update given up while the batch waited for
+            # the pool is left out (applied again to the texts read, without it) and said not applied
+            nonlocal results, texts, events
+            if any(u.abandoned for u, result in zip(batch, results, strict=True)
+                   if not isinstance(result, BaseException)):
+                results, texts, events = self._apply_batch(key, batch, read)
+            if not texts:
+                return None
+            applied[:] = [u for u, result in zip(batch, results, strict=True)
+                          if not u.abandoned and result is not _LATER]
+            for update in applied:
+                update.sent = True  # no await since _apply_batch: a caller giving up from now on cannot withdraw
+            args: builtins.list[Any] = [self.channel, len(texts),
+                                        "".join("1" if read[f] is None else "0" for f in texts)]
+            for field, text in texts.items():
+                args += (field, read[field] or b"", text)
+            args.append("\n".join(events))
+            return self._write_script, args
+
         progress = WriteProgress()
         try:
-            written = await self._run_once(self._write_script, key, args, progress)
+            written = await self._run_once(key, pick, progress, (self._write_script,))
         except BaseException:
             if not progress.sent:  # the connection failed before the script was written: nothing was applied
                 for update in applied:
                     update.sent = False
             raise
+        if written is _NOT_SENT:
+            return results  # every update with something to write was given up: nothing was sent
         for field, text in texts.items():
             if written:
                 self._known.wrote((key, field), text)
@@ -2058,9 +2089,12 @@ class RedisStream(FieldUpdates):
                 update.sent = False  # nothing was written: the retry may still leave them out
         return results if written else None
 
-    async def _run_once(self, script: AsyncScript, key: str, args: Sequence[Any],
-                        progress: WriteProgress | None = None) -> Any:
-        """``script``'s reply, sent at most once: never again after it may have reached Redis.
+    async def _run_once(self, key: str, pick: Callable[[], tuple[AsyncScript, Sequence[Any]] | None],
+                        progress: WriteProgress | None = None, scripts: Sequence[AsyncScript] = ()) -> Any:
+        """The reply of the script ``pick()`` gives (a script and its arguments, or ``None`` for nothing to send:
+        ``_NOT_SENT`` is returned), sent at most once: never again after it may have reached Redis. ``pick`` is
+        called once a pooled connection is taken, with no await until the send, so the writes it marks sent are
+        those still waited for after the wait for the pool. ``scripts`` are the ones it may pick, loaded first.
 
         Why not ``script(keys=..., args=...)``: a client told to retry (redis-py's ``retry``/``retry_on_error``)
         sends a command again when the connection drops before the reply, though Redis may have run it. A write
@@ -2071,15 +2105,20 @@ class RedisStream(FieldUpdates):
         connection is taken, reconnected or health-checked), and unmarked when Redis answers ``NOSCRIPT`` (it ran
         nothing) until the script is sent again.
         """
-        if script.sha not in self._loaded:
-            # Loaded before the first EVALSHA rather than on a NOSCRIPT reply: servers that word that reply
-            # otherwise (fakeredis 2.30, our floor: no NOSCRIPT prefix, so no NoScriptError) still run the script.
-            script.sha = await self._client.script_load(script.script)
-            self._loaded.add(script.sha)
+        for script in scripts:
+            if script.sha not in self._loaded:
+                # Loaded before the first EVALSHA rather than on a NOSCRIPT reply: servers that word that reply
+                # otherwise (fakeredis 2.30, our floor: no NOSCRIPT prefix, so no NoScriptError) still run it.
+                script.sha = await self._client.script_load(script.script)
+                self._loaded.add(script.sha)
         bounded = self.timeout is not None  # else only the socket timeout ends a send Redis does not read
         pool = self._client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
+            picked = pick()
+            if picked is None:
+                return _NOT_SENT
+            script, args = picked
             try:
                 await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded, progress)
                 # as bytes: a decoding client failed on an old value that is not UTF-8 after the write was applied

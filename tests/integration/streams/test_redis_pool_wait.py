@@ -232,3 +232,71 @@ async def test_gets_read_together_at_a_full_pool_each_name_it(one_connection: tu
     gets = [asyncio.ensure_future(store.get(_get(f"g{n}"), timeout=0.3)) for n in range(8)]
     outcomes = await asyncio.gather(*gets, return_exceptions=True)
     assert all(isinstance(o, StreamTimeoutError) and FULL in str(o) for o in outcomes), outcomes
+
+
+# a batched write waiting at the full pool was marked sent before it took a connection: its caller's timeout said
+# "had been sent and may have been applied" (applied None) for a write that never left the process
+
+
+async def test_a_batched_set_that_timed_out_at_the_pool_says_it_was_not_applied(
+        one_connection: tuple[RedisStream, Any]) -> None:
+    store, held = one_connection
+    pool: Any = store.client.connection_pool
+    first = asyncio.ensure_future(store.set(_set("q", 1), timeout=0.4))  # run by its caller, waits at the pool
+    await _until_waiting(store, 1)
+    queued = asyncio.ensure_future(store.set(_set("q", 2), timeout=1.5))  # queued behind it, then in a batch
+    with pytest.raises(StreamTimeoutError) as first_out:
+        await first
+    assert first_out.value.applied is False, str(first_out.value)
+    await _until_waiting(store, 1)  # the batch holding the queued set waits at the pool now
+    with pytest.raises(StreamTimeoutError) as out:
+        await queued
+    assert out.value.applied is False, str(out.value)  # before: None, "had been sent"
+    assert "withdrawn and not applied" in str(out.value), str(out.value)
+    await pool.release(held)
+    assert await store.get(_get("q"), timeout=5) is None  # nothing of either reached Redis
+    assert await pool.get_connection() is held  # (given back to the fixture)
+
+
+async def test_updates_given_up_while_their_batch_waits_at_the_pool_are_left_out_of_it(
+        one_connection: tuple[RedisStream, Any]) -> None:
+    from iii.stream import StreamUpdateInput, UpdateIncrement
+
+    store, held = one_connection
+    pool: Any = store.client.connection_pool
+
+    def add(by: int) -> StreamUpdateInput:
+        return StreamUpdateInput(stream_name="s", group_id="g", item_id="u", ops=[UpdateIncrement(path="n", by=by)])
+
+    await pool.release(held)
+    await store.set(_set("u", {"n": 0}))
+    await store.update(add(1))  # this process now knows the text: the next updates need no read first
+    held = await pool.get_connection()
+    short = [asyncio.ensure_future(store.update(add(10), timeout=0.4)) for _ in range(2)]
+    long = asyncio.ensure_future(store.update(add(100), timeout=20))
+    outcomes = await asyncio.gather(*short, return_exceptions=True)
+    assert all(isinstance(o, StreamTimeoutError) and o.applied is False for o in outcomes), outcomes  # before: None
+    await pool.release(held)
+    assert (await long).new_value == {"n": 101}  # applied alone, to the text as it was
+    assert await store.get(_get("u"), timeout=5) == {"n": 101}
+    assert await pool.get_connection() in (held, *pool._available_connections, *pool._in_use_connections)
+
+
+async def test_writes_given_up_while_their_batch_waits_at_the_pool_are_left_out_of_it(
+        one_connection: tuple[RedisStream, Any]) -> None:
+    store, held = one_connection
+    pool: Any = store.client.connection_pool
+    first = asyncio.ensure_future(store.set(_set("r0", 0), timeout=0.3))
+    await _until_waiting(store, 1)
+    short = [asyncio.ensure_future(store.set(_set(f"r{n}", n), timeout=1.0)) for n in range(1, 4)]
+    long = [asyncio.ensure_future(store.set(_set(f"r{n}", n), timeout=20)) for n in range(4, 7)]
+    with pytest.raises(StreamTimeoutError):
+        await first
+    outcomes = await asyncio.gather(*short, return_exceptions=True)
+    assert all(isinstance(o, StreamTimeoutError) and o.applied is False for o in outcomes), outcomes
+    await pool.release(held)
+    for done in long:
+        assert (await done).old_value is None
+    for n in range(7):
+        assert await store.get(_get(f"r{n}"), timeout=5) == (n if n >= 4 else None), n
+    assert await pool.get_connection() in (held, *pool._available_connections, *pool._in_use_connections)
