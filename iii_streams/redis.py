@@ -298,6 +298,12 @@ _LATER: Final = StreamClosedError("this update is left for the next run of its h
 _NOT_SENT: Final = object()
 
 
+def _refusal(result: object) -> bool:
+    """Whether ``result`` (one of :meth:`RedisStream._apply_batch`'s) refuses its update, rather than withdrawing it
+    or leaving it for the next run."""
+    return isinstance(result, BaseException) and result is not _WITHDRAWN and result is not _LATER
+
+
 def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
     """``EVALSHA sha 1 key *args`` as one RESP command, byte for byte what redis-py's ``pack_command`` sends:
     ``str``, ``bytes`` and ``int`` (what the write scripts take) directly, encoded as ``conn``'s encoder encodes
@@ -2031,7 +2037,7 @@ class RedisStream(FieldUpdates):
         knows); the items of those failures are forgotten, so they are read first from now on."""
         refused = False
         for update, result in zip(batch, results, strict=False):
-            if isinstance(result, BaseException) and result is not _WITHDRAWN and result is not _LATER:
+            if _refusal(result):
                 self._known.forget((key, update.item_id))
                 refused = True
         return refused
@@ -2048,14 +2054,23 @@ class RedisStream(FieldUpdates):
         if not texts:
             return results
         applied: builtins.list[_Update] = []
+        stale = False
 
         def pick() -> tuple[AsyncScript, builtins.list[Any]] | None:
             # made once a connection is taken (:meth:`_run_once`): an update given up while the batch waited for
             # the pool is left out (applied again to the texts read, without it) and said not applied
-            nonlocal results, texts, events
+            nonlocal results, texts, events, stale
             if any(u.abandoned for u, result in zip(batch, results, strict=True)
                    if not isinstance(result, BaseException)):
+                first = results
                 results, texts, events = self._apply_batch(key, batch, read)
+                if any(_refusal(now) and not isinstance(before, BaseException)
+                       for before, now in zip(first, results, strict=True)):
+                    # refused only without the one left out: decided on a fresh read instead (the texts read may
+                    # be this process's own, which another process has changed since: no compare-and-set of a
+                    # refusal would tell)
+                    stale = True
+                    return None
             if not texts:
                 return None
             applied[:] = [u for u, result in zip(batch, results, strict=True)
@@ -2078,6 +2093,10 @@ class RedisStream(FieldUpdates):
                     update.sent = False
             raise
         if written is _NOT_SENT:
+            if stale:
+                for update in batch:
+                    self._known.forget((key, update.item_id))
+                return None  # read again, as after a lost race
             return results  # every update with something to write was given up: nothing was sent
         for field, text in texts.items():
             if written:

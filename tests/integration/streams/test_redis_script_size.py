@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,15 @@ async def test_an_update_run_over_the_bound_goes_in_several_scripts(monkeypatch:
             sizes: list[int] = []
             real = store._run_once
 
-            async def recorded(script: Any, key: str, args: Sequence[Any], progress: Any = None) -> Any:
-                sizes.append(sum(_size(arg) for arg in args))
-                return await real(script, key, args, progress)
+            async def recorded(key: str, pick: Callable[[], Any], progress: Any = None,
+                               scripts: Sequence[Any] = ()) -> Any:
+                def measured() -> Any:
+                    picked = pick()
+                    if picked is not None:
+                        sizes.append(sum(_size(arg) for arg in picked[1]))
+                    return picked
+
+                return await real(key, measured, progress, scripts)
 
             monkeypatch.setattr(store, "_run_once", recorded)
             ops = [UpdateIncrement(path="n", by=1)]
