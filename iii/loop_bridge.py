@@ -174,18 +174,14 @@ class LoopBridge:
         """On the loop thread, once the loop has stopped: cancel the tasks still on it and run it until they have
         ended (:data:`CANCEL_WAIT_S` at most), as ``asyncio.run`` does before it closes its loop. A task nobody
         tracks (a channel writer's pump on this loop, a write pending there) stayed pending, and asyncio logged
-        "Task was destroyed but it is pending!" once the closed loop's tasks were collected. Tasks whose callers
-        wait from elsewhere (:meth:`run`, :meth:`run_async`) are left: those callers get :class:`LoopStoppedError`
-        as the thread ends, not a cancel they did not ask for."""
+        "Task was destroyed but it is pending!" once the closed loop's tasks were collected. The tasks of callers
+        waiting from elsewhere (:meth:`run`, :meth:`run_async`) are ended too: those callers get
+        :class:`LoopStoppedError`, not the cancel (:meth:`_stopped_under`)."""
         loop = self.loop
-        with self._held_lock:
-            awaited = {id(coro) for coro in self._held.values() if coro is not None}
-
         waits: set[asyncio.Future[Any]] = set()  # the sweep's own
 
         def left() -> set[asyncio.Task[Any]]:
-            return {task for task in asyncio.all_tasks(loop)
-                    if task not in waits and task not in self._abandoned and id(task.get_coro()) not in awaited}
+            return {task for task in asyncio.all_tasks(loop) if task not in waits and task not in self._abandoned}
 
         def wait(tasks: set[asyncio.Task[Any]], seconds: float) -> None:
             waited = loop.create_task(asyncio.wait(tasks, timeout=seconds))
@@ -298,10 +294,20 @@ class LoopBridge:
         self.hold(future, coro)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self._stopped_under(future):
+                raise LoopStoppedError(self.thread.name) from None
+            raise
         finally:
             self.release(future)
             self._close_unstarted(coro, future)
             del future  # (the cycle run_async breaks: this frame, in the error's traceback, kept the future)
+
+    def _stopped_under(self, future: concurrent.futures.Future[Any]) -> bool:
+        """Whether ``future``'s work was cancelled by this bridge's stop (its sweep of the tasks left on the loop)
+        rather than by its caller: a caller waiting from elsewhere is told the loop stopped, as it would have been
+        had the loop never run its work."""
+        return future.cancelled() and self._stopping
 
     def _close_unstarted(self, coro: Coroutine[Any, Any, Any], future: concurrent.futures.Future[Any]) -> None:
         """Close ``coro`` when it can never run (its hand-over was cancelled, or the loop stopped first): no "never
@@ -346,6 +352,11 @@ class LoopBridge:
             # (shielded, the caller's cancel stops at the wrapper: it would cancel ``future``, and so ``coro``)
             waited = asyncio.wrap_future(future)
             return await (asyncio.shield(waited) if to_its_end else waited)
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if (caller is None or not caller.cancelling()) and self._stopped_under(future):
+                raise LoopStoppedError(self.thread.name) from None
+            raise  # the caller's own cancel
         finally:
             self.release(future)
             self._close_unstarted(coro, future)

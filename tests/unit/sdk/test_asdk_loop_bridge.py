@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 import time
@@ -52,3 +53,57 @@ def test_run_on_a_closed_loop_closes_the_coroutine() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         bridge.run(coro)
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+
+
+
+@pytest.mark.parametrize("hop", ["run", "run_async"])
+def test_a_run_handed_over_while_the_stop_sweeps_the_loop_ends_in_loop_stopped(hop: str) -> None:
+    # The stop's sweep read once, before its first wait, which tasks had callers waiting from elsewhere, and left
+    # those alone: a run handed over during the sweep (a second shutdown() racing the first thread's stop) was
+    # cancelled under its caller, who got CancelledError. Now every task left is ended, and such callers are told
+    # the loop stopped.
+    bridge = LoopBridge()
+    started, swept = threading.Event(), threading.Event()
+
+    async def slow_to_end() -> None:  # an untracked task whose clean-up keeps the sweep going a while
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            swept.set()
+            await asyncio.sleep(0.3)
+
+    bridge.submit(slow_to_end())
+    assert started.wait(5)
+    stopper = threading.Thread(target=bridge.stop)
+    stopper.start()
+    assert swept.wait(5)
+    errors: list[BaseException] = []
+    try:
+        if hop == "run":
+            bridge.run(asyncio.sleep(5))
+        else:
+            asyncio.run(bridge.run_async(asyncio.sleep(5)))
+    except BaseException as exc:  # the expected LoopStoppedError, or the fault
+        errors.append(exc)
+    stopper.join(10)
+    assert [type(error) for error in errors] == [LoopStoppedError]
+    assert not bridge.alive
+    assert not asyncio.all_tasks(bridge.loop)  # nothing left pending on the closed loop
+
+
+async def test_a_caller_cancelled_while_the_bridge_stops_gets_its_own_cancel() -> None:
+    bridge = LoopBridge()
+    entered = threading.Event()
+
+    async def held() -> None:
+        entered.set()
+        await asyncio.sleep(30)
+
+    waiter = asyncio.ensure_future(bridge.run_async(held()))
+    assert await asyncio.to_thread(entered.wait, 5)
+    bridge._stopping = True  # (as a stop under way has it)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await bridge.stop_async()
