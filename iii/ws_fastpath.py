@@ -69,8 +69,13 @@ MAX_FRAME_SIZE: Final = 64 * 1024
 """Binary writes are split into frames of at most this many bytes (same as the reference SDK) unless the peer
 invited larger ones (:func:`iii.channel_end.invited_frame_size`)."""
 
-DEFAULT_RECEIVE_BUFFER: Final = 1024 * 1024
-"""Bytes of received, unread messages a fast connection holds before it stops reading its socket."""
+DEFAULT_RECEIVE_BUFFER: Final = 1024 * 1024 + 64 * 1024
+"""Bytes of received, unread messages a fast connection holds before it stops reading its socket: the largest
+frame a channel writer is invited to send (1 MiB, :data:`iii.channel_end.INVITED_FRAME_SIZES`) and 64 KiB more.
+Why not 1 MiB: one unread 1 MiB message, with its :data:`MESSAGE_CHARGE`, was over it, so a channel reader stopped
+and restarted reading its socket after every such frame (two ``epoll_ctl`` calls, a loop turn, and pages faulted in
+again for the next read): writer, relay and reader in one process took 1.4x the CPU per GiB they took with 960 KiB
+frames (issue 10)."""
 MESSAGE_CHARGE: Final = 128
 """What an unread message counts beyond its payload against the receive buffer: its tuple, its bytes object and
 its place in the queue (~100 bytes measured). Counted by payload alone, empty messages never stopped the reading:
