@@ -38,6 +38,13 @@ _LAST_CANCEL_WAIT_S: Final = 0.5
 a :meth:`LoopBridge.stop` waits for the thread)."""
 
 
+_LATE_TURN_S: Final = 0.05
+"""Seconds a task cancelled only once the loop's end ran out of time is given to end (:data:`_LATE_TURNS` times at
+most): a cancelled task that does not refuse its cancel ends in a loop turn."""
+
+_LATE_TURNS: Final = 3
+
+
 def _probe_park() -> tuple[str, ...]:
     """The asyncio internals :meth:`LoopBridge.park` relies on that this Python lacks: the loop's queue of callbacks
     due (``_ready``, read to let them go first) and the one selector wait per turn that the parking lock wraps."""
@@ -132,6 +139,9 @@ class LoopBridge:
         # Callers waiting from elsewhere, each with the coroutine it handed to the loop (None: a callback's work)
         self._held: dict[Settle, Coroutine[Any, Any, Any] | None] = {}
         self._held_lock = threading.Lock()
+        # ids of the coroutines run() / run_async() hand over, until their waiter is held: the loop may start one (and
+        # a stop's sweep find its task) before that
+        self._handing: set[int] = set()
         self._ended = False
         self._stop_lock = threading.Lock()  # stop() from several threads at once: one stops, the others wait for it
         # Done once the loop thread has left its loop: another loop awaits it (stop_async) instead of blocking on a
@@ -197,16 +207,42 @@ class LoopBridge:
             return
         for task in tasks:
             task.cancel()
+        cancelled = set(tasks)
+
+        def cancel_handed_over(tasks: set[asyncio.Task[Any]]) -> None:
+            # Runs handed over from elsewhere meanwhile (a sync call racing the shutdown) are cancelled at once (their
+            # callers get LoopStoppedError): waited for uncancelled, they held the stop up to its whole wait.
+            with self._held_lock:
+                awaited = {id(coro) for coro in self._held.values() if coro is not None} | self._handing
+            for task in tasks - cancelled:
+                if id(task.get_coro()) in awaited:
+                    task.cancel()
+                    cancelled.add(task)
+
         # A cancelled task's clean-up may start tasks of its own (a channel writer's abort, bounded): they are given
         # what is left of the time, then cancelled too.
         deadline = loop.time() + CANCEL_WAIT_S
         while tasks and loop.time() < deadline:
             wait(tasks, deadline - loop.time())
             tasks = left()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            wait(tasks, _LAST_CANCEL_WAIT_S)
+            cancel_handed_over(tasks)
+        # Cancelled again, and whatever starts meanwhile as it appears, with a short turn to end even once the time
+        # is out (a run handed over during this last wait was left pending on the closed loop: "Task was destroyed
+        # but it is pending!"); a few such turns at most, so a thread that keeps handing runs over cannot hold the end.
+        deadline = loop.time() + _LAST_CANCEL_WAIT_S
+        recancelled: set[asyncio.Task[Any]] = set()
+        late_turns = 0
+        while tasks:
+            fresh = tasks - recancelled
+            if loop.time() >= deadline:
+                if not fresh or late_turns == _LATE_TURNS:
+                    break
+                late_turns += 1
+            for task in fresh:
+                task.cancel()
+            recancelled |= fresh
+            wait(tasks, max(deadline - loop.time(), _LATE_TURN_S))
+            tasks = left()
         stuck = [task for task in tasks if not task.done()]
         if stuck:
             log.warning("%d task(s) left on the SDK client's loop did not end within %g s of their cancel as it "
@@ -287,11 +323,10 @@ class LoopBridge:
             coro.close()
             raise RuntimeError(_SYNC_FROM_LOOP)
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            future = self._hand_over(coro)
         except RuntimeError:  # the loop is closed: the coroutine will never run (no "never awaited" warning)
             coro.close()
             raise
-        self.hold(future, coro)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
@@ -302,6 +337,20 @@ class LoopBridge:
             self.release(future)
             self._close_unstarted(coro, future)
             del future  # (the cycle run_async breaks: this frame, in the error's traceback, kept the future)
+
+    def _hand_over(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` as a task on the loop for a caller waiting from elsewhere, its waiter held (:meth:`hold`);
+        ``RuntimeError`` when the loop is closed. Known as handed over from before the loop can start it."""
+        key = id(coro)
+        with self._held_lock:
+            self._handing.add(key)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self.hold(future, coro)
+        finally:
+            with self._held_lock:
+                self._handing.discard(key)
+        return future
 
     def _stopped_under(self, future: concurrent.futures.Future[Any]) -> bool:
         """Whether ``future``'s work was cancelled by this bridge's stop (its sweep of the tasks left on the loop)
@@ -338,7 +387,7 @@ class LoopBridge:
         if running is self.loop:
             return await coro
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            future = self._hand_over(coro)
         except RuntimeError:
             # Closed: a call racing the shutdown that closed the loop after the caller's own check. What a stopped
             # loop says (a ShuttingDownError), not asyncio's "Event loop is closed" and a "never awaited" warning.
@@ -346,7 +395,6 @@ class LoopBridge:
             if not self.loop.is_closed():
                 raise
             raise LoopStoppedError(self.thread.name) from None
-        self.hold(future, coro)
         waited: asyncio.Future[T] | None = None
         try:
             # (shielded, the caller's cancel stops at the wrapper: it would cancel ``future``, and so ``coro``)

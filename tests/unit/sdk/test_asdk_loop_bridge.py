@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from iii import loop_bridge
 from iii.loop_bridge import LoopBridge, LoopStoppedError
 
 
@@ -79,6 +80,7 @@ def test_a_run_handed_over_while_the_stop_sweeps_the_loop_ends_in_loop_stopped(h
     stopper.start()
     assert swept.wait(5)
     errors: list[BaseException] = []
+    handed = time.monotonic()
     try:
         if hop == "run":
             bridge.run(asyncio.sleep(5))
@@ -88,6 +90,8 @@ def test_a_run_handed_over_while_the_stop_sweeps_the_loop_ends_in_loop_stopped(h
         errors.append(exc)
     stopper.join(10)
     assert [type(error) for error in errors] == [LoopStoppedError]
+    # cancelled once the sweep saw it, not waited for uncancelled to the end of the sweep's 3 s
+    assert time.monotonic() - handed < 2.0
     assert not bridge.alive
     assert not asyncio.all_tasks(bridge.loop)  # nothing left pending on the closed loop
 
@@ -107,3 +111,35 @@ async def test_a_caller_cancelled_while_the_bridge_stops_gets_its_own_cancel() -
     with pytest.raises(asyncio.CancelledError):
         await waiter
     await bridge.stop_async()
+
+
+def test_a_run_handed_over_in_the_sweeps_last_wait_is_ended_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Past CANCEL_WAIT_S the sweep cancels what is left once more and waits a last time: a run handed over during
+    # that wait was neither cancelled nor waited for, and the loop closed with its task pending.
+    monkeypatch.setattr(loop_bridge, "CANCEL_WAIT_S", 0.2)
+    bridge = LoopBridge()
+    started, last_wait = threading.Event(), threading.Event()
+
+    async def refuses_its_cancels() -> None:  # a clean-up that outlasts the sweep (bounded: 1 s)
+        started.set()
+        cancels = 0
+        end = None
+        while end is None or time.monotonic() < end:
+            try:
+                await asyncio.sleep(0.01 if end is not None else 30)
+            except asyncio.CancelledError:
+                cancels += 1
+                end = end or time.monotonic() + 1.0
+                if cancels == 2:  # the sweep's second cancel: its last wait
+                    last_wait.set()
+
+    bridge.submit(refuses_its_cancels())
+    assert started.wait(5)
+    stopper = threading.Thread(target=bridge.stop)
+    stopper.start()
+    assert last_wait.wait(5)
+    with pytest.raises(LoopStoppedError):
+        bridge.run(asyncio.sleep(5))
+    stopper.join(10)
+    assert not bridge.alive
+    assert [task for task in asyncio.all_tasks(bridge.loop) if "sleep" in repr(task.get_coro())] == []
