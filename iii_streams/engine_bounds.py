@@ -25,16 +25,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
+import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .deadlines import finish_within, let_go
 
-__all__ = ["DISPOSE_TIMEOUT_S", "cut_connections", "dispose_within", "run_then_dispose", "track_connections"]
+__all__ = ["DISPOSE_TIMEOUT_S", "SQLALCHEMY_CLOSES_STRANDED", "cut_connections", "dispose_within", "on_connect",
+           "run_then_dispose", "track_connections"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,45 @@ def track_connections(engine: AsyncEngine) -> weakref.WeakSet[Any]:
         entries.add(entry)
 
     return entries
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """The leading numbers of a version string: ``"2.0.53"`` -> ``(2, 0, 53)``."""
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+SQLALCHEMY_CLOSES_STRANDED: Final = _version(sqlalchemy.__version__) >= (2, 0, 53)
+"""Whether this SQLAlchemy closes a new connection whose ``connect`` listeners failed (2.0.53 and later). Before, such
+a connection stayed open with nothing referring to it (an aiosqlite connection and its thread, an asyncpg socket)."""
+
+
+def on_connect(engine: AsyncEngine, hook: Callable[[Any, Any], None]) -> None:
+    """Add ``hook(dbapi_connection, entry)`` as a pool ``connect`` listener of ``engine``; when it fails (a cancel of
+    the caller included) the new connection is closed before the error goes on, as SQLAlchemy itself does from
+    2.0.53 (:data:`SQLALCHEMY_CLOSES_STRANDED`). Why: a store's close that cancelled a checkout while its hook awaited
+    the driver (SQLite's PRAGMAs) left the connection open and its aiosqlite thread running after the close, on the
+    SQLAlchemy 2.0 releases before that one.
+
+    Example:
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> engine = create_async_engine("sqlite+aiosqlite://")
+        >>> on_connect(engine, lambda dbapi_connection, entry: None)
+    """
+
+    def guarded(dbapi_connection: Any, entry: Any) -> None:
+        try:
+            hook(dbapi_connection, entry)
+        except BaseException:
+            if not SQLALCHEMY_CLOSES_STRANDED:
+                try:
+                    engine.dialect.do_terminate(dbapi_connection)
+                except BaseException:  # (the hook's own error goes on either way; a cut that fails has ended)
+                    pass
+                if entry.dbapi_connection is dbapi_connection:
+                    entry.dbapi_connection = None  # (as SQLAlchemy does once it closed it: nothing left open there)
+            raise
+
+    event.listen(engine.sync_engine, "connect", guarded)
 
 
 def cut_connections(engine: AsyncEngine, entries: weakref.WeakSet[Any]) -> None:

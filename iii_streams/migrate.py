@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .engine_bounds import run_then_dispose
+from .engine_bounds import on_connect, run_then_dispose
 from .errors import StreamBackendError, check_timeout
 from .messages import error_line, mask_passwords
 from .schema import TABLE_NAME, VERSION_TABLE
@@ -169,12 +169,13 @@ def _lock_sqlite_writes(engine: AsyncEngine, busy_s: float = SQLITE_BUSY_S) -> N
     the version is read, so concurrent migrations run one after the other, each waiting at most ``busy_s`` for it.
     The driver's own transaction handling would leave ``CREATE TABLE`` outside any transaction."""
 
-    @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {max(1, int(busy_s * 1000))}")
         cursor.close()
+
+    on_connect(engine, _on_connect)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -154,7 +154,7 @@ from .close_once import CloseOnce
 from .coalescing import ReadCoalescer, stored_size
 from .deadlines import finish_within
 from .engine_bounds import DISPOSE_TIMEOUT_S as _DISPOSE_DEFAULT_S
-from .engine_bounds import cut_connections, dispose_within, track_connections
+from .engine_bounds import cut_connections, dispose_within, on_connect, track_connections
 from .errors import (
     SEND_ROOM,
     PoolExhaustedError,
@@ -1467,10 +1467,11 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> tuple[async
         return hooked
     lock, opens = _SQLITE_HOOKED[sync_engine] = asyncio.Lock(), _PoolOpens()
 
-    @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         opens.connected(record)  # (before its first statement, which opens the -wal file: a new one if none was open)
         _set_up_sqlite(dbapi_connection, file_backed)
+
+    on_connect(engine, _on_connect)  # (cancelled in its PRAGMAs, the connection is closed: not left open)
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
