@@ -27,17 +27,18 @@ import contextlib
 import logging
 import re
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, Final, TypeVar
 
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from .deadlines import finish_within, let_go
 
-__all__ = ["DISPOSE_TIMEOUT_S", "SQLALCHEMY_CLOSES_STRANDED", "cut_connections", "dispose_within", "on_connect",
-           "run_then_dispose", "track_connections"]
+__all__ = ["DISPOSE_TIMEOUT_S", "SQLALCHEMY_CLOSES_STRANDED", "close_stranded_connects", "closing_stranded",
+           "cut_connections", "dispose_within", "run_then_dispose", "track_connections"]
 
 log = logging.getLogger(__name__)
 
@@ -77,33 +78,85 @@ SQLALCHEMY_CLOSES_STRANDED: Final = _version(sqlalchemy.__version__) >= (2, 0, 5
 a connection stayed open with nothing referring to it (an aiosqlite connection and its thread, an asyncpg socket)."""
 
 
-def on_connect(engine: AsyncEngine, hook: Callable[[Any, Any], None]) -> None:
-    """Add ``hook(dbapi_connection, entry)`` as a pool ``connect`` listener of ``engine``; when it fails (a cancel of
-    the caller included) the new connection is closed before the error goes on, as SQLAlchemy itself does from
-    2.0.53 (:data:`SQLALCHEMY_CLOSES_STRANDED`). Why: a store's close that cancelled a checkout while its hook awaited
-    the driver (SQLite's PRAGMAs) left the connection open and its aiosqlite thread running after the close, on the
-    SQLAlchemy 2.0 releases before that one.
+def close_stranded_connects(engine: AsyncEngine) -> None:
+    """On a SQLAlchemy that leaves them open (before 2.0.53, :data:`SQLALCHEMY_CLOSES_STRANDED`): note each new
+    connection of ``engine`` from its first ``connect`` listener to the last one added so far, so that a connect that
+    fails between them (a cancel in SQLAlchemy's own set-up of the connection, or in the store's) can close it
+    (:func:`closing_stranded`). Call it once the engine's own hooks are added; idempotent; no-op on later releases.
 
     Example:
         >>> from sqlalchemy.ext.asyncio import create_async_engine
-        >>> engine = create_async_engine("sqlite+aiosqlite://")
-        >>> on_connect(engine, lambda dbapi_connection, entry: None)
+        >>> close_stranded_connects(create_async_engine("sqlite+aiosqlite://"))
     """
+    if SQLALCHEMY_CLOSES_STRANDED or event.contains(engine.sync_engine, "connect", _set_up_began):
+        return
+    event.listen(engine.sync_engine, "connect", _set_up_began, insert=True)
+    event.listen(engine.sync_engine, "connect", _set_up_ended)
 
-    def guarded(dbapi_connection: Any, entry: Any) -> None:
-        try:
-            hook(dbapi_connection, entry)
-        except BaseException:
-            if not SQLALCHEMY_CLOSES_STRANDED:
-                try:
-                    engine.dialect.do_terminate(dbapi_connection)
-                except BaseException:  # (the hook's own error goes on either way; a cut that fails has ended)
-                    pass
-                if entry.dbapi_connection is dbapi_connection:
-                    entry.dbapi_connection = None  # (as SQLAlchemy does once it closed it: nothing left open there)
-            raise
 
-    event.listen(engine.sync_engine, "connect", guarded)
+@contextlib.contextmanager
+def closing_stranded(engine: AsyncEngine) -> Iterator[None]:
+    """Around code that connects through ``engine`` (in a task): when it fails, the connection its connect left half
+    set up (:func:`close_stranded_connects`), if any, is closed, in a task of its own, so the failure goes on at once.
+
+    Example:
+        >>> import asyncio
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> async def demo() -> None:
+        ...     engine = create_async_engine("sqlite+aiosqlite://")
+        ...     close_stranded_connects(engine)
+        ...     with closing_stranded(engine):
+        ...         async with engine.connect():
+        ...             pass
+        ...     await engine.dispose()
+        >>> asyncio.run(demo())
+    """
+    try:
+        yield
+    except BaseException:
+        task = asyncio.current_task()
+        stranded = _SETTING_UP.pop(task, None) if task is not None else None
+        if stranded is not None:
+            dbapi_connection, entry = stranded
+            if entry.dbapi_connection is dbapi_connection:
+                entry.dbapi_connection = None  # (as SQLAlchemy does once it closed one: nothing left open there)
+            closing = asyncio.ensure_future(greenlet_spawn(engine.dialect.do_terminate, dbapi_connection))
+            _CLOSING.add(closing)
+            closing.add_done_callback(_closed)
+        raise
+
+
+_SETTING_UP: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[Any, Any]] = weakref.WeakKeyDictionary()
+"""By task: the new connection whose ``connect`` listeners are running, with its pool entry
+(:func:`close_stranded_connects`)."""
+_CLOSING: set[asyncio.Future[None]] = set()
+"""The closes of stranded connections (:func:`closing_stranded`), held until they end."""
+
+
+def _set_up_began(dbapi_connection: Any, entry: Any) -> None:
+    task = _current_task()
+    if task is not None:
+        _SETTING_UP[task] = (dbapi_connection, entry)
+
+
+def _set_up_ended(dbapi_connection: Any, _entry: Any) -> None:
+    task = _current_task()
+    if task is not None and _SETTING_UP.get(task, (None,))[0] is dbapi_connection:
+        del _SETTING_UP[task]
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    """The task connecting (a pool listener runs in its greenlet), or ``None`` outside one (a sync engine's use)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+
+
+def _closed(closing: asyncio.Future[None]) -> None:
+    _CLOSING.discard(closing)
+    if not closing.cancelled() and closing.exception() is not None:  # (one that fails has ended: nothing left open)
+        log.debug("closing a connection stranded by a failed connect: %r", closing.exception())
 
 
 def cut_connections(engine: AsyncEngine, entries: weakref.WeakSet[Any]) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .engine_bounds import on_connect, run_then_dispose
+from .engine_bounds import close_stranded_connects, closing_stranded, run_then_dispose
 from .errors import StreamBackendError, check_timeout
 from .messages import error_line, mask_passwords
 from .schema import TABLE_NAME, VERSION_TABLE
@@ -169,13 +169,14 @@ def _lock_sqlite_writes(engine: AsyncEngine, busy_s: float = SQLITE_BUSY_S) -> N
     the version is read, so concurrent migrations run one after the other, each waiting at most ``busy_s`` for it.
     The driver's own transaction handling would leave ``CREATE TABLE`` outside any transaction."""
 
+    @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {max(1, int(busy_s * 1000))}")
         cursor.close()
 
-    on_connect(engine, _on_connect)
+    close_stranded_connects(engine)  # (after the hook: a cancel in it closes the connection: see closing_stranded)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -598,8 +599,9 @@ async def migrate_with(target: AsyncEngine | AsyncConnection, revision: str = HE
     async with _alembic_turn():
         if isinstance(target, AsyncConnection):
             return await target.run_sync(upgrade_connection, revision)
-        async with target.begin() as conn:
-            return await conn.run_sync(upgrade_connection, revision)
+        with closing_stranded(target):
+            async with target.begin() as conn:
+                return await conn.run_sync(upgrade_connection, revision)
 
 
 async def upgrade(url: str, revision: str = HEAD, *,
@@ -630,8 +632,9 @@ async def upgrade(url: str, revision: str = HEAD, *,
         _lock_sqlite_writes(bounded.engine, bounded.busy_s)
 
     async def work() -> tuple[str | None, str | None]:
-        async with _alembic_turn(), bounded.engine.begin() as conn:
-            return await conn.run_sync(run)
+        with closing_stranded(bounded.engine):
+            async with _alembic_turn(), bounded.engine.begin() as conn:
+                return await conn.run_sync(run)
 
     return await bounded.run(work())
 

@@ -154,7 +154,13 @@ from .close_once import CloseOnce
 from .coalescing import ReadCoalescer, stored_size
 from .deadlines import finish_within
 from .engine_bounds import DISPOSE_TIMEOUT_S as _DISPOSE_DEFAULT_S
-from .engine_bounds import cut_connections, dispose_within, on_connect, track_connections
+from .engine_bounds import (
+    close_stranded_connects,
+    closing_stranded,
+    cut_connections,
+    dispose_within,
+    track_connections,
+)
 from .errors import (
     SEND_ROOM,
     PoolExhaustedError,
@@ -1467,11 +1473,10 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> tuple[async
         return hooked
     lock, opens = _SQLITE_HOOKED[sync_engine] = asyncio.Lock(), _PoolOpens()
 
+    @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         opens.connected(record)  # (before its first statement, which opens the -wal file: a new one if none was open)
         _set_up_sqlite(dbapi_connection, file_backed)
-
-    on_connect(engine, _on_connect)  # (cancelled in its PRAGMAs, the connection is closed: not left open)
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -2006,6 +2011,7 @@ class SQLStream(FieldUpdates):
             guard_aiosqlite(engine)
         elif engine.dialect.driver == "asyncpg":
             _install_postgresql_hooks(engine)
+        close_stranded_connects(engine)  # (after the store's hooks: a failure in them closes the connection too)
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None
         self._in_memory = in_memory
         # SQLite: the file's absolute path, and its (st_dev, st_ino) once the store opened it (see _check_file)
@@ -2137,8 +2143,9 @@ class SQLStream(FieldUpdates):
 
     async def _connect_once(self) -> None:
         async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
-            async with self._reader.connect():
-                pass
+            with closing_stranded(self.engine):
+                async with self._reader.connect():
+                    pass
 
     async def _open(self, step: Callable[[], Coroutine[Any, Any, None]], *, stops_with_caller: bool) -> None:
         """Wait for the store's opening under way, or start ``step`` as one (:class:`_Opening`), in a task a close
@@ -2448,15 +2455,16 @@ class SQLStream(FieldUpdates):
             made = opens.made
             try:
                 async with contextlib.nullcontext() if locked or self._write_lock is None else self._write_lock:
-                    async with self._reader.connect() as conn:
-                        if opens.made == made:  # (one of the pool's: none was made for it)
-                            await conn.exec_driver_sql("PRAGMA busy_timeout = 1000")
-                            try:
-                                busy = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()[0]
-                            finally:
-                                await conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)}")
-                            stat = _stat(wal)
-                            done = busy == 0 and stat is not None and _file_id(stat) == noted and not stat.st_size
+                    with closing_stranded(self.engine):
+                        async with self._reader.connect() as conn:
+                            if opens.made == made:  # (one of the pool's: none was made for it)
+                                await conn.exec_driver_sql("PRAGMA busy_timeout = 1000")
+                                try:
+                                    busy = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()[0]
+                                finally:
+                                    await conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)}")
+                                stat = _stat(wal)
+                                done = busy == 0 and stat is not None and _file_id(stat) == noted and not stat.st_size
             except Exception as exc:  # (the store already failed: this only decides what its error says)
                 log.warning("SQLStream: could not move the writes of %s into the file the store opened: %s", wal,
                             error_line(exc))
@@ -2601,7 +2609,11 @@ class SQLStream(FieldUpdates):
         if gate is None:
             if self._shut:
                 raise _closed_after_dispose()
-            async with open_connection() as conn:
+            connection = open_connection()
+            with closing_stranded(self.engine):
+                conn = await connection.__aenter__()
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_exit(connection)
                 yield conn
             return
         batch = _BATCH_WRITES.get()
@@ -2626,7 +2638,8 @@ class SQLStream(FieldUpdates):
                     attempt = asyncio.get_running_loop().time()
                     try:
                         connection = open_connection()
-                        conn = await connection.__aenter__()
+                        with closing_stranded(self.engine):
+                            conn = await connection.__aenter__()
                         break
                     except PoolTimeoutError:
                         retried = True  # (connections held outside the store: still a wait for the pool)

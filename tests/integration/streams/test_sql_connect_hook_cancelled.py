@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util import await_only
 
 import iii_streams.sql as sql_module
 from iii.stream import StreamGetInput, StreamSetInput
-from iii_streams.engine_bounds import on_connect, track_connections
+from iii_streams.engine_bounds import close_stranded_connects, closing_stranded
 from iii_streams.sql import SQLStream
 from iii_streams.sqlite_threads import sqlite_threads
 
@@ -65,23 +65,44 @@ async def test_a_get_cancelled_in_its_connections_set_up_leaves_no_connection_op
         await store.aclose()
 
 
-async def test_on_connect_closes_the_connection_its_hook_failed() -> None:
+async def test_a_get_cancelled_in_a_connect_hook_set_before_the_store_leaves_no_connection_open(
+        tmp_path: Path) -> None:
+    """The same with a hook that runs before the store's own (as SQLAlchemy's dialect set-up does) on an engine the
+    caller made: its connection is closed too."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
+    started = threading.Event()
+    slow = _slow_set_up(started)
+    event.listen(engine.sync_engine, "connect", lambda dbapi_connection, _entry: slow(dbapi_connection, True))
+    store = SQLStream(engine, create=True, timeout=10)
+    try:
+        first = asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
+        assert await asyncio.to_thread(started.wait, 10)
+        threads = sqlite_threads()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await _ended(threads) == []
+    finally:
+        await store.aclose()
+        await engine.dispose()
+
+
+async def test_closing_stranded_closes_the_connection_a_failed_listener_left() -> None:
     engine = create_async_engine("sqlite+aiosqlite://")
-    entries = track_connections(engine)
     made: list[Any] = []
 
     def failing(dbapi_connection: Any, _entry: Any) -> None:
         made.append(dbapi_connection)
         raise RuntimeError("set-up failed")
 
-    on_connect(engine, failing)
+    event.listen(engine.sync_engine, "connect", failing)
+    close_stranded_connects(engine)
     before = sqlite_threads()
     try:
-        with pytest.raises(RuntimeError, match="set-up failed"):
+        with pytest.raises(RuntimeError, match="set-up failed"), closing_stranded(engine):
             async with engine.connect():
                 pass
         assert len(made) == 1
-        assert [entry for entry in entries if entry.dbapi_connection is not None] == []
         assert await _ended(sqlite_threads() - before) == []
     finally:
         await engine.dispose()
