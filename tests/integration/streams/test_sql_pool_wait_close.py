@@ -328,60 +328,12 @@ async def test_gets_read_together_at_a_full_gate_each_name_it(pool_wait_url: str
                for o in outcomes), outcomes
 
 
-async def test_writes_left_at_the_gate_at_the_end_of_a_close_run_nowhere_after_it(pg_url: str) -> None:
-    # re-attack on c97d8944, B1: the writes a running batch handed on, let through the close, waited on at the gate
-    # after aclose() returned, then opened a connection each and committed (96 of 100)
-    import asyncpg
-    from sqlalchemy import event
-    from sqlalchemy.engine import make_url
-
-    from iii_streams.schema import TABLE_NAME
-
-    async with SQLStream.from_url(pg_url, create=True) as ready:
-        await ready.prepare()
-    store = SQLStream.from_url(pg_url, pool_size=2, max_overflow=0)
-    await store.get(StreamGetInput(**ITEM))
-    loop = asyncio.get_running_loop()
-    connects: list[float] = []
-    event.listen(store.engine.sync_engine, "connect", lambda *_: connects.append(loop.time()))
-    locker = await asyncpg.connect(make_url(pg_url).set(drivername="postgresql").render_as_string(False))
-    answered: dict[int, tuple[float, bool]] = {}
-
-    async def write(n: int) -> None:
-        try:
-            await store.set(StreamSetInput(stream_name="s", group_id="g", item_id=f"l{n}", data=n))
-            answered[n] = (loop.time(), True)
-        except StreamClosedError:
-            answered[n] = (loop.time(), False)
-
-    try:
-        await locker.execute("BEGIN")
-        await locker.execute(f"LOCK TABLE {TABLE_NAME} IN ACCESS EXCLUSIVE MODE")
-        writes = [asyncio.ensure_future(write(n)) for n in range(40)]
-        for _ in range(1000):  # until a batch waits on the lock
-            if await locker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.wait_for(store.aclose(), 15)
-        closed_at = loop.time()
-    finally:
-        await locker.execute("ROLLBACK")
-        await locker.close()
-    await asyncio.wait_for(asyncio.gather(*writes), 15)
-    assert [t for t in connects if t > closed_at] == []  # (before: one connection per write left)
-    late = [n for n, (t, ok) in answered.items() if ok and t > closed_at]
-    assert len(late) <= 2, late  # at most the batches running on the pool's 2 connections, let go
-    async with SQLStream.from_url(pg_url) as after:
-        for n, (_, ok) in answered.items():
-            stored = await after.get(StreamGetInput(stream_name="s", group_id="g", item_id=f"l{n}"))
-            assert (stored == n) == ok, (n, ok, stored)
-
-
-async def test_nothing_connects_once_the_close_disposed_of_the_engine(pg_url: str) -> None:
-    # the writes a cut batch handed on connected again from the pool the close's dispose made (two connects 10 ms after
-    # it): connections the close never saw, and at the SQLAlchemy floor (2.0.0; fixed in 2.0.25) two first connects
-    # at once on a pool made again by dispose() block the event loop for good (the floors CI hung in this test's
-    # scenario: test_writes_left_at_the_gate_at_the_end_of_a_close_run_nowhere_after_it)
+async def _close_while_writes_wait_on_a_lock(
+        pg_url: str, prefix: str) -> tuple[list[float], dict[int, tuple[float, bool]], float, list[float]]:
+    """40 writes to a PostgreSQL store of 2 connections while another session holds an exclusive lock on the table,
+    and the store's close once a batch waits on that lock. Returns the times of the store's connects, each write's
+    answer (its time, whether it was applied), the time the close returned and the times its dispose began; checks
+    that the database holds exactly the writes said applied."""
     import asyncpg
     from sqlalchemy import event
     from sqlalchemy.engine import make_url
@@ -404,14 +356,14 @@ async def test_nothing_connects_once_the_close_disposed_of_the_engine(pg_url: st
 
     store._dispose = timed_dispose  # type: ignore[method-assign]
     locker = await asyncpg.connect(make_url(pg_url).set(drivername="postgresql").render_as_string(False))
-    outcomes: dict[int, bool] = {}
+    answered: dict[int, tuple[float, bool]] = {}
 
     async def write(n: int) -> None:
         try:
-            await store.set(StreamSetInput(stream_name="s", group_id="g", item_id=f"d{n}", data=n))
-            outcomes[n] = True
+            await store.set(StreamSetInput(stream_name="s", group_id="g", item_id=f"{prefix}{n}", data=n))
+            answered[n] = (loop.time(), True)
         except StreamClosedError:
-            outcomes[n] = False
+            answered[n] = (loop.time(), False)
 
     try:
         await locker.execute("BEGIN")
@@ -422,13 +374,32 @@ async def test_nothing_connects_once_the_close_disposed_of_the_engine(pg_url: st
                 break
             await asyncio.sleep(0.01)
         await asyncio.wait_for(store.aclose(), 15)
+        closed_at = loop.time()
     finally:
         await locker.execute("ROLLBACK")
         await locker.close()
     await asyncio.wait_for(asyncio.gather(*writes), 15)
+    async with SQLStream.from_url(pg_url) as after:
+        for n, (_, ok) in answered.items():
+            stored = await after.get(StreamGetInput(stream_name="s", group_id="g", item_id=f"{prefix}{n}"))
+            assert (stored == n) == ok, (n, ok, stored)
+    return connects, answered, closed_at, disposed
+
+
+async def test_writes_left_at_the_gate_at_the_end_of_a_close_run_nowhere_after_it(pg_url: str) -> None:
+    # re-attack on c97d8944, B1: the writes a running batch handed on, let through the close, waited on at the gate
+    # after aclose() returned, then opened a connection each and committed (96 of 100)
+    connects, answered, closed_at, _ = await _close_while_writes_wait_on_a_lock(pg_url, "l")
+    assert [t for t in connects if t > closed_at] == []  # (before: one connection per write left)
+    late = [n for n, (t, ok) in answered.items() if ok and t > closed_at]
+    assert len(late) <= 2, late  # at most the batches running on the pool's 2 connections, let go
+
+
+async def test_nothing_connects_once_the_close_disposed_of_the_engine(pg_url: str) -> None:
+    # the writes a cut batch handed on connected again from the pool the close's dispose made (two connects 10 ms after
+    # it): connections the close never saw, and at the SQLAlchemy floor (2.0.0; fixed in 2.0.25) two first connects
+    # at once on a pool made again by dispose() block the event loop for good (the floors CI hung in this test's
+    # scenario: test_writes_left_at_the_gate_at_the_end_of_a_close_run_nowhere_after_it)
+    connects, _, _, disposed = await _close_while_writes_wait_on_a_lock(pg_url, "d")
     assert len(disposed) == 1
     assert [t for t in connects if t >= disposed[0]] == []  # before: two
-    async with SQLStream.from_url(pg_url) as after:
-        for n, ok in outcomes.items():
-            stored = await after.get(StreamGetInput(stream_name="s", group_id="g", item_id=f"d{n}"))
-            assert (stored == n) == ok, (n, ok, stored)
