@@ -164,6 +164,7 @@ this many seconds (see :meth:`QueueModule._kept_fifo`)."""
 RECLAIM_BATCH = 256
 """Topics one sweep looks at: a sweep's cost stays bounded however many topics there are."""
 
+
 def _count(counts: dict[str, int], key: str, change: int) -> None:
     """Add ``change`` to ``counts[key]``, dropping the key at 0 (a worker gone leaves no key behind).
 
@@ -1132,7 +1133,7 @@ class QueueModule(EngineModule):
                 poll_idle=self._store_shared,
             )
             entry = self._topics[topic] = _Topic(consumer, maker=maker)
-            self._count_made(maker, 1)
+            _count(self._made_for, maker, 1)
             holder.append(entry)
             consumer.start()
         return entry
@@ -1142,18 +1143,15 @@ class QueueModule(EngineModule):
         """Whether anything but this engine changes the store (a store that does not say is taken for shared)."""
         return bool(getattr(self.store, "shared", True))
 
-    def _count_made(self, maker: str, change: int) -> None:
-        _count(self._made_for, maker, change)
-
     def _follow_subscribers(self, entry: _Topic) -> None:
         """Move ``entry``'s count to a worker whose trigger subscribes to it when the worker it counts against has
         none there: a worker reconnecting (a new id) registers its triggers again, and the topics they keep must
         count against it, not against the id gone (each reconnect gave a worker a new share on top of the topics it
         kept); a topic an enqueue made counts against its consumer, not its producer."""
         if entry.maker_triggers and entry.maker not in entry.maker_triggers:
-            self._count_made(entry.maker, -1)
+            _count(self._made_for, entry.maker, -1)
             entry.maker = next(iter(entry.maker_triggers))
-            self._count_made(entry.maker, 1)
+            _count(self._made_for, entry.maker, 1)
 
     def _past_share(self, maker: str) -> bool:
         """Whether ``maker`` has its ``max_topics_per_worker`` already (a share of all of ``max_topics`` is left to
@@ -1222,7 +1220,7 @@ class QueueModule(EngineModule):
             # stored its job after the counts were read).
             if self._topics.get(name) is entry and entry.unused() and entry.pushes == pushes:
                 del self._topics[name]
-                self._count_made(entry.maker, -1)
+                _count(self._made_for, entry.maker, -1)
                 self._subscribed.discard(name)
                 went_idle.pop(name, None)
                 gone.append(entry.consumer)
