@@ -38,7 +38,7 @@ from sqlalchemy.util import greenlet_spawn
 from .deadlines import finish_within, let_go
 
 __all__ = ["DISPOSE_TIMEOUT_S", "SQLALCHEMY_CLOSES_STRANDED", "close_stranded_connects", "closing_stranded",
-           "cut_connections", "dispose_within", "run_then_dispose", "track_connections"]
+           "cut_connections", "dispose_within", "run_then_dispose", "stranded_closes_ended", "track_connections"]
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +121,32 @@ def closing_stranded(engine: AsyncEngine) -> Iterator[None]:
             if entry.dbapi_connection is dbapi_connection:
                 entry.dbapi_connection = None  # (as SQLAlchemy does once it closed one: nothing left open there)
             closing = asyncio.ensure_future(greenlet_spawn(engine.dialect.do_terminate, dbapi_connection))
-            _CLOSING.add(closing)
+            _CLOSING[closing] = engine.sync_engine
             closing.add_done_callback(_closed)
         raise
+
+
+async def stranded_closes_ended(engine: AsyncEngine, timeout: float) -> None:
+    """Wait (``timeout`` seconds at most) for the closes :func:`closing_stranded` started on ``engine``'s connections:
+    a store's close returned with one under way, its aiosqlite thread still running, and a loop ended right after
+    printed that thread's "Event loop is closed" traceback.
+
+    Example:
+        >>> import asyncio
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> asyncio.run(stranded_closes_ended(create_async_engine("sqlite+aiosqlite://"), 1.0))  # none: at once
+    """
+    closes = [closing for closing, owner in _CLOSING.items() if owner is engine.sync_engine]
+    if closes:
+        await asyncio.wait(closes, timeout=timeout)
 
 
 _SETTING_UP: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[Any, Any]] = weakref.WeakKeyDictionary()
 """By task: the new connection whose ``connect`` listeners are running, with its pool entry
 (:func:`close_stranded_connects`)."""
-_CLOSING: set[asyncio.Future[None]] = set()
-"""The closes of stranded connections (:func:`closing_stranded`), held until they end."""
+_CLOSING: dict[asyncio.Future[None], Any] = {}
+"""The closes of stranded connections (:func:`closing_stranded`), each with its engine's sync engine, held until they
+end."""
 
 
 def _set_up_began(dbapi_connection: Any, entry: Any) -> None:
@@ -154,7 +170,7 @@ def _current_task() -> asyncio.Task[Any] | None:
 
 
 def _closed(closing: asyncio.Future[None]) -> None:
-    _CLOSING.discard(closing)
+    _CLOSING.pop(closing, None)
     if not closing.cancelled() and closing.exception() is not None:  # (one that fails has ended: nothing left open)
         log.debug("closing a connection stranded by a failed connect: %r", closing.exception())
 
@@ -198,12 +214,14 @@ async def dispose_within(engine: AsyncEngine, entries: weakref.WeakSet[Any], tim
         raise
     if done:
         dispose.result()
+        await stranded_closes_ended(engine, timeout)
         return
     (logger or log).warning("%s did not answer the close of its connections within %g s; cut them", database,
                             timeout)
     cut_connections(engine, entries)
     # cut, each pending close ends at once (its connection is lost); a driver that ignores the cut is let go
     await finish_within(dispose, timeout, f"the close of {database}'s connections", logger or log)
+    await stranded_closes_ended(engine, timeout)
 
 
 async def run_then_dispose(engine: AsyncEngine, work: Coroutine[Any, Any, T], timeout: float | None,

@@ -159,6 +159,7 @@ from .engine_bounds import (
     closing_stranded,
     cut_connections,
     dispose_within,
+    stranded_closes_ended,
     track_connections,
 )
 from .errors import (
@@ -3872,6 +3873,8 @@ class SQLStream(FieldUpdates):
                 await self._let_operations_end(asyncio.get_running_loop().time() + DISPOSE_TIMEOUT_S)
         if self._gate is not None:
             self._gate.close_all(cut_let_through=self._cancels_openings())
+        # connections cut short in their set-up by the close's cuts (closing_stranded) are closed before it returns
+        await stranded_closes_ended(self.engine, DISPOSE_TIMEOUT_S)
         if not writes_ended.done():
             # a batch that got its connection during the drain and then waited on the database (a lock held
             # elsewhere): held the close as long (13 s for a 12 s lock); its callers learn its outcome when it ends

@@ -18,7 +18,9 @@ from sqlalchemy.util import await_only
 
 import iii_streams.sql as sql_module
 from iii.stream import StreamGetInput, StreamSetInput
+from iii_streams import engine_bounds
 from iii_streams.engine_bounds import close_stranded_connects, closing_stranded
+from iii_streams.errors import StreamClosedError
 from iii_streams.sql import SQLStream
 from iii_streams.sqlite_threads import sqlite_threads
 
@@ -63,6 +65,25 @@ async def test_a_get_cancelled_in_its_connections_set_up_leaves_no_connection_op
             assert await _ended(new_threads) == []
     finally:
         await store.aclose()
+
+
+async def test_the_close_that_cuts_a_connect_returns_once_its_connection_is_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A close that cuts a get while its new connection is being set up returns once that connection's close (in a task
+    of its own) has ended: before, it returned with the close under way and the aiosqlite thread running, which
+    printed "Event loop is closed" when the loop ended right after (attack on 5403ea4a: 19 of 60 runs)."""
+    store = SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 's.db'}", create=True, timeout=10)
+    await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+    async with store.engine.connect() as held:
+        await held.execute(text("SELECT 1"))
+        started = threading.Event()
+        monkeypatch.setattr(sql_module, "_set_up_sqlite", _slow_set_up(started))
+        get = asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
+        assert await asyncio.to_thread(started.wait, 10)
+    await asyncio.wait_for(store.aclose(), 15)
+    assert len(engine_bounds._CLOSING) == 0  # (no close of a stranded connection under way)
+    with pytest.raises(StreamClosedError):
+        await get
 
 
 async def test_a_get_cancelled_in_a_connect_hook_set_before_the_store_leaves_no_connection_open(
