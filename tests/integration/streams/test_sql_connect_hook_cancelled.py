@@ -90,6 +90,7 @@ async def test_a_get_cancelled_in_a_connect_hook_set_before_the_store_leaves_no_
         tmp_path: Path) -> None:
     """The same with a hook that runs before the store's own (as SQLAlchemy's dialect set-up does) on an engine the
     caller made: its connection is closed too."""
+    before = sqlite_threads()  # (other tests' stores may hold threads of their own)
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
     started = threading.Event()
     slow = _slow_set_up(started)
@@ -98,7 +99,7 @@ async def test_a_get_cancelled_in_a_connect_hook_set_before_the_store_leaves_no_
     try:
         first = asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
         assert await asyncio.to_thread(started.wait, 10)
-        threads = sqlite_threads()
+        threads = sqlite_threads() - before
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
