@@ -318,15 +318,11 @@ class LoopBridge:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and block for its result; ``RuntimeError`` from the loop's own thread
-        (it would wait for itself forever)."""
+        (it would wait for itself forever), :class:`LoopStoppedError` once the loop stopped."""
         if self.on_loop_thread():
             coro.close()
             raise RuntimeError(_SYNC_FROM_LOOP)
-        try:
-            future = self._hand_over(coro)
-        except RuntimeError:  # the loop is closed: the coroutine will never run (no "never awaited" warning)
-            coro.close()
-            raise
+        future = self._hand_over(coro)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
@@ -340,12 +336,21 @@ class LoopBridge:
 
     def _hand_over(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start ``coro`` as a task on the loop for a caller waiting from elsewhere, its waiter held (:meth:`hold`);
-        ``RuntimeError`` when the loop is closed. Known as handed over from before the loop can start it."""
+        :class:`LoopStoppedError` when the loop is closed. Known as handed over from before the loop can start it."""
         key = id(coro)
         with self._held_lock:
             self._handing.add(key)
         try:
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            try:
+                future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            except RuntimeError:
+                # Closed: a call racing the shutdown that closed the loop after the caller's own check. What a
+                # stopped loop says (a ShuttingDownError), not asyncio's "Event loop is closed"; the coroutine will
+                # never run, so it is closed (no "never awaited" warning).
+                coro.close()
+                if not self.loop.is_closed():
+                    raise
+                raise LoopStoppedError(self.thread.name) from None
             self.hold(future, coro)
         finally:
             with self._held_lock:
@@ -386,15 +391,7 @@ class LoopBridge:
             running = None
         if running is self.loop:
             return await coro
-        try:
-            future = self._hand_over(coro)
-        except RuntimeError:
-            # Closed: a call racing the shutdown that closed the loop after the caller's own check. What a stopped
-            # loop says (a ShuttingDownError), not asyncio's "Event loop is closed" and a "never awaited" warning.
-            coro.close()
-            if not self.loop.is_closed():
-                raise
-            raise LoopStoppedError(self.thread.name) from None
+        future = self._hand_over(coro)
         waited: asyncio.Future[T] | None = None
         try:
             # (shielded, the caller's cancel stops at the wrapper: it would cancel ``future``, and so ``coro``)
