@@ -397,6 +397,12 @@ def real() -> Iterator[RealEngineThread]:
 
 
 @pytest.fixture
+def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
+    """Workers on :func:`real`."""
+    yield from workers_of(real.url)
+
+
+@pytest.fixture
 def relay(real: RealEngineThread) -> Iterator[Relay]:
     """A relay in front of ``real`` (run on its loop) that can stall, cut or blackhole its connections."""
     relay = Relay(real.engine.port)

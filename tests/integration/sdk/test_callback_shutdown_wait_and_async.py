@@ -18,7 +18,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,14 +26,9 @@ from iii.iii import III
 from iii.iii_types import FunctionInfo
 from iii.loop_bridge import CANCEL_WAIT_S
 
-from .conftest import MakeWorker, RealEngineThread, workers_of
+from .conftest import MakeWorker, RealEngineThread
 
 _NOWHERE = "ws://127.0.0.1:1"  # nothing listens: the client keeps connecting, its callbacks are driven by hand
-
-
-@pytest.fixture
-def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
-    yield from workers_of(real.url)
 
 
 def test_shutdown_lets_a_slow_callback_finish_and_calls_none_after_it_began(caplog: pytest.LogCaptureFixture) -> None:

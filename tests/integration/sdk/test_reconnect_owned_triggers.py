@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from iii import III
 from iii.triggers import TriggerConfig, TriggerHandler
 from tests.stall_relay import Relay
 
-from .conftest import MakeWorker, MakeWorkerAt, RealEngineThread, reconnected, wait_until, workers_of
+from .conftest import MakeWorker, MakeWorkerAt, RealEngineThread, reconnected, wait_until
 
 
 class Ledger(TriggerHandler[Any]):
@@ -59,11 +57,6 @@ class Ledger(TriggerHandler[Any]):
         """The id of the trigger it was bound with ``config`` (the SDK's ``Trigger`` handle does not say it)."""
         with self.changed:
             return next(trigger_id for op, trigger_id, seen in self.events if op == "bind" and seen == config)
-
-
-@pytest.fixture
-def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
-    yield from workers_of(real.url)
 
 
 def _set_flowing(real: RealEngineThread, relay: Relay, flowing: bool, cut: bool = False) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,12 +20,7 @@ from iii.trigger_host import TriggerTypeHost
 from iii.triggers import TriggerConfig, TriggerHandler
 from tests.polling import until
 
-from .conftest import MakeWorker, RealEngineThread, workers_of
-
-
-@pytest.fixture
-def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
-    yield from workers_of(real.url)
+from .conftest import MakeWorker, RealEngineThread
 
 
 class _Hung(TriggerHandler[Any]):

@@ -18,7 +18,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,12 +28,7 @@ from iii.trigger_host import TriggerTypeHost
 from iii.triggers import TriggerConfig, TriggerHandler
 from tests.polling import until
 
-from .conftest import MakeWorker, RealEngineThread, workers_of
-
-
-@pytest.fixture
-def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
-    yield from workers_of(real.url)
+from .conftest import MakeWorker, RealEngineThread
 
 
 class _Counting(TriggerHandler[Any]):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,15 +18,10 @@ from iii.trigger_host import _SWEEP_CONCURRENCY, TriggerTypeHost, _each_at_most
 from iii.triggers import TriggerConfig, TriggerHandler
 from tests.polling import until
 
-from .conftest import MakeWorker, RealEngineThread, workers_of
+from .conftest import MakeWorker, RealEngineThread
 
 _TRIGGERS = 2 * _SWEEP_CONCURRENCY + 2  # three rounds of places
 _SLOT_S = 0.2  # the wait that stands for "no deadline" (30 s), made short so a round takes 0.2 s
-
-
-@pytest.fixture
-def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
-    yield from workers_of(real.url)
 
 
 class _HungUnbinds(TriggerHandler[Any]):

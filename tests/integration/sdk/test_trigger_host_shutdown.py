@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -24,13 +24,7 @@ from iii.trigger_host import TriggerTypeHost
 from iii.triggers import TriggerConfig, TriggerHandler
 from tests.polling import until
 
-from .conftest import MakeWorker, RealEngineThread, workers_of
-
-
-@pytest.fixture
-def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
-    yield from workers_of(real.url)
-
+from .conftest import MakeWorker, RealEngineThread
 
 # how the shutdown's ERROR line for the unbinds it gives up on starts (after the count)
 _OWED = "unbind(s) owed (of released trigger types, or under way at the shutdown) still running"

@@ -19,7 +19,6 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,13 +29,8 @@ from iii.loop_bridge import CANCEL_WAIT_S
 from iii.triggers import TriggerConfig, TriggerHandler
 from tests.polling import until
 
-from .conftest import MakeWorker, RealEngineThread, workers_of
+from .conftest import MakeWorker, RealEngineThread
 from .test_trigger_host_shutdown import NotedHooks
-
-
-@pytest.fixture
-def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
-    yield from workers_of(real.url)
 
 
 class _Gated(NotedHooks):

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from iii import III
 from iii.triggers import TriggerConfig
 
-from .conftest import MakeWorker, RealEngineThread, workers_of
+from .conftest import MakeWorker, RealEngineThread
 from .test_registrations import Recorder
-
-
-@pytest.fixture
-def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
-    yield from workers_of(real.url)
 
 
 def _owner_and_user(real: RealEngineThread, make_real_worker: MakeWorker, type_id: str,

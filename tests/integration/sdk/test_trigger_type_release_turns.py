@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,14 +19,9 @@ from iii import III
 from iii.triggers import TriggerConfig, TriggerHandler
 from tests.polling import until
 
-from .conftest import MakeWorker, RealEngineThread, workers_of
+from .conftest import MakeWorker, RealEngineThread
 
 _TRIGGERS = 3
-
-
-@pytest.fixture
-def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
-    yield from workers_of(real.url)
 
 
 class _Ledger:
