@@ -214,13 +214,12 @@ async def dispose_within(engine: AsyncEngine, entries: weakref.WeakSet[Any], tim
         raise
     if done:
         dispose.result()
-        await stranded_closes_ended(engine, timeout)
-        return
-    (logger or log).warning("%s did not answer the close of its connections within %g s; cut them", database,
-                            timeout)
-    cut_connections(engine, entries)
-    # cut, each pending close ends at once (its connection is lost); a driver that ignores the cut is let go
-    await finish_within(dispose, timeout, f"the close of {database}'s connections", logger or log)
+    else:
+        (logger or log).warning("%s did not answer the close of its connections within %g s; cut them", database,
+                                timeout)
+        cut_connections(engine, entries)
+        # cut, each pending close ends at once (its connection is lost); a driver that ignores the cut is let go
+        await finish_within(dispose, timeout, f"the close of {database}'s connections", logger or log)
     await stranded_closes_ended(engine, timeout)
 
 
