@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any, Protocol
 
@@ -157,6 +158,8 @@ class RedisCronLock:
         self._asked: list[tuple[str, int, asyncio.Future[bool]]] = []
         self._flush_due = False
         self._sending: set[asyncio.Task[None]] = set()
+        # keys in a script in flight: their later ticks wait for its answer (see _flush)
+        self._keys_sending: set[str] = set()
 
     async def prepare(self) -> None:
         """Check Redis answers (a ``PING`` within 5 s), so a module on a Redis that is down fails its start in one
@@ -193,20 +196,36 @@ class RedisCronLock:
         return await asked
 
     def _flush(self) -> None:
-        """Send the ticks asked, as many scripts as may be in flight; the rest wait for one of them to end."""
+        """Send the ticks asked, as many scripts as may be in flight; the rest wait for one of them to end.
+
+        A key's ticks reach Redis in the order of their times: in a script, sorted; and a key with a script in flight
+        has its later ticks wait for its answer. Scripts on different pooled connections are run in any order, and
+        the lock takes a tick older than the last one fired as fired already: after a 3 s stall of Redis, a trigger's
+        tick went in after its next one and was fired by no engine, told nowhere (4-5 every-second ticks of 5
+        triggers a stall)."""
         self._flush_due = False
         # an asker gone meanwhile (its trigger unregistered or replaced) must not take the tick in Redis: another
         # engine sharing the lock would lose it, fired by nobody and counted nowhere
         self._asked = [entry for entry in self._asked if not entry[2].done()]
         while self._asked and len(self._sending) < _SCRIPTS_IN_FLIGHT:
-            batch = self._asked[:_KEYS_PER_SCRIPT]
-            del self._asked[:_KEYS_PER_SCRIPT]
+            batch: list[tuple[str, int, asyncio.Future[bool]]] = []
+            waiting: list[tuple[str, int, asyncio.Future[bool]]] = []
+            for entry in self._asked:
+                (batch if len(batch) < _KEYS_PER_SCRIPT and entry[0] not in self._keys_sending else waiting).append(
+                    entry)
+            if not batch:
+                return  # each waits for its key's script in flight; its end sends them (_sent)
+            self._asked = waiting
+            batch.sort(key=_tick_of)
+            keys = {key for key, _, _ in batch}
+            self._keys_sending |= keys
             task = asyncio.get_running_loop().create_task(self._send(batch), name="cron-lock")
             self._sending.add(task)
-            task.add_done_callback(self._sent)
+            task.add_done_callback(functools.partial(self._sent, keys))
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
+    def _sent(self, keys: set[str], task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
+        self._keys_sending -= keys
         if self._asked and not self._flush_due:
             self._flush()
 
@@ -245,6 +264,10 @@ class RedisCronLock:
             task.cancel()
         await asyncio.gather(*self._sending, return_exceptions=True)
         await self._redis.aclose()
+
+
+def _tick_of(entry: tuple[str, int, asyncio.Future[bool]]) -> int:
+    return entry[1]
 
 
 def open_cron_lock(settings: CronSettings) -> CronLock:
