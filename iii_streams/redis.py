@@ -158,6 +158,7 @@ __all__ = [
     "check_redis_url",
     "redis_address",
     "store_url_options",
+    "subscriber_client",
     "waiting_client",
 ]
 
@@ -717,6 +718,27 @@ def waiting_client(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
         raise ValueError(f"the Redis pool_timeout must be a positive number of seconds (a URL's ?timeout=), or "
                          f"None for the caller's own time limit, got {wait!r}")
     return aioredis.Redis.from_pool(_WaitingPool.from_url(url, max_connections=size, timeout=wait, **options))
+
+
+def subscriber_client(client: aioredis.Redis) -> aioredis.Redis:
+    """A client for long-lived pub/sub connections beside ``client``: a pool of its own (2 connections; a third
+    caller waits up to 30 s for one), making its connections as ``client``'s pool does (address, TLS, credentials,
+    ``client_name``), so that a subscriber never holds one of ``client``'s ``max_connections``. ``client`` itself
+    where its pool's connections cannot be copied (a cluster or Sentinel client). Close it as well as ``client``
+    when it is another client.
+
+    Why: a pub/sub connection taken from the pool of the commands is held for good; with ``?max_connections=1``
+    nothing else ever got a connection (every publish of the engine's pubsub module failed after its 10 s).
+
+    Example:
+        >>> client = aioredis.Redis(host="example.invalid", client_name="app", max_connections=1)
+        >>> subscriber = subscriber_client(client)
+        >>> pool = subscriber.connection_pool
+        >>> subscriber is client, pool.max_connections, pool.connection_kwargs["client_name"]
+        (False, 2, 'app')
+    """
+    pool = _WatchPool.like(client)
+    return client if pool is None else aioredis.Redis.from_pool(pool)
 
 
 def redis_address(client: aioredis.Redis) -> str:
@@ -1549,9 +1571,7 @@ class RedisStream(FieldUpdates):
         if watch_client is None:
             if self._close_once.closing:  # made now, nobody would close it
                 raise StreamClosedError("RedisStream is closed")
-            pool = _WatchPool.like(self._client)
-            watch_client = self._client if pool is None else aioredis.Redis.from_pool(pool)
-            self._watch_pool_client = watch_client
+            watch_client = self._watch_pool_client = subscriber_client(self._client)
         return watch_client
 
     def _timeout_note(self, operation: str) -> str:

@@ -135,7 +135,7 @@ class RedisBus:
     def __init__(self, redis_url: str) -> None:
         from redis.exceptions import RedisError
 
-        from iii_streams.redis import waiting_client
+        from iii_streams.redis import subscriber_client, waiting_client
 
         # what a broken or refused connection raises (redis is an optional package: imported here, not above); a
         # publish that waited the whole pool_timeout for a connection raises PoolExhaustedError, an OSError
@@ -144,10 +144,13 @@ class RedisBus:
         self._no_answer: tuple[type[Exception], ...] = (*self._broken, TimeoutError)
         # A blocking pool (50 connections, or the URL's ?max_connections=): a publish beyond it waits for one (10 s,
         # or ?timeout=); Redis.from_url's pool failed it at once ("Too many connections", 1,901 of 2,000 concurrent
-        # publishes). The subscriber's connection is one of them, held for good.
+        # publishes).
         self._redis: Redis = waiting_client(redis_url, pool_timeout=_REDIS_TIMEOUT_S, socket_timeout=_REDIS_TIMEOUT_S,
                                             socket_connect_timeout=_REDIS_TIMEOUT_S)
-        self._pubsub: PubSub = self._redis.pubsub()
+        # The subscriber's connection, held for good, comes from a pool of its own: taken from the publishes' pool,
+        # with ?max_connections=1 no publish ever got a connection.
+        self._subscriber: Redis = subscriber_client(self._redis)
+        self._pubsub: PubSub = self._subscriber.pubsub()
         # This engine's PUBLISHes go through one ordered writer, so they reach Redis in the order publish() was
         # called (a pool of concurrent publishes reordered one worker's void publishes: 44 of 1,000 pairs)
         self._writer = OrderedPublisher(self._redis, timeout=_REDIS_TIMEOUT_S, on_ready=self._redis_reachable)
@@ -401,6 +404,8 @@ class RedisBus:
         self._undelivered_log.close()
         self._unsubscribe_log.close()
         await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # PubSub.aclose is typed from redis 8.2 only
+        if self._subscriber is not self._redis:
+            await self._subscriber.aclose()
         await self._redis.aclose()
 
     async def _read(self) -> None:

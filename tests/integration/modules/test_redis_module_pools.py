@@ -20,6 +20,7 @@ import module_worker
 import pytest
 from module_worker import ModuleWorker
 from redis.asyncio import Redis
+from test_engine_attack_pubsub import engine_on, listen
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.cron.locks import RedisCronLock
@@ -89,6 +90,18 @@ async def test_concurrent_cron_locks_beyond_the_pool_all_answer() -> None:
         assert all(won)
     finally:
         await lock.close()
+
+
+async def test_pubsub_with_a_pool_of_one_publishes_and_delivers() -> None:
+    # before: the subscriber's connection held the pool's one connection for good, and every publish failed after
+    # its 10 s ("no connection to Redis was ready (connecting, or waiting for a free one)")
+    topic = f"pool-one-{uuid.uuid4()}"
+    async with engine_on(require_redis() + "?max_connections=1") as engine, ModuleWorker(engine.url) as subscriber, \
+            ModuleWorker(engine.url) as publisher:
+        got = await listen(subscriber, "pool::on", "pool-one-sub", topic)
+        answers = await asyncio.gather(*(publisher.call("publish", {"topic": topic, "data": i}) for i in range(50)))
+        assert [answer for answer in answers if "error" in answer] == []
+        assert sorted([await asyncio.wait_for(got.get(), 10) for _ in range(50)]) == list(range(50))
 
 
 async def test_the_url_sizes_the_pool_and_its_wait() -> None:
