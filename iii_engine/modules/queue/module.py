@@ -917,9 +917,9 @@ class QueueModule(EngineModule):
         self._busy.close()
 
     async def _warn_if_evicting(self) -> None:
-        """Say at start when Redis may evict keys, or keeps nothing on disk: an evicting ``maxmemory-policy``, or a
-        restart of a Redis with neither an append-only file nor snapshots, deletes queued jobs without a word to
-        anyone, the losses the module cannot see or report."""
+        """Say at start when Redis may evict keys, or keeps jobs on disk in snapshots only or not at all: an evicting
+        ``maxmemory-policy``, or a restart of a Redis without an append-only file (with snapshots only: the jobs
+        since the last), deletes queued jobs without a word to anyone, the losses the module cannot see or report."""
         from .redis_store import RedisQueueStore
 
         if not isinstance(self.store, RedisQueueStore):
@@ -928,9 +928,8 @@ class QueueModule(EngineModule):
             log.warning("queue module: Redis's maxmemory-policy is %r: when Redis reaches maxmemory it may delete "
                         "queued jobs silently; set maxmemory-policy noeviction (then a full Redis fails the enqueue "
                         "with enqueue_error)", policy)
-        if await self.store.keeps_nothing_on_disk():
-            log.warning("queue module: Redis keeps nothing on disk (appendonly no, save ''): a restart of Redis "
-                        "loses every queued job silently; turn on appendonly yes (or RDB snapshots with save)")
+        if (gap := await self.store.persistence_gap()) is not None:
+            log.warning("queue module: %s", gap)
 
     @contextmanager
     def _store_op(self, code: str, what: str) -> Iterator[None]:

@@ -895,19 +895,30 @@ class RedisQueueStore:
             policy = policy.decode()
         return policy if isinstance(policy, str) and policy != "noeviction" else None
 
-    async def keeps_nothing_on_disk(self) -> bool:
-        """Whether Redis keeps nothing on disk (``appendonly no`` and an empty ``save``): a restart of it then loses
-        every job. ``False`` when Redis does not answer within :data:`EVICTION_CHECK_S` or refuses ``CONFIG``, as
-        :meth:`eviction_policy`."""
+    async def persistence_gap(self) -> str | None:
+        """What a Redis crash or restart would lose of the queued jobs, as a warning's words, or ``None`` when Redis
+        keeps an append-only file (``appendonly yes``: a killed Redis loses nothing, a host's crash at most the last
+        ``appendfsync`` interval). ``None`` too when Redis does not answer within :data:`EVICTION_CHECK_S` or refuses
+        ``CONFIG``, as :meth:`eviction_policy`.
+
+        Without the file, a restart loses every job (no ``save`` either), or those enqueued since the last snapshot
+        (``save`` rules only: a Redis killed a minute after 50 enqueues had 49 of them gone, and nothing said so)."""
         try:
             async with asyncio.timeout(EVICTION_CHECK_S):
                 answer = await self._redis.config_get("appendonly")
                 answer.update(await self._redis.config_get("save"))
         except Exception as exc:  # a Redis that is down is met again, and reported, by the consumers
             log.debug("queue store: could not read Redis's persistence settings: %s", exc)
-            return False
+            return None
         raw = {_text(key): _text(value) for key, value in dict(answer).items()}
-        return raw.get("appendonly") == "no" and raw.get("save") == ""
+        if raw.get("appendonly") != "no" or "save" not in raw:
+            return None
+        save = raw["save"]
+        if not save:
+            return ("Redis keeps nothing on disk (appendonly no, save ''): a restart of Redis loses every queued job "
+                    "silently; turn on appendonly yes (or RDB snapshots with save)")
+        return (f"Redis keeps queued jobs on disk only in its snapshots (appendonly no, save {save!r:.100}): a crash "
+                "or kill of Redis loses the jobs enqueued since its last snapshot silently; turn on appendonly yes")
 
     async def close(self) -> None:
         """Close the connection pool."""
