@@ -91,11 +91,19 @@ async def test_a_half_open_subscriber_connection_is_found_counted_and_replaced(
             await redis.publish(topic, json.dumps("lost"))
             await until(lambda: bus.connection_losses == 1, within=5)
             assert "no reply to PING within 0.3 s (a half-open connection)" in caplog.text
+            # the outage is told from the last thing heard, not from the moment its silence was noticed (before, the
+            # messages of the quiet spell and the PING's wait were in neither line: 300-500 of them at 20/s)
+            lost = next(r.getMessage() for r in caplog.records if "connection lost" in r.getMessage())
+            silent = float(lost.split("nothing heard from it for ")[1].split(" s")[0])
+            assert silent >= 0.5, lost
+            assert "messages published since then and until it is back do not reach this engine" in lost, lost
             proxy.release()
             proxy.release_replies()
             # the new connection subscribes the topic again (what the old one still had in flight is lost)
             received = await publish_until_received(redis, topic, got)
             assert received[0] == topic and isinstance(received[1], int)
+            back = next(r.getMessage() for r in caplog.records if "connection back after" in r.getMessage())
+            assert float(back.split("back after ")[1].split(" s")[0]) >= silent, back
     finally:
         await redis.aclose()
 
