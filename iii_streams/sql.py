@@ -3922,10 +3922,12 @@ class SQLStream(FieldUpdates):
         connection after the dispose), and its connections cut if it still has not ended :data:`DISPOSE_TIMEOUT_S`
         later (a rollback waiting on a server gone silent). On SQLite it is left to end by itself, bounded by SQLite's
         busy wait: aiosqlite cannot interrupt its thread, and a cancel inside its connect left a connection holding the
-        file's lock (a later store's open then hung); waiting for it held the close up to 30 s on a locked file.
+        file's lock (a later store's open then hung); a close that gave up on it at once waits for its end at most
+        :data:`DISPOSE_TIMEOUT_S` (waiting for it whole held the close up to 30 s on a locked file).
         A cancel of the close's own caller leaves the opening as it is (a later close comes back to it)."""
         task = opening.task
-        if opening.waiting and not opening.left.done():
+        waited = opening.waiting and not opening.left.done()
+        if waited:
             done, _ = await asyncio.wait((task,), timeout=MIGRATION_CLOSE_WAIT_S)
             if done:
                 return  # its callers resume with its outcome
@@ -3935,7 +3937,14 @@ class SQLStream(FieldUpdates):
             opening.left.set_result(None)
         _OPENINGS_LEFT.add(task)  # held until it ends, its outcome retrieved then (_opening_ended)
         if not self._cancels_openings():
-            return  # (it closes its own connection once it ended: _run_opening)
+            # It closes its own connection once it ended (_run_opening). Given up on at once (none waited for it), it
+            # is waited for a while: a SQLite open takes milliseconds, and a close that returned at once left its
+            # thread running: a loop ended right after printed aiosqlite's "Event loop is closed" traceback (45 of
+            # 60 runs). Not longer, nor again after the wait above: on a locked file it waits out SQLite's busy
+            # timeout.
+            if not waited:
+                await asyncio.wait((task,), timeout=DISPOSE_TIMEOUT_S)
+            return
         task.cancel()
         done, _ = await asyncio.wait((task,), timeout=DISPOSE_TIMEOUT_S)
         if not done and self._owns_engine:

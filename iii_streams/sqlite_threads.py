@@ -109,7 +109,8 @@ async def driver_threads_ended(before: set[threading.Thread]) -> None:
 
 def _connect_or_wait(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
     """``do_connect``: the connection, made here (by the ``do_connect`` listeners added after this one, as SQLAlchemy
-    would have, else by the dialect); a connect that fails waits for the driver's threads it started."""
+    would have, else by the dialect); a connect that fails or is cancelled waits for the driver's threads it started
+    (at most :data:`DRIVER_THREAD_S`)."""
     before = sqlite_threads()
     try:
         # SQLAlchemy calls the listeners in order and stops at the first that returns a connection: this one, so the
@@ -121,7 +122,9 @@ def _connect_or_wait(dialect: Any, record: Any, cargs: list[Any], cparams: dict[
             if connection is not None:
                 return connection
         return dialect.connect(*cargs, **cparams)
-    except Exception:
+    except (Exception, asyncio.CancelledError):
+        # a cancelled connect too: its thread, told to stop, ends a moment later, and a store closed meanwhile
+        # returned with it running (a loop ended right after printed its "Event loop is closed" traceback)
         ended = driver_threads_ended(before)
         try:
             # the listener runs in SQLAlchemy's greenlet of the caller's task: this suspends that task, not the loop
