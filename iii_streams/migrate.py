@@ -648,14 +648,16 @@ async def revision_of(url: str, *, timeout: float | None = MIGRATE_TIMEOUT_S) ->
         >>> asyncio.run(revision_of("sqlite+aiosqlite://"))  # an in-memory database, never migrated
     """
     bounded = _Bounded(url, timeout)
+    close_stranded_connects(bounded.engine)
 
     def read_in(connection: Connection) -> str | None:
         bounded.limit_session(connection)
         return current_revision(connection)
 
     async def read() -> str | None:
-        async with bounded.engine.connect() as conn:
-            return await conn.run_sync(read_in)
+        with closing_stranded(bounded.engine):
+            async with bounded.engine.connect() as conn:
+                return await conn.run_sync(read_in)
 
     return await bounded.run(read())
 
@@ -686,6 +688,11 @@ class _Bounded:
             # `iii-streams migrate` closed its loop first: the thread's "Event loop is closed" traceback followed the
             # one-line error; and a migration cut by a timeout must not leave its connection holding the write lock
             guard_aiosqlite(self.engine)
+        else:
+            # the bound's cut in a connection's set-up (a server gone silent after the handshake) left it open on
+            # SQLAlchemy < 2.0.53, its socket closed by the garbage collector only (the work runs in closing_stranded;
+            # SQLite's engine is given it once its own hook is added)
+            close_stranded_connects(self.engine)
 
     def limit_session(self, connection: Connection) -> None:
         """PostgreSQL, a bound given: the server's own limits for the work's transaction, a second past the bound
