@@ -129,7 +129,8 @@ def closing_stranded(engine: AsyncEngine) -> Iterator[None]:
 async def stranded_closes_ended(engine: AsyncEngine, timeout: float) -> None:
     """Wait (``timeout`` seconds at most) for the closes :func:`closing_stranded` started on ``engine``'s connections:
     a store's close returned with one under way, its aiosqlite thread still running, and a loop ended right after
-    printed that thread's "Event loop is closed" traceback.
+    printed that thread's "Event loop is closed" traceback. Those still under way then are let go with one warning,
+    and no later wait waits for them again.
 
     Example:
         >>> import asyncio
@@ -137,8 +138,16 @@ async def stranded_closes_ended(engine: AsyncEngine, timeout: float) -> None:
         >>> asyncio.run(stranded_closes_ended(create_async_engine("sqlite+aiosqlite://"), 1.0))  # none: at once
     """
     closes = [closing for closing, owner in _CLOSING.items() if owner is engine.sync_engine]
-    if closes:
-        await asyncio.wait(closes, timeout=timeout)
+    if not closes:
+        return
+    _, pending = await asyncio.wait(closes, timeout=timeout)
+    if pending:
+        # let go, once: a later wait of the same close (a store's close waits twice) held it as long again, unsaid
+        for closing in pending:
+            if _CLOSING.pop(closing, None) is not None:
+                _LET_GO.add(closing)
+        log.warning("%d connection(s) cut short in their set-up did not close within %g s; left to close by "
+                    "themselves", len(pending), timeout)
 
 
 _SETTING_UP: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[Any, Any]] = weakref.WeakKeyDictionary()
@@ -147,6 +156,8 @@ _SETTING_UP: weakref.WeakKeyDictionary[asyncio.Task[Any], tuple[Any, Any]] = wea
 _CLOSING: dict[asyncio.Future[None], Any] = {}
 """The closes of stranded connections (:func:`closing_stranded`), each with its engine's sync engine, held until they
 end."""
+_LET_GO: set[asyncio.Future[None]] = set()
+"""Those a wait gave up on (:func:`stranded_closes_ended`), held until they end."""
 
 
 def _set_up_began(dbapi_connection: Any, entry: Any) -> None:
@@ -171,6 +182,7 @@ def _current_task() -> asyncio.Task[Any] | None:
 
 def _closed(closing: asyncio.Future[None]) -> None:
     _CLOSING.pop(closing, None)
+    _LET_GO.discard(closing)
     if not closing.cancelled() and closing.exception() is not None:  # (one that fails has ended: nothing left open)
         log.debug("closing a connection stranded by a failed connect: %r", closing.exception())
 
