@@ -19,6 +19,7 @@ from dataclasses import replace
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import BurstLog, LossLog, counts_text, latest_tail
 from iii.protocol.worker_session import clip_text
+from iii_streams.errors import PoolExhaustedError
 
 from ..base import CallUnwritable, EngineError
 from .settings import DEFAULT_STOP_TIMEOUT_MS, QueueSettings
@@ -689,7 +690,7 @@ class QueueConsumer:
     async def _work(self, job: Job) -> None:
         try:
             if self._stopped:  # claimed as the stop began, before this task ran: give it back now, not after its lease
-                await self._guarded(lambda: self.store.release(self.queue, job), job)
+                await self._guarded(lambda: self.store.release(self.queue, job), job, leaves_it_heading=True)
                 return
             self._handling[job.id] = asyncio.get_running_loop().time()
             try:
@@ -700,7 +701,7 @@ class QueueConsumer:
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if self._stopped or (task is not None and task.cancelling()):
-                await self._guarded(lambda: self.store.release(self.queue, job), job)
+                await self._guarded(lambda: self.store.release(self.queue, job), job, leaves_it_heading=True)
                 raise
             # The handler's own (an inner call of its was cancelled), not this task's: a failed attempt. Given back
             # instead, the job was claimed again at once, its attempts never counted: a busy loop for ever.
@@ -708,7 +709,7 @@ class QueueConsumer:
         except JobNotReady as wait:
             delay = self.settings.backoff_ms if wait.delay_ms is None else wait.delay_ms
             changes, look_ms = self._changes, now_ms() + delay
-            await self._guarded(lambda: self.store.retry(self.queue, job, due_ms=look_ms), job)
+            await self._guarded(lambda: self.store.retry(self.queue, job, due_ms=look_ms), job, leaves_it_heading=True)
             if wait.waits_for is not None:
                 self._note_put_off(wait.waits_for)
                 # a change came while the job was put off, and its function is registered now: look again
@@ -725,13 +726,18 @@ class QueueConsumer:
             if not self._inflight:
                 self._on_idle()
 
-    async def _guarded(self, step: Callable[[], Awaitable[None]], job: Job) -> None:
+    async def _guarded(self, step: Callable[[], Awaitable[None]], job: Job, *, leaves_it_heading: bool = False) -> None:
         """Run ``step()``, the store call that stores ``job``'s outcome or gives it back, again after each failure
         (the failed polls' backoff) until it is done, for at most the job's lease from the first failure. The job
         stays in flight meanwhile, its lease renewed with the others' while the store answers. Given up on, its lane
         stays active and the job runs again once its lease expires (one line). A stop ends the tries: the stop's own
-        bound is short, and its warning tells of the jobs left active. The steps are idempotent: each acts only
-        while the job heads its lane.
+        bound is short, and its warning tells of the jobs left active.
+
+        A step acts only while the job heads its lane, so one that took the job off (done, dead letter) is harmless
+        to run again. One that ``leaves_it_heading`` (a retry, a give-back) is run again only after a failure that
+        proves it was never sent (:class:`~iii_streams.errors.PoolExhaustedError`): applied with its answer lost, the
+        job could be claimed again meanwhile, and a second retry took that claim back (the job ran a third time, two
+        runs at once: 6-18 of 200 jobs whose answers were cut).
 
         Why: once, a finish that failed (a pool exhausted by a burst of enqueues with Redis healthy, a short stall)
         ran its job a second time: 19-20 of 400 jobs per burst, announced as jobs "of a lost engine"."""
@@ -745,12 +751,13 @@ class QueueConsumer:
                 now = loop.time()
                 if failures == 1:
                     give_up_at = now + self.settings.lease_ms / 1000
+                maybe_applied = leaves_it_heading and not isinstance(exc, PoolExhaustedError)
                 # (the traceback at debug level, as a failed poll's: with Redis down, four jobs in flight logged
                 # seven records and 18 chained tracebacks beside the poll's one rate-limited line)
                 self._log.debug("queue %s: store failed while finishing or releasing job %s (try %d)", self.queue,
                                 job.id, failures, exc_info=exc)
                 retry_s = self.settings.store_retry_ms(failures) / 1000 * random.uniform(0.5, 1)
-                if not self._stopped and now + retry_s < give_up_at:
+                if not self._stopped and not maybe_applied and now + retry_s < give_up_at:
                     # a backoff (nothing tells when the store answers again), cut short by a stop
                     stopping = asyncio.ensure_future(self._stopping.wait())
                     try:
@@ -758,10 +765,13 @@ class QueueConsumer:
                     finally:
                         stopping.cancel()
                     continue
-                self._log.error("queue %s: store failed while finishing or releasing job %s (%s: %s), %d %s; it runs "
+                tries = f"{failures} {'try' if failures == 1 else 'tries'}"
+                self._log.error("queue %s: store failed while finishing or releasing job %s (%s: %s), %s; it runs "
                                 "again once its lease expires (traceback at debug level)", self.queue, job.id,
-                                type(exc).__name__, clip_text(str(exc)), failures,
-                                "tries, the last at the stop" if self._stopped else "tries over its lease")
+                                type(exc).__name__, clip_text(str(exc)),
+                                f"{tries}, the last at the stop" if self._stopped else
+                                f"{tries}, not tried again (it may have been applied)" if maybe_applied else
+                                f"{tries} over its lease")
                 return
             if failures:
                 self._log.info("queue %s: job %s finished or released once the store answered again (%d failed "
@@ -791,7 +801,7 @@ class QueueConsumer:
         line = f"queue {self.queue}: job {job.id} attempt {attempts} failed, retry in {delay} ms: {error}"
         self._said(line, reported, self._retry_log, "failed attempt(s)", logging.INFO)
         due_ms = now_ms() + delay
-        await self._guarded(lambda: self.store.retry(self.queue, tried, due_ms=due_ms), job)
+        await self._guarded(lambda: self.store.retry(self.queue, tried, due_ms=due_ms), job, leaves_it_heading=True)
 
     def _said(self, line: str, reported: bool, burst: BurstLog, kind: str, level: int) -> None:
         """Log ``line`` (a job's failed attempt): at debug level when its runner reported the failure already, past

@@ -916,7 +916,7 @@ class RedisQueueStore:
         save = raw["save"]
         if not save:
             return ("Redis keeps nothing on disk (appendonly no, save ''): a restart of Redis loses every queued job "
-                    "silently; turn on appendonly yes (or RDB snapshots with save)")
+                    "silently; turn on appendonly yes (RDB snapshots alone lose the jobs since the last one)")
         return (f"Redis keeps queued jobs on disk only in its snapshots (appendonly no, save {save!r:.100}): a crash "
                 "or kill of Redis loses the jobs enqueued since its last snapshot silently; turn on appendonly yes")
 

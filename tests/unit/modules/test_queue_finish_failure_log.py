@@ -19,6 +19,7 @@ import pytest
 from iii_engine.modules.queue.consumer import QueueConsumer
 from iii_engine.modules.queue.settings import QueueSettings
 from iii_engine.modules.queue.store import Job, MemoryQueueStore, QueueCounts
+from iii_streams.errors import PoolExhaustedError
 from tests.polling import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -106,3 +107,48 @@ async def test_a_finish_given_up_on_is_one_line_per_job_naming_it_and_the_error(
     # the traceback is still there for whoever turns debug on, one per failed try
     told = [r for r in caplog.records if "finishing or releasing" in r.getMessage()]
     assert sum(1 for r in told if r.levelno == logging.DEBUG and r.exc_info) >= sum(store.acks.values()) - JOBS
+
+
+class RetryFails(MemoryQueueStore):
+    """The first ``retry`` of each job fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.retries: Counter[str] = Counter()
+
+    async def retry(self, queue: str, job: Job, *, due_ms: int) -> None:
+        self.retries[job.id] += 1
+        if self.retries[job.id] == 1:
+            raise self.error
+        await super().retry(queue, job, due_ms=due_ms)
+
+
+@pytest.mark.parametrize(("error", "again"), [
+    (PoolExhaustedError("Redis connection pool exhausted"), True),  # never sent: tried again
+    (ConnectionError("Error while reading from 127.0.0.1:6379"), False),  # may have been applied: not again
+])
+async def test_a_failed_retry_step_is_tried_again_only_when_it_was_never_sent(
+        caplog: pytest.LogCaptureFixture, error: Exception, again: bool) -> None:
+    # A retry leaves the job heading its lane: applied with its answer lost, the job could be claimed again
+    # meanwhile, and running the step again took that claim back (a third run, two at once: 6-18 of 200 jobs).
+    store = RetryFails(error)
+    job = Job.new("q", "f", 1)
+    await store.push("q", job)
+
+    async def fails(job: Job) -> None:
+        raise RuntimeError("handler failed")
+
+    consumer = QueueConsumer(store, "q", QueueSettings(poll_interval_ms=10, backoff_ms=60_000), fails)
+    caplog.set_level(logging.INFO, logger="iii_engine.modules.queue.consumer")
+    consumer.start()
+    try:
+        if again:
+            await until(lambda: store.retries[job.id] == 2)
+            await until(lambda: store.held() == {"q": QueueCounts(0, 0, 1, 0)})  # put off until its retry
+        else:
+            await until(lambda: any("not tried again (it may have been applied)" in r.getMessage()
+                                    for r in caplog.records))
+    finally:
+        await consumer.stop()
+    assert store.retries[job.id] == (2 if again else 1)
