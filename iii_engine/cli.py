@@ -362,8 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.failed()
         print(f"{PROG}: {one_line(mask_passwords(_with_closest_key(str(exc))))}", file=sys.stderr)
         return 2
+    engine_run = run(config, on_started=log.started)
     try:
-        run_on_loop(run(config, on_started=log.started), config.event_loop)
+        run_on_loop(engine_run, config.event_loop)
     except EventLoopUnavailable as exc:
         log.failed()
         print(f"{PROG}: {one_line(str(exc))}", file=sys.stderr)
@@ -376,4 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         log.failed()
         return exit_interrupted(own_process=argv is None)
+    finally:
+        # one the interrupt (or a missing event loop) stopped before it started: no "coroutine 'run' was never
+        # awaited" warning after the one line (a Ctrl-C as the loop was being made printed it); a no-op once it ran
+        engine_run.close()
     return 0
