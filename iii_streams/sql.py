@@ -1569,6 +1569,12 @@ SQLite it is left to end by itself (SQLite's busy wait, 30 s at most): aiosqlite
 cancel inside its connect could leave a connection holding the file's lock. The operations under way (those an opening
 let through as it ended included) get what is left of it, from the close's start, to end before the close's dispose;
 those reaching the database after that fail with StreamClosedError (see :meth:`SQLStream._let_operations_end`)."""
+OPENING_LEFT_WAIT_S: Final = 0.25
+"""How long a store's close waits for a SQLite opening it gave up on at once (none of its callers waited): a SQLite
+open takes milliseconds, and a close that returned at once left its thread running (a loop ended right after printed
+aiosqlite's "Event loop is closed", 45 of 60 runs). Not longer: on a file another process has locked the opening
+waits out SQLite's busy timeout whatever the close does (2 s here made every close on a locked file take 2 s: 8 s for
+four stores closed in turn)."""
 
 # openings a close gave up on, until they end (SQLite: by themselves; PostgreSQL: cancelled); the loop holds its
 # tasks only weakly
@@ -3923,7 +3929,7 @@ class SQLStream(FieldUpdates):
         later (a rollback waiting on a server gone silent). On SQLite it is left to end by itself, bounded by SQLite's
         busy wait: aiosqlite cannot interrupt its thread, and a cancel inside its connect left a connection holding the
         file's lock (a later store's open then hung); a close that gave up on it at once waits for its end at most
-        :data:`DISPOSE_TIMEOUT_S` (waiting for it whole held the close up to 30 s on a locked file).
+        :data:`OPENING_LEFT_WAIT_S` (waiting for it whole held the close up to 30 s on a locked file).
         A cancel of the close's own caller leaves the opening as it is (a later close comes back to it)."""
         task = opening.task
         waited = opening.waiting and not opening.left.done()
@@ -3938,12 +3944,9 @@ class SQLStream(FieldUpdates):
         _OPENINGS_LEFT.add(task)  # held until it ends, its outcome retrieved then (_opening_ended)
         if not self._cancels_openings():
             # It closes its own connection once it ended (_run_opening). Given up on at once (none waited for it), it
-            # is waited for a while: a SQLite open takes milliseconds, and a close that returned at once left its
-            # thread running: a loop ended right after printed aiosqlite's "Event loop is closed" traceback (45 of
-            # 60 runs). Not longer, nor again after the wait above: on a locked file it waits out SQLite's busy
-            # timeout.
+            # is waited for a moment (OPENING_LEFT_WAIT_S); not again after the wait above.
             if not waited:
-                await asyncio.wait((task,), timeout=DISPOSE_TIMEOUT_S)
+                await asyncio.wait((task,), timeout=OPENING_LEFT_WAIT_S)
             return
         task.cancel()
         done, _ = await asyncio.wait((task,), timeout=DISPOSE_TIMEOUT_S)
