@@ -416,7 +416,7 @@ class RedisBus:
             quiet = loop.time() - heard
             if quiet > _QUIET_S + _PONG_S:
                 self._connection_lost(ConnectionError(f"no reply to PING within {_PONG_S:g} s (a half-open "
-                                                      "connection)"), silent_since=heard)
+                                                      "connection)"), silent_for=quiet)
                 connection: Any = self._pubsub.connection
                 if connection is not None:
                     await connection.disconnect()  # still up for redis-py: the next read connects afresh
@@ -538,17 +538,16 @@ class RedisBus:
             self._woken = True
             self._reconnect_now.set()
 
-    def _connection_lost(self, exc: Exception, silent_since: float | None = None) -> None:
+    def _connection_lost(self, exc: Exception, silent_for: float | None = None) -> None:
         """Log the start of an outage once (messages published during it are lost: Redis pub/sub keeps nothing).
-        ``silent_since``: the monotonic time the connection was last heard from, when it is found dead by its
-        silence (a half-open connection): the outage began then, not when the silence was noticed, and the lines say
-        so. (Before, 15 s of messages published before the warning were in neither line: 300-500 of them.)"""
+        ``silent_for``: the seconds since the connection was last heard from, when it is found dead by its silence
+        (a half-open connection): the outage began then, not when the silence was noticed, and the lines say so.
+        (Before, 15 s of messages published before the warning were in neither line: 300-500 of them.)"""
         if self._lost_at is None:
-            now = time.monotonic()
-            self._lost_at = now if silent_since is None else min(silent_since, now)
+            self._lost_at = time.monotonic() - (silent_for or 0.0)
             self.connection_losses += 1
-            what = "messages published" if silent_since is None else (
-                f"nothing heard from it for {now - self._lost_at:.1f} s: messages published since then and")
+            what = "messages published" if silent_for is None else (
+                f"nothing heard from it for {silent_for:.1f} s: messages published since then and")
             log.warning("pubsub: Redis subscriber connection lost (%s: %s); reconnecting; %s until it is back do not "
                         "reach this engine", type(exc).__name__, exc, what)
 
