@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import socket
+import struct
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +25,7 @@ __all__ = ["module"]  # the fixture, imported to be used here
 pytestmark = pytest.mark.our_engine("calls our engine's HTTP functions module directly")
 
 PADDED = b'{"ok": "cut"}' + b" " * 20_000
+LONG_NUMBER = b"7" * 4000  # any prefix of it is JSON too
 
 
 def _sync_flushed(data: bytes, wbits: int) -> bytes:
@@ -89,6 +92,9 @@ class Server:
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 self.requests.append({"path": path, "headers": headers, "body": body})
+                if path.startswith("close-"):
+                    await self._close_delimited(writer, reset=path == "close-reset")
+                    break
                 writer.write(ANSWERS[path])
                 await writer.drain()
                 if path == "a":
@@ -99,6 +105,17 @@ class Server:
             pass
         finally:
             writer.close()
+
+    @staticmethod
+    async def _close_delimited(writer: asyncio.StreamWriter, reset: bool) -> None:
+        """A body that only the connection's close ends (no Content-Length, not chunked): half of a JSON number,
+        then a reset (an endpoint that crashed), or all of it, then a clean close."""
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+        writer.write(LONG_NUMBER[:len(LONG_NUMBER) // 2] if reset else LONG_NUMBER)
+        await writer.drain()
+        if reset:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
 
     async def poison(self) -> None:
         assert self.idle_writer is not None
@@ -228,3 +245,18 @@ async def test_stray_endpoints_are_remembered_boundedly_and_logged_rate_limited(
         assert len(lines) == 2 and lines[1].startswith(f"HTTP functions: {len(keys) - 1} endpoint(s)"), lines[:3]
     finally:
         await connector.close()
+
+
+async def test_a_close_delimited_body_cut_by_a_reset_fails_the_call(module: HttpFunctionsModule,
+                                                                     server: Server) -> None:
+    with pytest.raises(EngineError) as caught:
+        await _call(module, f"{server.base}/close-reset")
+    # before: the 2,000 digits before the reset were the result, a success
+    assert caught.value.code == "http_response_failed", caught.value
+    assert "was not read whole" in caught.value.message and "cut before the endpoint closed it" in \
+        caught.value.message, caught.value
+
+
+async def test_a_close_delimited_body_ended_by_a_clean_close_is_whole(module: HttpFunctionsModule,
+                                                                      server: Server) -> None:
+    assert await _call(module, f"{server.base}/close-whole") == int(LONG_NUMBER)
