@@ -94,6 +94,7 @@ from .channels import (
     response_headers,
     response_status,
 )
+from .content_coding import BodyDecoder, BodyError, wire_bound
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
 
@@ -1034,8 +1035,10 @@ class RestApiModule(EngineModule):
         self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
         # aiohttp's keep-alive timer also runs from the moment a connection opens and closes it if the request
         # headers are still incomplete when it fires: exactly a header deadline.
+        # Bodies are decoded by _receive (BodyDecoder), whole or not at all: aiohttp's decoding took a gzip body cut
+        # before its end for whole.
         server = _BoundedServer(self._handle, max_connections=self.settings.max_connections,
-                                refused=self._refuse_connection, access_log=None,
+                                refused=self._refuse_connection, access_log=None, auto_decompress=False,
                                 keepalive_timeout=self.settings.header_timeout_ms / 1000, lingering_time=LINGER_S,
                                 logger=_server_log)
         self._server = server
@@ -1238,19 +1241,32 @@ class RestApiModule(EngineModule):
             raise _Refused(413, f"request body of {length} bytes is larger than the limit of {limit} bytes")
         if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            # several header lines read as one list (not decoded): the first alone would pass gzip bytes on as plain
+            decoder = BodyDecoder.for_encoding(", ".join(request.headers.getall("Content-Encoding", ())) or None)
+        except BodyError as exc:
+            raise _Refused(415, f"request body not read: {exc}") from None
         body = bytearray()
         timeout_ms = self.settings.body_timeout_ms
+        # The bytes as sent are bounded too: empty deflate blocks or gzip members decode to nothing.
+        wire, wire_limit = 0, wire_bound(limit)
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 while chunk := await request.content.readany():
-                    if len(body) + len(chunk) > limit:
+                    wire += len(chunk)
+                    piece = decoder.feed(chunk, limit - len(body))
+                    if len(body) + len(piece) > limit or wire > wire_limit:
                         raise _Refused(413, f"request body is larger than the limit of {limit} bytes")
-                    # Beyond a stated length only if aiohttp decoded a Content-Encoding: memory is what counts.
-                    claim.add(max(0, len(body) + len(chunk) - claim.size))
-                    body += chunk
+                    # Beyond a stated length only when decoded from a Content-Encoding: memory is what counts.
+                    claim.add(max(0, len(body) + len(piece) - claim.size))
+                    body += piece
+                body += decoder.finish()
         except TimeoutError:
             raise _Refused(408, f"request body not received within {timeout_ms} ms (body_timeout); got "
                                 f"{len(body)} bytes") from None
+        except BodyError as exc:
+            # (before: aiohttp's decoding took a gzip body cut before its end for whole, and the handler got the part)
+            raise _Refused(400, f"request body not read whole: {exc}") from None
         except (_Refused, asyncio.CancelledError):
             raise
         except Exception as exc:  # the client dropped or broke the framing: never hand on a partial body

@@ -48,14 +48,8 @@ from ...invocations import CALLER_LEFT, ENGINE_STOPPING, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, TOO_MANY_CALLS
 from ...settings import Field, Settings, UnknownKeys
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
-from .endpoint_client import (
-    ACCEPT_ENCODING,
-    BodyDecoder,
-    BodyError,
-    BoundedResponse,
-    FreshConnector,
-    InterimResponsesError,
-)
+from .content_coding import BodyDecoder, BodyError, wire_bound
+from .endpoint_client import ACCEPT_ENCODING, BoundedResponse, FreshConnector, InterimResponsesError
 from .security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
 
 # SSRF (issue #8): the URL rules look a name up once and the connection uses exactly the addresses that lookup
@@ -85,7 +79,6 @@ _ERROR_CODE_CHARS = 200
 # a URL quoted in an error message or a log line, at most (a 100 KB URL made errors of 100,174 characters)
 _URL_CHARS = 200
 _VOID_MESSAGE_CHARS = 500  # a failed void call's message in the warning
-_READ_CHUNK = 64 * 1024
 PIECE_BYTES: Final = 16
 """What each piece of a response body (an HTTP chunk, or what one read of an unchunked body brought) counts against
 the body's bound on the wire, at least: each costs the parser and the read loop the same whatever its size, and a body
@@ -874,7 +867,7 @@ class HttpFunctionsModule(EngineModule):
             # The bytes as sent are bounded too: empty gzip members decode to nothing, and an endpoint sending
             # them for ever held a core until the call's timeout. No legitimate encoding of at most ``limit``
             # bytes takes much more than that on the wire.
-            wire, wire_limit = 0, limit + limit // 8 + _READ_CHUNK
+            wire, wire_limit = 0, wire_bound(limit)
             # Each piece (an HTTP chunk, or what one read of the socket brought) counts at least PIECE_BYTES
             # against that bound: it costs the parser and this loop the same whatever its size.
             pieces = charged = 0

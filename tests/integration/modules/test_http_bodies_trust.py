@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import shutil
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -322,6 +323,45 @@ async def test_compressed_bodies_are_limited_and_counted_by_their_decoded_size(s
     await marker(module, sink, "after")
     assert sink.invoked == ["gz", "after"]
     assert module.buffered_bytes == 0
+
+
+def _gzip_cut(data: bytes) -> bytes:
+    """``data`` gzipped and flushed to a byte boundary, with no last block and no trailer: a stream cut off whose
+    bytes so far decode to all of ``data``."""
+    packer = zlib.compressobj(wbits=31)
+    return packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
+
+
+@pytest.mark.parametrize("cut", ["no-last-block", "no-trailer"])
+async def test_a_compressed_body_cut_before_its_end_is_400(site: Start, cut: str) -> None:
+    _, module, sink = await site(max_body_bytes=LIMIT)
+    inside = b"7" * 4000  # a JSON number: any prefix of it parses too
+    sent = _gzip_cut(inside[:2000]) if cut == "no-last-block" else gzip.compress(inside)[:-8]
+    async with httpx.AsyncClient(timeout=10) as hc:
+        refused = await hc.post(f"{module.base_url}/sink?tag=cut", content=sent,
+                                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    # before: 200, the handler given the part (2,000 of 4,000 digits; all of them without the checksum)
+    assert refused.status_code == 400, refused.text
+    assert "not read whole" in refused.json()["error"] and "cut off" in refused.json()["error"], refused.text
+    await marker(module, sink, "after")
+    assert sink.invoked == ["after"]
+    assert module.buffered_bytes == 0
+
+
+async def test_a_content_encoding_the_engine_does_not_decode_is_415(site: Start) -> None:
+    _, module, sink = await site(max_body_bytes=LIMIT)
+    async with httpx.AsyncClient(timeout=10) as hc:
+        refused = await hc.post(f"{module.base_url}/sink?tag=x", content=b"\x0b\x02\x80{}\x03",
+                                headers={"Content-Encoding": "x-unknown"})
+        two = await hc.post(f"{module.base_url}/sink?tag=y", content=gzip.compress(b"{}"),
+                            headers=[("Content-Encoding", "identity"), ("Content-Encoding", "gzip")])
+        plain = await hc.post(f"{module.base_url}/sink?tag=plain", content=b"{}",
+                              headers={"Content-Encoding": "identity"})
+    # before: both handed on as they were, coded bytes passed for the body
+    assert refused.status_code == 415 and "'x-unknown' is not one the engine decodes" in refused.json()["error"]
+    assert two.status_code == 415 and "'identity, gzip'" in two.json()["error"], two.text
+    assert plain.status_code == 200 and plain.json()["n"] == 2
+    assert sink.invoked == ["plain"]
 
 
 # -- deadlines and slots -------------------------------------------------------------------------------------------
