@@ -945,9 +945,10 @@ class _HttpTriggers:
     async def register(self, trigger: TriggerInfo) -> None:
         route = parse_http_trigger(trigger.id, trigger.function_id, trigger.config)
         replaced = self._routes.add(route)
-        if replaced is not None and replaced.trigger_id != trigger.id:
-            log.info("http route %s %s now served by %s (was %s)", route.method, route.api_path,
-                     route.function_id, replaced.function_id)
+        if replaced is not None:
+            log.info("http route %s %s now served by %s (trigger %s); %s (trigger %s) serves it again once that "
+                     "trigger goes", route.method, route.api_path, route.function_id, route.trigger_id,
+                     replaced.function_id, replaced.trigger_id)
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         self._routes.remove(trigger.id)

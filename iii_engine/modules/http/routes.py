@@ -110,10 +110,29 @@ def _split(url_path: str) -> list[str]:
 
 
 class RouteTable:
-    """Active routes by key, with lookups by method and URL path."""
+    """Active routes by key, with lookups by method and URL path.
+
+    Several triggers may ask for one route key (two workers serving ``POST orders``): the latest serves it, and the
+    others are kept in the order they came, so that the route goes back to the one before when the latest leaves
+    (its unregister, or its worker's disconnect). Before, the first worker's route was gone for good while it stayed
+    connected, its trigger still listed.
+
+    Example:
+        >>> table = RouteTable()
+        >>> _ = table.add(parse_http_trigger("a", "fn.a", {"api_path": "orders", "http_method": "POST"}))
+        >>> table.add(parse_http_trigger("b", "fn.b", {"api_path": "orders", "http_method": "POST"})).function_id
+        'fn.a'
+        >>> table.match("POST", "/orders").route.function_id
+        'fn.b'
+        >>> _ = table.remove("b")
+        >>> table.match("POST", "/orders").route.function_id
+        'fn.a'
+    """
 
     def __init__(self) -> None:
-        self._by_key: dict[str, Route] = {}
+        # every route asked for, by key, in the order they came: the last one serves
+        self._by_key: dict[str, list[Route]] = {}
+        self._key_of: dict[str, str] = {}  # trigger id -> its route's key
         self._by_method: dict[str, list[Route]] = {}
         # Routes without parameters by method and exact path: such a route beats every parameterised sibling, so
         # a URL that names one needs no scan (nor per-segment unquoting: only a URL without escapes is looked up).
@@ -124,23 +143,39 @@ class RouteTable:
         return len(self._by_key)
 
     def add(self, route: Route) -> Route | None:
-        """Install ``route``; a route with the same key is replaced and returned."""
-        previous = self._by_key.get(route.key)
-        self._by_key[route.key] = route
+        """Install ``route`` (replacing its trigger's earlier route, if any); the route it now serves in place of,
+        which is kept and serves again once ``route`` is removed, is returned."""
+        earlier = self._drop(route.trigger_id)
+        stack = self._by_key.setdefault(route.key, [])
+        previous = stack[-1] if stack else None
+        stack.append(route)
+        self._key_of[route.trigger_id] = route.key
         self._rebuild(route.method)
+        if earlier is not None and earlier.method != route.method:
+            self._rebuild(earlier.method)
         return previous
 
     def remove(self, trigger_id: str) -> Route | None:
-        """Remove the route installed by ``trigger_id`` (a route since replaced by another trigger stays)."""
-        for key, route in self._by_key.items():
-            if route.trigger_id == trigger_id:
-                del self._by_key[key]
-                self._rebuild(route.method)
-                return route
-        return None
+        """Remove the route installed by ``trigger_id``; if it was serving, the one before it under the same key
+        serves again."""
+        route = self._drop(trigger_id)
+        if route is not None:
+            self._rebuild(route.method)
+        return route
+
+    def _drop(self, trigger_id: str) -> Route | None:
+        key = self._key_of.pop(trigger_id, None)
+        if key is None:
+            return None
+        stack = self._by_key[key]
+        at = next(i for i, route in enumerate(stack) if route.trigger_id == trigger_id)
+        route = stack.pop(at)
+        if not stack:
+            del self._by_key[key]
+        return route
 
     def _rebuild(self, method: str) -> None:
-        routes = [r for r in self._by_key.values() if r.method == method]
+        routes = [stack[-1] for stack in self._by_key.values() if stack[-1].method == method]
         # Literal segments first, left to right: a static route always wins over a parameterised sibling.
         routes.sort(key=lambda r: tuple(seg.startswith(":") for seg in r.segments))
         self._by_method[method] = routes

@@ -174,6 +174,20 @@ async def test_same_route_key_is_replaced_and_static_segments_win(api: Start) ->
     assert (await call).json() == "still"
 
 
+async def test_a_route_taken_by_another_worker_comes_back_when_that_worker_leaves(api: Start) -> None:
+    engine, _, client = await api()
+    first = await worker_with_route(engine, "a.echo", "echo", "POST", trigger_id="a")
+    second = await worker_with_route(engine, "b.echo", "echo", "POST", trigger_id="b")
+    call = asyncio.ensure_future(client.post("/echo"))
+    await answer(second, await second.expect("invokefunction", function_id="b.echo"), {"body": "b"})
+    assert (await call).json() == "b"
+    await second.close()
+    # before: 404 for good, though the first worker and its trigger stayed registered
+    call = asyncio.ensure_future(client.post("/echo"))
+    await answer(first, await first.expect("invokefunction", function_id="a.echo"), {"body": "a"})
+    assert (await call).json() == "a"
+
+
 async def test_condition_false_is_422_and_true_runs_the_handler(api: Start) -> None:
     engine, _, client = await api()
     worker = await worker_with_route(engine, "guarded", "guarded", "POST", condition_function_id="cond")

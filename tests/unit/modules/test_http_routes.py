@@ -57,9 +57,42 @@ def test_replace_and_remove_by_trigger_id() -> None:
     routes.add(parse_http_trigger("a", "one", {"api_path": "x"}))
     replaced = routes.add(parse_http_trigger("b", "two", {"api_path": "/x"}))
     assert replaced is not None and replaced.function_id == "one"
-    assert routes.remove("a") is None  # its route now belongs to trigger b
+    assert routes.match("GET", "/x").route.function_id == "two"  # type: ignore[union-attr]
+    removed = routes.remove("a")  # kept, not serving: dropped, and the route stays b's
+    assert removed is not None and removed.function_id == "one"
     assert routes.match("GET", "/x").route.function_id == "two"  # type: ignore[union-attr]
     assert routes.remove("b") is not None and routes.match("GET", "/x") is None and len(routes) == 0
+    assert routes.remove("b") is None
+
+
+def test_a_replaced_route_serves_again_once_its_replacement_goes() -> None:
+    routes = RouteTable()
+    routes.add(parse_http_trigger("a", "one", {"api_path": "x", "http_method": "POST"}))
+    routes.add(parse_http_trigger("b", "two", {"api_path": "x", "http_method": "POST"}))
+    routes.add(parse_http_trigger("c", "three", {"api_path": "x", "http_method": "POST"}))
+    routes.remove("c")
+    # before: None (a's route gone for good, its trigger still registered)
+    assert routes.match("POST", "/x").route.function_id == "two"  # type: ignore[union-attr]
+    routes.remove("b")
+    assert routes.match("POST", "/x").route.function_id == "one"  # type: ignore[union-attr]
+    assert len(routes) == 1
+
+
+def test_a_trigger_registered_again_keeps_one_route() -> None:
+    routes = RouteTable()
+    routes.add(parse_http_trigger("a", "one", {"api_path": "x"}))
+    routes.add(parse_http_trigger("b", "two", {"api_path": "x"}))
+    # a again, under another method: its GET route goes (b serves GET x), and only its POST route is left
+    assert routes.add(parse_http_trigger("a", "one", {"api_path": "x", "http_method": "POST"})) is None
+    assert routes.match("GET", "/x").route.function_id == "two"  # type: ignore[union-attr]
+    assert routes.match("POST", "/x").route.function_id == "one"  # type: ignore[union-attr]
+    routes.remove("b")
+    assert routes.match("GET", "/x") is None and len(routes) == 1
+    # b again on the same key as before: on top again, nothing kept twice
+    routes.add(parse_http_trigger("b", "two", {"api_path": "x", "http_method": "POST"}))
+    routes.add(parse_http_trigger("b", "two", {"api_path": "x", "http_method": "POST"}))
+    routes.remove("b")
+    assert routes.match("POST", "/x").route.function_id == "one"  # type: ignore[union-attr]
 
 
 def test_settings_defaults_and_validation() -> None:
