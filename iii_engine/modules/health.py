@@ -91,12 +91,27 @@ def _retrieved(task: asyncio.Future[Any]) -> None:
 
 
 def link_component(link: BridgeLink) -> Component:
-    """A Bridge link's component: ``healthy`` while its connection to the remote engine is up."""
+    """A Bridge link's component by its state alone: ``healthy`` while its connection to the remote engine is up
+    (see :func:`link_health` for the probe)."""
     if link.connected:
         return component(None, url=link.shown)
     why = f" ({link.silence})" if link.silence else ""
     return component(f"not connected to the remote engine{why}; calls through it fail until it is back",
                      url=link.shown)
+
+
+async def link_health(link: BridgeLink) -> Component:
+    """A Bridge link's component: ``healthy`` when the remote engine answered a ping just now
+    (:meth:`~iii_engine.modules.bridge.link.BridgeLink.round_trip`, within :data:`PROBE_TIMEOUT_S`). Before, a
+    connected link was ``healthy``: a remote stopped without closing its socket (``SIGSTOP``, a hung host) stayed so
+    for 50 s."""
+    if not link.connected:
+        return link_component(link)
+    found = await probe(link.round_trip(), url=link.shown)
+    if found["status"] != HEALTHY:
+        found["details"]["error"] = (f"the remote engine did not answer a ping: {found['details']['error']} "
+                                     "(stopped or hung?)")
+    return found
 
 
 async def modules_health(modules: Iterable[EngineModule]) -> dict[str, Component]:

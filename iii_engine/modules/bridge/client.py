@@ -43,7 +43,7 @@ from iii._cli import mask_passwords
 
 from ...settings import ConfigError
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
-from ..health import link_component
+from ..health import link_health
 from .link import DEFAULT_TIMEOUT_MS, BridgeCallError, BridgeLink
 from .settings import MAX_TIMEOUT_MS, BridgeClientSettings, Forwarded, per_connection_refusal
 
@@ -151,8 +151,8 @@ class BridgeClientModule(EngineModule):
                 f"Forwarded to {forwarded.remote_function} on {mask_passwords(self.settings.url)}"))
 
     async def health(self) -> dict[str, dict[str, Any]]:
-        """``bridge_client``: whether the link to the remote engine is up."""
-        return {"bridge_client": link_component(self.link)}
+        """``bridge_client``: whether the remote engine answers over the link now."""
+        return {"bridge_client": await link_health(self.link)}
 
     async def stop(self) -> None:
         """Close the link."""

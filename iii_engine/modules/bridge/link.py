@@ -381,6 +381,35 @@ class BridgeLink:
         finally:
             answered.cancel()
 
+    async def round_trip(self) -> None:
+        """Return once the remote engine answered a ping on the link's socket (the health check's probe): being
+        connected says nothing of a remote that stopped without closing its socket, and an idle link pings nobody
+        (a stopped remote was ``healthy`` for 50 s). :class:`ConnectionError` when no socket is up; never waits
+        for a pong longer than its caller does (cancel it)."""
+        client = self._client
+        if not isinstance(client, III):  # a stand-in of the unit tests: its state is all there is
+            if not self.connected:
+                raise ConnectionError("not connected")
+            return
+        loop = _sdk_loop(client)
+        if loop is None or not self.connected:
+            raise ConnectionError("not connected")
+
+        async def ping() -> None:
+            ws = _sdk_socket(client)
+            if ws is None:
+                raise ConnectionError("not connected")
+            pong = await ws.ping()
+            await pong
+
+        coro = ping()
+        try:
+            answered = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # the client's loop is closed: the link is closing
+            coro.close()
+            raise ConnectionError("the link is closing") from None
+        await asyncio.wrap_future(answered)
+
     async def fire(self, function_id: str, data: Any) -> None:
         """Invoke ``function_id`` on the remote without waiting for a result (action ``void``).
 

@@ -61,7 +61,7 @@ from ..base import (
     trigger_registrant,
 )
 from ..bridge.queue import NO_DLQ, BridgeQueue
-from ..health import link_component, probe
+from ..health import link_health, probe
 from ..trigger_set import check_trigger_config
 from .consumer import JobNotReady, QueueConsumer, Reported, StoreFailures
 from .settings import MISSING_FUNCTION_CHECK_MAX_MS, QueueModuleSettings, QueueSettings
@@ -871,12 +871,13 @@ class QueueModule(EngineModule):
         self.services.serve_named_queues(self)
 
     async def health(self) -> dict[str, dict[str, Any]]:
-        """``queue``: whether the store answers now; ``queue_bridge`` (with a ``bridge_url``): whether the link to
-        the remote engine is up."""
-        found = {"queue": await probe(self.store.ping(), adapter=type(self.store).__name__)}
-        if self.bridge is not None:
-            found["queue_bridge"] = link_component(self.bridge.link)
-        return found
+        """``queue``: whether the store answers now; ``queue_bridge`` (with a ``bridge_url``): whether the remote
+        engine answers over the link now."""
+        if self.bridge is None:
+            return {"queue": await probe(self.store.ping(), adapter=type(self.store).__name__)}
+        store, bridge = await asyncio.gather(probe(self.store.ping(), adapter=type(self.store).__name__),
+                                             link_health(self.bridge.link))
+        return {"queue": store, "queue_bridge": bridge}
 
     async def stop(self) -> None:
         """Stop every consumer (jobs whose handler finished are stored as done, retried or dead; those still running

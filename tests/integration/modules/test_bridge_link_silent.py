@@ -259,3 +259,29 @@ async def test_a_call_told_not_sent_is_never_written_even_if_the_remote_comes_ba
                 assert MAY_HAVE in error, error
     finally:
         await link.close()
+
+
+async def test_an_idle_link_to_a_stopped_back_is_unhealthy_within_the_probe_timeout(back: EngineProcess) -> None:
+    from iii_engine.modules.health import PROBE_TIMEOUT_S, link_health
+
+    link = BridgeLink(back.url, role="test")
+    link.start()
+    try:
+        await link.call("state::set", {"scope": "silent", "key": "k", "value": 1})
+        assert (await link_health(link))["status"] == "healthy"
+        os.kill(back.process.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            found = await link_health(link)
+            took = time.monotonic() - began
+        finally:
+            os.kill(back.process.pid, signal.SIGCONT)
+        # before: healthy (the link connected, nothing in flight, so nothing pinged) for 50 s
+        assert found["status"] == "unhealthy", found
+        assert found["details"]["error"].startswith("the remote engine did not answer a ping: no answer within 2 s"), \
+            found
+        assert took < PROBE_TIMEOUT_S + 1.0, took
+        await until(lambda: link.connected, 10)
+        assert (await link_health(link))["status"] == "healthy"
+    finally:
+        await link.close()
