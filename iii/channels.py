@@ -1078,6 +1078,7 @@ class ChannelWriter:
         # A writer left unclosed keeps its private loop (sync use) and socket until it is collected: then they go.
         weakref.finalize(self, self._home.abandon)
         self.bytes_written = 0
+        self._turn = 0.0  # when a write last gave the loop a turn (time.monotonic)
         self.stream = WritableStream(self)
 
     # ---- public API
@@ -1472,6 +1473,13 @@ class ChannelWriter:
                 # many read loops take for the end of the stream.
                 return
             end = await self._ensure_connected()
+            now = time.monotonic()
+            if now - self._turn >= ws_fastpath.YIELD_EVERY_S:
+                # The loop's turn, before any of this write goes out (a cancel here sends nothing): a socket that
+                # keeps up never makes a write wait, and a writer looping on writes kept its loop from all else,
+                # the reader's leaving included (see YIELD_EVERY_S)
+                self._turn = now
+                await asyncio.sleep(0)
             if self._error is not None:  # aborted while this connected: nothing of it goes out
                 raise self._error
             if waiter is not None and waiter.cancelled():

@@ -42,6 +42,7 @@ import re
 import socket
 import struct
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -233,6 +234,12 @@ os.register_at_fork(after_in_child=_mask_keys.clear)
 FLUSH_BYTES: Final = 256 * 1024
 """Frames written in one event-loop turn are joined into one socket ``send`` up to this many bytes."""
 
+YIELD_EVERY_S: Final = 0.005
+"""The longest a sender keeps its event loop without letting anything else run: websockets' ``drain`` gives the loop
+a turn only while the socket's buffer is over its mark, so a writer whose reader keeps up (a local engine) never
+gave it one. Nothing else of its loop ran: heartbeats, calls, the peer's Close (a REST client gone was heard by its
+handler 10 s late, when the engine dropped the connection, after 1.3-1.6 GB written into nothing)."""
+
 SENDMSG_BYTES: Final = 64 * 1024
 """Corked frames of this many bytes or more leave in one ``sendmsg`` of their parts when the socket is idle, rather
 than joined into one ``bytes`` first (a copy of every payload byte); smaller ones are joined, which costs less
@@ -347,7 +354,11 @@ async def _send_client_binary(ws: ClientConnection, view: memoryview, frame_size
         return await _send_client_batches(ws, view, frame_size, keys)
     # Frame by frame rather than one big buffer: a 64 KiB frame stays in the CPU cache from masking to the socket,
     # and a write holds one masked frame at a time, whatever its size.
+    turn = time.monotonic()
     for start in range(0, size, frame_size):
+        if start and time.monotonic() - turn >= YIELD_EVERY_S:  # between frames: see YIELD_EVERY_S
+            await asyncio.sleep(0)
+            turn = time.monotonic()
         if not _writable(ws):
             return view[start:]
         key_at = start // frame_size * 4
@@ -371,7 +382,11 @@ async def _send_client_batches(ws: ClientConnection, view: memoryview, frame_siz
     size = len(view)
     per_batch = max(1, FLUSH_BYTES // frame_size) * frame_size
     full_head = _client_head(False, frame_size)
+    turn = time.monotonic()
     for first in range(0, size, per_batch):
+        if first and time.monotonic() - turn >= YIELD_EVERY_S:  # between frames: see YIELD_EVERY_S
+            await asyncio.sleep(0)
+            turn = time.monotonic()
         if not _writable(ws):
             return view[first:]
         parts: list[bytes] = []
@@ -2054,6 +2069,7 @@ __all__ = [
     "MISSING",
     "SPARE_BUFFERS",
     "SPLIT_MIN_MESSAGES",
+    "YIELD_EVERY_S",
     "DirectClientConnection",
     "FastClientConnection",
     "FastSendingClientConnection",
