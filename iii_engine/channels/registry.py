@@ -284,6 +284,11 @@ class ChannelRelay:
         self._held = HeldBytes(sys.maxsize if max_held_bytes is None else max_held_bytes)
         # Each creator's share, while it has channels open (dropped with its last one).
         self._held_by: dict[str, HeldBytes] = {}
+        # The share of the channels no worker created (the REST API's response channels, engine::channels::create
+        # called by the engine): before, none, and 60 REST clients not reading their streamed responses held
+        # 16 MiB each in the engine (+525 MB) until send_timeout cut them. Request bodies filled in at creation
+        # are not counted here: the REST API bounds those itself (max_buffered_bytes).
+        self._held_unowned = HeldBytes(max_held_bytes_per_worker)
         self.max_open = max_open
         self.max_open_per_worker = max_open_per_worker
         # Open channels by the worker that created them, whatever the policy (production mode keeps no owner for
@@ -574,7 +579,9 @@ class ChannelRelay:
     def held_stats(self) -> dict[str, Any]:
         """The held-bytes bounds as they stand (ours; for tests and monitoring): ``held_bytes`` and
         ``peak_held_bytes`` of every live channel's queue (a reserved channel's filled stream counts once it is
-        live), ``max_held_bytes``, ``max_held_bytes_per_worker`` and ``by_worker`` (bytes held per creator).
+        live), ``max_held_bytes``, ``max_held_bytes_per_worker``, ``by_worker`` (bytes held per creator), and
+        ``unowned`` and ``peak_unowned`` (those of the channels no worker created, against one
+        ``max_held_bytes_per_worker``).
 
         Example:
             >>> relay = ChannelRelay(max_held_bytes_per_worker=1024)
@@ -584,7 +591,8 @@ class ChannelRelay:
         """
         return {"held_bytes": self._held.held, "peak_held_bytes": self._held.peak,
                 "max_held_bytes": self.max_held_bytes, "max_held_bytes_per_worker": self.max_held_bytes_per_worker,
-                "by_worker": {worker: share.held for worker, share in self._held_by.items()}}
+                "by_worker": {worker: share.held for worker, share in self._held_by.items()},
+                "unowned": self._held_unowned.held, "peak_unowned": self._held_unowned.peak}
 
     def discard(self, channel_id: str) -> None:
         """Drop a channel now, whatever its state (ours; the REST API module calls it after each request).
@@ -659,7 +667,7 @@ class ChannelRelay:
         machine = ChannelMachine(
             channel_id, capacity=reserved.capacity, max_queued_bytes=self.max_queued_bytes,
             max_message_size=self.max_message_size, max_bytes=reserved.max_bytes, policy=self.policy,
-            held=(self._held,))
+            held=(self._held,) if reserved.fill is not None else (self._held, self._held_unowned))
         ch = LiveChannel(machine, reserved.writer_key, reserved.reader_key, None)
         if reserved.fill is not None:
             # Before the channel is registered: a stream over quota stays a live channel here (an end is attaching

@@ -47,3 +47,48 @@ async def test_a_client_that_stops_reading_a_stream_is_cut_and_frees_its_slot(ap
         stalled.close()
     await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"],
                        "function_id": "download"})
+
+
+async def test_streams_nobody_reads_hold_one_bound_together() -> None:
+    """REST response channels belong to no worker: before, no bound on what their queues hold together, and each
+    stalled client held its channel's whole queue (60 clients: +525 MB) until send_timeout cut it."""
+    from iii_engine import Engine, EngineConfig, ModuleSpec
+    from iii_engine.config import ChannelSettings
+
+    bound, queue = 1 << 20, 4 << 20
+    spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0, "send_timeout": 20_000})
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[spec],
+                          channels=ChannelSettings(max_held_bytes_per_worker=bound, max_queued_bytes=queue))
+    async with Engine(config=config) as engine:
+        module = engine.module("http_api")
+        assert module is not None
+        worker = await _route(engine, "download", "download")
+        loop = asyncio.get_running_loop()
+        clients: list[socket.socket] = []
+        writers: list[websockets.ClientConnection] = []
+        try:
+            for _ in range(3):
+                stalled = socket.socket()
+                stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                stalled.setblocking(False)
+                await loop.sock_connect(stalled, ("127.0.0.1", module.port))  # type: ignore[attr-defined]
+                await loop.sock_sendall(stalled, b"GET /download HTTP/1.1\r\nHost: x\r\n\r\n")  # then never reads
+                clients.append(stalled)
+                request = await worker.expect("invokefunction")
+                out = await websockets.connect(channel_url(engine.url, request["data"]["response"]),
+                                               compression=None)
+                writers.append(out)
+                for _ in range(queue // len(CHUNK) + 64):  # more than its queue holds
+                    try:
+                        await asyncio.wait_for(out.send(CHUNK), 0.5)
+                    except TimeoutError:
+                        break  # no longer read: held, or in the socket buffers on the way
+            held = engine.channels.held_stats()
+            # before: each queue full, 12 MiB held against no bound but max_queued_bytes per channel
+            assert held["peak_held_bytes"] <= bound + 2 * len(CHUNK), held
+            assert held["peak_unowned"] == held["peak_held_bytes"], held
+        finally:
+            for out in writers:
+                out.transport.abort()  # (a Close would wait for a relay that does not read it)
+            for stalled in clients:
+                stalled.close()
