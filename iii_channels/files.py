@@ -975,8 +975,9 @@ async def _send_file_bytes(sink: ChannelSink, path: Path, before: os.stat_result
                           digest: Digest | None = None) -> None:
     """Write the bytes of the file at ``path`` into ``sink`` (and ``digest``), ``chunk_size`` at a time. When
     ``before`` (its ``os.stat`` before its header went out) is a regular file, :class:`FileChangedError` if another
-    file is found under that name when it is opened (before a byte is read) or, once read to its end, if it changed
-    size or modification time.
+    file is found under that name when it is opened (before a byte is read), as soon as a read goes past the size it
+    declares (:func:`_declared_size`: no byte past it is sent), or, once read to its end, if it changed size or
+    modification time.
 
     Why: a file truncated, appended to or rewritten while it was read was sent as it came, under a trailer that
     verified what was sent, so the receiver stored a copy of no version of it (32 MiB announced, 5 MiB stored,
@@ -1009,7 +1010,12 @@ async def _send_file_bytes(sink: ChannelSink, path: Path, before: os.stat_result
             chunks = _regular_chunks(fd, chunk_size)
         else:
             chunks = _fd_chunks(fd, chunk_size)
+        # A file appended to as it is read (a log) was read, and sent, for as long as it grew: 876 MiB of a file
+        # declared 58 MiB, failed only once its growth stopped. Its declared size is a bound known from the start.
+        limit = _declared_size(before)
         async for chunk in chunks:
+            if limit is not None and read + len(chunk) > limit:
+                _changed(path, f"grew past its size of {limit} bytes (at least {read + len(chunk)} bytes now)", read)
             read += len(chunk)
             if digest is not None:
                 digest.update(chunk)

@@ -121,3 +121,37 @@ async def test_a_pseudo_file_still_sends(worker: III, tmp_path: Path) -> None:
                                          iii_channels.receive_file(channel.reader, tmp_path / "status",
                                                                    require_trailer=True))
     assert sent > 0 and receipt.size == sent and receipt.verified
+
+
+async def test_a_file_that_keeps_growing_fails_at_its_declared_size(worker: III, tmp_path: Path) -> None:
+    """Before: a file appended to as it was read was sent as long as it grew (a 50 MiB file growing 1 MiB per
+    0.02 s: progress at 477 MiB of 58 MiB after 20 s), and failed only once its growth stopped. Here it grows 1 MiB
+    at each progress report (48 MiB at most, so the old code ends): the send fails as a read passes its size, and
+    no byte past it reaches the reader nor the progress."""
+    src = _source(tmp_path)
+    grown: list[int] = []
+    reports: list[tuple[int, int | None]] = []
+
+    def progress(sent: int, total: int | None) -> None:
+        reports.append((sent, total))
+        if len(grown) < 48:
+            _append(src)
+            grown.append(MIB)
+
+    channel = await worker.create_channel_async()
+    source = iii_channels.ChannelSource(channel.reader)
+
+    async def read_all() -> int:
+        got = 0
+        while chunk := await source.read(CHUNK):
+            got += len(chunk)
+        return got
+
+    sent, received = await asyncio.gather(
+        iii_channels.send_file(channel.writer, src, chunk_size=CHUNK, progress=progress, header=False),
+        read_all(), return_exceptions=True)
+    assert source.bytes_read <= SIZE, source.bytes_read  # before: 67,108,864 (16 MiB + the 48 MiB appended)
+    assert reports and max(done for done, _ in reports) <= SIZE and {total for _, total in reports} == {SIZE}
+    assert isinstance(sent, FileChangedError), sent
+    assert f"grew past its size of {SIZE} bytes" in str(sent) and str(src) in str(sent), sent
+    assert isinstance(received, ChannelAbortedError), received
