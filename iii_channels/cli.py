@@ -31,10 +31,11 @@ at once, so two senders never both hear "verified" for one path that holds only 
 
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
--``) or the final JSON receipt (``send``). What stderr says is printed with its unprintable characters escaped
-(``\\x1b``, ``\\u202e``): it quotes what peers chose (file names, abort reasons, answers). A first connection
-refused is said at once where progress would be (``iii-channel: waiting up to 10 s for the engine at URL (why)``);
-``serve`` says ``serving FUNCTION again`` once its
+-``) or the final JSON receipt (``send``). Nothing waits for stderr's reader: one that does not read (``2>&1 |
+less`` paused) holds up neither a transfer nor a signal's stop. What stderr says is printed with its unprintable
+characters escaped (``\\x1b``, ``\\u202e``): it quotes what peers chose (file names, abort reasons, answers). A
+first connection refused is said at once where progress would be (``iii-channel: waiting up to 10 s for the
+engine at URL (why)``); ``serve`` says ``serving FUNCTION again`` once its
 function is back on an engine that was away. ``serve`` of a function another worker serves refuses to start
 (``iii-channel: error: function F is served by worker ID (NAME); stop it, or pass --replace to take it over``, status
 1): the engine keeps one worker per function id, the last to register it, so a second ``serve`` would take every
@@ -91,6 +92,7 @@ from iii.connection import check_url
 from iii.iii import III, UNNAMED_WARN_S
 from iii.iii_types import WorkerInfo
 
+from ._unblocked import EXIT_WAIT_S, drain_all, write_text
 from .errors import ChannelError
 from .files import (
     _abort_writer,
@@ -413,7 +415,9 @@ def _say(line: str) -> None:
     lines quote what peers chose, file names and errors, and a terminal must not run their escape sequences), cut
     in the middle past :data:`_SAID_CHARS` characters (a peer's answer of megabytes was one line of megabytes); a
     stderr that cannot be written (``/dev/full``, a pipe whose reader left) drops it: what stderr says is a courtesy,
-    and a failed write there stopped a serve or failed a transfer.
+    and a failed write there stopped a serve or failed a transfer. It never waits for stderr's reader
+    (:func:`~iii_channels._unblocked.write_text`): one that did not read froze ``send`` and ``serve``, SIGTERM
+    included.
 
     Example:
         >>> import io
@@ -429,7 +433,8 @@ def _say(line: str) -> None:
     if sys.stderr is None:  # print(file=None) would write it to stdout
         return
     with contextlib.suppress(OSError, ValueError):
-        print(printable(line, _SAID_CHARS), file=sys.stderr, flush=True)
+        # never waiting for stderr's reader: one that does not read (`2>&1 | less` paused) froze the event loop
+        write_text(sys.stderr, printable(line, _SAID_CHARS) + "\n")
 
 
 class _PrintableLog(logging.Formatter):
@@ -462,10 +467,31 @@ _last_resort_users = 0  # the main() calls under way (threads of a program that 
 _last_resort_before: logging.Formatter | None = None
 
 
+class _UnblockedEmit:
+    """The last-resort handler's ``emit`` while :func:`main` runs: its line handed to stderr's writer thread
+    (:func:`~iii_channels._unblocked.write_text`), never waiting for stderr's reader. Why: the SDK logs "Error in
+    handler F: …" on its client's loop thread; with a stderr nobody read, a refused transfer was never answered (its
+    sender waited for good) and ``serve`` never ended on SIGTERM."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        self.handler = handler
+
+    def __call__(self, record: logging.LogRecord) -> None:
+        if sys.stderr is None:
+            return
+        try:
+            write_text(sys.stderr, self.handler.format(record) + "\n")
+        except (OSError, ValueError):  # a stderr that cannot be written: a courtesy lost, as _say's
+            pass
+        except Exception:
+            self.handler.handleError(record)
+
+
 @contextlib.contextmanager
 def _printable_last_resort() -> Iterator[None]:
     """Python's last-resort handler (where the SDK's log lines go: the CLI configures no logging) formats with
-    :class:`_PrintableLog` while a :func:`main` call runs, and as before once the last one ends.
+    :class:`_PrintableLog` while a :func:`main` call runs, and as before once the last one ends; meanwhile it writes
+    through :class:`_UnblockedEmit`.
 
     Why not for good: ``main()`` also runs inside other programs (tests, a tool that embeds the command), whose own
     last-resort lines after it were escaped and flattened to one line each. The console script loses nothing: the
@@ -477,8 +503,8 @@ def _printable_last_resort() -> Iterator[None]:
         >>> with _printable_last_resort():
         ...     isinstance(logging.lastResort.formatter, _PrintableLog)
         True
-        >>> logging.lastResort.formatter is before
-        True
+        >>> logging.lastResort.formatter is before, "emit" in vars(logging.lastResort)
+        (True, False)
     """
     global _last_resort_users, _last_resort_before
     handler = logging.lastResort
@@ -489,14 +515,18 @@ def _printable_last_resort() -> Iterator[None]:
         if _last_resort_users == 0:
             _last_resort_before = handler.formatter
             handler.setFormatter(_PRINTABLE_LOG)
+            vars(handler)["emit"] = _UnblockedEmit(handler)  # the instance's, over its class's
         _last_resort_users += 1
     try:
         yield
     finally:
         with _last_resort_lock:
             _last_resort_users -= 1
-            if _last_resort_users == 0 and handler.formatter is _PRINTABLE_LOG:
-                handler.setFormatter(_last_resort_before)
+            if _last_resort_users == 0:
+                if handler.formatter is _PRINTABLE_LOG:
+                    handler.setFormatter(_last_resort_before)
+                if isinstance(vars(handler).get("emit"), _UnblockedEmit):
+                    del vars(handler)["emit"]
 
 
 def _stderr_to_null() -> None:
@@ -1255,8 +1285,12 @@ def main(argv: list[str] | None = None) -> int:
         _freeze_imports()
     if _closed(sys.stderr):
         _stderr_to_null()
-    with _printable_last_resort():
-        return _command(argv)
+    try:
+        with _printable_last_resort():
+            return _command(argv)
+    finally:
+        # the last lines appear when stderr is read; a stderr nobody reads holds the exit up no more than this
+        drain_all(EXIT_WAIT_S)
 
 
 def _command(argv: list[str] | None) -> int:
@@ -1288,6 +1322,7 @@ def _command(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         # serve ends on SIGINT itself (exit 0); an interrupted send says so, in one line like every failure.
         _say(f"iii-channel: {args.command}: interrupted")
+        drain_all(EXIT_WAIT_S)  # the process may end by SIGINT next, with no exit hooks: its line goes out first
         return exit_interrupted(own_process=argv is None)
     except _Refused as exc:
         return _fail(str(exc))

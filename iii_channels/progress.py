@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from ._unblocked import settle, write_text
+
 log = logging.getLogger("iii_channels.progress")
 
 ProgressCallback = Callable[[int, int | None], None]
@@ -41,6 +43,8 @@ _ESCAPES_KEPT = 4096
 # Long text is looked at in stretches of this many characters: a printable one (most, in a name or a message with one
 # escape sequence) is kept as it is after one C-level check, and only the others go through the table.
 _STRETCH = 256
+# How long a bar's close waits for its final line to be written, at most (not at all once its stream is stuck).
+_CLOSE_WAIT_S = 0.1
 # The most characters of a ProgressBar's label drawn: its head and its tail (a name's extension), as printable cuts.
 _LABEL_CHARS = 120
 
@@ -151,12 +155,15 @@ class ProgressBar:
         else:
             parts.append(f"{human_bytes(self._done)} {human_bytes(rate)}/s")
         line = " ".join(parts)
-        self._write("\r" + line + "  " if self.tty else line + "\n")
+        self._write("\r" + line + "  " if self.tty else line + "\n", redraw=True)
 
-    def _write(self, text: str) -> None:
-        """Write ``text`` and flush; on a stream that cannot be written (closed, ``/dev/full``, a pipe whose reader
-        left) the bar stops drawing, with one warning, and never fails the transfer it reports on: progress is a
-        courtesy, and a receive with ``progress=True`` under ``2>&-`` stored nothing.
+    def _write(self, text: str, redraw: bool = False) -> None:
+        """Write ``text`` and flush, never waiting for the stream's reader (:func:`~iii_channels._unblocked.write_text`:
+        a stream with a descriptor is written by a thread of its own, and a ``redraw`` not drawn yet is replaced by
+        the next one); on a stream that cannot be written (closed, ``/dev/full``, a pipe whose reader left) the bar
+        stops drawing, with one warning. It never fails nor holds up the transfer it reports on: progress is a
+        courtesy, a receive with ``progress=True`` under ``2>&-`` stored nothing, and one whose stderr was a pipe
+        nobody read froze its event loop.
 
         Example:
             >>> import io
@@ -169,8 +176,7 @@ class ProgressBar:
         if self.stream is None:
             return
         try:
-            self.stream.write(text)
-            self.stream.flush()
+            write_text(self.stream, text, self if redraw else None)
         except (OSError, ValueError) as exc:  # ValueError: a closed file object
             self.stream = None
             _warn_unwritable(exc)
@@ -193,6 +199,14 @@ class ProgressBar:
         self._draw(time.monotonic())
         if self.tty:
             self._write("\n")
+        if self.stream is not None:
+            # A short wait, none once the stream is known stuck: the final line goes before what follows it, and a
+            # stream that fails is told now (one warning), not at a later bar's draw.
+            try:
+                settle(self.stream, _CLOSE_WAIT_S)
+            except (OSError, ValueError) as exc:
+                self.stream = None
+                _warn_unwritable(exc)
 
 
 _warned = False

@@ -1,4 +1,4 @@
-"""``iii-channel`` with a stderr closed (``2>&-``) or that cannot be written (``/dev/full``).
+"""``iii-channel`` with a stderr closed (``2>&-``), that cannot be written (``/dev/full``), or that nobody reads.
 
 Before (attack C, fault 5): ``send FILE --to F 2>&-`` exited 1 without a word (``sys.stderr.isatty()`` on
 ``None``), ``serve … 2>&-`` exited 1 without serving, and ``--progress always`` with stderr ``/dev/full`` failed the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from iii import III
 from tests.conftest import ROOT
 from tests.integration.channels import test_cli
+from tests.stuck_pipe import stuck_pipe
 
 pytestmark = pytest.mark.timeout(30)
 engine_url, serve = test_cli.engine_url, test_cli.serve  # the fixtures, shared
@@ -103,3 +105,115 @@ async def test_serve_to_stdout_with_stderr_closed_serves_only_the_data(engine_ur
         if server.returncode is None:
             server.kill()
             await server.wait()
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
+
+
+@linux_only
+async def test_send_with_progress_to_a_stderr_nobody_reads_sends(
+    serve: Callable[..., Awaitable[tuple[asyncio.subprocess.Process, str]]], engine_url: str, tmp_path: Path,
+) -> None:
+    """Before: the first progress line blocked the event loop for good (SIGTERM ignored too)."""
+    src = tmp_path / "a.bin"
+    src.write_bytes(os.urandom(3_000_000))
+    out = tmp_path / "out"
+    out.mkdir()
+    server, _ = await serve("--function", "files::stuck_err", "--out", str(out), "--once")
+    read_end, write_end = stuck_pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "iii_channels.cli", "send", str(src), "--to", "files::stuck_err", "--engine",
+            engine_url, "--progress", "always", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=write_end, env=test_cli._env(), cwd=ROOT)
+        os.close(write_end)
+        write_end = -1
+        try:
+            stdout, _ = await asyncio.wait_for(proc.communicate(), 15)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+    assert proc.returncode == 0
+    assert json.loads(stdout)["result"]["verified"] is True
+    assert (out / "a.bin").read_bytes() == src.read_bytes()
+    assert (await test_cli._finish(server)).rc == 0
+
+
+@linux_only
+async def test_serve_with_a_stderr_nobody_reads_serves_and_stops_on_sigterm(engine_url: str, tmp_path: Path) -> None:
+    """Before: serve blocked on its "serving" line once registered, and SIGTERM never ended it."""
+    src = tmp_path / "a.bin"
+    src.write_bytes(os.urandom(1_000_000))
+    out = tmp_path / "out"
+    out.mkdir()
+    read_end, write_end = stuck_pipe()
+    try:
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "iii_channels.cli", "serve", "--function", "files::stuck_serve", "--out", str(out),
+            "--engine", engine_url, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=write_end, env=test_cli._env(), cwd=ROOT)
+        os.close(write_end)
+        write_end = -1
+        try:
+            await _registered(engine_url, "files::stuck_serve")
+            sent = await _send(src, "files::stuck_serve", engine_url, "--progress", "never")
+            assert sent.rc == 0, sent
+            assert (out / "a.bin").read_bytes() == src.read_bytes()
+            server.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(server.wait(), 5) == 0
+        finally:
+            if server.returncode is None:
+                server.kill()
+                await server.wait()
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+
+
+@linux_only
+async def test_serve_with_a_stderr_nobody_reads_answers_a_refused_transfer(engine_url: str, tmp_path: Path) -> None:
+    """The SDK logs "Error in handler F: …" for a refused transfer, on its client's loop thread. Before: with a stderr
+    nobody read, that line blocked the thread, the refusal never reached its sender, and SIGTERM never ended serve."""
+    src = tmp_path / "a.bin"
+    src.write_bytes(os.urandom(1000))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.bin").write_bytes(b"kept")
+    read_end, write_end = stuck_pipe()
+    try:
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "iii_channels.cli", "serve", "--function", "files::stuck_refuse", "--out",
+            str(out), "--engine", engine_url, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=write_end, env=test_cli._env(), cwd=ROOT)
+        os.close(write_end)
+        write_end = -1
+        try:
+            await _registered(engine_url, "files::stuck_refuse")
+            sender = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "iii_channels.cli", "send", str(src), "--to", "files::stuck_refuse",
+                "--engine", engine_url, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=test_cli._env(), cwd=ROOT)
+            try:
+                _, err = await asyncio.wait_for(sender.communicate(), 10)
+            finally:
+                if sender.returncode is None:
+                    sender.kill()
+                    await sender.wait()
+            assert sender.returncode == 1 and b"already exists on the receiver" in err, err
+            assert (out / "a.bin").read_bytes() == b"kept"
+            server.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(server.wait(), 5) == 0
+        finally:
+            if server.returncode is None:
+                server.kill()
+                await server.wait()
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)

@@ -17,6 +17,8 @@ import pytest
 from iii_channels import ProgressBar, receive_file, send_file
 from iii_channels import progress as progress_module
 from iii_engine.testing import local_channel
+from tests.conftest import ROOT
+from tests.stuck_pipe import stuck_pipe
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -61,3 +63,50 @@ def test_a_bar_stops_drawing_with_one_warning(monkeypatch: pytest.MonkeyPatch,
     assert all(bar.stream is None for bar in bars)
     warnings = [r for r in caplog.records if r.name == "iii_channels.progress"]
     assert len(warnings) == 1 and "cannot be written" in warnings[0].getMessage()
+
+
+_CHILD = """
+import asyncio, os, sys
+from pathlib import Path
+import iii_channels
+from iii_engine.testing import local_channel
+
+async def main() -> None:
+    src = Path(sys.argv[1])
+    async with local_channel() as ch:
+        await asyncio.gather(iii_channels.send_file(ch.writer, src, progress=True),
+                             iii_channels.receive_file(ch.reader, src.with_name("copy.bin"), progress=True))
+    for n in range(500):  # more than what is kept for a stream nobody reads
+        iii_channels.ProgressBar(label=f"bar {n}")(1, 2)
+    os.write(1, b"done")
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
+async def test_receive_file_with_progress_goes_on_when_nobody_reads_stderr(tmp_path: Path) -> None:
+    """Before: the bar's first write blocked the event loop, the transfer and all else on it, for good. The process
+    also ends (status 0) with the writer still waiting for the pipe."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(8 << 20))
+    read_end, write_end = stuck_pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CHILD, str(src), stdout=asyncio.subprocess.PIPE, stderr=write_end,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+            cwd=ROOT)
+        os.close(write_end)
+        write_end = -1
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 15)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+    assert (proc.returncode, out) == (0, b"done")
+    assert (tmp_path / "copy.bin").read_bytes() == src.read_bytes()
