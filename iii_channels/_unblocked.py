@@ -35,6 +35,8 @@ _KEPT = 64
 _STUCK_S = 0.2
 # How long the end of a process (or of iii-channel's main) waits for what is pending, unless the writer is stuck.
 EXIT_WAIT_S = 0.5
+# How long a writer thread with nothing to write waits for more before it ends.
+_IDLE_EXIT_S = 1.0
 
 
 class _FdWriter:
@@ -94,8 +96,13 @@ class _FdWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending:
-                    self._cond.wait()
+                if not self._pending:
+                    self._cond.wait(_IDLE_EXIT_S)
+                    if not self._pending:
+                        # ends when idle (the next text starts another): a thread per descriptor for the life of
+                        # the process was a thread left running by every library call that drew a bar
+                        self._thread = None
+                        return
                 _, data = self._pending.popleft()
                 dropped, self._dropped = self._dropped, 0
                 self._writing_since = time.monotonic()
