@@ -40,19 +40,12 @@ class InterimResponsesError(aiohttp.ClientError):
 
 class BoundedResponse(aiohttp.ClientResponse):
     """aiohttp's response, reading at most :data:`MAX_INTERIM_RESPONSES` interim responses before the final one
-    (the session's ``response_class``), and noting how its connection ended (:attr:`lost_with`)."""
-
-    #: The error its connection ended with (a reset), once it ended while this was its latest response; ``None``
-    #: while open or after a clean close. A body that only the connection's close ends is whole only if that close
-    #: was clean: aiohttp ends it at a reset just as at a close, and an endpoint that crashed half-way through its
-    #: answer had the half taken as its result.
-    lost_with: BaseException | None = None
+    (the session's ``response_class``)."""
 
     async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         protocol = connection.protocol
         if protocol is None:
             return await super().start(connection)
-        self._note_loss(protocol)
         read = protocol.read
         interim = 0
 
@@ -75,23 +68,6 @@ class BoundedResponse(aiohttp.ClientResponse):
             return await super().start(connection)
         finally:
             delattr(protocol, "read")
-
-    def _note_loss(self, protocol: Any) -> None:
-        """Have ``protocol``'s end (the transport calls its ``connection_lost``) noted in :attr:`lost_with`, as the
-        latest response of that connection: kept after :meth:`start`, since a close-delimited body ends with the
-        connection, and replaced by the next response's (a kept-alive connection's)."""
-        vars(protocol).pop("connection_lost", None)  # the previous response's note, a class method left
-        lost = protocol.connection_lost
-
-        def noting_loss(exc: BaseException | None) -> None:
-            if exc is not None:
-                self.lost_with = exc
-            lost(exc)
-
-        try:
-            setattr(protocol, "connection_lost", noting_loss)  # noqa: B010 - an instance attribute over the method
-        except AttributeError:  # a protocol class with slots (a later aiohttp): a reset reads as a clean end
-            pass
 
 
 STRAY_BYTES_MEMORY_S: Final = 600.0

@@ -892,11 +892,6 @@ class HttpFunctionsModule(EngineModule):
             chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
             close_delimited = declared is None and not chunked
             raw += decoder.finish(empty_is_whole=not close_delimited or response.status in (204, 304))
-            lost_with = getattr(response, "lost_with", None)
-            if close_delimited and lost_with is not None:
-                # (before: the bytes before a reset were the result, as if the endpoint had closed when done)
-                raise BodyError(f"its connection was cut before the endpoint closed it ({_chain(lost_with)}), and "
-                                "only that close marks the end of a body sent without Content-Length or chunks")
         except BodyError as exc:
             raise _failure("http_response_failed",
                            f"the response of {_url(function)} was not read whole: {exc}") from None
