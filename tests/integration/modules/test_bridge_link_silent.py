@@ -265,12 +265,15 @@ async def test_an_idle_link_to_a_stopped_back_is_unhealthy_within_the_probe_time
     from iii_engine.modules.health import PROBE_TIMEOUT_S, link_health
 
     link = BridgeLink(back.url, role="test")
+    link.ping_interval_s = 0.2
     link.start()
     try:
         await link.call("state::set", {"scope": "silent", "key": "k", "value": 1})
         assert (await link_health(link))["status"] == "healthy"
         os.kill(back.process.pid, signal.SIGSTOP)
         try:
+            # a ping answered under ping_interval_s ago stands: the check after it pings again
+            await asyncio.sleep(link.ping_interval_s)
             began = time.monotonic()
             found = await link_health(link)
             took = time.monotonic() - began
@@ -283,5 +286,33 @@ async def test_an_idle_link_to_a_stopped_back_is_unhealthy_within_the_probe_time
         assert took < PROBE_TIMEOUT_S + 1.0, took
         await until(lambda: link.connected, 10)
         assert (await link_health(link))["status"] == "healthy"
+    finally:
+        await link.close()
+
+
+async def test_frequent_health_checks_do_not_keep_a_stopped_back_connected(back: EngineProcess) -> None:
+    from iii_engine.modules.health import link_health
+
+    link = BridgeLink(back.url, role="test")  # the default ping timeout, 5 s
+    link.start()
+    try:
+        await link.call("state::set", {"scope": "silent", "key": "k", "value": 1})
+        os.kill(back.process.pid, signal.SIGSTOP)
+        try:
+            call = asyncio.ensure_future(link.call("state::get", {"scope": "silent", "key": "k"}))
+            began = time.monotonic()
+            checks: list[asyncio.Future[object]] = []
+            while not call.done():  # a health check every 0.05 s, not waiting for the last, as busy monitors might
+                checks.append(asyncio.ensure_future(link_health(link)))
+                await asyncio.wait({call}, timeout=0.05)
+                assert time.monotonic() - began < 14, "the call still waits after 14 s of health checks"
+            await asyncio.gather(*checks)
+            # before: the checks' own pings were acknowledged by the stopped back's kernel, which the keepalive took
+            # for life, and the call waited past 15 s (5 of 6 runs); now 10 s (the call's frame, acknowledged by
+            # that kernel, gives a ping under way one more ping_timeout)
+            with pytest.raises(BridgeCallError, match="it answered no ping within 5 s"):
+                await call
+        finally:
+            os.kill(back.process.pid, signal.SIGCONT)
     finally:
         await link.close()
