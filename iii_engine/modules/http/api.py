@@ -1240,13 +1240,13 @@ class RestApiModule(EngineModule):
         length = request.content_length
         if length is not None and length > limit:
             raise _Refused(413, f"request body of {length} bytes is larger than the limit of {limit} bytes")
-        if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             # several header lines read as one list (not decoded): the first alone would pass gzip bytes on as plain
             decoder = BodyDecoder.for_encoding(", ".join(request.headers.getall("Content-Encoding", ())) or None)
-        except BodyError as exc:
+        except BodyError as exc:  # before 100 Continue: the client need not send a body refused unread
             raise _Refused(415, f"request body not read: {exc}") from None
+        if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = bytearray()
         timeout_ms = self.settings.body_timeout_ms
         # The bytes as sent are bounded too: empty deflate blocks or gzip members decode to nothing.

@@ -520,3 +520,18 @@ def test_body_settings_defaults_and_errors() -> None:
                        ({"max_body_bytes": 10, "max_buffered_bytes": 5}, "max_buffered_bytes")]:
         with pytest.raises(ConfigError, match=f"^{named}: "):
             ApiSettings.parse(bad)
+
+
+async def test_a_coding_refused_is_refused_before_100_continue(site: Start) -> None:
+    _, module, sink = await site(max_body_bytes=LIMIT)
+    reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
+    try:
+        writer.write(b"POST /sink?tag=x HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readline(), 10)
+        # before: "HTTP/1.1 100 Continue", then the 415 once the body came, sent for nothing
+        assert head.startswith(b"HTTP/1.1 415"), head
+    finally:
+        writer.close()
+    assert sink.invoked == []
