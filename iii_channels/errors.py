@@ -61,12 +61,6 @@ class ChannelIdleError(ChannelError, TimeoutError):
     read so far (a stalled sender must not hold a reader, and what waits behind it, for good)."""
 
 
-class OutputIdleError(ChannelError, TimeoutError):
-    """What a channel was being copied into (a file descriptor, a command's stdin) took none of the bytes offered
-    for ``idle_timeout``: a reader, a pipe or a terminal that stopped taking them must not hold the copy, and the
-    writer behind it, for good. The message names the wait and the bytes written so far."""
-
-
 class IncompleteReadError(ChannelError):
     """End of stream arrived before the requested bytes; ``.partial`` holds what was read."""
 
@@ -135,7 +129,6 @@ __all__ = [
     "IncompleteReadError",
     "IntegrityError",
     "LimitExceededError",
-    "OutputIdleError",
     "ProcessError",
     "ReaderGoneError",
 ]

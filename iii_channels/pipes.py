@@ -42,7 +42,7 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader, ChannelWriter
 
 from .asyncio_internals import process_transport
-from .errors import ChannelError, OutputIdleError, ProcessError
+from .errors import ChannelError, ProcessError
 from .files import _abort_writer, _fd_chunks, _ready
 from .progress import Progress, check_progress
 from .sink import ChannelSink
@@ -211,9 +211,7 @@ async def to_fd(
 ) -> int:
     """Copy a channel into an OS file descriptor. The fd is not closed. ``idle_timeout``: most seconds to wait for
     the writer's next message (``None``, the default: no limit), then
-    :class:`~iii_channels.errors.ChannelIdleError` and the writer is released, as for any failure; and most seconds
-    a pipe, terminal or socket may take none of the bytes offered, then :class:`~iii_channels.errors.OutputIdleError`
-    (a reader that stopped reading without leaving).
+    :class:`~iii_channels.errors.ChannelIdleError` and the writer is released, as for any failure.
 
     Pass a :class:`ChannelSource` instead of a reader to inspect it afterwards (``verified``, ``sha256``); the
     ``progress`` / ``require_trailer`` / ``total`` arguments then do not apply, and ``idle_timeout`` is the
@@ -248,7 +246,7 @@ async def to_fd(
     out = _FdOut(fd)
     try:
         async for chunk in source.chunks():
-            await _write_fd(out, chunk, source.idle_timeout, source.bytes_read - len(chunk))
+            await _write_fd(out, chunk)
     except BaseException:
         # A full disk, a closed pipe, a cancellation: tell the writer now, not after its backpressure wait.
         await asyncio.shield(_release_writer(source.reader))
@@ -355,27 +353,17 @@ class _FdOut:
             os.close(self._twin)
 
 
-async def _write_fd(out: _FdOut, data: bytes, idle_timeout: float | None = None, written: int = 0,
-                    what: str = "the file descriptor") -> None:
+async def _write_fd(out: _FdOut, data: bytes) -> None:
     """Write all of ``data`` to ``out``. A pipe, tty or socket is written when the loop says it has room, never
     blocking, not in a thread: a write blocked in a thread on a reader that stalled cannot be cancelled, and the
     interpreter waits for it at exit (``iii-channel serve --out -`` ignored SIGTERM while its stdout was not read);
-    a blocking write on the loop holds every task (see :class:`_FdOut`). With ``idle_timeout``, a wait for room
-    longer than that is :class:`OutputIdleError` naming ``what`` and the ``written`` bytes before ``data``: a
-    reader that stopped taking bytes without leaving (``sleep 3600`` fed by :func:`to_process`) held the copy,
-    and its writer, for good."""
+    a blocking write on the loop holds every task (see :class:`_FdOut`)."""
     view = memoryview(data)
     fd = out.watched()
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     while view:
-        try:
-            async with asyncio.timeout(idle_timeout):
-                ready = await _ready(fd, writing=True)
-        except TimeoutError:
-            raise OutputIdleError(f"{what} took none of the bytes offered for {idle_timeout:g} s (idle_timeout), "
-                                  f"after {written + len(data) - len(view)} bytes") from None
-        if not ready:
+        if not await _ready(fd, writing=True):
             await asyncio.get_running_loop().run_in_executor(None, _write_all, out.fd, view)
             return
         try:
@@ -936,9 +924,7 @@ async def to_process(
     killed before the command's stdin is closed: it never sees the end of its input, so it cannot take a short or
     corrupt stream for a whole one and finish its work on it. ``idle_timeout``: most seconds to wait for the
     writer's next message (``None``, the default: no limit), then :class:`~iii_channels.errors.ChannelIdleError`,
-    a failed stream like any other (the group killed before the command's stdin closes); and most seconds the
-    command may take none of its input while it runs (a command that stopped reading without exiting), then
-    :class:`ProcessError` ("stopped taking its input …"), its group killed the same way.
+    a failed stream like any other (the group killed before the command's stdin closes).
 
     Example:
         >>> import asyncio, tempfile
@@ -990,15 +976,10 @@ async def to_process(
     try:
         try:
             async for chunk in source.chunks():
-                await _write_fd(out, chunk, idle_timeout, source.bytes_read - len(chunk), "its stdin")
+                await _write_fd(out, chunk)
         except (BrokenPipeError, ConnectionResetError):
             broken = True  # a write found no reader: bytes went unread, even at the stream's end
             await reader.close_async()
-        except OutputIdleError as exc:
-            # killed before its stdin closes, as on any failure: it never sees an end of its input
-            _send_kill(proc, group)
-            killed = True
-            raise ProcessError(argv, None, b"", reason=f"stopped taking its input ({exc}); it was killed") from None
         except BaseException:
             # The transfer failed (the writer aborted, the trailer did not match, a cancel): killed before its
             # stdin closes. Closed first, the command saw a clean end of its input and could finish its work on a

@@ -153,12 +153,6 @@ class ChannelSource:
         self.verified = False
 
     @property
-    def idle_timeout(self) -> float | None:
-        """Most seconds a read waits for the writer's next message (``None``: no limit); what it is copied into
-        gets as long to take each of its bytes (:func:`~iii_channels.pipes.to_fd`)."""
-        return self._idle_timeout
-
-    @property
     def at_eof(self) -> bool:
         """True once end of stream arrived and the buffer is empty."""
         return self._eof and not self._buffer

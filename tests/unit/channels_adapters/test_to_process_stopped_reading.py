@@ -39,36 +39,3 @@ async def test_a_non_zero_exit_still_names_its_status() -> None:
         with pytest.raises(ProcessError, match="failed with exit status 3"):
             await to_process(ch.reader, ["sh", "-c", "head -c 100 >/dev/null; exit 3"])
         await asyncio.gather(feeding, return_exceptions=True)
-
-
-async def test_a_command_that_stops_taking_its_input_without_exiting_is_killed_after_idle_timeout() -> None:
-    async with local_channel() as ch:
-        feeding = asyncio.ensure_future(_feed(ch.writer))  # 4 MiB: more than the pipe holds
-        began = asyncio.get_running_loop().time()
-        with pytest.raises(ProcessError) as caught:
-            # before: waited for good, exit_timeout counting only once its stdin is closed, which never came
-            await to_process(ch.reader, ["sleep", "3600"], exit_timeout=0.5, idle_timeout=0.5)
-        took = asyncio.get_running_loop().time() - began
-        message = str(caught.value)
-        assert "stopped taking its input (its stdin took none of the bytes offered for 0.5 s (idle_timeout)" in \
-            message, message
-        assert "it was killed" in message and took < 10, (message, took)
-        await asyncio.gather(feeding, return_exceptions=True)
-
-
-async def test_to_fd_into_a_pipe_nobody_reads_fails_after_idle_timeout() -> None:
-    import os
-
-    from iii_channels import OutputIdleError, to_fd
-
-    read_end, write_end = os.pipe()
-    try:
-        async with local_channel() as ch:
-            feeding = asyncio.ensure_future(_feed(ch.writer))
-            with pytest.raises(OutputIdleError) as caught:
-                await to_fd(ch.reader, write_end, idle_timeout=0.5)  # before: waited for good
-            assert "took none of the bytes offered for 0.5 s (idle_timeout), after" in str(caught.value)
-            await asyncio.gather(feeding, return_exceptions=True)  # the writer is released
-    finally:
-        os.close(read_end)
-        os.close(write_end)
