@@ -1433,9 +1433,10 @@ class ChannelWriter:
                 await self._write_text(data, None)  # cut off, it is aborted below
             else:
                 await self._write(data, None)  # cut off, it is aborted below
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             # Interrupted part-way (Ctrl-C, or the end's loop shutting down): what went out is a short stream, and
-            # a close after it would hand it to the reader as a whole one.
+            # a close after it would hand it to the reader as a whole one. A Ctrl-C raised in this task's own step
+            # (masking a frame) is no cancel: asyncio ends the task with it, and nothing was aborted.
             await self.abort("a sync write was interrupted")
             raise
         end = self._end

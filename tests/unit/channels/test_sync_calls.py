@@ -383,3 +383,36 @@ def test_a_home_loop_closed_under_a_sync_call_is_named() -> None:
 
     with pytest.raises(ChannelLoopError, match="channel c1 reader belongs to an event loop that is closed now"):
         home.run(never)
+
+
+async def test_a_sync_write_interrupted_inside_its_own_step_aborts_the_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C raised while the write's own task runs (masking a frame, between frames): asyncio ends that task with
+    the KeyboardInterrupt instead of cancelling it, and the write was not aborted: its close handed the reader a
+    stream holding part of it as whole (13 of 40 runs of a random interrupt)."""
+    from iii import ws_fastpath
+
+    frames = 0
+    masked = ws_fastpath.apply_mask
+
+    def interrupted_third(data: Any, key: bytes) -> bytes:
+        nonlocal frames
+        frames += 1
+        if frames == 3:
+            raise KeyboardInterrupt
+        return masked(data, key)
+
+    async with relay_server(ChannelRelay(max_message_size=4 * MIB)) as (base, r):
+        writer, reader = _ends(base, r)
+        monkeypatch.setattr(ws_fastpath, "apply_mask", interrupted_third)
+
+        def produce() -> str:
+            with pytest.raises(KeyboardInterrupt):
+                writer.stream.write(bytes(8 * 65536 + 1))  # frames of at most 1 MiB: the third interrupted
+            with pytest.raises(ChannelClosedError) as late:
+                writer.stream.write(b"more")
+            return str(late.value)
+
+        assert await asyncio.wait_for(_in_thread(produce), 20) == f"channel {writer.ref.channel_id} aborted"
+        with pytest.raises(ChannelAbortedError, match=r"a sync write was interrupted|writer connection dropped"):
+            await asyncio.wait_for(reader.read_all(), 10)
