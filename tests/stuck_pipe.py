@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+from collections.abc import AsyncIterator
+from typing import Any
 
 
 def stuck_pipe() -> tuple[int, int]:
@@ -19,3 +22,23 @@ def stuck_pipe() -> tuple[int, int]:
             os.write(write_end, b"." * 512)
     os.set_blocking(write_end, True)
     return read_end, write_end
+
+
+@contextlib.asynccontextmanager
+async def with_stuck_stderr(*argv: str, **popen: Any) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``argv`` started with a :func:`stuck_pipe` as its stderr (the pipe's read end kept open, so writes there
+    wait rather than fail), killed on the way out if it is still running."""
+    read_end, write_end = stuck_pipe()
+    try:
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stderr=write_end, **popen)
+        finally:
+            os.close(write_end)  # the child holds its own copy
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    finally:
+        os.close(read_end)

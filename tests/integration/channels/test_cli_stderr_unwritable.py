@@ -20,7 +20,7 @@ import pytest
 from iii import III
 from tests.conftest import ROOT
 from tests.integration.channels import test_cli
-from tests.stuck_pipe import stuck_pipe
+from tests.stuck_pipe import with_stuck_stderr
 
 pytestmark = pytest.mark.timeout(30)
 engine_url, serve = test_cli.engine_url, test_cli.serve  # the fixtures, shared
@@ -120,24 +120,11 @@ async def test_send_with_progress_to_a_stderr_nobody_reads_sends(
     out = tmp_path / "out"
     out.mkdir()
     server, _ = await serve("--function", "files::stuck_err", "--out", str(out), "--once")
-    read_end, write_end = stuck_pipe()
-    try:
-        proc = await asyncio.create_subprocess_exec(
+    async with with_stuck_stderr(
             sys.executable, "-m", "iii_channels.cli", "send", str(src), "--to", "files::stuck_err", "--engine",
             engine_url, "--progress", "always", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=write_end, env=test_cli._env(), cwd=ROOT)
-        os.close(write_end)
-        write_end = -1
-        try:
-            stdout, _ = await asyncio.wait_for(proc.communicate(), 15)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    finally:
-        if write_end >= 0:
-            os.close(write_end)
-        os.close(read_end)
+            env=test_cli._env(), cwd=ROOT) as proc:
+        stdout, _ = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0
     assert json.loads(stdout)["result"]["verified"] is True
     assert (out / "a.bin").read_bytes() == src.read_bytes()
@@ -151,29 +138,16 @@ async def test_serve_with_a_stderr_nobody_reads_serves_and_stops_on_sigterm(engi
     src.write_bytes(os.urandom(1_000_000))
     out = tmp_path / "out"
     out.mkdir()
-    read_end, write_end = stuck_pipe()
-    try:
-        server = await asyncio.create_subprocess_exec(
+    async with with_stuck_stderr(
             sys.executable, "-m", "iii_channels.cli", "serve", "--function", "files::stuck_serve", "--out", str(out),
             "--engine", engine_url, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=write_end, env=test_cli._env(), cwd=ROOT)
-        os.close(write_end)
-        write_end = -1
-        try:
-            await _registered(engine_url, "files::stuck_serve")
-            sent = await _send(src, "files::stuck_serve", engine_url, "--progress", "never")
-            assert sent.rc == 0, sent
-            assert (out / "a.bin").read_bytes() == src.read_bytes()
-            server.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(server.wait(), 5) == 0
-        finally:
-            if server.returncode is None:
-                server.kill()
-                await server.wait()
-    finally:
-        if write_end >= 0:
-            os.close(write_end)
-        os.close(read_end)
+            env=test_cli._env(), cwd=ROOT) as server:
+        await _registered(engine_url, "files::stuck_serve")
+        sent = await _send(src, "files::stuck_serve", engine_url, "--progress", "never")
+        assert sent.rc == 0, sent
+        assert (out / "a.bin").read_bytes() == src.read_bytes()
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.wait(), 5) == 0
 
 
 @linux_only
@@ -185,35 +159,22 @@ async def test_serve_with_a_stderr_nobody_reads_answers_a_refused_transfer(engin
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.bin").write_bytes(b"kept")
-    read_end, write_end = stuck_pipe()
-    try:
-        server = await asyncio.create_subprocess_exec(
+    async with with_stuck_stderr(
             sys.executable, "-m", "iii_channels.cli", "serve", "--function", "files::stuck_refuse", "--out",
             str(out), "--engine", engine_url, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=write_end, env=test_cli._env(), cwd=ROOT)
-        os.close(write_end)
-        write_end = -1
+            env=test_cli._env(), cwd=ROOT) as server:
+        await _registered(engine_url, "files::stuck_refuse")
+        sender = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "iii_channels.cli", "send", str(src), "--to", "files::stuck_refuse",
+            "--engine", engine_url, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=test_cli._env(), cwd=ROOT)
         try:
-            await _registered(engine_url, "files::stuck_refuse")
-            sender = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "iii_channels.cli", "send", str(src), "--to", "files::stuck_refuse",
-                "--engine", engine_url, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=test_cli._env(), cwd=ROOT)
-            try:
-                _, err = await asyncio.wait_for(sender.communicate(), 10)
-            finally:
-                if sender.returncode is None:
-                    sender.kill()
-                    await sender.wait()
-            assert sender.returncode == 1 and b"already exists on the receiver" in err, err
-            assert (out / "a.bin").read_bytes() == b"kept"
-            server.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(server.wait(), 5) == 0
+            _, err = await asyncio.wait_for(sender.communicate(), 10)
         finally:
-            if server.returncode is None:
-                server.kill()
-                await server.wait()
-    finally:
-        if write_end >= 0:
-            os.close(write_end)
-        os.close(read_end)
+            if sender.returncode is None:
+                sender.kill()
+                await sender.wait()
+        assert sender.returncode == 1 and b"already exists on the receiver" in err, err
+        assert (out / "a.bin").read_bytes() == b"kept"
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.wait(), 5) == 0

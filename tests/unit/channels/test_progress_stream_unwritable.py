@@ -18,7 +18,7 @@ from iii_channels import ProgressBar, receive_file, send_file
 from iii_channels import progress as progress_module
 from iii_engine.testing import local_channel
 from tests.conftest import ROOT
-from tests.stuck_pipe import stuck_pipe
+from tests.stuck_pipe import with_stuck_stderr
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -90,24 +90,11 @@ async def test_receive_file_with_progress_goes_on_when_nobody_reads_stderr(tmp_p
     also ends (status 0) with the writer still waiting for the pipe."""
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(8 << 20))
-    read_end, write_end = stuck_pipe()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CHILD, str(src), stdout=asyncio.subprocess.PIPE, stderr=write_end,
+    async with with_stuck_stderr(
+            sys.executable, "-c", _CHILD, str(src), stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
-            cwd=ROOT)
-        os.close(write_end)
-        write_end = -1
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), 15)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    finally:
-        if write_end >= 0:
-            os.close(write_end)
-        os.close(read_end)
+            cwd=ROOT) as proc:
+        out, _ = await asyncio.wait_for(proc.communicate(), 15)
     assert (proc.returncode, out) == (0, b"done")
     assert (tmp_path / "copy.bin").read_bytes() == src.read_bytes()
 
