@@ -53,7 +53,10 @@ async def test_telemetry_behind_a_stopped_engine_holds_at_most_its_bytes_and_shu
             queued, dropped = await _on_client_loop(client, lambda: (_queued_best_effort_bytes(conn), conn.dropped))
         # (the rest is in the socket's buffers, the engine's kernel buffers, or dropped)
         assert queued <= BEST_EFFORT_MAX_BYTES, f"{queued / MiB:.0f} MiB of telemetry queued"
-        assert queued >= BEST_EFFORT_MAX_BYTES - len(frame)  # the bound, not a smaller share, let them go
+        # the bound, not a smaller share, let them go; the writer may have taken a frame or two off the queue after
+        # the last came (a stopped peer's kernel buffers take several MiB, and a write gives the loop turns while it
+        # goes out: one CI run under load found 8 MiB queued)
+        assert queued >= BEST_EFFORT_MAX_BYTES - 2 * len(frame)
         assert dropped >= count - BEST_EFFORT_MAX_BYTES // len(frame) - 4, dropped
         assert any("best-effort frame(s)" in r.getMessage() for r in caplog.records)
         caplog.clear()
