@@ -1,6 +1,6 @@
 """The HTTP client side of HTTP-invoked functions: a connection pool that never hands out a connection holding bytes
-nobody asked for, and responses whose end is known (how many interim responses come first, how their connection
-ended). Their bodies are decoded by :mod:`iii_engine.modules.http.content_coding`, whole or not at all.
+nobody asked for, and responses that read at most :data:`MAX_INTERIM_RESPONSES` interim responses before the final
+one. Their bodies are decoded by :mod:`iii_engine.modules.http.content_coding`, whole or not at all.
 
 Why not aiohttp's own: its pool gives an idle kept-alive connection to the next request even when the server wrote
 on it while idle (a late second response), so that request read the other's answer as its own; and its automatic
