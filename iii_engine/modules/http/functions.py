@@ -341,6 +341,11 @@ def _failure(code: str, message: str) -> EngineError:
     return EngineError(code, mask_passwords(message))
 
 
+def _whose(owner: str | None) -> str:
+    """Whose calls these are, for a message: a worker's, or the engine's own (queue jobs, triggers)."""
+    return f"worker {owner}" if owner is not None else "the engine"
+
+
 def _url(function: HttpFunction) -> str:
     """The endpoint's URL as errors and logs quote it: secrets masked, and clipped."""
     return clip_text(function.shown_url, _URL_CHARS)
@@ -443,15 +448,46 @@ class _Call:
 
 
 class _Host:
-    """The connections to one endpoint (scheme, host, port): at most ``limit`` in use; calls past it wait."""
+    """The connections to one endpoint (scheme, host, port): at most ``limit`` in use; calls past it wait, in
+    :attr:`queue` by the worker that made them."""
 
-    __slots__ = ("slots", "users", "waiting")
+    __slots__ = ("queue", "slots", "users", "waiting")
 
     def __init__(self, limit: int) -> None:
         self.slots = asyncio.Semaphore(limit)
+        #: the calls waiting for a slot, by the worker that made them (``None``: the engine's own), oldest first
+        self.queue: dict[str | None, list[_Call]] = {}
         self.waiting = 0
         #: calls holding or waiting for a slot (the entry goes when none is left)
         self.users = 0
+
+    def join(self, call: _Call) -> None:
+        """``call`` waits for a slot."""
+        self.queue.setdefault(call.owner, []).append(call)
+        self.waiting += 1
+
+    def leave(self, call: _Call) -> None:
+        """``call`` waits no more (once; a call that gave way left already)."""
+        mine = self.queue.get(call.owner)
+        if mine is None or call not in mine:
+            return
+        mine.remove(call)
+        self.waiting -= 1
+        if not mine:
+            del self.queue[call.owner]
+
+    def give_way(self, owner: str | None) -> _Call | None:
+        """The newest waiting call of the worker with the most waiting calls, taken out of the queue, when that
+        worker has at least two more waiting than ``owner`` has (one more, and the two would take turns giving way);
+        ``None`` when no worker has."""
+        top = max(self.queue, key=lambda worker: len(self.queue[worker]))
+        if len(self.queue[top]) < len(self.queue.get(owner, ())) + 2:
+            return None
+        for call in reversed(self.queue[top]):
+            if call.stopped is None:  # one already stopped (its caller left) is on its way out anyway
+                self.leave(call)
+                return call
+        return None
 
 
 class HttpFunctionsModule(EngineModule):
@@ -741,11 +777,15 @@ class HttpFunctionsModule(EngineModule):
         log.warning("HTTP functions: %d call(s) refused since the last warning (%d in all), latest %s",
                     counts["refused"], self.refused, self._latest_refusal)
 
-    async def _connection(self, function: HttpFunction, target: URL, deadline: float) -> tuple[str, str, int]:
+    async def _connection(self, function: HttpFunction, target: URL, deadline: float,
+                          call: _Call) -> tuple[str, str, int]:
         """Wait (until ``deadline``) for one of the ``max_connections_per_host`` connections to ``target``'s
         endpoint; returns the key to :meth:`_release`. A wait that outlasts the call's ``timeout_ms`` fails naming
-        it (before, it read "timed out" as if the endpoint had been slow), one past ``max_waiting_per_host`` is
-        refused at once."""
+        it (before, it read "timed out" as if the endpoint had been slow). Past ``max_waiting_per_host`` the worker
+        with the most calls waiting there gives way: its newest waiting call is refused (never sent) and this one
+        waits in its place; when no worker has more than this call's own, this one is refused at once. Before, one
+        worker's calls to a slow endpoint filled its waiting places and every other worker's call to it was
+        refused."""
         key = (target.scheme, target.host or "", target.port or 0)
         host = self._hosts.get(key)
         if host is None:
@@ -753,10 +793,18 @@ class HttpFunctionsModule(EngineModule):
         if host.slots.locked():
             limit = self.settings.max_waiting_per_host
             if host.waiting >= limit:
-                self._refuse(function, f"{host.waiting} calls wait for a connection to {key[1]}:{key[2]} "
-                                       f"(max_waiting_per_host {limit})")
+                where = f"a connection to {key[1]}:{key[2]} (max_waiting_per_host {limit})"
+                victim = host.give_way(call.owner) if limit else None
+                if victim is None:
+                    self._refuse(function, f"{host.waiting} calls wait for {where}")
+                else:
+                    why = (f"{limit} calls waited for {where}, {len(host.queue.get(victim.owner, ())) + 1} of them "
+                           f"from {_whose(victim.owner)}; its newest gave way to a call from {_whose(call.owner)}")
+                    self._count_refused(victim.function, why)
+                    self._stop_call(victim, _Counted(TOO_MANY_CALLS, f"HTTP function {victim.function.function_id} "
+                                                                     f"refused its call, not sent: {why}"))
             host.users += 1
-            host.waiting += 1
+            host.join(call)
             try:
                 async with asyncio.timeout_at(deadline):
                     await host.slots.acquire()
@@ -770,7 +818,7 @@ class HttpFunctionsModule(EngineModule):
                                                       f"({self.per_host} in use, "
                                                       f"max_connections_per_host)") from None
             finally:
-                host.waiting -= 1
+                host.leave(call)
         else:
             await host.slots.acquire()  # free: returns at once
             host.users += 1
@@ -798,7 +846,7 @@ class HttpFunctionsModule(EngineModule):
             raise EngineError("http_request_failed", "HttpFunctionsModule is not started")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + function.timeout_ms / 1000
-        key = await self._connection(function, target, deadline)
+        key = await self._connection(function, target, deadline, call)
         try:
             if not self._registered(function):  # unregistered while it waited: never sent
                 raise EngineError("function_not_found", f"Function {function.function_id} not found")

@@ -171,6 +171,41 @@ async def test_calls_in_flight_are_bounded_engine_wide_and_per_endpoint(endpoint
         await engine.stop()
 
 
+async def test_one_workers_calls_to_a_slow_endpoint_give_way_to_another_workers(endpoint: Endpoint) -> None:
+    engine, module = await _engine({"max_connections_per_host": 1, "max_waiting_per_host": 4})
+    try:
+        await module.register_external("stuck", {"url": f"{endpoint.url}/stuck", "timeout_ms": 20_000}, None)
+        a = [asyncio.ensure_future(module.call("stuck", {"i": i}, InvocationContext("worker-a"))) for i in range(5)]
+        await endpoint.until("stuck", 1)  # 1 sent, 4 waiting: every waiting place is worker-a's
+        b = [asyncio.ensure_future(module.call("stuck", {"b": 0}, InvocationContext("worker-b")))]
+        # before: refused at once ("4 calls wait for a connection"), for as long as worker-a kept the places filled
+        done, _ = await asyncio.wait(a + b, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {a[4]}
+        with pytest.raises(EngineError) as caught:
+            a[4].result()
+        assert caught.value.code == "too_many_calls"
+        assert caught.value.message == (
+            f"HTTP function stuck refused its call, not sent: 4 calls waited for a connection to 127.0.0.1:"
+            f"{endpoint.url.rsplit(':', 1)[1]} (max_waiting_per_host 4), 4 of them from worker worker-a; its newest "
+            "gave way to a call from worker worker-b")
+        b.append(asyncio.ensure_future(module.call("stuck", {"b": 1}, InvocationContext("worker-b"))))
+        done, _ = await asyncio.wait(a[:4] + b, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {a[3]}  # worker-a had 3 waiting to worker-b's 1: its newest gave way again
+        assert isinstance(a[3].exception(), EngineError)
+        # 2 each now: neither gives way to the other (they would take turns), the newcomer is refused at once
+        with pytest.raises(EngineError) as caught:
+            await module.call("stuck", {"b": 2}, InvocationContext("worker-b"))
+        assert caught.value.message.endswith("refused its call: 4 calls wait for a connection to 127.0.0.1:"
+                                             f"{endpoint.url.rsplit(':', 1)[1]} (max_waiting_per_host 4)")
+        assert module.stats()["refused"] == 3 and module.stats()["waiting_for_connection"] == 4
+        endpoint.release.set()
+        assert await asyncio.gather(*a[:3], *b) == [{"ok": 1}] * 5
+        assert endpoint.count("stuck") == 5  # the calls that gave way were never sent
+        assert module._hosts == {}
+    finally:
+        await engine.stop()
+
+
 async def test_a_response_over_max_message_size_is_not_read(endpoint: Endpoint) -> None:
     engine, module = await _engine(max_message_size=64 * 1024)
     try:
