@@ -22,6 +22,8 @@ LimitExceededError        ``read_all(limit=…)`` / ``readuntil`` / unread text 
                           ``max_entries``: more than the limit would be held
 ProcessError              a piped subprocess exited non-zero, or stopped reading its input early;
                           ``.returncode``, ``.stderr`` (its tail)
+OutputStalledError        a command's stdin or an fd took none of its input for ``stall_timeout`` (also a
+                          ``TimeoutError``); ``.unread``, ``.taken``
 FileChangedError          a file changed (size, modification time, or replaced) while ``send_file`` /
                           ``send_dir`` / ``send_files`` sent it; the stream was aborted
 ========================= ============================================================================
@@ -59,6 +61,24 @@ class IntegrityError(ChannelError):
 class ChannelIdleError(ChannelError, TimeoutError):
     """The writer sent nothing for the reading side's ``idle_timeout``; the message names the wait and the bytes
     read so far (a stalled sender must not hold a reader, and what waits behind it, for good)."""
+
+
+class OutputStalledError(ChannelError, TimeoutError):
+    """Where a channel was copied to (a command's stdin, an fd) took none of the bytes waiting for it for the
+    copy's ``stall_timeout``; ``.unread``: the bytes left waiting for it (``None``: not known), ``.taken``: the bytes
+    it took before (a reader that stopped reading without leaving must not hold the copy, and its writer, for good).
+
+    Example:
+        >>> err = OutputStalledError("fd 5 took none of the 8 bytes waiting for it for 1 s (0 taken before)",
+        ...                          unread=8, taken=0)
+        >>> isinstance(err, TimeoutError), err.unread
+        (True, 8)
+    """
+
+    def __init__(self, message: str, *, unread: int | None, taken: int) -> None:
+        super().__init__(message)
+        self.unread = unread
+        self.taken = taken
 
 
 class IncompleteReadError(ChannelError):
@@ -129,6 +149,7 @@ __all__ = [
     "IncompleteReadError",
     "IntegrityError",
     "LimitExceededError",
+    "OutputStalledError",
     "ProcessError",
     "ReaderGoneError",
 ]

@@ -24,17 +24,14 @@ Example (a tar stream of data/ through a channel into another tar; each function
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
-import fcntl
 import math
 import os
 import select
 import signal
 import socket
 import stat
-import termios
 from collections.abc import AsyncIterable, Sequence
 from typing import Any, Final
 
@@ -47,6 +44,7 @@ from .files import _abort_writer, _fd_chunks, _ready
 from .progress import Progress, check_progress
 from .sink import ChannelSink
 from .source import ChannelSource, _release_writer
+from .stall import StallWatch, check_stall_timeout, queued_bytes
 
 PIPE_CHUNK = 256 * 1024
 STDERR_TAIL = 64 * 1024
@@ -207,11 +205,15 @@ async def from_fd(
 
 async def to_fd(
     reader: ChannelReader | ChannelSource, fd: int, *, progress: Progress = None, require_trailer: bool = False,
-    total: int | None = None, idle_timeout: float | None = None,
+    total: int | None = None, idle_timeout: float | None = None, stall_timeout: float | None = None,
 ) -> int:
     """Copy a channel into an OS file descriptor. The fd is not closed. ``idle_timeout``: most seconds to wait for
     the writer's next message (``None``, the default: no limit), then
     :class:`~iii_channels.errors.ChannelIdleError` and the writer is released, as for any failure.
+    ``stall_timeout``: most seconds the fd's reader may take none of the bytes waiting for it (``None``, the
+    default: no limit), then :class:`~iii_channels.errors.OutputStalledError`, a failure like any other. A slow
+    reader is not stalled: every byte it takes counts (for a pipe, a socket or a terminal; another fd only stalls
+    when a write takes nothing, which a regular file never does).
 
     Pass a :class:`ChannelSource` instead of a reader to inspect it afterwards (``verified``, ``sha256``); the
     ``progress`` / ``require_trailer`` / ``total`` arguments then do not apply, and ``idle_timeout`` is the
@@ -234,6 +236,7 @@ async def to_fd(
         (3, b'abc', True)
     """
     try:
+        check_stall_timeout(stall_timeout)
         if isinstance(reader, ChannelSource) and idle_timeout is not None:
             raise ValueError("to_fd: idle_timeout is given to the ChannelSource passed in, not here "
                              "(ChannelSource(reader, idle_timeout=...))")
@@ -245,8 +248,9 @@ async def to_fd(
         raise
     out = _FdOut(fd)
     try:
+        stall = StallWatch(out.watched(), stall_timeout, f"fd {fd}") if stall_timeout is not None else None
         async for chunk in source.chunks():
-            await _write_fd(out, chunk)
+            await _write_fd(out, chunk, stall)
     except BaseException:
         # A full disk, a closed pipe, a cancellation: tell the writer now, not after its backpressure wait.
         await asyncio.shield(_release_writer(source.reader))
@@ -353,23 +357,28 @@ class _FdOut:
             os.close(self._twin)
 
 
-async def _write_fd(out: _FdOut, data: bytes) -> None:
+async def _write_fd(out: _FdOut, data: bytes, stall: StallWatch | None = None) -> None:
     """Write all of ``data`` to ``out``. A pipe, tty or socket is written when the loop says it has room, never
     blocking, not in a thread: a write blocked in a thread on a reader that stalled cannot be cancelled, and the
     interpreter waits for it at exit (``iii-channel serve --out -`` ignored SIGTERM while its stdout was not read);
-    a blocking write on the loop holds every task (see :class:`_FdOut`)."""
+    a blocking write on the loop holds every task (see :class:`_FdOut`). ``stall``: its wait for room fails once
+    the reader takes nothing (:class:`~iii_channels.stall.StallWatch`)."""
     view = memoryview(data)
     fd = out.watched()
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     while view:
-        if not await _ready(fd, writing=True):
+        if not await (_ready(fd, writing=True) if stall is None else stall.until_writable()):
             await asyncio.get_running_loop().run_in_executor(None, _write_all, out.fd, view)
             return
         try:
-            view = view[out.write(view, poller):]
+            taken = out.write(view, poller)
         except BlockingIOError:  # no room after all (a terminal's last byte, another writer of a shared fd)
             await asyncio.sleep(FULL_BACKOFF_S)
+            continue
+        view = view[taken:]
+        if stall is not None:
+            stall.took(taken)
 
 
 STDERR_GRACE_S = 1.0
@@ -884,21 +893,15 @@ def _unread(watch: int | None, group: int | None) -> int:
     """The bytes still in the command's stdin pipe (``watch``, from :func:`_watch_unread`) once it has exited,
     when they can only have been left unread: 0 when nothing tells (no ``watch``, ``FIONREAD`` refused) or when a
     process of its ``group`` (the command's own process group, if it is ours) lives on and may read them still."""
-    if watch is None:
-        return 0
-    count = array.array("i", [0])
-    try:
-        fcntl.ioctl(watch, termios.FIONREAD, count, True)
-    except OSError:
-        return 0
-    if not count[0] or group is None:
+    unread = queued_bytes(watch) if watch is not None else None
+    if not unread or group is None:
         # None: the command shares a group that is not its own (ours, or one the caller chose), so nothing tells
         # whether a process it started lives on to read them (a background reader was taken for one that stopped)
         return 0
     try:
         os.killpg(group, 0)
     except ProcessLookupError:
-        return count[0]
+        return unread
     except PermissionError:  # a process of it lives, under another user
         pass
     return 0
@@ -906,7 +909,8 @@ def _unread(watch: int | None, group: int | None) -> int:
 
 async def to_process(
     reader: ChannelReader, argv: Sequence[str], *, progress: Progress = None, require_trailer: bool = False,
-    exit_timeout: float | None = None, idle_timeout: float | None = None, **popen: Any,
+    exit_timeout: float | None = None, idle_timeout: float | None = None, stall_timeout: float | None = None,
+    **popen: Any,
 ) -> int:
     """Run ``argv`` with the channel as its stdin. Raises :class:`ProcessError` on a non-zero exit, or when it
     exits 0 having stopped reading early (the error says so); channel errors propagate after the process is
@@ -924,7 +928,11 @@ async def to_process(
     killed before the command's stdin is closed: it never sees the end of its input, so it cannot take a short or
     corrupt stream for a whole one and finish its work on it. ``idle_timeout``: most seconds to wait for the
     writer's next message (``None``, the default: no limit), then :class:`~iii_channels.errors.ChannelIdleError`,
-    a failed stream like any other (the group killed before the command's stdin closes).
+    a failed stream like any other (the group killed before the command's stdin closes). ``stall_timeout``: most
+    seconds the command may take none of the input waiting in its stdin pipe (``None``, the default: until it
+    exits), then :class:`~iii_channels.errors.OutputStalledError`, its group killed the same way; every byte it
+    takes counts, so a command that reads slowly, or works for less than ``stall_timeout`` between reads, is not
+    stalled.
 
     Example:
         >>> import asyncio, tempfile
@@ -947,6 +955,7 @@ async def to_process(
     try:
         _check_argv(argv)
         _check_exit_timeout(exit_timeout)
+        check_stall_timeout(stall_timeout)
         _check_popen(popen, ("stdin", "stderr"), "to_process")
         # Before the command starts: a bad progress or idle_timeout must not leave it running.
         source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0],
@@ -975,8 +984,10 @@ async def to_process(
     killed = False
     try:
         try:
+            stall = None if stall_timeout is None else StallWatch(out.watched(), stall_timeout,
+                                                                   f"command {' '.join(argv)!r}")
             async for chunk in source.chunks():
-                await _write_fd(out, chunk)
+                await _write_fd(out, chunk, stall)
         except (BrokenPipeError, ConnectionResetError):
             broken = True  # a write found no reader: bytes went unread, even at the stream's end
             await reader.close_async()
