@@ -49,6 +49,7 @@ __all__ = [
     "MAX_LISTED_DEPTH",
     "TELEMETRY_PREFIXES",
     "TOO_DEEP",
+    "Encoded",
     "Ping",
     "Pong",
     "Telemetry",
@@ -270,6 +271,31 @@ def dumps(value: Any) -> str:
         if text is not None:
             return text
     return _json_dumps(value)
+
+
+class Encoded:
+    """A JSON value encoded once by :func:`dumps` (so within its policy), to be spliced into frames as it is: one
+    large payload sent to many receivers (the engine's functions-available push to every subscriber) is encoded once,
+    not once per frame, and held as one string rather than as the objects it was made of.
+
+    Example:
+        >>> payload = Encoded({"functions": [{"id": "f"}]})
+        >>> payload.text, payload.value() == {"functions": [{"id": "f"}]}, len(payload)
+        ('{"functions":[{"id":"f"}]}', True, 26)
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: Any) -> None:
+        self.text = dumps(value)
+
+    def value(self) -> Any:
+        """A fresh copy of the value (decoded again: the receiver may keep or change it)."""
+        return loads(self.text)
+
+    def __len__(self) -> int:
+        """The encoded text's length in characters."""
+        return len(self.text)
 
 
 def _json_dumps(value: Any) -> str:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
+from iii.protocol.codec import Encoded
 from iii.wire import dumps
 
 from ...channels import ChannelRelay, TooManyChannels
@@ -285,8 +286,10 @@ class WorkerModule(EngineModule):
         self._pushes: dict[asyncio.Task[bool], _Push] = {}  # every push in flight, the replaced ones' too (stop)
         # the current set's push, built once for every subscriber when the set is taken as _snapshot: built later
         # from the live registry, a push could carry a set the debounce never compared against (F-B: a function
-        # registered and unregistered around an answer was left listed for good)
-        self._payload: dict[str, Any] | None = None
+        # registered and unregistered around an answer was left listed for good). Encoded then, once: encoded for
+        # each push, 3,000 subscribers of 3,000 functions took the engine's loop for minutes (no other worker could
+        # connect), and each push in flight held the objects of its set's copy (5 GB of RSS)
+        self._payload: Encoded | None = None
         self._retrying = False  # _check is the retry of owed pushes, not a change's debounce
         # engine::workers::list answers, bounded by the engine's max_message_size
         self.answers = AnswerBound(services.config.max_message_size)
@@ -360,10 +363,9 @@ class WorkerModule(EngineModule):
         if current != self._snapshot:
             self._snapshot = current
             self._owed = {trigger.id for trigger in triggers}
-            # copies: the payload goes to whatever function the trigger names, which may keep or change it; a
-            # copy of every function's info, so only made when somebody is told
-            self._payload = {"event": "functions_changed",
-                             "functions": _private(self.core.registry.function_infos(True))} if triggers else None
+            # only made when somebody is told; a built-in told gets a copy of its own (_deliver)
+            self._payload = Encoded({"event": "functions_changed",
+                                     "functions": self.core.registry.function_infos(True)}) if triggers else None
         else:  # a retry: only those that missed this set and are still there
             self._owed = {trigger.id for trigger in triggers if trigger.id in self._owed}
         skipped = False
@@ -399,8 +401,12 @@ class WorkerModule(EngineModule):
                 return False
             self._owed.discard(trigger.id)
             return True
+        # set with the snapshot whenever anything is owed, which is the only way here
+        assert self._payload is not None
         fired = self.core.fired_calls
-        slot = fired.try_take()
+        # each push holds its own frame of the whole set until it is written: without a byte bound, 3,000 subscribers
+        # of 3,000 functions waiting for room in their worker's queue held 4.8 GB of frames
+        slot = fired.try_take(1, len(self._payload))
         if slot is None:
             fired.skip(f"call of {function_id}")
             return False
@@ -412,8 +418,6 @@ class WorkerModule(EngineModule):
             if call is None:  # the slot is back, the call counted and logged as skipped
                 return False
             held = call
-        # set with the snapshot whenever anything is owed, which is the only way here
-        assert self._payload is not None
         self._owed.discard(trigger.id)
         push = _Push(trigger, held)
         task = asyncio.get_running_loop().create_task(self._deliver(function_id, self._payload))
@@ -421,11 +425,16 @@ class WorkerModule(EngineModule):
         task.add_done_callback(self._pushed)
         return True
 
-    async def _deliver(self, function_id: str, payload: dict[str, Any]) -> bool:
+    async def _deliver(self, function_id: str, payload: Encoded) -> bool:
         """Whether the listener answered (a result or an error of its own), as opposed to a push that ended
         without an answer: not sent, timed out, its worker gone (to be sent again)."""
+        entry = self.core.registry.functions.get(function_id)
+        # A worker's function gets the text as it is; a built-in (an HTTP function, a bridged one) gets the value,
+        # a copy it may keep or change. Looked up here, not in _push: the id may have changed hands since, and the
+        # call below takes its entry before it first waits.
+        data: Any = payload if entry is not None and entry.builtin is None else payload.value()
         try:
-            await self.core.invoke(function_id, payload)
+            await self.core.invoke(function_id, data)
         except EngineError as exc:
             if isinstance(exc, CallUnwritable):  # ours, not the listener's: no later push of this set does better
                 log.warning("functions-available call of %s not made: %s: %s", function_id, exc.code, exc.message)

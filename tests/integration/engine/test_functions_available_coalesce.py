@@ -264,3 +264,33 @@ async def test_a_push_that_timed_out_unsent_is_sent_again(caplog: pytest.LogCapt
         await _answer(listener, push)
         for worker in (listener, publisher, other):
             await worker.close()
+
+
+async def test_pushes_to_a_worker_that_never_answers_hold_at_most_its_byte_share() -> None:
+    """Attack C F1: one worker with 3,000 functions and 3,000 subscriber triggers that never answered took the
+    engine to 4.8 GB of RSS (each push waiting for room in its queue held a frame of the whole list) and its loop for
+    tens of seconds (each push encoded the list again; another worker's connect timed out). A push now holds its
+    payload's bytes of the callee's max_call_bytes_per_worker, and the list is encoded once per change."""
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[], functions_available_debounce_ms=20,
+                          max_call_bytes_per_worker=1024 * 1024)
+    async with Engine(config=config) as engine:
+        hung = await RawWorker.connect(engine.url)
+        for i in range(100):
+            await hung.send(_trigger(f"fa{i}", "h::fa"))
+        for i in range(99):
+            await hung.register(f"h::f{i}", description="d" * 5000)
+        await hung.register("h::fa")  # every trigger is owed a list of about 500 KB
+        first = [await hung.expect("invokefunction", function_id="h::fa") for _ in range(2)]
+        assert all(len(_ids(push)) >= 100 for push in first)
+        fired = engine.fired_calls
+        await until(lambda: fired.skipped_callee_share >= 98)  # every other trigger: skipped, still owed
+        # before: 100 pushes in flight, 50 MB of frames for a worker that answers none
+        assert fired.stats()["in_flight"] == 2
+        await hung.nothing_for(0.3)
+        for push in first:
+            await _answer(hung, push)
+        # the skipped are still owed: the next retry sends two more, with the whole list
+        for push in [await hung.expect("invokefunction", function_id="h::fa") for _ in range(2)]:
+            assert len(_ids(push)) >= 100
+        assert fired.stats()["in_flight"] == 2
+        await hung.close()
