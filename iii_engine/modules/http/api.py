@@ -1288,11 +1288,18 @@ class RestApiModule(EngineModule):
                 with contextlib.suppress(ValueError):
                     body = loads(bytes(raw))
             path, method = route.registered_path, route.method
+            seen = {k.lower(): v if v.isascii() else header_text(v) for k, v in headers.items()}
+            if "content-encoding" in seen:
+                # The handler gets the body _receive decoded: headers that describe it as it was sent would have it
+                # decode it again, or take the decoded bytes for cut off at the sent length.
+                del seen["content-encoding"]
+                if "content-length" in seen:
+                    seen["content-length"] = str(len(raw))
             payload = {
                 "path_params": match.path_params or {},  # a static route's match is shared: never hand on its dict
                 # repeated keys: last wins; no query string, nothing to parse
                 "query_params": {k: v for k, v in request.query.items()} if request.query_string else {},
-                "headers": {k.lower(): v if v.isascii() else header_text(v) for k, v in headers.items()},
+                "headers": seen,
                 "path": path,
                 "method": method,
                 "body": body,

@@ -54,6 +54,7 @@ class Sink:
         self.engine = engine
         self.worker = worker
         self.invoked: list[str] = []
+        self.headers: list[dict[str, str]] = []  # the request headers each invocation was given
         self.buffered_at_invoke: list[int] = []  # the module's body bytes in memory when each invocation came
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -62,6 +63,7 @@ class Sink:
             frame = json.loads(raw)
             if frame.get("type") == "invokefunction":
                 self.invoked.append(frame["data"]["query_params"].get("tag", ""))
+                self.headers.append(frame["data"]["headers"])
                 module = self.engine.module("http_api")
                 assert isinstance(module, RestApiModule)
                 self.buffered_at_invoke.append(module.buffered_bytes)
@@ -318,6 +320,9 @@ async def test_compressed_bodies_are_limited_and_counted_by_their_decoded_size(s
         assert ok.status_code == 200
         assert (ok.json()["n"], ok.json()["sha"]) == (len(inside), hashlib.sha256(inside).hexdigest())
         assert sink.buffered_at_invoke[-1] >= len(inside)  # the budget counted the decoded bytes it holds
+        # the headers describe the body the handler got (before: content-encoding gzip, the length as sent)
+        assert "content-encoding" not in sink.headers[-1]
+        assert sink.headers[-1]["content-length"] == str(len(inside))
         refused = await hc.post(f"{module.base_url}/sink?tag=bomb", content=bomb, headers={"Content-Encoding": "gzip"})
         assert refused.status_code == 413, refused.text
     await marker(module, sink, "after")
