@@ -92,6 +92,12 @@ class BodyDecoder:
         out = bytearray()
         while data:
             if self._inflate.eof:
+                if self.kind == "gzip":
+                    # zero bytes after a member: padding, as gzip(1) and Python's gzip module take it (refused before
+                    # as "not valid gzip data")
+                    data = data.lstrip(b"\0")
+                    if not data:
+                        break
                 data = self._next_member(data)
             try:
                 piece = self._inflate.decompress(data, max(room - len(out), 0) + 1)
