@@ -946,9 +946,11 @@ class _HttpTriggers:
         route = parse_http_trigger(trigger.id, trigger.function_id, trigger.config)
         replaced = self._routes.add(route)
         if replaced is not None:
-            log.info("http route %s %s now served by %s (trigger %s); %s (trigger %s) serves it again once that "
+            # (a path that differs in its parameters' names only is the same route: it matches the same URLs)
+            as_path = f" as {replaced.api_path}" if replaced.api_path != route.api_path else ""
+            log.info("http route %s %s now served by %s (trigger %s); %s (trigger %s%s) serves it again once that "
                      "trigger goes", route.method, route.api_path, route.function_id, route.trigger_id,
-                     replaced.function_id, replaced.trigger_id)
+                     replaced.function_id, replaced.trigger_id, as_path)
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         self._routes.remove(trigger.id)

@@ -45,6 +45,17 @@ class Route:
         """Production's route key: ``METHOD`` + path without the leading slash."""
         return f"{self.method}{self.api_path}"
 
+    @property
+    def urls(self) -> tuple[str, tuple[str | None, ...]]:
+        """What tells the requests it matches: its method and its segments, a parameter's name left out (``None``):
+        ``users/:id`` and ``users/:uid`` match the same URLs.
+
+        Example:
+            >>> parse_http_trigger("t", "f", {"api_path": "users/:id/:"}).urls
+            ('GET', ('users', None, ':'))
+        """
+        return self.method, tuple(None if _is_param(segment) else segment for segment in self.segments)
+
 
 @dataclass(slots=True)
 class RouteMatch:
@@ -112,10 +123,12 @@ def _split(url_path: str) -> list[str]:
 class RouteTable:
     """Active routes by key, with lookups by method and URL path.
 
-    Several triggers may ask for one route key (two workers serving ``POST orders``): the latest serves it, and the
-    others are kept in the order they came, so that the route goes back to the one before when the latest leaves
-    (its unregister, or its worker's disconnect). Before, the first worker's route was gone for good while it stayed
-    connected, its trigger still listed.
+    Several triggers may ask for one route (two workers serving ``POST orders``, or routes whose paths differ only in
+    their parameters' names, which match the same URLs: :attr:`Route.urls`): the latest serves it, and the others are
+    kept in the order they came, so that the route goes back to the one before when the latest leaves (its
+    unregister, or its worker's disconnect). Before, the first worker's route was gone for good while it stayed
+    connected, its trigger still listed; and of ``users/:id`` and ``users/:uid`` the second was never served, and
+    nothing said so.
 
     Example:
         >>> table = RouteTable()
@@ -130,9 +143,9 @@ class RouteTable:
     """
 
     def __init__(self) -> None:
-        # every route asked for, by key, in the order they came: the last one serves
-        self._by_key: dict[str, list[Route]] = {}
-        self._key_of: dict[str, str] = {}  # trigger id -> its route's key
+        # every route asked for, by the URLs it matches, in the order they came: the last one serves
+        self._by_key: dict[tuple[str, tuple[str | None, ...]], list[Route]] = {}
+        self._key_of: dict[str, tuple[str, tuple[str | None, ...]]] = {}  # trigger id -> its route's URLs
         self._by_method: dict[str, list[Route]] = {}
         # Routes without parameters by method and exact path: such a route beats every parameterised sibling, so
         # a URL that names one needs no scan (nor per-segment unquoting: only a URL without escapes is looked up).
@@ -146,10 +159,11 @@ class RouteTable:
         """Install ``route`` (replacing its trigger's earlier route, if any); the route it now serves in place of,
         which is kept and serves again once ``route`` is removed, is returned."""
         earlier = self._drop(route.trigger_id)
-        stack = self._by_key.setdefault(route.key, [])
+        urls = route.urls
+        stack = self._by_key.setdefault(urls, [])
         previous = stack[-1] if stack else None
         stack.append(route)
-        self._key_of[route.trigger_id] = route.key
+        self._key_of[route.trigger_id] = urls
         self._rebuild(route.method)
         if earlier is not None and earlier.method != route.method:
             self._rebuild(earlier.method)
@@ -176,8 +190,9 @@ class RouteTable:
 
     def _rebuild(self, method: str) -> None:
         routes = [stack[-1] for stack in self._by_key.values() if stack[-1].method == method]
-        # Literal segments first, left to right: a static route always wins over a parameterised sibling.
-        routes.sort(key=lambda r: tuple(seg.startswith(":") for seg in r.segments))
+        # Literal segments first, left to right: a static route always wins over a parameterised sibling (a lone
+        # ":" is a literal too: it sorted with the parameters, and users/:id took /users/: from users/:)
+        routes.sort(key=lambda r: tuple(_is_param(seg) for seg in r.segments))
         self._by_method[method] = routes
         # Only routes that sort first (no segment starting with ":", not even a literal lone ":"), so that no
         # other route could have won the scan.

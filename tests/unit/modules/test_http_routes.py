@@ -134,3 +134,22 @@ def test_result_response(result: object, status: int, body: bytes) -> None:
     response = result_response(result)
     assert (response.status, response.body) == (status, body)
     assert response.content_type == "application/json"
+
+
+def test_paths_that_differ_in_parameter_names_only_are_one_route_the_latest_serving() -> None:
+    table = RouteTable()
+    table.add(parse_http_trigger("t1", "fn.id", {"api_path": "users/:id"}))
+    replaced = table.add(parse_http_trigger("t2", "fn.uid", {"api_path": "users/:uid"}))
+    # before: fn.uid was never served (fn.id came first in the scan) and add() said it replaced nothing
+    assert replaced is not None and replaced.trigger_id == "t1"
+    match = table.match("GET", "/users/7")
+    assert match is not None and (match.route.function_id, match.path_params) == ("fn.uid", {"uid": "7"})
+    assert len(table) == 1
+    table.remove("t2")
+    match = table.match("GET", "/users/7")
+    assert match is not None and (match.route.function_id, match.path_params) == ("fn.id", {"id": "7"})
+    # a lone ":" is a literal segment, another route
+    table.add(parse_http_trigger("t3", "fn.colon", {"api_path": "users/:"}))
+    assert len(table) == 2
+    colon = table.match("GET", "/users/:")
+    assert colon is not None and colon.route.function_id == "fn.colon"
