@@ -127,7 +127,7 @@ class _FdWriter:
                         + data)
             error: OSError | None = None
             try:
-                _write_all(self.fd, data)
+                write_all(self.fd, data)
             except OSError as exc:  # a reader gone, /dev/full, a descriptor closed: this text is lost
                 error = exc
             with self._cond:
@@ -137,7 +137,9 @@ class _FdWriter:
                 self._cond.notify_all()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd``, blocking; where the description was made non-blocking (by whoever shares
+    it), waiting for room instead of failing."""
     view = memoryview(data)
     while view:
         try:

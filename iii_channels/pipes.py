@@ -38,6 +38,7 @@ from typing import Any, Final
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader, ChannelWriter
 
+from ._unblocked import write_all
 from .asyncio_internals import process_transport
 from .errors import ChannelError, ProcessError
 from .files import _abort_writer, _fd_chunks, _ready
@@ -260,11 +261,6 @@ async def to_fd(
     return source.bytes_read
 
 
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def _write_while_ready(fd: int, view: memoryview, poller: select.poll) -> int:
     """Write ``view`` in slices of ``PIPE_BUF`` bytes while ``fd`` says it has room; the bytes written.
 
@@ -369,7 +365,7 @@ async def _write_fd(out: _FdOut, data: bytes, stall: StallWatch | None = None) -
     poller.register(fd, select.POLLOUT)
     while view:
         if not await (_ready(fd, writing=True) if stall is None else stall.until_writable()):
-            await asyncio.get_running_loop().run_in_executor(None, _write_all, out.fd, view)
+            await asyncio.get_running_loop().run_in_executor(None, write_all, out.fd, view)
             return
         try:
             taken = out.write(view, poller)

@@ -117,7 +117,18 @@ class StallWatch:
         self._since = asyncio.get_running_loop().time()
 
     def took(self, count: int) -> None:
-        """A write took ``count`` bytes."""
+        """A write took ``count`` bytes.
+
+        Example:
+            >>> async def demo() -> int:
+            ...     read_end, write_end = os.pipe()
+            ...     watch = StallWatch(write_end, 1.0, "the pipe")
+            ...     watch.took(os.write(write_end, b"abc"))
+            ...     os.close(read_end); os.close(write_end)
+            ...     return watch.written
+            >>> asyncio.run(demo())
+            3
+        """
         if count > 0:
             self.written += count
             self._queued = _ask(self.fd, self._request)
@@ -134,7 +145,18 @@ class StallWatch:
 
     async def until_writable(self) -> bool:
         """:func:`~iii_channels.files._ready` for writing, raising :class:`OutputStalledError` once the reader took
-        nothing for ``timeout`` seconds."""
+        nothing for ``timeout`` seconds.
+
+        Example:
+            >>> async def demo() -> bool:
+            ...     read_end, write_end = os.pipe()
+            ...     try:
+            ...         return await StallWatch(write_end, 1.0, "the pipe").until_writable()  # room: at once
+            ...     finally:
+            ...         os.close(read_end); os.close(write_end)
+            >>> asyncio.run(demo())
+            True
+        """
         loop = asyncio.get_running_loop()
         step = min(self.timeout / STALL_CHECKS, 1.0)
         # Not counted from the last write alone: a reader may have taken bytes while the channel's writer was quiet.
