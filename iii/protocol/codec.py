@@ -276,7 +276,9 @@ def dumps(value: Any) -> str:
 class Encoded:
     """A JSON value encoded once by :func:`dumps` (so within its policy), to be spliced into frames as it is: one
     large payload sent to many receivers (the engine's functions-available push to every subscriber) is encoded once,
-    not once per frame, and held as one string rather than as the objects it was made of.
+    not once per frame, and held as one string rather than as the objects it was made of. It goes one level down
+    into a frame's object, so it may nest one level less than a frame (``ValueError`` past it, :func:`dumps_within`),
+    else the spliced frame would be one its receiver cannot read.
 
     Example:
         >>> payload = Encoded({"functions": [{"id": "f"}]})
@@ -287,7 +289,7 @@ class Encoded:
     __slots__ = ("text",)
 
     def __init__(self, value: Any) -> None:
-        self.text = dumps(value)
+        self.text = dumps_within(value, MAX_JSON_DEPTH - 1)
 
     def value(self) -> Any:
         """A fresh copy of the value (decoded again: the receiver may keep or change it)."""

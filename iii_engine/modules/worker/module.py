@@ -364,8 +364,9 @@ class WorkerModule(EngineModule):
             self._snapshot = current
             self._owed = {trigger.id for trigger in triggers}
             # only made when somebody is told; a built-in told gets a copy of its own (_deliver)
-            self._payload = Encoded({"event": "functions_changed",
-                                     "functions": self.core.registry.function_infos(True)}) if triggers else None
+            self._payload = self._encoded() if triggers else None
+            if self._payload is None:
+                self._owed = set()
         else:  # a retry: only those that missed this set and are still there
             self._owed = {trigger.id for trigger in triggers if trigger.id in self._owed}
         skipped = False
@@ -376,6 +377,16 @@ class WorkerModule(EngineModule):
                 skipped = True
         if skipped:
             self._retry_later()
+
+    def _encoded(self) -> Encoded | None:
+        """The current set's push, encoded; ``None`` (logged) when it cannot be: nobody is told this change, as
+        every push of it would fail to be written (registrations keep their formats shallow enough that it can)."""
+        try:
+            return Encoded({"event": "functions_changed", "functions": self.core.registry.function_infos(True)})
+        except (ValueError, TypeError) as exc:
+            log.warning("functions-available: the list of functions could not be encoded (%s); its listeners are not "
+                        "told of this change", exc)
+            return None
 
     def _in_flight_to(self, trigger: TriggerEntry) -> bool:
         push = self._pushing.get(trigger.id)
@@ -401,8 +412,9 @@ class WorkerModule(EngineModule):
                 return False
             self._owed.discard(trigger.id)
             return True
-        # set with the snapshot whenever anything is owed, which is the only way here
-        assert self._payload is not None
+        if self._payload is None:  # the set could not be encoded (_encoded, logged): nothing to tell
+            self._owed.discard(trigger.id)
+            return True
         fired = self.core.fired_calls
         # each push holds its own frame of the whole set until it is written: without a byte bound, 3,000 subscribers
         # of 3,000 functions waiting for room in their worker's queue held 4.8 GB of frames
