@@ -33,7 +33,7 @@ from typing import Any
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import LossLog, latest_tail
 from iii.protocol.client import WORKER_BUSY
-from iii.protocol.codec import clip, is_uuid
+from iii.protocol.codec import Encoded, clip, is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import loads
@@ -786,7 +786,11 @@ class Invocations:
         return outcome
 
     async def _run_builtin_plain(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
-        """:meth:`run_builtin` for an in-process caller: an :class:`EncodedResult` comes back decoded (a copy)."""
+        """:meth:`run_builtin` for an in-process caller: an :class:`EncodedResult` comes back decoded (a copy), and
+        ``data`` made :class:`~iii.protocol.codec.Encoded` for workers (a fan-out's one payload) goes in decoded (a
+        copy of its own)."""
+        if isinstance(data, Encoded):
+            data = data.value()
         result, error = await self.run_builtin(entry, data, ctx)
         if type(result) is EncodedResult:
             result = loads(result.json)

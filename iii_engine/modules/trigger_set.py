@@ -31,6 +31,7 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.loss_log import BurstLog, LossLog, latest_tail
 from iii.protocol.client import WORKER_BUSY
+from iii.protocol.codec import Encoded
 from iii.protocol.worker_session import clip_text
 
 from ..limits import HeldTasks
@@ -107,6 +108,24 @@ _NO_SLOT: Final = _NoSlot()
 BUILTIN_CALLEE: Final = "(the engine's built-in functions)"
 """The callee a fan-out's calls of built-in functions count on (:func:`within_callee_shares`): one worker's share,
 for all of them together, in each fan-out."""
+
+
+def shared_payload(payload: Any, calls: int) -> Any:
+    """The payload to hand ``calls`` trigger-fired calls: encoded once (:class:`~iii.protocol.codec.Encoded`) when
+    there is more than one, so that every worker's frame splices the same text instead of encoding it again (a
+    built-in handler gets a copy decoded of its own); as it is for one call, or when a frame cannot hold it (each
+    call then fails as it did).
+
+    Example:
+        >>> type(shared_payload({"a": 1}, 2)).__name__, shared_payload({"a": 1}, 1)
+        ('Encoded', {'a': 1})
+    """
+    if calls < 2:
+        return payload
+    try:
+        return Encoded(payload)
+    except (ValueError, TypeError):
+        return payload
 
 
 def _not_served(services: EngineServices, trigger: TriggerInfo) -> None:
@@ -342,10 +361,11 @@ class TriggerSet(TriggerRunner):
         a handler that never answered held up every handler registered after it (a healthy worker's state trigger
         got 0 of 45 writes behind a hung one)."""
         one = slots.one()
+        shared = shared_payload(payload, len(triggers))
         for trigger in triggers:
-            self.spawn(self._run_one(trigger, payload, one), one)
+            self.spawn(self._run_one(trigger, shared, one), one)
 
-    async def _run_one(self, trigger: TriggerInfo, payload: Mapping[str, Any], slot: FiredSlots) -> None:
+    async def _run_one(self, trigger: TriggerInfo, payload: Any, slot: FiredSlots) -> None:
         # the handler runs inline in this task: whatever it takes of max_fired_calls itself (a built-in that fires
         # again) is its own, and this task gives back exactly ``slot``, and its place in its callee worker's
         # max_fired_calls_per_worker (a handler that never answered held every slot, and other workers' cron ticks

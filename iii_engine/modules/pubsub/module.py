@@ -31,7 +31,7 @@ from iii.iii_types import TriggerInfo
 
 from ...limits import HeldTasks
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, FiredSlots, InvocationContext
-from ..trigger_set import check_trigger_config, within_callee_shares
+from ..trigger_set import check_trigger_config, shared_payload, within_callee_shares
 from .bus import LocalBus, PubSubBus, open_bus
 from .settings import PubSubSettings
 
@@ -220,13 +220,14 @@ class PubSubModule(EngineModule):
                 hold.release(len(triggers) - len(staying))
                 triggers = staying
         # each subscriber's call (or its condition check, then its call) gets one slot of the hold, bytes and all
+        shared = shared_payload(data, len(triggers))
         for trigger in triggers:
             condition = trigger.config.get("condition_function_id") if isinstance(trigger.config, dict) else None
             if condition is None:
-                self.services.fire(trigger.function_id, data, taken=hold.one())
+                self.services.fire(trigger.function_id, shared, taken=hold.one())
                 continue
             one = hold.one()
-            self._checks.spawn(self._fire_if(condition, topic, trigger, data, one), one)
+            self._checks.spawn(self._fire_if(condition, topic, trigger, shared, one), one)
 
     async def _fire_if(self, condition: str, topic: str, trigger: TriggerInfo, data: Any, slot: FiredSlots) -> None:
         # the slot taken for this subscriber covers its condition too, and goes with the call when it passes

@@ -440,13 +440,10 @@ class WorkerModule(EngineModule):
     async def _deliver(self, function_id: str, payload: Encoded) -> bool:
         """Whether the listener answered (a result or an error of its own), as opposed to a push that ended
         without an answer: not sent, timed out, its worker gone (to be sent again)."""
-        entry = self.core.registry.functions.get(function_id)
-        # A worker's function gets the text as it is; a built-in (an HTTP function, a bridged one) gets the value,
-        # a copy it may keep or change. Looked up here, not in _push: the id may have changed hands since, and the
-        # call below takes its entry before it first waits.
-        data: Any = payload if entry is not None and entry.builtin is None else payload.value()
         try:
-            await self.core.invoke(function_id, data)
+            # a worker's function gets the text as it is; a built-in (an HTTP function, a bridged one) the value, a
+            # copy it may keep or change (Invocations)
+            await self.core.invoke(function_id, payload)
         except EngineError as exc:
             if isinstance(exc, CallUnwritable):  # ours, not the listener's: no later push of this set does better
                 log.warning("functions-available call of %s not made: %s: %s", function_id, exc.code, exc.message)

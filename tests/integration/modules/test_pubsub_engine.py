@@ -54,3 +54,40 @@ async def test_redis_adapter_carries_messages_between_engines() -> None:
             await subscriber(listener, "remote::on", topic, got)
             await publisher.result("publish", {"topic": topic, "data": {"big": 2**70}})
             assert await asyncio.wait_for(got.get(), 5) == ("remote::on", {"big": 2**70})
+
+
+async def test_a_fan_out_encodes_its_message_once_and_a_built_in_subscriber_gets_a_copy_of_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each subscriber's frame was encoded from the message again: a 1.1 MB message to 20 workers cost the engine
+    54-62 ms of CPU per publish, 26-32 ms once encoded once and spliced."""
+    from iii.protocol import codec
+    from iii_engine.modules import trigger_set
+    from iii_engine.modules.base import BuiltinFunction, InvocationContext
+
+    made: list[int] = []
+
+    class Counted(codec.Encoded):
+        def __init__(self, value: Any) -> None:
+            super().__init__(value)
+            made.append(len(self))
+
+    monkeypatch.setattr(trigger_set, "Encoded", Counted)
+    got: asyncio.Queue[Any] = asyncio.Queue()
+    kept: list[Any] = []
+
+    async def in_process(data: Any, _ctx: InvocationContext) -> None:
+        kept.append(data)
+        data["h"] = "changed by the built-in"  # its own copy: nobody else sees it
+
+    async with engine_with({}) as engine, ModuleWorker(engine.url) as a, ModuleWorker(engine.url) as b:
+        engine.register_function(BuiltinFunction("engine::on", in_process))
+        await a.trigger("sub-engine", "subscribe", "engine::on", {"topic": "news"})
+        for name, worker in (("a::on", a), ("b::on", b), ("b::two", b)):
+            await subscriber(worker, name, "news", got)
+        message = {"h": [1, {"x": "y"}]}
+        assert await a.result("publish", {"topic": "news", "data": message}) is None
+        received = sorted([await asyncio.wait_for(got.get(), 5) for _ in range(3)])
+        assert received == [("a::on", message), ("b::on", message), ("b::two", message)]
+        assert made == [len('{"h":[1,{"x":"y"}]}')]  # once for the four subscribers
+        assert kept == [{"h": "changed by the built-in"}]
+        assert got.empty()
