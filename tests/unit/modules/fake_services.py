@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Any, ClassVar, TypeVar
 
 from iii.iii_types import TriggerInfo
+from iii.protocol.codec import Encoded
 from iii_engine.channels import ChannelRelay
 from iii_engine.limits import FiredCalls
 from iii_engine.modules.base import (
@@ -116,6 +117,8 @@ class FakeServices:
         return None  # every function here is the engine's own
 
     async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
+        if isinstance(data, Encoded):  # every function here is in-process: a copy of its own, as the engine hands it
+            data = data.value()
         if function_id in self.builtins:
             return await self.call(function_id, data)
         handler = self.handlers.get(function_id)
