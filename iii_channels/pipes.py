@@ -32,7 +32,7 @@ import select
 import signal
 import socket
 import stat
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Coroutine, Sequence
 from typing import Any, Final
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -45,7 +45,7 @@ from .files import _abort_writer, _fd_chunks, _ready
 from .progress import Progress, check_progress
 from .sink import ChannelSink
 from .source import ChannelSource, _release_writer
-from .stall import StallWatch, check_stall_timeout, queued_bytes
+from .stall import StallWatch, check_stall_timeout, queued_bytes, stall_watch
 
 PIPE_CHUNK = 256 * 1024
 STDERR_TAIL = 64 * 1024
@@ -212,9 +212,9 @@ async def to_fd(
     the writer's next message (``None``, the default: no limit), then
     :class:`~iii_channels.errors.ChannelIdleError` and the writer is released, as for any failure.
     ``stall_timeout``: most seconds the fd's reader may take none of the bytes waiting for it (``None``, the
-    default: no limit), then :class:`~iii_channels.errors.OutputStalledError`, a failure like any other. A slow
-    reader is not stalled: every byte it takes counts (for a pipe, a socket or a terminal; another fd only stalls
-    when a write takes nothing, which a regular file never does).
+    default: no limit) while the copy waits for room, then :class:`~iii_channels.errors.OutputStalledError`, a
+    failure like any other. A slow reader is not stalled: every byte it takes counts. For a pipe or FIFO; a socket
+    or a terminal is a ``ValueError`` (see :func:`~iii_channels.stall.stall_watch`), a regular file never waits.
 
     Pass a :class:`ChannelSource` instead of a reader to inspect it afterwards (``verified``, ``sha256``); the
     ``progress`` / ``require_trailer`` / ``total`` arguments then do not apply, and ``idle_timeout`` is the
@@ -249,7 +249,7 @@ async def to_fd(
         raise
     out = _FdOut(fd)
     try:
-        stall = StallWatch(out.watched(), stall_timeout, f"fd {fd}") if stall_timeout is not None else None
+        stall = stall_watch(out.watched(), stall_timeout, f"fd {fd}")
         async for chunk in source.chunks():
             await _write_fd(out, chunk, stall)
     except BaseException:
@@ -980,8 +980,7 @@ async def to_process(
     killed = False
     try:
         try:
-            stall = None if stall_timeout is None else StallWatch(out.watched(), stall_timeout,
-                                                                   f"command {' '.join(argv)!r}")
+            stall = stall_watch(out.watched(), stall_timeout, f"command {' '.join(argv)!r}")
             async for chunk in source.chunks():
                 await _write_fd(out, chunk, stall)
         except (BrokenPipeError, ConnectionResetError):
@@ -1001,7 +1000,8 @@ async def to_process(
             # Closed now, not at its exit: a command that reads to the end (cat, wc, sort) waits for it.
             out.close()
             os.close(stdin)
-        returncode = await _exit_status(proc, argv, exit_timeout, stderr, "the end of its input", group)
+        exiting = _exit_status(proc, argv, exit_timeout, stderr, "the end of its input", group)
+        returncode = await (exiting if stall is None or watch is None else _unless_stalled(exiting, stall, watch))
         tail = await stderr.result()
         if returncode != 0:
             raise ProcessError(argv, returncode, tail)
@@ -1029,6 +1029,23 @@ async def to_process(
             os.close(watch)
     _close_pipes(proc)
     return source.bytes_read
+
+
+async def _unless_stalled(exiting: Coroutine[Any, Any, int], stall: StallWatch, watch: int) -> int:
+    """``exiting`` (the command's exit status), failed with :class:`OutputStalledError` when what is left of its
+    input in its stdin pipe (``watch``) is not read for the stall timeout: all of the stream fit in the pipe, so no
+    write waited to see it stop reading (``sleep 3600`` fed 64 KiB waited for its exit)."""
+    waiting = asyncio.ensure_future(exiting)
+    draining = asyncio.ensure_future(stall.until_drained(watch))
+    try:
+        await asyncio.wait((waiting, draining), return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            draining.result()  # stalled: raised, the caller kills the group
+        return await waiting  # an exit first is the answer: bytes it left unread are told as such
+    finally:
+        for task in (waiting, draining):
+            task.cancel()
+        await asyncio.gather(waiting, draining, return_exceptions=True)
 
 
 async def copy(reader: ChannelReader, writer: ChannelWriter, *, idle_timeout: float | None = None) -> int:

@@ -3,7 +3,8 @@
 A writer waiting for room cannot tell a slow reader from one that stopped: Linux says a full pipe has room only
 once a whole page of it is free, so a reader taking one byte at a time looks exactly like one that takes none. The
 bytes still queued for the reader (``FIONREAD`` on a pipe, ``TIOCOUTQ`` on a socket or terminal) tell them apart:
-they go down with every byte the reader takes.
+they go down with every byte the reader takes. A stall is watched for on a pipe or FIFO only, whose count is exact;
+a socket's shrinks only as the peer's kernel acknowledges or frees whole buffers, and a pseudo-terminal's not at all.
 """
 
 from __future__ import annotations
@@ -74,16 +75,50 @@ def check_stall_timeout(stall_timeout: float | None) -> None:
         return
     if isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)):
         raise TypeError(f"stall_timeout must be a number of seconds or None, got {stall_timeout!r}")
-    if not 0 < stall_timeout < math.inf:
-        raise ValueError(f"stall_timeout must be more than 0 seconds (and finite) or None, got {stall_timeout}")
+    try:
+        finite = 0 < float(stall_timeout) < math.inf
+    except OverflowError:  # an int past any float (10**400)
+        finite = False
+    if not finite:
+        shown = str(stall_timeout)
+        shown = shown if len(shown) <= 40 else f"{shown[:40]}…"  # 10**400: 401 digits
+        raise ValueError(f"stall_timeout must be more than 0 seconds (and finite) or None, got {shown}")
+
+
+def stall_watch(fd: int, stall_timeout: float | None, what: str) -> StallWatch | None:
+    """The :class:`StallWatch` for writes to ``fd`` (``None`` for no ``stall_timeout``, or for an fd that never
+    waits for a reader: a regular file, ``/dev/null``). A pipe or FIFO only: on a socket or a terminal the bytes the
+    reader takes cannot be seen one by one (``ValueError``, before anything is written): a socket's queue shrinks
+    only as the peer's kernel acknowledges or frees whole buffers, long after a slow reader took bytes, and a
+    pseudo-terminal's reports none.
+
+    Example:
+        >>> import socket
+        >>> left, right = socket.socketpair()
+        >>> stall_watch(left.fileno(), 1.0, "the socket")
+        Traceback (most recent call last):
+        ValueError: stall_timeout needs a pipe or FIFO: the socket is a socket (its reader's progress cannot be seen)
+        >>> left.close(); right.close()
+    """
+    check_stall_timeout(stall_timeout)
+    if stall_timeout is None:
+        return None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode):
+        return StallWatch(fd, stall_timeout, what)
+    if stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd)):
+        kind = "a socket" if stat.S_ISSOCK(mode) else "a terminal"
+        raise ValueError(f"stall_timeout needs a pipe or FIFO: {what} is {kind} (its reader's progress cannot be "
+                         "seen)")
+    return None  # a regular file or a device that is not a terminal: its writes never wait for a reader
 
 
 class StallWatch:
-    """Fails a wait for room in ``fd`` once its reader has taken none of the bytes queued for it for ``timeout``
-    seconds, counted from the last write that took bytes or the last byte the reader took, whichever came later.
-    Where the queued bytes cannot be told (:func:`queued_bytes` is ``None``), only writes count as progress.
-
-    ``what`` names the output in the error (``"fd 5"``, ``"command 'sort'"``).
+    """Fails a wait for room in the pipe ``fd`` once its reader has taken none of the bytes queued for it for
+    ``timeout`` seconds of that wait (:func:`queued_bytes` going down is the reader taking bytes, however few).
+    Only the waits count: while the channel's writer is quiet, nobody is kept waiting. ``what`` names the output in
+    the error (``"fd 5"``, ``"command 'sort'"``). Another writer of the same pipe can hide the reader's progress by
+    filling what it takes.
 
     Example:
         >>> async def demo() -> str:
@@ -110,11 +145,7 @@ class StallWatch:
         self.timeout = timeout
         self.what = what
         self.written = 0
-        self._request = _request(fd)
-        #: the bytes queued for the reader when last looked at (``None``: not known)
-        self._queued = _ask(fd, self._request)
-        #: when the reader was last seen taking bytes, or a write last took some
-        self._since = asyncio.get_running_loop().time()
+        self._step = min(timeout / STALL_CHECKS, 1.0)
 
     def took(self, count: int) -> None:
         """A write took ``count`` bytes.
@@ -129,23 +160,11 @@ class StallWatch:
             >>> asyncio.run(demo())
             3
         """
-        if count > 0:
-            self.written += count
-            self._queued = _ask(self.fd, self._request)
-            self._since = asyncio.get_running_loop().time()
-
-    def _looked(self, now: float) -> int | None:
-        """The bytes queued now; the reader took some since the last look when there are fewer (or when nothing
-        tells: time nobody watched is not counted against it)."""
-        queued = _ask(self.fd, self._request)
-        if queued is None or self._queued is None or queued < self._queued:
-            self._since = now
-        self._queued = queued
-        return queued
+        self.written += max(count, 0)
 
     async def until_writable(self) -> bool:
         """:func:`~iii_channels.files._ready` for writing, raising :class:`OutputStalledError` once the reader took
-        nothing for ``timeout`` seconds.
+        nothing for ``timeout`` seconds of this wait.
 
         Example:
             >>> async def demo() -> bool:
@@ -158,25 +177,46 @@ class StallWatch:
             True
         """
         loop = asyncio.get_running_loop()
-        step = min(self.timeout / STALL_CHECKS, 1.0)
-        # Not counted from the last write alone: a reader may have taken bytes while the channel's writer was quiet.
-        if self._queued is None:
-            self._since = loop.time()
-        else:
-            self._looked(loop.time())
+        since = loop.time()
+        queued = queued_bytes(self.fd)
         while True:
             try:
-                async with asyncio.timeout(min(step, self._since + self.timeout - loop.time())):
+                async with asyncio.timeout(self._step):
                     return await _ready(self.fd, writing=True)
             except TimeoutError:
                 pass
-            now = loop.time()
-            if self._request is None:
-                queued = None  # only a write counts: none came within the timeout
-            else:
-                queued = self._looked(now)
-            if now - self._since >= self.timeout:
-                waiting = f"the {queued} bytes" if queued is not None else "any of the bytes"
-                taken = max(self.written - queued, 0) if queued is not None else self.written
-                raise OutputStalledError(f"{self.what} took none of {waiting} waiting for it for {self.timeout:g} s "
-                                         f"({taken} taken before)", unread=queued, taken=taken)
+            queued, since = self._looked(queued, since, self.fd)
+
+    async def until_drained(self, fd: int) -> None:
+        """Return once the pipe (``fd``: any end of it) holds nothing more for its reader, raising
+        :class:`OutputStalledError` once the reader took none of what it holds for ``timeout`` seconds: what is
+        left of a stream after its last write, its end already given (the reader may exit or never read).
+
+        Example:
+            >>> async def demo() -> None:
+            ...     read_end, write_end = os.pipe()
+            ...     try:
+            ...         await StallWatch(write_end, 1.0, "the pipe").until_drained(read_end)  # empty: at once
+            ...     finally:
+            ...         os.close(read_end); os.close(write_end)
+            >>> asyncio.run(demo())
+        """
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        queued = queued_bytes(fd)
+        while queued:
+            await asyncio.sleep(self._step)
+            queued, since = self._looked(queued, since, fd)
+
+    def _looked(self, before: int | None, since: float, fd: int) -> tuple[int | None, float]:
+        """The bytes queued now and when the reader was last seen taking some (fewer than ``before``, or nothing
+        to tell: no stall is taken for one not seen); :class:`OutputStalledError` once that is ``timeout`` ago."""
+        now = asyncio.get_running_loop().time()
+        queued = queued_bytes(fd)
+        if queued is None or before is None or queued < before:
+            since = now
+        if now - since >= self.timeout:
+            taken = max(self.written - (queued or 0), 0)
+            raise OutputStalledError(f"{self.what} took none of the {queued} bytes waiting for it for "
+                                     f"{self.timeout:g} s ({taken} taken before)", unread=queued, taken=taken)
+        return queued, since

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 
 from iii.channels import ChannelWriter
-from iii_channels import ChannelSink, OutputStalledError, to_fd, to_process
+from iii_channels import ChannelSink, OutputStalledError, ProcessError, to_fd, to_process
 from iii_engine.testing import local_channel
 
 pytestmark = pytest.mark.timeout(30)
@@ -111,7 +112,7 @@ async def test_to_fd_into_a_regular_file_with_a_stall_timeout(tmp_path: Path) ->
     assert fed == (tmp_path / "f").stat().st_size == 4 * CHUNK
 
 
-@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), "1", True])
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), "1", True, 10**400])
 async def test_a_bad_stall_timeout_is_refused_before_the_command_starts(bad: object, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     async with local_channel() as ch:
@@ -120,3 +121,86 @@ async def test_a_bad_stall_timeout_is_refused_before_the_command_starts(bad: obj
             await to_process(ch.reader, ["touch", str(marker)], stall_timeout=bad)  # type: ignore[arg-type]
         await asyncio.wait_for(asyncio.gather(feeding, return_exceptions=True), 10)  # released at once
     assert not marker.exists()
+
+
+async def _feed_with_pauses(writer: ChannelWriter, chunks: int, pause: float) -> None:
+    async with ChannelSink(writer) as out:
+        for _ in range(chunks):
+            await out.write(b"z" * 100)  # small: taken by the reader at once, often before the copy looks
+            await asyncio.sleep(pause)
+
+
+async def test_a_writer_quiet_for_longer_than_the_stall_timeout_is_no_stall_of_a_reader_that_keeps_up(
+        tmp_path: Path) -> None:
+    # before (attack): the writer's pauses were counted against the reader: 8 of 12 copies into `cat` failed,
+    # "took none of the 0 bytes waiting for it", and cat was killed
+    out = tmp_path / "out"
+    async with local_channel() as ch:
+        fed, _ = await asyncio.gather(
+            to_process(ch.reader, ["sh", "-c", f"cat > {out}"], stall_timeout=0.1),
+            _feed_with_pauses(ch.writer, 6, 0.25))
+    assert fed == out.stat().st_size == 600
+    read_end, write_end = os.pipe()
+    try:
+        async with local_channel() as ch:
+            draining = asyncio.ensure_future(asyncio.to_thread(_read_all, read_end))
+            fed, _ = await asyncio.gather(to_fd(ch.reader, write_end, stall_timeout=0.1),
+                                          _feed_with_pauses(ch.writer, 6, 0.25))
+        os.close(write_end)
+        write_end = -1
+        assert fed == await draining == 600
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+def _read_all(fd: int) -> int:
+    count = 0
+    while chunk := os.read(fd, CHUNK):
+        count += len(chunk)
+    return count
+
+
+async def test_input_that_fits_in_the_pipe_and_is_never_read_is_a_stall_too(tmp_path: Path) -> None:
+    # before (attack): the whole stream went into the pipe, so no write waited; the copy then waited for the exit
+    pid_file = tmp_path / "pid"
+    async with local_channel() as ch:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(OutputStalledError) as caught:
+            await asyncio.gather(
+                to_process(ch.reader, ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 3600"], stall_timeout=0.5),
+                _feed(ch.writer, 1))
+        assert 0.5 <= loop.time() - began < 10
+        assert caught.value.unread == CHUNK and caught.value.taken == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
+async def test_a_command_that_exits_leaving_input_unread_is_told_so_not_stalled() -> None:
+    async with local_channel() as ch:
+        with pytest.raises(ProcessError, match="stopped reading its input"):
+            await asyncio.gather(to_process(ch.reader, ["sh", "-c", "head -c 100 >/dev/null"], stall_timeout=30),
+                                 _feed(ch.writer, 1))
+
+
+@pytest.mark.parametrize("kind", ["socket", "terminal"])
+async def test_a_socket_or_terminal_is_refused_up_front(kind: str) -> None:
+    """Their queues do not show a slow reader's bytes one by one (a TCP peer's window, a Unix socket's whole
+    buffers, a pseudo-terminal's none): the attack had slow but live peers failed as stalled."""
+    if kind == "socket":
+        left, right = socket.socketpair()
+        fd, keep = left.fileno(), [left, right]
+    else:
+        master, slave = os.openpty()
+        fd, keep = slave, [master, slave]
+    try:
+        async with local_channel() as ch:
+            feeding = asyncio.ensure_future(_feed(ch.writer, 1))
+            with pytest.raises(ValueError, match=f"stall_timeout needs a pipe or FIFO: fd {fd} is a {kind}"):
+                await to_fd(ch.reader, fd, stall_timeout=1)
+            await asyncio.wait_for(asyncio.gather(feeding, return_exceptions=True), 10)  # released at once
+    finally:
+        for end in keep:
+            end.close() if isinstance(end, socket.socket) else os.close(end)
