@@ -112,7 +112,8 @@ class UpdateRemove(BaseModel):
 
 
 class UpdateMerge(BaseModel):
-    """Shallow-merge the object ``value`` into the object at ``path`` (``""`` = root)."""
+    """Shallow-merge the object ``value`` into the item (``path`` ``""``, the root, as production's engine: a merge at
+    any other path, or of a value that is not an object, changes nothing)."""
 
     type: str = "merge"
     path: str
