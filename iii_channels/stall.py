@@ -21,7 +21,10 @@ from .errors import OutputStalledError
 from .files import _ready
 
 STALL_CHECKS = 4
-"""How many times per ``stall_timeout`` the bytes queued for the reader are looked at (at most once a second)."""
+"""How many times per ``stall_timeout`` the bytes queued for the reader are looked at (at most once a second, and
+at least :data:`MIN_CHECK_S` apart)."""
+MIN_CHECK_S = 0.005
+"""The shortest time between two looks: a ``stall_timeout`` of a microsecond looked without end and held the loop."""
 
 
 def queued_bytes(fd: int) -> int | None:
@@ -145,7 +148,7 @@ class StallWatch:
         self.timeout = timeout
         self.what = what
         self.written = 0
-        self._step = min(timeout / STALL_CHECKS, 1.0)
+        self._step = max(min(timeout / STALL_CHECKS, 1.0), MIN_CHECK_S)
 
     def took(self, count: int) -> None:
         """A write took ``count`` bytes.
@@ -213,7 +216,9 @@ class StallWatch:
         to tell: no stall is taken for one not seen); :class:`OutputStalledError` once that is ``timeout`` ago."""
         now = asyncio.get_running_loop().time()
         queued = queued_bytes(fd)
-        if queued is None or before is None or queued < before:
+        # an empty pipe keeps nobody waiting: a wait for room that timed out in the pass its room came (a timeout of
+        # a millisecond) is no stall
+        if not queued or before is None or queued < before:
             since = now
         if now - since >= self.timeout:
             taken = max(self.written - (queued or 0), 0)

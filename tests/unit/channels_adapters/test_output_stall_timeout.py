@@ -15,6 +15,7 @@ import pytest
 
 from iii.channels import ChannelWriter
 from iii_channels import ChannelSink, OutputStalledError, ProcessError, to_fd, to_process
+from iii_channels.stall import StallWatch
 from iii_engine.testing import local_channel
 
 pytestmark = pytest.mark.timeout(30)
@@ -204,3 +205,16 @@ async def test_a_socket_or_terminal_is_refused_up_front(kind: str) -> None:
     finally:
         for end in keep:
             end.close() if isinstance(end, socket.socket) else os.close(end)
+
+
+@pytest.mark.parametrize("seconds", [1e-320, 1e-9, 1e-3])
+async def test_a_tiny_stall_timeout_is_no_stall_while_the_pipe_is_empty(seconds: float) -> None:
+    # before (attack): "took none of the 0 bytes waiting for it" at once, 5 of 5 at each value, nothing written yet
+    read_end, write_end = os.pipe()
+    try:
+        watch = StallWatch(write_end, seconds, "the pipe")
+        for _ in range(200):
+            assert await watch.until_writable()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
