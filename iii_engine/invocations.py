@@ -787,8 +787,8 @@ class Invocations:
 
     async def _run_builtin_plain(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
         """:meth:`run_builtin` for an in-process caller: an :class:`EncodedResult` comes back decoded (a copy), and
-        ``data`` made :class:`~iii.protocol.codec.Encoded` for workers (a fan-out's one payload) goes in decoded (a
-        copy of its own)."""
+        ``data`` made :class:`~iii.protocol.codec.Encoded` for workers (a fan-out's one payload) goes in as the value
+        it was made from, shared as the plain value of a fan-out always was."""
         if isinstance(data, Encoded):
             data = data.value()
         result, error = await self.run_builtin(entry, data, ctx)

@@ -466,7 +466,7 @@ class EngineServices(Protocol):
     async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
         """Call any function by id and await its result; raises :class:`EngineError` on an error result. ``data``
         may be :class:`~iii.protocol.codec.Encoded` (one payload for many calls: a worker's frame splices its text,
-        an in-process function gets a decoded copy of its own), here and wherever a call is made or fired."""
+        an in-process function gets the value it was made from), here and wherever a call is made or fired."""
 
     async def start_invocation(self, function_id: str, data: Any) -> StartedCall:
         """Start a call and return once it is on its way, without a task for a worker's function: await

@@ -113,7 +113,7 @@ for all of them together, in each fan-out."""
 def shared_payload(payload: Any, calls: int) -> Any:
     """The payload to hand ``calls`` trigger-fired calls: encoded once (:class:`~iii.protocol.codec.Encoded`) when
     there is more than one, so that every worker's frame splices the same text instead of encoding it again (a
-    built-in handler gets a copy decoded of its own); as it is for one call, or when a frame cannot hold it (each
+    built-in handler gets the payload itself, as before); as it is for one call, or when a frame cannot hold it (each
     call then fails as it did).
 
     Example:

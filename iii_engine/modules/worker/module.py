@@ -153,6 +153,11 @@ def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
 
 
 _OWED_RETRY_S = 1.0
+PUSHES_PER_WORKER: Final = 4
+"""Functions-available pushes in flight to one worker at most, whatever its number of triggers: each may hold a frame
+of the whole list until the worker's queue takes it. Counted per worker only (not against ``max_fired_bytes``):
+charged there, five workers that never answer took all of it, and every other producer's payload larger than what
+was left failed with ``fire_limit``, every other listener untold. The others are owed and retried every second."""
 _REGISTER = "engine::workers::register"
 _REFUSED_LOG_INTERVAL_S = 10.0
 _LIST_WORKERS: Final = AnswerSpec("engine::workers::list", "serialization_error",
@@ -245,6 +250,7 @@ class _Push:
 
     trigger: TriggerEntry
     held: CalleeCall | FiredSlots
+    callee: str | None = None  # the worker it went to (PUSHES_PER_WORKER), None for a built-in
 
 
 class _NoopTriggerType:
@@ -284,6 +290,7 @@ class WorkerModule(EngineModule):
         # over (E12), or registered again, waited for the old registration's push, which may never be answered.
         self._pushing: dict[str, _Push] = {}
         self._pushes: dict[asyncio.Task[bool], _Push] = {}  # every push in flight, the replaced ones' too (stop)
+        self._per_callee: dict[str, int] = {}  # pushes in flight to each worker (PUSHES_PER_WORKER)
         # the current set's push, built once for every subscriber when the set is taken as _snapshot: built later
         # from the live registry, a push could carry a set the debounce never compared against (F-B: a function
         # registered and unregistered around an answer was left listed for good). Encoded then, once: encoded for
@@ -382,7 +389,9 @@ class WorkerModule(EngineModule):
         """The current set's push, encoded; ``None`` (logged) when it cannot be: nobody is told this change, as
         every push of it would fail to be written (registrations keep their formats shallow enough that it can)."""
         try:
-            return Encoded({"event": "functions_changed", "functions": self.core.registry.function_infos(True)})
+            # a copy: the value a built-in listener gets (the registry's info dicts are shared by its cache)
+            return Encoded({"event": "functions_changed",
+                            "functions": _private(self.core.registry.function_infos(True))})
         except (ValueError, TypeError) as exc:
             log.warning("functions-available: the list of functions could not be encoded (%s); its listeners are not "
                         "told of this change", exc)
@@ -415,15 +424,18 @@ class WorkerModule(EngineModule):
         if self._payload is None:  # the set could not be encoded (_encoded, logged): nothing to tell
             self._owed.discard(trigger.id)
             return True
+        entry = self.core.registry.functions.get(function_id)
+        callee = (entry.owner or "") if entry is not None and entry.builtin is None else None
+        if callee is not None and self._per_callee.get(callee, 0) >= PUSHES_PER_WORKER:
+            # each push holds a frame of the whole set until the worker's queue takes it: 3,000 triggers of one worker
+            # that never answered held 4.8 GB of frames waiting for room
+            return False
         fired = self.core.fired_calls
-        # each push holds its own frame of the whole set until it is written: without a byte bound, 3,000 subscribers
-        # of 3,000 functions waiting for room in their worker's queue held 4.8 GB of frames
-        slot = fired.try_take(1, len(self._payload))
+        slot = fired.try_take()
         if slot is None:
             fired.skip(f"call of {function_id}")
             return False
         held: CalleeCall | FiredSlots = slot
-        entry = self.core.registry.functions.get(function_id)
         if entry is not None and entry.builtin is None:
             # a worker's function: before, one hung worker with 40 triggers held all 40 slots of max_fired_calls 40
             call = fired.to_callee(slot, entry.owner or "", function_id)
@@ -431,7 +443,9 @@ class WorkerModule(EngineModule):
                 return False
             held = call
         self._owed.discard(trigger.id)
-        push = _Push(trigger, held)
+        push = _Push(trigger, held, callee)
+        if callee is not None:
+            self._per_callee[callee] = self._per_callee.get(callee, 0) + 1
         task = asyncio.get_running_loop().create_task(self._deliver(function_id, self._payload))
         self._pushing[trigger.id] = self._pushes[task] = push
         task.add_done_callback(self._pushed)
@@ -463,6 +477,12 @@ class WorkerModule(EngineModule):
         once must not make a loop of them)."""
         push = self._pushes.pop(task)
         push.held.release()  # here, not in the task: one cancelled before it ran has no finally
+        if push.callee is not None:
+            left = self._per_callee[push.callee] - 1
+            if left:
+                self._per_callee[push.callee] = left
+            else:
+                del self._per_callee[push.callee]
         trigger = push.trigger
         if self._pushing.get(trigger.id) is push:
             del self._pushing[trigger.id]

@@ -117,7 +117,7 @@ class FakeServices:
         return None  # every function here is the engine's own
 
     async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
-        if isinstance(data, Encoded):  # every function here is in-process: a copy of its own, as the engine hands it
+        if isinstance(data, Encoded):  # every function here is in-process: the value itself, as the engine hands it
             data = data.value()
         if function_id in self.builtins:
             return await self.call(function_id, data)
