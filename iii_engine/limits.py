@@ -613,8 +613,7 @@ class FiredCalls:
             own = self._own_bytes[worker_id] = _payload_account(worker_id)
         if own.call_bytes and own.call_bytes + size > self.worker_byte_limit:
             self._over_callee(callee, function_id, f"worker {worker_id} holds {own.call_bytes} bytes of the payloads "
-                                                   f"of the engine's trigger calls it has not answered (log triggers, "
-                                                   f"functions-available pushes), and this one is {size} "
+                                                   f"of log trigger calls it has not answered, and this one is {size} "
                                                    f"more (max_call_bytes_per_worker {self.worker_byte_limit})")
             return None
         self.engine_own.call_bytes -= size
