@@ -196,13 +196,15 @@ class StallWatch:
         left of a stream after its last write, its end already given (the reader may exit or never read).
 
         Example:
-            >>> async def demo() -> None:
+            >>> async def demo() -> str:
             ...     read_end, write_end = os.pipe()
             ...     try:
             ...         await StallWatch(write_end, 1.0, "the pipe").until_drained(read_end)  # empty: at once
+            ...         return "drained"
             ...     finally:
             ...         os.close(read_end); os.close(write_end)
             >>> asyncio.run(demo())
+            'drained'
         """
         loop = asyncio.get_running_loop()
         since = loop.time()

@@ -164,7 +164,9 @@ def test_matches_are_those_of_the_scan(url: str, expected: tuple[str, dict[str, 
     assert (None if match is None else (match.route.function_id, match.path_params)) == expected
 
 
-def test_a_lone_colon_route_keeps_its_registration_order_against_a_parameter() -> None:
-    # "a/:" is literal, but it sorts beside "a/:x": whichever came first wins, as before the static table
-    assert _table("a/:x", "a/:").match("GET", "/a/:").route.function_id == "f0"  # type: ignore[union-attr]
+def test_a_lone_colon_route_is_a_literal_and_beats_a_parameter_whatever_the_order() -> None:
+    # "a/:" is literal: it wins over "a/:x" as any literal segment does (it sorted beside the parameter, and
+    # whichever came first took /a/:)
+    assert _table("a/:x", "a/:").match("GET", "/a/:").route.function_id == "f1"  # type: ignore[union-attr]
     assert _table("a/:", "a/:x").match("GET", "/a/:").route.function_id == "f0"  # type: ignore[union-attr]
+    assert _table("a/:", "a/:x").match("GET", "/a/b").route.function_id == "f1"  # type: ignore[union-attr]
