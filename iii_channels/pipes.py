@@ -44,8 +44,8 @@ from .errors import ChannelError, ProcessError
 from .files import _abort_writer, _fd_chunks, _ready
 from .progress import Progress, check_progress
 from .sink import ChannelSink
-from .source import ChannelSource, _release_writer
-from .stall import StallWatch, check_stall_timeout, queued_bytes, stall_watch
+from .source import ChannelSource, _release_writer, check_timeout
+from .stall import StallWatch, queued_bytes, stall_watch
 
 PIPE_CHUNK = 256 * 1024
 STDERR_TAIL = 64 * 1024
@@ -237,7 +237,7 @@ async def to_fd(
         (3, b'abc', True)
     """
     try:
-        check_stall_timeout(stall_timeout)
+        check_timeout(stall_timeout, "stall_timeout")
         if isinstance(reader, ChannelSource) and idle_timeout is not None:
             raise ValueError("to_fd: idle_timeout is given to the ChannelSource passed in, not here "
                              "(ChannelSource(reader, idle_timeout=...))")
@@ -951,7 +951,7 @@ async def to_process(
     try:
         _check_argv(argv)
         _check_exit_timeout(exit_timeout)
-        check_stall_timeout(stall_timeout)
+        check_timeout(stall_timeout, "stall_timeout")
         _check_popen(popen, ("stdin", "stderr"), "to_process")
         # Before the command starts: a bad progress or idle_timeout must not leave it running.
         source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0],

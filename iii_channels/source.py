@@ -53,6 +53,31 @@ DEFAULT_BUFFER_LIMIT = 64 * 1024 * 1024
 _RELEASE_ATTACH_S = 10.0
 
 
+def check_timeout(seconds: float | None, name: str) -> None:
+    """Refuse a timeout ``name`` that is not a positive, finite number of seconds or ``None`` (``TypeError`` for
+    another type, ``ValueError`` for another number: 0, negative, NaN, infinite, an int past any float).
+
+    Example:
+        >>> check_timeout(2.5, "idle_timeout"), check_timeout(None, "idle_timeout")
+        (None, None)
+        >>> check_timeout(0, "stall_timeout")
+        Traceback (most recent call last):
+        ValueError: stall_timeout must be more than 0 seconds (and finite) or None, got 0
+    """
+    if seconds is None:
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {seconds!r}")
+    try:
+        finite = 0 < float(seconds) < math.inf
+    except OverflowError:  # an int past any float (10**400)
+        finite = False
+    if not finite:
+        shown = str(seconds)
+        shown = shown if len(shown) <= 40 else f"{shown[:40]}…"  # 10**400: 401 digits
+        raise ValueError(f"{name} must be more than 0 seconds (and finite) or None, got {shown}")
+
+
 class ChannelSource:
     """Read a channel like an ``asyncio.StreamReader``, with integrity checking at end of stream.
 
@@ -122,11 +147,7 @@ class ChannelSource:
             raise ValueError(f"text_limit must be 0 or more, got {text_limit}")
         if buffer_limit < 0:
             raise ValueError(f"buffer_limit must be 0 or more, got {buffer_limit}")
-        if idle_timeout is not None:
-            if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
-                raise TypeError(f"idle_timeout must be a number of seconds or None, got {idle_timeout!r}")
-            if not 0 < idle_timeout < math.inf:
-                raise ValueError(f"idle_timeout must be more than 0 seconds (and finite) or None, got {idle_timeout}")
+        check_timeout(idle_timeout, "idle_timeout")
         self.reader = reader
         self.require_trailer = require_trailer
         # Off, trailers are skipped unread: a malformed one must not fail a reader that asked for no checks.

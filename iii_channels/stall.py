@@ -12,13 +12,14 @@ from __future__ import annotations
 import array
 import asyncio
 import fcntl
-import math
 import os
 import stat
 import termios
+from typing import Final
 
 from .errors import OutputStalledError
 from .files import _ready
+from .source import check_timeout
 
 STALL_CHECKS = 4
 """How many times per ``stall_timeout`` the bytes queued for the reader are looked at (at most once a second, and
@@ -39,18 +40,26 @@ def queued_bytes(fd: int) -> int | None:
         (b'ab', 1)
         >>> os.close(read_end); os.close(write_end)
     """
-    return _ask(fd, _request(fd))
+    kind = _kind(fd)
+    return None if kind is None else _ask(fd, _REQUESTS[kind])
 
 
-def _request(fd: int) -> int | None:
-    """The ``ioctl`` request that tells ``fd``'s queued bytes (see :func:`queued_bytes`), ``None`` for none."""
+_REQUESTS: Final = {"pipe": termios.FIONREAD, "socket": getattr(termios, "TIOCOUTQ", None),
+                    "terminal": getattr(termios, "TIOCOUTQ", None)}
+"""The ``ioctl`` request that tells each kind of fd's queued bytes (``None``: not on this OS)."""
+
+
+def _kind(fd: int) -> str | None:
+    """``"pipe"`` (a pipe or FIFO), ``"socket"`` or ``"terminal"``; ``None`` for anything else, or a closed fd."""
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISFIFO(mode):
-            return termios.FIONREAD
-        if stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd)):
-            return termios.TIOCOUTQ
-    except (OSError, AttributeError):  # AttributeError: no such request in this OS's termios
+            return "pipe"
+        if stat.S_ISSOCK(mode):
+            return "socket"
+        if stat.S_ISCHR(mode) and os.isatty(fd):
+            return "terminal"
+    except OSError:
         pass
     return None
 
@@ -64,28 +73,6 @@ def _ask(fd: int, request: int | None) -> int | None:
     except OSError:
         return None
     return count[0]
-
-
-def check_stall_timeout(stall_timeout: float | None) -> None:
-    """Refuse a ``stall_timeout`` that is not a positive, finite number of seconds or ``None``.
-
-    Example:
-        >>> check_stall_timeout(0)
-        Traceback (most recent call last):
-        ValueError: stall_timeout must be more than 0 seconds (and finite) or None, got 0
-    """
-    if stall_timeout is None:
-        return
-    if isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)):
-        raise TypeError(f"stall_timeout must be a number of seconds or None, got {stall_timeout!r}")
-    try:
-        finite = 0 < float(stall_timeout) < math.inf
-    except OverflowError:  # an int past any float (10**400)
-        finite = False
-    if not finite:
-        shown = str(stall_timeout)
-        shown = shown if len(shown) <= 40 else f"{shown[:40]}…"  # 10**400: 401 digits
-        raise ValueError(f"stall_timeout must be more than 0 seconds (and finite) or None, got {shown}")
 
 
 def stall_watch(fd: int, stall_timeout: float | None, what: str) -> StallWatch | None:
@@ -103,15 +90,14 @@ def stall_watch(fd: int, stall_timeout: float | None, what: str) -> StallWatch |
         ValueError: stall_timeout needs a pipe or FIFO: the socket is a socket (its reader's progress cannot be seen)
         >>> left.close(); right.close()
     """
-    check_stall_timeout(stall_timeout)
+    check_timeout(stall_timeout, "stall_timeout")
     if stall_timeout is None:
         return None
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISFIFO(mode):
+    kind = _kind(fd)
+    if kind == "pipe":
         return StallWatch(fd, stall_timeout, what)
-    if stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd)):
-        kind = "a socket" if stat.S_ISSOCK(mode) else "a terminal"
-        raise ValueError(f"stall_timeout needs a pipe or FIFO: {what} is {kind} (its reader's progress cannot be "
+    if kind is not None:
+        raise ValueError(f"stall_timeout needs a pipe or FIFO: {what} is a {kind} (its reader's progress cannot be "
                          "seen)")
     return None  # a regular file or a device that is not a terminal: its writes never wait for a reader
 
@@ -143,7 +129,7 @@ class StallWatch:
     """
 
     def __init__(self, fd: int, timeout: float, what: str) -> None:
-        check_stall_timeout(timeout)
+        check_timeout(timeout, "stall_timeout")
         self.fd = fd
         self.timeout = timeout
         self.what = what
@@ -181,7 +167,7 @@ class StallWatch:
         """
         loop = asyncio.get_running_loop()
         since = loop.time()
-        queued = queued_bytes(self.fd)
+        queued = _in_pipe(self.fd)
         while True:
             try:
                 async with asyncio.timeout(self._step):
@@ -208,7 +194,7 @@ class StallWatch:
         """
         loop = asyncio.get_running_loop()
         since = loop.time()
-        queued = queued_bytes(fd)
+        queued = _in_pipe(fd)
         while queued:
             await asyncio.sleep(self._step)
             queued, since = self._looked(queued, since, fd)
@@ -217,7 +203,7 @@ class StallWatch:
         """The bytes queued now and when the reader was last seen taking some (fewer than ``before``, or nothing
         to tell: no stall is taken for one not seen); :class:`OutputStalledError` once that is ``timeout`` ago."""
         now = asyncio.get_running_loop().time()
-        queued = queued_bytes(fd)
+        queued = _in_pipe(fd)
         # an empty pipe keeps nobody waiting: a wait for room that timed out in the pass its room came (a timeout of
         # a millisecond) is no stall
         if not queued or before is None or queued < before:
@@ -227,3 +213,8 @@ class StallWatch:
             raise OutputStalledError(f"{self.what} took none of the {queued} bytes waiting for it for "
                                      f"{self.timeout:g} s ({taken} taken before)", unread=queued, taken=taken)
         return queued, since
+
+
+def _in_pipe(fd: int) -> int | None:
+    """The bytes in the pipe ``fd`` (any end of it), ``None`` when it cannot be told."""
+    return _ask(fd, termios.FIONREAD)
