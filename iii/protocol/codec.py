@@ -284,8 +284,8 @@ class Encoded:
     Example:
         >>> message = {"functions": [{"id": "f"}]}
         >>> payload = Encoded(message)
-        >>> payload.text, payload.value() is message, len(payload)
-        ('{"functions":[{"id":"f"}]}', True, 26)
+        >>> payload.text, payload.value() is message
+        ('{"functions":[{"id":"f"}]}', True)
     """
 
     __slots__ = ("_value", "text")
@@ -297,10 +297,6 @@ class Encoded:
     def value(self) -> Any:
         """The value it was made from (shared: not to be changed)."""
         return self._value
-
-    def __len__(self) -> int:
-        """The encoded text's length in characters."""
-        return len(self.text)
 
 
 def _json_dumps(value: Any) -> str:

@@ -295,7 +295,7 @@ class WorkerModule(EngineModule):
         # from the live registry, a push could carry a set the debounce never compared against (F-B: a function
         # registered and unregistered around an answer was left listed for good). Encoded then, once: encoded for
         # each push, 3,000 subscribers of 3,000 functions took the engine's loop for minutes (no other worker could
-        # connect), and each push in flight held the objects of its set's copy (5 GB of RSS)
+        # connect)
         self._payload: Encoded | None = None
         self._retrying = False  # _check is the retry of owed pushes, not a change's debounce
         # engine::workers::list answers, bounded by the engine's max_message_size
@@ -370,7 +370,7 @@ class WorkerModule(EngineModule):
         if current != self._snapshot:
             self._snapshot = current
             self._owed = {trigger.id for trigger in triggers}
-            # only made when somebody is told; a built-in told gets a copy of its own (_deliver)
+            # only made when somebody is told
             self._payload = self._encoded() if triggers else None
             if self._payload is None:
                 self._owed = set()
@@ -436,9 +436,9 @@ class WorkerModule(EngineModule):
             fired.skip(f"call of {function_id}")
             return False
         held: CalleeCall | FiredSlots = slot
-        if entry is not None and entry.builtin is None:
+        if callee is not None:
             # a worker's function: before, one hung worker with 40 triggers held all 40 slots of max_fired_calls 40
-            call = fired.to_callee(slot, entry.owner or "", function_id)
+            call = fired.to_callee(slot, callee, function_id)
             if call is None:  # the slot is back, the call counted and logged as skipped
                 return False
             held = call
@@ -455,8 +455,8 @@ class WorkerModule(EngineModule):
         """Whether the listener answered (a result or an error of its own), as opposed to a push that ended
         without an answer: not sent, timed out, its worker gone (to be sent again)."""
         try:
-            # a worker's function gets the text as it is; a built-in (an HTTP function, a bridged one) the value, a
-            # copy it may keep or change (Invocations)
+            # a worker's function gets the text as it is; a built-in (an HTTP function, a bridged one) the value, the
+            # set's own copy (_encoded), shared by every built-in told this set, as before (Invocations)
             await self.core.invoke(function_id, payload)
         except EngineError as exc:
             if isinstance(exc, CallUnwritable):  # ours, not the listener's: no later push of this set does better

@@ -70,7 +70,7 @@ async def test_a_fan_out_encodes_its_message_once_and_a_built_in_subscriber_gets
     class Counted(codec.Encoded):
         def __init__(self, value: Any) -> None:
             super().__init__(value)
-            made.append(len(self))
+            made.append(len(self.text))
 
     monkeypatch.setattr(trigger_set, "Encoded", Counted)
     got: asyncio.Queue[Any] = asyncio.Queue()
