@@ -988,7 +988,10 @@ def jsonable(value: Any) -> Any:
         return value.model_dump(mode="json", by_alias=True)
     # a subclass is read from its own storage, as orjson reads it: an overridden items() or __iter__ hid a NaN
     if isinstance(value, dict):
-        return {k if type(k) is str else _key(k): jsonable(v) for k, v in dict.items(value)}
+        plain = {k if type(k) is str else _key(k): jsonable(v) for k, v in dict.items(value)}
+        if len(plain) != dict.__len__(value):
+            raise ValueError(_same_key(value))
+        return plain
     if isinstance(value, list):
         return [jsonable(v) for v in list.__iter__(value)]
     if isinstance(value, tuple):
@@ -1039,6 +1042,18 @@ def _key(key: Any) -> str:
             raise ValueError(_NON_FINITE)
         return float.__repr__(key)
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def _same_key(value: dict[Any, Any]) -> str:
+    """The error for a dict two of whose keys are one JSON key (``1`` and ``"1"``): written, one value was lost (the
+    reference SDK's ``json.dumps`` writes the key twice, and a reader keeps the last)."""
+    seen: dict[str, Any] = {}
+    for key in dict.__iter__(value):
+        text = key if type(key) is str else _key(key)
+        if text in seen:
+            return f"object keys {seen[text]!r} and {key!r} are both the JSON key {text!r}: one value would be lost"
+        seen[text] = key
+    return "two object keys are one JSON key"  # not reached: the caller saw fewer keys written than held
 
 
 # Optional envelope keys are omitted when None, as the production engine does; these are always sent.

@@ -76,6 +76,22 @@ async def test_an_update_to_an_unencodable_value_fails_alone_in_its_batch(store:
     assert await store.get(StreamGetInput(**item)) == {"n": 10}
 
 
+async def test_keys_that_are_one_json_key_fail_their_own_write_and_nothing_is_stored(store: Backend) -> None:
+    # Through the Python API a dict may hold 1 and "1": before, the store kept one of the two values and set
+    # returned the dict it was given, so the caller never knew the other was gone
+    item = {"stream_name": f"s{uuid.uuid4().hex[:8]}", "group_id": "g", "item_id": "i"}
+    increment = StreamUpdateInput(**item, ops=[UpdateIncrement(path="n", by=1)])
+    poisoned = StreamUpdateInput(**item, ops=[UpdateSet(path="t", value={1: "a", "1": "b"})])
+    outcomes = await asyncio.gather(
+        _outcome(store.set(StreamSetInput(**{**item, "item_id": "j"}, data={"k": {1: "a", "1": "b"}}))),
+        *(_outcome(store.update(increment)) for _ in range(3)), _outcome(store.update(poisoned)),
+        *(_outcome(store.update(increment)) for _ in range(3)))
+    assert outcomes[0] == outcomes[4] == "object keys 1 and '1' are both the JSON key '1': one value would be lost"
+    assert outcomes[1:4] + outcomes[5:] == ["ok"] * 6
+    assert await store.get(StreamGetInput(**item)) == {"n": 6}
+    assert await store.get(StreamGetInput(**{**item, "item_id": "j"})) is None
+
+
 async def test_a_nul_in_a_postgresql_name_is_refused_naming_it(pg_url: str) -> None:
     async with SQLStream.from_url(pg_url) as store:
         ok = StreamSetInput(stream_name="s", group_id="g", item_id="ok", data=1)

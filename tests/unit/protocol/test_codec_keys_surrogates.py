@@ -57,3 +57,22 @@ def test_a_handler_result_with_an_unpaired_surrogate_is_answered_as_an_error() -
     body = json.loads(answer)
     assert body["error"]["code"] == "result_not_sent" and "unpaired surrogate" in body["error"]["message"]
     answer.encode("utf-8")  # the answer itself can go on the wire
+
+
+@pytest.mark.parametrize(("value", "pair"), [
+    ({1: "a", "1": "b"}, "1 and '1'"), ({"null": 1, None: 2}, "'null' and None"),
+    ({True: 1, "true": 2}, "True and 'true'"),
+    ({"x": [{1.5: 1, "1.5": 2}]}, "1.5 and '1.5'"), ({2**70: 1, str(2**70): 2}, f"{2**70} and '{2**70}'"),
+], ids=repr)
+def test_two_keys_that_are_one_json_key_are_refused_not_one_dropped(value: dict[Any, Any], pair: str) -> None:
+    # Before, the second key's value silently replaced the first's ({1: "a", "1": "b"} went out as {"1":"b"}); the
+    # reference SDK's json.dumps writes the key twice, and every JSON reader keeps only one of them.
+    with pytest.raises(ValueError, match=f"object keys {pair} are both the JSON key .*: one value would be lost"):
+        dumps(value)
+
+
+def test_a_handler_result_with_two_keys_that_are_one_json_key_is_answered_as_an_error() -> None:
+    answer = ClientSession().answer("i1", "f", result={1: "a", "1": "b"}, generation=0)
+    assert answer is not None
+    body = json.loads(answer)
+    assert body["error"]["code"] == "result_not_sent" and "both the JSON key '1'" in body["error"]["message"]
