@@ -1607,8 +1607,10 @@ class RedisStream(FieldUpdates):
         if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
             # Every script and read of a group starts with a read of its hash, which Redis refuses on a key of
             # another type before anything is written: applied False (it said "may have been applied")
+            # (a read as well as a write: "nothing was written" read as if the read had been one)
             refused = StreamBackendError(f"{where}: the group's Redis key holds another type than a hash (a key of "
-                                         f"something else than a stream store); nothing was written: {exc}")
+                                         f"something else than a stream store); Redis refused the command before it "
+                                         f"changed anything: {exc}")
             refused.applied = False
             return refused
         if isinstance(exc, RedisError):
@@ -1623,6 +1625,23 @@ class RedisStream(FieldUpdates):
         except ValueError as exc:
             raise StreamDataError(f"value of field {field!r} in Redis hash {key!r} {why_unreadable(raw, exc)}, "
                                   "written by something else than a stream store") from None
+
+    async def _parse_values(self, values: Sequence[bytes | str], key: str) -> builtins.list[Any]:
+        """The parsed values of a group read by ``HVALS``, which names no item: one that is not JSON is looked for
+        again with ``HSCAN`` (the error path only), so the error names its item, not ``<hvals>``."""
+        try:
+            return [loads(raw) for raw in values]
+        except ValueError:
+            pass
+        async with self._guard("list", None):
+            async for field, raw in self._client.hscan_iter(key):
+                try:
+                    loads(raw)
+                except ValueError:
+                    self._parse(raw, key, field.decode(errors="backslashreplace") if isinstance(field, bytes)
+                                else field)  # raises StreamDataError naming the item
+        # its item rewritten since the HVALS: the error tells what that read saw
+        return [self._parse(raw, key, "(an item rewritten since the read)") for raw in values]
 
     def _old_value(self, raw: bytes | str | None, key: str, field: str) -> Any:
         """The old value a write script replaced and returned (``raw``). Not JSON, the error says the write was
@@ -1744,7 +1763,7 @@ class RedisStream(FieldUpdates):
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("list", timeout):
             values: Sequence[bytes | str] = await raw_reply(self._client, "HVALS", key)
-        return [self._parse(raw, key, "<hvals>") for raw in values]
+        return await self._parse_values(values, key)
 
     async def list_text(self, input: StreamListInput, *, max_bytes: int | None = None) -> str:
         """:meth:`list` as one JSON array text; with ``max_bytes``, the values' size is summed in Redis first and a
@@ -1774,7 +1793,7 @@ class RedisStream(FieldUpdates):
             check_list_bytes(input, reply, max_bytes)
             reply = ()
         # decoded and encoded again (a stored text is checked as JSON, as list() does): at most max_bytes of it
-        text = dumps([self._parse(raw, key, "<hvals>") for raw in reply])
+        text = dumps(await self._parse_values(reply, key))
         check_list_bytes(input, utf8_size(text), max_bytes)
         return text
 

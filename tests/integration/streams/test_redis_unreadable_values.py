@@ -15,8 +15,15 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from iii.stream import StreamDeleteInput, StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
-from iii_streams import RedisStream, StreamDataError, StreamGapError
+from iii.stream import (
+    StreamDeleteInput,
+    StreamGetInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamUpdateInput,
+    UpdateIncrement,
+)
+from iii_streams import RedisStream, StreamBackendError, StreamDataError, StreamGapError
 from iii_streams.redis_internals import RAW_REPLY
 from tests.services import require_redis
 
@@ -131,3 +138,27 @@ async def test_a_decoding_client_isolates_a_value_that_is_not_utf8() -> None:
             assert await store.get(StreamGetInput(**names("ok"))) == {"n": 2}
         finally:
             await client.delete(hash_key)
+
+
+async def test_a_list_names_the_item_whose_value_is_not_json_and_a_wrong_type_read_changes_nothing() -> None:
+    # list() reads a group with HVALS, which names no item: the error said field '<hvals>'. A read of a key of
+    # another type said "nothing was written", as if it had been a write.
+    stream = f"unread-list-{uuid.uuid4().hex[:8]}"
+    hash_key = f"stream:{stream}:g"
+    async with RedisStream.from_url(require_redis(), channel=f"unread-list-{uuid.uuid4().hex[:8]}") as store:
+        try:
+            for item in ("a", "b", "c"):
+                await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=item, data=item))
+            await store.client.hset(hash_key, "b", "{not json")
+            for read in (store.list(StreamListInput(stream_name=stream, group_id="g")),
+                         store.list_text(StreamListInput(stream_name=stream, group_id="g"), max_bytes=1000)):
+                with pytest.raises(StreamDataError, match=r"value of field 'b' in Redis hash .* not JSON"):
+                    await read
+            await store.client.delete(hash_key)
+            await store.client.set(hash_key, "a string, not a hash")
+            with pytest.raises(StreamBackendError, match="WRONGTYPE") as caught:
+                await store.list(StreamListInput(stream_name=stream, group_id="g"))
+            assert "refused the command before it changed anything" in str(caught.value)
+            assert "nothing was written" not in str(caught.value)
+        finally:
+            await store.client.delete(hash_key)
