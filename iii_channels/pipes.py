@@ -46,6 +46,7 @@ from .progress import Progress, check_progress
 from .sink import ChannelSink
 from .source import ChannelSource, _release_writer, check_timeout
 from .stall import StallWatch, queued_bytes, stall_watch
+from .thread_writes import ThreadWrites
 
 PIPE_CHUNK = 256 * 1024
 STDERR_TAIL = 64 * 1024
@@ -321,13 +322,14 @@ class _FdOut:
         self.fd = fd
         self._sock: socket.socket | None = None
         self._twin: int | None = None
+        self.thread: ThreadWrites | None = None
         try:
             mode = os.fstat(fd)
             if stat.S_ISSOCK(mode.st_mode):
                 self._sock = _socket_of(fd)
-            elif stat.S_ISFIFO(mode.st_mode) or (
-                    stat.S_ISCHR(mode.st_mode) and os.isatty(fd)
-                    and (os.major(mode.st_rdev), os.minor(mode.st_rdev)) != _PTMX):
+            elif stat.S_ISCHR(mode.st_mode) and (os.major(mode.st_rdev), os.minor(mode.st_rdev)) == _PTMX:
+                self.thread = ThreadWrites(fd)  # no twin to be had, and a write there blocks (see thread_writes)
+            elif stat.S_ISFIFO(mode.st_mode) or (stat.S_ISCHR(mode.st_mode) and os.isatty(fd)):
                 self._twin = _reopened(fd, mode)
         except OSError:  # no twin to be had (no /proc, no fds left, not ours to open): the fd itself, as before
             pass
@@ -351,15 +353,23 @@ class _FdOut:
             self._sock.close()
         if self._twin is not None:
             os.close(self._twin)
+        if self.thread is not None:
+            self.thread.close()
 
 
 async def _write_fd(out: _FdOut, data: bytes, stall: StallWatch | None = None) -> None:
     """Write all of ``data`` to ``out``. A pipe, tty or socket is written when the loop says it has room, never
     blocking, not in a thread: a write blocked in a thread on a reader that stalled cannot be cancelled, and the
-    interpreter waits for it at exit (``iii-channel serve --out -`` ignored SIGTERM while its stdout was not read);
-    a blocking write on the loop holds every task (see :class:`_FdOut`). ``stall``: its wait for room fails once
-    the reader takes nothing (:class:`~iii_channels.stall.StallWatch`)."""
+    interpreter waits for an executor's thread at exit (``iii-channel serve --out -`` ignored SIGTERM while its
+    stdout was not read); a blocking write on the loop holds every task (see :class:`_FdOut`). A terminal's master,
+    which has neither twin nor room the loop can tell, is the exception: a daemon thread of its own, one slice at a
+    time (:mod:`iii_channels.thread_writes`). ``stall``: its wait for room fails once the reader takes nothing
+    (:class:`~iii_channels.stall.StallWatch`)."""
     view = memoryview(data)
+    if out.thread is not None:
+        while view:
+            view = view[await out.thread.write(view):]
+        return
     fd = out.watched()
     poller = select.poll()
     poller.register(fd, select.POLLOUT)

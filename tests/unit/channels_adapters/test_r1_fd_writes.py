@@ -177,3 +177,76 @@ async def test_to_fd_writes_every_byte_to_a_socket_with_a_small_send_buffer(rela
     assert os.get_blocking(ours.fileno()) is blocking  # the caller's socket keeps its mode
     ours.close()
     peer.close()
+
+
+async def test_to_fd_into_a_terminal_master_whose_terminal_reads_nothing_leaves_the_loop_running(
+        relay: tuple[str, ChannelRelay], terminal: tuple[int, int]) -> None:
+    # A master (/dev/ptmx) has no twin: before, it was written in PIPE_BUF slices on the loop once it said it had
+    # room, and the write blocked until the terminal's side read (a cooked terminal, lines nobody reads: 1 run in
+    # 4 held the whole loop). Its writes now go through a thread of their own (iii_channels.thread_writes).
+    master, slave = terminal
+    writer, reader = ends(*relay)
+    sending = asyncio.ensure_future(_send(writer, (b"x" * 99 + b"\n") * 20_000))
+    copying = asyncio.ensure_future(iii_channels.to_fd(reader, master))
+    rescue = threading.Timer(RESCUE_S, lambda: _drain_for(slave, 1.0))  # frees a blocked loop, and says so below
+    rescue.daemon = True
+    rescue.start()
+    try:
+        for _ in range(3):  # the terminal took what it could long before the end: the copy waits on it
+            gaps = await _loop_gaps(0.3)
+            assert max(gaps) < 0.25 and not copying.done(), (max(gaps), copying)
+        copying.cancel()
+        await asyncio.wait({copying}, timeout=5)
+        assert copying.cancelled()
+        assert not rescue.finished.is_set(), "the event loop was blocked in a write to the master"
+    finally:
+        rescue.cancel()
+        sending.cancel()
+        await asyncio.gather(sending, copying, return_exceptions=True)
+        await writer.abort()
+    assert os.get_blocking(master), "the caller's fd keeps its mode"
+    # the cancelled copy's thread is still in its last write (at most thread_writes.SLICE bytes): it ends once the
+    # terminal reads, and starts no other
+    stuck = [t for t in threading.enumerate() if t.name == f"iii-channels-write-fd{master}"]
+    assert len(stuck) <= 1 and all(t.daemon for t in stuck)
+    await asyncio.get_running_loop().run_in_executor(None, _drain_for, slave, 0.5)
+    for thread in stuck:
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+async def test_to_fd_writes_every_byte_to_a_terminal_master(relay: tuple[str, ChannelRelay],
+                                                            terminal: tuple[int, int]) -> None:
+    master, slave = terminal
+    tty.setraw(slave)
+    payload = os.urandom(2 << 20)
+    writer, reader = ends(*relay)
+    collected = asyncio.get_running_loop().run_in_executor(None, _drain, lambda: os.read(slave, 1000), len(payload))
+    _, count = await asyncio.wait_for(asyncio.gather(
+        _send(writer, payload), iii_channels.to_fd(reader, master, require_trailer=True)), 20)
+    assert count == len(payload)
+    assert await asyncio.wait_for(collected, 10) == payload
+
+
+async def _loop_gaps(seconds: float) -> list[float]:
+    """The gaps between turns of the loop, each asked for 10 ms after the last, for ``seconds``."""
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    start = last = loop.time()
+    while last - start < seconds:
+        await asyncio.sleep(0.01)
+        now = loop.time()
+        gaps.append(now - last)
+        last = now
+    return gaps
+
+
+def _drain_for(fd: int, seconds: float) -> None:
+    """Read ``fd`` for ``seconds`` (a thread's rescue of a loop blocked writing the other side)."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if select.select([fd], [], [], 0.1)[0]:
+            with contextlib.suppress(OSError):
+                os.read(fd, 1 << 16)
