@@ -165,7 +165,7 @@ def test_big_integers_go_to_the_standard_encoder_unconverted(monkeypatch: pytest
 
 
 @pytest.mark.parametrize("value", [
-    {1: "a", "1": "b"}, {"m": {True: [2**70]}}, [Point(2.0, 2**70)], {"k": (2**70, {"t": (1,)})},
+    {1: "a", "2": "b"}, {"m": {True: [2**70]}}, [Point(2.0, 2**70)], {"k": (2**70, {"t": (1,)})},
     {"e": Level.TOP.name, "n": 2**70, "nested": [[{"a": None}]]},
 ], ids=repr)
 def test_the_standard_encoders_path_writes_what_jsonable_made(value: Any) -> None:
