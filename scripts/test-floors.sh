@@ -73,4 +73,4 @@ bash scripts/services.sh
 # some integration tests drive the reference SDK (made by scripts/setup.sh --with-reference), as in scripts/test.sh
 export III_REF_PYTHON="${III_REF_PYTHON:-$PWD/.ref-venv/bin/python}"
 echo "== pytest at the dependency floors"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/unit tests/integration "$@"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider -n 3 --dist loadfile tests/unit tests/integration "$@"
