@@ -123,17 +123,20 @@ async def test_to_fd_into_a_terminal_nobody_reads_can_be_cancelled(relay: tuple[
     assert os.get_blocking(slave), "the caller's fd keeps its mode"
 
 
-async def test_to_fd_writes_every_byte_to_a_terminal(relay: tuple[str, ChannelRelay],
-                                                     terminal: tuple[int, int]) -> None:
-    # Raw mode: the terminal passes bytes through unchanged, so they can be compared.
+@pytest.mark.parametrize("into", ["terminal", "master"])
+async def test_to_fd_writes_every_byte_to_a_terminal(relay: tuple[str, ChannelRelay], terminal: tuple[int, int],
+                                                     into: str) -> None:
+    # Raw mode: the terminal passes bytes through unchanged, so they can be compared. A master is written by a
+    # thread of the copy's own (it has no twin), a terminal through its twin.
     master, slave = terminal
     tty.setraw(slave)
+    written, read = (slave, master) if into == "terminal" else (master, slave)
     payload = os.urandom(2 << 20)
     writer, reader = ends(*relay)
-    collected = asyncio.get_running_loop().run_in_executor(None, _drain, lambda: os.read(master, 1000), len(payload))
+    collected = asyncio.get_running_loop().run_in_executor(None, _drain, lambda: os.read(read, 1000), len(payload))
     opened = _opened(os.ttyname(slave))
     _, count = await asyncio.wait_for(asyncio.gather(
-        _send(writer, payload), iii_channels.to_fd(reader, slave, require_trailer=True)), 20)
+        _send(writer, payload), iii_channels.to_fd(reader, written, require_trailer=True)), 20)
     assert count == len(payload)
     assert await asyncio.wait_for(collected, 10) == payload
     assert _opened(os.ttyname(slave)) == opened  # the twin is closed
@@ -213,19 +216,6 @@ async def test_to_fd_into_a_terminal_master_whose_terminal_reads_nothing_leaves_
     for thread in stuck:
         thread.join(5)
         assert not thread.is_alive()
-
-
-async def test_to_fd_writes_every_byte_to_a_terminal_master(relay: tuple[str, ChannelRelay],
-                                                            terminal: tuple[int, int]) -> None:
-    master, slave = terminal
-    tty.setraw(slave)
-    payload = os.urandom(2 << 20)
-    writer, reader = ends(*relay)
-    collected = asyncio.get_running_loop().run_in_executor(None, _drain, lambda: os.read(slave, 1000), len(payload))
-    _, count = await asyncio.wait_for(asyncio.gather(
-        _send(writer, payload), iii_channels.to_fd(reader, master, require_trailer=True)), 20)
-    assert count == len(payload)
-    assert await asyncio.wait_for(collected, 10) == payload
 
 
 async def _loop_gaps(seconds: float) -> list[float]:
