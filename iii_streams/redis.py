@@ -1634,12 +1634,8 @@ class RedisStream(FieldUpdates):
         except ValueError:
             pass
         async with self._guard("list", None):
-            async for field, raw in self._client.hscan_iter(key):
-                try:
-                    loads(raw)
-                except ValueError:
-                    self._parse(raw, key, field.decode(errors="backslashreplace") if isinstance(field, bytes)
-                                else field)  # raises StreamDataError naming the item
+            async for field, raw in self._client.hscan_iter(key):  # _parse raises StreamDataError naming the item
+                self._parse(raw, key, field.decode(errors="backslashreplace") if isinstance(field, bytes) else field)
         # its item rewritten since the HVALS: the error tells what that read saw
         return [self._parse(raw, key, "(an item rewritten since the read)") for raw in values]
 
